@@ -1,0 +1,38 @@
+# Quick start: `make demo` and `make test` work on a fresh machine with python3, pip and make.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+DATA ?= ../shared/data/lymphocytosis
+
+.PHONY: demo test lint venv bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+# The stamp files record which extras are installed, so a re-run installs nothing.
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e .
+	touch $@
+
+$(VENV)/.installed-test: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[test,dask]'
+	touch $@ $(VENV)/.installed
+
+venv: $(VENV)/.installed
+
+demo: $(VENV)/.installed
+	$(BIN)/lympho demo
+
+test: $(VENV)/.installed-test
+	$(BIN)/python -m pytest -q
+
+lint: $(VENV)/.installed-test
+	$(BIN)/ruff check lympho_features tests benchmarks
+
+bench: $(VENV)/.installed
+	$(BIN)/python benchmarks/extract_speed.py --data $(DATA)/trainset
+	$(BIN)/python benchmarks/cv_accuracy.py --data $(DATA)/trainset
+
+clean:
+	rm -rf artifacts/* reports/* .pytest_cache

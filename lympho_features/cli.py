@@ -1,0 +1,182 @@
+"""Command-line interface: thin wrappers that parse options and call the library.
+
+Every command is equally usable from Python through the functions it calls
+(:func:`lympho_features.extract.extract`, :func:`lympho_features.model.fit_model`...).
+Errors in the user's input end the command with a one-line message and a
+non-zero exit code, never a traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+from datetime import date
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from .dataset import ClinicalColumns, DatasetError
+from .model import FEATURE_SETS, ModelError
+
+app = typer.Typer(
+    help="lympho: reactive vs tumoral lymphocytosis from blood-smear lymphocyte crops and three clinical values.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console(stderr=True, soft_wrap=True)
+
+
+def _fail(message: str, code: int = 2) -> None:
+    console.print(f"[bold red]error:[/] {message}", highlight=False)
+    raise typer.Exit(code)
+
+
+def _guard(fn, *args, **kwargs):
+    try:
+        return fn(*args, **kwargs)
+    except (DatasetError, ModelError) as exc:
+        _fail(str(exc))
+    except PermissionError as exc:
+        _fail(f"permission denied: {exc.filename or exc}")
+    except OSError as exc:
+        if exc.errno == 28:  # ENOSPC
+            _fail(f"no space left on device while writing {exc.filename or 'output'}")
+        raise
+
+
+@app.command()
+def extract(
+    data_dir: Annotated[Path, typer.Argument(help="Folder with one sub-folder of crops per patient.")],
+    out: Annotated[
+        Path, typer.Option("--out", help="Output folder for cells.parquet, patients.parquet, manifest.json.")
+    ],
+    clinical: Annotated[
+        Path | None, typer.Option("--clinical", help="Clinical CSV (default: the single *.csv in DATA_DIR).")
+    ] = None,
+    jobs: Annotated[int, typer.Option("--jobs", "-j", help="Worker processes; -1 uses every core.")] = 1,
+    id_column: Annotated[str, typer.Option(help="CSV column with the patient ID.")] = "ID",
+    label_column: Annotated[
+        str, typer.Option(help="CSV column with the label (1 tumoral, 0 reactive, -1/empty unknown).")
+    ] = "LABEL",
+    gender_column: Annotated[str, typer.Option(help="CSV column with the gender.")] = "GENDER",
+    dob_column: Annotated[str, typer.Option(help="CSV column with the date of birth.")] = "DOB",
+    count_column: Annotated[str, typer.Option(help="CSV column with the lymphocyte count (10^9/L).")] = "LYMPH_COUNT",
+    reference_date: Annotated[str, typer.Option(help="Date at which ages are computed (YYYY-MM-DD).")] = "2020-01-01",
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+) -> None:
+    """Segment every crop, measure each cell and aggregate per patient."""
+    from .extract import ExtractSettings
+    from .extract import extract as run_extract
+
+    try:
+        ref = date.fromisoformat(reference_date)
+    except ValueError:
+        _fail(f"--reference-date {reference_date!r} is not a date YYYY-MM-DD")
+    cols = ClinicalColumns(id_column, label_column, gender_column, dob_column, count_column)
+    res = _guard(
+        run_extract, data_dir, out, clinical, jobs, ExtractSettings(reference_date=ref), cols, progress=not quiet
+    )
+    for w in res.warnings:
+        console.print(f"[yellow]warning:[/] {w}", highlight=False)
+    qc = ", ".join(f"{k} {v}" for k, v in res.qc_counts.items())
+    console.print(
+        f"{res.n_patients} patients, {res.n_cells} cells ({qc}), {res.n_skipped} file(s) skipped, "
+        f"{res.n_reused} patient(s) reused from an earlier run -> {out}",
+        highlight=False,
+    )
+
+
+@app.command()
+def fit(
+    features_dir: Annotated[Path, typer.Argument(help="Folder written by `lympho extract`.")],
+    out: Annotated[Path, typer.Option("--out", help="Model folder (model.txt, model.json, cv_predictions.csv).")],
+    folds: Annotated[int, typer.Option(help="CV folds (patient-level, stratified).")] = 5,
+    repeats: Annotated[int, typer.Option(help="CV repeats with different shuffles.")] = 5,
+    seed: Annotated[int, typer.Option(help="Random seed (CV splits and model).")] = 0,
+    feature_set: Annotated[str, typer.Option(help=f"Which inputs: {'|'.join(FEATURE_SETS)}.")] = "all",
+    min_sensitivity: Annotated[
+        float | None, typer.Option(help="Pick the threshold keeping CV sensitivity at least this (e.g. 0.95).")
+    ] = None,
+) -> None:
+    """Cross-validate a patient-level classifier, then fit it on all labeled patients."""
+    from .model import fit_model, load_patients, save_model
+
+    if folds < 2 or repeats < 1:
+        _fail("--folds must be at least 2 and --repeats at least 1")
+    if min_sensitivity is not None and not 0 < min_sensitivity <= 1:
+        _fail("--min-sensitivity must be in (0, 1]")
+    patients = _guard(load_patients, features_dir)
+    model, cv = _guard(fit_model, patients, feature_set, folds, repeats, seed, min_sensitivity)
+    _guard(save_model, model, cv, out)
+    s = cv.summary
+    console.print(
+        f"CV ({folds}-fold x {repeats}, {s['n_patients']} patients, feature set {feature_set}, {len(model.features)} features): "
+        f"balanced accuracy {s['balanced_accuracy_mean']:.3f} ± {s['balanced_accuracy_std']:.3f}, "
+        f"ROC AUC {s['roc_auc_mean']:.3f} ± {s['roc_auc_std']:.3f}, "
+        f"sensitivity {s['sensitivity_mean']:.3f}, specificity {s['specificity_mean']:.3f} -> {out}",
+        highlight=False,
+    )
+
+
+@app.command()
+def predict(
+    model_dir: Annotated[Path, typer.Argument(help="Folder written by `lympho fit`.")],
+    features_dir: Annotated[Path, typer.Argument(help="Folder written by `lympho extract`.")],
+    out: Annotated[Path, typer.Option("--out", help="Predictions CSV.")],
+    kaggle: Annotated[
+        bool, typer.Option("--kaggle", help="Write the challenge's submission format Id,Predicted.")
+    ] = False,
+) -> None:
+    """Probability of tumoral lymphocytosis and decision for each patient."""
+    from ._io import write_csv
+    from .model import predict as run_predict
+
+    preds = _guard(run_predict, model_dir, features_dir)
+    if kaggle:
+        preds = preds.rename(columns={"patient_id": "Id", "prediction": "Predicted"})[["Id", "Predicted"]]
+    _guard(write_csv, preds, out)
+    console.print(f"{len(preds)} patients -> {out}", highlight=False)
+
+
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option("--out", help="Folder for the synthetic cohort, features and model.")] = Path(
+        "artifacts/demo"
+    ),
+    patients: Annotated[int, typer.Option(help="Synthetic patients.")] = 36,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    jobs: Annotated[int, typer.Option("--jobs", "-j", help="Worker processes.")] = 2,
+) -> None:
+    """Generate a seeded synthetic cohort, run extract and fit on it, print the CV metrics."""
+    from .extract import extract as run_extract
+    from .model import fit_model, save_model
+    from .synthetic import make_cohort
+
+    data = out / "data"
+    console.print(f"generating {patients} synthetic patients in {data}", highlight=False)
+    make_cohort(data, n_patients=patients, seed=seed)
+    res = _guard(run_extract, data, out / "features", None, jobs)
+    console.print(f"extracted {res.n_cells} cells of {res.n_patients} patients", highlight=False)
+    import pandas as pd
+
+    table = pd.read_parquet(out / "features" / "patients.parquet")
+    for fs in ("clinical", "image", "all"):
+        model, cv = _guard(fit_model, table, fs, 3, 3, seed)
+        _guard(save_model, model, cv, out / f"model_{fs}")
+        s = cv.summary
+        console.print(
+            f"{fs:>8}: balanced accuracy {s['balanced_accuracy_mean']:.3f} ± {s['balanced_accuracy_std']:.3f}, "
+            f"ROC AUC {s['roc_auc_mean']:.3f} ± {s['roc_auc_std']:.3f}",
+            highlight=False,
+        )
+    console.print(f"models in {out}/model_*", highlight=False)
+
+
+def main() -> None:  # pragma: no cover - console entry point
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(app())

@@ -1,0 +1,228 @@
+"""Seeded synthetic smears: crops that look like the challenge's, with ground truth.
+
+Used by ``lympho demo`` and by the tests, which must not depend on the real
+data. Each crop has a cream background, pale pink red cells with a paler
+centre, and a central lymphocyte: a purple, textured nucleus inside pale blue
+cytoplasm. The true nucleus and cell masks come with every crop.
+
+Class-dependent morphology follows the textbook picture: tumoral (e.g. CLL)
+lymphocytes are small, round, monomorphic, with a high N:C ratio and dense
+chromatin; reactive ones are larger, more varied, with more cytoplasm. Tumoral
+patients are older with higher lymphocyte counts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+
+BACKGROUND = np.array([246, 224, 206], np.float32)
+RED_CELL = np.array([222, 178, 186], np.float32)
+CYTOPLASM = np.array([188, 178, 222], np.float32)
+NUCLEUS = np.array([96, 52, 142], np.float32)
+
+
+@dataclass
+class SyntheticCrop:
+    """One synthetic crop and its ground truth."""
+
+    rgb: np.ndarray  # (H, W, 3) uint8
+    nucleus_mask: np.ndarray  # bool
+    cell_mask: np.ndarray  # bool, contains nucleus_mask
+
+
+def _ellipse_mask(shape, centre, axes, angle) -> np.ndarray:
+    m = np.zeros(shape, np.uint8)
+    cv2.ellipse(
+        m,
+        (int(round(centre[0])), int(round(centre[1]))),
+        (max(1, int(round(axes[0]))), max(1, int(round(axes[1])))),
+        angle,
+        0,
+        360,
+        1,
+        -1,
+    )
+    return m.astype(bool)
+
+
+def synthetic_crop(
+    rng: np.random.Generator,
+    size: int = 224,
+    nucleus_radius: float = 26.0,
+    cell_radius: float = 34.0,
+    offset: tuple[float, float] = (0.0, 0.0),
+    elongation: float = 1.1,
+    pale_nucleus: bool = False,
+    dark_cytoplasm: bool = False,
+    neighbour: bool = False,
+    n_red_cells: int = 14,
+    chromatin_contrast: float = 18.0,
+) -> SyntheticCrop:
+    """Draw one crop with a central lymphocyte.
+
+    Parameters
+    ----------
+    rng : numpy Generator
+        Source of randomness (seed it for reproducibility).
+    size : int
+        Side of the square crop in pixels.
+    nucleus_radius, cell_radius : float
+        Mean radii of nucleus and whole cell (pixels for a 224 crop; scaled with ``size``).
+    offset : (dx, dy)
+        Displacement of the lymphocyte from the crop centre, in pixels.
+    elongation : float
+        Ratio of the nucleus' long to short axis.
+    pale_nucleus, dark_cytoplasm : bool
+        Harder cases: a lightly stained nucleus, a deeply basophilic cytoplasm.
+    neighbour : bool
+        Put a second lymphocyte touching the central one.
+    chromatin_contrast : float
+        Amplitude of the nucleus' texture (clumped chromatin is higher).
+    """
+    k = size / 224.0
+    shape = (size, size)
+    img = np.empty((size, size, 3), np.float32)
+    img[:] = BACKGROUND + rng.normal(0, 2.0, 3)
+    cx, cy = (size - 1) / 2 + offset[0] * k, (size - 1) / 2 + offset[1] * k
+    rn, rc = nucleus_radius * k, max(cell_radius, nucleus_radius * 1.02) * k
+    angle = float(rng.uniform(0, 180))
+    cell = _ellipse_mask(shape, (cx, cy), (rc * 1.05, rc / 1.05), angle)
+    # Nucleus eccentric within its cell, as in real lymphocytes.
+    shift = (rc - rn) * 0.35
+    th = rng.uniform(0, 2 * np.pi)
+    ncx, ncy = cx + shift * np.cos(th), cy + shift * np.sin(th)
+    nucleus = (
+        _ellipse_mask(
+            shape, (ncx, ncy), (rn * np.sqrt(elongation), rn / np.sqrt(elongation)), angle + rng.uniform(-30, 30)
+        )
+        & cell
+    )
+
+    # Red cells: discs with a paler centre, avoiding the lymphocyte (but may touch it).
+    yy, xx = np.mgrid[0:size, 0:size]
+    occupied = cell.copy()
+    for _ in range(n_red_cells):
+        r = rng.uniform(15, 19) * k
+        for _try in range(20):
+            x, y = rng.uniform(-r, size + r), rng.uniform(-r, size + r)
+            disc = (xx - x) ** 2 + (yy - y) ** 2 <= r * r
+            if not (disc & occupied).any():
+                break
+        else:
+            continue
+        d = np.sqrt((xx - x) ** 2 + (yy - y) ** 2) / r
+        colour = RED_CELL + rng.normal(0, 4, 3)
+        pale = np.clip(1 - d, 0, 1)[..., None] * 0.0 + (d < 0.45)[..., None] * 0.45
+        img[disc] = (colour * (1 - pale) + BACKGROUND * pale)[disc]
+        occupied |= disc
+
+    if neighbour:
+        # A second lymphocyte touching the first, on a random side.
+        phi = rng.uniform(0, 2 * np.pi)
+        d = rc * 2.0
+        ox, oy = cx + d * np.cos(phi), cy + d * np.sin(phi)
+        ncell = _ellipse_mask(shape, (ox, oy), (rc, rc), 0) & ~cell
+        nnuc = _ellipse_mask(shape, (ox, oy), (rn * 0.9, rn * 0.9), 0) & ncell
+        img[ncell] = CYTOPLASM
+        img[nnuc] = NUCLEUS
+
+    cyto_colour = CYTOPLASM * (0.78 if dark_cytoplasm else 1.0) + rng.normal(0, 3, 3)
+    if dark_cytoplasm:
+        cyto_colour = cyto_colour + np.array([-25, -10, 0])
+    img[cell] = cyto_colour
+    nuc_colour = NUCLEUS + rng.normal(0, 4, 3)
+    if pale_nucleus:
+        nuc_colour = nuc_colour * 0.55 + np.array([150, 130, 190]) * 0.45
+    texture = cv2.GaussianBlur(rng.normal(0, 1, shape).astype(np.float32), (0, 0), 1.2 * k)
+    texture = texture / (texture.std() + 1e-6) * chromatin_contrast
+    img[nucleus] = nuc_colour + texture[nucleus][:, None]
+
+    img = cv2.GaussianBlur(img, (0, 0), 0.7)
+    img += rng.normal(0, 2.5, img.shape).astype(np.float32)
+    rgb = np.clip(img, 0, 255).astype(np.uint8)
+    return SyntheticCrop(rgb, nucleus, cell)
+
+
+def patient_crops(rng: np.random.Generator, tumoral: bool, n: int, size: int = 224) -> list[SyntheticCrop]:
+    """The crops of one synthetic patient, with class-dependent morphology."""
+    crops = []
+    # Each patient has its own typical cell; tumoral clones vary less.
+    base_rn = rng.normal(23, 1.5) if tumoral else rng.normal(27, 2.5)
+    for _ in range(n):
+        if tumoral:
+            rn = base_rn + rng.normal(0, 1.0)
+            rc = rn * rng.uniform(1.12, 1.25)
+            elong, contrast = rng.uniform(1.0, 1.15), rng.uniform(22, 28)
+        else:
+            rn = base_rn + rng.normal(0, 3.0)
+            rc = rn * rng.uniform(1.25, 1.6)
+            elong, contrast = rng.uniform(1.0, 1.5), rng.uniform(10, 20)
+        crops.append(
+            synthetic_crop(
+                rng,
+                size,
+                rn,
+                rc,
+                offset=tuple(rng.normal(0, 4, 2)),
+                elongation=elong,
+                dark_cytoplasm=(not tumoral) and rng.random() < 0.2,
+                chromatin_contrast=contrast,
+            )
+        )
+    return crops
+
+
+def _format_dob(rng: np.random.Generator, year: int) -> str:
+    month, day = int(rng.integers(1, 13)), int(rng.integers(1, 29))
+    # The formats seen in the real files.
+    return f"{month}/{day}/{year}" if rng.random() < 0.7 else f"{day:02d}-{month:02d}-{year}"
+
+
+def make_cohort(
+    out_dir: str | Path,
+    n_patients: int = 36,
+    cells_per_patient: tuple[int, int] = (12, 24),
+    seed: int = 0,
+    size: int = 224,
+    tumoral_fraction: float = 0.6,
+    csv_name: str = "clinical.csv",
+) -> pd.DataFrame:
+    """Write a synthetic cohort in the challenge layout.
+
+    ``out_dir/P<i>/<j>.jpg`` crops and ``out_dir/<csv_name>`` with columns
+    ID, LABEL, GENDER, DOB, LYMPH_COUNT. Returns the clinical table written.
+    """
+    rng = np.random.default_rng(seed)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i in range(n_patients):
+        tumoral = bool(rng.random() < tumoral_fraction)
+        pid = f"P{i}"
+        folder = out / pid
+        folder.mkdir(exist_ok=True)
+        n = int(rng.integers(cells_per_patient[0], cells_per_patient[1] + 1))
+        for j, crop in enumerate(patient_crops(rng, tumoral, n, size)):
+            cv2.imwrite(
+                str(folder / f"{j:06d}.jpg"), cv2.cvtColor(crop.rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 92]
+            )
+        age = rng.normal(70, 10) if tumoral else rng.normal(50, 18)
+        count = np.exp(rng.normal(np.log(14), 0.6)) if tumoral else np.exp(rng.normal(np.log(5.5), 0.45))
+        gender = rng.choice(["M", "F", "f"], p=[0.5, 0.4, 0.1])
+        rows.append(
+            {
+                "ID": pid,
+                "LABEL": int(tumoral),
+                "GENDER": gender,
+                "DOB": _format_dob(rng, int(2019 - np.clip(age, 18, 99))),
+                "LYMPH_COUNT": round(float(count), 2),
+            }
+        )
+    clinical = pd.DataFrame(rows)
+    clinical.to_csv(out / csv_name, index=False)
+    return clinical

@@ -1,0 +1,118 @@
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from lympho_features.model import (
+    ModelError,
+    choose_threshold,
+    cross_validate,
+    feature_columns,
+    fit_model,
+    load_model,
+    predict,
+    save_model,
+)
+
+
+def patients_table(n=60, seed=0, signal=2.0):
+    rng = np.random.default_rng(seed)
+    y = (rng.random(n) < 0.5).astype(int)
+    return pd.DataFrame(
+        {
+            "patient_id": [f"P{i}" for i in range(n)],
+            "label": pd.array(y, dtype="Int64"),
+            "age": rng.normal(60, 10, n) + 5 * y,
+            "gender": rng.choice(["M", "F"], n),
+            "lymph_count": np.exp(rng.normal(1.5, 0.5, n) + 0.8 * y),
+            "n_cells": rng.integers(20, 100, n),
+            "nc_ratio__mean": rng.normal(0, 1, n) + signal * y,
+            "noise__mean": rng.normal(0, 1, n),
+        }
+    )
+
+
+def test_threshold_maximises_balanced_accuracy():
+    y = np.array([0, 0, 0, 1, 1, 1])
+    p = np.array([0.1, 0.2, 0.6, 0.4, 0.8, 0.9])
+    t = choose_threshold(y, p)
+    pred = p >= t
+    assert ((pred[y == 1]).mean() + (~pred[y == 0]).mean()) / 2 == pytest.approx(5 / 6)
+    # Demanding full sensitivity moves the threshold below the lowest tumoral score.
+    assert choose_threshold(y, p, min_sensitivity=1.0) <= 0.4
+
+
+def test_feature_sets():
+    t = patients_table()
+    assert feature_columns(t, "clinical") == ["age", "gender_male", "log_lymph_count"]
+    assert set(feature_columns(t, "image")) == {"n_cells", "nc_ratio__mean", "noise__mean"}
+    assert len(feature_columns(t, "all")) == 6
+    with pytest.raises(ModelError):
+        feature_columns(t, "everything")
+
+
+def test_cv_finds_real_signal_and_not_noise():
+    t = patients_table(n=80)
+    y = t["label"].astype(int).to_numpy()
+    good = cross_validate(t[["nc_ratio__mean"]].to_numpy(), y, t["patient_id"], folds=4, repeats=2)
+    noise = cross_validate(t[["noise__mean"]].to_numpy(), y, t["patient_id"], folds=4, repeats=2)
+    assert good.summary["roc_auc_mean"] > 0.8
+    assert noise.summary["roc_auc_mean"] < 0.7
+    # Every patient is predicted exactly once per repeat.
+    assert (good.predictions.groupby("repeat")["patient_id"].nunique() == 80).all()
+    assert len(good.predictions) == 160
+
+
+def test_fit_save_load_predict_roundtrip(tmp_path):
+    t = patients_table()
+    model, cv = fit_model(t, "all", folds=3, repeats=2)
+    save_model(model, cv, tmp_path / "m")
+    booster, meta = load_model(tmp_path / "m")
+    assert meta["features"] == model.features
+    for k in (
+        "balanced_accuracy_mean",
+        "balanced_accuracy_std",
+        "roc_auc_mean",
+        "roc_auc_std",
+        "sensitivity_mean",
+        "specificity_mean",
+    ):
+        assert k in meta["cv"]
+    assert "lightgbm" in meta["library_versions"] and len(meta["training_data_fingerprint"]) == 64
+    feats = tmp_path / "f"
+    feats.mkdir()
+    t.to_parquet(feats / "patients.parquet")
+    preds = predict(tmp_path / "m", feats)
+    assert list(preds.columns) == ["patient_id", "probability", "prediction"]
+    assert ((preds["probability"] >= meta["threshold"]).astype(int) == preds["prediction"]).all()
+    # The saved model reproduces the in-memory one.
+    from lympho_features.model import model_matrix
+
+    direct = model.classifier.predict_proba(model_matrix(t)[model.features].to_numpy(float))[:, 1]
+    assert np.allclose(direct, preds["probability"])
+
+
+def test_predict_refuses_mismatched_columns(tmp_path):
+    t = patients_table()
+    model, cv = fit_model(t, "all", folds=3, repeats=1)
+    save_model(model, cv, tmp_path / "m")
+    feats = tmp_path / "f"
+    feats.mkdir()
+    t.drop(columns=["nc_ratio__mean"]).to_parquet(feats / "patients.parquet")
+    with pytest.raises(ModelError, match="nc_ratio__mean"):
+        predict(tmp_path / "m", feats)
+
+
+def test_load_model_rejects_incompatible_metadata(tmp_path):
+    t = patients_table()
+    model, cv = fit_model(t, "clinical", folds=3, repeats=1)
+    save_model(model, cv, tmp_path / "m")
+    meta = json.loads((tmp_path / "m" / "model.json").read_text())
+    meta["format"] = 99
+    (tmp_path / "m" / "model.json").write_text(json.dumps(meta))
+    with pytest.raises(ModelError, match="format 99"):
+        load_model(tmp_path / "m")
+    (tmp_path / "m" / "model.json").write_text("{not json")
+    with pytest.raises(ModelError, match="not valid JSON"):
+        load_model(tmp_path / "m")
