@@ -128,12 +128,33 @@ def predict(
     kaggle: Annotated[
         bool, typer.Option("--kaggle", help="Write the challenge's submission format Id,Predicted.")
     ] = False,
+    explain: Annotated[
+        bool,
+        typer.Option(
+            "--explain",
+            help="Add each patient's strongest contributions (top{k}_feature, top{k}_value, top{k}_contribution "
+            "in log-odds, positive toward tumoral) after the contract columns.",
+        ),
+    ] = False,
+    explain_top: Annotated[int, typer.Option(help="How many contributions --explain adds per patient.")] = 3,
 ) -> None:
     """Probability of tumoral lymphocytosis and decision for each patient."""
     from ._io import write_csv
     from .model import predict as run_predict
 
-    preds = _guard(run_predict, model_dir, features_dir)
+    if explain and kaggle:
+        _fail("--explain cannot be combined with --kaggle (the submission format has fixed columns)")
+    if explain_top < 1:
+        _fail("--explain-top must be at least 1")
+    if explain:
+        from .report import ReportError, explain_predictions
+
+        try:
+            preds = _guard(explain_predictions, model_dir, features_dir, explain_top)
+        except ReportError as exc:
+            _fail(str(exc))
+    else:
+        preds = _guard(run_predict, model_dir, features_dir)
     if kaggle:
         preds = preds.rename(columns={"patient_id": "Id", "prediction": "Predicted"})[["Id", "Predicted"]]
     _guard(write_csv, preds, out)
@@ -148,8 +169,11 @@ def demo(
     patients: Annotated[int, typer.Option(help="Synthetic patients.")] = 36,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     jobs: Annotated[int, typer.Option("--jobs", "-j", help="Worker processes.")] = 2,
+    report_dir: Annotated[
+        Path, typer.Option("--report-dir", help="Folder for the HTML report of the `all` model.")
+    ] = Path("reports/demo"),
 ) -> None:
-    """Generate a seeded synthetic cohort, run extract and fit on it, print the CV metrics."""
+    """Generate a seeded synthetic cohort, run extract and fit on it, print the CV metrics, write a report."""
     from .extract import extract as run_extract
     from .model import fit_model, save_model
     from .synthetic import make_cohort
@@ -172,6 +196,40 @@ def demo(
             highlight=False,
         )
     console.print(f"models in {out}/model_*", highlight=False)
+    _write_report_or_fail(out / "model_all", out / "features", report_dir, data)
+
+
+def _write_report_or_fail(model_dir: Path, features_dir: Path, out: Path, data_dir: Path | None):
+    from .report import ReportError, write_report
+
+    try:
+        res = _guard(write_report, model_dir, features_dir, out, data_dir)
+    except ReportError as exc:
+        _fail(str(exc))
+    for w in res.warnings:
+        console.print(f"[yellow]warning:[/] {w}", highlight=False)
+    console.print(
+        f"report of {res.n_patients} patients ({res.n_thumbnails} cell images, {res.size_bytes / 1e6:.1f} MB, "
+        f"{res.seconds:.1f} s) -> {res.path}",
+        highlight=False,
+    )
+    return res
+
+
+@app.command()
+def report(
+    model_dir: Annotated[Path, typer.Argument(help="Folder written by `lympho fit`.")],
+    features_dir: Annotated[Path, typer.Argument(help="Folder written by `lympho extract`: the patients to report.")],
+    out: Annotated[Path, typer.Option("--out", help="Report folder; receives index.html.")],
+    data_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--data-dir", help="Folder of the crops (default: the one recorded in FEATURES_DIR/manifest.json)."
+        ),
+    ] = None,
+) -> None:
+    """Write a self-contained HTML report: cohort, CV performance, explanations, one page per patient."""
+    _write_report_or_fail(model_dir, features_dir, out, data_dir)
 
 
 def main() -> None:  # pragma: no cover - console entry point
