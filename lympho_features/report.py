@@ -545,7 +545,9 @@ def load_inputs(model_dir: str | Path, features_dir: str | Path, data_dir: str |
 
     cvp = None
     cvp_path = model_dir / "cv_predictions.csv"
-    if cvp_path.is_file():
+    if not cvp_path.is_file():
+        warnings.append(f"{cvp_path} not found: ROC, calibration and CV probabilities left out")
+    else:
         try:
             cvp = pd.read_csv(cvp_path, dtype={"patient_id": str})
             if not {"patient_id", "label", "probability"} <= set(cvp.columns):
@@ -1171,6 +1173,8 @@ class GalleryGroup:
     title: str
     note: str
     cells: list[tuple[str, str]]  # (image path relative to the data folder, caption)
+    feature: str | None = None  #: the cells.parquet column the cells were chosen on
+    side: str | None = None  #: "highest", "lowest" or "lowest and highest"
 
 
 def select_gallery(
@@ -1183,12 +1187,14 @@ def select_gallery(
 ) -> list[GalleryGroup]:
     """The cells worth looking at for patient row ``i``.
 
-    For each of the ``n_drivers`` image inputs that moved this patient's score
-    most (and that summarise a per-cell measurement), the patient's cells most
-    extreme on that measurement, on the side where the patient stands relative
-    to the cohort (both extremes for a spread). Then the highest cell-level
-    scores when cells.parquet has a ``cell_score`` column, then flagged cells
-    (smudge, not a lymphocyte, other QC failures).
+    First the highest cell-level scores when cells.parquet has a ``cell_score``
+    column. Then, for each of the ``n_drivers`` image inputs that moved this
+    patient's score most (and that summarise a per-cell measurement), the
+    patient's cells most extreme on that measurement, on the side where the
+    patient stands relative to the cohort (both extremes for a spread); when
+    fewer such inputs matter (and no cell score exists), a sample spanning the
+    patient's nucleus sizes. Last, flagged cells (smudge, not a lymphocyte,
+    other QC failures). A cell appears at most once.
     """
     cells = inp.cells
     if cells is None or "image" not in cells:
@@ -1200,9 +1206,19 @@ def select_gallery(
     ok = pc[pc["qc_ok"].astype(bool)] if "qc_ok" in pc else pc
     groups: list[GalleryGroup] = []
     used: set[str] = set()
+    score_col = next((c for c in ("cell_score", "cell_score_tumoral", "cellscore") if c in pc.columns), None)
+    if score_col is not None and pd.api.types.is_numeric_dtype(pc[score_col]):
+        s = pc[score_col].dropna().sort_values(ascending=False, kind="stable")
+        if len(s):
+            caps = [
+                (str(pc.at[ix, "image"]), f"score {_short_num(pc.at[ix, score_col])}") for ix in s.index[:per_group]
+            ]
+            used.update(c for c, _ in caps)
+            groups.append(GalleryGroup("Most tumoral-looking cells by the cell-level model", "", caps))
+    n_score_groups = len(groups)
     order = np.argsort(-np.abs(inp.contrib[i]), kind="stable")
     for j in order:
-        if len(groups) >= n_drivers or abs(inp.contrib[i, j]) < 1e-9:
+        if len(groups) - n_score_groups >= n_drivers or abs(inp.contrib[i, j]) < 1e-9:
             break
         name = inp.features[j]
         base, stat = split_aggregate(name)
@@ -1228,21 +1244,33 @@ def select_gallery(
         groups.append(
             GalleryGroup(
                 f"{short_label(name)}: pushes toward {push} ({inp.contrib[i, j]:+.2f})",
-                f"cells with the {which} {base.replace('_', ' ')} of this patient (patient value {_short_num(value)}, "
+                f"cells with the {which} {short_label(base)} of this patient (patient value {_short_num(value)}, "
                 f"cohort median {_short_num(cohort_medians.get(name, np.nan))})",
                 captions,
+                base,
+                which,
             )
         )
-    score_col = next((c for c in ("cell_score", "cell_score_tumoral", "cellscore") if c in pc.columns), None)
-    if score_col is not None and pd.api.types.is_numeric_dtype(pc[score_col]):
-        s = pc[score_col].dropna()
-        s = s[~pc.loc[s.index, "image"].isin(used)].sort_values(ascending=False, kind="stable")
-        if len(s):
+    if not n_score_groups and len(groups) < n_drivers and len(ok):
+        # Few image inputs moved this patient's score: show a sample spanning its range of nucleus sizes instead.
+        pool = ok[~ok["image"].isin(used)]
+        key = "nucleus_area" if "nucleus_area" in pool else None
+        pool = pool.sort_values([key, "image"] if key else ["image"], kind="stable")
+        n = min(len(pool), per_group * (n_drivers - len(groups)), 8)
+        if n:
+            picks = pool.iloc[np.unique(np.linspace(0, len(pool) - 1, n).round().astype(int))]
             caps = [
-                (str(pc.at[ix, "image"]), f"score {_short_num(pc.at[ix, score_col])}") for ix in s.index[:per_group]
+                (str(im), f"nucleus {_short_num(a)}" if key else "")
+                for im, a in zip(picks["image"], picks[key] if key else picks["image"], strict=True)
             ]
             used.update(c for c, _ in caps)
-            groups.append(GalleryGroup("Most tumoral-looking cells by the cell-level model", "", caps))
+            groups.append(
+                GalleryGroup(
+                    "A sample of this patient's cells",
+                    "spanning its range of nucleus sizes (few image inputs moved this patient's score)",
+                    caps,
+                )
+            )
     flag_cols = [c for c in ("is_smudge", "is_not_lymphocyte") if c in pc.columns]
     flagged = pc[(~pc["qc_ok"].astype(bool)) if "qc_ok" in pc else np.zeros(len(pc), bool)]
     if flag_cols:

@@ -1,0 +1,428 @@
+"""`lympho report` and `predict --explain` on a tiny synthetic cohort; the report opened in headless Chromium."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from lympho_features.cli import app
+from lympho_features.model import PatientClassifier, fit_model, load_model, load_patients, model_matrix, save_model
+from lympho_features.report import (
+    ReportError,
+    calibration_bins,
+    describe_feature,
+    explain_predictions,
+    feature_family,
+    load_inputs,
+    select_gallery,
+    shap_contributions,
+    wilson_interval,
+    write_report,
+)
+
+runner = CliRunner()
+CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
+SECTIONS = ("caveats", "cohort", "performance", "explanation", "patients", "provenance")
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tiny_features, tmp_path_factory) -> Path:
+    """A model of the 12-patient cohort whose trees do split.
+
+    The default ``min_child_samples=8`` leaves 12 patients with stumps that
+    never split (every SHAP value 0), so the final model is refitted with
+    smaller leaves: the report must explain real contributions.
+    """
+    out = tmp_path_factory.mktemp("model")
+    patients = load_patients(tiny_features)
+    model, cv = fit_model(patients, "all", folds=3, repeats=2, seed=0)
+    X = model_matrix(patients)[model.features].to_numpy(float)
+    model.classifier = PatientClassifier(min_child_samples=2, random_state=0).fit(X, patients["label"].astype(int))
+    model.metadata["params"] = model.classifier.get_params()
+    save_model(model, cv, out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def tiny_report(tiny_model, tiny_features, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("report")
+    res = write_report(tiny_model, tiny_features, out)
+    assert res.path == out / "index.html" and res.n_patients == 12
+    return res.path
+
+
+# ------------------------------------------------------------- content ----
+def test_report_is_one_self_contained_file(tiny_report, tiny_features):
+    doc = tiny_report.read_text()
+    for sid in SECTIONS:
+        assert f'id="{sid}"' in doc, sid
+    patients = load_patients(tiny_features)
+    assert doc.count("<article class='patient'") == len(patients)
+    for pid in patients["patient_id"]:
+        assert f"id='p-{pid}'" in doc
+    srcs = re.findall(r"<img[^>]*\ssrc=\"([^\"]*)\"", doc)
+    assert len(srcs) == doc.count("<img") and len(srcs) > 10
+    assert all(s.startswith(("data:image/png;base64,", "data:image/jpeg;base64,")) for s in srcs)
+    assert not re.search(r"https?://", doc)
+    assert "<script" not in doc.lower() and "<link" not in doc.lower()
+    assert "Content-Security-Policy" in doc and "default-src 'none'" in doc
+    # Print CSS: one patient per page.
+    assert re.search(r"\.patient\s*{\s*break-before:\s*page", doc.split("@media print")[1])
+    # Cell galleries come from the crops: gallery images are JPEG thumbnails.
+    assert doc.count("data:image/jpeg;base64,") >= len(patients)
+    assert "crop not found" not in doc
+
+
+def test_report_shows_cv_metrics_and_calls_of_the_model(tiny_report, tiny_model, tiny_features):
+    doc = tiny_report.read_text()
+    meta = json.loads((tiny_model / "model.json").read_text())
+    ba = f"{meta['cv']['balanced_accuracy_mean']:.3f} ± {meta['cv']['balanced_accuracy_std']:.3f}"
+    assert ba in doc
+    assert f"threshold {meta['threshold']:.3f}" in doc
+    preds = explain_predictions(tiny_model, tiny_features)
+    n_t = int(preds["prediction"].sum())
+    assert f"<b>{n_t} / {len(preds) - n_t}</b><span>called tumoral / reactive" in doc
+    # Each patient's page shows its own probability.
+    for pid, p in zip(preds["patient_id"], preds["probability"], strict=True):
+        page = doc.split(f"id='p-{pid}'")[1].split("<article")[0]
+        assert f"<div class='prob'>{p:.2f}</div>" in page
+
+
+def test_shap_contributions_add_up_to_the_model_probability(tiny_model, tiny_features):
+    booster, meta = load_model(tiny_model)
+    X = model_matrix(load_patients(tiny_features))[meta["features"]].to_numpy(float)
+    contrib, base = shap_contributions(booster, X)
+    assert contrib.shape == X.shape
+    proba = 1 / (1 + np.exp(-(base + contrib.sum(1))))
+    np.testing.assert_allclose(proba, booster.predict(X), rtol=1e-6, atol=1e-9)
+
+
+def test_predict_explain_adds_top_contributions_after_the_contract(tiny_model, tiny_features, tmp_path):
+    r = runner.invoke(app, ["predict", str(tiny_model), str(tiny_features), "--out", str(tmp_path / "p.csv")])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(
+        app, ["predict", str(tiny_model), str(tiny_features), "--out", str(tmp_path / "e.csv"), "--explain"]
+    )
+    assert r.exit_code == 0, r.output
+    plain, ex = pd.read_csv(tmp_path / "p.csv"), pd.read_csv(tmp_path / "e.csv")
+    assert list(ex.columns[:3]) == ["patient_id", "probability", "prediction"]
+    assert list(ex.columns[3:]) == [f"top{k}_{c}" for k in (1, 2, 3) for c in ("feature", "value", "contribution")]
+    pd.testing.assert_frame_equal(ex[plain.columns], plain)
+    assert (ex["top1_contribution"].abs() >= ex["top2_contribution"].abs()).all()
+    assert (ex["top2_contribution"].abs() >= ex["top3_contribution"].abs()).all()
+    # Values are the patient's own model inputs.
+    X = model_matrix(load_patients(tiny_features)).set_index("patient_id")
+    for _, row in ex.iterrows():
+        assert np.isclose(X.at[row["patient_id"], row["top1_feature"]], row["top1_value"], equal_nan=True)
+    r = runner.invoke(
+        app, ["predict", str(tiny_model), str(tiny_features), "--out", str(tmp_path / "k.csv"), "--explain", "--kaggle"]
+    )
+    assert r.exit_code == 2 and "--explain" in r.output and "Traceback" not in r.output
+
+
+def test_report_cli_and_its_errors(tiny_model, tiny_features, tmp_path):
+    r = runner.invoke(app, ["report", str(tiny_model), str(tiny_features), "--out", str(tmp_path / "r")])
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "r" / "index.html").is_file() and "12 patients" in r.output
+    r = runner.invoke(app, ["report", str(tmp_path / "nope"), str(tiny_features), "--out", str(tmp_path / "r2")])
+    assert r.exit_code == 2 and "model.json" in r.output and "Traceback" not in r.output
+    assert not (tmp_path / "r2" / "index.html").exists()
+    # Features that do not match the model: one clear line.
+    feats = tmp_path / "feats"
+    feats.mkdir()
+    load_patients(tiny_features)[["patient_id", "label", "age", "gender", "lymph_count"]].to_parquet(
+        feats / "patients.parquet"
+    )
+    r = runner.invoke(app, ["report", str(tiny_model), str(feats), "--out", str(tmp_path / "r3")])
+    assert r.exit_code == 2 and "lack" in r.output and "Traceback" not in r.output
+
+
+def test_report_without_crops_or_cv_file_still_renders(tiny_model, tiny_features, tmp_path):
+    feats = tmp_path / "feats"
+    shutil.copytree(tiny_features, feats)
+    man = json.loads((feats / "manifest.json").read_text())
+    man["data_dir"] = str(tmp_path / "moved_away")
+    (feats / "manifest.json").write_text(json.dumps(man))
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model, model)
+    (model / "cv_predictions.csv").unlink()
+    res = write_report(model, feats, tmp_path / "r")
+    doc = res.path.read_text()
+    assert "crop not found" in doc and res.n_thumbnails == 0
+    assert any("moved_away" in w for w in res.warnings) and any("cv_predictions" in w for w in res.warnings)
+    assert "Reliability diagram" not in doc and 'id="patients"' in doc
+
+
+def test_ablation_and_cell_score_are_shown_when_present(tiny_model, tiny_features, tmp_path):
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model, model)
+    meta = json.loads((model / "model.json").read_text())
+    assert "Ablation" not in write_report(model, tiny_features, tmp_path / "r0").path.read_text()
+    meta["ablation"] = {
+        "clinical": {"balanced_accuracy_mean": 0.812, "roc_auc_mean": 0.9},
+        "all": {"balanced_accuracy_mean": 0.871, "roc_auc_mean": 0.937, "ba_diff_ci": [-0.01, 0.05]},
+    }
+    (model / "model.json").write_text(json.dumps(meta))
+    feats = tmp_path / "feats"
+    shutil.copytree(tiny_features, feats)
+    cells = pd.read_parquet(feats / "cells.parquet")
+    cells["cell_score"] = np.linspace(0, 1, len(cells))
+    cells.to_parquet(feats / "cells.parquet")
+    doc = write_report(model, feats, tmp_path / "r").path.read_text()
+    assert "Ablation" in doc and "0.871" in doc and "[-0.010, 0.050]" in doc
+    assert doc.count("Most tumoral-looking cells by the cell-level model") == 12
+
+
+def test_gallery_picks_the_most_extreme_cells_of_the_driving_features(tiny_model, tiny_features):
+    inp = load_inputs(tiny_model, tiny_features)
+    medians = {f: float(np.nanmedian(inp.X[:, j])) for j, f in enumerate(inp.features)}
+    checked = 0
+    for i in range(len(inp.patients)):
+        pid = inp.patients["patient_id"].iat[i]
+        pc = inp.cells[inp.cells["patient_id"] == pid]
+        ok = pc[pc["qc_ok"]]
+        used: set[str] = set()
+        for g in select_gallery(inp, i, medians, per_group=2):
+            images = [im for im, _ in g.cells]
+            assert set(images) <= set(pc["image"]) and not used & set(images)
+            if g.title.startswith("Flagged"):
+                flagged = pc[~pc["qc_ok"] | pc["is_smudge"] | pc["is_not_lymphocyte"]]
+                assert set(images) <= set(flagged["image"])
+                continue
+            if g.side in ("highest", "lowest"):
+                vals = ok.set_index("image")[g.feature].dropna()
+                shown, rest = vals.loc[images], vals.drop(list(used | set(images)), errors="ignore")
+                if len(rest):
+                    assert shown.min() >= rest.max() if g.side == "highest" else shown.max() <= rest.min()
+                    checked += 1
+            used |= set(images)
+    assert checked > 0
+
+
+def test_plain_language_descriptions_cover_every_input(tiny_model):
+    _, meta = load_model(tiny_model)
+    for f in meta["features"]:
+        assert feature_family(f) != "other", f
+        text = describe_feature(f)
+        assert text and text != f and "_" not in text.split(";")[0], (f, text)
+    assert "chromatin contrast" in describe_feature("haralick_contrast_d1__mean")
+    assert "spread" in describe_feature("nc_ratio__std")
+    assert "90th percentile" in describe_feature("shape_nucleus_area__q90")
+
+
+def test_calibration_bins_and_wilson_interval():
+    y = np.array([0, 0, 1, 1, 1, 0, 1, 1])
+    p = np.array([0.05, 0.08, 0.12, 0.55, 0.58, 0.52, 0.95, 0.99])
+    bins = calibration_bins(y, p, 10)
+    assert bins["count"].sum() == len(y)
+    first = bins.iloc[0]
+    assert first["count"] == 2 and first["observed_rate"] == 0 and np.isclose(first["mean_predicted"], 0.065)
+    mid = bins[bins["bin_low"] == 0.5].iloc[0]
+    assert mid["count"] == 3 and np.isclose(mid["observed_rate"], 2 / 3)
+    lo, hi = wilson_interval(8, 10)
+    assert np.isclose(lo, 0.490, atol=1e-3) and np.isclose(hi, 0.943, atol=1e-3)
+
+
+def test_demo_writes_the_report(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    r = runner.invoke(app, ["demo", "--out", "art", "--patients", "12", "--jobs", "2"])
+    assert r.exit_code == 0, r.output
+    doc = (tmp_path / "reports" / "demo" / "index.html").read_text()
+    assert doc.count("<article class='patient'") == 12
+
+
+def test_report_error_is_raised_for_an_empty_features_table(tiny_model, tiny_features, tmp_path):
+    feats = tmp_path / "f"
+    feats.mkdir()
+    load_patients(tiny_features).iloc[:0].to_parquet(feats / "patients.parquet")
+    with pytest.raises(ReportError, match="no patient"):
+        write_report(tiny_model, feats, tmp_path / "r")
+
+
+# ------------------------------------------------------------- browser ----
+class HeadlessChromium:
+    """Minimal DevTools-protocol client over ``--remote-debugging-pipe`` (no websocket, no extra package)."""
+
+    def __init__(self, binary: str, width: int = 1200, height: int = 1600):
+        self.profile = tempfile.mkdtemp(prefix="lympho-chromium-")
+        to_chrome_r, to_chrome_w = os.pipe()
+        from_chrome_r, from_chrome_w = os.pipe()
+
+        def wire_fds():  # the protocol pipe is fd 3 (commands in) and fd 4 (replies out)
+            a, b = os.dup(to_chrome_r), os.dup(from_chrome_w)
+            os.dup2(a, 3)
+            os.dup2(b, 4)
+
+        args = [
+            binary,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            f"--user-data-dir={self.profile}",
+            "--remote-debugging-pipe",
+            "--hide-scrollbars",
+            f"--window-size={width},{height}",
+            "about:blank",
+        ]
+        self.proc = subprocess.Popen(
+            args, preexec_fn=wire_fds, pass_fds=(3, 4), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        os.close(to_chrome_r)
+        os.close(from_chrome_w)
+        self.w = os.fdopen(to_chrome_w, "wb", buffering=0)
+        self.r = os.fdopen(from_chrome_r, "rb", buffering=0)
+        self.buf = b""
+        self.n = 0
+        self.events: list[dict] = []
+        self.session = None
+
+    def _recv(self) -> dict:
+        while b"\0" not in self.buf:
+            chunk = self.r.read(1 << 16)
+            if not chunk:
+                raise RuntimeError("chromium closed the DevTools pipe")
+            self.buf += chunk
+        msg, self.buf = self.buf.split(b"\0", 1)
+        return json.loads(msg)
+
+    def send(self, method: str, params: dict | None = None, session: bool = True) -> dict:
+        self.n += 1
+        msg = {"id": self.n, "method": method, "params": params or {}}
+        if session and self.session:
+            msg["sessionId"] = self.session
+        self.w.write(json.dumps(msg).encode() + b"\0")
+        while True:
+            reply = self._recv()
+            if reply.get("id") == self.n:
+                if "error" in reply:
+                    raise RuntimeError(f"{method}: {reply['error']}")
+                return reply.get("result", {})
+            self.events.append(reply)
+
+    def open(self, url: str, timeout: float = 30) -> None:
+        target = self.send("Target.createTarget", {"url": "about:blank"}, session=False)["targetId"]
+        self.session = self.send("Target.attachToTarget", {"targetId": target, "flatten": True}, session=False)[
+            "sessionId"
+        ]
+        for domain in ("Page", "Runtime", "Log"):
+            self.send(f"{domain}.enable")
+        self.events.clear()
+        self.send("Page.navigate", {"url": url})
+        deadline = time.monotonic() + timeout
+        while not any(e.get("method") == "Page.loadEventFired" for e in self.events):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{url} did not finish loading in {timeout} s")
+            self.events.append(self._recv())
+
+    def evaluate(self, expression: str):
+        res = self.send("Runtime.evaluate", {"expression": expression, "returnByValue": True, "awaitPromise": True})
+        return res["result"].get("value")
+
+    def console_errors(self) -> list[str]:
+        out = []
+        for e in self.events:
+            m, p = e.get("method"), e.get("params", {})
+            if m == "Runtime.exceptionThrown":
+                out.append(str(p.get("exceptionDetails", {}).get("text")))
+            elif m == "Runtime.consoleAPICalled" and p.get("type") in ("error", "assert"):
+                out.append(" ".join(str(a.get("value", a.get("description"))) for a in p.get("args", [])))
+            elif m == "Log.entryAdded" and p.get("entry", {}).get("level") == "error":
+                out.append(p["entry"].get("text", ""))
+        return out
+
+    def broken_images(self) -> dict:
+        return self.evaluate(
+            "({n: document.images.length, broken: Array.from(document.images)"
+            ".filter(i => !i.complete || i.naturalWidth === 0).map(i => i.src.slice(0, 60))})"
+        )
+
+    def screenshot(self, path: Path, element_id: str | None = None, height: int = 1600) -> None:
+        import base64
+
+        if element_id:
+            box = self.evaluate(
+                f"(() => {{ const r = document.getElementById({json.dumps(element_id)}).getBoundingClientRect();"
+                " return {x: r.left + window.scrollX, y: r.top + window.scrollY, w: r.width, h: r.height}; })()"
+            )
+            clip = {"x": 0, "y": box["y"], "width": 1200, "height": min(box["h"], 2400), "scale": 1}
+        else:
+            clip = {"x": 0, "y": 0, "width": 1200, "height": height, "scale": 1}
+        shot = self.send("Page.captureScreenshot", {"format": "png", "clip": clip, "captureBeyondViewport": True})
+        Path(path).write_bytes(base64.b64decode(shot["data"]))
+
+    def pdf_pages(self) -> int:
+        import base64
+
+        pdf = base64.b64decode(self.send("Page.printToPDF", {"preferCSSPageSize": True})["data"])
+        return len(re.findall(rb"/Type\s*/Page[^s]", pdf))
+
+    def close(self) -> None:
+        try:
+            self.send("Browser.close", session=False)
+        except (RuntimeError, OSError):
+            pass
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        for f in (self.w, self.r):
+            f.close()
+        shutil.rmtree(self.profile, ignore_errors=True)
+
+
+@pytest.fixture
+def browser():
+    if CHROMIUM is None:
+        pytest.skip("chromium not installed (Debian: apt-get install chromium)")
+    b = HeadlessChromium(CHROMIUM)
+    yield b
+    b.close()
+
+
+def test_report_renders_in_chromium_with_every_image_and_no_console_error(browser, tiny_report, tmp_path):
+    browser.open(tiny_report.resolve().as_uri())
+    imgs = browser.broken_images()
+    assert imgs["n"] == tiny_report.read_text().count("<img") and imgs["n"] > 10
+    assert imgs["broken"] == []
+    assert browser.console_errors() == []
+    title = browser.evaluate("document.querySelector('h1').innerText")
+    assert "lymphocytosis" in title
+    assert browser.evaluate("document.querySelectorAll('article.patient').length") == 12
+    assert browser.evaluate("document.body.scrollHeight") > 3000
+    shot = tmp_path / "report.png"
+    browser.screenshot(shot)
+    assert shot.stat().st_size > 20_000 and shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    browser.screenshot(tmp_path / "patient.png", element_id="p-P0")
+    # Printing: each of the 12 patient pages starts a new sheet.
+    assert browser.pdf_pages() >= 12 + 3
+
+
+def test_browser_check_catches_broken_images_and_blocked_requests(browser, tmp_path):
+    """The browser check can fail: a corrupt inline image and an external image are both reported."""
+    page = tmp_path / "bad.html"
+    page.write_text(
+        '<!DOCTYPE html><html><head><meta http-equiv="Content-Security-Policy" '
+        "content=\"default-src 'none'; img-src data:; style-src 'unsafe-inline'\"></head><body>"
+        '<img src="data:image/png;base64,iVBORw0KGgoAAAAAAA"><img src="http://127.0.0.1:9/x.png"></body></html>'
+    )
+    browser.open(page.as_uri())
+    imgs = browser.broken_images()
+    assert imgs["n"] == 2 and len(imgs["broken"]) == 2
+    assert any("Content Security Policy" in e or "127.0.0.1" in e for e in browser.console_errors())
