@@ -292,6 +292,7 @@ def short_label(name: str) -> str:
         "gender_male": "sex (male)",
         "age": "age",
         "n_cells": "number of crops",
+        "n_cells_ok": "crops passing QC",
     }.get(base)
     if label is None:
         label = (
@@ -420,19 +421,36 @@ def _png(fig) -> str:
     return _data_uri(buf.getvalue(), "image/png")
 
 
-def cell_thumbnail(rgb: np.ndarray, nucleus_mask: np.ndarray, cell_mask: np.ndarray, size: int = 104) -> bytes:
-    """JPEG thumbnail of a crop with the cell (green) and nucleus (gold) outlines drawn at thumbnail scale."""
+def cell_thumbnail(
+    rgb: np.ndarray, nucleus_mask: np.ndarray, cell_mask: np.ndarray, size: int = 104, quality: int = 75
+) -> bytes:
+    """JPEG thumbnail zoomed on the cell, with its outline (green) and its nucleus outline (gold).
+
+    The crop is cut to a square around the cell (a quarter of its size as
+    margin, at least 40% of the crop side) so the chromatin stays visible at
+    thumbnail size; the outlines are drawn at thumbnail scale so they stay one
+    pixel wide.
+    """
     import cv2
 
     h, w = rgb.shape[:2]
-    scale = size / max(h, w)
-    tw, th = max(1, round(w * scale)), max(1, round(h * scale))
-    small = cv2.resize(rgb, (tw, th), interpolation=cv2.INTER_AREA)
+    ys, xs = np.nonzero(cell_mask if cell_mask.any() else nucleus_mask)
+    if len(ys):
+        cy, cx = (ys.min() + ys.max()) / 2, (xs.min() + xs.max()) / 2
+        side = max(ys.max() - ys.min(), xs.max() - xs.min()) * 1.5
+    else:
+        cy, cx, side = (h - 1) / 2, (w - 1) / 2, 0.6 * min(h, w)
+    side = int(min(max(side, 0.4 * min(h, w)), min(h, w)))
+    y0 = int(np.clip(round(cy - side / 2), 0, h - side))
+    x0 = int(np.clip(round(cx - side / 2), 0, w - side))
+    box = (slice(y0, y0 + side), slice(x0, x0 + side))
+    interp = cv2.INTER_AREA if side >= size else cv2.INTER_CUBIC
+    small = cv2.resize(np.ascontiguousarray(rgb[box]), (size, size), interpolation=interp)
     for mask, colour in ((cell_mask, CELL_OUTLINE), (nucleus_mask, NUCLEUS_OUTLINE)):
-        m = cv2.resize(mask.astype(np.uint8) * 255, (tw, th), interpolation=cv2.INTER_AREA) > 127
+        m = cv2.resize(mask[box].astype(np.uint8) * 255, (size, size), interpolation=cv2.INTER_LINEAR) > 127
         contours, _ = cv2.findContours(m.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
         cv2.drawContours(small, contours, -1, colour, 1, lineType=cv2.LINE_AA)
-    ok, buf = cv2.imencode(".jpg", cv2.cvtColor(small, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 82])
+    ok, buf = cv2.imencode(".jpg", cv2.cvtColor(small, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, quality])
     if not ok:  # pragma: no cover - encoding an RGB uint8 array does not fail
         raise ReportError("cannot encode a thumbnail")
     return buf.tobytes()
@@ -650,7 +668,8 @@ tr.miss td { background: #fdecea; }
 .cell img { width: 104px; height: 104px; display: block; margin: 0 auto 2px; border: 1px solid #ccc; }
 .cell .missing { width: 104px; height: 104px; border: 1px dashed #bbb; color: #999; display: flex;
                  align-items: center; justify-content: center; margin: 0 auto 2px; }
-.group { margin-bottom: 8px; } .group h4 { margin: 4px 0; font-size: 13px; }
+.groups { display: flex; flex-wrap: wrap; gap: 4px 18px; }
+.group { margin-bottom: 8px; flex: 0 1 470px; } .group h4 { margin: 4px 0; font-size: 13px; }
 .legend-dot { display: inline-block; width: 10px; height: 10px; border-radius: 2px; margin: 0 3px 0 8px; }
 pre { background: #f6f6f6; padding: 8px; font-size: 11.5px; white-space: pre-wrap; word-break: break-all; }
 @page { size: A4; margin: 12mm; }
@@ -659,6 +678,18 @@ pre { background: #f6f6f6; padding: 8px; font-size: 11.5px; white-space: pre-wra
   nav { display: none; }
   .patient { break-before: page; border-top: none; margin-top: 0; }
   section.major { break-before: page; }
+  h2 { margin-top: 0; } h3 { margin: 8px 0 3px; }
+  .prob { font-size: 18px; }
+  .decision { flex-wrap: nowrap; gap: 8px; margin: 4px 0; } .decision > div { padding: 4px 8px; }
+  .decision table { margin: 2px 0; } .decision th, .decision td { padding: 1px 4px; }
+  .wf td { font-size: 9.5px; padding: 0 3px; line-height: 1.2; }
+  .wf td.lab { width: 60%; } .wf td.val { width: 7%; } .wf td.bar { width: 33%; }
+  .wf .small { font-size: 8.5px; }
+  .track { height: 11px; } .seg { top: 1px; height: 9px; }
+  .groups { gap: 2px 12px; } .group { flex: 0 1 320px; margin-bottom: 4px; }
+  .group .small { font-size: 8.5px; }
+  .cell { width: 74px; font-size: 8.5px; } .cell img, .cell .missing { width: 70px; height: 70px; }
+  .group h4 { font-size: 10px; margin: 2px 0; }
   .figs, .group, table.cm, .decision, .kpis { break-inside: avoid; }
   * { -webkit-print-color-adjust: exact; print-color-adjust: exact; }
 }
@@ -1188,8 +1219,8 @@ def select_gallery(
     """The cells worth looking at for patient row ``i``.
 
     First the highest cell-level scores when cells.parquet has a ``cell_score``
-    column. Then, for each of the ``n_drivers`` image inputs that moved this
-    patient's score most (and that summarise a per-cell measurement), the
+    column. Then, for each of the ``n_drivers`` image inputs (one fewer after
+    a cell-score row) that moved this patient's score most (and that summarise a per-cell measurement), the
     patient's cells most extreme on that measurement, on the side where the
     patient stands relative to the cohort (both extremes for a spread); when
     fewer such inputs matter (and no cell score exists), a sample spanning the
@@ -1216,14 +1247,16 @@ def select_gallery(
             used.update(c for c, _ in caps)
             groups.append(GalleryGroup("Most tumoral-looking cells by the cell-level model", "", caps))
     n_score_groups = len(groups)
+    shown_bases: set[str] = set()
     order = np.argsort(-np.abs(inp.contrib[i]), kind="stable")
     for j in order:
-        if len(groups) - n_score_groups >= n_drivers or abs(inp.contrib[i, j]) < 1e-9:
+        if len(groups) >= n_drivers or abs(inp.contrib[i, j]) < 1e-9:  # a cell-score row takes a driver's place
             break
         name = inp.features[j]
         base, stat = split_aggregate(name)
-        if stat is None or base not in ok.columns or not pd.api.types.is_numeric_dtype(ok[base]):
+        if stat is None or base in shown_bases or base not in ok.columns or not pd.api.types.is_numeric_dtype(ok[base]):
             continue
+        shown_bases.add(base)
         vals = ok[base].dropna()
         vals = vals[~ok.loc[vals.index, "image"].isin(used)]
         if vals.empty:
@@ -1281,7 +1314,12 @@ def select_gallery(
         flagged = flagged[~flagged["image"].isin(used)]
         counts = pc.loc[~pc["qc_ok"].astype(bool), "qc_reason"].value_counts() if "qc_reason" in pc else pd.Series()
         summary = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in counts.items())
-        extra = [f"{f.replace('is_', '').replace('_', ' ')} {int(pc[f].sum())}" for f in flag_cols if pc[f].any()]
+        # Flags also flagged on cells whose first failed check was another one.
+        extra = [
+            f"{f[3:].replace('_', ' ')} (flag) {int(pc[f].sum())}"
+            for f in flag_cols
+            if pc[f].any() and int(pc[f].sum()) != int(counts.get(f[3:], 0))
+        ]
         caps = []
         for ix in flagged.index[:n_flagged]:
             tags = [f.replace("is_", "").replace("_", " ") for f in flag_cols if bool(flagged.at[ix, f])]
@@ -1352,6 +1390,12 @@ def _clinical_line(p: pd.Series) -> list[tuple[str, str]]:
     return out
 
 
+def _ordinal(x: float) -> str:
+    n = int(round(x))
+    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n}{suffix}"
+
+
 def _display_value(name: str, value: float) -> str:
     if not np.isfinite(value):
         return "missing"
@@ -1401,7 +1445,7 @@ def _waterfall_html(inp: ReportInputs, i: int, n_top: int = 10) -> str:
             j = top[k]
             val = _display_value(name, float(inp.X[i, j]))
             p = pct.get(name)
-            ptxt = f", {p:.0f}th pct" if p is not None and feature_family(name) not in ("clinical",) else ""
+            ptxt = f", {_ordinal(p)} pct" if p is not None and feature_family(name) not in ("clinical",) else ""
             label = (
                 f"{_e(short_label(name))} <span class='sub small'>= {_e(val)}{ptxt}</span>"
                 f"<br><span class='sub small'>{_e(describe_feature(name))}</span>"
@@ -1444,7 +1488,7 @@ def _gallery_html(groups: list[GalleryGroup], thumbs: ThumbnailMaker) -> str:
             cells.append(f"<div class='cell'>{pic}<div>{_e(caption)}</div></div>")
         note = f"<div class='small sub'>{_e(g.note)}</div>" if g.note else ""
         out.append(f"<div class='group'><h4>{_e(g.title)}</h4>{note}<div class='gallery'>{''.join(cells)}</div></div>")
-    return "".join(out)
+    return "<div class='groups'>" + "".join(out) + "</div>"
 
 
 def _patient_id_anchor(pid: str) -> str:
@@ -1457,7 +1501,9 @@ def section_patients(inp: ReportInputs, thumbs: ThumbnailMaker) -> tuple[str, st
     oof = None
     if inp.cv_predictions is not None:
         g = inp.cv_predictions.groupby("patient_id")
-        oof = pd.DataFrame({"mean": g["probability"].mean(), "std": g["probability"].std(ddof=0)})
+        oof = pd.DataFrame(
+            {"mean": g["probability"].mean(), "std": g["probability"].std(ddof=0), "n": g["probability"].size()}
+        )
         if "prediction" in inp.cv_predictions:
             oof["pred"] = g["prediction"].mean()
     medians = {
@@ -1522,9 +1568,14 @@ def _patient_page(inp: ReportInputs, i: int, oof, medians: dict[str, float], thu
     ]
     if trained:
         sd = f" ± {oof['std']:.2f}" if pd.notna(oof.get("std")) else ""
+        cv_call = ""
+        if pd.notna(oof.get("pred")):
+            k, n = int(round(oof["pred"] * oof["n"])), int(oof["n"])
+            word, t, agree = ("tumoral", "t", k) if oof["pred"] >= 0.5 else ("reactive", "r", n - k)
+            cv_call = f"<span class='tag {t}'>CV call: {word} ({agree} of {n} repeats)</span>"
         boxes.append(
             f"<div><div class='sub small'>cross-validated probability</div><div class='prob'>{oof['mean']:.2f}"
-            f"<span class='small'>{sd}</span></div><div class='small sub' style='max-width:260px'>from models that "
+            f"<span class='small'>{sd}</span></div>{cv_call}<div class='small sub' style='max-width:260px'>from models that "
             "did not see this patient; the final model above was trained on it, so its probability is optimistic"
             "</div></div>"
         )
