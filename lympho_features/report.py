@@ -156,7 +156,7 @@ _HARALICK = {
 _CLINICAL = {
     "age": "age at the reference date (years)",
     "gender_male": "sex (1 male, 0 female)",
-    "log_lymph_count": "blood lymphocyte count (log of 10^9/L)",
+    "log_lymph_count": "blood lymphocyte count (log of 10⁹/L)",
     "n_cells": "number of crops of the patient (readable images)",
     "n_cells_ok": "number of crops passing quality control",
 }
@@ -719,7 +719,7 @@ def section_cohort(inp: ReportInputs) -> str:
     n_t, n_r = int((lab == 1).sum()), int((lab == 0).sum())
     n_u = len(p) - n_t - n_r
     parts = ['<section id="cohort" class="major"><h2>1. Cohort</h2>']
-    kpis = [(f"{len(p)}", "patients"), (f"{n_t} / {n_r}", "tumoral / reactive")]
+    kpis = [(f"{len(p)}", "patients")] + ([(f"{n_t} / {n_r}", "tumoral / reactive")] if n_t + n_r else [])
     if n_u:
         kpis.append((f"{n_u}", "without label"))
     if inp.cells is not None:
@@ -730,12 +730,14 @@ def section_cohort(inp: ReportInputs) -> str:
     parts.append("</div>")
 
     # Clinical summaries by class.
-    groups = [("tumoral", p[lab == 1]), ("reactive", p[lab == 0])] + ([("unknown", p[lab.isna()])] if n_u else [])
+    groups = [
+        (n, g) for n, g in (("tumoral", p[lab == 1]), ("reactive", p[lab == 0]), ("no label", p[lab.isna()])) if len(g)
+    ]
     rows = []
     for name, col, fmt in (
         ("Age, years: median [IQR]", "age", lambda g: _iqr(g["age"])),
         ("Male", "gender", lambda g: f"{(g['gender'] == 'M').mean():.0%}" if len(g) else "–"),
-        ("Lymphocyte count, 10^9/L: median [IQR]", "lymph_count", lambda g: _iqr(g["lymph_count"])),
+        ("Lymphocyte count, 10⁹/L: median [IQR]", "lymph_count", lambda g: _iqr(g["lymph_count"])),
         ("Crops per patient: median [IQR]", "n_cells", lambda g: _iqr(g["n_cells"], 0)),
     ):
         if col in p:
@@ -769,12 +771,21 @@ def _class_colour(label) -> str:
     return TUMORAL_COLOUR if int(label) == 1 else REACTIVE_COLOUR
 
 
+def _plain_log_ticks(axis) -> None:
+    """Ticks of a log axis written 2, 5, 10, 20... rather than 2x10^0."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    axis.set_minor_formatter(NullFormatter())
+
+
 def _cohort_figure(p: pd.DataFrame) -> str:
     cols = [
         (c, t)
         for c, t in (
             ("age", "Age (years)"),
-            ("lymph_count", "Lymphocyte count (10^9/L)"),
+            ("lymph_count", "Lymphocyte count (10⁹/L)"),
             ("n_cells", "Crops per patient"),
         )
         if c in p
@@ -785,8 +796,13 @@ def _cohort_figure(p: pd.DataFrame) -> str:
     axes = fig.subplots(1, len(cols), squeeze=False)[0]
     for ax, (c, title) in zip(axes, cols, strict=True):
         data, names, colours = [], [], []
-        for lab, name, colour in ((0, "reactive", REACTIVE_COLOUR), (1, "tumoral", TUMORAL_COLOUR)):
-            v = pd.to_numeric(p.loc[p["label"] == lab, c], errors="coerce").dropna().to_numpy()
+        for lab, name, colour in (
+            (0, "reactive", REACTIVE_COLOUR),
+            (1, "tumoral", TUMORAL_COLOUR),
+            (None, "no label", UNKNOWN_COLOUR),
+        ):
+            rows = p["label"].isna() if lab is None else p["label"] == lab
+            v = pd.to_numeric(p.loc[rows.fillna(False), c], errors="coerce").dropna().to_numpy()
             if len(v):
                 data.append(v)
                 names.append(name)
@@ -802,6 +818,7 @@ def _cohort_figure(p: pd.DataFrame) -> str:
             ax.scatter(i + 1 + rng.uniform(-0.15, 0.15, len(v)), v, s=8, color=colour, alpha=0.7, lw=0)
         if c == "lymph_count":
             ax.set_yscale("log")
+            _plain_log_ticks(ax.yaxis)
         ax.set_title(title, fontsize=10)
         ax.tick_params(labelsize=8)
     return f'<div class="figs">{_img(_png(fig), "clinical values by class")}</div>'
@@ -1087,6 +1104,7 @@ def _dependence_figure(inp: ReportInputs, top: pd.DataFrame) -> str:
         if r["feature"] == "log_lymph_count":
             x = np.exp(x)
             ax.set_xscale("log")
+            _plain_log_ticks(ax.xaxis)
         ax.scatter(x, s, c=colours, s=12, alpha=0.75, lw=0)
         ax.axhline(0, color="#999", lw=0.8)
         ax.set_title(short_label(r["feature"]), fontsize=9)
@@ -1123,7 +1141,7 @@ def section_caveats(inp: ReportInputs, imp: pd.DataFrame) -> str:
             f"<b>What it was trained on.</b> {n_train} labeled patients{prev}"
             + (
                 f" from <span class='mono'>{_e(Path(str(inp.manifest.get('data_dir'))).name)}</span>"
-                if inp.manifest.get("data_dir")
+                if inp.manifest.get("data_dir") and _in_sample_check(inp)
                 else ""
             )
             + ". One collection, one staining and scanning protocol. Probabilities reflect that share of tumoral "
@@ -1383,7 +1401,7 @@ def _clinical_line(p: pd.Series) -> list[tuple[str, str]]:
     if "gender" in p and pd.notna(p["gender"]):
         out.append(("sex", {"M": "male", "F": "female"}.get(str(p["gender"]), str(p["gender"]))))
     if "lymph_count" in p and pd.notna(p["lymph_count"]):
-        out.append(("lymphocyte count", f"{float(p['lymph_count']):.2f} ×10^9/L"))
+        out.append(("lymphocyte count", f"{float(p['lymph_count']):.2f} ×10⁹/L"))
     if "n_cells" in p:
         ok = f", {int(p['n_cells_ok'])} pass QC" if "n_cells_ok" in p and pd.notna(p["n_cells_ok"]) else ""
         out.append(("crops", f"{int(p['n_cells'])}{ok}"))
@@ -1400,7 +1418,7 @@ def _display_value(name: str, value: float) -> str:
     if not np.isfinite(value):
         return "missing"
     if name == "log_lymph_count":
-        return f"{math.exp(value):.2f} ×10^9/L"
+        return f"{math.exp(value):.2f} ×10⁹/L"
     if name == "gender_male":
         return "male" if value >= 0.5 else "female"
     if name == "age":
@@ -1551,6 +1569,13 @@ def section_patients(inp: ReportInputs, thumbs: ThumbnailMaker) -> tuple[str, st
     return table, "".join(pages)
 
 
+def _threshold_rule(meta: dict) -> str:
+    ms = meta.get("min_sensitivity")
+    if isinstance(ms, int | float):
+        return f"chosen in cross-validation to keep sensitivity at least {ms:.2f}"
+    return "chosen in cross-validation to balance sensitivity and specificity (not 0.5)"
+
+
 def _patient_page(inp: ReportInputs, i: int, oof, medians: dict[str, float], thumbs: ThumbnailMaker) -> str:
     r = inp.patients.iloc[i]
     pid = str(r["patient_id"])
@@ -1564,7 +1589,7 @@ def _patient_page(inp: ReportInputs, i: int, oof, medians: dict[str, float], thu
         f"<div><div class='sub small'>probability of tumoral</div><div class='prob'>{prob:.2f}</div>"
         f"<span class='tag {cls}'>leans {call}</span>"
         + (" <span class='tag warn'>close to threshold</span>" if close else "")
-        + f"<div class='small sub'>threshold {thr:.3f}</div></div>"
+        + f"<div class='small sub' style='max-width:200px'>threshold {thr:.3f}, {_threshold_rule(inp.meta)}</div></div>"
     ]
     if trained:
         sd = f" ± {oof['std']:.2f}" if pd.notna(oof.get("std")) else ""
