@@ -1694,7 +1694,10 @@ def _summary_html(inp: ReportInputs) -> str:
     n_call = int((inp.proba >= inp.threshold).sum())
     kp = [
         (str(len(inp.patients)), "patients in this report"),
-        (f"{n_call} / {len(inp.patients) - n_call}", "called tumoral / reactive"),
+        (
+            f"{n_call} / {len(inp.patients) - n_call}",
+            "called tumoral / reactive" + (" (in-sample: the model saw them)" if _in_sample_check(inp) else ""),
+        ),
     ]
     if "balanced_accuracy_mean" in cv:
         kp.append((_pm(cv, "balanced_accuracy"), "CV balanced accuracy"))

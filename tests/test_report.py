@@ -92,7 +92,7 @@ def test_report_shows_cv_metrics_and_calls_of_the_model(tiny_report, tiny_model,
     assert f"threshold {meta['threshold']:.3f}" in doc
     preds = explain_predictions(tiny_model, tiny_features)
     n_t = int(preds["prediction"].sum())
-    assert f"<b>{n_t} / {len(preds) - n_t}</b><span>called tumoral / reactive" in doc
+    assert f"<b>{n_t} / {len(preds) - n_t}</b><span>called tumoral / reactive (in-sample" in doc
     # Each patient's page shows its own probability.
     for pid, p in zip(preds["patient_id"], preds["probability"], strict=True):
         page = doc.split(f"id='p-{pid}'")[1].split("<article")[0]
