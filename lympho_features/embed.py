@@ -399,6 +399,33 @@ def _frame(rows: list[dict], vectors: list[np.ndarray], dim: int) -> pd.DataFram
     return pd.concat([meta, pd.DataFrame(emb, columns=embedding_columns(dim))], axis=1)
 
 
+def _init_worker(_worker_id: int) -> None:
+    # Each DataLoader worker handles one crop at a time: OpenCV's own thread pool would only oversubscribe cores.
+    cv2.setNumThreads(1)
+
+
+def crop_loader(
+    data_dir: Path,
+    items: list[tuple[str, str]],
+    settings: EmbedSettings,
+    batch_size: int,
+    workers: int,
+    pin_memory: bool = False,
+):
+    """A torch DataLoader over :class:`CropDataset`, in item order (so patients complete one after another)."""
+    torch = _import_torch()
+    return torch.utils.data.DataLoader(
+        CropDataset(data_dir, items, settings),
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=workers,
+        pin_memory=pin_memory,
+        prefetch_factor=4 if workers > 0 else None,
+        persistent_workers=False,
+        worker_init_fn=_init_worker if workers > 0 else None,
+    )
+
+
 def default_workers(device: str) -> int:
     """DataLoader workers: on CUDA enough cores to keep the GPU fed; on CPU none (the network uses every core)."""
     if device != "cuda":
@@ -548,15 +575,7 @@ def _embed_patients(
         return 0
 
     embedder = Embedder(net, device)
-    loader = torch.utils.data.DataLoader(
-        CropDataset(data_dir, items, settings),
-        batch_size=batch_size,
-        shuffle=False,
-        num_workers=workers,
-        pin_memory=embedder.cuda,
-        prefetch_factor=4 if workers > 0 else None,
-        persistent_workers=False,
-    )
+    loader = crop_loader(data_dir, items, settings, batch_size, workers, pin_memory=embedder.cuda)
     rows, vectors, skipped = [], [], []
     current = 0  # index into pending
     columns = (
@@ -571,7 +590,10 @@ def _embed_patients(
         task = bar.add_task("embed", total=len(items), rate="")
         for batch in loader:
             ok = batch["ok"].numpy().astype(bool)
-            out = embedder(batch["pixels"][torch.from_numpy(ok)]) if ok.any() else None
+            if ok.all():
+                out = embedder(batch["pixels"])  # still in pinned memory: asynchronous copy to the GPU
+            else:
+                out = embedder(batch["pixels"][torch.from_numpy(ok)]) if ok.any() else None
             k = 0
             for j, i in enumerate(batch["index"].tolist()):
                 pid, rel = items[i]

@@ -110,9 +110,14 @@ def _fake_embeddings(n_patients=10, cells=(5, 9), dim=12, seed=0):
         level = p - n_patients / 2
         for c in range(int(rng.integers(*cells))):
             v = 10 + level * 3 * direction + rng.normal(0, 0.3, dim)
-            rows.append({"patient_id": f"P{p}", "image": f"P{p}/{c:06d}.jpg", "qc_ok": c != 0, **{
-                f"cnn_{i:04d}": float(v[i]) for i in range(dim)
-            }})
+            rows.append(
+                {
+                    "patient_id": f"P{p}",
+                    "image": f"P{p}/{c:06d}.jpg",
+                    "qc_ok": c != 0,
+                    **{f"cnn_{i:04d}": float(v[i]) for i in range(dim)},
+                }
+            )
     return pd.DataFrame(rows), direction
 
 
