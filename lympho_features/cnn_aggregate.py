@@ -240,3 +240,18 @@ class EmbeddingAggregator(TransformerMixin, BaseEstimator):
             return cls.from_dict(d)
         except AggregatorError as exc:
             raise AggregatorError(f"{path}: {exc}") from None
+
+
+def fold_features(
+    embeddings: pd.DataFrame, train_ids, patient_ids, n_components: int = 16, random_state: int = 0
+) -> tuple[pd.DataFrame, EmbeddingAggregator]:
+    """Learned features of one cross-validation fold, without leakage.
+
+    Fits an :class:`EmbeddingAggregator` on the cells of ``train_ids`` only and
+    returns the features of ``patient_ids`` (rows in that order, NaN for a
+    patient without cells) with the fitted aggregator (to save next to a final model).
+    """
+    train = {str(p) for p in train_ids}
+    cells = embeddings[embeddings["patient_id"].astype(str).isin(train)]
+    agg = EmbeddingAggregator(n_components=n_components, random_state=random_state).fit(cells)
+    return agg.transform(embeddings, patient_ids=patient_ids), agg

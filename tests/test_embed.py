@@ -19,7 +19,7 @@ import pytest
 from typer.testing import CliRunner
 
 from lympho_features.cli import app
-from lympho_features.cnn_aggregate import AggregatorError, EmbeddingAggregator, is_learned_feature
+from lympho_features.cnn_aggregate import AggregatorError, EmbeddingAggregator, fold_features, is_learned_feature
 from lympho_features.embed import EmbedSettings, cell_window, centred_window, nucleus_centre
 from lympho_features.synthetic import synthetic_crop
 
@@ -156,6 +156,17 @@ def test_aggregator_is_fitted_on_training_cells_only():
     out = agg.transform(test, patient_ids=["P9", "nobody", "P7"])
     assert list(out.index) == ["P9", "nobody", "P7"] and out.loc["nobody"].isna().all()
     assert out.loc[["P9", "P7"]].notna().all().all()
+
+
+def test_fold_features_fit_on_the_training_patients_only():
+    cells, _ = _fake_embeddings()
+    train = [f"P{p}" for p in range(7)]
+    feats, agg = fold_features(cells, train, ["P8", "P0"], n_components=2)
+    direct = EmbeddingAggregator(n_components=2).fit(cells[cells["patient_id"].isin(train)])
+    np.testing.assert_allclose(agg.components_, direct.components_)
+    pd.testing.assert_frame_equal(feats, direct.transform(cells, patient_ids=["P8", "P0"]))
+    everyone = EmbeddingAggregator(n_components=2).fit(cells)
+    assert not np.allclose(agg.mean_, everyone.mean_)
 
 
 def test_aggregator_options_and_errors():
