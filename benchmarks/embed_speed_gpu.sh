@@ -7,7 +7,7 @@
 # The GPU machine has torch, OpenCV, scikit-image, pandas and pyarrow but no network and not the real data
 # (../shared does not travel), so the crops are synthetic 224x224 JPEGs. It prints, for cuda and cpu, the whole
 # command's crops/s, the loader's and the network's, and the embedding checksums with the cuda-vs-cpu difference;
-# $OUT/embed_speed*.json and $OUT/log come back. Record the numbers in benchmarks/RESULTS.md.
+# $OUT/embed_speed*.json and $OUT/log come back. Record the numbers in benchmarks/cnn_results.md.
 set -euo pipefail
 export PYTHONUNBUFFERED=1
 OUT=${OUT:-/tmp/embed_speed_out}
