@@ -65,6 +65,20 @@ def extract(
     count_column: Annotated[str, typer.Option(help="CSV column with the lymphocyte count (10^9/L).")] = "LYMPH_COUNT",
     reference_date: Annotated[str, typer.Option(help="Date at which ages are computed (YYYY-MM-DD).")] = "2020-01-01",
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    backend: Annotated[
+        str,
+        typer.Option(
+            "--backend", help="local (worker processes on this machine) or dask (a dask.distributed cluster)."
+        ),
+    ] = "local",
+    scheduler: Annotated[
+        str | None,
+        typer.Option(
+            "--scheduler",
+            help="With --backend dask: the scheduler's address (tcp://host:8786), or local to start a "
+            "LocalCluster of --jobs workers. Every worker must see DATA_DIR at the same path.",
+        ),
+    ] = None,
 ) -> None:
     """Segment every crop, measure each cell and aggregate per patient."""
     from .extract import ExtractSettings
@@ -76,7 +90,16 @@ def extract(
         _fail(f"--reference-date {reference_date!r} is not a date YYYY-MM-DD")
     cols = ClinicalColumns(id_column, label_column, gender_column, dob_column, count_column)
     res = _guard(
-        run_extract, data_dir, out, clinical, jobs, ExtractSettings(reference_date=ref), cols, progress=not quiet
+        run_extract,
+        data_dir,
+        out,
+        clinical,
+        jobs,
+        ExtractSettings(reference_date=ref),
+        cols,
+        progress=not quiet,
+        backend=backend,
+        scheduler=scheduler,
     )
     for w in res.warnings:
         console.print(f"[yellow]warning:[/] {w}", highlight=False)

@@ -8,6 +8,7 @@ unreadable image), never a traceback from deep inside a library.
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import io
 import os
@@ -156,8 +157,10 @@ def load_clinical(
     except OSError as exc:
         raise DatasetError(f"cannot read clinical CSV {path}: {exc.strerror}") from None
     text, warnings = _decode_csv_text(data, path)
+    sep = _sniff_separator(text)
+    _check_field_counts(text, sep, path)
     try:
-        raw = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False, sep=_sniff_separator(text))
+        raw = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False, sep=sep, index_col=False)
     except Exception as exc:  # pandas raises many types for bad files
         raise DatasetError(f"cannot read clinical CSV {path}: {_one_line(exc)}") from None
     raw.columns = [c.strip() for c in raw.columns]
@@ -228,6 +231,22 @@ def _decode_csv_text(data: bytes, path: Path) -> tuple[str, list[str]]:
     except UnicodeDecodeError:
         text, encoding = data.decode("latin-1"), "Latin-1"
     return text, [f"clinical CSV {path.name} is not UTF-8 ({where}): read as {encoding}; save it as UTF-8 to be sure"]
+
+
+def _check_field_counts(text: str, sep: str, path: Path) -> None:
+    """Every non-blank row must have as many fields as the header (pandas would shift or drop them)."""
+    try:
+        reader = csv.reader(io.StringIO(text, newline=""), delimiter=sep)
+        header = next(reader, None)
+        if header is None:
+            raise DatasetError(f"clinical CSV {path} is empty")
+        for row in reader:
+            if row and any(f.strip() for f in row) and len(row) != len(header):
+                raise DatasetError(
+                    f"{path}, line {reader.line_num}: {len(row)} field(s) where the header has {len(header)}"
+                )
+    except csv.Error as exc:
+        raise DatasetError(f"cannot read clinical CSV {path}: {_one_line(exc)}") from None
 
 
 def _sniff_separator(text: str) -> str:
