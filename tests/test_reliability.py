@@ -313,8 +313,40 @@ def test_bad_inputs_are_skipped_with_reasons_and_the_run_kept(tmp_path):
     assert set(patients["patient_id"]) == {"P0", "P1", "P2", "P3", "EMPTY", "GHOST"}
     counts = patients.set_index("patient_id")["n_cells"]
     assert counts["EMPTY"] == 0 and counts["GHOST"] == 0 and counts["P0"] == 2
+    assert cells.set_index("image").loc["P3/one_pixel.png", ["qc_reason", "qc_bad_image"]].tolist() == [
+        "bad_image",
+        True,
+    ]
     text = " ".join(res.warnings)
+    assert "dropped" not in text  # every flag, even those set only on failures, is a column
     assert "without a row" in text and "EMPTY" in text and "without an image folder" in text and "GHOST" in text
+
+
+def test_a_crop_whose_measurement_fails_is_skipped_not_fatal(tmp_path, cohort, monkeypatch):
+    from lympho_features.dataset import read_image
+
+    real = extract_mod.measure_crop
+    victim = sorted((cohort / "P5").iterdir())[0]
+    victim_rgb, _ = read_image(victim)
+
+    def fragile(rgb, settings):
+        if np.array_equal(rgb, victim_rgb):
+            raise FloatingPointError("overflow in a\nmulti-line message")
+        return real(rgb, settings)
+
+    monkeypatch.setattr(extract_mod, "measure_crop", fragile)
+    res = extract(cohort, tmp_path / "out", jobs=1, progress=False)
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert res.n_skipped == 1 and res.n_patients == 24
+    assert manifest["skipped"] == [
+        {
+            "patient_id": "P5",
+            "image": f"P5/{victim.name}",
+            "reason": "measurement failed (FloatingPointError: overflow in a multi-line message)",
+        }
+    ]
+    cells = pd.read_parquet(tmp_path / "out" / "cells.parquet")
+    assert f"P5/{victim.name}" not in set(cells["image"]) and (cells["patient_id"] == "P5").any()
 
 
 @pytest.mark.parametrize(
