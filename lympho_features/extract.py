@@ -365,6 +365,8 @@ def extract(
     data_dir, out_dir = Path(data_dir), Path(out_dir)
     if backend not in BACKENDS:
         raise DatasetError(f"unknown backend {backend!r}: use one of {', '.join(BACKENDS)}")
+    if jobs == 0:
+        raise DatasetError("jobs must be a positive number of workers, or -1 for every core")
     if scheduler is not None and backend != "dask":
         raise DatasetError("a scheduler address needs backend 'dask' (--backend dask)")
     patients, refused = scan_data_dir(data_dir)

@@ -606,3 +606,23 @@ def test_extract_module_keeps_measure_crop_public():
     # The helpers of other stages (embed) rely on these names.
     assert callable(extract_mod.measure_crop) and callable(extract_mod.read_shard_meta)
     assert extract_mod._shard_name("a/b") != extract_mod._shard_name("a_b")
+
+
+def test_workers_times_threads_never_exceed_the_cores(cohort):
+    cores = extract_mod._cores()
+    for jobs in (1, 2, cores, -1):
+        with extract_mod._parallel(jobs, "local", None) as (runner, threads):
+            workers = cores if jobs < 0 else jobs
+            assert threads is None if workers == 1 else workers * threads <= max(cores, workers)
+    # Inside a task, OpenCV is limited to the task's share.
+    before = cv2.getNumThreads()
+    try:
+        images = [f"P0/{p.name}" for p in sorted((cohort / "P0").iterdir())]
+        schema = extract_mod.cell_schema()
+        pid, cells, skipped, extra, n = extract_mod._run_patient(
+            cohort, "P0", images, extract_mod.ExtractSettings(), schema, 1
+        )
+        assert cv2.getNumThreads() == 1 and (pid, n, skipped, extra) == ("P0", len(images), [], [])
+        assert cells.columns.tolist() == schema.names
+    finally:
+        cv2.setNumThreads(before)
