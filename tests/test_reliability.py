@@ -313,10 +313,7 @@ def test_bad_inputs_are_skipped_with_reasons_and_the_run_kept(tmp_path):
     assert set(patients["patient_id"]) == {"P0", "P1", "P2", "P3", "EMPTY", "GHOST"}
     counts = patients.set_index("patient_id")["n_cells"]
     assert counts["EMPTY"] == 0 and counts["GHOST"] == 0 and counts["P0"] == 2
-    assert cells.set_index("image").loc["P3/one_pixel.png", ["qc_reason", "qc_bad_image"]].tolist() == [
-        "bad_image",
-        True,
-    ]
+    assert cells.set_index("image").loc["P3/one_pixel.png", ["qc_ok", "qc_reason"]].tolist() == [False, "bad_image"]
     text = " ".join(res.warnings)
     assert "dropped" not in text  # every flag, even those set only on failures, is a column
     assert "without a row" in text and "EMPTY" in text and "without an image folder" in text and "GHOST" in text
