@@ -5,7 +5,8 @@
 For each size N, a cohort of N crops is assembled under --work (default a
 folder in /tmp) by repeating the real patients (hard links to the real crops
 when the file system allows, else copies; never inside the repository), then
-extracted from scratch in a child process while the resident memory of that
+extracted from scratch in a child process (running ``extract()`` as
+``lympho extract`` does) while the resident memory of that
 process and of its workers is sampled. Then the same extraction is run again,
 when every patient is reused (the cost of resuming: shard checks and the
 final tables). Prints one table and the projection for one million crops.
@@ -93,21 +94,31 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=None, help="scratch folder (default: a new one in /tmp)")
     ap.add_argument("--keep", action="store_true", help="keep the scratch folder")
     ap.add_argument("--json", type=Path, default=None, help="also write the results as JSON")
+    ap.add_argument(
+        "--chunk-cells",
+        type=int,
+        default=None,
+        help="cells per chunk when the final tables are built (default: the library's); a small value shows "
+        "that the main process's memory stops growing once a cohort is larger than one chunk",
+    )
     args = ap.parse_args()
     if not args.data.is_dir():
         sys.exit(f"data folder not found: {args.data}")
     work = args.work or Path(tempfile.mkdtemp(prefix="lympho-scaling-"))
     sizes = [int(s) for s in args.sizes.split(",")]
-    lympho = [sys.executable, "-m", "lympho_features.cli", "extract"]
     results = []
     try:
         for n in sizes:
             data, out = work / f"data-{n}", work / f"out-{n}"
             crops, patients = build_cohort(args.data, data, n)
             shutil.rmtree(out, ignore_errors=True)
-            cmd = [*lympho, str(data), "--out", str(out), "--jobs", str(args.jobs), "-q"]
+            kwargs = {"jobs": args.jobs, "progress": False}
             if args.backend == "dask":
-                cmd += ["--backend", "dask", "--scheduler", "local"]
+                kwargs |= {"backend": "dask", "scheduler": "local"}
+            if args.chunk_cells:
+                kwargs["chunk_cells"] = args.chunk_cells
+            code = f"from lympho_features.extract import extract; extract({str(data)!r}, {str(out)!r}, **{kwargs!r})"
+            cmd = [sys.executable, "-c", code]
             first = run_measured(cmd)
             again = run_measured(cmd)
             manifest = json.loads((out / "manifest.json").read_text())
@@ -133,7 +144,9 @@ def main() -> None:
             shutil.rmtree(work, ignore_errors=True)
 
     print(
-        f"lympho extract scaling: --jobs {args.jobs}, backend {args.backend}, {os.cpu_count()} CPUs, data {args.data}"
+        f"lympho extract scaling: jobs {args.jobs}, backend {args.backend}"
+        + (f", chunk {args.chunk_cells} cells" if args.chunk_cells else "")
+        + f", {os.cpu_count()} CPUs, data {args.data}"
     )
     print(
         f"{'crops':>7} {'patients':>8} {'wall s':>8} {'crops/s':>8} {'core-ms/crop':>12} "

@@ -16,6 +16,7 @@ One run at a time may write an output folder (a lock file).
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import os
 import re
@@ -330,7 +331,7 @@ def extract(
     progress: bool = True,
     backend: str = "local",
     scheduler: str | None = None,
-    chunk_cells: int = 50_000,
+    chunk_cells: int = 20_000,
 ) -> ExtractResult:
     """Run segmentation and feature extraction over a data folder.
 
@@ -474,7 +475,7 @@ def _extract_locked(
     n_images = sum(len(v) for v in patients.values())
     fingerprint = sha256_of(
         {
-            "images": cells_summary["image_digests"],
+            "images": cells_summary["images_sha256"],
             "clinical": clinical.sort_values("patient_id").astype(str).values.tolist(),
         }
     )
@@ -525,7 +526,8 @@ def _build_tables(out_dir, shard_dir, patients, keys, schema, clinical, settings
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    summary = {"n_cells": 0, "n_ok": 0, "qc_counts": {}, "image_digests": []}
+    summary = {"n_cells": 0, "n_ok": 0, "qc_counts": {}}
+    images_hash = hashlib.sha256()  # of every (image, its sha256), in table order: streamed, not held
     parts: list[pd.DataFrame] = []
     skipped: list[dict] = []
     chunk_tables, chunk_ids, chunk_rows = [], [], 0
@@ -543,7 +545,8 @@ def _build_tables(out_dir, shard_dir, patients, keys, schema, clinical, settings
             summary["n_ok"] += int(cells["qc_ok"].sum())
             for k, v in cells["qc_reason"].value_counts().items():
                 summary["qc_counts"][str(k)] = summary["qc_counts"].get(str(k), 0) + int(v)
-            summary["image_digests"].extend(zip(cells["image"], cells["image_sha256"], strict=True))
+            for image, digest in zip(cells["image"], cells["image_sha256"], strict=True):
+                images_hash.update(f"{image}\0{digest}\n".encode())
         chunk_tables, chunk_ids, chunk_rows = [], [], 0
 
     with atomic_path(out_dir / "cells.parquet") as tmp:
@@ -568,7 +571,7 @@ def _build_tables(out_dir, shard_dir, patients, keys, schema, clinical, settings
 
     write_parquet(table, out_dir / "patients.parquet")
     summary["qc_counts"] = dict(sorted(summary["qc_counts"].items()))
-    summary["image_digests"] = sorted(summary["image_digests"])
+    summary["images_sha256"] = images_hash.hexdigest()
     return summary, table, skipped
 
 
