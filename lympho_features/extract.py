@@ -586,8 +586,8 @@ def patient_rows(
 def combine_patient_rows(parts: list[pd.DataFrame]) -> pd.DataFrame:
     """Concatenate :func:`patient_rows` of disjoint groups into the table :func:`build_patient_table` gives at once.
 
-    Columns follow the first part that has cell aggregates (a group without
-    any cell lacks them); patients are sorted by ID.
+    Columns follow the part with the most columns (a group without any cell
+    lacks the aggregates); patients are sorted by ID.
     """
     parts = [p for p in parts if len(p)]
     if not parts:
