@@ -133,6 +133,8 @@ def test_corrupt_truncated_and_stale_shards_are_recomputed(reference, cohort, tm
     # 4. a shard of a patient that is no longer in the data, and a temporary file of a killed write
     (out / "cells" / "GONE-12345678.parquet").write_bytes(shards["P4"].read_bytes())
     (out / "cells" / ".P5-x.parquet.abc.tmp").write_bytes(b"half")
+    (out / ".cells.parquet.abc.tmp").write_bytes(b"half")
+    (out / ".embeddings.parquet.abc.tmp").write_bytes(b"another command's, maybe running: kept")
 
     res = extract(cohort, out, progress=False)
     assert (res.n_reused, res.n_recomputed) == (21, 3)
@@ -141,6 +143,7 @@ def test_corrupt_truncated_and_stale_shards_are_recomputed(reference, cohort, tm
     assert reasons == {"P1": "unreadable or truncated", "P2": "checksum mismatch", "P3": "unreadable or truncated"}
     assert manifest["removed_stale_shards"] == ["GONE-12345678.parquet"]
     assert not list((out / "cells").glob(".*.tmp"))
+    assert [p.name for p in out.glob(".*.tmp")] == [".embeddings.parquet.abc.tmp"]
     assert_same_tables(out, reference)
 
 
