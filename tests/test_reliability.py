@@ -148,10 +148,7 @@ def test_changed_image_recomputes_only_that_patient(reference, cohort, tmp_path)
     data, out = tmp_path / "data", tmp_path / "out"
     shutil.copytree(cohort, data)
     shutil.copytree(reference, out)
-    for p in data.rglob("*"):  # copytree keeps mtimes; the keys match
-        os.utime(
-            p, ns=((cohort / p.relative_to(data)).stat().st_atime_ns, (cohort / p.relative_to(data)).stat().st_mtime_ns)
-        )
+    # copytree keeps sizes and modification times: every key matches but the changed crop's patient's
     victim = sorted((data / "P7").iterdir())[0]
     img = cv2.imread(str(victim))
     cv2.imwrite(str(victim), 255 - img)
@@ -313,8 +310,37 @@ def test_bad_inputs_are_skipped_with_reasons_and_the_run_kept(tmp_path):
     assert set(patients["patient_id"]) == {"P0", "P1", "P2", "P3", "EMPTY", "GHOST"}
     counts = patients.set_index("patient_id")["n_cells"]
     assert counts["EMPTY"] == 0 and counts["GHOST"] == 0 and counts["P0"] == 2
+    assert cells.set_index("image").loc["P3/one_pixel.png", ["qc_ok", "qc_reason"]].tolist() == [False, "bad_image"]
     text = " ".join(res.warnings)
+    assert "dropped" not in text  # every flag, even those set only on failures, is a column
     assert "without a row" in text and "EMPTY" in text and "without an image folder" in text and "GHOST" in text
+
+
+def test_a_crop_whose_measurement_fails_is_skipped_not_fatal(tmp_path, cohort, monkeypatch):
+    from lympho_features.dataset import read_image
+
+    real = extract_mod.measure_crop
+    victim = sorted((cohort / "P5").iterdir())[0]
+    victim_rgb, _ = read_image(victim)
+
+    def fragile(rgb, settings):
+        if np.array_equal(rgb, victim_rgb):
+            raise FloatingPointError("overflow in a\nmulti-line message")
+        return real(rgb, settings)
+
+    monkeypatch.setattr(extract_mod, "measure_crop", fragile)
+    res = extract(cohort, tmp_path / "out", jobs=1, progress=False)
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert res.n_skipped == 1 and res.n_patients == 24
+    assert manifest["skipped"] == [
+        {
+            "patient_id": "P5",
+            "image": f"P5/{victim.name}",
+            "reason": "measurement failed (FloatingPointError: overflow in a multi-line message)",
+        }
+    ]
+    cells = pd.read_parquet(tmp_path / "out" / "cells.parquet")
+    assert f"P5/{victim.name}" not in set(cells["image"]) and (cells["patient_id"] == "P5").any()
 
 
 @pytest.mark.parametrize(
@@ -574,3 +600,23 @@ def test_extract_module_keeps_measure_crop_public():
     # The helpers of other stages (embed) rely on these names.
     assert callable(extract_mod.measure_crop) and callable(extract_mod.read_shard_meta)
     assert extract_mod._shard_name("a/b") != extract_mod._shard_name("a_b")
+
+
+def test_workers_times_threads_never_exceed_the_cores(cohort):
+    cores = extract_mod._cores()
+    for jobs in (1, 2, cores, -1):
+        with extract_mod._parallel(jobs, "local", None) as (runner, threads):
+            workers = cores if jobs < 0 else jobs
+            assert threads is None if workers == 1 else workers * threads <= max(cores, workers)
+    # Inside a task, OpenCV is limited to the task's share.
+    before = cv2.getNumThreads()
+    try:
+        images = [f"P0/{p.name}" for p in sorted((cohort / "P0").iterdir())]
+        schema = extract_mod.cell_schema()
+        pid, cells, skipped, extra, n = extract_mod._run_patient(
+            cohort, "P0", images, extract_mod.ExtractSettings(), schema, 1
+        )
+        assert cv2.getNumThreads() == 1 and (pid, n, skipped, extra) == ("P0", len(images), [], [])
+        assert cells.columns.tolist() == schema.names
+    finally:
+        cv2.setNumThreads(before)
