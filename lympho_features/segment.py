@@ -179,9 +179,14 @@ def optical_density(rgb: np.ndarray, reference: np.ndarray | None = None) -> np.
     rgb = np.ascontiguousarray(rgb)
     if reference is None:
         return cv2.LUT(rgb, _OD_LUT)
+    return cv2.merge(optical_density_channels(rgb, reference))
+
+
+def optical_density_channels(rgb: np.ndarray, reference: np.ndarray) -> list[np.ndarray]:
+    """:func:`optical_density` against ``reference``, as three single-channel float32 images (R, G, B)."""
+    rgb = np.ascontiguousarray(rgb)
     ref = _OD_LUT[np.clip(np.rint(np.asarray(reference, np.float32)), 0, 255).astype(np.uint8)]
-    lut = (_OD_LUT[:, None] - ref[None, :]).astype(np.float32).reshape(256, 1, 3)
-    return cv2.LUT(rgb, lut)
+    return [cv2.LUT(cv2.extractChannel(rgb, c), _OD_LUT - ref[c]) for c in range(3)]
 
 
 def background_rgb(rgb: np.ndarray, percentile: float = 95.0) -> np.ndarray:
@@ -305,20 +310,25 @@ def background_rgb_fast(rgb: np.ndarray, q: float = 0.95) -> np.ndarray:
     )
 
 
-def red_cell_blueness(rgb: np.ndarray, background: np.ndarray, dark: np.ndarray, od_background: float) -> float:
-    """Median ``OD_red - OD_blue`` of the crop's stained, non-nuclear pixels (mostly red cells).
+def red_cell_reference(
+    rgb: np.ndarray, background: np.ndarray, dark: np.ndarray, od_background: float
+) -> tuple[float, float]:
+    """Median ``OD_red - OD_blue`` and mean OD of the crop's stained, non-nuclear pixels (mostly red cells).
 
-    Computed on every second pixel of the whole crop, where red cells
-    outnumber any cytoplasm, so a large lymphocyte does not bias it.
+    Computed on every fourth pixel (in each direction) of the whole crop, where red cells
+    outnumber any cytoplasm, so a large lymphocyte does not bias it. Returns
+    ``(0.0, nan)`` when the crop has almost no stained pixel.
     """
-    sub = np.ascontiguousarray(rgb[::2, ::2])
-    od_r, od_g, od_b = cv2.split(optical_density(sub, background))
-    stained = cv2.compare(cv2.add(cv2.add(od_r, od_g), od_b), od_background, cv2.CMP_GT)
-    stained = cv2.bitwise_and(stained, cv2.bitwise_not(np.ascontiguousarray(dark[::2, ::2])))
-    if cv2.countNonZero(stained) < 20:
-        return 0.0
+    sub = np.ascontiguousarray(rgb[::4, ::4])
+    od_r, od_g, od_b = optical_density_channels(sub, background)
+    od_sum = cv2.add(cv2.add(od_r, od_g), od_b)
+    stained = cv2.compare(od_sum, od_background, cv2.CMP_GT)
+    stained = cv2.bitwise_and(stained, cv2.bitwise_not(np.ascontiguousarray(dark[::4, ::4])))
+    if cv2.countNonZero(stained) < 10:
+        return 0.0, float("nan")
     blueness = cv2.subtract(od_r, od_b)
-    return _hist_quantile(cv2.calcHist([blueness], [0], stained, [200], [-1.0, 1.0]), 0.5, -1.0, 1.0)
+    med = _hist_quantile(cv2.calcHist([blueness], [0], stained, [200], [-1.0, 1.0]), 0.5, -1.0, 1.0)
+    return med, float(cv2.mean(od_sum, mask=stained)[0])
 
 
 def _contour_centroid(c: np.ndarray) -> tuple[float, float]:
@@ -394,15 +404,16 @@ def segment_cell(rgb: np.ndarray, settings: SegmentationSettings | None = None) 
     # a lobe close to a lobe counts too.
     fragments: list[int] = []
     group = nucleus.copy()
-    for _ in range(3):
-        dil = cv2.dilate(group, _disk(s.lobe_gap))
+    small = [i for i in candidates if areas[i] < s.min_merged_nucleus_area]
+    for _ in range(3 if small else 0):
+        gap = cv2.distanceTransform(cv2.bitwise_not(group), cv2.DIST_L2, 3)
         added = False
-        for i in candidates:
-            if i in fragments or areas[i] >= s.min_merged_nucleus_area:
+        for i in small:
+            if i in fragments:
                 continue
             pts = contours[i].reshape(-1, 2) + np.array(off)
             pts = pts[(pts[:, 0] >= 0) & (pts[:, 0] < rw) & (pts[:, 1] >= 0) & (pts[:, 1] < rh)]
-            if len(pts) and dil[pts[:, 1], pts[:, 0]].any():
+            if len(pts) and float(gap[pts[:, 1], pts[:, 0]].min()) <= s.lobe_gap:
                 fragments.append(i)
                 cv2.drawContours(group, contours, i, 255, -1, offset=off)
                 added = True
@@ -451,12 +462,18 @@ def segment_cell(rgb: np.ndarray, settings: SegmentationSettings | None = None) 
     others[nucleus_roi] = 0
 
     # --- cytoplasm: OD chroma against the red-cell reference -------------
-    bg = background_rgb_fast(rgb)
-    od_r, od_g, od_b = cv2.split(optical_density(rgb[y0:y1, x0:x1], bg))
+    # Background: mean colour of the brightest class of the three-class Otsu.
+    bright = cv2.compare(green, t2, cv2.CMP_GT)
+    bg = (
+        np.array(cv2.mean(rgb, mask=bright)[:3], np.float32)
+        if cv2.countNonZero(bright) > 50
+        else background_rgb_fast(rgb)
+    )
+    od_r, od_g, od_b = optical_density_channels(rgb[y0:y1, x0:x1], bg)
     od_sum = cv2.add(cv2.add(od_r, od_g), od_b)
     blueness = cv2.subtract(od_r, od_b)  # OD_red - OD_blue: positive for blue cytoplasm
     stained = cv2.compare(od_sum, s.od_background, cv2.CMP_GT)
-    ref = red_cell_blueness(rgb, bg, dark, s.od_background)
+    ref, rbc_od = red_cell_reference(rgb, bg, dark, s.od_background)
     cyto = cv2.bitwise_and(stained, cv2.compare(blueness, ref + s.cytoplasm_margin, cv2.CMP_GT))
     cyto = cv2.bitwise_or(cyto, cv2.bitwise_or(nucleus, others))
     cyto = cv2.morphologyEx(cyto, cv2.MORPH_OPEN, _disk(1))
@@ -554,5 +571,6 @@ def segment_cell(rgb: np.ndarray, settings: SegmentationSettings | None = None) 
         "solidity": solidity,
         "n_lobes": float(n_lobes),
         "cell_diameter": cell_diameter,
+        "rbc_od": rbc_od,
     }
     return Segmentation(nucleus_mask, cell_mask, reason == "ok", reason, flags, box, bg, diagnostics)
