@@ -91,6 +91,8 @@ class SegmentationSettings:
     lobe_erosion: int = 4  #: erosion radius that separates granulocyte lobes (thin strands)
     min_lobe_area: int = 40  #: smallest area of a lobe after erosion
     min_merged_nucleus_area: int = 1000  #: each of two merged nuclei is at least this large (else: lobes)
+    lobulated_max_solidity: float = 0.85  #: a nucleus less solid than this is checked for thick-stranded lobes
+    lobe_erosion_fraction: float = 0.14  #: ... by an erosion of this fraction of its equivalent diameter
     merged_max_solidity: float = 0.9  #: a large nucleus less solid than this may be two merged nuclei
     lobe_gap: int = 12  #: separate pieces this close to the nucleus may be its lobes
     blur_threshold: float = 1.0  #: std of the Laplacian of nucleus OD over its std below this is blur
@@ -527,6 +529,14 @@ def segment_cell(rgb: np.ndarray, settings: SegmentationSettings | None = None) 
     hull_area = cv2.contourArea(cv2.convexHull(np.concatenate(ncont))) if ncont else 0.0
     solidity = n_area / hull_area if hull_area > 0 else 1.0
     cell_diameter = float(np.sqrt(4 * c_area / np.pi))
+    if not is_granulocyte and not merged_split and solidity < s.lobulated_max_solidity:
+        # Thick strands: erode in proportion to the nucleus size and count the lobes left.
+        r = max(s.lobe_erosion, int(round(s.lobe_erosion_fraction * np.sqrt(4 * n_area / np.pi))))
+        pieces, _ = cv2.findContours(cv2.erode(nucleus, _disk(r)), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+        n_big = sum(cv2.contourArea(c) >= s.min_lobe_area for c in pieces)
+        if n_big >= 2:
+            is_granulocyte = True
+            n_lobes = max(n_lobes, n_big)
     flags["is_granulocyte"] = is_granulocyte
     flags["is_monocyte"] = bool(
         not is_granulocyte
