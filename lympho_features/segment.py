@@ -33,6 +33,7 @@ How (measured on the shared data):
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 import cv2
 import numpy as np
@@ -158,6 +159,7 @@ class Segmentation:
     diagnostics: dict[str, float] = field(default_factory=dict)
 
 
+@lru_cache(maxsize=64)
 def _disk(radius: int) -> np.ndarray:
     return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
 
@@ -369,7 +371,7 @@ def segment_cell(rgb: np.ndarray, settings: SegmentationSettings | None = None) 
     green = cv2.extractChannel(rgb, 1)
     blue = cv2.extractChannel(rgb, 2)
     win = _central_window((h, w), s.central_fraction)
-    t1, t2 = multi_otsu3(green[win])
+    t1, t2 = multi_otsu3(green[win][::2, ::2])  # every other pixel: same histogram shape, 4x fewer
     if t2 - t1 < 12:  # no three distinct classes (blank or uniform crop)
         return _empty((h, w), "no_nucleus")
     dark = cv2.compare(green, t1, cv2.CMP_LE)
@@ -545,10 +547,11 @@ def segment_cell(rgb: np.ndarray, settings: SegmentationSettings | None = None) 
         and n_area < 0.6 * c_area
     )
     nucleus_od, nucleus_od_sd = (float(v[0, 0]) for v in cv2.meanStdDev(od_sum, mask=nucleus))
-    lap = cv2.Laplacian(od_sum, cv2.CV_32F, ksize=1)
-    inner = cv2.erode(nucleus, _disk(2))
+    nb = (slice(nby, nby + nbh), slice(nbx, nbx + nbw))  # the nucleus' own box
+    lap = cv2.Laplacian(od_sum[nb], cv2.CV_32F, ksize=1)
+    inner = cv2.erode(nucleus[nb], _disk(2))
     if cv2.countNonZero(inner) < 20:
-        inner = nucleus
+        inner = np.ascontiguousarray(nucleus[nb])
     # Sharpness: fine (Laplacian) over overall variation of the chromatin, so it
     # does not depend on how contrasted the chromatin is.
     sharp = float(cv2.meanStdDev(lap, mask=inner)[1][0, 0]) / max(nucleus_od_sd, 1e-3)
