@@ -25,7 +25,13 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from .segment import Segmentation, background_rgb_fast, optical_density, optical_density_channels
+from .segment import (
+    FLAG_DESCRIPTIONS,
+    Segmentation,
+    background_rgb_fast,
+    optical_density,
+    optical_density_channels,
+)
 
 HARALICK_NAMES = (
     "asm",
@@ -78,6 +84,7 @@ class FeatureSettings:
     )
     nucleoli_radius: int = 4  #: largest radius of a pale spot counted as a nucleolus
     nucleoli_depth: float = 0.9  #: a nucleolus is paler than its surroundings by this many nucleus OD std
+    nucleoli_min_depth: float = 0.3  #: ... and by at least this much OD (no spots in a flat, noisy nucleus)
 
 
 # ---------------------------------------------------------------- shape ----
@@ -100,8 +107,8 @@ def contour_irregularity(contour: np.ndarray) -> dict[str, float]:
     -------
     dict
         ``fourier_low``: energy of the outline's Fourier harmonics 2 to 7
-        relative to the first (lobes, clefts, kidney shapes; 0 for a circle or
-        an ellipse); ``fourier_high``: same for harmonics 8 to 32 (fine
+        relative to the first (lobes, clefts, kidney shapes; 0 for a circle,
+        below 0.1 for an ellipse); ``fourier_high``: same for harmonics 8 to 32 (fine
         projections, a hairy or crenated outline); ``curvature_std``: spread
         of the turning angle along the outline smoothed over 5 points
         (radians per point).
@@ -230,7 +237,7 @@ def nc_features(nucleus_mask: np.ndarray, cell_mask: np.ndarray) -> dict[str, fl
     cy, cx = mc["m01"] / mc["m00"], mc["m10"] / mc["m00"]
     r_cell = np.sqrt(c_area / np.pi)
     # Distance to the cell outline, read on the nucleus outline.
-    dist = cv2.distanceTransform(np.pad(c8, 1), cv2.DIST_L2, 3)[1:-1, 1:-1]
+    dist = cv2.distanceTransform(np.pad(c8, 1), cv2.DIST_L2, cv2.DIST_MASK_PRECISE)[1:-1, 1:-1]
     contour = _largest_contour(n8)
     pts = contour.reshape(-1, 2) if contour is not None else np.zeros((0, 2), int)
     rim = dist[pts[:, 1], pts[:, 0]] - 1.0 if len(pts) else np.array([0.0])
@@ -538,7 +545,7 @@ def nucleoli_features(
     A pixel belongs to a pale spot when a morphological closing of radius
     ``settings.nucleoli_radius`` (which fills pale holes narrower than the
     disk) raises its OD by more than ``settings.nucleoli_depth`` times the
-    nucleus' OD spread. Spots touching the nucleus outline are ignored.
+    nucleus' OD spread and at least ``settings.nucleoli_min_depth``. Spots touching the nucleus outline are ignored.
 
     Returns
     -------
@@ -561,7 +568,8 @@ def nucleoli_features(
     )
     depth = cv2.subtract(closed, img)
     inner = cv2.erode(m8, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (5, 5)))
-    spots = cv2.bitwise_and(cv2.compare(depth, settings.nucleoli_depth * max(sd, 1e-3), cv2.CMP_GT), inner)
+    cut = max(settings.nucleoli_depth * sd, settings.nucleoli_min_depth)
+    spots = cv2.bitwise_and(cv2.compare(depth, cut, cv2.CMP_GT), inner)
     spots = cv2.morphologyEx(spots, cv2.MORPH_OPEN, np.ones((2, 2), np.uint8))
     contours, _ = cv2.findContours(spots, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
     count = sum(1 for c in contours if cv2.contourArea(c) >= 3)
@@ -701,7 +709,7 @@ _SHAPE_WORDS = {
     "circularity": "roundness (1 for a disk)",
     "feret_max": "largest caliper diameter",
     "feret_min": "smallest caliper diameter",
-    "fourier_low": "irregularity of the outline at large scale (lobes, clefts, kidney shape; 0 for an ellipse)",
+    "fourier_low": "irregularity of the outline at large scale (lobes, clefts, kidney shape; 0 for a circle)",
     "fourier_high": "irregularity of the outline at fine scale (small projections, hairy or crenated outline)",
     "notch_depth": "depth of the deepest notch or cleft, relative to the radius",
     "curvature_std": "how unevenly the outline bends (angular, wavy or notched outlines score high)",
@@ -773,6 +781,11 @@ for _region in ("nucleus", "cytoplasm"):
         FEATURE_DESCRIPTIONS[f"color_{_region}_od_{_c}_fraction"] = (
             f"share of the {_region}'s absorption in {_c} light (hue of the stain, whatever its density)"
         )
+
+# Per-patient shares of each quality-control and cell-type flag (aggregate.py's ``frac_<flag>``).
+FEATURE_DESCRIPTIONS["frac_qc_ok"] = "share of the patient's crops passing quality control"
+for _flag, _meaning in FLAG_DESCRIPTIONS.items():
+    FEATURE_DESCRIPTIONS[f"frac_{_flag}"] = f"share of the patient's crops flagged: {_meaning}"
 
 
 def describe_feature(name: str) -> str | None:
