@@ -137,7 +137,7 @@ def contour_irregularity(contour: np.ndarray) -> dict[str, float]:
     return out
 
 
-def shape_features(mask: np.ndarray, prefix: str) -> dict[str, float]:
+def shape_features(mask: np.ndarray, prefix: str, contour: np.ndarray | None = None) -> dict[str, float]:
     """Size and shape of one binary region.
 
     Parameters
@@ -146,6 +146,8 @@ def shape_features(mask: np.ndarray, prefix: str) -> dict[str, float]:
         The region (nucleus or whole cell).
     prefix : str
         Name of the region, used in the column names (``shape_{prefix}_area``...).
+    contour : ndarray, optional
+        The region's outer contour (``cv2.CHAIN_APPROX_NONE``), when already known.
 
     Returns
     -------
@@ -159,7 +161,8 @@ def shape_features(mask: np.ndarray, prefix: str) -> dict[str, float]:
     out = {f"shape_{prefix}_{n}": float("nan") for n in SHAPE_NAMES}
     m8 = _u8(mask)
     area = float(cv2.countNonZero(m8))
-    contour = _largest_contour(m8)
+    if contour is None:
+        contour = _largest_contour(m8)
     if area == 0 or contour is None or len(contour) < 5:
         return out
     perimeter = float(cv2.arcLength(contour, closed=True))
@@ -207,7 +210,9 @@ def shape_features(mask: np.ndarray, prefix: str) -> dict[str, float]:
     return out
 
 
-def nc_features(nucleus_mask: np.ndarray, cell_mask: np.ndarray) -> dict[str, float]:
+def nc_features(
+    nucleus_mask: np.ndarray, cell_mask: np.ndarray, nucleus_contour: np.ndarray | None = None
+) -> dict[str, float]:
     """Nucleus-to-cytoplasm relations.
 
     ``nc_ratio`` is nucleus area / whole-cell area, in (0, 1]. ``nc_rim_width``
@@ -238,7 +243,7 @@ def nc_features(nucleus_mask: np.ndarray, cell_mask: np.ndarray) -> dict[str, fl
     r_cell = np.sqrt(c_area / np.pi)
     # Distance to the cell outline, read on the nucleus outline.
     dist = cv2.distanceTransform(np.pad(c8, 1), cv2.DIST_L2, cv2.DIST_MASK_PRECISE)[1:-1, 1:-1]
-    contour = _largest_contour(n8)
+    contour = _largest_contour(n8) if nucleus_contour is None else nucleus_contour
     pts = contour.reshape(-1, 2) if contour is not None else np.zeros((0, 2), int)
     rim = dist[pts[:, 1], pts[:, 0]] - 1.0 if len(pts) else np.array([0.0])
     return {
@@ -257,35 +262,38 @@ def nc_features(nucleus_mask: np.ndarray, cell_mask: np.ndarray) -> dict[str, fl
 _ANGLES = ((0, 1), (1, 1), (1, 0), (1, -1))  # (dy, dx): 0, 45, 90, 135 degrees
 
 
-def masked_glcm(levels_img: np.ndarray, mask: np.ndarray, distance: int, levels: int) -> np.ndarray:
+def masked_glcm(levels_img: np.ndarray, mask: np.ndarray, distance: int | tuple[int, ...], levels: int) -> np.ndarray:
     """Symmetric, normalised grey-level co-occurrence matrices inside a mask.
 
     Only pixel pairs whose both pixels lie inside ``mask`` are counted, so the
-    background never enters the texture of the nucleus.
+    background never enters the texture of the nucleus. All angles (and all
+    distances, when ``distance`` is a tuple) are counted in one pass.
 
     Returns
     -------
-    ndarray, shape (n_angles, levels, levels)
+    ndarray, shape (n_distances * n_angles, levels, levels)
+        Distance-major: the 4 angles of the first distance, then of the next.
     """
+    distances = (distance,) if np.isscalar(distance) else tuple(distance)
     h, w = levels_img.shape
-    n_ang = len(_ANGLES)
+    n_mat = len(distances) * len(_ANGLES)
     # Pixels outside the mask get the extra level ``levels``; pairs involving it are dropped below.
     code = np.where(mask, levels_img, levels).astype(np.int32)
     side = levels + 1
     parts = []
-    for k, (dy, dx) in enumerate(_ANGLES):
-        dy, dx = dy * distance, dx * distance
-        y0, y1 = max(0, -dy), min(h, h - dy)
-        x0, x1 = max(0, -dx), min(w, w - dx)
-        if y1 <= y0 or x1 <= x0:
-            continue
-        a = code[y0:y1, x0:x1]
-        b = code[y0 + dy : y1 + dy, x0 + dx : x1 + dx]
-        parts.append(((k * side + a) * side + b).ravel())
-    counts = (
-        np.bincount(np.concatenate(parts), minlength=n_ang * side * side) if parts else np.zeros(n_ang * side * side)
-    )
-    counts = counts.reshape(n_ang, side, side)[:, :levels, :levels].astype(np.float64)
+    for j, dist in enumerate(distances):
+        for k, (dy, dx) in enumerate(_ANGLES):
+            dy, dx = dy * dist, dx * dist
+            y0, y1 = max(0, -dy), min(h, h - dy)
+            x0, x1 = max(0, -dx), min(w, w - dx)
+            if y1 <= y0 or x1 <= x0:
+                continue
+            a = code[y0:y1, x0:x1]
+            b = code[y0 + dy : y1 + dy, x0 + dx : x1 + dx]
+            parts.append((((j * len(_ANGLES) + k) * side + a) * side + b).ravel())
+    size = n_mat * side * side
+    counts = np.bincount(np.concatenate(parts), minlength=size) if parts else np.zeros(size, np.int64)
+    counts = counts.reshape(n_mat, side, side)[:, :levels, :levels].astype(np.float64)
     counts += counts.transpose(0, 2, 1)
     total = counts.sum((1, 2), keepdims=True)
     return np.divide(counts, total, out=np.zeros_like(counts), where=total > 0)
@@ -421,8 +429,7 @@ def haralick_features(
     if q is None:
         q = quantize(grey, mask, levels)
     out: dict[str, float] = {}
-    glcms = [masked_glcm(q, mask, d, levels) for d in settings.haralick_distances]
-    stack = np.concatenate(glcms)
+    stack = masked_glcm(q, mask, tuple(settings.haralick_distances), levels)
     valid = stack.sum((1, 2)) > 0
     feats = np.full((len(stack), 13), np.nan)
     if valid.any():
@@ -667,9 +674,10 @@ def cell_features(
     else:  # nothing segmented: every family returns NaN
         n_box, c_box = np.zeros((1, 1), bool), np.zeros((1, 1), bool)
         rgb_box = np.zeros((1, 1, 3), np.uint8)
-    out.update(nc_features(n_box, c_box))
-    out.update(shape_features(n_box, "nucleus"))
-    out.update(shape_features(c_box, "cell"))
+    n_contour, c_contour = _largest_contour(n_box), _largest_contour(c_box)
+    out.update(nc_features(n_box, c_box, n_contour))
+    out.update(shape_features(n_box, "nucleus", n_contour))
+    out.update(shape_features(c_box, "cell", c_contour))
     bg = seg.background if seg.background is not None else background_reference(rgb, settings)
     rbc_od = seg.diagnostics.get("rbc_od") if seg.diagnostics else None
     if n_box.any():
