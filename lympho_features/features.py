@@ -166,7 +166,8 @@ def shape_features(mask: np.ndarray, prefix: str, contour: np.ndarray | None = N
     if area == 0 or contour is None or len(contour) < 5:
         return out
     perimeter = float(cv2.arcLength(contour, closed=True))
-    hull = cv2.convexHull(contour)
+    hull_idx = np.sort(cv2.convexHull(contour, returnPoints=False), axis=0)
+    hull = contour[hull_idx.ravel()]
     hull_area = float(cv2.contourArea(hull))
     hull_perimeter = float(cv2.arcLength(hull, closed=True))
     m = cv2.moments(m8, binaryImage=True)
@@ -178,10 +179,9 @@ def shape_features(mask: np.ndarray, prefix: str, contour: np.ndarray | None = N
     (_, _), (rw, rh), _ = cv2.minAreaRect(contour)
     r_eq = np.sqrt(area / np.pi)
     notch = 0.0
-    hull_idx = cv2.convexHull(contour, returnPoints=False)
-    if hull_idx is not None and len(hull_idx) > 3:
+    if len(hull_idx) > 3:
         try:
-            defects = cv2.convexityDefects(contour, np.sort(hull_idx, axis=0))
+            defects = cv2.convexityDefects(contour, hull_idx)
         except cv2.error:  # self-intersecting outlines: no defect measure
             defects = None
         if defects is not None and len(defects):
@@ -242,7 +242,7 @@ def nc_features(
     cy, cx = mc["m01"] / mc["m00"], mc["m10"] / mc["m00"]
     r_cell = np.sqrt(c_area / np.pi)
     # Distance to the cell outline, read on the nucleus outline.
-    dist = cv2.distanceTransform(np.pad(c8, 1), cv2.DIST_L2, cv2.DIST_MASK_PRECISE)[1:-1, 1:-1]
+    dist = cv2.distanceTransform(np.pad(c8, 1), cv2.DIST_L2, cv2.DIST_MASK_5)[1:-1, 1:-1]
     contour = _largest_contour(n8) if nucleus_contour is None else nucleus_contour
     pts = contour.reshape(-1, 2) if contour is not None else np.zeros((0, 2), int)
     rim = dist[pts[:, 1], pts[:, 0]] - 1.0 if len(pts) else np.array([0.0])

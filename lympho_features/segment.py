@@ -216,16 +216,18 @@ def multi_otsu3(values: np.ndarray, bins: int = 64) -> tuple[float, float]:
     """
     step = 256 // bins
     hist = cv2.calcHist([np.ascontiguousarray(values)], [0], None, [bins], [0, 256]).ravel().astype(np.float64)
-    p = hist / max(hist.sum(), 1.0)
-    idx = np.arange(bins, dtype=np.float64)
+    total = hist.sum()
+    if total <= 0:
+        return 0.0, 0.0
+    p = hist / total
     w = np.cumsum(p)
-    m = np.cumsum(p * idx)
-    mt = m[-1]
+    m = np.cumsum(p * np.arange(bins))
     i, j = _triu(bins)  # class 0: [0, i], class 1: (i, j], class 2: (j, end]
-    w0, w1, w2 = w[i], w[j] - w[i], 1.0 - w[j]
-    m0, m1, m2 = m[i], m[j] - m[i], mt - m[j]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        var = np.where(w0 > 0, m0**2 / w0, 0) + np.where(w1 > 0, m1**2 / w1, 0) + np.where(w2 > 0, m2**2 / w2, 0)
+    wi, wj, mi, mj = w[i], w[j], m[i], m[j]
+    m1 = mj - mi
+    m2 = m[-1] - mj
+    eps = 1e-12  # empty classes have zero mass and zero moment: their term vanishes
+    var = mi * mi / (wi + eps) + m1 * m1 / (wj - wi + eps) + m2 * m2 / (1.0 - wj + eps)
     k = int(np.argmax(var))
     return float((i[k] + 1) * step - 1), float((j[k] + 1) * step - 1)
 
