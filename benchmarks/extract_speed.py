@@ -18,8 +18,10 @@ sensitive to other jobs on a shared machine than the wall-clock ratio).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -143,13 +145,14 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         data = args.data
         if args.max_patients:
-            # A data folder of just these patients (symlinks: no copy of the images).
+            # A data folder of just these patients (copies under the temporary folder: the extraction
+            # refuses links leading out of its data folder).
             data = Path(tmp) / "data"
             data.mkdir()
             for pid in patients:
-                (data / pid).symlink_to((args.data / pid).resolve(), target_is_directory=True)
+                shutil.copytree(args.data / pid, data / pid)
             csv = next(args.data.glob("*.csv"))
-            (data / csv.name).symlink_to(csv.resolve())
+            shutil.copyfile(csv, data / csv.name)
         # Warm the page cache so that neither side pays the first read from disk.
         Parallel(n_jobs=args.jobs)(delayed(_decode_patient)(args.data, imgs) for imgs in patients.values())
         # Decode before and after the extraction; the faster of the two is the floor (a conservative ratio
@@ -158,6 +161,7 @@ def main() -> None:
         for step in ("before", "extract", "after"):
             if step == "extract":
                 t_extract, rss_largest, rss_tree, _cpu = run_extract(data, Path(tmp) / "out", args.jobs)
+                counts = json.loads((Path(tmp) / "out" / "manifest.json").read_text())["counts"]
                 continue
             t0 = time.perf_counter()
             Parallel(n_jobs=args.jobs)(delayed(_decode_patient)(args.data, imgs) for imgs in patients.values())
@@ -167,6 +171,7 @@ def main() -> None:
 
     rows = [
         ("crops", f"{n}"),
+        ("measured / skipped by extract", f"{counts['cells']} / {counts['skipped']}"),
         (f"decode only, {args.jobs} processes", f"{n / t_decode:8.0f} crops/s ({t_decode:.1f} s)"),
         (f"lympho extract, {args.jobs} jobs", f"{n / t_extract:8.0f} crops/s ({t_extract:.1f} s)"),
         ("ratio extract / decode", f"{t_decode / t_extract:8.3f}"),
