@@ -120,17 +120,27 @@ def fit(
         float,
         typer.Option(help="Share of the CV errors the 'uncertain' band around the threshold holds (predict flags it)."),
     ] = 0.5,
+    jobs: Annotated[int, typer.Option("--jobs", "-j", help="CV folds fitted at once (threads).")] = 2,
 ) -> None:
     """Cross-validate a patient-level classifier, then fit it on all labeled patients."""
     import time
 
-    from .model import ABLATION_SETS, format_ablation, load_cohort_tables, parse_feature_set
-    from .model import fit_model, load_patients, save_model
+    from .model import (
+        ABLATION_SETS,
+        fit_model,
+        format_ablation,
+        load_cohort_tables,
+        load_patients,
+        parse_feature_set,
+        save_model,
+    )
 
     if folds < 2 or repeats < 1:
         _fail("--folds must be at least 2 and --repeats at least 1")
     if min_sensitivity is not None and not 0 < min_sensitivity <= 1:
         _fail("--min-sensitivity must be in (0, 1]")
+    if jobs < 1:
+        _fail("--jobs must be at least 1")
     if not 0 < refer_share < 1:
         _fail("--refer-share must be in (0, 1)")
     t0 = time.perf_counter()
@@ -153,6 +163,7 @@ def fit(
         embeddings=emb,
         ablation=ablation,
         refer_share=refer_share,
+        n_jobs=jobs,
     )
     _guard(save_model, model, cv, out)
     s = cv.summary
@@ -189,7 +200,10 @@ def predict(
     explain_top: Annotated[int, typer.Option(help="How many contributions --explain adds per patient.")] = 3,
     embeddings: Annotated[
         Path | None,
-        typer.Option("--embeddings", help="Folder with embeddings.parquet of these patients, for cnn models (default: FEATURES_DIR)."),
+        typer.Option(
+            "--embeddings",
+            help="Folder with embeddings.parquet of these patients, for cnn models (default: FEATURES_DIR).",
+        ),
     ] = None,
 ) -> None:
     """Probability of tumoral lymphocytosis, decision and 'uncertain' flag (refer to flow cytometry) for each patient."""
