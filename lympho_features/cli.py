@@ -116,10 +116,13 @@ def fit(
             help="Also cross-validate the other configurations on the same folds; table in model.json (ablation).",
         ),
     ] = True,
-    refer_share: Annotated[
+    refer_error_rate: Annotated[
         float,
-        typer.Option(help="Share of the CV errors the 'uncertain' band around the threshold holds (predict flags it)."),
-    ] = 0.5,
+        typer.Option(
+            help="predict flags 'uncertain' the probabilities in the band around the threshold where at least "
+            "this share of the CV calls were wrong."
+        ),
+    ] = 0.3,
     jobs: Annotated[int, typer.Option("--jobs", "-j", help="CV folds fitted at once (threads).")] = 2,
 ) -> None:
     """Cross-validate a patient-level classifier, then fit it on all labeled patients."""
@@ -141,8 +144,8 @@ def fit(
         _fail("--min-sensitivity must be in (0, 1]")
     if jobs < 1:
         _fail("--jobs must be at least 1")
-    if not 0 < refer_share < 1:
-        _fail("--refer-share must be in (0, 1)")
+    if not 0 < refer_error_rate < 1:
+        _fail("--refer-error-rate must be in (0, 1)")
     t0 = time.perf_counter()
     patients = _guard(load_patients, features_dir)
     _guard(parse_feature_set, feature_set)
@@ -162,7 +165,7 @@ def fit(
         cells=cells,
         embeddings=emb,
         ablation=ablation,
-        refer_share=refer_share,
+        refer_error_rate=refer_error_rate,
         n_jobs=jobs,
     )
     _guard(save_model, model, cv, out)

@@ -657,26 +657,37 @@ def calibration_table(y_true, proba, n_bins: int = 5) -> dict:
     return {"brier": float(np.mean((proba - y_true) ** 2)), "n_bins": n_bins, "bins": bins}
 
 
-def refer_band(cv: CVResult, share_of_errors: float = 0.5) -> dict:
-    """Band of probabilities around the threshold where the CV errors concentrate.
+def refer_band(cv: CVResult, min_error_rate: float = 0.3) -> dict:
+    """Band of probabilities around the threshold where the CV calls are unreliable.
 
-    The half-width is the ``share_of_errors`` quantile of the distance between
-    the probability and its fold's threshold over the wrong CV calls: about
-    that share of the errors fall inside the band. A patient whose probability
-    is within the half-width of the model's threshold is flagged ``uncertain``
-    (refer to flow cytometry rather than trust the call).
+    The half-width is the largest distance ``h`` to the fold's threshold such
+    that, among the CV calls closer than ``h`` to their threshold, at least
+    ``min_error_rate`` were wrong. A patient whose probability is within the
+    half-width of the model's threshold is flagged ``uncertain``: refer to
+    flow cytometry rather than trust the call. (Errors far from the threshold
+    exist too and no band catches them; the CV error rates inside and outside
+    the band are recorded.)
     """
     p = cv.predictions
     margin = (p["probability"] - p["threshold"]).abs().to_numpy()
     wrong = (p["prediction"] != p["label"]).to_numpy()
-    half = float(np.quantile(margin[wrong], share_of_errors)) if wrong.any() else 0.0
+    order = np.argsort(margin, kind="stable")
+    m, w = margin[order], wrong[order]
+    rate = np.cumsum(w) / np.arange(1, len(w) + 1)
+    ok = np.flatnonzero((rate >= min_error_rate) & np.r_[m[1:] > m[:-1], True]) if len(m) else np.array([], int)
+    if ok.size:
+        i = int(ok.max())
+        half = float((m[i] + m[i + 1]) / 2) if i + 1 < len(m) else float(m[i] + 1e-9)
+    else:
+        half = 0.0
     inside = margin < half
     return {
         "half_width": half,
-        "share_of_errors": share_of_errors,
+        "min_error_rate": min_error_rate,
         "cv_fraction_referred": float(inside.mean()),
-        "cv_error_rate_referred": float(wrong[inside].mean()) if inside.any() else float("nan"),
-        "cv_error_rate_not_referred": float(wrong[~inside].mean()) if (~inside).any() else float("nan"),
+        "cv_error_rate_referred": float(wrong[inside].mean()) if inside.any() else None,
+        "cv_error_rate_not_referred": float(wrong[~inside].mean()) if (~inside).any() else None,
+        "cv_share_of_errors_referred": float(wrong[inside].sum() / wrong.sum()) if wrong.any() else None,
     }
 
 
@@ -853,7 +864,7 @@ def fit_model(
     cells: pd.DataFrame | None = None,
     embeddings: pd.DataFrame | None = None,
     ablation: bool | tuple = True,
-    refer_share: float = 0.5,
+    refer_error_rate: float = 0.3,
     n_boot: int = 2000,
     n_jobs: int = 1,
 ) -> tuple[FittedModel, CVResult]:
@@ -872,8 +883,8 @@ def fit_model(
     ablation : bool or tuple of str
         Also cross-validate the other configurations on the same folds (True: those of
         :data:`ABLATION_SETS` whose inputs are given) and store the table under ``ablation``.
-    refer_share : float
-        Share of the CV errors the ``uncertain`` band around the threshold should hold.
+    refer_error_rate : float
+        CV error rate that marks the ``uncertain`` band around the threshold (see :func:`refer_band`).
     n_jobs : int
         Outer folds run at once (threads).
 
@@ -917,7 +928,7 @@ def fit_model(
         "params": est.get_params(),
         "cv": cv.summary | {"per_repeat": cv.per_repeat.to_dict(orient="records")},
         "calibration": calibration_table(cv.predictions["label"], cv.predictions["probability"]),
-        "refer": refer_band(cv, refer_share),
+        "refer": refer_band(cv, refer_error_rate),
         "library_versions": library_versions(),
         "training_data_fingerprint": dataframe_fingerprint(
             matrix[["patient_id", "label", *[c for c in feats if c in matrix.columns]]]
