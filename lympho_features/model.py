@@ -863,7 +863,7 @@ def fit_model(
     min_sensitivity: float | None = None,
     cells: pd.DataFrame | None = None,
     embeddings: pd.DataFrame | None = None,
-    ablation: bool | tuple = True,
+    ablation: bool | tuple = False,
     refer_error_rate: float = 0.3,
     n_boot: int = 2000,
     n_jobs: int = 1,
@@ -882,7 +882,8 @@ def fit_model(
         cells.parquet and embeddings.parquet of the same patients.
     ablation : bool or tuple of str
         Also cross-validate the other configurations on the same folds (True: those of
-        :data:`ABLATION_SETS` whose inputs are given) and store the table under ``ablation``.
+        :data:`ABLATION_SETS` whose inputs are given) and store the table under ``ablation``
+        (``lympho fit`` does by default).
     refer_error_rate : float
         CV error rate that marks the ``uncertain`` band around the threshold (see :func:`refer_band`).
     n_jobs : int
@@ -1048,6 +1049,20 @@ def model_inputs(
     except ModelError as exc:
         raise ModelError(f"features in {features_dir} do not match the model in {model_dir}: {exc}") from None
     return X.reset_index(drop=True)
+
+
+def cell_scores(model_dir: str | Path, meta: dict, cells: pd.DataFrame) -> pd.Series | None:
+    """Each cell's score by a saved model's cell model (NaN for cells it does not score), or None without one."""
+    if "cellscore" not in parse_feature_set(meta["feature_set"])[0]:
+        return None
+    ff = load_inputs(model_dir, meta)
+    out = pd.Series(np.nan, index=cells.index, name="cell_score")
+    from .cellscore import usable_cells
+
+    usable = usable_cells(cells, ff.cell_scorer_.qc_only)
+    with _stage_errors():
+        out.loc[usable.index] = ff.cell_scorer_.score_cells(usable)["score"].to_numpy()
+    return out
 
 
 def predict(model_dir: str | Path, features_dir: str | Path, embeddings_dir: str | Path | None = None) -> pd.DataFrame:

@@ -167,3 +167,14 @@ def test_all_plus_cnn_end_to_end_with_the_tiny_network(tiny_cohort, tiny_feature
     assert "all+cnn" in {row["configuration"] for row in meta["ablation"]}
     r = run("predict", tmp_path / "m", feats, "--out", tmp_path / "p.csv")
     assert r.exit_code == 0, r.output
+
+
+def test_report_scores_cells_with_the_models_cell_model(default_model, tiny_features):
+    if "cellscore" not in parse_feature_set(DEFAULT_FEATURE_SET)[0]:
+        pytest.skip("default model does not use cell scores")
+    from lympho_features.report import load_inputs
+
+    inp = load_inputs(default_model, tiny_features)
+    scored = inp.cells["cell_score"].notna()
+    assert (scored == inp.cells["qc_ok"]).all()
+    assert inp.cells.loc[scored, "cell_score"].between(0, 1).all()

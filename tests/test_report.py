@@ -117,7 +117,8 @@ def test_predict_explain_adds_top_contributions_after_the_contract(tiny_model, t
     assert r.exit_code == 0, r.output
     plain, ex = pd.read_csv(tmp_path / "p.csv"), pd.read_csv(tmp_path / "e.csv")
     assert list(ex.columns[:3]) == ["patient_id", "probability", "prediction"]
-    assert list(ex.columns[3:]) == [f"top{k}_{c}" for k in (1, 2, 3) for c in ("feature", "value", "contribution")]
+    top = [c for c in ex.columns[3:] if c != "uncertain"]  # predict's refer flag may follow the contract columns
+    assert top == [f"top{k}_{c}" for k in (1, 2, 3) for c in ("feature", "value", "contribution")]
     pd.testing.assert_frame_equal(ex[plain.columns], plain)
     assert (ex["top1_contribution"].abs() >= ex["top2_contribution"].abs()).all()
     assert (ex["top2_contribution"].abs() >= ex["top3_contribution"].abs()).all()
