@@ -756,13 +756,13 @@ def ablation_table(
             "roc_auc_std": s["roc_auc_std"],
             "sensitivity": s["sensitivity_mean"],
             "specificity": s["specificity_mean"],
-            "brier": s["brier_mean"],
         }
         if ref is not None and fs != reference:
             dba, dauc = boot[fs][0] - ref[0], boot[fs][1] - ref[1]
             row[f"delta_ba_vs_{reference}"] = [float(np.quantile(dba, 0.025)), float(np.quantile(dba, 0.975))]
             row[f"delta_auc_vs_{reference}"] = [float(np.nanquantile(dauc, 0.025)), float(np.nanquantile(dauc, 0.975))]
             row["p_better_ba"] = float((dba > 0).mean())
+        row["brier"] = s["brier_mean"]
         rows.append(row)
     return rows
 

@@ -165,3 +165,15 @@ def test_aggregator_summarises_each_patient():
     assert out.loc["a", "cellscore__frac_gt70"] == pytest.approx(0.25)
     assert out.loc["b", "cellscore__frac_gt50"] == 0.0
     assert out.loc["z"].isna().all()
+
+
+def test_cross_validation_does_not_depend_on_parallel_jobs():
+    cells, labels = synthetic_cells(32)
+    patients = pd.DataFrame(
+        {"patient_id": labels.index, "label": labels.to_numpy(), "age": 60.0, "gender": "F", "lymph_count": 4.0}
+    )
+    cohort = Cohort.from_tables(patients, cells)
+    a = cross_validate_sets(cohort, labels.to_numpy(), ["clinical+cellscore"], folds=4, repeats=1, n_jobs=1)
+    b = cross_validate_sets(cohort, labels.to_numpy(), ["clinical+cellscore"], folds=4, repeats=1, n_jobs=2)
+    pd.testing.assert_frame_equal(a["clinical+cellscore"].predictions, b["clinical+cellscore"].predictions)
+    assert a["clinical+cellscore"].summary["roc_auc_mean"] > 0.8  # the planted cell signal reaches the patients
