@@ -37,6 +37,7 @@ from lympho_features.model import (  # noqa: E402
     format_ablation,
     load_cohort_tables,
     load_patients,
+    nested_selection,
     parse_feature_set,
 )
 
@@ -54,6 +55,12 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--sets", default=",".join(ABLATION_SETS), help="comma-separated configurations")
     ap.add_argument("--boot", type=int, default=2000, help="bootstrap resamplings")
+    ap.add_argument(
+        "--nested-repeats",
+        type=int,
+        default=0,
+        help="also estimate 'choose the best configuration by inner CV, then fit it' with N outer repeats",
+    )
     args = ap.parse_args()
     if not (args.features / "patients.parquet").is_file() or args.data.is_dir():
         extract(args.data, args.features, jobs=args.jobs, progress=True)
@@ -82,6 +89,16 @@ def main() -> None:
     )
     print(format_ablation(rows))
     print(f"CV of {len(kept)} configurations: {wall:.0f} s wall, {cpu:.0f} s CPU, {args.jobs} job(s)")
+    if args.nested_repeats:
+        cv, chosen = nested_selection(cohort, y, kept, args.folds, args.nested_repeats, args.seed, n_jobs=args.jobs)
+        s = cv.summary
+        counts = ", ".join(f"{k} {v}" for k, v in chosen["configuration"].value_counts().items())
+        print(
+            f"nested selection ({args.folds}-fold x {args.nested_repeats}, configuration chosen by inner 3-fold CV "
+            f"on each outer training fold): balanced acc {s['balanced_accuracy_mean']:.3f} ± {s['balanced_accuracy_std']:.3f}, "
+            f"ROC AUC {s['roc_auc_mean']:.3f} ± {s['roc_auc_std']:.3f}, sens {s['sensitivity_mean']:.3f}, "
+            f"spec {s['specificity_mean']:.3f}; chosen: {counts}"
+        )
 
 
 if __name__ == "__main__":

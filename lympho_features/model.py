@@ -628,6 +628,60 @@ def cross_validate_sets(
     return out
 
 
+def nested_selection(
+    cohort: Cohort,
+    y,
+    feature_sets,
+    folds: int = 5,
+    repeats: int = 2,
+    seed: int = 0,
+    inner_folds: int = 3,
+    n_jobs: int = 1,
+) -> tuple[CVResult, pd.DataFrame]:
+    """Honest estimate of "pick the best configuration, then fit it": selection inside each outer fold.
+
+    In every outer fold, the configurations are compared by an inner
+    cross-validation of the training patients only (balanced accuracy; ties go
+    to the one with fewer inputs), and the winner is fitted on the training
+    patients and scores the held-out ones. The returned CV result measures the
+    whole procedure, free of the optimism of choosing the best of many on the
+    same folds; the table lists which configuration each outer fold chose.
+    """
+    from joblib import Parallel, delayed
+
+    y = np.asarray(y, int)
+    _check_classes(y, folds)
+    ids = cohort.ids
+    base = PatientClassifier(random_state=seed)
+    splits = [
+        (r, f, tr, te)
+        for r in range(repeats)
+        for f, (tr, te) in enumerate(StratifiedKFold(folds, shuffle=True, random_state=seed + r).split(ids, y))
+    ]
+
+    def one(r, f, tr, te):
+        state = seed + 1000 * r + f
+        inner = cross_validate_sets(cohort.subset(ids[tr]), y[tr], feature_sets, inner_folds, 1, state)
+        best = min(
+            inner,
+            key=lambda fs: (-inner[fs].summary["balanced_accuracy_mean"], inner[fs].summary["n_features"]),
+        )
+        blocks = parse_feature_set(best)[0]
+        res = _fold_task(cohort, y, tr, te, [best], blocks, None, 16, base, state, seed + r, inner_folds, None)
+        return best, res[best]
+
+    results = Parallel(n_jobs=n_jobs, backend="threading")(delayed(one)(*s) for s in splits)
+    rows, chosen = [], []
+    for r in range(repeats):
+        proba, thr, fold_of = np.zeros(len(y)), np.zeros(len(y)), np.zeros(len(y), int)
+        for (rr, f, _, te), (best, (p, t, _)) in zip(splits, results, strict=True):
+            if rr == r:
+                proba[te], thr[te], fold_of[te] = p, t, f
+                chosen.append({"repeat": r, "fold": f, "configuration": best})
+        rows.append(_prediction_frame(ids, r, fold_of, y, proba, thr))
+    return _summarise(rows, y, folds, repeats, seed), pd.DataFrame(chosen)
+
+
 # ---------------------------------------------------------------- calibration, refer band, ablation
 
 

@@ -150,3 +150,13 @@ def test_paired_bootstrap_separates_a_real_gain_from_noise():
     # Same folds: every configuration predicts each patient once per repeat with the same fold index.
     a, b = res["clinical"].predictions, res["all"].predictions
     assert (a[["patient_id", "repeat", "fold"]].to_numpy() == b[["patient_id", "repeat", "fold"]].to_numpy()).all()
+
+
+def test_nested_selection_picks_inside_each_outer_fold():
+    from lympho_features.model import Cohort, nested_selection
+
+    t = patients_table(n=60, signal=3.0)
+    cv, chosen = nested_selection(Cohort.from_tables(t), t["label"].astype(int).to_numpy(), ["clinical", "all"], 3, 1)
+    assert len(chosen) == 3 and set(chosen["configuration"]) <= {"clinical", "all"}
+    assert (chosen["configuration"] == "all").sum() >= 2  # the image signal is strong: inner CVs see it
+    assert (cv.predictions.groupby("repeat")["patient_id"].nunique() == 60).all()
