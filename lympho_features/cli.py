@@ -113,7 +113,8 @@ def fit(
         bool,
         typer.Option(
             "--ablation/--no-ablation",
-            help="Also cross-validate the other configurations on the same folds; table in model.json (ablation).",
+            help="Also cross-validate the other configurations on the same folds; table in model.json (ablation). "
+            "The CNN ones only with --embeddings or a cnn feature set.",
         ),
     ] = True,
     refer_error_rate: Annotated[
@@ -151,7 +152,9 @@ def fit(
     _guard(parse_feature_set, feature_set)
     cells, emb = _guard(load_cohort_tables, features_dir, [feature_set], embeddings)
     if ablation:
-        extra_cells, extra_emb = _guard(load_cohort_tables, features_dir, ABLATION_SETS, embeddings, optional=True)
+        # CNN configurations join the ablation when the model uses them or --embeddings is given.
+        sets = ABLATION_SETS if (emb is not None or embeddings is not None) else ("clinical+cellscore",)
+        extra_cells, extra_emb = _guard(load_cohort_tables, features_dir, sets, embeddings, optional=True)
         cells = cells if cells is not None else extra_cells
         emb = emb if emb is not None else extra_emb
     model, cv = _guard(
