@@ -60,6 +60,8 @@ def load_cells(path: str | Path) -> pd.DataFrame:
         path = path / "cells.parquet"
     elif path.is_dir() and (path / "cells").is_dir():
         path = path / "cells"
+    elif path.is_dir() and (path / "patients.parquet").is_file():
+        raise CellScoreError(f"{path} has neither cells.parquet nor cells/ shards: re-run `lympho extract`")
     if path.is_file():
         try:
             cells = pd.read_parquet(path)
@@ -114,7 +116,7 @@ class CellScorer(BaseEstimator):
 
     Parameters
     ----------
-    n_estimators, learning_rate, num_leaves, min_child_samples, subsample, colsample_bytree, reg_lambda
+    n_estimators, learning_rate, num_leaves, min_child_samples, subsample, colsample_bytree, reg_lambda, max_bin
         LightGBM's.
     inner_folds : int
         Folds of the inner cross-validation, grouped by patient and stratified by label, that gives the
@@ -144,6 +146,7 @@ class CellScorer(BaseEstimator):
         subsample=0.7,
         colsample_bytree=0.5,
         reg_lambda=1.0,
+        max_bin=63,
         inner_folds=4,
         qc_only=True,
         random_state=0,
@@ -155,6 +158,7 @@ class CellScorer(BaseEstimator):
         self.subsample = subsample
         self.colsample_bytree = colsample_bytree
         self.reg_lambda = reg_lambda
+        self.max_bin = max_bin
         self.inner_folds = inner_folds
         self.qc_only = qc_only
         self.random_state = random_state
@@ -169,6 +173,7 @@ class CellScorer(BaseEstimator):
             "bagging_freq": 1,
             "feature_fraction": self.colsample_bytree,
             "lambda_l2": self.reg_lambda,
+            "max_bin": self.max_bin,
             "seed": seed,
             "deterministic": True,
             "force_row_wise": True,
@@ -176,10 +181,9 @@ class CellScorer(BaseEstimator):
             "verbosity": -1,
         }
 
-    def _train(self, X, y, w, seed):
+    def _train(self, data, seed):
         import lightgbm as lgb
 
-        data = lgb.Dataset(X, label=y, weight=w, free_raw_data=True)
         return lgb.train(self._lgb_params(seed), data, num_boost_round=self.n_estimators)
 
     def fit(self, cells: pd.DataFrame, labels) -> CellScorer:
@@ -213,12 +217,18 @@ class CellScorer(BaseEstimator):
         oof = np.full(len(y), np.nan)
         n_pat_min = int(np.bincount(labels.reindex(self.patient_ids_).to_numpy(int), minlength=2).min())
         k = min(int(self.inner_folds), n_pat_min)
+        import lightgbm as lgb
+
+        # One binning of the training cells (unsupervised), shared by the inner models.
+        data = lgb.Dataset(X, label=y, weight=w, params={"max_bin": self.max_bin, "verbosity": -1}, free_raw_data=False)
+        data.construct()
         if k >= 2:
             splitter = StratifiedGroupKFold(k, shuffle=True, random_state=self.random_state)
             for i, (tr, te) in enumerate(splitter.split(X, y, groups=pid)):
-                wt = cell_weights(pid[tr], y[tr])
-                oof[te] = self._train(X[tr], y[tr], wt, self.random_state + 1 + i).predict(X[te])
-        self.booster_ = self._train(X, y, w, self.random_state)
+                inner = data.subset(tr.tolist())
+                inner.set_weight(cell_weights(pid[tr], y[tr]))
+                oof[te] = self._train(inner, self.random_state + 1 + i).predict(X[te])
+        self.booster_ = self._train(data, self.random_state)
         if k < 2:  # too few patients for an inner CV: fall back to in-sample scores (optimistic)
             oof = self.booster_.predict(X)
         self.oof_scores_ = pd.DataFrame({"patient_id": pid, "score": oof})
@@ -304,7 +314,9 @@ class CellScoreAggregator(TransformerMixin, BaseEstimator):
 
     def get_feature_names_out(self, input_features=None):
         names = [f"{CELLSCORE_PREFIX}mean"]
-        names += [f"{CELLSCORE_PREFIX}{'median' if q == 0.5 else f'q{int(round(q * 100)):02d}'}" for q in self.quantiles]
+        names += [
+            f"{CELLSCORE_PREFIX}{'median' if q == 0.5 else f'q{int(round(q * 100)):02d}'}" for q in self.quantiles
+        ]
         names += [f"{CELLSCORE_PREFIX}frac_gt{int(round(c * 100)):02d}" for c in self.cutoffs]
         return np.asarray(names, dtype=object)
 

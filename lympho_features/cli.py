@@ -136,32 +136,48 @@ def fit(
         bool,
         typer.Option(
             "--ablation/--no-ablation",
-            help="Also cross-validate the other configurations on the same folds; table in model.json (ablation).",
+            help="Also cross-validate the other configurations on the same folds; table in model.json (ablation). "
+            "The CNN ones only with --embeddings or a cnn feature set.",
         ),
     ] = True,
-    refer_share: Annotated[
+    refer_error_rate: Annotated[
         float,
-        typer.Option(help="Share of the CV errors the 'uncertain' band around the threshold holds (predict flags it)."),
-    ] = 0.5,
+        typer.Option(
+            help="predict flags 'uncertain' the probabilities in the band around the threshold where at least "
+            "this share of the CV calls were wrong."
+        ),
+    ] = 0.3,
+    jobs: Annotated[int, typer.Option("--jobs", "-j", help="CV folds fitted at once (threads).")] = 2,
 ) -> None:
     """Cross-validate a patient-level classifier, then fit it on all labeled patients."""
     import time
 
-    from .model import ABLATION_SETS, format_ablation, load_cohort_tables, parse_feature_set
-    from .model import fit_model, load_patients, save_model
+    from .model import (
+        ABLATION_SETS,
+        fit_model,
+        format_ablation,
+        load_cohort_tables,
+        load_patients,
+        parse_feature_set,
+        save_model,
+    )
 
     if folds < 2 or repeats < 1:
         _fail("--folds must be at least 2 and --repeats at least 1")
     if min_sensitivity is not None and not 0 < min_sensitivity <= 1:
         _fail("--min-sensitivity must be in (0, 1]")
-    if not 0 < refer_share < 1:
-        _fail("--refer-share must be in (0, 1)")
+    if jobs < 1:
+        _fail("--jobs must be at least 1")
+    if not 0 < refer_error_rate < 1:
+        _fail("--refer-error-rate must be in (0, 1)")
     t0 = time.perf_counter()
     patients = _guard(load_patients, features_dir)
     _guard(parse_feature_set, feature_set)
     cells, emb = _guard(load_cohort_tables, features_dir, [feature_set], embeddings)
     if ablation:
-        extra_cells, extra_emb = _guard(load_cohort_tables, features_dir, ABLATION_SETS, embeddings, optional=True)
+        # CNN configurations join the ablation when the model uses them or --embeddings is given.
+        sets = ABLATION_SETS if (emb is not None or embeddings is not None) else ("clinical+cellscore",)
+        extra_cells, extra_emb = _guard(load_cohort_tables, features_dir, sets, embeddings, optional=True)
         cells = cells if cells is not None else extra_cells
         emb = emb if emb is not None else extra_emb
     model, cv = _guard(
@@ -175,7 +191,8 @@ def fit(
         cells=cells,
         embeddings=emb,
         ablation=ablation,
-        refer_share=refer_share,
+        refer_error_rate=refer_error_rate,
+        n_jobs=jobs,
     )
     _guard(save_model, model, cv, out)
     s = cv.summary
@@ -212,7 +229,10 @@ def predict(
     explain_top: Annotated[int, typer.Option(help="How many contributions --explain adds per patient.")] = 3,
     embeddings: Annotated[
         Path | None,
-        typer.Option("--embeddings", help="Folder with embeddings.parquet of these patients, for cnn models (default: FEATURES_DIR)."),
+        typer.Option(
+            "--embeddings",
+            help="Folder with embeddings.parquet of these patients, for cnn models (default: FEATURES_DIR).",
+        ),
     ] = None,
 ) -> None:
     """Probability of tumoral lymphocytosis, decision and 'uncertain' flag (refer to flow cytometry) for each patient."""
@@ -352,6 +372,37 @@ def report(
 ) -> None:
     """Write a self-contained HTML report: cohort, CV performance, explanations, one page per patient."""
     _write_report_or_fail(model_dir, features_dir, out, data_dir)
+
+
+@app.command()
+def inspect(
+    data_dir: Annotated[Path, typer.Argument(help="Folder with one sub-folder of crops per patient.")],
+    out: Annotated[Path, typer.Option("--out", help="Montage image to write (PNG).")],
+    patient: Annotated[str | None, typer.Option("--patient", help="Only this patient's crops.")] = None,
+    n: Annotated[int, typer.Option("--n", min=1, max=1000, help="Number of crops in the montage.")] = 48,
+    only: Annotated[
+        str | None,
+        typer.Option(
+            "--only", help="Only crops with this QC reason (e.g. touching_cells), or 'flagged' for any failure."
+        ),
+    ] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the random sample of crops.")] = 0,
+    columns: Annotated[int, typer.Option("--columns", min=1, max=32, help="Tiles per row.")] = 8,
+) -> None:
+    """Draw a montage of segmented crops (nucleus and cell outlines, QC flags) to check the segmentation by eye."""
+    from .montage import inspect_folder, write_png
+    from .segment import QC_REASONS
+
+    if only is not None and only != "flagged" and only not in QC_REASONS:
+        _fail(f"--only must be 'flagged' or one of: {', '.join(QC_REASONS)}")
+    if out.suffix.lower() != ".png":
+        _fail(f"--out must be a .png file: {out}")
+    image, rows = _guard(inspect_folder, data_dir, patient, n, seed, None, only, columns)
+    if not rows:
+        _fail(f"no crop to show in {data_dir}" + (f" for patient {patient}" if patient else ""))
+    _guard(write_png, image, out)
+    n_ok = sum(r["qc_reason"] == "ok" for r in rows)
+    console.print(f"{len(rows)} crops ({n_ok} passing QC) -> {out}", highlight=False)
 
 
 def main() -> None:  # pragma: no cover - console entry point

@@ -60,7 +60,7 @@ from .segment import SegmentationSettings, segment_cell
 
 #: Bump when a change to the code changes the features for the same settings,
 #: so that shards from older code are recomputed rather than reused.
-FEATURES_VERSION = 1
+FEATURES_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -96,7 +96,13 @@ class ExtractResult:
 
 
 def measure_crop(rgb: np.ndarray, settings: ExtractSettings = ExtractSettings()) -> dict:
-    """Segment one crop and measure it: one row of cells.parquet (without its keys)."""
+    """Segment one crop and measure it: one row of cells.parquet (without its keys).
+
+    The row holds ``qc_ok``, ``qc_reason``, every QC and cell-type flag
+    (``qc_*``, ``is_*``, see :data:`lympho_features.segment.FLAG_DESCRIPTIONS`)
+    and every feature. Flagged cells are measured too (their features are
+    kept, but the per-patient morphology aggregates use ``qc_ok`` cells only).
+    """
     seg = segment_cell(rgb, settings.segmentation)
     row: dict = {"qc_ok": bool(seg.qc_ok), "qc_reason": seg.qc_reason}
     row.update({k: bool(v) for k, v in seg.flags.items()})

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -392,6 +393,18 @@ class Cohort:
         return Cohort(P, cut(self.cells), cut(self.embeddings))
 
 
+@contextmanager
+def _stage_errors():
+    """Errors of the fitted stages (cell model, embedding aggregator) as :class:`ModelError`."""
+    from .cellscore import CellScoreError
+    from .cnn_aggregate import AggregatorError
+
+    try:
+        yield
+    except (CellScoreError, AggregatorError) as exc:
+        raise ModelError(str(exc)) from None
+
+
 class FoldFeatures(BaseEstimator):
     """Patient-level model inputs of some blocks, fitted on training patients only.
 
@@ -432,6 +445,10 @@ class FoldFeatures(BaseEstimator):
 
     def fit(self, cohort: Cohort, y=None) -> FoldFeatures:
         """Fit the data-fitted blocks on ``cohort`` (the training patients only) and label ``y``."""
+        with _stage_errors():
+            return self._fit(cohort, y)
+
+    def _fit(self, cohort: Cohort, y) -> FoldFeatures:
         from .cellscore import CellScoreAggregator, CellScorer
         from .cnn_aggregate import EmbeddingAggregator
 
@@ -444,7 +461,9 @@ class FoldFeatures(BaseEstimator):
         parts = [cohort.patients.set_index("patient_id")[self.static_]]
         if "cellscore" in self.blocks:
             if cohort.cells is None:
-                raise ModelError("feature set uses cell scores but no per-cell table was given (FEATURES_DIR/cells.parquet)")
+                raise ModelError(
+                    "feature set uses cell scores but no per-cell table was given (FEATURES_DIR/cells.parquet)"
+                )
             labels = pd.Series(np.asarray(y, int), index=ids)
             self.cell_scorer_ = CellScorer(**{"random_state": self.random_state, **(self.cell_params or {})})
             self.cell_scorer_.fit(cohort.cells, labels)
@@ -466,6 +485,10 @@ class FoldFeatures(BaseEstimator):
 
     def transform(self, cohort: Cohort) -> pd.DataFrame:
         """Inputs of any patients (index ``patient_id``, columns :attr:`feature_names_`)."""
+        with _stage_errors():
+            return self._transform(cohort)
+
+    def _transform(self, cohort: Cohort) -> pd.DataFrame:
         from .cellscore import CellScoreAggregator
 
         ids = cohort.ids
@@ -480,7 +503,9 @@ class FoldFeatures(BaseEstimator):
         parts = [P[self.static_]]
         if self.cell_scorer_ is not None:
             if cohort.cells is None:
-                raise ModelError("the model uses cell scores but no per-cell table was given (FEATURES_DIR/cells.parquet)")
+                raise ModelError(
+                    "the model uses cell scores but no per-cell table was given (FEATURES_DIR/cells.parquet)"
+                )
             parts.append(CellScoreAggregator().transform(self.cell_scorer_.score_cells(cohort.cells), ids))
         if self.embedding_aggregator_ is not None:
             if cohort.embeddings is None:
@@ -511,6 +536,25 @@ class FoldFeatures(BaseEstimator):
         return out
 
 
+def _fold_task(
+    cohort, y, tr, te, sets, blocks, cell_params, n_components, base, state, inner_seed, inner_folds, min_sensitivity
+):
+    """One outer fold of :func:`cross_validate_sets`: fit on ``tr`` only, score ``te``."""
+    ids = cohort.ids
+    ff = FoldFeatures(blocks, (), cell_params, n_components, state)
+    ff.fit(cohort.subset(ids[tr]), y[tr])
+    Xtr_all, Xte_all = ff.train_features_, ff.transform(cohort.subset(ids[te]))
+    out = {}
+    for fs in sets:
+        cols = ff.columns_for(fs)
+        Xtr, Xte = Xtr_all[cols].to_numpy(float), Xte_all[cols].to_numpy(float)
+        est = clone(base).set_params(random_state=state).fit(Xtr, y[tr])
+        proba = est.predict_proba(Xte)[:, 1]
+        thr = _inner_threshold(est, Xtr, y[tr], inner_seed, inner_folds, min_sensitivity)
+        out[fs] = (proba, thr, len(cols))
+    return out
+
+
 def cross_validate_sets(
     cohort: Cohort,
     y,
@@ -523,6 +567,7 @@ def cross_validate_sets(
     cell_params: dict | None = None,
     n_components: int = 16,
     classifier: PatientClassifier | None = None,
+    n_jobs: int = 1,
 ) -> dict[str, CVResult]:
     """Repeated stratified patient-level CV of several feature sets on the same folds.
 
@@ -530,41 +575,111 @@ def cross_validate_sets(
     blocks is fitted on the training patients (cell model, embedding PCA),
     then each feature set's patient model and threshold (inner CV) are fitted
     on the training patients' inputs and score the held-out patients. Sharing
-    the folds makes the comparison between feature sets paired.
+    the folds makes the comparison between feature sets paired. ``n_jobs``
+    outer folds run at once (threads; results do not depend on it).
     """
+    from joblib import Parallel, delayed
+
     y = np.asarray(y, int)
     _check_classes(y, folds)
     sets = list(dict.fromkeys(feature_sets))
-    blocks, drops = set(), set()
+    blocks: set[str] = set()
     for fs in sets:
-        b, _ = parse_feature_set(fs)
-        blocks |= set(b)
-    ids = cohort.ids
+        blocks |= set(parse_feature_set(fs)[0])
+    blocks = tuple(b for b in BLOCKS if b in blocks)
     base = classifier if classifier is not None else PatientClassifier(random_state=seed)
-    rows: dict[str, list] = {fs: [] for fs in sets}
-    for r in range(repeats):
-        skf = StratifiedKFold(folds, shuffle=True, random_state=seed + r)
-        proba = {fs: np.zeros(len(y)) for fs in sets}
-        thr = {fs: np.zeros(len(y)) for fs in sets}
-        fold_of = np.zeros(len(y), int)
-        for f, (tr, te) in enumerate(skf.split(np.zeros(len(y)), y)):
-            state = seed + 1000 * r + f
-            ff = FoldFeatures(tuple(b for b in BLOCKS if b in blocks), tuple(drops), cell_params, n_components, state)
-            ff.fit(cohort.subset(ids[tr]), y[tr])
-            Xtr_all, Xte_all = ff.train_features_, ff.transform(cohort.subset(ids[te]))
-            for fs in sets:
-                cols = ff.columns_for(fs)
-                Xtr, Xte = Xtr_all[cols].to_numpy(float), Xte_all[cols].to_numpy(float)
-                est = clone(base).set_params(random_state=state).fit(Xtr, y[tr])
-                proba[fs][te] = est.predict_proba(Xte)[:, 1]
-                thr[fs][te] = _inner_threshold(est, Xtr, y[tr], seed + r, inner_folds, min_sensitivity)
-            fold_of[te] = f
-        for fs in sets:
-            rows[fs].append(_prediction_frame(ids, r, fold_of, y, proba[fs], thr[fs]))
-    out = {fs: _summarise(rows[fs], y, folds, repeats, seed) for fs in sets}
+    splits = [
+        (r, f, tr, te)
+        for r in range(repeats)
+        for f, (tr, te) in enumerate(
+            StratifiedKFold(folds, shuffle=True, random_state=seed + r).split(np.zeros(len(y)), y)
+        )
+    ]
+    results = Parallel(n_jobs=n_jobs, backend="threading")(
+        delayed(_fold_task)(
+            cohort,
+            y,
+            tr,
+            te,
+            sets,
+            blocks,
+            cell_params,
+            n_components,
+            base,
+            seed + 1000 * r + f,
+            seed + r,
+            inner_folds,
+            min_sensitivity,
+        )
+        for r, f, tr, te in splits
+    )
+    ids = cohort.ids
+    out = {}
     for fs in sets:
-        out[fs].summary["n_features"] = len(ff.columns_for(fs))
+        rows = []
+        for r in range(repeats):
+            proba, thr, fold_of = np.zeros(len(y)), np.zeros(len(y)), np.zeros(len(y), int)
+            for (rr, f, _, te), res in zip(splits, results, strict=True):
+                if rr == r:
+                    proba[te], thr[te], fold_of[te] = res[fs][0], res[fs][1], f
+            rows.append(_prediction_frame(ids, r, fold_of, y, proba, thr))
+        out[fs] = _summarise(rows, y, folds, repeats, seed)
+        out[fs].summary["n_features"] = results[-1][fs][2]
     return out
+
+
+def nested_selection(
+    cohort: Cohort,
+    y,
+    feature_sets,
+    folds: int = 5,
+    repeats: int = 2,
+    seed: int = 0,
+    inner_folds: int = 3,
+    n_jobs: int = 1,
+) -> tuple[CVResult, pd.DataFrame]:
+    """Honest estimate of "pick the best configuration, then fit it": selection inside each outer fold.
+
+    In every outer fold, the configurations are compared by an inner
+    cross-validation of the training patients only (balanced accuracy; ties go
+    to the one with fewer inputs), and the winner is fitted on the training
+    patients and scores the held-out ones. The returned CV result measures the
+    whole procedure, free of the optimism of choosing the best of many on the
+    same folds; the table lists which configuration each outer fold chose.
+    """
+    from joblib import Parallel, delayed
+
+    y = np.asarray(y, int)
+    _check_classes(y, folds)
+    ids = cohort.ids
+    base = PatientClassifier(random_state=seed)
+    splits = [
+        (r, f, tr, te)
+        for r in range(repeats)
+        for f, (tr, te) in enumerate(StratifiedKFold(folds, shuffle=True, random_state=seed + r).split(ids, y))
+    ]
+
+    def one(r, f, tr, te):
+        state = seed + 1000 * r + f
+        inner = cross_validate_sets(cohort.subset(ids[tr]), y[tr], feature_sets, inner_folds, 1, state)
+        best = min(
+            inner,
+            key=lambda fs: (-inner[fs].summary["balanced_accuracy_mean"], inner[fs].summary["n_features"]),
+        )
+        blocks = parse_feature_set(best)[0]
+        res = _fold_task(cohort, y, tr, te, [best], blocks, None, 16, base, state, seed + r, inner_folds, None)
+        return best, res[best]
+
+    results = Parallel(n_jobs=n_jobs, backend="threading")(delayed(one)(*s) for s in splits)
+    rows, chosen = [], []
+    for r in range(repeats):
+        proba, thr, fold_of = np.zeros(len(y)), np.zeros(len(y)), np.zeros(len(y), int)
+        for (rr, f, _, te), (best, (p, t, _)) in zip(splits, results, strict=True):
+            if rr == r:
+                proba[te], thr[te], fold_of[te] = p, t, f
+                chosen.append({"repeat": r, "fold": f, "configuration": best})
+        rows.append(_prediction_frame(ids, r, fold_of, y, proba, thr))
+    return _summarise(rows, y, folds, repeats, seed), pd.DataFrame(chosen)
 
 
 # ---------------------------------------------------------------- calibration, refer band, ablation
@@ -596,26 +711,37 @@ def calibration_table(y_true, proba, n_bins: int = 5) -> dict:
     return {"brier": float(np.mean((proba - y_true) ** 2)), "n_bins": n_bins, "bins": bins}
 
 
-def refer_band(cv: CVResult, share_of_errors: float = 0.5) -> dict:
-    """Band of probabilities around the threshold where the CV errors concentrate.
+def refer_band(cv: CVResult, min_error_rate: float = 0.3) -> dict:
+    """Band of probabilities around the threshold where the CV calls are unreliable.
 
-    The half-width is the ``share_of_errors`` quantile of the distance between
-    the probability and its fold's threshold over the wrong CV calls: about
-    that share of the errors fall inside the band. A patient whose probability
-    is within the half-width of the model's threshold is flagged ``uncertain``
-    (refer to flow cytometry rather than trust the call).
+    The half-width is the largest distance ``h`` to the fold's threshold such
+    that, among the CV calls closer than ``h`` to their threshold, at least
+    ``min_error_rate`` were wrong. A patient whose probability is within the
+    half-width of the model's threshold is flagged ``uncertain``: refer to
+    flow cytometry rather than trust the call. (Errors far from the threshold
+    exist too and no band catches them; the CV error rates inside and outside
+    the band are recorded.)
     """
     p = cv.predictions
     margin = (p["probability"] - p["threshold"]).abs().to_numpy()
     wrong = (p["prediction"] != p["label"]).to_numpy()
-    half = float(np.quantile(margin[wrong], share_of_errors)) if wrong.any() else 0.0
+    order = np.argsort(margin, kind="stable")
+    m, w = margin[order], wrong[order]
+    rate = np.cumsum(w) / np.arange(1, len(w) + 1)
+    ok = np.flatnonzero((rate >= min_error_rate) & np.r_[m[1:] > m[:-1], True]) if len(m) else np.array([], int)
+    if ok.size:
+        i = int(ok.max())
+        half = float((m[i] + m[i + 1]) / 2) if i + 1 < len(m) else float(m[i] + 1e-9)
+    else:
+        half = 0.0
     inside = margin < half
     return {
         "half_width": half,
-        "share_of_errors": share_of_errors,
+        "min_error_rate": min_error_rate,
         "cv_fraction_referred": float(inside.mean()),
-        "cv_error_rate_referred": float(wrong[inside].mean()) if inside.any() else float("nan"),
-        "cv_error_rate_not_referred": float(wrong[~inside].mean()) if (~inside).any() else float("nan"),
+        "cv_error_rate_referred": float(wrong[inside].mean()) if inside.any() else None,
+        "cv_error_rate_not_referred": float(wrong[~inside].mean()) if (~inside).any() else None,
+        "cv_share_of_errors_referred": float(wrong[inside].sum() / wrong.sum()) if wrong.any() else None,
     }
 
 
@@ -684,13 +810,13 @@ def ablation_table(
             "roc_auc_std": s["roc_auc_std"],
             "sensitivity": s["sensitivity_mean"],
             "specificity": s["specificity_mean"],
-            "brier": s["brier_mean"],
         }
         if ref is not None and fs != reference:
             dba, dauc = boot[fs][0] - ref[0], boot[fs][1] - ref[1]
             row[f"delta_ba_vs_{reference}"] = [float(np.quantile(dba, 0.025)), float(np.quantile(dba, 0.975))]
             row[f"delta_auc_vs_{reference}"] = [float(np.nanquantile(dauc, 0.025)), float(np.nanquantile(dauc, 0.975))]
             row["p_better_ba"] = float((dba > 0).mean())
+        row["brier"] = s["brier_mean"]
         rows.append(row)
     return rows
 
@@ -708,7 +834,11 @@ def format_ablation(rows: list[dict], reference: str = "clinical") -> str:
             f"{r['configuration']:<20} {r.get('n_features') or 0:>4} "
             f"{r['balanced_accuracy']:>6.3f} ± {r['balanced_accuracy_std']:.3f} {r['roc_auc']:>6.3f} ± {r['roc_auc_std']:.3f} "
             f"{r['sensitivity']:>6.3f} {r['specificity']:>6.3f} {r['brier']:>6.3f}  "
-            + (f"{'[' + format(dba[0], '+.3f') + ', ' + format(dba[1], '+.3f') + ']':>24} " if dba else f"{'(reference)':>24} ")
+            + (
+                f"{'[' + format(dba[0], '+.3f') + ', ' + format(dba[1], '+.3f') + ']':>24} "
+                if dba
+                else f"{'(reference)':>24} "
+            )
             + (f"{'[' + format(dauc[0], '+.3f') + ', ' + format(dauc[1], '+.3f') + ']':>18} " if dauc else f"{'':>18} ")
             + (f"{r['p_better_ba']:>9.2f}" if "p_better_ba" in r else f"{'':>9}")
         )
@@ -787,9 +917,10 @@ def fit_model(
     min_sensitivity: float | None = None,
     cells: pd.DataFrame | None = None,
     embeddings: pd.DataFrame | None = None,
-    ablation: bool | tuple = True,
-    refer_share: float = 0.5,
+    ablation: bool | tuple = False,
+    refer_error_rate: float = 0.3,
     n_boot: int = 2000,
+    n_jobs: int = 1,
 ) -> tuple[FittedModel, CVResult]:
     """Cross-validate, then fit the final model on all labeled patients.
 
@@ -805,9 +936,12 @@ def fit_model(
         cells.parquet and embeddings.parquet of the same patients.
     ablation : bool or tuple of str
         Also cross-validate the other configurations on the same folds (True: those of
-        :data:`ABLATION_SETS` whose inputs are given) and store the table under ``ablation``.
-    refer_share : float
-        Share of the CV errors the ``uncertain`` band around the threshold should hold.
+        :data:`ABLATION_SETS` whose inputs are given) and store the table under ``ablation``
+        (``lympho fit`` does by default).
+    refer_error_rate : float
+        CV error rate that marks the ``uncertain`` band around the threshold (see :func:`refer_band`).
+    n_jobs : int
+        Outer folds run at once (threads).
 
     The final threshold is chosen on the pooled out-of-fold probabilities of
     the CV (each patient scored by models that never saw it).
@@ -829,7 +963,9 @@ def fit_model(
         sets += list(ablation) if isinstance(ablation, tuple | list) else _available_sets(cells, embeddings)
     sets = list(dict.fromkeys(sets))
     est = PatientClassifier(random_state=seed)
-    results = cross_validate_sets(cohort, y, sets, folds, repeats, seed, min_sensitivity=min_sensitivity, classifier=est)
+    results = cross_validate_sets(
+        cohort, y, sets, folds, repeats, seed, min_sensitivity=min_sensitivity, classifier=est, n_jobs=n_jobs
+    )
     cv = results[feature_set]
     threshold = choose_threshold(cv.predictions["label"], cv.predictions["probability"], min_sensitivity)
     inputs = FoldFeatures(blocks, drop, random_state=seed).fit(cohort, y)
@@ -847,7 +983,7 @@ def fit_model(
         "params": est.get_params(),
         "cv": cv.summary | {"per_repeat": cv.per_repeat.to_dict(orient="records")},
         "calibration": calibration_table(cv.predictions["label"], cv.predictions["probability"]),
-        "refer": refer_band(cv, refer_share),
+        "refer": refer_band(cv, refer_error_rate),
         "library_versions": library_versions(),
         "training_data_fingerprint": dataframe_fingerprint(
             matrix[["patient_id", "label", *[c for c in feats if c in matrix.columns]]]
@@ -855,7 +991,11 @@ def fit_model(
         "n_training_patients": int(len(y)),
     }
     if inputs.cell_scorer_ is not None:
-        meta["cell_model"] = {"file": CELL_MODEL_FILE, "meta": CELL_META_FILE, "n_cells": int(len(inputs.cell_scorer_.oof_scores_))}
+        meta["cell_model"] = {
+            "file": CELL_MODEL_FILE,
+            "meta": CELL_META_FILE,
+            "n_cells": int(len(inputs.cell_scorer_.oof_scores_)),
+        }
     if inputs.embedding_aggregator_ is not None:
         meta["embedding_aggregator"] = {"file": AGGREGATOR_FILE}
     if len(results) > 1:
@@ -966,6 +1106,20 @@ def model_inputs(
     except ModelError as exc:
         raise ModelError(f"features in {features_dir} do not match the model in {model_dir}: {exc}") from None
     return X.reset_index(drop=True)
+
+
+def cell_scores(model_dir: str | Path, meta: dict, cells: pd.DataFrame) -> pd.Series | None:
+    """Each cell's score by a saved model's cell model (NaN for cells it does not score), or None without one."""
+    if "cellscore" not in parse_feature_set(meta["feature_set"])[0]:
+        return None
+    ff = load_inputs(model_dir, meta)
+    out = pd.Series(np.nan, index=cells.index, name="cell_score")
+    from .cellscore import usable_cells
+
+    usable = usable_cells(cells, ff.cell_scorer_.qc_only)
+    with _stage_errors():
+        out.loc[usable.index] = ff.cell_scorer_.score_cells(usable)["score"].to_numpy()
+    return out
 
 
 def predict(model_dir: str | Path, features_dir: str | Path, embeddings_dir: str | Path | None = None) -> pd.DataFrame:

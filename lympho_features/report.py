@@ -338,7 +338,8 @@ def _design_matrix(
 
     X = model_matrix(patients)
     missing = [c for c in features if c not in X.columns]
-    if missing and model_dir is not None and meta is not None:
+    fitted = [c for c in missing if c.startswith(("cellscore__", "cnn_"))]
+    if missing and missing == fitted and model_dir is not None and meta is not None:
         # Inputs fitted on data (cell scores, CNN features) come from the model's own stages.
         try:
             return model_inputs(model_dir, meta, where, patients)
@@ -550,6 +551,16 @@ def load_inputs(model_dir: str | Path, features_dir: str | Path, data_dir: str |
             warnings.append(f"{cells_path} unreadable ({exc}): cell sections left out")
     else:
         warnings.append(f"{cells_path} not found: cell counts and galleries left out")
+    if cells is not None and "cell_score" not in cells.columns:
+        from .model import cell_scores
+
+        try:  # a model with a cell model scores each cell (galleries of the most tumoral-looking cells)
+            scores = cell_scores(model_dir, meta, cells)
+        except ModelError as exc:
+            scores = None
+            warnings.append(f"cells could not be scored by the cell model ({exc})")
+        if scores is not None:
+            cells = cells.assign(cell_score=scores)
 
     manifest: dict = {}
     man_path = features_dir / "manifest.json"

@@ -10,6 +10,8 @@ from lympho_features.segment import (
 )
 from lympho_features.synthetic import VARIED_CASES, synthetic_crop, varied_set
 
+from .conftest import REAL_DATA, requires_real_data
+
 
 def dice(a, b):
     return 2 * (a & b).sum() / (a.sum() + b.sum())
@@ -131,3 +133,18 @@ def test_never_raises_and_names_the_failure(image):
         assert seg.qc_reason == "bad_image"
     if image.ndim == 3 and image.shape[0] == 224 and image.std() == 0:
         assert not seg.qc_ok and seg.qc_reason == "no_nucleus"
+
+
+@requires_real_data
+def test_real_crops_segment_plausibly():
+    from lympho_features.dataset import read_image
+
+    train = REAL_DATA / "trainset"
+    crops = [p for pid in ("P0", "P26", "P1", "P10") for p in sorted((train / pid).glob("*.jpg"))[:10]]
+    segs = [segment_cell(read_image(p)[0]) for p in crops]
+    ok = [s for s in segs if s.qc_ok]
+    assert len(ok) >= 0.9 * len(segs)
+    for s in ok:
+        n, c = s.nucleus_mask.sum(), s.cell_mask.sum()
+        assert 1000 < n < 12000 and n <= c < 4 * n
+        assert not (s.nucleus_mask & ~s.cell_mask).any()
