@@ -1,43 +1,103 @@
-"""Cross-validated accuracy of `lympho fit` for each feature set on the shared patients.
+"""Cross-validated accuracy of `lympho fit`'s configurations on the shared patients: one ablation table.
 
-    python benchmarks/cv_accuracy.py --data ../shared/data/lymphocytosis/trainset
+    python benchmarks/cv_accuracy.py --data ../shared/data/lymphocytosis/trainset [--embeddings DIR]
 
 Extracts features once (cached in --features, reused on later runs), then
-prints balanced accuracy and ROC AUC (mean ± std over repeats), sensitivity
-and specificity for the clinical, image and all feature sets.
+runs repeated stratified patient-level CV (5 x 5 by default) of every
+configuration on the SAME folds, and prints one table: balanced accuracy and
+ROC AUC (mean ± std over repeats, out-of-fold predictions pooled per repeat),
+sensitivity, specificity, Brier score, and a paired bootstrap over patients
+(95% interval of the difference in balanced accuracy and AUC to clinical-only,
+and the share of resamplings where the configuration beats it).
+
+Configurations: clinical / image / all / all without the crop count, the
+weakly supervised cell-score variants, and the CNN variants when
+embeddings.parquet exists (in --embeddings or --features). Everything fitted
+on data (cell model, PCA of embeddings, patient model, threshold) is fitted
+inside each outer fold, exactly as `lympho fit` does; `lympho fit` stores the
+same table in model.json under ``ablation``.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lympho_features.extract import extract  # noqa: E402
-from lympho_features.model import FEATURE_SETS, fit_model, load_patients  # noqa: E402
+from lympho_features.model import (  # noqa: E402
+    ABLATION_SETS,
+    DEFAULT_FEATURE_SET,
+    Cohort,
+    ablation_table,
+    cross_validate_sets,
+    format_ablation,
+    load_cohort_tables,
+    load_patients,
+    nested_selection,
+    parse_feature_set,
+)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", type=Path, default=Path("../shared/data/lymphocytosis/trainset"))
     ap.add_argument("--features", type=Path, default=Path("artifacts/bench/train"))
+    ap.add_argument(
+        "--embeddings", type=Path, default=None, help="folder with embeddings.parquet (default: --features)"
+    )
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--folds", type=int, default=5)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--sets", default=",".join(ABLATION_SETS), help="comma-separated configurations")
+    ap.add_argument("--boot", type=int, default=2000, help="bootstrap resamplings")
+    ap.add_argument(
+        "--nested-repeats",
+        type=int,
+        default=0,
+        help="also estimate 'choose the best configuration by inner CV, then fit it' with N outer repeats",
+    )
     args = ap.parse_args()
-    extract(args.data, args.features, jobs=args.jobs, progress=True)
+    if not (args.features / "patients.parquet").is_file() or args.data.is_dir():
+        extract(args.data, args.features, jobs=args.jobs, progress=True)
     patients = load_patients(args.features)
-    print(f"{'feature set':<12} {'n_feat':>6} {'balanced acc':>15} {'ROC AUC':>15} {'sens':>6} {'spec':>6}")
-    for fs in ("clinical", "image", "all"):
-        assert fs in FEATURE_SETS
-        model, cv = fit_model(patients, fs, args.folds, args.repeats, args.seed)
+    sets = [s for s in args.sets.split(",") if s]
+    cells, emb = load_cohort_tables(args.features, sets, args.embeddings, optional=True)
+    kept = []
+    for fs in sets:
+        blocks, _ = parse_feature_set(fs)
+        if ("cellscore" in blocks and cells is None) or ("cnn" in blocks and emb is None):
+            print(f"skipping {fs}: its inputs are missing", file=sys.stderr)
+            continue
+        kept.append(fs)
+    labeled = patients[patients["label"].notna()].reset_index(drop=True)
+    cohort = Cohort.from_tables(labeled, cells, emb)
+    y = labeled["label"].astype(int).to_numpy()
+    t0 = time.perf_counter()
+    cpu0 = time.process_time()
+    res = cross_validate_sets(cohort, y, kept, args.folds, args.repeats, args.seed, n_jobs=args.jobs)
+    wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+    rows = ablation_table(res, {fs: r.summary["n_features"] for fs, r in res.items()}, n_boot=args.boot, seed=args.seed)
+    print(
+        f"{len(y)} patients ({int(y.sum())} tumoral), {args.folds}-fold x {args.repeats} stratified patient-level CV, "
+        f"same folds for every configuration; paired bootstrap over patients ({args.boot}x). "
+        f"Default of `lympho fit`: {DEFAULT_FEATURE_SET}."
+    )
+    print(format_ablation(rows))
+    print(f"CV of {len(kept)} configurations: {wall:.0f} s wall, {cpu:.0f} s CPU, {args.jobs} job(s)")
+    if args.nested_repeats:
+        cv, chosen = nested_selection(cohort, y, kept, args.folds, args.nested_repeats, args.seed, n_jobs=args.jobs)
         s = cv.summary
+        counts = ", ".join(f"{k} {v}" for k, v in chosen["configuration"].value_counts().items())
         print(
-            f"{fs:<12} {len(model.features):>6} {s['balanced_accuracy_mean']:>8.3f} ± {s['balanced_accuracy_std']:.3f}"
-            f" {s['roc_auc_mean']:>8.3f} ± {s['roc_auc_std']:.3f} {s['sensitivity_mean']:>6.3f} {s['specificity_mean']:>6.3f}"
+            f"nested selection ({args.folds}-fold x {args.nested_repeats}, configuration chosen by inner 3-fold CV "
+            f"on each outer training fold): balanced acc {s['balanced_accuracy_mean']:.3f} ± {s['balanced_accuracy_std']:.3f}, "
+            f"ROC AUC {s['roc_auc_mean']:.3f} ± {s['roc_auc_std']:.3f}, sens {s['sensitivity_mean']:.3f}, "
+            f"spec {s['specificity_mean']:.3f}; chosen: {counts}"
         )
 
 

@@ -17,7 +17,7 @@ import typer
 from rich.console import Console
 
 from .dataset import ClinicalColumns, DatasetError
-from .model import FEATURE_SETS, ModelError
+from .model import DEFAULT_FEATURE_SET, FEATURE_SETS, ModelError
 
 app = typer.Typer(
     help="lympho: reactive vs tumoral lymphocytosis from blood-smear lymphocyte crops and three clinical values.",
@@ -65,6 +65,20 @@ def extract(
     count_column: Annotated[str, typer.Option(help="CSV column with the lymphocyte count (10^9/L).")] = "LYMPH_COUNT",
     reference_date: Annotated[str, typer.Option(help="Date at which ages are computed (YYYY-MM-DD).")] = "2020-01-01",
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    backend: Annotated[
+        str,
+        typer.Option(
+            "--backend", help="local (worker processes on this machine) or dask (a dask.distributed cluster)."
+        ),
+    ] = "local",
+    scheduler: Annotated[
+        str | None,
+        typer.Option(
+            "--scheduler",
+            help="With --backend dask: the scheduler's address (tcp://host:8786), or local to start a "
+            "LocalCluster of --jobs workers. Every worker must see DATA_DIR at the same path.",
+        ),
+    ] = None,
 ) -> None:
     """Segment every crop, measure each cell and aggregate per patient."""
     from .extract import ExtractSettings
@@ -76,7 +90,16 @@ def extract(
         _fail(f"--reference-date {reference_date!r} is not a date YYYY-MM-DD")
     cols = ClinicalColumns(id_column, label_column, gender_column, dob_column, count_column)
     res = _guard(
-        run_extract, data_dir, out, clinical, jobs, ExtractSettings(reference_date=ref), cols, progress=not quiet
+        run_extract,
+        data_dir,
+        out,
+        clinical,
+        jobs,
+        ExtractSettings(reference_date=ref),
+        cols,
+        progress=not quiet,
+        backend=backend,
+        scheduler=scheduler,
     )
     for w in res.warnings:
         console.print(f"[yellow]warning:[/] {w}", highlight=False)
@@ -95,27 +118,94 @@ def fit(
     folds: Annotated[int, typer.Option(help="CV folds (patient-level, stratified).")] = 5,
     repeats: Annotated[int, typer.Option(help="CV repeats with different shuffles.")] = 5,
     seed: Annotated[int, typer.Option(help="Random seed (CV splits and model).")] = 0,
-    feature_set: Annotated[str, typer.Option(help=f"Which inputs: {'|'.join(FEATURE_SETS)}.")] = "all",
+    feature_set: Annotated[
+        str,
+        typer.Option(
+            help=f"Which inputs: {'|'.join(FEATURE_SETS)} (blocks clinical, image, cellscore, cnn joined by '+'; "
+            "'-n_cells' drops the crop count). cellscore: weakly supervised cell model; cnn: needs `lympho embed`."
+        ),
+    ] = DEFAULT_FEATURE_SET,
     min_sensitivity: Annotated[
         float | None, typer.Option(help="Pick the threshold keeping CV sensitivity at least this (e.g. 0.95).")
     ] = None,
+    embeddings: Annotated[
+        Path | None,
+        typer.Option("--embeddings", help="Folder with embeddings.parquet of `lympho embed` (default: FEATURES_DIR)."),
+    ] = None,
+    ablation: Annotated[
+        bool,
+        typer.Option(
+            "--ablation/--no-ablation",
+            help="Also cross-validate the other configurations on the same folds; table in model.json (ablation). "
+            "The CNN ones only with --embeddings or a cnn feature set.",
+        ),
+    ] = True,
+    refer_error_rate: Annotated[
+        float,
+        typer.Option(
+            help="predict flags 'uncertain' the probabilities in the band around the threshold where at least "
+            "this share of the CV calls were wrong."
+        ),
+    ] = 0.3,
+    jobs: Annotated[int, typer.Option("--jobs", "-j", help="CV folds fitted at once (threads).")] = 2,
 ) -> None:
     """Cross-validate a patient-level classifier, then fit it on all labeled patients."""
-    from .model import fit_model, load_patients, save_model
+    import time
+
+    from .model import (
+        ABLATION_SETS,
+        fit_model,
+        format_ablation,
+        load_cohort_tables,
+        load_patients,
+        parse_feature_set,
+        save_model,
+    )
 
     if folds < 2 or repeats < 1:
         _fail("--folds must be at least 2 and --repeats at least 1")
     if min_sensitivity is not None and not 0 < min_sensitivity <= 1:
         _fail("--min-sensitivity must be in (0, 1]")
+    if jobs < 1:
+        _fail("--jobs must be at least 1")
+    if not 0 < refer_error_rate < 1:
+        _fail("--refer-error-rate must be in (0, 1)")
+    t0 = time.perf_counter()
     patients = _guard(load_patients, features_dir)
-    model, cv = _guard(fit_model, patients, feature_set, folds, repeats, seed, min_sensitivity)
+    _guard(parse_feature_set, feature_set)
+    cells, emb = _guard(load_cohort_tables, features_dir, [feature_set], embeddings)
+    if ablation:
+        # CNN configurations join the ablation when the model uses them or --embeddings is given.
+        sets = ABLATION_SETS if (emb is not None or embeddings is not None) else ("clinical+cellscore",)
+        extra_cells, extra_emb = _guard(load_cohort_tables, features_dir, sets, embeddings, optional=True)
+        cells = cells if cells is not None else extra_cells
+        emb = emb if emb is not None else extra_emb
+    model, cv = _guard(
+        fit_model,
+        patients,
+        feature_set,
+        folds,
+        repeats,
+        seed,
+        min_sensitivity,
+        cells=cells,
+        embeddings=emb,
+        ablation=ablation,
+        refer_error_rate=refer_error_rate,
+        n_jobs=jobs,
+    )
     _guard(save_model, model, cv, out)
     s = cv.summary
+    if model.metadata.get("ablation"):
+        console.print(format_ablation(model.metadata["ablation"]), highlight=False, markup=False)
+    refer = model.metadata["refer"]
     console.print(
         f"CV ({folds}-fold x {repeats}, {s['n_patients']} patients, feature set {feature_set}, {len(model.features)} features): "
         f"balanced accuracy {s['balanced_accuracy_mean']:.3f} ± {s['balanced_accuracy_std']:.3f}, "
         f"ROC AUC {s['roc_auc_mean']:.3f} ± {s['roc_auc_std']:.3f}, "
-        f"sensitivity {s['sensitivity_mean']:.3f}, specificity {s['specificity_mean']:.3f} -> {out}",
+        f"sensitivity {s['sensitivity_mean']:.3f}, specificity {s['specificity_mean']:.3f}; "
+        f"threshold {model.threshold:.3f}, uncertain within ±{refer['half_width']:.3f} "
+        f"({refer['cv_fraction_referred']:.0%} of CV calls) -> {out} ({time.perf_counter() - t0:.0f} s)",
         highlight=False,
     )
 
@@ -137,8 +227,15 @@ def predict(
         ),
     ] = False,
     explain_top: Annotated[int, typer.Option(help="How many contributions --explain adds per patient.")] = 3,
+    embeddings: Annotated[
+        Path | None,
+        typer.Option(
+            "--embeddings",
+            help="Folder with embeddings.parquet of these patients, for cnn models (default: FEATURES_DIR).",
+        ),
+    ] = None,
 ) -> None:
-    """Probability of tumoral lymphocytosis and decision for each patient."""
+    """Probability of tumoral lymphocytosis, decision and 'uncertain' flag (refer to flow cytometry) for each patient."""
     from ._io import write_csv
     from .model import predict as run_predict
 
@@ -154,7 +251,7 @@ def predict(
         except ReportError as exc:
             _fail(str(exc))
     else:
-        preds = _guard(run_predict, model_dir, features_dir)
+        preds = _guard(run_predict, model_dir, features_dir, embeddings)
     if kaggle:
         preds = preds.rename(columns={"patient_id": "Id", "prediction": "Predicted"})[["Id", "Predicted"]]
     _guard(write_csv, preds, out)

@@ -1,15 +1,28 @@
 """Patient-level classifier: LightGBM under repeated, stratified patient-level CV.
 
-Everything fitted on data (the model, its decision threshold) is fitted on
-the training patients of each fold only; the threshold is chosen from an
-inner cross-validation of the training patients, never on the patients a fold
-is scored on. A saved model is LightGBM's own text format plus JSON metadata:
-no pickle is ever written or read.
+Everything fitted on data is fitted on the training patients of each fold
+only: the patient model, its decision threshold (from an inner
+cross-validation of the training patients), and the stages that build
+features from data, namely the weakly supervised cell model of the
+``cellscore`` block (:mod:`lympho_features.cellscore`) and the PCA of CNN
+embeddings of the ``cnn`` block (:mod:`lympho_features.cnn_aggregate`). They
+are refitted inside every outer fold by :class:`FoldFeatures`, which only
+ever receives the training patients' rows.
+
+A feature set is a ``+``-joined list of blocks: ``clinical`` (age, sex, log
+lymphocyte count), ``image`` (per-patient aggregates of the hand-made cell
+features), ``cellscore`` (distribution of the cell model's scores), ``cnn``
+(learned embedding features); ``all`` is ``clinical+image`` and a trailing
+``-n_cells`` drops the number of crops. A saved model is LightGBM's own text
+format plus JSON metadata (and, when used, ``cell_model.txt`` +
+``cell_model.json`` and ``aggregator.json``): no pickle is ever written or read.
 """
 
 from __future__ import annotations
 
 import json
+import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,7 +35,40 @@ from sklearn.model_selection import StratifiedKFold
 from . import __version__
 from ._io import atomic_path, dataframe_fingerprint, library_versions, write_csv, write_json
 
-FEATURE_SETS = ("all", "clinical", "image")
+#: Blocks of model inputs; ``cellscore`` and ``cnn`` are fitted on data (inside each CV fold).
+BLOCKS = ("clinical", "image", "cellscore", "cnn")
+FITTED_BLOCKS = ("cellscore", "cnn")
+
+#: Named feature sets (any ``+``-joined list of blocks, ``all`` and ``-n_cells`` also work).
+FEATURE_SETS = (
+    "all",
+    "clinical",
+    "image",
+    "all-n_cells",
+    "cellscore",
+    "clinical+cellscore",
+    "image+cellscore",
+    "all+cellscore",
+    "clinical+cnn",
+    "all+cnn",
+)
+
+#: `lympho fit`'s default (chosen by the ablation in benchmarks/cv_accuracy.py; see the README).
+DEFAULT_FEATURE_SET = "clinical+cellscore"
+
+#: Configurations compared by the ablation stored in model.json (those whose inputs exist).
+ABLATION_SETS = (
+    "clinical",
+    "image",
+    "all",
+    "all-n_cells",
+    "cellscore",
+    "image+cellscore",
+    "clinical+cellscore",
+    "all+cellscore",
+    "clinical+cnn",
+    "all+cnn",
+)
 
 #: Model inputs derived from the clinical values (see :func:`model_matrix`).
 CLINICAL_FEATURES = ("age", "gender_male", "log_lymph_count")
@@ -31,6 +77,9 @@ CLINICAL_FEATURES = ("age", "gender_male", "log_lymph_count")
 NON_FEATURE_COLUMNS = ("patient_id", "label", "gender", "lymph_count", "dob")
 
 MODEL_FORMAT = 1
+
+#: Files of a model folder besides model.txt / model.json.
+CELL_MODEL_FILE, CELL_META_FILE, AGGREGATOR_FILE = "cell_model.txt", "cell_model.json", "aggregator.json"
 
 
 class ModelError(Exception):
@@ -49,21 +98,52 @@ def model_matrix(patients: pd.DataFrame) -> pd.DataFrame:
     return X
 
 
-def feature_columns(patients: pd.DataFrame, feature_set: str) -> list[str]:
-    """Model input columns for a feature set: ``clinical``, ``image`` or ``all``."""
-    if feature_set not in FEATURE_SETS:
+def parse_feature_set(feature_set: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """Blocks of a feature set and the columns it drops.
+
+    ``"all+cellscore"`` -> ``(("clinical", "image", "cellscore"), ())``;
+    ``"all-n_cells"`` -> ``(("clinical", "image"), ("n_cells",))``.
+    """
+    if not isinstance(feature_set, str) or not feature_set:
         raise ModelError(f"unknown feature set {feature_set!r} (choose from {', '.join(FEATURE_SETS)})")
-    X = model_matrix(patients)
-    image = [
+    base, drop = feature_set, ()
+    if base.endswith("-n_cells"):
+        base, drop = base[: -len("-n_cells")], ("n_cells",)
+    blocks: set[str] = set()
+    for token in base.split("+"):
+        if token == "all":
+            blocks |= {"clinical", "image"}
+        elif token in BLOCKS:
+            blocks.add(token)
+        else:
+            raise ModelError(
+                f"unknown feature set {feature_set!r} (choose from {', '.join(FEATURE_SETS)}, "
+                f"or join blocks {', '.join(BLOCKS)} with '+')"
+            )
+    return tuple(b for b in BLOCKS if b in blocks), drop
+
+
+def _image_columns(X: pd.DataFrame) -> list[str]:
+    return [
         c
         for c in X.columns
         if c not in NON_FEATURE_COLUMNS and c not in CLINICAL_FEATURES and pd.api.types.is_numeric_dtype(X[c])
     ]
-    if feature_set == "clinical":
-        return list(CLINICAL_FEATURES)
-    if feature_set == "image":
-        return image
-    return list(CLINICAL_FEATURES) + image
+
+
+def feature_columns(patients: pd.DataFrame, feature_set: str) -> list[str]:
+    """Model input columns of a feature set found in the patients table.
+
+    The columns of fitted blocks (``cellscore``, ``cnn``) do not come from the
+    table: :class:`FoldFeatures` adds them.
+    """
+    blocks, drop = parse_feature_set(feature_set)
+    cols: list[str] = []
+    if "clinical" in blocks:
+        cols += list(CLINICAL_FEATURES)
+    if "image" in blocks:
+        cols += _image_columns(model_matrix(patients))
+    return [c for c in cols if c not in drop]
 
 
 class PatientClassifier(ClassifierMixin, BaseEstimator):
@@ -184,50 +264,13 @@ class CVResult:
     summary: dict = field(default_factory=dict)
 
 
-def cross_validate(
-    X: np.ndarray,
-    y: np.ndarray,
-    patient_ids,
-    estimator=None,
-    folds: int = 5,
-    repeats: int = 5,
-    seed: int = 0,
-    inner_folds: int = 3,
-    min_sensitivity: float | None = None,
-) -> CVResult:
-    """Repeated stratified patient-level CV with leak-free thresholds.
-
-    In each outer fold the estimator and its threshold are fitted on the
-    training patients only. Out-of-fold predictions are pooled per repeat and
-    scored; the summary gives mean and std over repeats.
-    """
-    estimator = estimator if estimator is not None else PatientClassifier(random_state=seed)
-    X = np.asarray(X, float)
-    y = np.asarray(y, int)
-    patient_ids = np.asarray(patient_ids)
-    if np.bincount(y, minlength=2).min() < folds:
-        raise ModelError(
-            f"too few patients of one class for {folds}-fold CV ({np.bincount(y, minlength=2).tolist()} reactive/tumoral)"
-        )
-    rows, per_repeat = [], []
-    for r in range(repeats):
-        skf = StratifiedKFold(folds, shuffle=True, random_state=seed + r)
-        proba = np.zeros(len(y))
-        thr = np.zeros(len(y))
-        fold_of = np.zeros(len(y), int)
-        for f, (tr, te) in enumerate(skf.split(X, y)):
-            est = (
-                clone(estimator).set_params(random_state=seed + 1000 * r + f)
-                if "random_state" in estimator.get_params()
-                else clone(estimator)
-            )
-            est.fit(X[tr], y[tr])
-            proba[te] = est.predict_proba(X[te])[:, 1]
-            thr[te] = _inner_threshold(est, X[tr], y[tr], seed + r, inner_folds, min_sensitivity)
-            fold_of[te] = f
-        pred = (proba >= thr).astype(int)
+def _summarise(rows: list[pd.DataFrame], y: np.ndarray, folds: int, repeats: int, seed: int) -> CVResult:
+    """Score pooled out-of-fold predictions per repeat; mean and std over repeats."""
+    per_repeat = []
+    pos, neg = y == 1, y == 0
+    for r, frame in enumerate(rows):
+        proba, pred = frame["probability"].to_numpy(), frame["prediction"].to_numpy()
         m = binary_metrics(y, proba, 0.5)
-        pos, neg = y == 1, y == 0
         m.update(
             balanced_accuracy=float(balanced_accuracy_score(y, pred)),
             sensitivity=float(pred[pos].mean()),
@@ -235,19 +278,6 @@ def cross_validate(
             brier=float(np.mean((proba - y) ** 2)),
         )
         per_repeat.append({"repeat": r, **m})
-        rows.append(
-            pd.DataFrame(
-                {
-                    "patient_id": patient_ids,
-                    "repeat": r,
-                    "fold": fold_of,
-                    "label": y,
-                    "probability": proba,
-                    "threshold": thr,
-                    "prediction": pred,
-                }
-            )
-        )
     per = pd.DataFrame(per_repeat)
     summary = {
         "folds": folds,
@@ -263,12 +293,597 @@ def cross_validate(
     return CVResult(pd.concat(rows, ignore_index=True), per, summary)
 
 
+def _check_classes(y: np.ndarray, folds: int) -> None:
+    counts = np.bincount(y, minlength=2)
+    if counts.min() < folds:
+        raise ModelError(f"too few patients of one class for {folds}-fold CV ({counts.tolist()} reactive/tumoral)")
+
+
+def cross_validate(
+    X: np.ndarray,
+    y: np.ndarray,
+    patient_ids,
+    estimator=None,
+    folds: int = 5,
+    repeats: int = 5,
+    seed: int = 0,
+    inner_folds: int = 3,
+    min_sensitivity: float | None = None,
+) -> CVResult:
+    """Repeated stratified patient-level CV of fixed inputs, with leak-free thresholds.
+
+    In each outer fold the estimator and its threshold are fitted on the
+    training patients only. Out-of-fold predictions are pooled per repeat and
+    scored; the summary gives mean and std over repeats. (For inputs that are
+    themselves fitted on data, see :func:`cross_validate_sets`.)
+    """
+    estimator = estimator if estimator is not None else PatientClassifier(random_state=seed)
+    X = np.asarray(X, float)
+    y = np.asarray(y, int)
+    patient_ids = np.asarray(patient_ids)
+    _check_classes(y, folds)
+    rows = []
+    for r in range(repeats):
+        skf = StratifiedKFold(folds, shuffle=True, random_state=seed + r)
+        proba, thr, fold_of = np.zeros(len(y)), np.zeros(len(y)), np.zeros(len(y), int)
+        for f, (tr, te) in enumerate(skf.split(X, y)):
+            est = (
+                clone(estimator).set_params(random_state=seed + 1000 * r + f)
+                if "random_state" in estimator.get_params()
+                else clone(estimator)
+            )
+            est.fit(X[tr], y[tr])
+            proba[te] = est.predict_proba(X[te])[:, 1]
+            thr[te] = _inner_threshold(est, X[tr], y[tr], seed + r, inner_folds, min_sensitivity)
+            fold_of[te] = f
+        rows.append(_prediction_frame(patient_ids, r, fold_of, y, proba, thr))
+    return _summarise(rows, y, folds, repeats, seed)
+
+
+def _prediction_frame(patient_ids, r, fold_of, y, proba, thr) -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "patient_id": patient_ids,
+            "repeat": r,
+            "fold": fold_of,
+            "label": y,
+            "probability": proba,
+            "threshold": thr,
+            "prediction": (proba >= thr).astype(int),
+        }
+    )
+
+
+# ---------------------------------------------------------------- cohort and fold-fitted features
+
+
+@dataclass
+class Cohort:
+    """Everything known about a set of patients: the patients table and, optionally, cells and embeddings.
+
+    ``patients`` is the model matrix (:func:`model_matrix`) with ``patient_id`` as strings.
+    """
+
+    patients: pd.DataFrame
+    cells: pd.DataFrame | None = None
+    embeddings: pd.DataFrame | None = None
+
+    @classmethod
+    def from_tables(cls, patients, cells=None, embeddings=None) -> Cohort:
+        P = model_matrix(patients).reset_index(drop=True)
+        P["patient_id"] = P["patient_id"].astype(str)
+        if cells is not None:
+            cells = cells.assign(patient_id=cells["patient_id"].astype(str))
+        if embeddings is not None:
+            embeddings = embeddings.assign(patient_id=embeddings["patient_id"].astype(str))
+        return cls(P, cells, embeddings)
+
+    @property
+    def ids(self) -> np.ndarray:
+        return self.patients["patient_id"].to_numpy()
+
+    def subset(self, ids) -> Cohort:
+        """The same cohort restricted to ``ids`` (rows of every table of any other patient removed)."""
+        keep = pd.Index([str(i) for i in ids])
+        P = self.patients.set_index("patient_id").loc[keep].reset_index()
+
+        def cut(t):
+            return None if t is None else t[t["patient_id"].isin(keep)]
+
+        return Cohort(P, cut(self.cells), cut(self.embeddings))
+
+
+@contextmanager
+def _stage_errors():
+    """Errors of the fitted stages (cell model, embedding aggregator) as :class:`ModelError`."""
+    from .cellscore import CellScoreError
+    from .cnn_aggregate import AggregatorError
+
+    try:
+        yield
+    except (CellScoreError, AggregatorError) as exc:
+        raise ModelError(str(exc)) from None
+
+
+class FoldFeatures(BaseEstimator):
+    """Patient-level model inputs of some blocks, fitted on training patients only.
+
+    Parameters
+    ----------
+    blocks : tuple of str
+        Blocks from :data:`BLOCKS`.
+    drop : tuple of str
+        Columns left out (e.g. ``("n_cells",)``).
+    cell_params : dict, optional
+        Parameters of the :class:`~lympho_features.cellscore.CellScorer`.
+    n_components : int
+        Principal components of the CNN-embedding aggregator.
+    random_state : int
+
+    Attributes
+    ----------
+    feature_names_ : list of str
+    train_features_ : DataFrame
+        Inputs of the training patients (index ``patient_id``). Their cell-score
+        features come from the cell model's *out-of-fold* scores, so that the
+        patient model learns from scores like those of new patients.
+    cell_scorer_, embedding_aggregator_ : fitted stages, or None
+    """
+
+    def __init__(self, blocks=("clinical", "image"), drop=(), cell_params=None, n_components=16, random_state=0):
+        self.blocks = blocks
+        self.drop = drop
+        self.cell_params = cell_params
+        self.n_components = n_components
+        self.random_state = random_state
+
+    def _static(self, P: pd.DataFrame) -> list[str]:
+        cols = list(CLINICAL_FEATURES) if "clinical" in self.blocks else []
+        if "image" in self.blocks:
+            cols += _image_columns(P)
+        return [c for c in cols if c not in self.drop]
+
+    def fit(self, cohort: Cohort, y=None) -> FoldFeatures:
+        """Fit the data-fitted blocks on ``cohort`` (the training patients only) and label ``y``."""
+        with _stage_errors():
+            return self._fit(cohort, y)
+
+    def _fit(self, cohort: Cohort, y) -> FoldFeatures:
+        from .cellscore import CellScoreAggregator, CellScorer
+        from .cnn_aggregate import EmbeddingAggregator
+
+        unknown = [b for b in self.blocks if b not in BLOCKS]
+        if unknown:
+            raise ModelError(f"unknown block(s) {unknown}")
+        ids = cohort.ids
+        self.static_ = self._static(cohort.patients)
+        self.cell_scorer_ = self.embedding_aggregator_ = None
+        parts = [cohort.patients.set_index("patient_id")[self.static_]]
+        if "cellscore" in self.blocks:
+            if cohort.cells is None:
+                raise ModelError(
+                    "feature set uses cell scores but no per-cell table was given (FEATURES_DIR/cells.parquet)"
+                )
+            labels = pd.Series(np.asarray(y, int), index=ids)
+            self.cell_scorer_ = CellScorer(**{"random_state": self.random_state, **(self.cell_params or {})})
+            self.cell_scorer_.fit(cohort.cells, labels)
+            parts.append(CellScoreAggregator().transform(self.cell_scorer_.oof_scores_, ids))
+        if "cnn" in self.blocks:
+            if cohort.embeddings is None:
+                raise ModelError("feature set uses CNN features but no embeddings were given (run `lympho embed`)")
+            self.embedding_aggregator_ = EmbeddingAggregator(self.n_components, random_state=self.random_state)
+            self.embedding_aggregator_.fit(cohort.embeddings)
+            parts.append(self.embedding_aggregator_.transform(cohort.embeddings, patient_ids=ids))
+        self.train_features_ = self._join(parts, ids)
+        self.feature_names_ = list(self.train_features_.columns)
+        return self
+
+    @staticmethod
+    def _join(parts, ids) -> pd.DataFrame:
+        frames = [p.reindex(pd.Index(ids, name="patient_id")) for p in parts]
+        return pd.concat(frames, axis=1).astype(float)
+
+    def transform(self, cohort: Cohort) -> pd.DataFrame:
+        """Inputs of any patients (index ``patient_id``, columns :attr:`feature_names_`)."""
+        with _stage_errors():
+            return self._transform(cohort)
+
+    def _transform(self, cohort: Cohort) -> pd.DataFrame:
+        from .cellscore import CellScoreAggregator
+
+        ids = cohort.ids
+        P = cohort.patients.set_index("patient_id")
+        missing = [c for c in self.static_ if c not in P.columns]
+        if missing:
+            shown = ", ".join(missing[:10]) + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
+            raise ModelError(
+                f"missing {len(missing)} column(s): {shown}. Re-run `lympho extract` with the same lympho version "
+                "and settings as the training data."
+            )
+        parts = [P[self.static_]]
+        if self.cell_scorer_ is not None:
+            if cohort.cells is None:
+                raise ModelError(
+                    "the model uses cell scores but no per-cell table was given (FEATURES_DIR/cells.parquet)"
+                )
+            parts.append(CellScoreAggregator().transform(self.cell_scorer_.score_cells(cohort.cells), ids))
+        if self.embedding_aggregator_ is not None:
+            if cohort.embeddings is None:
+                raise ModelError("the model uses CNN features but no embeddings were given (run `lympho embed`)")
+            parts.append(self.embedding_aggregator_.transform(cohort.embeddings, patient_ids=ids))
+        return self._join(parts, ids)[self.feature_names_]
+
+    def columns_for(self, feature_set: str) -> list[str]:
+        """The columns of :attr:`feature_names_` that a feature set uses."""
+        from .cellscore import CELLSCORE_PREFIX
+        from .cnn_aggregate import is_learned_feature
+
+        blocks, drop = parse_feature_set(feature_set)
+        out = []
+        for c in self.feature_names_:
+            if c in drop:
+                continue
+            if c in CLINICAL_FEATURES:
+                keep = "clinical" in blocks
+            elif c.startswith(CELLSCORE_PREFIX):
+                keep = "cellscore" in blocks
+            elif is_learned_feature(c):
+                keep = "cnn" in blocks
+            else:
+                keep = "image" in blocks
+            if keep:
+                out.append(c)
+        return out
+
+
+def _fold_task(
+    cohort, y, tr, te, sets, blocks, cell_params, n_components, base, state, inner_seed, inner_folds, min_sensitivity
+):
+    """One outer fold of :func:`cross_validate_sets`: fit on ``tr`` only, score ``te``."""
+    ids = cohort.ids
+    ff = FoldFeatures(blocks, (), cell_params, n_components, state)
+    ff.fit(cohort.subset(ids[tr]), y[tr])
+    Xtr_all, Xte_all = ff.train_features_, ff.transform(cohort.subset(ids[te]))
+    out = {}
+    for fs in sets:
+        cols = ff.columns_for(fs)
+        Xtr, Xte = Xtr_all[cols].to_numpy(float), Xte_all[cols].to_numpy(float)
+        est = clone(base).set_params(random_state=state).fit(Xtr, y[tr])
+        proba = est.predict_proba(Xte)[:, 1]
+        thr = _inner_threshold(est, Xtr, y[tr], inner_seed, inner_folds, min_sensitivity)
+        out[fs] = (proba, thr, len(cols))
+    return out
+
+
+def cross_validate_sets(
+    cohort: Cohort,
+    y,
+    feature_sets,
+    folds: int = 5,
+    repeats: int = 5,
+    seed: int = 0,
+    inner_folds: int = 3,
+    min_sensitivity: float | None = None,
+    cell_params: dict | None = None,
+    n_components: int = 16,
+    classifier: PatientClassifier | None = None,
+    n_jobs: int = 1,
+) -> dict[str, CVResult]:
+    """Repeated stratified patient-level CV of several feature sets on the same folds.
+
+    In every outer fold, one :class:`FoldFeatures` holding the union of the
+    blocks is fitted on the training patients (cell model, embedding PCA),
+    then each feature set's patient model and threshold (inner CV) are fitted
+    on the training patients' inputs and score the held-out patients. Sharing
+    the folds makes the comparison between feature sets paired. ``n_jobs``
+    outer folds run at once (threads; results do not depend on it).
+    """
+    from joblib import Parallel, delayed
+
+    y = np.asarray(y, int)
+    _check_classes(y, folds)
+    sets = list(dict.fromkeys(feature_sets))
+    blocks: set[str] = set()
+    for fs in sets:
+        blocks |= set(parse_feature_set(fs)[0])
+    blocks = tuple(b for b in BLOCKS if b in blocks)
+    base = classifier if classifier is not None else PatientClassifier(random_state=seed)
+    splits = [
+        (r, f, tr, te)
+        for r in range(repeats)
+        for f, (tr, te) in enumerate(
+            StratifiedKFold(folds, shuffle=True, random_state=seed + r).split(np.zeros(len(y)), y)
+        )
+    ]
+    results = Parallel(n_jobs=n_jobs, backend="threading")(
+        delayed(_fold_task)(
+            cohort,
+            y,
+            tr,
+            te,
+            sets,
+            blocks,
+            cell_params,
+            n_components,
+            base,
+            seed + 1000 * r + f,
+            seed + r,
+            inner_folds,
+            min_sensitivity,
+        )
+        for r, f, tr, te in splits
+    )
+    ids = cohort.ids
+    out = {}
+    for fs in sets:
+        rows = []
+        for r in range(repeats):
+            proba, thr, fold_of = np.zeros(len(y)), np.zeros(len(y)), np.zeros(len(y), int)
+            for (rr, f, _, te), res in zip(splits, results, strict=True):
+                if rr == r:
+                    proba[te], thr[te], fold_of[te] = res[fs][0], res[fs][1], f
+            rows.append(_prediction_frame(ids, r, fold_of, y, proba, thr))
+        out[fs] = _summarise(rows, y, folds, repeats, seed)
+        out[fs].summary["n_features"] = results[-1][fs][2]
+    return out
+
+
+def nested_selection(
+    cohort: Cohort,
+    y,
+    feature_sets,
+    folds: int = 5,
+    repeats: int = 2,
+    seed: int = 0,
+    inner_folds: int = 3,
+    n_jobs: int = 1,
+) -> tuple[CVResult, pd.DataFrame]:
+    """Honest estimate of "pick the best configuration, then fit it": selection inside each outer fold.
+
+    In every outer fold, the configurations are compared by an inner
+    cross-validation of the training patients only (balanced accuracy; ties go
+    to the one with fewer inputs), and the winner is fitted on the training
+    patients and scores the held-out ones. The returned CV result measures the
+    whole procedure, free of the optimism of choosing the best of many on the
+    same folds; the table lists which configuration each outer fold chose.
+    """
+    from joblib import Parallel, delayed
+
+    y = np.asarray(y, int)
+    _check_classes(y, folds)
+    ids = cohort.ids
+    base = PatientClassifier(random_state=seed)
+    splits = [
+        (r, f, tr, te)
+        for r in range(repeats)
+        for f, (tr, te) in enumerate(StratifiedKFold(folds, shuffle=True, random_state=seed + r).split(ids, y))
+    ]
+
+    def one(r, f, tr, te):
+        state = seed + 1000 * r + f
+        inner = cross_validate_sets(cohort.subset(ids[tr]), y[tr], feature_sets, inner_folds, 1, state)
+        best = min(
+            inner,
+            key=lambda fs: (-inner[fs].summary["balanced_accuracy_mean"], inner[fs].summary["n_features"]),
+        )
+        blocks = parse_feature_set(best)[0]
+        res = _fold_task(cohort, y, tr, te, [best], blocks, None, 16, base, state, seed + r, inner_folds, None)
+        return best, res[best]
+
+    results = Parallel(n_jobs=n_jobs, backend="threading")(delayed(one)(*s) for s in splits)
+    rows, chosen = [], []
+    for r in range(repeats):
+        proba, thr, fold_of = np.zeros(len(y)), np.zeros(len(y)), np.zeros(len(y), int)
+        for (rr, f, _, te), (best, (p, t, _)) in zip(splits, results, strict=True):
+            if rr == r:
+                proba[te], thr[te], fold_of[te] = p, t, f
+                chosen.append({"repeat": r, "fold": f, "configuration": best})
+        rows.append(_prediction_frame(ids, r, fold_of, y, proba, thr))
+    return _summarise(rows, y, folds, repeats, seed), pd.DataFrame(chosen)
+
+
+# ---------------------------------------------------------------- calibration, refer band, ablation
+
+
+def calibration_table(y_true, proba, n_bins: int = 5) -> dict:
+    """Reliability-diagram data and Brier score of pooled out-of-fold probabilities.
+
+    Returns ``{"brier": ..., "bins": [{"lower", "upper", "mean_predicted", "observed", "count"}...]}``
+    over equal-width bins (empty bins left out).
+    """
+    y_true = np.asarray(y_true, float)
+    proba = np.asarray(proba, float)
+    edges = np.linspace(0, 1, n_bins + 1)
+    idx = np.clip(np.digitize(proba, edges[1:-1]), 0, n_bins - 1)
+    bins = []
+    for b in range(n_bins):
+        m = idx == b
+        if m.any():
+            bins.append(
+                {
+                    "lower": float(edges[b]),
+                    "upper": float(edges[b + 1]),
+                    "mean_predicted": float(proba[m].mean()),
+                    "observed": float(y_true[m].mean()),
+                    "count": int(m.sum()),
+                }
+            )
+    return {"brier": float(np.mean((proba - y_true) ** 2)), "n_bins": n_bins, "bins": bins}
+
+
+def refer_band(cv: CVResult, min_error_rate: float = 0.3) -> dict:
+    """Band of probabilities around the threshold where the CV calls are unreliable.
+
+    The half-width is the largest distance ``h`` to the fold's threshold such
+    that, among the CV calls closer than ``h`` to their threshold, at least
+    ``min_error_rate`` were wrong. A patient whose probability is within the
+    half-width of the model's threshold is flagged ``uncertain``: refer to
+    flow cytometry rather than trust the call. (Errors far from the threshold
+    exist too and no band catches them; the CV error rates inside and outside
+    the band are recorded.)
+    """
+    p = cv.predictions
+    margin = (p["probability"] - p["threshold"]).abs().to_numpy()
+    wrong = (p["prediction"] != p["label"]).to_numpy()
+    order = np.argsort(margin, kind="stable")
+    m, w = margin[order], wrong[order]
+    rate = np.cumsum(w) / np.arange(1, len(w) + 1)
+    ok = np.flatnonzero((rate >= min_error_rate) & np.r_[m[1:] > m[:-1], True]) if len(m) else np.array([], int)
+    if ok.size:
+        i = int(ok.max())
+        half = float((m[i] + m[i + 1]) / 2) if i + 1 < len(m) else float(m[i] + 1e-9)
+    else:
+        half = 0.0
+    inside = margin < half
+    return {
+        "half_width": half,
+        "min_error_rate": min_error_rate,
+        "cv_fraction_referred": float(inside.mean()),
+        "cv_error_rate_referred": float(wrong[inside].mean()) if inside.any() else None,
+        "cv_error_rate_not_referred": float(wrong[~inside].mean()) if (~inside).any() else None,
+        "cv_share_of_errors_referred": float(wrong[inside].sum() / wrong.sum()) if wrong.any() else None,
+    }
+
+
+def _weighted_auc(counts: np.ndarray, score: np.ndarray, pos: np.ndarray) -> np.ndarray:
+    """AUC of one score vector under many patient resamplings (``counts``: bootstrap × patients)."""
+    sp, sn = score[pos], score[~pos]
+    M = (sp[:, None] > sn[None, :]) + 0.5 * (sp[:, None] == sn[None, :])
+    cp, cn = counts[:, pos], counts[:, ~pos]
+    num = np.einsum("bi,ij,bj->b", cp, M, cn)
+    den = cp.sum(1) * cn.sum(1)
+    return np.where(den > 0, num / np.where(den > 0, den, 1), np.nan)
+
+
+def _bootstrap_metrics(cv: CVResult, counts: np.ndarray, order: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """BA and AUC (averaged over repeats) of a CV result under each patient resampling."""
+    p = cv.predictions
+    bas, aucs = [], []
+    for _, g in p.groupby("repeat", sort=True):
+        g = g.set_index("patient_id").loc[order]
+        y = g["label"].to_numpy(int) == 1
+        pred = g["prediction"].to_numpy(int)
+        tp = counts[:, y] @ pred[y]
+        tn = counts[:, ~y] @ (1 - pred[~y])
+        sens = tp / np.maximum(counts[:, y].sum(1), 1)
+        spec = tn / np.maximum(counts[:, ~y].sum(1), 1)
+        bas.append((sens + spec) / 2)
+        aucs.append(_weighted_auc(counts, g["probability"].to_numpy(float), y))
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # resamplings without one class (tiny cohorts)
+        return np.mean(bas, axis=0), np.nanmean(aucs, axis=0)
+
+
+def ablation_table(
+    results: dict[str, CVResult],
+    n_features: dict[str, int] | None = None,
+    reference: str = "clinical",
+    n_boot: int = 2000,
+    seed: int = 0,
+) -> list[dict]:
+    """One row per feature set: CV metrics and a paired bootstrap interval of the difference to ``reference``.
+
+    The bootstrap resamples patients (the same resampling for every
+    configuration, whose out-of-fold predictions come from the same folds) and
+    recomputes balanced accuracy and ROC AUC, averaged over repeats; the 95%
+    percentile interval of the difference to the reference is reported as
+    ``delta_ba_vs_<reference>`` / ``delta_auc_vs_<reference>``, and
+    ``p_better_ba`` is the share of resamplings where the configuration beats the reference.
+    """
+    n_features = n_features or {}
+    first = next(iter(results.values()))
+    order = first.predictions.loc[first.predictions["repeat"] == 0, "patient_id"].to_numpy()
+    n = len(order)
+    rng = np.random.default_rng(seed)
+    counts = rng.multinomial(n, np.full(n, 1.0 / n), size=n_boot).astype(float)
+    boot = {fs: _bootstrap_metrics(cv, counts, order) for fs, cv in results.items()}
+    ref = boot.get(reference)
+    rows = []
+    for fs, cv in results.items():
+        s = cv.summary
+        row = {
+            "configuration": fs,
+            "n_features": n_features.get(fs),
+            "balanced_accuracy": s["balanced_accuracy_mean"],
+            "balanced_accuracy_std": s["balanced_accuracy_std"],
+            "roc_auc": s["roc_auc_mean"],
+            "roc_auc_std": s["roc_auc_std"],
+            "sensitivity": s["sensitivity_mean"],
+            "specificity": s["specificity_mean"],
+        }
+        if ref is not None and fs != reference:
+            dba, dauc = boot[fs][0] - ref[0], boot[fs][1] - ref[1]
+            row[f"delta_ba_vs_{reference}"] = [float(np.quantile(dba, 0.025)), float(np.quantile(dba, 0.975))]
+            row[f"delta_auc_vs_{reference}"] = [float(np.nanquantile(dauc, 0.025)), float(np.nanquantile(dauc, 0.975))]
+            row["p_better_ba"] = float((dba > 0).mean())
+        row["brier"] = s["brier_mean"]
+        rows.append(row)
+    return rows
+
+
+def format_ablation(rows: list[dict], reference: str = "clinical") -> str:
+    """The ablation table as fixed-width text (what benchmarks/cv_accuracy.py prints)."""
+    head = (
+        f"{'configuration':<20} {'n':>4} {'balanced acc':>14} {'ROC AUC':>14} {'sens':>6} {'spec':>6} {'brier':>6}"
+        f"  {'ΔBA vs ' + reference + ' [95%]':>24} {'ΔAUC [95%]':>18} {'P(better)':>9}"
+    )
+    lines = [head]
+    for r in rows:
+        dba, dauc = r.get(f"delta_ba_vs_{reference}"), r.get(f"delta_auc_vs_{reference}")
+        lines.append(
+            f"{r['configuration']:<20} {r.get('n_features') or 0:>4} "
+            f"{r['balanced_accuracy']:>6.3f} ± {r['balanced_accuracy_std']:.3f} {r['roc_auc']:>6.3f} ± {r['roc_auc_std']:.3f} "
+            f"{r['sensitivity']:>6.3f} {r['specificity']:>6.3f} {r['brier']:>6.3f}  "
+            + (
+                f"{'[' + format(dba[0], '+.3f') + ', ' + format(dba[1], '+.3f') + ']':>24} "
+                if dba
+                else f"{'(reference)':>24} "
+            )
+            + (f"{'[' + format(dauc[0], '+.3f') + ', ' + format(dauc[1], '+.3f') + ']':>18} " if dauc else f"{'':>18} ")
+            + (f"{r['p_better_ba']:>9.2f}" if "p_better_ba" in r else f"{'':>9}")
+        )
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- fit, save, load, predict
+
+
 def load_patients(features_dir: str | Path) -> pd.DataFrame:
     """Read ``FEATURES_DIR/patients.parquet`` with a clear error when absent."""
     path = Path(features_dir) / "patients.parquet"
     if not path.is_file():
         raise ModelError(f"{path} not found: run `lympho extract` first")
     return pd.read_parquet(path)
+
+
+def load_cohort_tables(
+    features_dir: str | Path, feature_sets, embeddings_dir: str | Path | None = None, optional: bool = False
+) -> tuple[pd.DataFrame | None, pd.DataFrame | None]:
+    """Cells and embeddings that some feature sets need, read from a features folder.
+
+    With ``optional``, a missing table is returned as None instead of raising.
+    """
+    from .cellscore import CellScoreError, load_cells
+
+    blocks: set[str] = set()
+    for fs in feature_sets:
+        blocks |= set(parse_feature_set(fs)[0])
+    cells = embeddings = None
+    if "cellscore" in blocks:
+        try:
+            cells = load_cells(features_dir)
+        except CellScoreError as exc:
+            if not optional:
+                raise ModelError(str(exc)) from None
+    if "cnn" in blocks:
+        path = Path(embeddings_dir or features_dir) / "embeddings.parquet"
+        if path.is_file():
+            embeddings = pd.read_parquet(path)
+        elif not optional:
+            raise ModelError(
+                f"{path} not found: CNN features need `lympho embed DATA_DIR --out {embeddings_dir or features_dir}` first"
+            )
+    return cells, embeddings
 
 
 @dataclass
@@ -279,6 +894,18 @@ class FittedModel:
     features: list[str]
     threshold: float
     metadata: dict
+    inputs: FoldFeatures | None = None  # the fitted input stages (cell model, embedding PCA)
+    ablation: dict[str, CVResult] = field(default_factory=dict)
+
+
+def _available_sets(cells, embeddings, extra=()) -> list[str]:
+    out = []
+    for fs in (*ABLATION_SETS, *extra):
+        blocks, _ = parse_feature_set(fs)
+        if ("cellscore" in blocks and cells is None) or ("cnn" in blocks and embeddings is None):
+            continue
+        out.append(fs)
+    return list(dict.fromkeys(out))
 
 
 def fit_model(
@@ -288,8 +915,33 @@ def fit_model(
     repeats: int = 5,
     seed: int = 0,
     min_sensitivity: float | None = None,
+    cells: pd.DataFrame | None = None,
+    embeddings: pd.DataFrame | None = None,
+    ablation: bool | tuple = False,
+    refer_error_rate: float = 0.3,
+    n_boot: int = 2000,
+    n_jobs: int = 1,
 ) -> tuple[FittedModel, CVResult]:
     """Cross-validate, then fit the final model on all labeled patients.
+
+    Parameters
+    ----------
+    patients : DataFrame
+        patients.parquet.
+    feature_set : str
+        See :data:`FEATURE_SETS`; ``cellscore`` sets need ``cells``, ``cnn`` sets ``embeddings``.
+        (``lympho fit``'s default is :data:`DEFAULT_FEATURE_SET`; this function's stays ``all``, which
+        needs the patients table only.)
+    cells, embeddings : DataFrame, optional
+        cells.parquet and embeddings.parquet of the same patients.
+    ablation : bool or tuple of str
+        Also cross-validate the other configurations on the same folds (True: those of
+        :data:`ABLATION_SETS` whose inputs are given) and store the table under ``ablation``
+        (``lympho fit`` does by default).
+    refer_error_rate : float
+        CV error rate that marks the ``uncertain`` band around the threshold (see :func:`refer_band`).
+    n_jobs : int
+        Outer folds run at once (threads).
 
     The final threshold is chosen on the pooled out-of-fold probabilities of
     the CV (each patient scored by models that never saw it).
@@ -297,38 +949,71 @@ def fit_model(
     labeled = patients[patients["label"].notna()].reset_index(drop=True)
     if labeled.empty:
         raise ModelError("no labeled patient (LABEL 0 or 1) to fit on")
-    feats = feature_columns(labeled, feature_set)
-    if not feats:
+    blocks, drop = parse_feature_set(feature_set)
+    if "cellscore" in blocks and cells is None:
+        raise ModelError(f"feature set {feature_set!r} needs the per-cell table (FEATURES_DIR/cells.parquet)")
+    if "cnn" in blocks and embeddings is None:
+        raise ModelError(f"feature set {feature_set!r} needs CNN embeddings (run `lympho embed`)")
+    if not [c for c in feature_columns(labeled, feature_set)] and not set(blocks) & set(FITTED_BLOCKS):
         raise ModelError(f"feature set {feature_set!r} has no column in this table")
-    matrix = model_matrix(labeled)
-    X = matrix[feats].to_numpy(float)
+    cohort = Cohort.from_tables(labeled, cells, embeddings)
     y = labeled["label"].astype(int).to_numpy()
+    sets = [feature_set]
+    if ablation:
+        sets += list(ablation) if isinstance(ablation, tuple | list) else _available_sets(cells, embeddings)
+    sets = list(dict.fromkeys(sets))
     est = PatientClassifier(random_state=seed)
-    cv = cross_validate(X, y, labeled["patient_id"], est, folds, repeats, seed, min_sensitivity=min_sensitivity)
+    results = cross_validate_sets(
+        cohort, y, sets, folds, repeats, seed, min_sensitivity=min_sensitivity, classifier=est, n_jobs=n_jobs
+    )
+    cv = results[feature_set]
     threshold = choose_threshold(cv.predictions["label"], cv.predictions["probability"], min_sensitivity)
-    final = clone(est).fit(X, y)
+    inputs = FoldFeatures(blocks, drop, random_state=seed).fit(cohort, y)
+    feats = inputs.feature_names_
+    final = clone(est).fit(inputs.train_features_[feats].to_numpy(float), y)
+    matrix = cohort.patients
     meta = {
         "format": MODEL_FORMAT,
         "lympho_version": __version__,
         "feature_set": feature_set,
+        "blocks": list(blocks),
         "features": feats,
         "threshold": threshold,
         "min_sensitivity": min_sensitivity,
         "params": est.get_params(),
         "cv": cv.summary | {"per_repeat": cv.per_repeat.to_dict(orient="records")},
+        "calibration": calibration_table(cv.predictions["label"], cv.predictions["probability"]),
+        "refer": refer_band(cv, refer_error_rate),
         "library_versions": library_versions(),
-        "training_data_fingerprint": dataframe_fingerprint(matrix[["patient_id", "label", *feats]]),
+        "training_data_fingerprint": dataframe_fingerprint(
+            matrix[["patient_id", "label", *[c for c in feats if c in matrix.columns]]]
+        ),
         "n_training_patients": int(len(y)),
     }
-    return FittedModel(final, feats, threshold, meta), cv
+    if inputs.cell_scorer_ is not None:
+        meta["cell_model"] = {
+            "file": CELL_MODEL_FILE,
+            "meta": CELL_META_FILE,
+            "n_cells": int(len(inputs.cell_scorer_.oof_scores_)),
+        }
+    if inputs.embedding_aggregator_ is not None:
+        meta["embedding_aggregator"] = {"file": AGGREGATOR_FILE}
+    if len(results) > 1:
+        n_feat = {fs: res.summary.get("n_features") for fs, res in results.items()}
+        meta["ablation"] = ablation_table(results, n_feat, n_boot=n_boot, seed=seed)
+    return FittedModel(final, feats, threshold, meta, inputs, results), cv
 
 
 def save_model(model: FittedModel, cv: CVResult, out_dir: str | Path) -> None:
-    """Write model.txt (LightGBM text), model.json and cv_predictions.csv atomically."""
+    """Write model.txt (LightGBM text), model.json, cv_predictions.csv and the fitted input stages atomically."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     with atomic_path(out_dir / "model.txt") as tmp:
         model.classifier.booster_.save_model(str(tmp))
+    if model.inputs is not None and model.inputs.cell_scorer_ is not None:
+        model.inputs.cell_scorer_.save(out_dir / CELL_MODEL_FILE, out_dir / CELL_META_FILE)
+    if model.inputs is not None and model.inputs.embedding_aggregator_ is not None:
+        model.inputs.embedding_aggregator_.save(out_dir / AGGREGATOR_FILE)
     write_csv(cv.predictions, out_dir / "cv_predictions.csv")
     write_json(model.metadata, out_dir / "model.json")
 
@@ -349,6 +1034,9 @@ def load_model(model_dir: str | Path):
         meta = json.loads(meta_path.read_text())
     except (OSError, ValueError) as exc:
         raise ModelError(f"{meta_path} is not valid JSON: {exc}") from None
+    from .schema import validate_model_metadata  # checks model.json against its schema before any use
+
+    meta = validate_model_metadata(meta, meta_path)
     for k, t in _REQUIRED_META.items():
         if not isinstance(meta.get(k), t if t is not float else (int, float)):
             raise ModelError(f"{meta_path}: key {k!r} missing or not a {t.__name__}")
@@ -367,29 +1055,95 @@ def load_model(model_dir: str | Path):
     return booster, meta
 
 
-def predict(model_dir: str | Path, features_dir: str | Path) -> pd.DataFrame:
-    """Probability of tumoral and 0/1 decision for every patient of a features folder.
+def load_inputs(model_dir: str | Path, meta: dict) -> FoldFeatures:
+    """The fitted input stages of a saved model (cell model, embedding aggregator) as a :class:`FoldFeatures`."""
+    from .cellscore import CellScoreError, CellScorer
+    from .cnn_aggregate import AggregatorError, EmbeddingAggregator
+
+    model_dir = Path(model_dir)
+    blocks, drop = parse_feature_set(meta["feature_set"])
+    blocks = tuple(meta.get("blocks", blocks))
+    ff = FoldFeatures(blocks, drop)
+    ff.feature_names_ = list(meta["features"])
+    ff.cell_scorer_ = ff.embedding_aggregator_ = None
+    from .cellscore import CELLSCORE_PREFIX
+    from .cnn_aggregate import is_learned_feature
+
+    ff.static_ = [c for c in ff.feature_names_ if not c.startswith(CELLSCORE_PREFIX) and not is_learned_feature(c)]
+    if "cellscore" in blocks:
+        try:
+            ff.cell_scorer_ = CellScorer.load(model_dir / CELL_MODEL_FILE, model_dir / CELL_META_FILE)
+        except CellScoreError as exc:
+            raise ModelError(str(exc)) from None
+    if "cnn" in blocks:
+        try:
+            ff.embedding_aggregator_ = EmbeddingAggregator.load(model_dir / AGGREGATOR_FILE)
+        except AggregatorError as exc:
+            raise ModelError(str(exc)) from None
+    return ff
+
+
+def model_inputs(
+    model_dir: str | Path,
+    meta: dict,
+    features_dir: str | Path,
+    patients: pd.DataFrame | None = None,
+    embeddings_dir: str | Path | None = None,
+) -> pd.DataFrame:
+    """The model's input matrix for the patients of a features folder (rows in the order of ``patients``).
 
     Raises
     ------
     ModelError
-        When the features table lacks columns the model was trained on.
+        When the features folder lacks what the model needs (columns, cells, embeddings).
+    """
+    patients = load_patients(features_dir) if patients is None else patients
+    ff = load_inputs(model_dir, meta)
+    cells, embeddings = load_cohort_tables(features_dir, [meta["feature_set"]], embeddings_dir)
+    cohort = Cohort.from_tables(patients, cells, embeddings)
+    try:
+        X = ff.transform(cohort)
+    except ModelError as exc:
+        raise ModelError(f"features in {features_dir} do not match the model in {model_dir}: {exc}") from None
+    return X.reset_index(drop=True)
+
+
+def cell_scores(model_dir: str | Path, meta: dict, cells: pd.DataFrame) -> pd.Series | None:
+    """Each cell's score by a saved model's cell model (NaN for cells it does not score), or None without one."""
+    if "cellscore" not in parse_feature_set(meta["feature_set"])[0]:
+        return None
+    ff = load_inputs(model_dir, meta)
+    out = pd.Series(np.nan, index=cells.index, name="cell_score")
+    from .cellscore import usable_cells
+
+    usable = usable_cells(cells, ff.cell_scorer_.qc_only)
+    with _stage_errors():
+        out.loc[usable.index] = ff.cell_scorer_.score_cells(usable)["score"].to_numpy()
+    return out
+
+
+def predict(model_dir: str | Path, features_dir: str | Path, embeddings_dir: str | Path | None = None) -> pd.DataFrame:
+    """Probability of tumoral, 0/1 decision and ``uncertain`` flag for every patient of a features folder.
+
+    ``uncertain`` is 1 when the probability lies in the band around the
+    threshold where the cross-validation's wrong calls concentrate (model.json
+    ``refer``): refer such a patient to flow cytometry rather than trust the call.
+
+    Raises
+    ------
+    ModelError
+        When the features folder lacks what the model was trained on.
     """
     booster, meta = load_model(model_dir)
     patients = load_patients(features_dir)
-    X = model_matrix(patients)
-    missing = [c for c in meta["features"] if c not in X.columns]
-    if missing:
-        shown = ", ".join(missing[:10]) + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
-        raise ModelError(
-            f"features in {features_dir} do not match the model in {model_dir}: missing {len(missing)} column(s): {shown}. "
-            "Re-run `lympho extract` with the same lympho version and settings as the training data."
-        )
+    X = model_inputs(model_dir, meta, features_dir, patients, embeddings_dir)
     proba = booster.predict(X[meta["features"]].to_numpy(float))
+    half = float((meta.get("refer") or {}).get("half_width", 0.0))
     return pd.DataFrame(
         {
             "patient_id": patients["patient_id"],
             "probability": proba,
             "prediction": (proba >= meta["threshold"]).astype(int),
+            "uncertain": (np.abs(proba - meta["threshold"]) < half).astype(int),
         }
     )

@@ -331,11 +331,20 @@ def _logit(p: float) -> float:
     return math.log(p / (1 - p))
 
 
-def _design_matrix(patients: pd.DataFrame, features: list[str], where: str) -> pd.DataFrame:
-    from .model import model_matrix
+def _design_matrix(
+    patients: pd.DataFrame, features: list[str], where: str, model_dir=None, meta: dict | None = None
+) -> pd.DataFrame:
+    from .model import ModelError, model_inputs, model_matrix
 
     X = model_matrix(patients)
     missing = [c for c in features if c not in X.columns]
+    fitted = [c for c in missing if c.startswith(("cellscore__", "cnn_"))]
+    if missing and missing == fitted and model_dir is not None and meta is not None:
+        # Inputs fitted on data (cell scores, CNN features) come from the model's own stages.
+        try:
+            return model_inputs(model_dir, meta, where, patients)
+        except ModelError as exc:
+            raise ReportError(str(exc)) from None
     if missing:
         shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
         raise ReportError(f"features in {where} lack {len(missing)} column(s) the model uses: {shown}")
@@ -357,7 +366,7 @@ def explain_predictions(model_dir: str | Path, features_dir: str | Path, top: in
     booster, meta = load_model(model_dir)
     patients = load_patients(features_dir)
     feats = meta["features"]
-    X = _design_matrix(patients, feats, str(features_dir))[feats].to_numpy(float)
+    X = _design_matrix(patients, feats, str(features_dir), model_dir, meta)[feats].to_numpy(float)
     contrib, _ = shap_contributions(booster, X)
     order = np.argsort(-np.abs(contrib), axis=1, kind="stable")[:, :top]
     rows = np.arange(len(X))[:, None]
@@ -529,7 +538,7 @@ def load_inputs(model_dir: str | Path, features_dir: str | Path, data_dir: str |
     patients = patients.iloc[sorted(range(len(patients)), key=lambda i: _natural_key(patients["patient_id"].iat[i]))]
     patients = patients.reset_index(drop=True)
     feats = list(meta["features"])
-    X = _design_matrix(patients, feats, str(features_dir))[feats].to_numpy(float)
+    X = _design_matrix(patients, feats, str(features_dir), model_dir, meta)[feats].to_numpy(float)
     contrib, base = shap_contributions(booster, X)
     proba = _sigmoid(base + contrib.sum(1))
 
@@ -542,6 +551,16 @@ def load_inputs(model_dir: str | Path, features_dir: str | Path, data_dir: str |
             warnings.append(f"{cells_path} unreadable ({exc}): cell sections left out")
     else:
         warnings.append(f"{cells_path} not found: cell counts and galleries left out")
+    if cells is not None and "cell_score" not in cells.columns:
+        from .model import cell_scores
+
+        try:  # a model with a cell model scores each cell (galleries of the most tumoral-looking cells)
+            scores = cell_scores(model_dir, meta, cells)
+        except ModelError as exc:
+            scores = None
+            warnings.append(f"cells could not be scored by the cell model ({exc})")
+        if scores is not None:
+            cells = cells.assign(cell_score=scores)
 
     manifest: dict = {}
     man_path = features_dir / "manifest.json"

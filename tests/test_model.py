@@ -84,7 +84,7 @@ def test_fit_save_load_predict_roundtrip(tmp_path):
     feats.mkdir()
     t.to_parquet(feats / "patients.parquet")
     preds = predict(tmp_path / "m", feats)
-    assert list(preds.columns) == ["patient_id", "probability", "prediction"]
+    assert list(preds.columns) == ["patient_id", "probability", "prediction", "uncertain"]
     assert ((preds["probability"] >= meta["threshold"]).astype(int) == preds["prediction"]).all()
     # The saved model reproduces the in-memory one.
     from lympho_features.model import model_matrix
@@ -116,3 +116,47 @@ def test_load_model_rejects_incompatible_metadata(tmp_path):
     (tmp_path / "m" / "model.json").write_text("{not json")
     with pytest.raises(ModelError, match="not valid JSON"):
         load_model(tmp_path / "m")
+
+
+def test_refer_band_covers_the_calls_near_the_threshold_that_cv_got_wrong():
+    from lympho_features.model import CVResult, refer_band
+
+    # 40 confident right calls far from the threshold 0.5, 10 calls near it of which 5 wrong.
+    proba = np.r_[np.full(20, 0.05), np.full(20, 0.95), np.linspace(0.45, 0.55, 10)]
+    label = np.r_[np.zeros(20), np.ones(20), np.tile([0, 1], 5)].astype(int)
+    thr = np.full(50, 0.5)
+    pred = (proba >= thr).astype(int)
+    cv = CVResult(pd.DataFrame({"probability": proba, "threshold": thr, "prediction": pred, "label": label}), None)
+    band = refer_band(cv, min_error_rate=0.3)
+    assert 0.05 <= band["half_width"] < 0.45
+    assert band["cv_fraction_referred"] == pytest.approx(10 / 50)
+    assert band["cv_share_of_errors_referred"] == 1.0 and band["cv_error_rate_not_referred"] == 0.0
+    # Without errors there is nothing to refer.
+    right = cv.predictions.assign(label=pred)
+    assert refer_band(CVResult(right, None))["half_width"] == 0.0
+
+
+def test_paired_bootstrap_separates_a_real_gain_from_noise():
+    from lympho_features.model import Cohort, ablation_table, cross_validate_sets
+
+    t = patients_table(n=80, signal=3.0)
+    cohort = Cohort.from_tables(t)
+    y = t["label"].astype(int).to_numpy()
+    res = cross_validate_sets(cohort, y, ["clinical", "all"], folds=4, repeats=2)
+    rows = {r["configuration"]: r for r in ablation_table(res, n_boot=500)}
+    lo, hi = rows["all"]["delta_auc_vs_clinical"]
+    assert lo > 0 and hi >= lo  # the image feature adds to clinical, with confidence
+    assert "delta_ba_vs_clinical" not in rows["clinical"]
+    # Same folds: every configuration predicts each patient once per repeat with the same fold index.
+    a, b = res["clinical"].predictions, res["all"].predictions
+    assert (a[["patient_id", "repeat", "fold"]].to_numpy() == b[["patient_id", "repeat", "fold"]].to_numpy()).all()
+
+
+def test_nested_selection_picks_inside_each_outer_fold():
+    from lympho_features.model import Cohort, nested_selection
+
+    t = patients_table(n=60, signal=3.0)
+    cv, chosen = nested_selection(Cohort.from_tables(t), t["label"].astype(int).to_numpy(), ["clinical", "all"], 3, 1)
+    assert len(chosen) == 3 and set(chosen["configuration"]) <= {"clinical", "all"}
+    assert (chosen["configuration"] == "all").sum() >= 2  # the image signal is strong: inner CVs see it
+    assert (cv.predictions.groupby("repeat")["patient_id"].nunique() == 60).all()

@@ -1,0 +1,348 @@
+"""Weakly supervised cell scores: a cell-level model trained with the patient's label.
+
+Each cell of a training patient inherits its patient's label (reactive 0,
+tumoral 1) and a LightGBM learns, from the per-cell features of
+``cells.parquet``, how tumoral a cell looks. Each patient weighs the same
+whatever its number of cells, and both classes weigh the same. A patient is
+then summarised by the distribution of its cells' scores (mean, quantiles,
+share of cells above fixed cut-offs): ``cellscore__mean``, ``cellscore__q90``...
+
+Leak-free by construction when used inside a cross-validation: the
+:class:`CellScorer` only ever sees the cells it is given in :meth:`CellScorer.fit`
+(pass the training patients' cells), and the scores of the *training* patients
+that the patient-level model learns from are out-of-fold scores from an inner
+cross-validation grouped by patient, so that they look like the scores of new
+patients (not the over-confident in-sample ones).
+
+Only cells that passed quality control (``qc_ok``) are used. The cell model
+is saved in LightGBM's text format with JSON metadata: no pickle.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from sklearn.base import BaseEstimator, TransformerMixin
+from sklearn.model_selection import StratifiedGroupKFold
+
+from ._io import atomic_path, write_json
+from .aggregate import cell_feature_columns
+
+#: Prefix of the per-patient cell-score features.
+CELLSCORE_PREFIX = "cellscore__"
+
+CELLSCORE_FORMAT = 1
+
+
+class CellScoreError(Exception):
+    """A cells table or a saved cell model that cannot be used; the message says why."""
+
+
+def load_cells(path: str | Path) -> pd.DataFrame:
+    """Read the per-cell table written by ``lympho extract``.
+
+    Parameters
+    ----------
+    path : str or Path
+        A features folder (``cells.parquet`` in it, else its ``cells/`` shards),
+        a single Parquet file, or a folder of Parquet shards.
+
+    Returns
+    -------
+    DataFrame
+        One row per cell; ``patient_id`` as strings.
+    """
+    path = Path(path)
+    if path.is_dir() and (path / "cells.parquet").is_file():
+        path = path / "cells.parquet"
+    elif path.is_dir() and (path / "cells").is_dir():
+        path = path / "cells"
+    elif path.is_dir() and (path / "patients.parquet").is_file():
+        raise CellScoreError(f"{path} has neither cells.parquet nor cells/ shards: re-run `lympho extract`")
+    if path.is_file():
+        try:
+            cells = pd.read_parquet(path)
+        except Exception as exc:
+            raise CellScoreError(f"{path} is not a readable Parquet file: {exc}") from None
+    elif path.is_dir():
+        shards = sorted(p for p in path.glob("*.parquet") if not p.name.startswith("."))
+        if not shards:
+            raise CellScoreError(f"{path} has no cells.parquet and no Parquet shard: run `lympho extract` first")
+        frames = []
+        for shard in shards:
+            try:
+                frames.append(pd.read_parquet(shard))
+            except Exception as exc:
+                raise CellScoreError(f"cell shard {shard} is unreadable: {exc}") from None
+        frames = [f for f in frames if len(f)]
+        cells = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["patient_id"])
+    else:
+        raise CellScoreError(f"{path} not found: no per-cell table (run `lympho extract` first)")
+    if "patient_id" not in cells.columns:
+        raise CellScoreError(f"{path} has no patient_id column")
+    cells["patient_id"] = cells["patient_id"].astype(str)
+    return cells
+
+
+def usable_cells(cells: pd.DataFrame, qc_only: bool = True) -> pd.DataFrame:
+    """The cells a cell model may learn from or score: those that passed QC when ``qc_only``."""
+    if qc_only and "qc_ok" in cells.columns:
+        return cells[cells["qc_ok"].fillna(False).astype(bool)]
+    return cells
+
+
+def cell_weights(patient_ids, patient_labels) -> np.ndarray:
+    """Per-cell weights: each patient sums to the same, each class sums to the same; mean 1.
+
+    Parameters
+    ----------
+    patient_ids : array of str, one per cell
+    patient_labels : array of int (0/1), one per cell (its patient's label)
+    """
+    pid = pd.Series(np.asarray(patient_ids))
+    y = np.asarray(patient_labels, int)
+    per_patient = 1.0 / pid.map(pid.value_counts()).to_numpy(float)
+    n_pat = pd.Series(y).groupby(pid.to_numpy()).first()
+    n_by_class = np.bincount(n_pat.to_numpy(int), minlength=2).astype(float)
+    w = per_patient / np.where(n_by_class[y] > 0, n_by_class[y], 1.0)
+    return w * (len(w) / w.sum()) if len(w) else w
+
+
+class CellScorer(BaseEstimator):
+    """Cell-level LightGBM trained with each cell's patient label (weak supervision).
+
+    Parameters
+    ----------
+    n_estimators, learning_rate, num_leaves, min_child_samples, subsample, colsample_bytree, reg_lambda, max_bin
+        LightGBM's.
+    inner_folds : int
+        Folds of the inner cross-validation, grouped by patient and stratified by label, that gives the
+        training patients their out-of-fold cell scores (:attr:`oof_scores_`).
+    qc_only : bool
+        Learn from and score only the cells that passed quality control.
+    random_state : int
+
+    Attributes
+    ----------
+    features_ : list of str
+        Per-cell feature columns the model uses.
+    patient_ids_ : list of str
+        The patients whose cells the model was fitted on (sorted).
+    oof_scores_ : DataFrame
+        ``patient_id, score``: out-of-fold score of every training cell.
+    booster_ : lightgbm.Booster
+        The model fitted on every training cell.
+    """
+
+    def __init__(
+        self,
+        n_estimators=120,
+        learning_rate=0.05,
+        num_leaves=15,
+        min_child_samples=40,
+        subsample=0.7,
+        colsample_bytree=0.5,
+        reg_lambda=1.0,
+        max_bin=63,
+        inner_folds=4,
+        qc_only=True,
+        random_state=0,
+    ):
+        self.n_estimators = n_estimators
+        self.learning_rate = learning_rate
+        self.num_leaves = num_leaves
+        self.min_child_samples = min_child_samples
+        self.subsample = subsample
+        self.colsample_bytree = colsample_bytree
+        self.reg_lambda = reg_lambda
+        self.max_bin = max_bin
+        self.inner_folds = inner_folds
+        self.qc_only = qc_only
+        self.random_state = random_state
+
+    def _lgb_params(self, seed: int) -> dict:
+        return {
+            "objective": "binary",
+            "learning_rate": self.learning_rate,
+            "num_leaves": self.num_leaves,
+            "min_data_in_leaf": self.min_child_samples,
+            "bagging_fraction": self.subsample,
+            "bagging_freq": 1,
+            "feature_fraction": self.colsample_bytree,
+            "lambda_l2": self.reg_lambda,
+            "max_bin": self.max_bin,
+            "seed": seed,
+            "deterministic": True,
+            "force_row_wise": True,
+            "num_threads": 1,
+            "verbosity": -1,
+        }
+
+    def _train(self, data, seed):
+        import lightgbm as lgb
+
+        return lgb.train(self._lgb_params(seed), data, num_boost_round=self.n_estimators)
+
+    def fit(self, cells: pd.DataFrame, labels) -> CellScorer:
+        """Fit on the cells of the labelled patients of ``labels``.
+
+        Parameters
+        ----------
+        cells : DataFrame
+            Per-cell table (``patient_id``, ``qc_ok``, features). Pass the training patients' cells only;
+            cells of patients absent from ``labels`` are ignored.
+        labels : Series or dict
+            Patient label (0 reactive, 1 tumoral) by patient ID.
+        """
+        labels = pd.Series(labels, dtype="float64")
+        labels.index = labels.index.astype(str)
+        labels = labels.dropna().astype(int)
+        cells = usable_cells(cells, self.qc_only)
+        cells = cells[cells["patient_id"].astype(str).isin(labels.index)]
+        if cells.empty:
+            raise CellScoreError("no usable cell (qc_ok) among the training patients: cannot fit a cell model")
+        self.features_ = cell_feature_columns(cells)
+        if not self.features_:
+            raise CellScoreError("the cells table has no numeric feature column")
+        pid = cells["patient_id"].astype(str).to_numpy()
+        y = labels.reindex(pid).to_numpy(int)
+        if len(np.unique(y)) < 2:
+            raise CellScoreError("the training cells come from one class only: cannot fit a cell model")
+        X = cells[self.features_].to_numpy(np.float64)
+        w = cell_weights(pid, y)
+        self.patient_ids_ = sorted(set(pid))
+        oof = np.full(len(y), np.nan)
+        n_pat_min = int(np.bincount(labels.reindex(self.patient_ids_).to_numpy(int), minlength=2).min())
+        k = min(int(self.inner_folds), n_pat_min)
+        import lightgbm as lgb
+
+        # One binning of the training cells (unsupervised), shared by the inner models.
+        data = lgb.Dataset(X, label=y, weight=w, params={"max_bin": self.max_bin, "verbosity": -1}, free_raw_data=False)
+        data.construct()
+        if k >= 2:
+            splitter = StratifiedGroupKFold(k, shuffle=True, random_state=self.random_state)
+            for i, (tr, te) in enumerate(splitter.split(X, y, groups=pid)):
+                inner = data.subset(tr.tolist())
+                inner.set_weight(cell_weights(pid[tr], y[tr]))
+                oof[te] = self._train(inner, self.random_state + 1 + i).predict(X[te])
+        self.booster_ = self._train(data, self.random_state)
+        if k < 2:  # too few patients for an inner CV: fall back to in-sample scores (optimistic)
+            oof = self.booster_.predict(X)
+        self.oof_scores_ = pd.DataFrame({"patient_id": pid, "score": oof})
+        return self
+
+    def score_cells(self, cells: pd.DataFrame) -> pd.DataFrame:
+        """Score of each usable cell by the model fitted on all training cells: ``patient_id, score``."""
+        cells = usable_cells(cells, self.qc_only)
+        missing = [c for c in self.features_ if c not in cells.columns]
+        if missing:
+            raise CellScoreError(
+                f"cells lack {len(missing)} feature column(s) the cell model uses (first: {missing[0]}): "
+                "re-run `lympho extract` with the same lympho version as the training data"
+            )
+        scores = self.booster_.predict(cells[self.features_].to_numpy(np.float64)) if len(cells) else np.zeros(0)
+        return pd.DataFrame({"patient_id": cells["patient_id"].astype(str).to_numpy(), "score": scores})
+
+    # ------------------------------------------------------------ persistence (text + JSON, no pickle)
+
+    def save(self, model_path: str | Path, meta_path: str | Path) -> None:
+        """Write the cell model (LightGBM text) and its metadata (JSON), atomically."""
+        with atomic_path(model_path) as tmp:
+            self.booster_.save_model(str(tmp))
+        write_json(
+            {
+                "format": CELLSCORE_FORMAT,
+                "kind": "CellScorer",
+                "params": self.get_params(),
+                "features": list(self.features_),
+                "n_training_patients": len(self.patient_ids_),
+            },
+            meta_path,
+        )
+
+    @classmethod
+    def load(cls, model_path: str | Path, meta_path: str | Path) -> CellScorer:
+        """Read a cell model written by :meth:`save`."""
+        import lightgbm as lgb
+
+        model_path, meta_path = Path(model_path), Path(meta_path)
+        for p in (model_path, meta_path):
+            if not p.is_file():
+                raise CellScoreError(f"{p} not found: the model folder lacks its cell model")
+        try:
+            meta = json.loads(meta_path.read_text())
+        except (OSError, ValueError) as exc:
+            raise CellScoreError(f"{meta_path} is not valid JSON: {exc}") from None
+        if not isinstance(meta, dict) or meta.get("kind") != "CellScorer" or meta.get("format") != CELLSCORE_FORMAT:
+            raise CellScoreError(f"{meta_path} is not a cell-model description of format {CELLSCORE_FORMAT}")
+        try:
+            scorer = cls(**meta["params"])
+            scorer.features_ = list(meta["features"])
+        except (KeyError, TypeError) as exc:
+            raise CellScoreError(f"{meta_path} is incomplete: {exc!r}") from None
+        try:
+            scorer.booster_ = lgb.Booster(model_file=str(model_path))
+        except Exception as exc:
+            raise CellScoreError(f"{model_path} is not a LightGBM model: {exc}") from None
+        if scorer.booster_.num_feature() != len(scorer.features_):
+            raise CellScoreError(f"{model_path} does not match {meta_path} (feature count)")
+        scorer.patient_ids_ = []
+        return scorer
+
+
+class CellScoreAggregator(TransformerMixin, BaseEstimator):
+    """Per-patient summary of cell scores: mean, quantiles and share of cells above cut-offs.
+
+    Nothing is learned (the cut-offs are fixed), so it is safe anywhere in a cross-validation.
+
+    Parameters
+    ----------
+    quantiles : tuple of float
+    cutoffs : tuple of float
+        Shares of cells whose score is above each cut-off: ``cellscore__frac_gt50`` for 0.5.
+    """
+
+    def __init__(self, quantiles=(0.1, 0.25, 0.5, 0.75, 0.9), cutoffs=(0.5, 0.7)):
+        self.quantiles = quantiles
+        self.cutoffs = cutoffs
+
+    def fit(self, scores=None, y=None):
+        return self
+
+    def get_feature_names_out(self, input_features=None):
+        names = [f"{CELLSCORE_PREFIX}mean"]
+        names += [
+            f"{CELLSCORE_PREFIX}{'median' if q == 0.5 else f'q{int(round(q * 100)):02d}'}" for q in self.quantiles
+        ]
+        names += [f"{CELLSCORE_PREFIX}frac_gt{int(round(c * 100)):02d}" for c in self.cutoffs]
+        return np.asarray(names, dtype=object)
+
+    def transform(self, scores: pd.DataFrame, patient_ids=None) -> pd.DataFrame:
+        """Per-patient features from ``patient_id, score`` rows.
+
+        Parameters
+        ----------
+        scores : DataFrame
+        patient_ids : sequence, optional
+            Rows of the result in this order (NaN for a patient without scored cells); default: sorted IDs.
+
+        Returns
+        -------
+        DataFrame
+            Index ``patient_id``, columns :meth:`get_feature_names_out`.
+        """
+        names = list(self.get_feature_names_out())
+        s = scores.dropna(subset=["score"])
+        g = s.groupby(s["patient_id"].astype(str), sort=True)["score"]
+        cols = [g.mean()]
+        cols += [g.quantile(q) for q in self.quantiles]
+        cols += [g.apply(lambda v, c=c: float((v > c).mean())) for c in self.cutoffs]
+        out = pd.concat(cols, axis=1) if len(s) else pd.DataFrame(columns=names, dtype=float)
+        out.columns = names
+        if patient_ids is not None:
+            out = out.reindex(pd.Index([str(p) for p in patient_ids]))
+        out.index.name = "patient_id"
+        return out.astype(float)

@@ -1,0 +1,179 @@
+"""Weakly supervised cell scores: reading cells, weights, the cell model, and that it never sees held-out patients."""
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.metrics import roc_auc_score
+
+from lympho_features.cellscore import (
+    CellScoreAggregator,
+    CellScoreError,
+    CellScorer,
+    cell_weights,
+    load_cells,
+)
+from lympho_features.model import Cohort, cross_validate_sets
+
+
+def synthetic_cells(n_patients=24, seed=0, shift=1.5, patient_code=False):
+    """Patients half tumoral; tumoral patients have a share of cells shifted on ``atypia``.
+
+    With ``patient_code``, every cell carries a random constant of its patient (no relation to the label):
+    a cell model can memorise training patients through it, but it says nothing about new patients.
+    """
+    rng = np.random.default_rng(seed)
+    rows, labels = [], {}
+    for p in range(n_patients):
+        pid = f"P{p}"
+        y = p % 2
+        labels[pid] = y
+        code = rng.normal()
+        n = int(rng.integers(15, 40))
+        for c in range(n):
+            atypical = y == 1 and rng.random() < 0.6
+            row = {
+                "patient_id": pid,
+                "image": f"{pid}/{c:03d}.jpg",
+                "qc_ok": c % 10 != 9,
+                "qc_reason": "ok" if c % 10 != 9 else "touching_cells",
+                "atypia": rng.normal() + shift * atypical,
+                "noise": rng.normal(),
+            }
+            if patient_code:
+                row["code"] = code + rng.normal(0, 0.01)
+            rows.append(row)
+    return pd.DataFrame(rows), pd.Series(labels)
+
+
+def test_load_cells_reads_a_file_a_features_folder_or_shards(tmp_path):
+    cells, _ = synthetic_cells(4)
+    cells.to_parquet(tmp_path / "cells.parquet")
+    pd.testing.assert_frame_equal(load_cells(tmp_path), load_cells(tmp_path / "cells.parquet"))
+    shards = tmp_path / "sharded" / "cells"
+    shards.mkdir(parents=True)
+    for pid, g in cells.groupby("patient_id"):
+        g.to_parquet(shards / f"{pid}.parquet")
+    from_shards = load_cells(tmp_path / "sharded")  # no cells.parquet there: the shards are read
+    assert len(from_shards) == len(cells) and set(from_shards["patient_id"]) == set(cells["patient_id"])
+    assert len(load_cells(shards)) == len(cells)
+    with pytest.raises(CellScoreError, match="not found"):
+        load_cells(tmp_path / "nope")
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "cells.parquet").write_text("not parquet")
+    with pytest.raises(CellScoreError, match="cells.parquet"):
+        load_cells(tmp_path / "bad")
+
+
+def test_weights_give_every_patient_and_both_classes_the_same_weight():
+    pid = np.array(["a"] * 10 + ["b"] * 2 + ["c"] * 5)
+    y = np.array([1] * 12 + [0] * 5)
+    w = cell_weights(pid, y)
+    per_patient = pd.Series(w).groupby(pid).sum()
+    assert per_patient["a"] == pytest.approx(per_patient["b"])
+    assert per_patient["c"] == pytest.approx(per_patient["a"] + per_patient["b"])
+    assert w.mean() == pytest.approx(1.0)
+
+
+def test_cell_model_learns_planted_cell_signal_and_scores_out_of_fold():
+    cells, labels = synthetic_cells(30)
+    scorer = CellScorer(n_estimators=40, inner_folds=3).fit(cells, labels)
+    # Only cells that passed QC, of labelled patients, are learned from.
+    assert len(scorer.oof_scores_) == int(cells["qc_ok"].sum())
+    assert "atypia" in scorer.features_ and "qc_ok" not in scorer.features_
+    agg = CellScoreAggregator().transform(scorer.oof_scores_, labels.index)
+    assert roc_auc_score(labels, agg["cellscore__mean"]) > 0.85
+    assert roc_auc_score(labels, agg["cellscore__frac_gt50"]) > 0.85
+
+
+def test_out_of_fold_scores_cannot_memorise_patients():
+    # A patient-identifying cell feature lets the model memorise its training patients: in-sample scores
+    # separate the classes, the out-of-fold scores the patient model learns from must not.
+    cells, labels = synthetic_cells(30, shift=0.0, patient_code=True)
+    scorer = CellScorer(n_estimators=60, min_child_samples=5, inner_folds=3).fit(cells, labels)
+    agg = CellScoreAggregator()
+    in_sample = agg.transform(scorer.score_cells(cells), labels.index)["cellscore__mean"]
+    oof = agg.transform(scorer.oof_scores_, labels.index)["cellscore__mean"]
+    assert roc_auc_score(labels, in_sample) > 0.95
+    assert roc_auc_score(labels, oof) < 0.75
+
+
+def test_held_out_patients_never_reach_the_cell_model(monkeypatch):
+    cells, labels = synthetic_cells(20, patient_code=True, shift=0.0)
+    seen: list[set] = []
+    original = CellScorer.fit
+
+    def spy(self, cells_arg, labels_arg):
+        seen.append(set(cells_arg["patient_id"]) | set(pd.Series(labels_arg).index))
+        return original(self, cells_arg, labels_arg)
+
+    monkeypatch.setattr(CellScorer, "fit", spy)
+    patients = pd.DataFrame(
+        {
+            "patient_id": labels.index,
+            "label": labels.to_numpy(),
+            "age": 60.0,
+            "gender": "M",
+            "lymph_count": 5.0,
+            "n_cells": 1,
+        }
+    )
+    cohort = Cohort.from_tables(patients, cells)
+    res = cross_validate_sets(cohort, labels.to_numpy(), ["cellscore"], folds=4, repeats=2, seed=3)
+    pred = res["cellscore"].predictions
+    assert len(seen) == 8
+    for (_, f), g in pred.groupby(["repeat", "fold"]):
+        held_out = set(g["patient_id"])
+        fits = [s for s in seen if not (s & held_out)]
+        assert fits, f"fold {f}: every cell model saw a held-out patient"
+    # Each fit saw exactly the training patients of one fold: never a held-out one.
+    folds_of_fit = [{p for p in labels.index if p not in s} for s in seen]
+    held = [set(g["patient_id"]) for _, g in pred.groupby(["repeat", "fold"])]
+    assert sorted(map(sorted, folds_of_fit)) == sorted(map(sorted, held))
+    # A memorisable patient code is worthless on unseen patients (no leak to exploit).
+    assert res["cellscore"].summary["roc_auc_mean"] < 0.8
+
+
+def test_cell_model_round_trips_through_text_and_json(tmp_path):
+    cells, labels = synthetic_cells(12)
+    scorer = CellScorer(n_estimators=20, inner_folds=2).fit(cells, labels)
+    scorer.save(tmp_path / "cell_model.txt", tmp_path / "cell_model.json")
+    back = CellScorer.load(tmp_path / "cell_model.txt", tmp_path / "cell_model.json")
+    assert back.features_ == scorer.features_ and back.get_params() == scorer.get_params()
+    np.testing.assert_allclose(back.score_cells(cells)["score"], scorer.score_cells(cells)["score"])
+    with pytest.raises(CellScoreError, match="missing.txt not found"):
+        CellScorer.load(tmp_path / "missing.txt", tmp_path / "cell_model.json")
+    with pytest.raises(CellScoreError, match="lack"):
+        scorer.score_cells(cells.drop(columns=["atypia"]))
+
+
+def test_fit_refuses_one_class_or_no_usable_cell():
+    cells, labels = synthetic_cells(6)
+    with pytest.raises(CellScoreError, match="one class"):
+        CellScorer().fit(cells, labels.map(lambda _: 1))
+    with pytest.raises(CellScoreError, match="no usable cell"):
+        CellScorer().fit(cells.assign(qc_ok=False), labels)
+
+
+def test_aggregator_summarises_each_patient():
+    scores = pd.DataFrame({"patient_id": ["a", "a", "a", "a", "b"], "score": [0.1, 0.2, 0.6, 0.9, 0.4]})
+    out = CellScoreAggregator(quantiles=(0.5,), cutoffs=(0.5, 0.7)).transform(scores, ["b", "a", "z"])
+    assert list(out.columns) == ["cellscore__mean", "cellscore__median", "cellscore__frac_gt50", "cellscore__frac_gt70"]
+    assert list(out.index) == ["b", "a", "z"]
+    assert out.loc["a", "cellscore__mean"] == pytest.approx(0.45)
+    assert out.loc["a", "cellscore__median"] == pytest.approx(0.4)
+    assert out.loc["a", "cellscore__frac_gt50"] == pytest.approx(0.5)
+    assert out.loc["a", "cellscore__frac_gt70"] == pytest.approx(0.25)
+    assert out.loc["b", "cellscore__frac_gt50"] == 0.0
+    assert out.loc["z"].isna().all()
+
+
+def test_cross_validation_does_not_depend_on_parallel_jobs():
+    cells, labels = synthetic_cells(32)
+    patients = pd.DataFrame(
+        {"patient_id": labels.index, "label": labels.to_numpy(), "age": 60.0, "gender": "F", "lymph_count": 4.0}
+    )
+    cohort = Cohort.from_tables(patients, cells)
+    a = cross_validate_sets(cohort, labels.to_numpy(), ["clinical+cellscore"], folds=4, repeats=1, n_jobs=1)
+    b = cross_validate_sets(cohort, labels.to_numpy(), ["clinical+cellscore"], folds=4, repeats=1, n_jobs=2)
+    pd.testing.assert_frame_equal(a["clinical+cellscore"].predictions, b["clinical+cellscore"].predictions)
+    assert a["clinical+cellscore"].summary["roc_auc_mean"] > 0.8  # the planted cell signal reaches the patients

@@ -1,0 +1,180 @@
+"""`lympho fit` / `predict` with fitted input stages (cell scores, CNN features) on the tiny synthetic cohort."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from lympho_features.cli import app
+from lympho_features.model import DEFAULT_FEATURE_SET, load_model, model_inputs, parse_feature_set
+
+runner = CliRunner()
+
+
+def run(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+@pytest.fixture(scope="module")
+def default_model(tiny_features, tmp_path_factory):
+    out = tmp_path_factory.mktemp("m") / "default"
+    r = run("fit", tiny_features, "--out", out, "--folds", 3, "--repeats", 2, "-j", 1)
+    assert r.exit_code == 0, r.output
+    return out
+
+
+def test_default_fit_saves_cell_model_calibration_refer_band_and_ablation(default_model, tiny_features):
+    meta = json.loads((default_model / "model.json").read_text())
+    assert meta["feature_set"] == DEFAULT_FEATURE_SET
+    if "cellscore" in parse_feature_set(DEFAULT_FEATURE_SET)[0]:
+        assert (default_model / "cell_model.txt").is_file() and (default_model / "cell_model.json").is_file()
+        assert any(f.startswith("cellscore__") for f in meta["features"])
+    # Calibration: bins cover the CV predictions; Brier matches them.
+    cvp = pd.read_csv(default_model / "cv_predictions.csv")
+    assert sum(b["count"] for b in meta["calibration"]["bins"]) == len(cvp)
+    assert meta["calibration"]["brier"] == pytest.approx(float(((cvp["probability"] - cvp["label"]) ** 2).mean()))
+    assert 0 <= meta["refer"]["half_width"] <= 1
+    # Ablation: the same folds for every configuration, clinical as the reference.
+    rows = {r["configuration"]: r for r in meta["ablation"]}
+    assert {"clinical", "image", "all", "all-n_cells", DEFAULT_FEATURE_SET} <= set(rows)
+    assert rows["clinical"]["n_features"] == 3 and rows["all-n_cells"]["n_features"] == rows["all"]["n_features"] - 1
+    lo, hi = rows["all"]["delta_ba_vs_clinical"]
+    assert lo <= hi
+    assert rows[DEFAULT_FEATURE_SET]["balanced_accuracy"] == pytest.approx(meta["cv"]["balanced_accuracy_mean"])
+
+
+def test_predict_flags_uncertain_patients_and_reproduces_the_inputs(default_model, tiny_features, tmp_path):
+    r = run("predict", default_model, tiny_features, "--out", tmp_path / "p.csv")
+    assert r.exit_code == 0, r.output
+    p = pd.read_csv(tmp_path / "p.csv")
+    assert list(p.columns) == ["patient_id", "probability", "prediction", "uncertain"]
+    meta = json.loads((default_model / "model.json").read_text())
+    near = (p["probability"] - meta["threshold"]).abs() < meta["refer"]["half_width"]
+    assert (p["uncertain"] == near.astype(int)).all()
+    booster, meta = load_model(default_model)
+    X = model_inputs(default_model, meta, tiny_features)
+    assert np.allclose(booster.predict(X[meta["features"]].to_numpy(float)), p["probability"])
+    r = run("predict", default_model, tiny_features, "--out", tmp_path / "e.csv", "--explain")
+    assert r.exit_code == 0, r.output
+    assert "top1_feature" in pd.read_csv(tmp_path / "e.csv").columns
+
+
+def test_cellscore_model_needs_the_cells_of_new_patients(default_model, tiny_features, tmp_path):
+    if "cellscore" not in parse_feature_set(DEFAULT_FEATURE_SET)[0]:
+        pytest.skip("default model does not use cell scores")
+    feats = tmp_path / "f"
+    feats.mkdir()
+    (feats / "patients.parquet").write_bytes((tiny_features / "patients.parquet").read_bytes())
+    r = run("predict", default_model, feats, "--out", tmp_path / "p.csv")
+    assert r.exit_code != 0 and "cells" in r.output and "Traceback" not in r.output
+
+
+def test_min_sensitivity_and_feature_set_errors(tiny_features, tmp_path):
+    r = run(
+        "fit",
+        tiny_features,
+        "--out",
+        tmp_path / "m",
+        "--folds",
+        3,
+        "--repeats",
+        1,
+        "--feature-set",
+        "clinical",
+        "--min-sensitivity",
+        1.0,
+        "--no-ablation",
+    )
+    assert r.exit_code == 0, r.output
+    meta = json.loads((tmp_path / "m" / "model.json").read_text())
+    cvp = pd.read_csv(tmp_path / "m" / "cv_predictions.csv")
+    tumoral = cvp[cvp["label"] == 1]
+    assert (tumoral["probability"] >= meta["threshold"]).all() and "ablation" not in meta
+    r = run("fit", tiny_features, "--out", tmp_path / "m2", "--feature-set", "clinical+bogus")
+    assert r.exit_code != 0 and "unknown feature set" in r.output
+    r = run("fit", tiny_features, "--out", tmp_path / "m3", "--feature-set", "all+cnn")
+    assert r.exit_code != 0 and "embeddings.parquet not found" in r.output and "Traceback" not in r.output
+
+
+def fake_embeddings(features_dir, dim=10, seed=0):
+    """Embeddings keyed like cells.parquet, with one direction carrying the label (no torch needed)."""
+    cells = pd.read_parquet(features_dir / "cells.parquet")
+    patients = pd.read_parquet(features_dir / "patients.parquet").set_index("patient_id")
+    rng = np.random.default_rng(seed)
+    y = patients.loc[cells["patient_id"], "label"].astype(float).fillna(0.5).to_numpy()
+    E = rng.normal(size=(len(cells), dim))
+    E[:, 0] += 3 * y
+    out = cells[["patient_id", "image", "qc_ok", "qc_reason"]].copy()
+    for i in range(dim):
+        out[f"cnn_{i:04d}"] = E[:, i]
+    return out
+
+
+def test_cnn_features_are_fitted_per_fold_saved_and_reused_by_predict(tiny_features, tmp_path):
+    emb_dir = tmp_path / "emb"
+    emb_dir.mkdir()
+    fake_embeddings(tiny_features).to_parquet(emb_dir / "embeddings.parquet")
+    r = run(
+        "fit",
+        tiny_features,
+        "--out",
+        tmp_path / "m",
+        "--folds",
+        3,
+        "--repeats",
+        1,
+        "--feature-set",
+        "clinical+cnn",
+        "--embeddings",
+        emb_dir,
+        "--no-ablation",
+    )
+    assert r.exit_code == 0, r.output
+    meta = json.loads((tmp_path / "m" / "model.json").read_text())
+    assert (tmp_path / "m" / "aggregator.json").is_file()
+    assert any(f.startswith("cnn_pc1__") for f in meta["features"])
+    r = run("predict", tmp_path / "m", tiny_features, "--out", tmp_path / "p.csv", "--embeddings", emb_dir)
+    assert r.exit_code == 0, r.output
+    assert len(pd.read_csv(tmp_path / "p.csv")) == 12
+    r = run("predict", tmp_path / "m", tiny_features, "--out", tmp_path / "p2.csv")
+    assert r.exit_code != 0 and "embeddings.parquet not found" in r.output
+
+
+def _torch_available() -> bool:
+    try:
+        import torch  # noqa: F401
+    except Exception:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not _torch_available(), reason="torch not installed (the optional cnn extra)")
+def test_all_plus_cnn_end_to_end_with_the_tiny_network(tiny_cohort, tiny_features, tmp_path):
+    import shutil
+
+    from lympho_features.embed import save_tiny_weights
+
+    feats = tmp_path / "features"
+    shutil.copytree(tiny_features, feats)
+    weights = save_tiny_weights(tmp_path / "tiny.pt", width=8, seed=0)
+    r = run("embed", tiny_cohort, "--out", feats, "--weights", weights, "--device", "cpu", "-q")
+    assert r.exit_code == 0, r.output
+    r = run("fit", feats, "--out", tmp_path / "m", "--folds", 3, "--repeats", 1, "--feature-set", "all+cnn")
+    assert r.exit_code == 0, r.output
+    meta = json.loads((tmp_path / "m" / "model.json").read_text())
+    assert "all+cnn" in {row["configuration"] for row in meta["ablation"]}
+    r = run("predict", tmp_path / "m", feats, "--out", tmp_path / "p.csv")
+    assert r.exit_code == 0, r.output
+
+
+def test_report_scores_cells_with_the_models_cell_model(default_model, tiny_features):
+    if "cellscore" not in parse_feature_set(DEFAULT_FEATURE_SET)[0]:
+        pytest.skip("default model does not use cell scores")
+    from lympho_features.report import load_inputs
+
+    inp = load_inputs(default_model, tiny_features)
+    scored = inp.cells["cell_score"].notna()
+    assert (scored == inp.cells["qc_ok"]).all()
+    assert inp.cells.loc[scored, "cell_score"].between(0, 1).all()
