@@ -1,4 +1,4 @@
-"""Small helpers shared by every stage: atomic writes, versions, fingerprints."""
+"""Small helpers shared by every stage: atomic writes, output lock, versions, fingerprints."""
 
 from __future__ import annotations
 
@@ -6,7 +6,9 @@ import hashlib
 import json
 import os
 import platform
+import socket
 import tempfile
+import time
 from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
@@ -24,6 +26,10 @@ _PACKAGES = (
     "lightgbm",
     "joblib",
 )
+
+#: The process's umask, read once at import (reading it means setting it).
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
 
 
 def library_versions() -> dict[str, str]:
@@ -50,6 +56,7 @@ def atomic_path(path: str | Path):
     os.close(fd)
     try:
         yield Path(tmp)
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes it private; give it the permissions of a normal file
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -62,12 +69,16 @@ def write_json(obj, path: str | Path) -> None:
         Path(tmp).write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
 
 
-def write_parquet(df: pd.DataFrame, path: str | Path, metadata_json: dict | None = None) -> None:
-    """Write a DataFrame to Parquet atomically, optionally with JSON key-value metadata."""
+def write_parquet(df: pd.DataFrame, path: str | Path, metadata_json: dict | None = None, schema=None) -> None:
+    """Write a DataFrame to Parquet atomically, optionally with JSON key-value metadata.
+
+    ``schema`` (a ``pyarrow.Schema``) fixes the column types, so that files
+    written apart (e.g. one shard per patient, some empty) read as one table.
+    """
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    table = pa.Table.from_pandas(df, preserve_index=False)
+    table = pa.Table.from_pandas(df, schema=schema, preserve_index=False)
     if metadata_json is not None:
         meta = dict(table.schema.metadata or {})
         meta[b"lympho"] = json.dumps(metadata_json, sort_keys=True, default=str).encode()
@@ -93,3 +104,85 @@ def dataframe_fingerprint(df: pd.DataFrame) -> str:
     h.update(",".join(map(str, df.columns)).encode())
     h.update(pd.util.hash_pandas_object(df, index=False).values.tobytes())
     return h.hexdigest()
+
+
+#: Name of the lock file that a run holds inside its output folder.
+LOCK_NAME = ".lympho.lock"
+
+
+class OutputLockedError(RuntimeError):
+    """The output folder is being written by another run."""
+
+
+@contextmanager
+def output_lock(out_dir: str | Path, command: str = "extract"):
+    """Hold an exclusive lock on ``out_dir`` for the duration of a run.
+
+    The lock is an advisory ``flock`` on ``OUT_DIR/.lympho.lock``: the
+    operating system releases it when the process ends, however it ends
+    (even ``kill -9``), so a crashed run never leaves a stale lock. The file
+    records who holds it (pid, host, command, start time).
+
+    Raises
+    ------
+    OutputLockedError
+        When another process holds the lock.
+    OSError
+        When the lock file cannot be created (read-only or full folder).
+    """
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows: no advisory locks, run unprotected
+        yield None
+        return
+    path = Path(out_dir) / LOCK_NAME
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        try:
+            holder = json.loads(os.read(fd, 4096) or b"{}")
+            who = f"pid {holder.get('pid')} on {holder.get('host')}, `lympho {holder.get('command')}` since {holder.get('started')}"
+        except ValueError:
+            who = "unknown process"
+        os.close(fd)
+        raise OutputLockedError(
+            f"output folder {out_dir} is in use by another lympho run ({who}); wait for it to end or choose another --out"
+        ) from None
+    try:
+        info = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "command": command,
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(info).encode(), 0)
+        yield path
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+
+def check_writable(folder: str | Path) -> None:
+    """Create and remove a small file in ``folder``; raises ``OSError`` when that fails."""
+    fd, tmp = tempfile.mkstemp(prefix=".write-test.", suffix=".tmp", dir=folder)
+    try:
+        os.write(fd, b"x")
+    finally:
+        os.close(fd)
+        os.unlink(tmp)
+
+
+def remove_stale_temporaries(folder: str | Path) -> list[str]:
+    """Delete the temporary files that :func:`atomic_path` left behind in a killed run.
+
+    Call it only while holding :func:`output_lock`, when no other writer can
+    be using them. Returns the names removed.
+    """
+    removed = []
+    for p in Path(folder).glob(".*.tmp"):
+        if p.is_file():
+            p.unlink(missing_ok=True)
+            removed.append(p.name)
+    return sorted(removed)

@@ -65,6 +65,20 @@ def extract(
     count_column: Annotated[str, typer.Option(help="CSV column with the lymphocyte count (10^9/L).")] = "LYMPH_COUNT",
     reference_date: Annotated[str, typer.Option(help="Date at which ages are computed (YYYY-MM-DD).")] = "2020-01-01",
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    backend: Annotated[
+        str,
+        typer.Option(
+            "--backend", help="local (worker processes on this machine) or dask (a dask.distributed cluster)."
+        ),
+    ] = "local",
+    scheduler: Annotated[
+        str | None,
+        typer.Option(
+            "--scheduler",
+            help="With --backend dask: the scheduler's address (tcp://host:8786), or local to start a "
+            "LocalCluster of --jobs workers. Every worker must see DATA_DIR at the same path.",
+        ),
+    ] = None,
 ) -> None:
     """Segment every crop, measure each cell and aggregate per patient."""
     from .extract import ExtractSettings
@@ -76,7 +90,16 @@ def extract(
         _fail(f"--reference-date {reference_date!r} is not a date YYYY-MM-DD")
     cols = ClinicalColumns(id_column, label_column, gender_column, dob_column, count_column)
     res = _guard(
-        run_extract, data_dir, out, clinical, jobs, ExtractSettings(reference_date=ref), cols, progress=not quiet
+        run_extract,
+        data_dir,
+        out,
+        clinical,
+        jobs,
+        ExtractSettings(reference_date=ref),
+        cols,
+        progress=not quiet,
+        backend=backend,
+        scheduler=scheduler,
     )
     for w in res.warnings:
         console.print(f"[yellow]warning:[/] {w}", highlight=False)
@@ -349,6 +372,37 @@ def report(
 ) -> None:
     """Write a self-contained HTML report: cohort, CV performance, explanations, one page per patient."""
     _write_report_or_fail(model_dir, features_dir, out, data_dir)
+
+
+@app.command()
+def inspect(
+    data_dir: Annotated[Path, typer.Argument(help="Folder with one sub-folder of crops per patient.")],
+    out: Annotated[Path, typer.Option("--out", help="Montage image to write (PNG).")],
+    patient: Annotated[str | None, typer.Option("--patient", help="Only this patient's crops.")] = None,
+    n: Annotated[int, typer.Option("--n", min=1, max=1000, help="Number of crops in the montage.")] = 48,
+    only: Annotated[
+        str | None,
+        typer.Option(
+            "--only", help="Only crops with this QC reason (e.g. touching_cells), or 'flagged' for any failure."
+        ),
+    ] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the random sample of crops.")] = 0,
+    columns: Annotated[int, typer.Option("--columns", min=1, max=32, help="Tiles per row.")] = 8,
+) -> None:
+    """Draw a montage of segmented crops (nucleus and cell outlines, QC flags) to check the segmentation by eye."""
+    from .montage import inspect_folder, write_png
+    from .segment import QC_REASONS
+
+    if only is not None and only != "flagged" and only not in QC_REASONS:
+        _fail(f"--only must be 'flagged' or one of: {', '.join(QC_REASONS)}")
+    if out.suffix.lower() != ".png":
+        _fail(f"--out must be a .png file: {out}")
+    image, rows = _guard(inspect_folder, data_dir, patient, n, seed, None, only, columns)
+    if not rows:
+        _fail(f"no crop to show in {data_dir}" + (f" for patient {patient}" if patient else ""))
+    _guard(write_png, image, out)
+    n_ok = sum(r["qc_reason"] == "ok" for r in rows)
+    console.print(f"{len(rows)} crops ({n_ok} passing QC) -> {out}", highlight=False)
 
 
 def main() -> None:  # pragma: no cover - console entry point

@@ -8,7 +8,9 @@ unreadable image), never a traceback from deep inside a library.
 
 from __future__ import annotations
 
+import csv
 import hashlib
+import io
 import os
 import re
 from dataclasses import dataclass
@@ -151,9 +153,16 @@ def load_clinical(
     if not path.is_file():
         raise DatasetError(f"clinical CSV not found: {path}")
     try:
-        raw = pd.read_csv(path, dtype=str, keep_default_na=False)
+        data = path.read_bytes()
+    except OSError as exc:
+        raise DatasetError(f"cannot read clinical CSV {path}: {exc.strerror}") from None
+    text, warnings = _decode_csv_text(data, path)
+    sep = _sniff_separator(text)
+    _check_field_counts(text, sep, path)
+    try:
+        raw = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False, sep=sep, index_col=False)
     except Exception as exc:  # pandas raises many types for bad files
-        raise DatasetError(f"cannot read clinical CSV {path}: {exc}") from None
+        raise DatasetError(f"cannot read clinical CSV {path}: {_one_line(exc)}") from None
     raw.columns = [c.strip() for c in raw.columns]
     needed = [columns.id, columns.gender, columns.dob, columns.lymph_count]
     missing = [c for c in needed if c not in raw.columns]
@@ -173,7 +182,7 @@ def load_clinical(
             raise DatasetError(f"{path}, line {line} (patient {pid}): {exc}") from None
         count_text = str(r[columns.lymph_count]).strip()
         try:
-            count = float(count_text) if count_text else float("nan")
+            count = parse_count(count_text)
         except ValueError:
             raise DatasetError(
                 f"{path}, line {line} (patient {pid}): {columns.lymph_count} {count_text!r} is not a number"
@@ -197,7 +206,82 @@ def load_clinical(
     if dup:
         raise DatasetError(f"clinical CSV {path} has duplicate patient ID(s): {', '.join(dup)}")
     df["label"] = df["label"].astype("Int64")
+    df.attrs["warnings"] = warnings
     return df
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())
+
+
+def _decode_csv_text(data: bytes, path: Path) -> tuple[str, list[str]]:
+    """Text of a CSV file: UTF-8 (with or without BOM) or UTF-16 with BOM; else Windows-1252 with a warning."""
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        try:
+            return data.decode("utf-16"), []
+        except UnicodeDecodeError:
+            raise DatasetError(f"clinical CSV {path} starts with a UTF-16 mark but is not UTF-16") from None
+    try:
+        return data.decode("utf-8-sig"), []
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        where = f"byte 0x{data[exc.start]:02X} on line {line}"
+    try:
+        text, encoding = data.decode("cp1252"), "Windows-1252"
+    except UnicodeDecodeError:
+        text, encoding = data.decode("latin-1"), "Latin-1"
+    return text, [f"clinical CSV {path.name} is not UTF-8 ({where}): read as {encoding}; save it as UTF-8 to be sure"]
+
+
+def _check_field_counts(text: str, sep: str, path: Path) -> None:
+    """Every non-blank row must have as many fields as the header (pandas would shift or drop them)."""
+    try:
+        reader = csv.reader(io.StringIO(text, newline=""), delimiter=sep)
+        header = next(reader, None)
+        if header is None:
+            raise DatasetError(f"clinical CSV {path} is empty")
+        for row in reader:
+            if row and any(f.strip() for f in row) and len(row) != len(header):
+                raise DatasetError(
+                    f"{path}, line {reader.line_num}: {len(row)} field(s) where the header has {len(header)}"
+                )
+    except csv.Error as exc:
+        raise DatasetError(f"cannot read clinical CSV {path}: {_one_line(exc)}") from None
+
+
+def _sniff_separator(text: str) -> str:
+    """``,`` unless the header line has no comma but semicolons or tabs (spreadsheet exports)."""
+    header = text.split("\n", 1)[0]
+    if "," in header:
+        return ","
+    if ";" in header:
+        return ";"
+    if "\t" in header:
+        return "\t"
+    return ","
+
+
+_DECIMAL_COMMA_RE = re.compile(r"^[+]?\d+,\d+$")
+
+
+def parse_count(text: object) -> float:
+    """A lymphocyte count (10^9/L): a number (decimal point or comma); NaN when empty.
+
+    Raises
+    ------
+    ValueError
+        When the text is not a number.
+    """
+    if text is None or (isinstance(text, float) and np.isnan(text)):
+        return float("nan")
+    s = str(text).strip()
+    if not s or s.lower() in {"nan", "na", "none"}:
+        return float("nan")
+    if _DECIMAL_COMMA_RE.match(s):
+        s = s.replace(",", ".")
+    if not re.fullmatch(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?", s):
+        raise ValueError(f"{s!r} is not a number")
+    return float(s)
 
 
 def find_clinical_csv(data_dir: str | Path) -> Path:
@@ -211,36 +295,177 @@ def find_clinical_csv(data_dir: str | Path) -> Path:
     raise DatasetError(f"several CSV files in {data_dir} ({', '.join(p.name for p in found)}): pass --clinical")
 
 
-def discover_patients(data_dir: str | Path) -> dict[str, list[str]]:
-    """Map each patient folder of ``data_dir`` to its image paths (relative to ``data_dir``, sorted).
+def scan_data_dir(data_dir: str | Path) -> tuple[dict[str, list[str]], list[dict]]:
+    """Patient folders of ``data_dir`` and the entries refused for safety.
 
-    Symbolic links that lead outside ``data_dir`` are ignored, so an image
-    path can never escape the data folder.
+    Returns
+    -------
+    patients : dict
+        Each patient folder's name mapped to its image paths (relative to
+        ``data_dir``, POSIX, sorted).
+    refused : list of dict
+        ``{"patient_id", "image", "reason"}`` for each image-named entry that
+        is not used: a symbolic link leading outside ``data_dir`` (an image
+        path can never escape the data folder), or not a regular file.
     """
     root = Path(data_dir)
     if not root.is_dir():
         raise DatasetError(f"data folder not found: {root}")
     root_resolved = root.resolve()
     patients: dict[str, list[str]] = {}
+    refused: list[dict] = []
     for sub in sorted(p for p in root.iterdir() if p.is_dir()):
         if sub.name.startswith("."):
             continue
         images = []
         for f in sorted(sub.iterdir()):
-            if f.suffix.lower() not in IMAGE_SUFFIXES or not f.is_file():
+            if f.suffix.lower() not in IMAGE_SUFFIXES:
                 continue
+            rel = f.relative_to(root).as_posix()
             if not f.resolve().is_relative_to(root_resolved):
-                continue
-            images.append(f.relative_to(root).as_posix())
+                refused.append({"patient_id": sub.name, "image": rel, "reason": "symbolic link leads outside DATA_DIR"})
+            elif not f.is_file():
+                refused.append({"patient_id": sub.name, "image": rel, "reason": "not a regular file"})
+            else:
+                images.append(rel)
         patients[sub.name] = images
-    return patients
+    return patients, refused
+
+
+def discover_patients(data_dir: str | Path) -> dict[str, list[str]]:
+    """Map each patient folder of ``data_dir`` to its image paths (relative to ``data_dir``, sorted).
+
+    Symbolic links that lead outside ``data_dir`` are ignored, so an image
+    path can never escape the data folder (:func:`scan_data_dir` also lists them).
+    """
+    return scan_data_dir(data_dir)[0]
+
+
+def safe_path(data_dir: str | Path, rel: str) -> Path:
+    """``data_dir / rel``, refusing any path that resolves outside ``data_dir``.
+
+    Guards every read of a crop: ``..`` components, absolute paths and
+    symbolic links swapped in after the folder was scanned are refused.
+
+    Raises
+    ------
+    ImageError
+        When the path leads outside ``data_dir``.
+    """
+    root = Path(data_dir).resolve()
+    path = root / rel
+    if Path(rel).is_absolute() or not path.resolve().is_relative_to(root):
+        raise ImageError(f"path {rel!r} leads outside DATA_DIR")
+    return path
+
+
+#: Largest crop file read into memory (crops are a few kB).
+MAX_FILE_BYTES = 64 * 1024 * 1024
+
+_SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+
+
+def _jpeg_size(data: bytes) -> tuple[int, int]:
+    """(width, height) from a JPEG's frame header; checks the data ends with an end-of-image marker."""
+    i, n = 2, len(data)
+    size, sos = None, None
+    while i + 4 <= n:
+        if data[i] != 0xFF:
+            raise ImageError(f"corrupt JPEG header (byte {i})")
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:
+            i += 2
+            continue
+        if marker == 0xD9:
+            break
+        length = int.from_bytes(data[i + 2 : i + 4], "big")
+        if length < 2:
+            raise ImageError(f"corrupt JPEG header (segment length {length})")
+        if marker in _SOF_MARKERS and size is None:
+            if i + 9 > n:
+                break
+            height = int.from_bytes(data[i + 5 : i + 7], "big")
+            width = int.from_bytes(data[i + 7 : i + 9], "big")
+            size = (width, height)
+        if marker == 0xDA:
+            sos = i
+            break
+        i += 2 + length
+    if size is None or sos is None:
+        raise ImageError("truncated JPEG (header incomplete)")
+    if data.rfind(b"\xff\xd9") < sos:
+        raise ImageError("truncated JPEG (no end-of-image marker)")
+    return size
+
+
+def _tiff_size(data: bytes) -> tuple[int, int]:
+    order = "little" if data[:2] == b"II" else "big"
+    if len(data) < 8:
+        raise ImageError("truncated TIFF header")
+    off = int.from_bytes(data[4:8], order)
+    if off + 2 > len(data):
+        raise ImageError("truncated TIFF header")
+    count = int.from_bytes(data[off : off + 2], order)
+    found: dict[int, int] = {}
+    for k in range(count):
+        e = off + 2 + 12 * k
+        if e + 12 > len(data):
+            break
+        tag, typ = int.from_bytes(data[e : e + 2], order), int.from_bytes(data[e + 2 : e + 4], order)
+        if tag in (256, 257):
+            if typ == 3:
+                found[tag] = int.from_bytes(data[e + 8 : e + 10], order)
+            elif typ == 4:
+                found[tag] = int.from_bytes(data[e + 8 : e + 12], order)
+    if 256 not in found or 257 not in found:
+        raise ImageError("TIFF header without image size")
+    return found[256], found[257]
+
+
+def image_header(data: bytes) -> tuple[str, int, int]:
+    """Format and size of an image, read from its header without decoding it.
+
+    Only JPEG, PNG, TIFF and BMP are accepted, whatever the file's suffix.
+    A JPEG without its end-of-image marker or a PNG without its ``IEND``
+    chunk is reported as truncated.
+
+    Returns
+    -------
+    (format, width, height)
+
+    Raises
+    ------
+    ImageError
+        Unknown format, or a header that is truncated or corrupt.
+    """
+    if data[:3] == b"\xff\xd8\xff":
+        return ("jpeg", *_jpeg_size(data))
+    if data[:8] == b"\x89PNG\r\n\x1a\n":
+        if len(data) < 24 or data[12:16] != b"IHDR":
+            raise ImageError("truncated or corrupt PNG header")
+        if data.rfind(b"IEND") < 33:
+            raise ImageError("truncated PNG (no IEND chunk)")
+        return "png", int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+    if data[:4] in (b"II*\x00", b"MM\x00*"):
+        return ("tiff", *_tiff_size(data))
+    if data[:2] == b"BM":
+        if len(data) < 26:
+            raise ImageError("truncated BMP header")
+        w = int.from_bytes(data[18:22], "little", signed=True)
+        h = int.from_bytes(data[22:26], "little", signed=True)
+        return "bmp", abs(w), abs(h)
+    raise ImageError("not an image (not JPEG, PNG, TIFF or BMP)")
 
 
 def decode_image(data: bytes, name: str = "image", max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """Decode image bytes to an RGB uint8 array.
 
-    Grayscale images are replicated to three channels, alpha is dropped and
-    16-bit images are scaled to 8 bits.
+    The size is read from the header first, so a decompression bomb is
+    refused before any pixel is decoded. Grayscale images are replicated to
+    three channels, alpha is dropped and 16-bit images are scaled to 8 bits.
 
     Raises
     ------
@@ -249,43 +474,59 @@ def decode_image(data: bytes, name: str = "image", max_pixels: int = MAX_PIXELS)
     """
     if not data:
         raise ImageError("empty file")
+    fmt, width, height = image_header(data)
+    if width <= 0 or height <= 0:
+        raise ImageError(f"{fmt.upper()} header gives an empty image ({width}x{height} pixels)")
+    if width * height > max_pixels:
+        raise ImageError(f"image too large ({width}x{height} pixels, limit {max_pixels})")
     buf = np.frombuffer(data, np.uint8)
-    # Header-only check first, so a decompression bomb is refused before decoding.
     try:
         img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
-    except cv2.error as exc:  # pragma: no cover - OpenCV raises for some formats
-        raise ImageError(f"cannot decode: {exc.msg.strip() if hasattr(exc, 'msg') else exc}") from None
-    if img is None:
-        raise ImageError("not a readable image (truncated or wrong format)")
+    except cv2.error as exc:  # OpenCV raises for some corrupt files
+        raise ImageError(f"cannot decode {fmt.upper()}: {' '.join(str(exc).split())[:200]}") from None
+    if img is None or img.size == 0:
+        raise ImageError(f"not a readable {fmt.upper()} image (truncated or corrupt)")
     if img.shape[0] * img.shape[1] > max_pixels:
-        raise ImageError(f"image too large ({img.shape[1]}x{img.shape[0]} pixels)")
+        raise ImageError(f"image too large ({img.shape[1]}x{img.shape[0]} pixels, limit {max_pixels})")
     if img.dtype == np.uint16:
         img = (img // 257).astype(np.uint8)
     elif img.dtype != np.uint8:
         raise ImageError(f"unsupported pixel type {img.dtype}")
+    if img.ndim == 3 and img.shape[2] == 1:
+        img = img[:, :, 0]
     if img.ndim == 2:
         img = cv2.cvtColor(img, cv2.COLOR_GRAY2RGB)
-    elif img.shape[2] == 4:
+    elif img.ndim == 3 and img.shape[2] == 2:  # gray + alpha
+        img = cv2.cvtColor(np.ascontiguousarray(img[:, :, 0]), cv2.COLOR_GRAY2RGB)
+    elif img.ndim == 3 and img.shape[2] == 4:
         img = cv2.cvtColor(img, cv2.COLOR_BGRA2RGB)
-    elif img.shape[2] == 3:
+    elif img.ndim == 3 and img.shape[2] == 3:
         img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
     else:
-        raise ImageError(f"unsupported channel count {img.shape[2]}")
+        raise ImageError(f"unsupported image layout {img.shape}")
     return np.ascontiguousarray(img)
 
 
-def read_image(path: str | Path, max_pixels: int = MAX_PIXELS) -> tuple[np.ndarray, str]:
+def read_image(
+    path: str | Path, max_pixels: int = MAX_PIXELS, max_bytes: int = MAX_FILE_BYTES
+) -> tuple[np.ndarray, str]:
     """Read one image file; return ``(rgb, sha256 hex of its bytes)``.
 
     Raises
     ------
     ImageError
-        When the file cannot be read or decoded.
+        When the file cannot be read or decoded, or is larger than ``max_bytes``.
     """
     try:
-        data = Path(path).read_bytes()
+        with open(path, "rb") as fh:
+            size = os.fstat(fh.fileno()).st_size
+            if size > max_bytes:
+                raise ImageError(f"file too large ({size} bytes, limit {max_bytes})")
+            data = fh.read(max_bytes + 1)
     except OSError as exc:
         raise ImageError(f"cannot read file: {exc.strerror}") from None
+    if len(data) > max_bytes:
+        raise ImageError(f"file too large (over {max_bytes} bytes)")
     return decode_image(data, str(path), max_pixels), hashlib.sha256(data).hexdigest()
 
 

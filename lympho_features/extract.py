@@ -2,16 +2,25 @@
 
 Chains the stages (dataset -> segment -> features -> aggregate) over a whole
 data folder. Work is split by patient: each patient's cells are written to
-their own Parquet shard under ``OUT_DIR/cells/`` as soon as they are done,
-with a key (inputs' stamps + settings) in the shard's metadata, so a re-run
-skips finished patients and a killed run loses at most the patients in flight.
-The final tables are written atomically.
+their own Parquet shard under ``OUT_DIR/cells/`` as soon as they are done.
+Every shard has the same schema (so ``cells/`` reads as one table with
+pandas, pyarrow or Dask) and carries in its metadata a key (inputs' stamps +
+settings) and a checksum of its content: a re-run skips finished patients,
+recomputes any shard that is truncated, corrupt or stale, and a killed run
+loses at most the patients in flight. Patients run in local worker processes
+or on a Dask cluster (through joblib). The final tables are written
+atomically, streaming the shards so that memory does not grow with the cohort.
+One run at a time may write an output folder (a lock file).
 """
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import json
+import os
 import re
+from contextlib import ExitStack, closing, contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import date
 from pathlib import Path
@@ -21,7 +30,17 @@ import numpy as np
 import pandas as pd
 
 from . import __version__
-from ._io import library_versions, sha256_of, write_json, write_parquet
+from ._io import (
+    OutputLockedError,
+    atomic_path,
+    check_writable,
+    dataframe_fingerprint,
+    library_versions,
+    output_lock,
+    remove_stale_temporaries,
+    sha256_of,
+    write_json,
+)
 from .aggregate import AggregateSettings, build_patient_table
 from .dataset import (
     DEFAULT_REFERENCE_DATE,
@@ -29,18 +48,19 @@ from .dataset import (
     ClinicalColumns,
     DatasetError,
     ImageError,
-    discover_patients,
     file_stamp,
     find_clinical_csv,
     load_clinical,
     read_image,
+    safe_path,
+    scan_data_dir,
 )
 from .features import FeatureSettings, cell_features
 from .segment import SegmentationSettings, segment_cell
 
 #: Bump when a change to the code changes the features for the same settings,
 #: so that shards from older code are recomputed rather than reused.
-FEATURES_VERSION = 1
+FEATURES_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -72,15 +92,32 @@ class ExtractResult:
     n_reused: int
     qc_counts: dict[str, int]
     warnings: list[str]
+    n_recomputed: int = 0  #: shards found truncated, corrupt or stale and recomputed
 
 
 def measure_crop(rgb: np.ndarray, settings: ExtractSettings = ExtractSettings()) -> dict:
-    """Segment one crop and measure it: one row of cells.parquet (without its keys)."""
+    """Segment one crop and measure it: one row of cells.parquet (without its keys).
+
+    The row holds ``qc_ok``, ``qc_reason``, every QC and cell-type flag
+    (``qc_*``, ``is_*``, see :data:`lympho_features.segment.FLAG_DESCRIPTIONS`)
+    and every feature. Flagged cells are measured too (their features are
+    kept, but the per-patient morphology aggregates use ``qc_ok`` cells only).
+    """
     seg = segment_cell(rgb, settings.segmentation)
     row: dict = {"qc_ok": bool(seg.qc_ok), "qc_reason": seg.qc_reason}
     row.update({k: bool(v) for k, v in seg.flags.items()})
     row.update(cell_features(rgb, seg, settings.features))
     return row
+
+
+#: Ways to run the per-patient tasks: local worker processes, or a Dask cluster.
+BACKENDS = ("local", "dask")
+
+#: Columns of every shard and of cells.parquet before the measurements.
+KEY_COLUMNS = ("patient_id", "image", "image_sha256")
+
+#: Version of the shard layout (schema + metadata); older shards are recomputed.
+SHARD_FORMAT = 2
 
 
 def _shard_name(patient_id: str) -> str:
@@ -98,27 +135,96 @@ def _patient_key(data_dir: Path, images: list[str], settings: ExtractSettings) -
     return sha256_of({"settings": settings.to_dict(), "images": stamps})
 
 
+def cell_schema(settings: ExtractSettings = ExtractSettings()):
+    """The Arrow schema shared by every shard and by ``cells.parquet``.
+
+    The measurement columns are those :func:`measure_crop` returns, probed on
+    a synthetic crop, a blank crop (no nucleus) and a 2x2 crop (unusable):
+    the union of their keys, so that a flag set only on failures (e.g.
+    ``qc_bad_image``) is a column of every shard. Flags and ``qc_ok`` are
+    booleans, ``qc_reason`` a string, every measurement a float64 (so that a
+    patient whose values happen to be integers or all missing has the same
+    types as the others).
+    """
+    import pyarrow as pa
+
+    from .synthetic import synthetic_crop
+
+    probes = [
+        synthetic_crop(np.random.default_rng(0)).rgb,
+        np.full((224, 224, 3), 240, np.uint8),
+        np.zeros((2, 2, 3), np.uint8),
+    ]
+    kinds: dict[str, object] = {}
+    for rgb in probes:
+        for name, value in measure_crop(rgb, settings).items():
+            if isinstance(value, (bool, np.bool_)):
+                kinds.setdefault(name, pa.bool_())
+            elif isinstance(value, str) or value is None:
+                kinds.setdefault(name, pa.large_string())
+            else:
+                kinds.setdefault(name, pa.float64())
+    fields = [pa.field(c, pa.large_string()) for c in KEY_COLUMNS]
+    fields += [pa.field(name, kind) for name, kind in kinds.items()]
+    return pa.schema(fields)
+
+
+def conform_cells(rows: list[dict], schema) -> tuple[pd.DataFrame, list[str]]:
+    """One patient's rows as a DataFrame with exactly the columns and types of ``schema``.
+
+    Returns the frame and the names of keys that are not in the schema
+    (dropped; reported as a warning).
+    """
+    import pyarrow as pa
+
+    names = schema.names
+    extra = sorted({k for r in rows for k in r} - set(names))
+    df = pd.DataFrame(rows, columns=names)
+    for f in schema:
+        col = df[f.name]
+        if pa.types.is_boolean(f.type):
+            df[f.name] = col.fillna(False).astype(bool) if col.isna().any() else col.astype(bool)
+        elif pa.types.is_floating(f.type):
+            df[f.name] = pd.to_numeric(col, errors="coerce").astype(float)
+        else:
+            df[f.name] = col.astype(object).where(col.notna(), None)
+    return df.sort_values("image", kind="stable").reset_index(drop=True), extra
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text}"[:300]
+
+
 def process_patient(
     data_dir: Path, patient_id: str, images: list[str], settings: ExtractSettings
 ) -> tuple[pd.DataFrame, list[dict]]:
     """Measure every crop of one patient.
+
+    A crop that cannot be read, or whose measurement fails, is skipped with
+    its reason; it never stops the patient or the run.
 
     Returns
     -------
     cells : DataFrame
         One row per readable crop.
     skipped : list of dict
-        ``{"image", "reason"}`` for each crop that could not be read.
+        ``{"image", "reason"}`` for each crop that could not be read or measured.
     """
     rows, skipped = [], []
     for rel in images:
         try:
-            rgb, digest = read_image(data_dir / rel, settings.max_pixels)
+            rgb, digest = read_image(safe_path(data_dir, rel), settings.max_pixels)
         except ImageError as exc:
             skipped.append({"image": rel, "reason": str(exc)})
             continue
+        try:
+            measured = measure_crop(rgb, settings)
+        except Exception as exc:  # one odd crop must not stop a run of thousands
+            skipped.append({"image": rel, "reason": f"measurement failed ({_one_line(exc)})"})
+            continue
         row = {"patient_id": patient_id, "image": rel, "image_sha256": digest}
-        row.update(measure_crop(rgb, settings))
+        row.update(measured)
         rows.append(row)
     cells = (
         pd.DataFrame(rows)
@@ -128,13 +234,18 @@ def process_patient(
     return cells, skipped
 
 
-def _run_patient(
-    data_dir: Path, shard: Path, patient_id: str, images: list[str], settings: ExtractSettings, key: str, threads: int
-):
-    cv2.setNumThreads(threads)
-    cells, skipped = process_patient(data_dir, patient_id, images, settings)
-    write_parquet(cells, shard, {"patient_id": patient_id, "key": key, "skipped": skipped})
-    return patient_id, len(images)
+def _run_patient(data_dir: Path, patient_id: str, images: list[str], settings: ExtractSettings, schema, threads):
+    """One task: runs in a worker process (local or Dask) and returns the patient's conformed cells."""
+    if threads is None:
+        cells, skipped = process_patient(data_dir, patient_id, images, settings)
+    else:
+        from threadpoolctl import threadpool_limits
+
+        cv2.setNumThreads(threads)
+        with threadpool_limits(threads):
+            cells, skipped = process_patient(data_dir, patient_id, images, settings)
+    df, extra = conform_cells(cells.to_dict("records") if len(cells) else [], schema)
+    return patient_id, df, skipped, extra, len(images)
 
 
 def read_shard_meta(path: Path) -> dict | None:
@@ -148,6 +259,74 @@ def read_shard_meta(path: Path) -> dict | None:
         return None
 
 
+def _table_checksum(table) -> str:
+    return dataframe_fingerprint(table.to_pandas())
+
+
+def write_shard(path: Path, cells: pd.DataFrame, schema, meta: dict) -> None:
+    """Write one patient's shard atomically, with its row count and content checksum in the metadata."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.Table.from_pandas(cells, schema=schema, preserve_index=False)
+    meta = {**meta, "format": SHARD_FORMAT, "n_rows": table.num_rows, "sha256": _table_checksum(table)}
+    md = dict(table.schema.metadata or {})
+    md[b"lympho"] = json.dumps(meta, sort_keys=True, default=str).encode()
+    with atomic_path(path) as tmp:
+        pq.write_table(table.replace_schema_metadata(md), tmp)
+
+
+def verify_shard(path: Path, patient_id: str, key: str, schema, checksum: bool = True):
+    """Read a shard and check it is complete, current and intact.
+
+    ``checksum=False`` skips only the content hash (for a shard verified or
+    written moments before by this run).
+
+    Returns
+    -------
+    (table, meta, problem)
+        ``table`` (without metadata) and ``meta`` when the shard can be used,
+        else None and ``problem`` saying why (missing, unreadable or truncated,
+        stale inputs or settings, other schema, checksum mismatch).
+    """
+    import pyarrow.parquet as pq
+
+    if not path.exists():
+        return None, None, "missing"
+    meta = read_shard_meta(path)
+    if meta is None:
+        return None, None, "unreadable or truncated"
+    if meta.get("patient_id") != patient_id or meta.get("key") != key:
+        return None, None, "inputs or settings changed"
+    if meta.get("format") != SHARD_FORMAT:
+        return None, None, f"older shard format {meta.get('format')}"
+    try:
+        table = pq.read_table(path)
+    except Exception as exc:
+        return None, None, f"unreadable ({_one_line(exc)})"
+    table = table.replace_schema_metadata(None)
+    if not table.schema.equals(schema):
+        return None, None, "schema differs from this lympho's"
+    if table.num_rows != meta.get("n_rows") or (checksum and _table_checksum(table) != meta.get("sha256")):
+        return None, None, "checksum mismatch"
+    return table, meta, None
+
+
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - macOS
+        return os.cpu_count() or 1
+
+
+def _os_error_message(exc: OSError, path) -> str:
+    if exc.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", -1)):
+        return f"no space left on device while writing {path}"
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return f"cannot write {path}: {exc.strerror or 'permission denied'}"
+    return f"cannot write {path}: {exc.strerror or exc}"
+
+
 def extract(
     data_dir: str | Path,
     out_dir: str | Path,
@@ -156,6 +335,9 @@ def extract(
     settings: ExtractSettings = ExtractSettings(),
     columns: ClinicalColumns = ClinicalColumns(),
     progress: bool = True,
+    backend: str = "local",
+    scheduler: str | None = None,
+    chunk_cells: int = 20_000,
 ) -> ExtractResult:
     """Run segmentation and feature extraction over a data folder.
 
@@ -165,28 +347,69 @@ def extract(
         One sub-folder per patient (named by patient ID) holding its crops.
     out_dir : path
         Receives ``cells.parquet``, ``patients.parquet``, ``manifest.json`` and
-        the per-patient shards under ``cells/``.
+        the per-patient shards under ``cells/`` (one Parquet dataset).
     clinical_csv : path, optional
         Defaults to the single ``*.csv`` inside ``data_dir``.
     jobs : int
-        Worker processes (patients are processed in parallel).
+        Worker processes (patients are processed in parallel); -1 uses every
+        core. With ``backend="dask"`` and a local cluster, its worker count.
+    backend : {"local", "dask"}
+        ``"local"``: joblib worker processes on this machine. ``"dask"``: the
+        same tasks on a dask.distributed cluster through joblib; every worker
+        must see ``data_dir`` at the same path.
+    scheduler : str, optional
+        With ``backend="dask"``: the scheduler's address
+        (``tcp://host:8786``), or ``"local"`` (default) to start a LocalCluster.
+    chunk_cells : int
+        The final tables are built from the shards this many cells at a time.
 
     Raises
     ------
     DatasetError
-        Missing data folder, unreadable or invalid CSV.
+        Missing data folder, unreadable or invalid CSV, output folder that
+        cannot be written or is in use by another run, full disk.
     """
     data_dir, out_dir = Path(data_dir), Path(out_dir)
-    patients = discover_patients(data_dir)
+    if backend not in BACKENDS:
+        raise DatasetError(f"unknown backend {backend!r}: use one of {', '.join(BACKENDS)}")
+    if jobs == 0:
+        raise DatasetError("jobs must be a positive number of workers, or -1 for every core")
+    if scheduler is not None and backend != "dask":
+        raise DatasetError("a scheduler address needs backend 'dask' (--backend dask)")
+    patients, refused = scan_data_dir(data_dir)
     csv_path = Path(clinical_csv) if clinical_csv else find_clinical_csv(data_dir)
     clinical = load_clinical(csv_path, columns, settings.reference_date)
+    warnings = list(clinical.attrs.get("warnings", []))
+    shard_dir = out_dir / "cells"
+    lock = ExitStack()
     try:
-        shard_dir = out_dir / "cells"
         shard_dir.mkdir(parents=True, exist_ok=True)
+        check_writable(out_dir)
+        check_writable(shard_dir)
+        lock.enter_context(output_lock(out_dir, "extract"))
+    except OutputLockedError as exc:
+        raise DatasetError(str(exc)) from None
     except OSError as exc:
-        raise DatasetError(f"cannot write to output folder {out_dir}: {exc.strerror}") from None
+        raise DatasetError(
+            f"cannot write to output folder {out_dir}: {_os_error_message(exc, exc.filename or out_dir)}"
+        ) from None
+    with lock:
+        return _extract_locked(
+            data_dir, out_dir, csv_path, clinical, patients, refused, warnings, jobs, settings, progress, backend,
+            scheduler, chunk_cells,
+        )  # fmt: skip
 
-    warnings = []
+
+def _extract_locked(
+    data_dir, out_dir, csv_path, clinical, patients, refused, warnings, jobs, settings, progress, backend, scheduler,
+    chunk_cells,
+) -> ExtractResult:  # fmt: skip
+    shard_dir = out_dir / "cells"
+    # Temporary files of a run that was killed while writing: nobody else can be using them (we hold the lock).
+    leftovers = remove_stale_temporaries(shard_dir) + remove_stale_temporaries(out_dir)
+    if leftovers:
+        warnings.append(f"removed {len(leftovers)} temporary file(s) left by an interrupted run")
+
     ids_csv = set(clinical["patient_id"])
     no_row = sorted(set(patients) - ids_csv)
     no_folder = sorted(ids_csv - set(patients))
@@ -203,43 +426,62 @@ def extract(
     empty = sorted(p for p, imgs in patients.items() if not imgs)
     if empty:
         warnings.append(f"{len(empty)} patient folder(s) with no image: {', '.join(empty)}")
+    if refused:
+        warnings.append(f"{len(refused)} file(s) refused (outside DATA_DIR or not regular files), listed under skipped")
 
-    todo, reused = [], 0
-    keys = {}
+    schema = cell_schema(settings)
+    todo, keys, recomputed = [], {}, []
     for pid, images in patients.items():
         key = _patient_key(data_dir, images, settings)
         keys[pid] = key
         shard = shard_dir / _shard_name(pid)
-        meta = read_shard_meta(shard) if shard.exists() else None
-        if meta is not None and meta.get("key") == key and meta.get("patient_id") == pid:
-            reused += 1
-        else:
-            todo.append((pid, images, shard, key))
+        table, _meta, problem = verify_shard(shard, pid, key, schema)
+        if table is None:
+            todo.append((pid, images))
+            if problem != "missing":
+                recomputed.append({"patient_id": pid, "reason": problem})
+    reused = len(patients) - len(todo)
+    if recomputed:
+        warnings.append(f"{len(recomputed)} shard(s) recomputed (truncated, corrupt or stale), listed in the manifest")
+    expected = {_shard_name(pid) for pid in patients}
+    stale = sorted(p.name for p in shard_dir.glob("*.parquet") if p.name not in expected)
+    for name in stale:
+        (shard_dir / name).unlink(missing_ok=True)
 
-    n_todo_images = sum(len(t[1]) for t in todo)
-    threads = 1 if jobs != 1 else 0  # 0 lets OpenCV decide in a single process
-    _run_all(data_dir, todo, settings, jobs, threads, n_todo_images, progress)
+    n_done = 0
+    extra_keys: set[str] = set()
+    with closing(_run_all(data_dir, todo, settings, schema, jobs, progress, backend, scheduler)) as results:
+        for pid, cells, _skipped, extra, meta in results:
+            extra_keys.update(extra)
+            shard = shard_dir / _shard_name(pid)
+            try:
+                write_shard(shard, cells, schema, {**meta, "key": keys[pid]})
+            except OSError as exc:
+                raise DatasetError(
+                    f"{_os_error_message(exc, shard)}; the {reused + n_done} finished patient(s) are kept in "
+                    f"{shard_dir}: free space (or fix permissions) and re-run to resume"
+                ) from None
+            n_done += 1
+    if extra_keys:
+        warnings.append(f"measurements not in the cell schema were dropped: {', '.join(sorted(extra_keys))}")
 
-    frames, skipped = [], []
-    for pid in patients:
-        shard = shard_dir / _shard_name(pid)
-        meta = read_shard_meta(shard)
-        if meta is None or meta.get("key") != keys[pid]:
-            raise DatasetError(f"shard for patient {pid} is missing or corrupt after extraction: {shard}")
-        frames.append(pd.read_parquet(shard))
-        skipped.extend({"patient_id": pid, **s} for s in meta["skipped"])
-    cells = _concat_cells(frames)
-    table = build_patient_table(clinical, cells, settings.aggregate)
+    try:
+        cells_summary, table, skipped = _build_tables(
+            out_dir, shard_dir, patients, keys, schema, clinical, settings, chunk_cells
+        )
+    except OSError as exc:
+        raise DatasetError(
+            f"{_os_error_message(exc, exc.filename or out_dir)}; every patient's shard is kept in {shard_dir}: "
+            "free space and re-run (finished patients are reused)"
+        ) from None
+    skipped = [dict(r) for r in refused] + skipped
+    skipped.sort(key=lambda r: (r["patient_id"], r["image"]))
 
-    write_parquet(cells, out_dir / "cells.parquet")
-    write_parquet(table, out_dir / "patients.parquet")
-    qc_counts = (
-        {str(k): int(v) for k, v in cells["qc_reason"].value_counts().sort_index().items()} if len(cells) else {}
-    )
+    qc_counts = cells_summary["qc_counts"]
     n_images = sum(len(v) for v in patients.values())
     fingerprint = sha256_of(
         {
-            "images": sorted(zip(cells["image"], cells["image_sha256"], strict=True)) if len(cells) else [],
+            "images": cells_summary["images_sha256"],
             "clinical": clinical.sort_values("patient_id").astype(str).values.tolist(),
         }
     )
@@ -251,40 +493,163 @@ def extract(
         "settings": settings.to_dict(),
         "library_versions": library_versions(),
         "input_fingerprint": fingerprint,
+        "backend": backend if backend == "local" else f"dask ({scheduler or 'local'})",
+        "cells_dataset": "cells/",
+        "shard_format": SHARD_FORMAT,
         "counts": {
             "patients": len(table),
             "patient_folders": len(patients),
             "images": n_images,
-            "cells": len(cells),
-            "cells_qc_ok": int(cells["qc_ok"].sum()) if len(cells) else 0,
+            "cells": cells_summary["n_cells"],
+            "cells_qc_ok": cells_summary["n_ok"],
             "skipped": len(skipped),
             "patients_reused": reused,
+            "shards_recomputed": len(recomputed),
         },
         "qc_counts": qc_counts,
         "skipped": skipped,
+        "recomputed_shards": recomputed,
+        "removed_stale_shards": stale,
         "warnings": warnings,
     }
-    write_json(manifest, out_dir / "manifest.json")
-    return ExtractResult(out_dir, len(table), n_images, len(cells), len(skipped), reused, qc_counts, warnings)
+    try:
+        write_json(manifest, out_dir / "manifest.json")
+    except OSError as exc:
+        raise DatasetError(f"{_os_error_message(exc, out_dir / 'manifest.json')}; free space and re-run") from None
+    return ExtractResult(
+        out_dir, len(table), n_images, cells_summary["n_cells"], len(skipped), reused, qc_counts, warnings,
+        len(recomputed),
+    )  # fmt: skip
 
 
-def _concat_cells(frames: list[pd.DataFrame]) -> pd.DataFrame:
-    frames = [f for f in frames if len(f)]
-    if not frames:
-        return pd.DataFrame(
-            {
-                "patient_id": pd.Series(dtype=str),
-                "image": pd.Series(dtype=str),
-                "qc_ok": pd.Series(dtype=bool),
-                "qc_reason": pd.Series(dtype=str),
-            }
+def _build_tables(out_dir, shard_dir, patients, keys, schema, clinical, settings, chunk_cells):
+    """Stream the shards into ``cells.parquet`` and the per-patient table, ``chunk_cells`` cells at a time.
+
+    Memory holds one chunk of cells plus the per-patient table, whatever the
+    size of the cohort. Returns a summary of the cells, ``patients.parquet``'s
+    table and the skipped crops.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    summary = {"n_cells": 0, "n_ok": 0, "qc_counts": {}}
+    images_hash = hashlib.sha256()  # of every (image, its sha256), in table order: streamed, not held
+    parts: list[pd.DataFrame] = []
+    skipped: list[dict] = []
+    chunk_tables, chunk_ids, chunk_rows = [], [], 0
+
+    def flush(writer):
+        nonlocal chunk_tables, chunk_ids, chunk_rows
+        if not chunk_ids:
+            return
+        tables = pa.concat_tables(chunk_tables) if chunk_tables else schema.empty_table()
+        writer.write_table(tables)
+        cells = tables.to_pandas()
+        parts.append(patient_rows(clinical, chunk_ids, cells, settings.aggregate))
+        summary["n_cells"] += len(cells)
+        if len(cells):
+            summary["n_ok"] += int(cells["qc_ok"].sum())
+            for k, v in cells["qc_reason"].value_counts().items():
+                summary["qc_counts"][str(k)] = summary["qc_counts"].get(str(k), 0) + int(v)
+            for image, digest in zip(cells["image"], cells["image_sha256"], strict=True):
+                images_hash.update(f"{image}\0{digest}\n".encode())
+        chunk_tables, chunk_ids, chunk_rows = [], [], 0
+
+    with atomic_path(out_dir / "cells.parquet") as tmp:
+        with pq.ParquetWriter(tmp, schema) as writer:
+            for pid in sorted(patients):
+                shard = shard_dir / _shard_name(pid)
+                table, meta, problem = verify_shard(shard, pid, keys[pid], schema, checksum=False)
+                if table is None:
+                    raise DatasetError(f"shard for patient {pid} is {problem} after extraction: {shard}")
+                skipped.extend({"patient_id": pid, **s} for s in meta.get("skipped", []))
+                chunk_tables.append(table)
+                chunk_ids.append(pid)
+                chunk_rows += table.num_rows
+                if chunk_rows >= chunk_cells:
+                    flush(writer)
+            flush(writer)
+    no_folder = sorted(set(clinical["patient_id"]) - set(patients))
+    if no_folder:
+        parts.append(patient_rows(clinical, no_folder, schema.empty_table().to_pandas(), settings.aggregate))
+    table = combine_patient_rows(parts)
+    from ._io import write_parquet
+
+    write_parquet(table, out_dir / "patients.parquet")
+    summary["qc_counts"] = dict(sorted(summary["qc_counts"].items()))
+    summary["images_sha256"] = images_hash.hexdigest()
+    return summary, table, skipped
+
+
+def patient_rows(
+    clinical: pd.DataFrame, patient_ids: list[str], cells: pd.DataFrame, settings: AggregateSettings
+) -> pd.DataFrame:
+    """Rows of ``patients.parquet`` for some patients, from their cells only."""
+    sub = clinical[clinical["patient_id"].isin(set(patient_ids))]
+    return build_patient_table(sub, cells, settings)
+
+
+def combine_patient_rows(parts: list[pd.DataFrame]) -> pd.DataFrame:
+    """Concatenate :func:`patient_rows` of disjoint groups into the table :func:`build_patient_table` gives at once.
+
+    Columns follow the part with the most columns (a group without any cell
+    lacks the aggregates); patients are sorted by ID.
+    """
+    parts = [p for p in parts if len(p)]
+    if not parts:
+        return build_patient_table(
+            pd.DataFrame({"patient_id": pd.Series(dtype=str), "label": pd.Series(dtype="Int64")}).assign(
+                age=np.nan, gender=None, lymph_count=np.nan
+            ),
+            pd.DataFrame(),
         )
-    cells = pd.concat(frames, ignore_index=True)
-    return cells.sort_values(["patient_id", "image"], kind="stable").reset_index(drop=True)
+    order = max(parts, key=lambda p: len(p.columns)).columns
+    columns = list(dict.fromkeys([*order, *(c for p in parts for c in p.columns)]))
+    table = pd.concat([p.reindex(columns=columns) for p in parts], ignore_index=True)
+    for c in ("n_cells", "n_cells_ok"):
+        if c in table:
+            table[c] = table[c].fillna(0).astype(int)
+    table["label"] = table["label"].astype("Int64")
+    return table.sort_values("patient_id", kind="stable").reset_index(drop=True)
 
 
-def _run_all(data_dir, todo, settings, jobs, threads, n_images, progress) -> None:
-    from joblib import Parallel, delayed
+@contextmanager
+def _parallel(jobs: int, backend: str, scheduler: str | None):
+    """A joblib ``Parallel`` for the backend, and the threads each task may use (None: leave as is)."""
+    from joblib import Parallel
+
+    if backend == "local":
+        n_workers = _cores() if jobs < 0 else max(1, jobs)
+        # jobs x threads <= cores: a single process keeps the libraries' defaults.
+        threads = None if n_workers == 1 else max(1, _cores() // n_workers)
+        yield Parallel(n_jobs=jobs, return_as="generator_unordered"), threads
+        return
+    try:
+        from distributed import Client, LocalCluster
+    except ImportError:
+        raise DatasetError("--backend dask needs the dask extra: pip install 'lympho-features[dask]'") from None
+    from joblib import parallel_config
+
+    with ExitStack() as stack:
+        if scheduler in (None, "local"):
+            n_workers = _cores() if jobs < 0 else max(1, jobs)
+            cluster = stack.enter_context(
+                LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True, dashboard_address=None)
+            )
+            stack.enter_context(Client(cluster))
+        else:
+            try:
+                stack.enter_context(Client(scheduler, timeout="10s"))
+            except (OSError, TimeoutError, ValueError) as exc:
+                raise DatasetError(f"cannot reach the Dask scheduler at {scheduler}: {_one_line(exc)}") from None
+        stack.enter_context(parallel_config(backend="dask"))
+        # One thread per task: a Dask worker runs as many tasks as it has threads.
+        yield Parallel(n_jobs=-1, return_as="generator_unordered"), 1
+
+
+def _run_all(data_dir, todo, settings, schema, jobs, progress, backend, scheduler):
+    """Run the patients' tasks; yield ``(patient_id, cells, skipped, extra_keys, meta)`` as each one finishes."""
+    from joblib import delayed
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -298,9 +663,7 @@ def _run_all(data_dir, todo, settings, jobs, threads, n_images, progress) -> Non
         return
     # Largest patients first: better load balance across workers.
     todo = sorted(todo, key=lambda t: -len(t[1]))
-    tasks = (
-        delayed(_run_patient)(data_dir, shard, pid, images, settings, key, threads) for pid, images, shard, key in todo
-    )
+    n_images = sum(len(t[1]) for t in todo)
     columns = (
         TextColumn("extract"),
         BarColumn(),
@@ -311,10 +674,12 @@ def _run_all(data_dir, todo, settings, jobs, threads, n_images, progress) -> Non
         TextColumn("ETA"),
         TimeRemainingColumn(),
     )
-    with Progress(*columns, disable=not progress, transient=False) as bar:
-        t = bar.add_task("extract", total=n_images, rate="")
-        runner = Parallel(n_jobs=jobs, return_as="generator_unordered")
-        for _pid, n in runner(tasks):
-            bar.advance(t, n)
-            speed = bar.tasks[0].speed
-            bar.update(t, rate=f"{speed:6.0f} crops/s" if speed else "")
+    with _parallel(jobs, backend, scheduler) as (runner, threads):
+        tasks = (delayed(_run_patient)(data_dir, pid, images, settings, schema, threads) for pid, images in todo)
+        with Progress(*columns, disable=not progress, transient=False) as bar:
+            t = bar.add_task("extract", total=n_images, rate="")
+            for pid, cells, skipped, extra, n in runner(tasks):
+                yield pid, cells, skipped, extra, {"patient_id": pid, "skipped": skipped}
+                bar.advance(t, n)
+                speed = bar.tasks[0].speed
+                bar.update(t, rate=f"{speed:6.0f} crops/s" if speed else "")

@@ -6,17 +6,32 @@ few contract names every downstream tool relies on: ``nucleus_area``,
 ``cell_area`` and ``nc_ratio``. :func:`cell_features` computes all families
 for one segmented crop; each family is a small pure function on arrays that
 can be used on its own. ``docs/features.md`` explains each family to a
-clinician.
+clinician; :func:`describe_feature` gives the plain-language meaning of one
+column.
+
+Families: ``shape_`` (size, outline, Fourier irregularity, notches),
+``nc_`` (nucleus vs cytoplasm), ``haralick_`` (13 texture features at two
+distances), ``lbp_`` (local binary patterns), ``granularity_`` (size of
+chromatin clumps), ``radial_`` (chromatin from rim to centre),
+``nucleoli_`` (pale spots), ``color_`` (optical density against the crop's
+background and red cells).
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import cv2
 import numpy as np
 
-from .segment import Segmentation, optical_density
+from .segment import (
+    FLAG_DESCRIPTIONS,
+    Segmentation,
+    background_rgb_fast,
+    optical_density,
+    optical_density_channels,
+)
 
 HARALICK_NAMES = (
     "asm",
@@ -34,25 +49,95 @@ HARALICK_NAMES = (
     "imc2",
 )
 
+SHAPE_NAMES = (
+    "area",
+    "perimeter",
+    "equivalent_diameter",
+    "major_axis",
+    "minor_axis",
+    "eccentricity",
+    "solidity",
+    "convexity",
+    "circularity",
+    "feret_max",
+    "feret_min",
+    "fourier_low",
+    "fourier_high",
+    "notch_depth",
+    "curvature_std",
+)
+
+#: Uniform local-binary-pattern bins: 0..8 set neighbours (uniform patterns), 9 non-uniform.
+LBP_BINS = 10
+GRANULARITY_RADII = (1, 2, 3, 4)
+RADIAL_RINGS = 4
+
 
 @dataclass(frozen=True)
 class FeatureSettings:
     """Extraction settings of every feature family, in one place."""
 
-    haralick_levels: int = 32  #: grey levels after quantisation
+    haralick_levels: int = 16  #: grey levels after quantisation (16 keeps the matrices of a small nucleus well filled)
     haralick_distances: tuple[int, ...] = (1, 3)
-    background_od: float = 0.45  #: OD sum below which a pixel is background (colour reference)
+    background_od: float = (
+        0.45  #: unused since v2 (the segmentation's background reference is used); kept for old settings
+    )
+    nucleoli_radius: int = 4  #: largest radius of a pale spot counted as a nucleolus
+    nucleoli_depth: float = 0.9  #: a nucleolus is paler than its surroundings by this many nucleus OD std
+    nucleoli_min_depth: float = 0.3  #: ... and by at least this much OD (no spots in a flat, noisy nucleus)
 
 
 # ---------------------------------------------------------------- shape ----
+def _u8(mask: np.ndarray) -> np.ndarray:
+    """A boolean mask as uint8 0/1 without copying (OpenCV takes any non-zero as set)."""
+    return mask.view(np.uint8) if mask.dtype == bool else mask.astype(np.uint8)
+
+
 def _largest_contour(mask: np.ndarray) -> np.ndarray | None:
-    contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    contours, _ = cv2.findContours(_u8(mask), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
     if not contours:
         return None
     return max(contours, key=cv2.contourArea)
 
 
-def shape_features(mask: np.ndarray, prefix: str) -> dict[str, float]:
+def contour_irregularity(contour: np.ndarray) -> dict[str, float]:
+    """Irregularity of a closed outline (OpenCV contour, all points).
+
+    Returns
+    -------
+    dict
+        ``fourier_low``: energy of the outline's Fourier harmonics 2 to 7
+        relative to the first (lobes, clefts, kidney shapes; 0 for a circle,
+        below 0.1 for an ellipse); ``fourier_high``: same for harmonics 8 to 32 (fine
+        projections, a hairy or crenated outline); ``curvature_std``: spread
+        of the turning angle along the outline smoothed over 5 points
+        (radians per point).
+    """
+    z = contour.reshape(-1, 2).astype(np.float64)
+    n = len(z)
+    out = {"fourier_low": float("nan"), "fourier_high": float("nan"), "curvature_std": float("nan")}
+    if n < 16:
+        return out
+    # Resample to 64 points equally spaced along the outline.
+    zz = np.vstack([z, z[:1]])
+    t = np.concatenate([[0.0], np.cumsum(np.hypot(*np.diff(zz, axis=0).T))])
+    if t[-1] <= 0:
+        return out
+    u = np.linspace(0, t[-1], 65)[:-1]
+    c = np.interp(u, t, zz[:, 0]) + 1j * np.interp(u, t, zz[:, 1])
+    power = np.abs(np.fft.fft(c)) ** 2
+    base = power[1] + power[-1]
+    if base <= 0:
+        return out
+    out["fourier_low"] = float(np.sqrt((power[2:8].sum() + power[-7:-1].sum()) / base))
+    out["fourier_high"] = float(np.sqrt(power[8:-7].sum() / base))
+    # Turning angle between successive steps of the resampled outline.
+    dz = np.diff(c)
+    out["curvature_std"] = float(np.angle(dz[1:] * dz[:-1].conj()).std())
+    return out
+
+
+def shape_features(mask: np.ndarray, prefix: str, contour: np.ndarray | None = None) -> dict[str, float]:
     """Size and shape of one binary region.
 
     Parameters
@@ -61,90 +146,114 @@ def shape_features(mask: np.ndarray, prefix: str) -> dict[str, float]:
         The region (nucleus or whole cell).
     prefix : str
         Name of the region, used in the column names (``shape_{prefix}_area``...).
+    contour : ndarray, optional
+        The region's outer contour (``cv2.CHAIN_APPROX_NONE``), when already known.
 
     Returns
     -------
     dict
         area, perimeter, equivalent diameter, major and minor axis, eccentricity,
-        solidity, convexity, circularity, min and max Feret diameters. NaN when
-        the mask is empty.
+        solidity, convexity, circularity, min and max Feret diameters, Fourier
+        irregularity (low and high harmonics), depth of the deepest notch
+        (relative to the equivalent radius) and curvature spread. NaN when the
+        mask is empty.
     """
-    names = (
-        "area",
-        "perimeter",
-        "equivalent_diameter",
-        "major_axis",
-        "minor_axis",
-        "eccentricity",
-        "solidity",
-        "convexity",
-        "circularity",
-        "feret_max",
-        "feret_min",
-    )
-    out = {f"shape_{prefix}_{n}": float("nan") for n in names}
-    area = float(mask.sum())
-    contour = _largest_contour(mask)
+    out = {f"shape_{prefix}_{n}": float("nan") for n in SHAPE_NAMES}
+    m8 = _u8(mask)
+    area = float(cv2.countNonZero(m8))
+    if contour is None:
+        contour = _largest_contour(m8)
     if area == 0 or contour is None or len(contour) < 5:
         return out
-    # Perimeter of the pixel outline; OpenCV's polygon through pixel centres
-    # underestimates it for small regions, so use the mean of inner and hull-ish length.
     perimeter = float(cv2.arcLength(contour, closed=True))
-    hull = cv2.convexHull(contour)
+    hull_idx = np.sort(cv2.convexHull(contour, returnPoints=False), axis=0)
+    hull = contour[hull_idx.ravel()]
     hull_area = float(cv2.contourArea(hull))
     hull_perimeter = float(cv2.arcLength(hull, closed=True))
-    m = cv2.moments(mask.astype(np.uint8), binaryImage=True)
+    m = cv2.moments(m8, binaryImage=True)
     mu20, mu02, mu11 = m["mu20"] / m["m00"], m["mu02"] / m["m00"], m["mu11"] / m["m00"]
     common = np.sqrt(((mu20 - mu02) / 2) ** 2 + mu11**2)
     l1, l2 = (mu20 + mu02) / 2 + common, max((mu20 + mu02) / 2 - common, 0.0)
     hull_pts = hull.reshape(-1, 2).astype(np.float32)
     d = np.sqrt(((hull_pts[:, None, :] - hull_pts[None, :, :]) ** 2).sum(-1))
     (_, _), (rw, rh), _ = cv2.minAreaRect(contour)
+    r_eq = np.sqrt(area / np.pi)
+    notch = 0.0
+    if len(hull_idx) > 3:
+        try:
+            defects = cv2.convexityDefects(contour, hull_idx)
+        except cv2.error:  # self-intersecting outlines: no defect measure
+            defects = None
+        if defects is not None and len(defects):
+            notch = float(defects.reshape(-1, 4)[:, 3].max()) / 256.0 / r_eq
+    irr = contour_irregularity(contour)
     out.update(
         {
             f"shape_{prefix}_area": area,
             f"shape_{prefix}_perimeter": perimeter,
-            f"shape_{prefix}_equivalent_diameter": float(np.sqrt(4 * area / np.pi)),
+            f"shape_{prefix}_equivalent_diameter": float(2 * r_eq),
             f"shape_{prefix}_major_axis": float(4 * np.sqrt(l1)),
             f"shape_{prefix}_minor_axis": float(4 * np.sqrt(l2)),
             f"shape_{prefix}_eccentricity": float(np.sqrt(1 - l2 / l1)) if l1 > 0 else 0.0,
-            f"shape_{prefix}_solidity": area / hull_area if hull_area > 0 else float("nan"),
-            f"shape_{prefix}_convexity": hull_perimeter / perimeter if perimeter > 0 else float("nan"),
+            f"shape_{prefix}_solidity": min(1.0, area / hull_area) if hull_area > 0 else float("nan"),
+            f"shape_{prefix}_convexity": min(1.0, hull_perimeter / perimeter) if perimeter > 0 else float("nan"),
             # 4*pi*A/P^2 with the hull perimeter: 1 for a disk, robust to pixel staircase.
             f"shape_{prefix}_circularity": min(1.0, 4 * np.pi * area / hull_perimeter**2)
             if hull_perimeter > 0
             else float("nan"),
             f"shape_{prefix}_feret_max": float(d.max()) + 1.0,
             f"shape_{prefix}_feret_min": float(min(rw, rh)) + 1.0,
+            f"shape_{prefix}_notch_depth": notch,
+            **{f"shape_{prefix}_{k}": v for k, v in irr.items()},
         }
     )
     return out
 
 
-def nc_features(nucleus_mask: np.ndarray, cell_mask: np.ndarray) -> dict[str, float]:
+def nc_features(
+    nucleus_mask: np.ndarray, cell_mask: np.ndarray, nucleus_contour: np.ndarray | None = None
+) -> dict[str, float]:
     """Nucleus-to-cytoplasm relations.
 
     ``nc_ratio`` is nucleus area / whole-cell area, in (0, 1]. ``nc_rim_width``
     is the mean thickness of cytoplasm around the nucleus (equivalent radii
-    difference); ``nc_nucleus_offset`` the distance between the nucleus and
-    cell centroids divided by the cell's equivalent radius.
+    difference); ``nc_rim_width_min`` and ``nc_rim_width_max`` the thinnest and
+    thickest cytoplasm between the nucleus outline and the cell outline;
+    ``nc_nucleus_offset`` the distance between the nucleus and cell centroids
+    divided by the cell's equivalent radius.
     """
-    n_area = float(nucleus_mask.sum())
-    c_area = float(cell_mask.sum())
+    names = (
+        "nucleus_area",
+        "cell_area",
+        "nc_ratio",
+        "nc_cytoplasm_area",
+        "nc_rim_width",
+        "nc_rim_width_min",
+        "nc_rim_width_max",
+        "nc_nucleus_offset",
+    )
+    n8, c8 = _u8(nucleus_mask), _u8(cell_mask)
+    n_area = float(cv2.countNonZero(n8))
+    c_area = float(cv2.countNonZero(c8))
     if n_area == 0 or c_area == 0:
-        return {
-            k: float("nan")
-            for k in ("nucleus_area", "cell_area", "nc_ratio", "nc_cytoplasm_area", "nc_rim_width", "nc_nucleus_offset")
-        }
-    ny, nx = np.argwhere(nucleus_mask).mean(0)
-    cy, cx = np.argwhere(cell_mask).mean(0)
+        return dict.fromkeys(names, float("nan"))
+    mn, mc = cv2.moments(n8, binaryImage=True), cv2.moments(c8, binaryImage=True)
+    ny, nx = mn["m01"] / mn["m00"], mn["m10"] / mn["m00"]
+    cy, cx = mc["m01"] / mc["m00"], mc["m10"] / mc["m00"]
     r_cell = np.sqrt(c_area / np.pi)
+    # Distance to the cell outline, read on the nucleus outline.
+    dist = cv2.distanceTransform(np.pad(c8, 1), cv2.DIST_L2, cv2.DIST_MASK_5)[1:-1, 1:-1]
+    contour = _largest_contour(n8) if nucleus_contour is None else nucleus_contour
+    pts = contour.reshape(-1, 2) if contour is not None else np.zeros((0, 2), int)
+    rim = dist[pts[:, 1], pts[:, 0]] - 1.0 if len(pts) else np.array([0.0])
     return {
         "nucleus_area": n_area,
         "cell_area": c_area,
         "nc_ratio": min(1.0, n_area / c_area),
         "nc_cytoplasm_area": c_area - n_area,
         "nc_rim_width": float(r_cell - np.sqrt(n_area / np.pi)),
+        "nc_rim_width_min": float(max(0.0, rim.min())),
+        "nc_rim_width_max": float(max(0.0, rim.max())),
         "nc_nucleus_offset": float(np.hypot(ny - cy, nx - cx) / r_cell),
     }
 
@@ -153,71 +262,110 @@ def nc_features(nucleus_mask: np.ndarray, cell_mask: np.ndarray) -> dict[str, fl
 _ANGLES = ((0, 1), (1, 1), (1, 0), (1, -1))  # (dy, dx): 0, 45, 90, 135 degrees
 
 
-def masked_glcm(levels_img: np.ndarray, mask: np.ndarray, distance: int, levels: int) -> np.ndarray:
+def masked_glcm(levels_img: np.ndarray, mask: np.ndarray, distance: int | tuple[int, ...], levels: int) -> np.ndarray:
     """Symmetric, normalised grey-level co-occurrence matrices inside a mask.
 
     Only pixel pairs whose both pixels lie inside ``mask`` are counted, so the
-    background never enters the texture of the nucleus.
+    background never enters the texture of the nucleus. All angles (and all
+    distances, when ``distance`` is a tuple) are counted in one pass.
 
     Returns
     -------
-    ndarray, shape (n_angles, levels, levels)
+    ndarray, shape (n_distances * n_angles, levels, levels)
+        Distance-major: the 4 angles of the first distance, then of the next.
     """
+    distances = (distance,) if np.isscalar(distance) else tuple(distance)
     h, w = levels_img.shape
-    out = np.zeros((len(_ANGLES), levels, levels), np.float64)
-    for k, (dy, dx) in enumerate(_ANGLES):
-        dy, dx = dy * distance, dx * distance
-        y0, y1 = max(0, -dy), min(h, h - dy)
-        x0, x1 = max(0, -dx), min(w, w - dx)
-        a = levels_img[y0:y1, x0:x1]
-        b = levels_img[y0 + dy : y1 + dy, x0 + dx : x1 + dx]
-        valid = mask[y0:y1, x0:x1] & mask[y0 + dy : y1 + dy, x0 + dx : x1 + dx]
-        idx = a[valid].astype(np.int64) * levels + b[valid]
-        counts = np.bincount(idx, minlength=levels * levels).reshape(levels, levels).astype(np.float64)
-        counts += counts.T
-        total = counts.sum()
-        if total > 0:
-            out[k] = counts / total
-    return out
+    n_mat = len(distances) * len(_ANGLES)
+    # Pixels outside the mask get the extra level ``levels``; pairs involving it are dropped below.
+    code = np.where(mask, levels_img, levels).astype(np.int32)
+    side = levels + 1
+    parts = []
+    for j, dist in enumerate(distances):
+        for k, (dy, dx) in enumerate(_ANGLES):
+            dy, dx = dy * dist, dx * dist
+            y0, y1 = max(0, -dy), min(h, h - dy)
+            x0, x1 = max(0, -dx), min(w, w - dx)
+            if y1 <= y0 or x1 <= x0:
+                continue
+            a = code[y0:y1, x0:x1]
+            b = code[y0 + dy : y1 + dy, x0 + dx : x1 + dx]
+            parts.append((((j * len(_ANGLES) + k) * side + a) * side + b).ravel())
+    size = n_mat * side * side
+    counts = np.bincount(np.concatenate(parts), minlength=size) if parts else np.zeros(size, np.int64)
+    counts = counts.reshape(n_mat, side, side)[:, :levels, :levels].astype(np.float64)
+    counts += counts.transpose(0, 2, 1)
+    total = counts.sum((1, 2), keepdims=True)
+    return np.divide(counts, total, out=np.zeros_like(counts), where=total > 0)
 
 
-def haralick_from_glcm(p: np.ndarray) -> np.ndarray:
-    """The 13 Haralick features of one normalised GLCM, in :data:`HARALICK_NAMES` order."""
+_GLCM_CONSTANTS: dict[int, tuple] = {}
+
+
+def _glcm_constants(n: int) -> tuple:
+    """Index vectors and one-hot maps of an ``n``-level GLCM, computed once per ``n``."""
+    if n not in _GLCM_CONSTANTS:
+        i = np.arange(n, dtype=np.float64)
+        ii, jj = np.meshgrid(i, i, indexing="ij")
+        s_onehot = np.zeros((n * n, 2 * n - 1))
+        s_onehot[np.arange(n * n), (ii + jj).astype(int).ravel()] = 1
+        d_onehot = np.zeros((n * n, n))
+        d_onehot[np.arange(n * n), np.abs(ii - jj).astype(int).ravel()] = 1
+        _GLCM_CONSTANTS[n] = (i, (ii * jj).ravel(), s_onehot, d_onehot, (1.0 / (1.0 + (ii - jj) ** 2)).ravel())
+    return _GLCM_CONSTANTS[n]
+
+
+def haralick_from_glcms(p: np.ndarray) -> np.ndarray:
+    """The 13 Haralick features of a stack of normalised GLCMs.
+
+    Parameters
+    ----------
+    p : ndarray, shape (n, levels, levels)
+
+    Returns
+    -------
+    ndarray, shape (n, 13), in :data:`HARALICK_NAMES` order.
+    """
     eps = 1e-12
-    n = p.shape[0]
-    i = np.arange(n, dtype=np.float64)
-    px = p.sum(1)
-    py = p.sum(0)
-    mu_x = (i * px).sum()
-    mu_y = (i * py).sum()
-    sd_x = np.sqrt(((i - mu_x) ** 2 * px).sum())
-    sd_y = np.sqrt(((i - mu_y) ** 2 * py).sum())
-    ii, jj = np.meshgrid(i, i, indexing="ij")
-    # p_{x+y}(k), k = 0..2n-2 and p_{x-y}(k), k = 0..n-1
-    p_sum = np.bincount((ii + jj).astype(int).ravel(), weights=p.ravel(), minlength=2 * n - 1)
-    p_diff = np.bincount(np.abs(ii - jj).astype(int).ravel(), weights=p.ravel(), minlength=n)
+    n = p.shape[-1]
+    i, ii_jj, s_onehot, d_onehot, idm_w = _glcm_constants(n)
+    px = p.sum(2)  # (m, n)
+    py = p.sum(1)
+    mu_x = px @ i
+    mu_y = py @ i
+    ex2 = px @ (i * i)
+    var_x = np.maximum(ex2 - mu_x**2, 0.0)
+    sd_x = np.sqrt(var_x)
+    sd_y = np.sqrt(np.maximum(py @ (i * i) - mu_y**2, 0.0))
+    flat = p.reshape(len(p), -1)
+    p_sum = flat @ s_onehot  # (m, 2n-1)
+    p_diff = flat @ d_onehot  # (m, n)
     k_sum = np.arange(2 * n - 1, dtype=np.float64)
     k_diff = np.arange(n, dtype=np.float64)
-    asm = (p**2).sum()
-    contrast = (k_diff**2 * p_diff).sum()
-    correlation = ((ii * jj * p).sum() - mu_x * mu_y) / (sd_x * sd_y) if sd_x * sd_y > eps else 1.0
-    sum_of_squares = ((ii - mu_x) ** 2 * p).sum()
-    idm = (p / (1.0 + (ii - jj) ** 2)).sum()
-    sum_average = (k_sum * p_sum).sum()
-    sum_entropy = -(p_sum * np.log2(p_sum + eps)).sum()
-    sum_variance = ((k_sum - sum_average) ** 2 * p_sum).sum()
-    entropy = -(p * np.log2(p + eps)).sum()
-    diff_mean = (k_diff * p_diff).sum()
-    difference_variance = ((k_diff - diff_mean) ** 2 * p_diff).sum()
-    difference_entropy = -(p_diff * np.log2(p_diff + eps)).sum()
-    hx = -(px * np.log2(px + eps)).sum()
-    hy = -(py * np.log2(py + eps)).sum()
-    pxpy = np.outer(px, py)
-    hxy1 = -(p * np.log2(pxpy + eps)).sum()
-    hxy2 = -(pxpy * np.log2(pxpy + eps)).sum()
-    imc1 = (entropy - hxy1) / max(hx, hy) if max(hx, hy) > eps else 0.0
-    imc2 = np.sqrt(max(0.0, 1 - np.exp(-2.0 * (hxy2 - entropy))))
-    return np.array(
+    asm = (flat**2).sum(1)
+    contrast = p_diff @ (k_diff**2)
+    cov = flat @ ii_jj - mu_x * mu_y
+    sdp = sd_x * sd_y
+    correlation = np.where(sdp > eps, cov / np.where(sdp > eps, sdp, 1.0), 1.0)
+    sum_of_squares = var_x  # sum over (i - mu_x)^2 p(i, j)
+    idm = flat @ idm_w
+    sum_average = p_sum @ k_sum
+    log_flat = np.log2(flat + eps)
+    sum_entropy = -(p_sum * np.log2(p_sum + eps)).sum(1)
+    sum_variance = (((k_sum[None, :] - sum_average[:, None]) ** 2) * p_sum).sum(1)
+    entropy = -(flat * log_flat).sum(1)
+    diff_mean = p_diff @ k_diff
+    difference_variance = (((k_diff[None, :] - diff_mean[:, None]) ** 2) * p_diff).sum(1)
+    difference_entropy = -(p_diff * np.log2(p_diff + eps)).sum(1)
+    hx = -(px * np.log2(px + eps)).sum(1)
+    hy = -(py * np.log2(py + eps)).sum(1)
+    pxpy = px[:, :, None] * py[:, None, :]
+    hxy1 = -(p * np.log2(pxpy + eps)).sum((1, 2))
+    hxy2 = -(pxpy * np.log2(pxpy + eps)).sum((1, 2))
+    hmax = np.maximum(hx, hy)
+    imc1 = np.where(hmax > eps, (entropy - hxy1) / np.where(hmax > eps, hmax, 1.0), 0.0)
+    imc2 = np.sqrt(np.maximum(0.0, 1 - np.exp(-2.0 * (hxy2 - entropy))))
+    return np.stack(
         [
             asm,
             contrast,
@@ -232,18 +380,41 @@ def haralick_from_glcm(p: np.ndarray) -> np.ndarray:
             difference_entropy,
             imc1,
             imc2,
-        ]
+        ],
+        axis=1,
     )
 
 
+def haralick_from_glcm(p: np.ndarray) -> np.ndarray:
+    """The 13 Haralick features of one normalised GLCM, in :data:`HARALICK_NAMES` order."""
+    return haralick_from_glcms(p[None])[0]
+
+
+def quantize(grey: np.ndarray, mask: np.ndarray, levels: int) -> np.ndarray:
+    """Grey levels ``0..levels-1`` between the 1st and 99th percentile of the masked pixels."""
+    if grey.dtype == np.uint8:
+        hist = cv2.calcHist([np.ascontiguousarray(grey)], [0], _u8(mask), [256], [0, 256]).ravel()
+        c = np.cumsum(hist)
+        lo, hi = (float(np.searchsorted(c, q * c[-1])) for q in (0.01, 0.99))
+    else:
+        lo, hi = np.percentile(grey[mask].astype(np.float32), [1, 99])
+    scaled = np.clip((grey.astype(np.float32) - lo) / max(hi - lo, 1e-3), 0, 1)
+    return np.minimum((scaled * levels).astype(np.int64), levels - 1)
+
+
 def haralick_features(
-    grey: np.ndarray, mask: np.ndarray, settings: FeatureSettings = FeatureSettings()
+    grey: np.ndarray, mask: np.ndarray, settings: FeatureSettings = FeatureSettings(), q: np.ndarray | None = None
 ) -> dict[str, float]:
     """Angle-averaged Haralick features of ``grey`` inside ``mask``.
 
     The grey levels are rescaled between the 1st and 99th percentile of the
     masked pixels before quantisation, so the texture measures chromatin
     pattern rather than overall stain intensity.
+
+    Parameters
+    ----------
+    q : ndarray of int, optional
+        ``grey`` already quantised by :func:`quantize` (quantise once, reuse).
 
     Returns
     -------
@@ -255,55 +426,226 @@ def haralick_features(
     names = [f"haralick_{n}_d{d}" for d in settings.haralick_distances for n in HARALICK_NAMES]
     if mask.sum() < 16:
         return dict.fromkeys(names, float("nan"))
-    vals = grey[mask].astype(np.float32)
-    lo, hi = np.percentile(vals, [1, 99])
-    scaled = np.clip((grey.astype(np.float32) - lo) / max(hi - lo, 1e-3), 0, 1)
-    q = np.minimum((scaled * levels).astype(np.int64), levels - 1)
+    if q is None:
+        q = quantize(grey, mask, levels)
     out: dict[str, float] = {}
-    for d in settings.haralick_distances:
-        glcms = masked_glcm(q, mask, d, levels)
-        feats = np.mean([haralick_from_glcm(g) for g in glcms if g.sum() > 0] or [np.full(13, np.nan)], axis=0)
-        out.update({f"haralick_{n}_d{d}": float(v) for n, v in zip(HARALICK_NAMES, feats, strict=True)})
+    stack = masked_glcm(q, mask, tuple(settings.haralick_distances), levels)
+    valid = stack.sum((1, 2)) > 0
+    feats = np.full((len(stack), 13), np.nan)
+    if valid.any():
+        feats[valid] = haralick_from_glcms(stack[valid])
+    for j, d in enumerate(settings.haralick_distances):
+        block = feats[j * len(_ANGLES) : (j + 1) * len(_ANGLES)]
+        ok = ~np.isnan(block[:, 0])
+        mean = block[ok].mean(0) if ok.any() else np.full(13, np.nan)
+        out.update({f"haralick_{n}_d{d}": float(v) for n, v in zip(HARALICK_NAMES, mean, strict=True)})
     return out
+
+
+# ------------------------------------------------------ chromatin texture ----
+def lbp_features(grey: np.ndarray, mask: np.ndarray) -> dict[str, float]:
+    """Rotation-invariant uniform local binary patterns (8 neighbours, radius 1) inside ``mask``.
+
+    Each pixel is coded by which of its 8 neighbours are at least as bright;
+    uniform codes (at most two 0/1 transitions around the circle) are binned
+    by their number of brighter neighbours (``lbp_nucleus_u0`` dark spot ...
+    ``lbp_nucleus_u8`` bright spot, ``u4`` an edge), the rest in
+    ``lbp_nucleus_nonuniform``. Also ``lbp_nucleus_entropy`` of the histogram.
+    """
+    names = [f"lbp_nucleus_u{k}" for k in range(9)] + ["lbp_nucleus_nonuniform", "lbp_nucleus_entropy"]
+    g = grey.astype(np.int16)
+    h, w = g.shape
+    if h < 3 or w < 3:
+        return dict.fromkeys(names, float("nan"))
+    c = g[1:-1, 1:-1]
+    offs = ((-1, -1), (-1, 0), (-1, 1), (0, 1), (1, 1), (1, 0), (1, -1), (0, -1))
+    bits = [(g[1 + dy : h - 1 + dy, 1 + dx : w - 1 + dx] >= c) for dy, dx in offs]
+    ones = np.zeros(c.shape, np.int8)
+    trans = np.zeros(c.shape, np.int8)
+    for k in range(8):
+        ones += bits[k]
+        trans += bits[k] != bits[(k + 1) % 8]
+    code = np.where(trans <= 2, ones, 9)
+    inner = mask[1:-1, 1:-1]
+    hist = np.bincount(code[inner].ravel(), minlength=LBP_BINS).astype(np.float64)
+    total = hist.sum()
+    if total < 16:
+        return dict.fromkeys(names, float("nan"))
+    p = hist / total
+    nz = p[p > 0]
+    return dict(zip(names, [*p.tolist(), float(-(nz * np.log2(nz)).sum())], strict=True))
+
+
+def _fill_outside(img: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """``img`` with the pixels outside ``mask`` set to the mean inside (no edge effect on morphology)."""
+    out = img.copy()
+    out[~mask] = float(img[mask].mean())
+    return out
+
+
+def granularity_features(od: np.ndarray, mask: np.ndarray) -> dict[str, float]:
+    """Granulometry of nuclear optical density: how much of it sits in clumps of each size.
+
+    ``granularity_nucleus_r{r}`` is the share of the nucleus' OD (above its
+    minimum) removed by a morphological opening with a disk of radius ``r``
+    that the opening of radius ``r-1`` kept: dense clumps about ``2r``
+    pixels wide.
+    """
+    names = [f"granularity_nucleus_r{r}" for r in GRANULARITY_RADII]
+    if mask.sum() < 16:
+        return dict.fromkeys(names, float("nan"))
+    vals = od[mask]
+    floor, top = float(vals.min()), float(vals.max())
+    if top - floor <= 1e-6:
+        return dict.fromkeys(names, 0.0)
+    # 8-bit image of OD above the nucleus minimum (OpenCV morphology is fastest on uint8).
+    img = np.clip((od - floor) * (250.0 / (top - floor)), 0, 255).astype(np.uint8)
+    img[~mask] = int(img[mask].mean())
+    m8 = _u8(mask)
+    total = float(cv2.sumElems(cv2.bitwise_and(img, img, mask=m8))[0])
+    if total <= 0:
+        return dict.fromkeys(names, 0.0)
+    prev = total
+    out = {}
+    for r in GRANULARITY_RADII:
+        k = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))
+        opened = cv2.morphologyEx(img, cv2.MORPH_OPEN, k)
+        kept = float(cv2.sumElems(cv2.bitwise_and(opened, opened, mask=m8))[0])
+        out[f"granularity_nucleus_r{r}"] = max(0.0, (prev - kept) / total)
+        prev = kept
+    return out
+
+
+def radial_features(od: np.ndarray, mask: np.ndarray) -> dict[str, float]:
+    """Chromatin density from the rim of the nucleus to its centre.
+
+    The nucleus is cut in :data:`RADIAL_RINGS` rings of equal relative depth
+    (distance to the outline divided by its maximum); ``radial_nucleus_ring{k}``
+    is the mean OD of ring ``k`` (1 = rim) divided by the nucleus mean, and
+    ``radial_nucleus_rim_centre`` the rim's mean over the centre's.
+    """
+    names = [f"radial_nucleus_ring{k + 1}" for k in range(RADIAL_RINGS)] + ["radial_nucleus_rim_centre"]
+    m8 = _u8(mask)
+    if cv2.countNonZero(m8) < 16:
+        return dict.fromkeys(names, float("nan"))
+    dist = cv2.distanceTransform(np.pad(m8, 1), cv2.DIST_L2, 3)[1:-1, 1:-1]
+    d = dist[mask]
+    ring = np.minimum((d / d.max() * RADIAL_RINGS).astype(int), RADIAL_RINGS - 1)
+    vals = od[mask].astype(np.float64)
+    sums = np.bincount(ring, weights=vals, minlength=RADIAL_RINGS)
+    counts = np.bincount(ring, minlength=RADIAL_RINGS)
+    mean = vals.mean()
+    with np.errstate(invalid="ignore", divide="ignore"):
+        means = np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
+    out = {
+        f"radial_nucleus_ring{k + 1}": float(means[k] / mean) if mean > 0 else float("nan") for k in range(RADIAL_RINGS)
+    }
+    out["radial_nucleus_rim_centre"] = float(means[0] / means[-1]) if means[-1] > 0 else float("nan")
+    return out
+
+
+def nucleoli_features(
+    od: np.ndarray, mask: np.ndarray, settings: FeatureSettings = FeatureSettings()
+) -> dict[str, float]:
+    """Pale spots inside the nucleus (nucleoli).
+
+    A pixel belongs to a pale spot when a morphological closing of radius
+    ``settings.nucleoli_radius`` (which fills pale holes narrower than the
+    disk) raises its OD by more than ``settings.nucleoli_depth`` times the
+    nucleus' OD spread and at least ``settings.nucleoli_min_depth``. Spots touching the nucleus outline are ignored.
+
+    Returns
+    -------
+    dict
+        ``nucleoli_count``, ``nucleoli_area_fraction`` (of the nucleus) and
+        ``nucleoli_contrast`` (mean depth of the spots over the nucleus mean OD; 0 without spots).
+    """
+    names = ("nucleoli_count", "nucleoli_area_fraction", "nucleoli_contrast")
+    m8 = _u8(mask)
+    n = cv2.countNonZero(m8)
+    if n < 30:
+        return dict.fromkeys(names, float("nan"))
+    vals = od[mask]
+    mean, sd = float(vals.mean()), float(vals.std())
+    img = od.astype(np.float32).copy()
+    img[~mask] = mean
+    r = settings.nucleoli_radius
+    closed = cv2.morphologyEx(
+        img, cv2.MORPH_CLOSE, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))
+    )
+    depth = cv2.subtract(closed, img)
+    inner = cv2.erode(m8, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (5, 5)))
+    cut = max(settings.nucleoli_depth * sd, settings.nucleoli_min_depth)
+    spots = cv2.bitwise_and(cv2.compare(depth, cut, cv2.CMP_GT), inner)
+    spots = cv2.morphologyEx(spots, cv2.MORPH_OPEN, np.ones((2, 2), np.uint8))
+    contours, _ = cv2.findContours(spots, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    count = sum(1 for c in contours if cv2.contourArea(c) >= 3)
+    if not count:
+        return {"nucleoli_count": 0.0, "nucleoli_area_fraction": 0.0, "nucleoli_contrast": 0.0}
+    area = cv2.countNonZero(spots)
+    return {
+        "nucleoli_count": float(count),
+        "nucleoli_area_fraction": area / n,
+        "nucleoli_contrast": float(cv2.mean(depth, mask=spots)[0]) / mean if mean > 0 else float("nan"),
+    }
 
 
 # ---------------------------------------------------------------- color ----
 def background_reference(rgb: np.ndarray, settings: FeatureSettings = FeatureSettings()) -> np.ndarray:
-    """Per-channel intensity of the unstained background (median of bright pixels)."""
-    od_sum = optical_density(rgb).sum(-1)
-    bg = od_sum < settings.background_od
-    if bg.sum() < 50:
-        # No clear background: use the brightest tenth of the crop.
-        bg = od_sum <= np.percentile(od_sum, 10)
-    return np.median(rgb[bg].astype(np.float32), axis=0)
+    """Per-channel intensity of the unstained background (95th percentile of each channel)."""
+    return background_rgb_fast(rgb)
 
 
 def color_features(
-    rgb: np.ndarray, nucleus_mask: np.ndarray, cell_mask: np.ndarray, settings: FeatureSettings = FeatureSettings()
+    rgb: np.ndarray,
+    nucleus_mask: np.ndarray,
+    cell_mask: np.ndarray,
+    settings: FeatureSettings = FeatureSettings(),
+    background: np.ndarray | None = None,
+    rbc_od: float | None = None,
 ) -> dict[str, float]:
-    """Colour of nucleus and cytoplasm in optical density relative to the background.
+    """Colour of nucleus and cytoplasm in optical density relative to the background and red cells.
 
-    OD is computed as ``-log(I / I_background)`` with the crop's own background
+    OD is ``log(I_background / I)`` per channel with the crop's own background
     as reference, so a slide scanned brighter or stained lighter moves less.
+    ``color_{region}_od_{channel}_fraction`` is that channel's share of the
+    total OD (hue of the stain, independent of its density);
+    ``color_{region}_od_rbc_ratio`` the total OD over the red cells' of the
+    same crop (density relative to an internal standard).
     ``color_cytoplasm_basophilia`` is the cytoplasm's ``OD_red - OD_blue``
     (blue cytoplasm, rich in RNA, absorbs red light).
+
+    Parameters
+    ----------
+    background : ndarray (3,), optional
+        RGB of the background (default: :func:`background_reference` of ``rgb``).
+    rbc_od : float, optional
+        Mean total OD of the crop's red cells (from the segmentation); NaN ratios without it.
     """
-    ref = background_reference(rgb, settings)
-    od = -np.log((rgb.astype(np.float32) + 1.0) / (ref + 1.0))
+    ref = background_reference(rgb, settings) if background is None else background
+    od = optical_density(rgb, ref)
     cyto_mask = cell_mask & ~nucleus_mask
     out: dict[str, float] = {}
     for region, m in (("nucleus", nucleus_mask), ("cytoplasm", cyto_mask)):
-        px = od[m]
+        m8 = _u8(m)
+        enough = cv2.countNonZero(m8) >= 3
+        if enough:
+            mu, sd = cv2.meanStdDev(od, mask=m8)
+            means, sds = mu.ravel(), sd.ravel()
+        else:
+            means = sds = np.full(3, np.nan)
+        total = float(means.sum())
         for c, name in enumerate(("red", "green", "blue")):
-            if px.shape[0] >= 3:
-                out[f"color_{region}_od_{name}_mean"] = float(px[:, c].mean())
-                out[f"color_{region}_od_{name}_std"] = float(px[:, c].std())
-            else:
-                out[f"color_{region}_od_{name}_mean"] = float("nan")
-                out[f"color_{region}_od_{name}_std"] = float("nan")
-        out[f"color_{region}_od_mean"] = float(px.sum(1).mean()) if px.shape[0] >= 3 else float("nan")
-    cy = od[cyto_mask]
-    out["color_cytoplasm_basophilia"] = float((cy[:, 0] - cy[:, 2]).mean()) if cy.shape[0] >= 3 else float("nan")
+            out[f"color_{region}_od_{name}_mean"] = float(means[c])
+            out[f"color_{region}_od_{name}_std"] = float(sds[c])
+            out[f"color_{region}_od_{name}_fraction"] = (
+                float(means[c] / total) if enough and total > 0 else float("nan")
+            )
+        out[f"color_{region}_od_mean"] = total if enough else float("nan")
+        ok = enough and rbc_od is not None and np.isfinite(rbc_od) and rbc_od > 0
+        out[f"color_{region}_od_rbc_ratio"] = total / rbc_od if ok else float("nan")
+        if region == "cytoplasm":
+            out["color_cytoplasm_basophilia"] = float(means[0] - means[2]) if enough else float("nan")
     return out
 
 
@@ -313,26 +655,156 @@ def cell_features(
 ) -> dict[str, float]:
     """All feature families of one segmented crop.
 
-    Features are computed on the bounding box of the cell (plus a margin for
-    the background reference, taken from the whole crop), which keeps the cost
-    independent of how many red cells surround it.
+    Features are computed on the bounding box of the cell (the background and
+    red-cell references come from the segmentation, measured on the whole
+    crop), which keeps the cost independent of how many red cells surround it.
     """
     out: dict[str, float] = {}
     nucleus, cell = seg.nucleus_mask, seg.cell_mask
-    out.update(nc_features(nucleus, cell))
-    if not nucleus.any():
-        for f in (shape_features(nucleus, "nucleus"), shape_features(cell, "cell")):
-            out.update(f)
-        out.update(haralick_features(np.zeros((1, 1)), np.zeros((1, 1), bool), settings))
-        out.update(color_features(rgb, nucleus, cell, settings))
-        return out
-    ys, xs = np.nonzero(cell)
-    y0, y1 = max(ys.min() - 2, 0), ys.max() + 3
-    x0, x1 = max(xs.min() - 2, 0), xs.max() + 3
-    n_box, c_box = nucleus[y0:y1, x0:x1], cell[y0:y1, x0:x1]
-    out.update(shape_features(n_box, "nucleus"))
-    out.update(shape_features(c_box, "cell"))
-    grey = cv2.cvtColor(np.ascontiguousarray(rgb[y0:y1, x0:x1]), cv2.COLOR_RGB2GRAY)
-    out.update(haralick_features(grey, n_box, settings))
-    out.update(color_features(rgb, nucleus, cell, settings))
+    if seg.box is not None and nucleus.any():
+        y0, y1, x0, x1 = seg.box
+    elif nucleus.any():
+        ys, xs = np.nonzero(cell)
+        y0, y1, x0, x1 = max(ys.min() - 2, 0), ys.max() + 3, max(xs.min() - 2, 0), xs.max() + 3
+    else:
+        y0, y1, x0, x1 = 0, 0, 0, 0
+    if y1 > y0 and x1 > x0:
+        n_box, c_box = nucleus[y0:y1, x0:x1], cell[y0:y1, x0:x1]
+        rgb_box = np.ascontiguousarray(rgb[y0:y1, x0:x1])
+    else:  # nothing segmented: every family returns NaN
+        n_box, c_box = np.zeros((1, 1), bool), np.zeros((1, 1), bool)
+        rgb_box = np.zeros((1, 1, 3), np.uint8)
+    n_contour, c_contour = _largest_contour(n_box), _largest_contour(c_box)
+    out.update(nc_features(n_box, c_box, n_contour))
+    out.update(shape_features(n_box, "nucleus", n_contour))
+    out.update(shape_features(c_box, "cell", c_contour))
+    bg = seg.background if seg.background is not None else background_reference(rgb, settings)
+    rbc_od = seg.diagnostics.get("rbc_od") if seg.diagnostics else None
+    if n_box.any():
+        # Texture families work on the nucleus' own box (1-pixel margin): fewer pixels, same result.
+        bx, by, bw, bh = cv2.boundingRect(_u8(n_box))
+        ny0, nx0 = max(0, by - 1), max(0, bx - 1)
+        sl = (slice(ny0, by + bh + 1), slice(nx0, bx + bw + 1))
+        rgb_n = np.ascontiguousarray(rgb_box[sl])
+        n_nuc = np.ascontiguousarray(n_box[sl])
+        grey = cv2.cvtColor(rgb_n, cv2.COLOR_RGB2GRAY)
+        od_r, od_g, od_b = optical_density_channels(rgb_n, bg)
+        od_sum = cv2.add(cv2.add(od_r, od_g), od_b)
+        q = quantize(grey, n_nuc, settings.haralick_levels)
+    else:
+        grey = od_sum = np.zeros((1, 1), np.float32)
+        n_nuc = np.zeros((1, 1), bool)
+        q = None
+    out.update(haralick_features(grey, n_nuc, settings, q=q))
+    out.update(lbp_features(grey, n_nuc))
+    out.update(granularity_features(od_sum, n_nuc))
+    out.update(radial_features(od_sum, n_nuc))
+    out.update(nucleoli_features(od_sum, n_nuc, settings))
+    out.update(color_features(rgb_box, n_box, c_box, settings, bg, rbc_od))
     return out
+
+
+# --------------------------------------------------------- descriptions ----
+_SHAPE_WORDS = {
+    "area": "size (area in pixels)",
+    "perimeter": "outline length",
+    "equivalent_diameter": "diameter of the disk of the same area",
+    "major_axis": "length",
+    "minor_axis": "width",
+    "eccentricity": "elongation (0 round, 1 line-like)",
+    "solidity": "fullness of the outline: below 1 with notches or clefts",
+    "convexity": "smoothness of the outline: below 1 with indentations or projections",
+    "circularity": "roundness (1 for a disk)",
+    "feret_max": "largest caliper diameter",
+    "feret_min": "smallest caliper diameter",
+    "fourier_low": "irregularity of the outline at large scale (lobes, clefts, kidney shape; 0 for a circle)",
+    "fourier_high": "irregularity of the outline at fine scale (small projections, hairy or crenated outline)",
+    "notch_depth": "depth of the deepest notch or cleft, relative to the radius",
+    "curvature_std": "how unevenly the outline bends (angular, wavy or notched outlines score high)",
+}
+_HARALICK_WORDS = {
+    "asm": "uniformity of the chromatin (high when smooth and homogeneous)",
+    "contrast": "chromatin contrast: how clumped the nucleus looks",
+    "correlation": "how gradually chromatin intensity changes between neighbouring points",
+    "sum_of_squares": "spread of chromatin intensity",
+    "idm": "homogeneity: neighbouring points look alike (smooth chromatin)",
+    "sum_average": "average brightness of neighbouring pairs of points",
+    "sum_variance": "spread of the brightness of neighbouring pairs",
+    "sum_entropy": "disorder of the brightness of neighbouring pairs",
+    "entropy": "disorder of the chromatin pattern",
+    "difference_variance": "variability of local chromatin contrast",
+    "difference_entropy": "disorder of local chromatin contrast",
+    "imc1": "information correlation of neighbouring points (structure of the chromatin pattern)",
+    "imc2": "second information correlation of neighbouring points (structure of the chromatin pattern)",
+}
+
+#: Plain-language meaning of every per-cell feature column (base names, before the per-patient statistic).
+FEATURE_DESCRIPTIONS: dict[str, str] = {
+    "nucleus_area": "nucleus size (area in pixels)",
+    "cell_area": "cell size (area in pixels)",
+    "nc_ratio": "share of the cell occupied by the nucleus (N:C ratio)",
+    "nc_cytoplasm_area": "amount of cytoplasm (area in pixels)",
+    "nc_rim_width": "mean thickness of the cytoplasm rim around the nucleus",
+    "nc_rim_width_min": "thinnest cytoplasm between nucleus and cell outline",
+    "nc_rim_width_max": "thickest cytoplasm between nucleus and cell outline",
+    "nc_nucleus_offset": "how far the nucleus sits from the centre of the cell",
+    "lbp_nucleus_nonuniform": "share of irregular fine chromatin patterns (not spots, edges or flat areas)",
+    "lbp_nucleus_entropy": "variety of fine chromatin patterns",
+    "radial_nucleus_rim_centre": "chromatin density at the rim of the nucleus relative to its centre",
+    "nucleoli_count": "number of pale spots (nucleoli) inside the nucleus",
+    "nucleoli_area_fraction": "share of the nucleus taken by pale spots (nucleoli)",
+    "nucleoli_contrast": "how much paler the nucleoli are than the chromatin around them",
+    "color_cytoplasm_basophilia": "how blue the cytoplasm is (RNA-rich, activated or immature cells)",
+}
+for _region in ("nucleus", "cell"):
+    for _k, _v in _SHAPE_WORDS.items():
+        FEATURE_DESCRIPTIONS[f"shape_{_region}_{_k}"] = f"{_region} {_v}"
+for _d, _scale in ((1, "fine scale"), (3, "3-pixel scale")):
+    for _k, _v in _HARALICK_WORDS.items():
+        FEATURE_DESCRIPTIONS[f"haralick_{_k}_d{_d}"] = f"{_v} ({_scale})"
+for _k in range(9):
+    _what = {0: "dark spots", 4: "edges", 8: "bright spots"}.get(_k, f"patterns with {_k} of 8 brighter neighbours")
+    FEATURE_DESCRIPTIONS[f"lbp_nucleus_u{_k}"] = f"share of chromatin points forming {_what} (local binary pattern)"
+for _r in GRANULARITY_RADII:
+    FEATURE_DESCRIPTIONS[f"granularity_nucleus_r{_r}"] = (
+        f"share of the chromatin in dense clumps about {2 * _r} pixels wide (granulometry)"
+    )
+for _k in range(1, RADIAL_RINGS + 1):
+    _where = {1: "outermost ring (rim)", RADIAL_RINGS: "central core"}.get(_k, f"ring {_k} from the rim")
+    FEATURE_DESCRIPTIONS[f"radial_nucleus_ring{_k}"] = (
+        f"chromatin density of the nucleus' {_where}, relative to its mean"
+    )
+for _region in ("nucleus", "cytoplasm"):
+    FEATURE_DESCRIPTIONS[f"color_{_region}_od_mean"] = f"overall stain density of the {_region} (how dark it looks)"
+    FEATURE_DESCRIPTIONS[f"color_{_region}_od_rbc_ratio"] = (
+        f"stain density of the {_region} relative to the red cells of the same image"
+    )
+    for _c in ("red", "green", "blue"):
+        FEATURE_DESCRIPTIONS[f"color_{_region}_od_{_c}_mean"] = (
+            f"how strongly the {_region} absorbs {_c} light (stain density)"
+        )
+        FEATURE_DESCRIPTIONS[f"color_{_region}_od_{_c}_std"] = (
+            f"unevenness of {_c}-light absorption within the {_region} (patchy or uniform staining)"
+        )
+        FEATURE_DESCRIPTIONS[f"color_{_region}_od_{_c}_fraction"] = (
+            f"share of the {_region}'s absorption in {_c} light (hue of the stain, whatever its density)"
+        )
+
+# Per-patient shares of each quality-control and cell-type flag (aggregate.py's ``frac_<flag>``).
+FEATURE_DESCRIPTIONS["frac_qc_ok"] = "share of the patient's crops passing quality control"
+for _flag, _meaning in FLAG_DESCRIPTIONS.items():
+    FEATURE_DESCRIPTIONS[f"frac_{_flag}"] = f"share of the patient's crops flagged: {_meaning}"
+
+
+def describe_feature(name: str) -> str | None:
+    """Plain-language meaning of a per-cell feature column, or None when unknown.
+
+    ``haralick_contrast_d5`` (a distance not in the table) is described from
+    its base feature.
+    """
+    if name in FEATURE_DESCRIPTIONS:
+        return FEATURE_DESCRIPTIONS[name]
+    m = re.fullmatch(r"haralick_(.+)_d(\d+)", name)
+    if m and m.group(1) in _HARALICK_WORDS:
+        return f"{_HARALICK_WORDS[m.group(1)]} ({m.group(2)}-pixel scale)"
+    return None

@@ -1034,6 +1034,9 @@ def load_model(model_dir: str | Path):
         meta = json.loads(meta_path.read_text())
     except (OSError, ValueError) as exc:
         raise ModelError(f"{meta_path} is not valid JSON: {exc}") from None
+    from .schema import validate_model_metadata  # checks model.json against its schema before any use
+
+    meta = validate_model_metadata(meta, meta_path)
     for k, t in _REQUIRED_META.items():
         if not isinstance(meta.get(k), t if t is not float else (int, float)):
             raise ModelError(f"{meta_path}: key {k!r} missing or not a {t.__name__}")

@@ -2,25 +2,38 @@
 
 Each crop of the challenge layout is centred on one lymphocyte surrounded by
 red blood cells on a pale background. :func:`segment_cell` returns the mask of
-its nucleus and of the whole cell (nucleus + cytoplasm) and never raises on
-image content: a crop it cannot segment comes back with ``qc_ok=False`` and a
-named reason, so a long extraction never stops on one odd cell.
+its nucleus and of the whole cell (nucleus + cytoplasm), quality-control flags
+and a cell-type guess, and never raises on image content: a crop it cannot
+segment comes back with ``qc_ok=False`` and a named reason, so a long
+extraction never stops on one odd cell.
 
-Colour cues (measured on the shared data):
+How (measured on the shared data):
 
-* the nucleus is purple: high Lab a* (magenta) and dark, well separated from
-  the pink red cells and the cream background by an Otsu threshold on a* in
-  the central region;
-* the cytoplasm is pale blue: in optical density (OD) it absorbs relatively
-  more red than blue light, so ``(OD_red - OD_blue) / OD_sum`` is positive,
-  while red cells (which absorb blue and green) sit well below zero. The red
-  cells of the same crop serve as the reference, which makes the cut follow
-  stain and scanner variation.
+* **Background reference.** The brightest pixels of the crop (95th percentile
+  per channel) are the unstained glass; optical density (OD) is measured
+  against them, ``OD_c = log(I_ref,c / I_c)``, so stain and scanner variation
+  move the thresholds less.
+* **Nucleus.** The nucleus is the darkest class of the green channel: a
+  three-class Otsu (nucleus / red cells and cytoplasm / background) on the
+  central window gives the cut; a purple-hue condition (blue well above
+  green) removes dark debris. The component at (or nearest to) the crop
+  centre is the lymphocyte's nucleus. Two nuclei merged into one component
+  are split at their neck; a nucleus made of several small lobes is a
+  granulocyte.
+* **Cytoplasm.** Pale blue cytoplasm absorbs relatively more red than blue
+  light, pink red cells do not: ``OD_red - OD_blue`` above the median of the
+  crop's red cells (plus a margin) and stained (OD above the background) is
+  cytoplasm. Only a region of interest around the nucleus is examined.
+* **Touching neighbour.** When the cytoplasm region holds another nucleus, it
+  is split between the two cells by distance to each nucleus; the cell is
+  kept (flag ``qc_neighbour_split``) unless the cut makes up too much of its
+  outline (``qc_touching``, reason ``touching_cells``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 import cv2
 import numpy as np
@@ -40,39 +53,74 @@ QC_REASONS = (
     "blur",
 )
 
+#: Every boolean flag of :attr:`Segmentation.flags`, with its meaning.
+FLAG_DESCRIPTIONS = {
+    "qc_off_centre": "nucleus centre far from the crop centre: probably not the cell the crop was taken for",
+    "qc_at_border": "nucleus touches the crop border: cut",
+    "qc_too_small": "nucleus smaller than any lymphocyte's (debris, platelet clump)",
+    "qc_too_large": "nucleus larger than any lymphocyte's (clump of cells)",
+    "qc_touching": "another cell touches this one over much of its outline: outline unreliable",
+    "qc_neighbour_split": "a touching neighbour was split off along a short cut (cell kept)",
+    "is_pyknotic": "small, very dense, structureless nucleus (nucleated red cell or dying cell)",
+    "is_granulocyte": "nucleus of several lobes joined by thin strands (neutrophil, eosinophil)",
+    "is_monocyte": "large cell with a folded nucleus and abundant grey cytoplasm",
+    "is_not_lymphocyte": "granulocyte, monocyte or pyknotic cell",
+    "is_smudge": "smudge (broken) cell: pale, spread nucleus without cytoplasm",
+    "qc_blur": "nucleus out of focus",
+}
+
+_OD_LUT = np.log(256.0 / (np.arange(256, dtype=np.float32) + 1.0)).astype(np.float32)
+
 
 @dataclass(frozen=True)
 class SegmentationSettings:
     """All tunable parameters of the segmentation, in one place.
 
-    Distances are in pixels of the 224x224 challenge crops; they scale with
-    the crop size (see :func:`segment_cell`).
+    Distances and areas are for the 224x224 challenge crops; they scale with
+    the crop size (see :meth:`scaled`).
     """
 
     central_fraction: float = 0.7  #: side of the central window used for thresholds
     min_nucleus_area: int = 300
     max_nucleus_area: int = 14000
     max_centre_offset: float = 0.22  #: nucleus centroid offset, as a fraction of crop side
-    od_background: float = 0.45  #: OD sum below which a pixel is background
+    purple_min: int = 25  #: nucleus pixels have blue - green above this (uint8 levels)
+    od_background: float = 0.15  #: OD sum above the background reference that counts as stained
     cytoplasm_margin: float = 0.08  #: how far above the red-cell reference cytoplasm sits
-    min_solidity_lymphocyte: float = 0.80  #: lobulated nuclei (granulocytes) fall below
-    blur_threshold: float = 12.0  #: variance of the Laplacian inside the nucleus
-    smudge_max_od: float = 0.85  #: mean nucleus OD below this looks like a smudge
+    roi_margin: int = 56  #: pixels around the nucleus box examined for cytoplasm
+    max_touch_fraction: float = 0.3  #: cut along a neighbour, as a fraction of the cell outline
+    lobe_erosion: int = 4  #: erosion radius that separates granulocyte lobes (thin strands)
+    min_lobe_area: int = 40  #: smallest area of a lobe after erosion
+    min_merged_nucleus_area: int = 1000  #: each of two merged nuclei is at least this large (else: lobes)
+    lobulated_max_solidity: float = 0.85  #: a nucleus less solid than this is checked for thick-stranded lobes
+    lobe_erosion_fraction: float = 0.14  #: ... by an erosion of this fraction of its equivalent diameter
+    merged_max_solidity: float = 0.9  #: a large nucleus less solid than this may be two merged nuclei
+    lobe_gap: int = 12  #: separate pieces this close to the nucleus may be its lobes
+    blur_threshold: float = 1.0  #: std of the Laplacian of nucleus OD over its std below this is blur
+    smudge_max_od: float = 2.4  #: mean nucleus OD (above background) below this looks washed out
+    smudge_max_cytoplasm: float = 0.15  #: ... and cytoplasm below this fraction of the cell
+    pyknotic_min_od: float = 3.9  #: a nucleus denser than this and structureless (OD std
+    pyknotic_max_od_sd: float = 0.38  #: below this) is pyknotic: nucleated red cell or dying cell
+    monocyte_min_diameter: float = 100.0  #: cell equivalent diameter above which a folded nucleus is a monocyte
+    monocyte_max_solidity: float = 0.88
     open_radius: int = 2
     close_radius: int = 3
 
     def scaled(self, side: int) -> SegmentationSettings:
-        """Return settings whose areas are rescaled from a 224-pixel crop to ``side``."""
+        """Return settings whose lengths and areas are rescaled from a 224-pixel crop to ``side``."""
         if side == 224:
             return self
-        k = (side / 224.0) ** 2
-        return SegmentationSettings(
-            **{
-                **self.__dict__,
-                "min_nucleus_area": max(10, int(self.min_nucleus_area * k)),
-                "max_nucleus_area": max(20, int(self.max_nucleus_area * k)),
-            }
-        )
+        k = side / 224.0
+        d = dict(self.__dict__)
+        for a in ("min_nucleus_area", "max_nucleus_area", "min_lobe_area", "min_merged_nucleus_area"):
+            d[a] = max(4, int(round(getattr(self, a) * k * k)))
+        d["roi_margin"] = max(8, int(round(self.roi_margin * k)))
+        d["lobe_gap"] = max(2, int(round(self.lobe_gap * k)))
+        d["lobe_erosion"] = max(1, int(round(self.lobe_erosion * k)))
+        d["monocyte_min_diameter"] = self.monocyte_min_diameter * k
+        d["open_radius"] = max(1, int(round(self.open_radius * k)))
+        d["close_radius"] = max(1, int(round(self.close_radius * k)))
+        return SegmentationSettings(**d)
 
 
 @dataclass
@@ -91,6 +139,14 @@ class Segmentation:
     flags : dict of str to bool
         Every check's outcome (``is_smudge``, ``qc_touching``...), so that a crop
         failing several checks is still counted in each.
+    box : tuple of int, optional
+        ``(y0, y1, x0, x1)`` of a box holding the whole cell (features are
+        computed inside it).
+    background : ndarray (3,), optional
+        RGB reference of the unstained background.
+    diagnostics : dict of str to float
+        Measurements behind the flags (nucleus OD, sharpness, share of the
+        outline cut along a neighbour, nucleus solidity, lobes...).
     """
 
     nucleus_mask: np.ndarray
@@ -98,26 +154,82 @@ class Segmentation:
     qc_ok: bool
     qc_reason: str
     flags: dict[str, bool] = field(default_factory=dict)
+    box: tuple[int, int, int, int] | None = None
+    background: np.ndarray | None = None
+    diagnostics: dict[str, float] = field(default_factory=dict)
 
 
+@lru_cache(maxsize=64)
 def _disk(radius: int) -> np.ndarray:
     return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
 
 
-def _fill_holes(mask: np.ndarray) -> np.ndarray:
-    """Fill holes of a binary mask (uint8 0/255) by flood-filling the outside."""
+def fill_holes(mask: np.ndarray) -> np.ndarray:
+    """Fill the holes of a binary mask (uint8 0/255) by flood-filling the outside."""
     h, w = mask.shape
     padded = np.zeros((h + 2, w + 2), np.uint8)
     padded[1:-1, 1:-1] = mask
-    flood = padded.copy()
-    cv2.floodFill(flood, np.zeros((h + 4, w + 4), np.uint8), (0, 0), 255)
-    holes = cv2.bitwise_not(flood)[1:-1, 1:-1]
-    return cv2.bitwise_or(mask, holes)
+    cv2.floodFill(padded, np.zeros((h + 4, w + 4), np.uint8), (0, 0), 128)
+    return np.where(padded[1:-1, 1:-1] == 128, 0, 255).astype(np.uint8)
 
 
-def optical_density(rgb: np.ndarray) -> np.ndarray:
-    """Optical density ``-log((I + 1) / 256)`` per channel, float32."""
-    return -np.log((rgb.astype(np.float32) + 1.0) / 256.0)
+def optical_density(rgb: np.ndarray, reference: np.ndarray | None = None) -> np.ndarray:
+    """Optical density per channel, float32.
+
+    ``log(256 / (I + 1))``, minus that of ``reference`` (an RGB triple, e.g. the
+    background from :func:`background_rgb`) when given: 0 on unstained glass,
+    positive where the stain absorbs.
+    """
+    rgb = np.ascontiguousarray(rgb)
+    if reference is None:
+        return cv2.LUT(rgb, _OD_LUT)
+    return cv2.merge(optical_density_channels(rgb, reference))
+
+
+def optical_density_channels(rgb: np.ndarray, reference: np.ndarray) -> list[np.ndarray]:
+    """:func:`optical_density` against ``reference``, as three single-channel float32 images (R, G, B)."""
+    rgb = np.ascontiguousarray(rgb)
+    ref = _OD_LUT[np.clip(np.rint(np.asarray(reference, np.float32)), 0, 255).astype(np.uint8)]
+    return [cv2.LUT(cv2.extractChannel(rgb, c), _OD_LUT - ref[c]) for c in range(3)]
+
+
+def background_rgb(rgb: np.ndarray, percentile: float = 95.0) -> np.ndarray:
+    """RGB of the unstained background: a high percentile of each channel (subsampled)."""
+    sample = rgb[::3, ::3].reshape(-1, 3)
+    return np.percentile(sample, percentile, axis=0).astype(np.float32)
+
+
+_TRIU: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+
+def _triu(bins: int) -> tuple[np.ndarray, np.ndarray]:
+    if bins not in _TRIU:
+        _TRIU[bins] = np.triu_indices(bins - 1, k=1)
+    return _TRIU[bins]
+
+
+def multi_otsu3(values: np.ndarray, bins: int = 64) -> tuple[float, float]:
+    """Two thresholds splitting ``values`` (uint8) into three classes, maximising between-class variance.
+
+    The histogram is reduced to ``bins`` bins; thresholds are returned in the
+    original 0-255 scale (a value ``<= t1`` is in the lowest class).
+    """
+    step = 256 // bins
+    hist = cv2.calcHist([np.ascontiguousarray(values)], [0], None, [bins], [0, 256]).ravel().astype(np.float64)
+    total = hist.sum()
+    if total <= 0:
+        return 0.0, 0.0
+    p = hist / total
+    w = np.cumsum(p)
+    m = np.cumsum(p * np.arange(bins))
+    i, j = _triu(bins)  # class 0: [0, i], class 1: (i, j], class 2: (j, end]
+    wi, wj, mi, mj = w[i], w[j], m[i], m[j]
+    m1 = mj - mi
+    m2 = m[-1] - mj
+    eps = 1e-12  # empty classes have zero mass and zero moment: their term vanishes
+    var = mi * mi / (wi + eps) + m1 * m1 / (wj - wi + eps) + m2 * m2 / (1.0 - wj + eps)
+    k = int(np.argmax(var))
+    return float((i[k] + 1) * step - 1), float((j[k] + 1) * step - 1)
 
 
 def _central_window(shape: tuple[int, int], fraction: float) -> tuple[slice, slice]:
@@ -128,7 +240,109 @@ def _central_window(shape: tuple[int, int], fraction: float) -> tuple[slice, sli
 
 def _empty(shape: tuple[int, int], reason: str) -> Segmentation:
     z = np.zeros(shape, bool)
-    return Segmentation(z, z.copy(), False, reason, {f"qc_{reason}": True})
+    flags = dict.fromkeys(FLAG_DESCRIPTIONS, False)
+    return Segmentation(z, z.copy(), False, reason, flags)
+
+
+def split_lobes(nucleus: np.ndarray, erosion: int, min_area: int) -> tuple[int, np.ndarray]:
+    """Pieces of a nucleus separated by thin strands.
+
+    Parameters
+    ----------
+    nucleus : ndarray uint8 (0/255)
+        One nucleus (one connected component).
+    erosion : int
+        Radius of the erosion that cuts strands thinner than ``2 * erosion``.
+    min_area : int
+        Pieces smaller than this after erosion are ignored.
+
+    Returns
+    -------
+    n_lobes : int
+        Number of pieces (1 for a round or notched nucleus).
+    labels : ndarray int32
+        Every nucleus pixel labelled ``1..n_lobes`` by its nearest piece (0 outside).
+    """
+    return _split_by_seeds(nucleus, cv2.erode(nucleus, _disk(erosion)), min_area)
+
+
+def split_merged(nucleus: np.ndarray, min_area: int, level: float = 0.55) -> tuple[int, np.ndarray]:
+    """Pieces of a nucleus made of two round nuclei pressed together (a wide neck).
+
+    The cores of the pieces are where the distance to the outline exceeds
+    ``level`` times its maximum; every pixel goes to its nearest core.
+    Returns ``(n_pieces, labels)`` as :func:`split_lobes`.
+    """
+    dt = cv2.distanceTransform(nucleus, cv2.DIST_L2, 3)
+    cores = cv2.compare(dt, level * float(dt.max()), cv2.CMP_GT)
+    return _split_by_seeds(nucleus, cores, min_area)
+
+
+def _split_by_seeds(nucleus: np.ndarray, seeds_mask: np.ndarray, min_area: int) -> tuple[int, np.ndarray]:
+    n, lab, stats, _ = cv2.connectedComponentsWithStats(seeds_mask, connectivity=8)
+    keep = np.flatnonzero(stats[1:, cv2.CC_STAT_AREA] >= min_area) + 1
+    if keep.size <= 1:
+        return 1, (nucleus > 0).astype(np.int32)
+    seeds = np.zeros_like(lab)
+    for new, old in enumerate(keep, start=1):
+        seeds[lab == old] = new
+    # Nearest seed of every pixel: distance transform with labels of the seeds' complement.
+    src = np.where(seeds > 0, 0, 255).astype(np.uint8)
+    _, near = cv2.distanceTransformWithLabels(src, cv2.DIST_L2, 3, labelType=cv2.DIST_LABEL_CCOMP)
+    # Map connected-component labels of the zeros back to seed ids.
+    lut = np.zeros(int(near.max()) + 1, np.int32)
+    ys, xs = np.nonzero(seeds)
+    lut[near[ys, xs]] = seeds[ys, xs]
+    out = lut[near]
+    out[nucleus == 0] = 0
+    return int(keep.size), out
+
+
+def _hist_quantile(hist: np.ndarray, q: float, lo: float, hi: float) -> float:
+    """Quantile ``q`` of values whose histogram over ``[lo, hi)`` is ``hist``."""
+    c = np.cumsum(hist.ravel())
+    if c[-1] <= 0:
+        return float("nan")
+    k = int(np.searchsorted(c, q * c[-1]))
+    return lo + (k + 0.5) * (hi - lo) / len(c)
+
+
+def background_rgb_fast(rgb: np.ndarray, q: float = 0.95) -> np.ndarray:
+    """Like :func:`background_rgb` (quantile ``q`` per channel), from OpenCV histograms."""
+    sub = np.ascontiguousarray(rgb[::3, ::3])
+    return np.array(
+        [_hist_quantile(cv2.calcHist([sub], [c], None, [256], [0, 256]), q, 0, 256) - 0.5 for c in range(3)],
+        np.float32,
+    )
+
+
+def red_cell_reference(
+    rgb: np.ndarray, background: np.ndarray, dark: np.ndarray, od_background: float
+) -> tuple[float, float]:
+    """Median ``OD_red - OD_blue`` and mean OD of the crop's stained, non-nuclear pixels (mostly red cells).
+
+    Computed on every fourth pixel (in each direction) of the whole crop, where red cells
+    outnumber any cytoplasm, so a large lymphocyte does not bias it. Returns
+    ``(0.0, nan)`` when the crop has almost no stained pixel.
+    """
+    sub = np.ascontiguousarray(rgb[::4, ::4])
+    od_r, od_g, od_b = optical_density_channels(sub, background)
+    od_sum = cv2.add(cv2.add(od_r, od_g), od_b)
+    stained = cv2.compare(od_sum, od_background, cv2.CMP_GT)
+    stained = cv2.bitwise_and(stained, cv2.bitwise_not(np.ascontiguousarray(dark[::4, ::4])))
+    if cv2.countNonZero(stained) < 10:
+        return 0.0, float("nan")
+    blueness = cv2.subtract(od_r, od_b)
+    med = _hist_quantile(cv2.calcHist([blueness], [0], stained, [200], [-1.0, 1.0]), 0.5, -1.0, 1.0)
+    return med, float(cv2.mean(od_sum, mask=stained)[0])
+
+
+def _contour_centroid(c: np.ndarray) -> tuple[float, float]:
+    m = cv2.moments(c)
+    if m["m00"] > 0:
+        return m["m10"] / m["m00"], m["m01"] / m["m00"]
+    x, y = c.reshape(-1, 2).mean(0)
+    return float(x), float(y)
 
 
 def segment_cell(rgb: np.ndarray, settings: SegmentationSettings | None = None) -> Segmentation:
@@ -153,76 +367,201 @@ def segment_cell(rgb: np.ndarray, settings: SegmentationSettings | None = None) 
     side = min(h, w)
     s = (settings or SegmentationSettings()).scaled(side)
     cy, cx = (h - 1) / 2.0, (w - 1) / 2.0
+    rgb = np.ascontiguousarray(rgb)
+
+    # --- nucleus: darkest class of green, purple hue ----------------------
+    green = cv2.extractChannel(rgb, 1)
+    blue = cv2.extractChannel(rgb, 2)
     win = _central_window((h, w), s.central_fraction)
+    t1, t2 = multi_otsu3(green[win][::2, ::2])  # every other pixel: same histogram shape, 4x fewer
+    if t2 - t1 < 12:  # no three distinct classes (blank or uniform crop)
+        return _empty((h, w), "no_nucleus")
+    dark = cv2.compare(green, t1, cv2.CMP_LE)
+    purple = cv2.compare(cv2.subtract(blue, green), s.purple_min, cv2.CMP_GT)
+    nuc = cv2.morphologyEx(cv2.bitwise_and(dark, purple), cv2.MORPH_OPEN, _disk(s.open_radius))
+    contours, _ = cv2.findContours(nuc, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    if not contours:
+        return _empty((h, w), "no_nucleus")
+    areas = np.array([cv2.contourArea(c) for c in contours])
+    big = [i for i in np.flatnonzero(areas >= s.min_nucleus_area // 3)]
+    if not big:
+        return _empty((h, w), "no_nucleus")
+    cents = {i: _contour_centroid(contours[i]) for i in range(len(contours))}
+    inside = [i for i in big if cv2.pointPolygonTest(contours[i], (cx, cy), False) >= 0]
+    chosen = inside[0] if inside else min(big, key=lambda i: np.hypot(cents[i][0] - cx, cents[i][1] - cy))
 
-    # --- nucleus: Otsu on Lab a* over the central window -----------------
-    lab = cv2.cvtColor(rgb, cv2.COLOR_RGB2LAB)
-    a_star = lab[..., 1]
-    lightness = lab[..., 0]
-    t_a, _ = cv2.threshold(np.ascontiguousarray(a_star[win]), 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
-    # Otsu can split background from red cells when the nucleus is small;
-    # the nucleus is also much darker than either, so require both cues.
-    t_l, _ = cv2.threshold(np.ascontiguousarray(lightness[win]), 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
-    nuc = ((a_star > t_a) & (lightness < t_l)).astype(np.uint8) * 255
-    nuc = cv2.morphologyEx(nuc, cv2.MORPH_OPEN, _disk(s.open_radius))
-    n_lab, labels, stats, centroids = cv2.connectedComponentsWithStats(nuc, connectivity=8)
-    if n_lab <= 1:
-        return _empty((h, w), "no_nucleus")
-    areas = stats[1:, cv2.CC_STAT_AREA]
-    big = np.flatnonzero(areas >= s.min_nucleus_area // 3) + 1
-    if big.size == 0:
-        return _empty((h, w), "no_nucleus")
-    # The central lymphocyte: the component covering the centre, else the nearest one.
-    centre_label = labels[int(round(cy)), int(round(cx))]
-    if centre_label in big:
-        chosen = int(centre_label)
-    else:
-        d = np.hypot(centroids[big, 0] - cx, centroids[big, 1] - cy)
-        chosen = int(big[np.argmin(d)])
-    nucleus = _fill_holes(((labels == chosen) * 255).astype(np.uint8))
+    # Region of interest: the chosen nucleus' box plus a margin.
+    bx, by, bw, bh = cv2.boundingRect(contours[chosen])
+    m = s.roi_margin
+    y0, y1, x0, x1 = max(0, by - m), min(h, by + bh + m), max(0, bx - m), min(w, bx + bw + m)
+    rh, rw = y1 - y0, x1 - x0
+    off = (-x0, -y0)
+    nucleus = np.zeros((rh, rw), np.uint8)
+    cv2.drawContours(nucleus, contours, chosen, 255, -1, offset=off)
+    # Nuclear pixels lost to the opening's corners or the purple cut are kept by a closing.
     nucleus = cv2.morphologyEx(nucleus, cv2.MORPH_CLOSE, _disk(s.close_radius))
-    nucleus_mask = nucleus > 0
-    # Other large nuclei in the crop, touching the chosen one's cell, are counted below.
-    other_nuclei = [int(b) for b in big if b != chosen and areas[b - 1] >= s.min_nucleus_area]
+    others = np.zeros((rh, rw), np.uint8)
+    candidates = []
+    for i in range(len(contours)):
+        x, y, ww, hh = cv2.boundingRect(contours[i])
+        if i != chosen and areas[i] >= s.min_lobe_area and x + ww >= x0 and x < x1 and y + hh >= y0 and y < y1:
+            candidates.append(i)
+    # Separate pieces close to the nucleus and smaller than a nucleus are lobes (granulocyte);
+    # a lobe close to a lobe counts too.
+    fragments: list[int] = []
+    group = nucleus.copy()
+    small = [i for i in candidates if areas[i] < s.min_merged_nucleus_area]
+    for _ in range(3 if small else 0):
+        gap = cv2.distanceTransform(cv2.bitwise_not(group), cv2.DIST_L2, 3)
+        added = False
+        for i in small:
+            if i in fragments:
+                continue
+            pts = contours[i].reshape(-1, 2) + np.array(off)
+            pts = pts[(pts[:, 0] >= 0) & (pts[:, 0] < rw) & (pts[:, 1] >= 0) & (pts[:, 1] < rh)]
+            if len(pts) and float(gap[pts[:, 1], pts[:, 0]].min()) <= s.lobe_gap:
+                fragments.append(i)
+                cv2.drawContours(group, contours, i, 255, -1, offset=off)
+                added = True
+        if not added:
+            break
+    for i in candidates:
+        if i not in fragments and areas[i] >= s.min_nucleus_area:
+            cv2.drawContours(others, contours, i, 255, -1, offset=off)
 
-    # --- cytoplasm: OD ratio against the red-cell reference ----------------
-    od = optical_density(rgb)
-    od_sum = od.sum(axis=2)
-    # log(B / R): positive where a pixel is bluer than it is red.
-    blueness = od[..., 0] - od[..., 2]
-    stained = od_sum > s.od_background
-    rbc = stained & ~nucleus_mask
-    ref = float(np.median(blueness[rbc])) if rbc.any() else -0.1
-    cyto = (stained & (blueness > ref + s.cytoplasm_margin)) | nucleus_mask
-    cyto = cv2.morphologyEx(cyto.astype(np.uint8) * 255, cv2.MORPH_OPEN, _disk(1))
+    # Lobes: granulocyte (several small lobes) or two merged lymphocyte nuclei (two big ones).
+    eroded = cv2.erode(nucleus, _disk(s.lobe_erosion))
+    lobe_contours, _ = cv2.findContours(eroded, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    n_lobes = sum(cv2.contourArea(c) >= s.min_lobe_area for c in lobe_contours)
+    is_granulocyte = merged_split = False
+    n_area0 = cv2.countNonZero(nucleus)
+    lobe_lab = None
+    if n_lobes < 2 and not fragments and n_area0 >= 2 * s.min_merged_nucleus_area:
+        hull0 = cv2.contourArea(cv2.convexHull(contours[chosen]))
+        if hull0 > 0 and n_area0 / hull0 < s.merged_max_solidity:
+            n_split, split_lab = split_merged(nucleus, s.min_lobe_area)
+            if n_split == 2:
+                n_lobes, lobe_lab = n_split, split_lab
+    if n_lobes >= 2 or fragments:
+        if lobe_lab is None:
+            n_lobes, lobe_lab = split_lobes(nucleus, s.lobe_erosion, s.min_lobe_area)
+        lobe_areas = np.bincount(lobe_lab.ravel(), minlength=n_lobes + 1)[1:].astype(float)
+        all_areas = np.concatenate([lobe_areas, [areas[f] for f in fragments]])
+        if n_lobes == 2 and not fragments and (lobe_areas >= s.min_merged_nucleus_area).all():
+            # Two nuclei merged (touching lymphocytes): keep the piece at (or nearest) the centre.
+            dist = []
+            for k in (1, 2):
+                mk = cv2.moments((lobe_lab == k).astype(np.uint8), binaryImage=True)
+                dist.append(np.hypot(mk["m10"] / mk["m00"] - off[0] - cx, mk["m01"] / mk["m00"] - off[1] - cy))
+            keep = 1 + int(np.argmin(dist))
+            others[lobe_lab == 3 - keep] = 255
+            nucleus = np.where(lobe_lab == keep, 255, 0).astype(np.uint8)
+            merged_split = True
+        elif all_areas.size >= 2 and all_areas.max() < 0.7 * all_areas.sum():
+            is_granulocyte = True
+            for f in fragments:  # the whole lobulated nucleus
+                cv2.drawContours(nucleus, contours, f, 255, -1, offset=off)
+    n_area = cv2.countNonZero(nucleus)
+    if n_area == 0:
+        return _empty((h, w), "no_nucleus")
+    nucleus_roi = nucleus > 0
+    others[nucleus_roi] = 0
+
+    # --- cytoplasm: OD chroma against the red-cell reference -------------
+    # Background: mean colour of the brightest class of the three-class Otsu.
+    bright = cv2.compare(green, t2, cv2.CMP_GT)
+    bg = (
+        np.array(cv2.mean(rgb, mask=bright)[:3], np.float32)
+        if cv2.countNonZero(bright) > 50
+        else background_rgb_fast(rgb)
+    )
+    od_r, od_g, od_b = optical_density_channels(rgb[y0:y1, x0:x1], bg)
+    od_sum = cv2.add(cv2.add(od_r, od_g), od_b)
+    blueness = cv2.subtract(od_r, od_b)  # OD_red - OD_blue: positive for blue cytoplasm
+    stained = cv2.compare(od_sum, s.od_background, cv2.CMP_GT)
+    ref, rbc_od = red_cell_reference(rgb, bg, dark, s.od_background)
+    cyto = cv2.bitwise_and(stained, cv2.compare(blueness, ref + s.cytoplasm_margin, cv2.CMP_GT))
+    cyto = cv2.bitwise_or(cyto, cv2.bitwise_or(nucleus, others))
+    cyto = cv2.morphologyEx(cyto, cv2.MORPH_OPEN, _disk(1))
     cyto = cv2.morphologyEx(cyto, cv2.MORPH_CLOSE, _disk(s.close_radius))
-    n_c, clabels = cv2.connectedComponents(cyto, connectivity=8)
-    touching = np.bincount(clabels[nucleus_mask], minlength=n_c)
-    touching[0] = 0
-    cell_label = int(np.argmax(touching))
-    cell = _fill_holes(((clabels == cell_label) * 255).astype(np.uint8)) if touching.max() > 0 else nucleus
-    cell_mask = (cell > 0) | nucleus_mask
+    cyto = cv2.bitwise_or(cyto, nucleus)
+    # The connected region holding the nucleus (flood fill from one of its pixels).
+    ncont, _ = cv2.findContours(nucleus, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    seed_x, seed_y = (int(v) for v in ncont[0][0, 0])
+    comp = np.zeros((rh + 2, rw + 2), np.uint8)
+    cv2.floodFill(cyto.copy(), comp, (seed_x, seed_y), 128, flags=8 | (255 << 8) | cv2.FLOODFILL_MASK_ONLY)
+    comp = comp[1:-1, 1:-1]
+    touch_fraction = 0.0
+    split = False
+    if cv2.countNonZero(cv2.bitwise_and(comp, others)):
+        # Split the region between this cell and its neighbours by distance to each nucleus.
+        d_self = cv2.distanceTransform(cv2.bitwise_not(nucleus), cv2.DIST_L2, 3)
+        d_other = cv2.distanceTransform(cv2.bitwise_not(others), cv2.DIST_L2, 3)
+        mine = cv2.bitwise_and(comp, cv2.compare(d_self, d_other, cv2.CMP_LE))
+        cell_contours, _ = cv2.findContours(mine, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+        split = True
+    else:
+        cell_contours, _ = cv2.findContours(comp, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    cell_contour = max(cell_contours, key=cv2.contourArea)
+    cell = np.zeros((rh, rw), np.uint8)
+    cv2.drawContours(cell, [cell_contour], 0, 255, -1)
+    cell = cv2.bitwise_or(cell, nucleus)
+    if split:
+        # Share of the outline that is a cut through the region shared with a neighbour.
+        pts = cell_contour.reshape(-1, 2)
+        rest = cv2.dilate(cv2.bitwise_and(comp, cv2.bitwise_not(cell)), _disk(1))
+        touch_fraction = float(np.count_nonzero(rest[pts[:, 1], pts[:, 0]])) / max(1, len(pts))
+    cell_roi = cell > 0
+
+    nucleus_mask = np.zeros((h, w), bool)
+    cell_mask = np.zeros((h, w), bool)
+    nucleus_mask[y0:y1, x0:x1] = nucleus_roi
+    cell_mask[y0:y1, x0:x1] = cell_roi
 
     # --- quality control ---------------------------------------------------
-    flags: dict[str, bool] = {}
-    n_area = int(nucleus_mask.sum())
-    ys, xs = np.nonzero(nucleus_mask)
-    offset = float(np.hypot(ys.mean() - cy, xs.mean() - cx)) / side
-    flags["qc_off_centre"] = offset > s.max_centre_offset
-    flags["qc_at_border"] = bool(ys.min() == 0 or xs.min() == 0 or ys.max() == h - 1 or xs.max() == w - 1)
+    flags = dict.fromkeys(FLAG_DESCRIPTIONS, False)
+    mom = cv2.moments(nucleus, binaryImage=True)
+    ncy, ncx = mom["m01"] / mom["m00"] + y0, mom["m10"] / mom["m00"] + x0
+    flags["qc_off_centre"] = float(np.hypot(ncy - cy, ncx - cx)) / side > s.max_centre_offset
+    nbx, nby, nbw, nbh = cv2.boundingRect(nucleus)
+    flags["qc_at_border"] = bool(nbx + x0 == 0 or nby + y0 == 0 or nbx + nbw + x0 >= w or nby + nbh + y0 >= h)
     flags["qc_too_small"] = n_area < s.min_nucleus_area
     flags["qc_too_large"] = n_area > s.max_nucleus_area
-    flags["qc_touching"] = any(np.any(cell_mask[labels == b]) for b in other_nuclei)
-    contours, _ = cv2.findContours(nucleus, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
-    hull_area = cv2.contourArea(cv2.convexHull(max(contours, key=cv2.contourArea))) if contours else 0.0
-    solidity = n_area / hull_area if hull_area > 0 else 0.0
-    flags["is_not_lymphocyte"] = solidity < s.min_solidity_lymphocyte
-    nucleus_od = float(od_sum[nucleus_mask].mean())
-    # A smudge cell is a broken, pale, spread-out nucleus with no cytoplasm around it.
-    flags["is_smudge"] = nucleus_od < s.smudge_max_od and int(cell_mask.sum()) < 1.15 * n_area
-    grey = lightness.astype(np.float32)
-    lap = cv2.Laplacian(grey, cv2.CV_32F)
-    flags["qc_blur"] = float(lap[nucleus_mask].var()) < s.blur_threshold
+    flags["qc_neighbour_split"] = split or merged_split
+    flags["qc_touching"] = touch_fraction > s.max_touch_fraction
+    c_area = cv2.countNonZero(cell)
+    hull_area = cv2.contourArea(cv2.convexHull(np.concatenate(ncont))) if ncont else 0.0
+    solidity = n_area / hull_area if hull_area > 0 else 1.0
+    cell_diameter = float(np.sqrt(4 * c_area / np.pi))
+    if not is_granulocyte and not merged_split and solidity < s.lobulated_max_solidity:
+        # Thick strands: erode in proportion to the nucleus size and count the lobes left.
+        r = max(s.lobe_erosion, int(round(s.lobe_erosion_fraction * np.sqrt(4 * n_area / np.pi))))
+        pieces, _ = cv2.findContours(cv2.erode(nucleus, _disk(r)), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+        n_big = sum(cv2.contourArea(c) >= s.min_lobe_area for c in pieces)
+        if n_big >= 2:
+            is_granulocyte = True
+            n_lobes = max(n_lobes, n_big)
+    flags["is_granulocyte"] = is_granulocyte
+    flags["is_monocyte"] = bool(
+        not is_granulocyte
+        and cell_diameter > s.monocyte_min_diameter
+        and solidity < s.monocyte_max_solidity
+        and n_area < 0.6 * c_area
+    )
+    nucleus_od, nucleus_od_sd = (float(v[0, 0]) for v in cv2.meanStdDev(od_sum, mask=nucleus))
+    nb = (slice(nby, nby + nbh), slice(nbx, nbx + nbw))  # the nucleus' own box
+    lap = cv2.Laplacian(od_sum[nb], cv2.CV_32F, ksize=1)
+    inner = cv2.erode(nucleus[nb], _disk(2))
+    if cv2.countNonZero(inner) < 20:
+        inner = np.ascontiguousarray(nucleus[nb])
+    # Sharpness: fine (Laplacian) over overall variation of the chromatin, so it
+    # does not depend on how contrasted the chromatin is.
+    sharp = float(cv2.meanStdDev(lap, mask=inner)[1][0, 0]) / max(nucleus_od_sd, 1e-3)
+    dense = nucleus_od > s.pyknotic_min_od
+    flags["is_pyknotic"] = dense and nucleus_od_sd < s.pyknotic_max_od_sd
+    flags["is_not_lymphocyte"] = flags["is_granulocyte"] or flags["is_monocyte"] or flags["is_pyknotic"]
+    flags["is_smudge"] = nucleus_od < s.smudge_max_od and (c_area - n_area) < s.smudge_max_cytoplasm * c_area
+    flags["qc_blur"] = sharp < s.blur_threshold and not dense
 
     order = [
         ("nucleus_off_centre", "qc_off_centre"),
@@ -234,5 +573,19 @@ def segment_cell(rgb: np.ndarray, settings: SegmentationSettings | None = None) 
         ("smudge", "is_smudge"),
         ("blur", "qc_blur"),
     ]
+    flags = {k: bool(v) for k, v in flags.items()}
     reason = next((r for r, k in order if flags[k]), "ok")
-    return Segmentation(nucleus_mask, cell_mask, reason == "ok", reason, flags)
+    # Box of the whole cell (for the features), with a 2-pixel margin.
+    cbx, cby, cbw, cbh = cv2.boundingRect(cell)
+    box = (max(0, cby + y0 - 2), min(h, cby + cbh + y0 + 2), max(0, cbx + x0 - 2), min(w, cbx + cbw + x0 + 2))
+    diagnostics = {
+        "nucleus_od": nucleus_od,
+        "nucleus_od_sd": nucleus_od_sd,
+        "sharpness": sharp,
+        "touch_fraction": touch_fraction,
+        "solidity": solidity,
+        "n_lobes": float(n_lobes),
+        "cell_diameter": cell_diameter,
+        "rbc_od": rbc_od,
+    }
+    return Segmentation(nucleus_mask, cell_mask, reason == "ok", reason, flags, box, bg, diagnostics)

@@ -62,6 +62,9 @@ def synthetic_crop(
     neighbour: bool = False,
     n_red_cells: int = 14,
     chromatin_contrast: float = 18.0,
+    blur: float = 0.0,
+    lobes: int = 1,
+    smudge: bool = False,
 ) -> SyntheticCrop:
     """Draw one crop with a central lymphocyte.
 
@@ -83,6 +86,12 @@ def synthetic_crop(
         Put a second lymphocyte touching the central one.
     chromatin_contrast : float
         Amplitude of the nucleus' texture (clumped chromatin is higher).
+    blur : float
+        Extra Gaussian blur (sigma, pixels) of the whole crop: an out-of-focus image.
+    lobes : int
+        Above 1, draw a granulocyte: a nucleus of this many lobes joined by thin strands.
+    smudge : bool
+        Draw a smudge cell: a pale nucleus with no cytoplasm (use with ``pale_nucleus``).
     """
     k = size / 224.0
     shape = (size, size)
@@ -96,12 +105,28 @@ def synthetic_crop(
     shift = (rc - rn) * 0.35
     th = rng.uniform(0, 2 * np.pi)
     ncx, ncy = cx + shift * np.cos(th), cy + shift * np.sin(th)
-    nucleus = (
-        _ellipse_mask(
-            shape, (ncx, ncy), (rn * np.sqrt(elongation), rn / np.sqrt(elongation)), angle + rng.uniform(-30, 30)
+    if lobes > 1:
+        # Granulocyte: small lobes on an arc, joined by thin strands.
+        nucleus = np.zeros(shape, bool)
+        rl = rn * 0.42
+        phis = np.linspace(0, 1.3 * np.pi, lobes) + rng.uniform(0, 2 * np.pi)
+        pts = [(cx + rn * 0.75 * np.cos(p), cy + rn * 0.75 * np.sin(p)) for p in phis]
+        for p in pts:
+            nucleus |= _ellipse_mask(shape, p, (rl, rl * 0.85), float(rng.uniform(0, 180)))
+        strands = np.zeros(shape, np.uint8)
+        for a, b in zip(pts[:-1], pts[1:], strict=True):
+            cv2.line(strands, (int(a[0]), int(a[1])), (int(b[0]), int(b[1])), 1, max(2, int(round(4 * k))))
+        nucleus = (nucleus | strands.astype(bool)) & cell
+    else:
+        nucleus = (
+            _ellipse_mask(
+                shape, (ncx, ncy), (rn * np.sqrt(elongation), rn / np.sqrt(elongation)), angle + rng.uniform(-30, 30)
+            )
+            & cell
         )
-        & cell
-    )
+    if smudge:
+        # A broken cell: the nucleus spread flat, no cytoplasm left around it.
+        cell = nucleus.copy()
 
     # Red cells: discs with a paler centre, avoiding the lymphocyte (but may touch it).
     yy, xx = np.mgrid[0:size, 0:size]
@@ -138,14 +163,49 @@ def synthetic_crop(
     nuc_colour = NUCLEUS + rng.normal(0, 4, 3)
     if pale_nucleus:
         nuc_colour = nuc_colour * 0.55 + np.array([150, 130, 190]) * 0.45
-    texture = cv2.GaussianBlur(rng.normal(0, 1, shape).astype(np.float32), (0, 0), 1.2 * k)
+    if smudge:
+        nuc_colour = nuc_colour * 0.45 + np.array([170, 150, 200]) * 0.55
+    # Chromatin: coarse clumps plus fine grain, as in real nuclei.
+    coarse = cv2.GaussianBlur(rng.normal(0, 1, shape).astype(np.float32), (0, 0), 1.5 * k)
+    fine = cv2.GaussianBlur(rng.normal(0, 1, shape).astype(np.float32), (0, 0), 0.6)
+    texture = coarse / (coarse.std() + 1e-6) + 0.8 * fine / (fine.std() + 1e-6)
     texture = texture / (texture.std() + 1e-6) * chromatin_contrast
     img[nucleus] = nuc_colour + texture[nucleus][:, None]
 
-    img = cv2.GaussianBlur(img, (0, 0), 0.7)
+    img = cv2.GaussianBlur(img, (0, 0), 0.5 + blur)
     img += rng.normal(0, 2.5, img.shape).astype(np.float32)
     rgb = np.clip(img, 0, 255).astype(np.uint8)
     return SyntheticCrop(rgb, nucleus, cell)
+
+
+#: The kinds of crop in :func:`varied_set`, each a set of :func:`synthetic_crop` arguments.
+VARIED_CASES = (
+    {},
+    {"pale_nucleus": True},
+    {"dark_cytoplasm": True},
+    {"offset": (12.0, -10.0)},
+    {"offset": (-9.0, 14.0), "elongation": 1.3},
+    {"nucleus_radius": 18, "cell_radius": 22},
+    {"nucleus_radius": 34, "cell_radius": 50},
+    {"elongation": 1.5},
+    {"neighbour": True},
+    {"neighbour": True, "nucleus_radius": 22, "cell_radius": 30},
+    {"chromatin_contrast": 28},
+)
+
+
+def varied_set(seed: int = 0, repeats: int = 2, size: int = 224) -> list[tuple[dict, SyntheticCrop]]:
+    """A varied set of lymphocyte crops with their true masks, for segmentation tests.
+
+    Every case of :data:`VARIED_CASES` (sizes, pale nuclei, dark cytoplasm,
+    touching neighbours, off-centre cells) ``repeats`` times.
+
+    Returns
+    -------
+    list of (case, SyntheticCrop)
+    """
+    rng = np.random.default_rng(seed)
+    return [(case, synthetic_crop(rng, size, **case)) for _ in range(repeats) for case in VARIED_CASES]
 
 
 def patient_crops(rng: np.random.Generator, tumoral: bool, n: int, size: int = 224) -> list[SyntheticCrop]:

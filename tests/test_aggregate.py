@@ -46,3 +46,15 @@ def test_patient_table_keeps_patients_without_cells():
     assert table.loc["C", "n_cells"] == 0
     assert np.isnan(table.loc["C", "nc_ratio__mean"])
     assert table["label"].dtype == "Int64" and pd.isna(table.loc["C", "label"])
+
+
+def test_informational_flag_on_kept_cells_is_counted_and_cells_stay_in_aggregates():
+    cells = cells_table()
+    cells["qc_neighbour_split"] = [True, False, False, True, True]  # cell kept after cutting a neighbour off
+    cells["is_granulocyte"] = [False, False, True, False, False]
+    agg = aggregate_cells(cells).set_index("patient_id")
+    assert agg.loc["A", "frac_qc_neighbour_split"] == pytest.approx(1 / 3)
+    assert agg.loc["B", "frac_qc_neighbour_split"] == 1.0
+    assert agg.loc["A", "frac_is_granulocyte"] == pytest.approx(1 / 3)
+    assert agg.loc["B", "nc_ratio__mean"] == pytest.approx(0.8)  # flagged-but-ok cells are measured
+    assert "qc_neighbour_split__mean" not in agg.columns

@@ -89,3 +89,131 @@ def test_cell_features_empty_segmentation_gives_nan_not_error():
     z = np.zeros((64, 64), bool)
     f = cell_features(rgb, Segmentation(z, z, False, "no_nucleus"))
     assert np.isnan(f["nc_ratio"]) and np.isnan(f["haralick_contrast_d1"])
+
+
+# ------------------------------------------------------------ new families ----
+from lympho_features.features import (  # noqa: E402
+    FEATURE_DESCRIPTIONS,
+    color_features,
+    describe_feature,
+    granularity_features,
+    lbp_features,
+    nucleoli_features,
+    radial_features,
+)
+from lympho_features.segment import segment_cell  # noqa: E402
+from lympho_features.synthetic import synthetic_crop  # noqa: E402
+
+
+def test_fourier_and_notch_measure_outline_irregularity():
+    round_ = disk((200, 200), (100, 100), 40)
+    ellipse = np.zeros((200, 200), np.uint8)
+    cv2.ellipse(ellipse, (100, 100), (55, 30), 20, 0, 360, 1, -1)
+    notched = round_ & ~disk((200, 200), (142, 100), 16)
+    yy, xx = np.mgrid[:200, :200]
+    ang = np.arctan2(yy - 100, xx - 100)
+    hairy = np.hypot(yy - 100, xx - 100) < 40 + 4 * np.sin(16 * ang)
+    f_round, f_ell = shape_features(round_, "n"), shape_features(ellipse.astype(bool), "n")
+    f_notch, f_hairy = shape_features(notched, "n"), shape_features(hairy, "n")
+    assert f_round["shape_n_fourier_low"] < 0.02 and f_ell["shape_n_fourier_low"] < 0.1  # ellipses are regular
+    assert f_notch["shape_n_fourier_low"] > 20 * f_round["shape_n_fourier_low"]
+    assert f_notch["shape_n_notch_depth"] > 0.2 > f_round["shape_n_notch_depth"]
+    assert f_hairy["shape_n_fourier_high"] > 5 * f_round["shape_n_fourier_high"]
+    assert f_hairy["shape_n_curvature_std"] > f_round["shape_n_curvature_std"]
+
+
+def test_rim_widths_of_an_offset_nucleus():
+    cell = disk((200, 200), (100, 100), 50)
+    nucleus = disk((200, 200), (115, 100), 25)
+    f = nc_features(nucleus, cell)
+    assert f["nc_rim_width_min"] == pytest.approx(10, abs=1.5)
+    assert f["nc_rim_width_max"] == pytest.approx(40, abs=1.5)
+    assert f["nc_nucleus_offset"] == pytest.approx(15 / 50, abs=0.02)
+
+
+def test_radial_distribution_sees_a_condensed_rim():
+    mask = disk((101, 101), (50, 50), 40)
+    dist = np.hypot(*(np.mgrid[:101, :101] - 50))
+    rim_dark = np.where(dist > 30, 3.0, 1.0).astype(np.float32)
+    f = radial_features(rim_dark, mask)
+    assert f["radial_nucleus_ring1"] > 1 > f["radial_nucleus_ring4"]
+    assert f["radial_nucleus_rim_centre"] == pytest.approx(3.0, rel=0.05)
+    flat = radial_features(np.ones((101, 101), np.float32), mask)
+    assert flat["radial_nucleus_rim_centre"] == pytest.approx(1.0)
+
+
+def test_nucleoli_counts_pale_spots():
+    mask = disk((101, 101), (50, 50), 40)
+    rng = np.random.default_rng(0)
+    od = (3.0 + rng.normal(0, 0.05, (101, 101))).astype(np.float32)
+    for c in ((40, 40), (62, 55), (45, 65)):
+        od[disk((101, 101), c, 3)] = 1.5
+    f = nucleoli_features(od, mask)
+    assert f["nucleoli_count"] == 3
+    assert f["nucleoli_area_fraction"] == pytest.approx(3 * 29 / mask.sum(), rel=0.35)
+    none = nucleoli_features((3.0 + rng.normal(0, 0.05, (101, 101))).astype(np.float32), mask)
+    assert none["nucleoli_count"] == 0
+
+
+def test_granularity_peaks_at_the_clump_size():
+    mask = np.ones((120, 120), bool)
+    fine = np.zeros((120, 120), np.float32)
+    coarse = np.zeros((120, 120), np.float32)
+    for y in range(6, 120, 12):
+        for x in range(6, 120, 12):
+            fine[y - 1 : y + 2, x - 1 : x + 2] = 1  # 3-pixel clumps
+            cv2.circle(coarse, (x, y), 4, 1.0, -1)  # 9-pixel clumps
+    f, c = granularity_features(fine, mask), granularity_features(coarse, mask)
+    assert max(f, key=f.get) in ("granularity_nucleus_r1", "granularity_nucleus_r2")
+    assert max(c, key=c.get) in ("granularity_nucleus_r4", "granularity_nucleus_r3")
+
+
+def test_lbp_histogram_of_flat_and_spotty_images():
+    mask = np.ones((30, 30), bool)
+    flat = lbp_features(np.full((30, 30), 100, np.uint8), mask)
+    assert flat["lbp_nucleus_u8"] == pytest.approx(1.0) and flat["lbp_nucleus_entropy"] == pytest.approx(0.0)
+    rng = np.random.default_rng(0)
+    noisy = lbp_features(rng.integers(0, 255, (30, 30)).astype(np.uint8), mask)
+    assert sum(v for k, v in noisy.items() if k != "lbp_nucleus_entropy") == pytest.approx(1.0)
+    assert noisy["lbp_nucleus_nonuniform"] > 0.3 and noisy["lbp_nucleus_entropy"] > 1.5
+
+
+def test_color_is_relative_to_background_and_red_cells():
+    rgb = np.full((40, 40, 3), 240, np.uint8)
+    rgb[10:30, 10:30] = (60, 30, 120)
+    nucleus = np.zeros((40, 40), bool)
+    nucleus[12:28, 12:28] = True
+    cell = np.zeros((40, 40), bool)
+    cell[10:30, 10:30] = True
+    f = color_features(rgb, nucleus, cell, background=np.array([240, 240, 240], np.float32), rbc_od=2.0)
+    expected = np.log(241 / np.array([61, 31, 121]))
+    assert f["color_nucleus_od_red_mean"] == pytest.approx(expected[0], rel=1e-3)
+    assert f["color_nucleus_od_mean"] == pytest.approx(expected.sum(), rel=1e-3)
+    fr = [f[f"color_nucleus_od_{c}_fraction"] for c in ("red", "green", "blue")]
+    assert sum(fr) == pytest.approx(1.0) and fr[1] == max(fr)  # purple absorbs green most
+    assert f["color_nucleus_od_rbc_ratio"] == pytest.approx(expected.sum() / 2.0, rel=1e-3)
+    # A dimmer scan of the same slide (less light everywhere): same OD against its own background.
+    dim = np.round(rgb.astype(float) * 0.8).astype(np.uint8)
+    g = color_features(dim, nucleus, cell, background=np.array([192, 192, 192], np.float32), rbc_od=2.0)
+    assert g["color_nucleus_od_mean"] == pytest.approx(f["color_nucleus_od_mean"], rel=0.03)
+
+
+def test_every_column_is_described_in_plain_language():
+    crop = synthetic_crop(np.random.default_rng(0))
+    feats = cell_features(crop.rgb, segment_cell(crop.rgb))
+    for name in feats:
+        text = describe_feature(name)
+        assert text and "_" not in text, name
+    assert set(feats) <= set(FEATURE_DESCRIPTIONS)
+    assert "chromatin contrast" in describe_feature("haralick_contrast_d1")
+    assert describe_feature("haralick_entropy_d5")  # other distances from the base name
+    assert describe_feature("frac_is_smudge") and describe_feature("no_such_feature") is None
+
+
+def test_features_on_synthetic_crop_match_truth():
+    crop = synthetic_crop(np.random.default_rng(4), nucleus_radius=25, cell_radius=36)
+    f = cell_features(crop.rgb, segment_cell(crop.rgb))
+    assert f["nucleus_area"] == pytest.approx(crop.nucleus_mask.sum(), rel=0.06)
+    assert f["nc_ratio"] == pytest.approx(crop.nucleus_mask.sum() / crop.cell_mask.sum(), rel=0.08)
+    assert f["color_cytoplasm_basophilia"] > 0  # pale blue cytoplasm
+    assert all(np.isfinite(v) for v in f.values())

@@ -116,9 +116,11 @@ def test_predict_explain_adds_top_contributions_after_the_contract(tiny_model, t
     )
     assert r.exit_code == 0, r.output
     plain, ex = pd.read_csv(tmp_path / "p.csv"), pd.read_csv(tmp_path / "e.csv")
+    # The plain contract columns come first, unchanged; the explanation columns follow them.
     assert list(ex.columns[:3]) == ["patient_id", "probability", "prediction"]
-    top = [c for c in ex.columns[3:] if c != "uncertain"]  # predict's refer flag may follow the contract columns
-    assert top == [f"top{k}_{c}" for k in (1, 2, 3) for c in ("feature", "value", "contribution")]
+    assert list(ex.columns[: plain.shape[1]]) == list(plain.columns)
+    top = [f"top{k}_{c}" for k in (1, 2, 3) for c in ("feature", "value", "contribution")]
+    assert list(ex.columns[plain.shape[1] :]) == top
     pd.testing.assert_frame_equal(ex[plain.columns], plain)
     assert (ex["top1_contribution"].abs() >= ex["top2_contribution"].abs()).all()
     assert (ex["top2_contribution"].abs() >= ex["top3_contribution"].abs()).all()
@@ -146,7 +148,7 @@ def test_report_cli_and_its_errors(tiny_model, tiny_features, tmp_path):
         feats / "patients.parquet"
     )
     r = runner.invoke(app, ["report", str(tiny_model), str(feats), "--out", str(tmp_path / "r3")])
-    assert r.exit_code == 2 and "lack" in r.output and "Traceback" not in r.output
+    assert r.exit_code == 2 and "do not match the model" in r.output and "Traceback" not in r.output
 
 
 def test_report_without_crops_or_cv_file_still_renders(tiny_model, tiny_features, tmp_path):
@@ -169,6 +171,9 @@ def test_ablation_and_cell_score_are_shown_when_present(tiny_model, tiny_feature
     model = tmp_path / "model"
     shutil.copytree(tiny_model, model)
     meta = json.loads((model / "model.json").read_text())
+    # `lympho fit` records an ablation table; without one the report has no ablation section.
+    meta.pop("ablation", None)
+    (model / "model.json").write_text(json.dumps(meta))
     assert "Ablation" not in write_report(model, tiny_features, tmp_path / "r0").path.read_text()
     meta["ablation"] = {
         "clinical": {"balanced_accuracy_mean": 0.812, "roc_auc_mean": 0.9},

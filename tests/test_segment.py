@@ -1,15 +1,23 @@
 import numpy as np
 import pytest
 
-from lympho_features.segment import QC_REASONS, segment_cell
-from lympho_features.synthetic import synthetic_crop
+from lympho_features.segment import (
+    FLAG_DESCRIPTIONS,
+    QC_REASONS,
+    SegmentationSettings,
+    multi_otsu3,
+    segment_cell,
+)
+from lympho_features.synthetic import VARIED_CASES, synthetic_crop, varied_set
+
+from .conftest import REAL_DATA, requires_real_data
 
 
 def dice(a, b):
     return 2 * (a & b).sum() / (a.sum() + b.sum())
 
 
-@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("seed", range(3))
 def test_recovers_drawn_nucleus_and_cell_areas(seed):
     rng = np.random.default_rng(seed)
     crop = synthetic_crop(rng, nucleus_radius=24 + seed, cell_radius=33 + 2 * seed)
@@ -18,35 +26,94 @@ def test_recovers_drawn_nucleus_and_cell_areas(seed):
     assert seg.nucleus_mask.sum() == pytest.approx(crop.nucleus_mask.sum(), rel=0.06)
     assert seg.cell_mask.sum() == pytest.approx(crop.cell_mask.sum(), rel=0.06)
     assert not (seg.nucleus_mask & ~seg.cell_mask).any()
+    assert set(seg.flags) == set(FLAG_DESCRIPTIONS)
 
 
-def test_segmentation_quality_over_varied_synthetic_set():
-    rng = np.random.default_rng(42)
-    cases = [
-        dict(pale_nucleus=True),
-        dict(dark_cytoplasm=True),
-        dict(offset=(12.0, -10.0)),
-        dict(nucleus_radius=18, cell_radius=22),
-        dict(nucleus_radius=34, cell_radius=50),
-        dict(elongation=1.5),
-    ]
+def test_dice_over_varied_synthetic_set():
+    """The issue's target: mean Dice >= 0.90 (nucleus) and >= 0.85 (cell) over a varied set."""
+    crops = varied_set(seed=42, repeats=2)
+    assert {tuple(sorted(c)) for c, _ in crops} == {tuple(sorted(c)) for c in VARIED_CASES}
     dn, dc = [], []
-    for kw in cases * 3:
-        crop = synthetic_crop(rng, **kw)
+    for _, crop in crops:
         seg = segment_cell(crop.rgb)
         dn.append(dice(seg.nucleus_mask, crop.nucleus_mask))
         dc.append(dice(seg.cell_mask, crop.cell_mask))
     assert np.mean(dn) >= 0.90
     assert np.mean(dc) >= 0.85
+    assert min(dn) > 0.7 and min(dc) > 0.6  # no case fails outright
 
 
-def test_touching_lymphocyte_is_flagged():
+def test_large_cell_keeps_its_cytoplasm():
+    # A large lymphocyte fills most of the region of interest: the red-cell reference must not come from it.
+    crop = synthetic_crop(np.random.default_rng(5), nucleus_radius=34, cell_radius=52)
+    seg = segment_cell(crop.rgb)
+    assert dice(seg.cell_mask, crop.cell_mask) > 0.9
+
+
+def test_touching_neighbour_is_split_off():
     crop = synthetic_crop(np.random.default_rng(3), neighbour=True)
     seg = segment_cell(crop.rgb)
-    assert seg.flags["qc_touching"]
-    assert not seg.qc_ok
-    # The central nucleus is still the one segmented.
+    assert seg.flags["qc_neighbour_split"]
+    # The central cell only: its nucleus and its own share of the cytoplasm.
     assert dice(seg.nucleus_mask, crop.nucleus_mask) > 0.9
+    assert dice(seg.cell_mask, crop.cell_mask) > 0.9
+
+
+def test_two_nuclei_merged_are_split():
+    crop = synthetic_crop(np.random.default_rng(7), neighbour=True)
+    rgb = crop.rgb.copy()
+    # Join the two nuclei with a thick bridge of nuclear colour.
+    ys, xs = np.nonzero(crop.nucleus_mask)
+    other = (rgb[..., 1] < 80) & ~crop.cell_mask
+    oy, ox = np.nonzero(other)
+    a = np.array([ys.mean(), xs.mean()])
+    b = np.array([oy.mean(), ox.mean()])
+    for t in np.linspace(0, 1, 60):
+        y, x = (a + t * (b - a)).astype(int)
+        rgb[y - 5 : y + 6, x - 5 : x + 6] = rgb[int(a[0]), int(a[1])]
+    seg = segment_cell(rgb)
+    assert seg.nucleus_mask.sum() < 1.3 * crop.nucleus_mask.sum()
+    assert not seg.nucleus_mask[int(b[0]), int(b[1])]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "flag", "reason"),
+    [
+        ({"lobes": 3}, "is_granulocyte", "not_lymphocyte"),
+        ({"lobes": 4}, "is_granulocyte", "not_lymphocyte"),
+        ({"smudge": True, "pale_nucleus": True}, "is_smudge", "smudge"),
+        ({"blur": 2.5}, "qc_blur", "blur"),
+        ({"offset": (60.0, 0.0)}, "qc_off_centre", "nucleus_off_centre"),
+    ],
+)
+def test_flags_name_the_failure(kwargs, flag, reason):
+    crop = synthetic_crop(np.random.default_rng(11), **kwargs)
+    seg = segment_cell(crop.rgb)
+    assert seg.flags[flag], seg.diagnostics
+    assert not seg.qc_ok and seg.qc_reason == reason
+
+
+def test_normal_cells_raise_no_flag():
+    for _, crop in varied_set(seed=1, repeats=1):
+        seg = segment_cell(crop.rgb)
+        raised = {k for k, v in seg.flags.items() if v} - {"qc_neighbour_split"}
+        assert not raised and seg.qc_ok, (raised, seg.diagnostics)
+
+
+def test_multi_otsu_separates_three_populations():
+    rng = np.random.default_rng(0)
+    v = np.concatenate([rng.normal(50, 5, 300), rng.normal(150, 5, 2000), rng.normal(230, 4, 3000)])
+    t1, t2 = multi_otsu3(np.clip(v, 0, 255).astype(np.uint8))
+    assert 60 <= t1 <= 140 and 160 <= t2 <= 225
+
+
+def test_settings_scale_with_crop_size():
+    crop = synthetic_crop(np.random.default_rng(2), size=160)
+    seg = segment_cell(crop.rgb)
+    assert seg.qc_ok, seg.qc_reason
+    assert dice(seg.nucleus_mask, crop.nucleus_mask) > 0.9
+    s = SegmentationSettings().scaled(112)
+    assert s.min_nucleus_area == pytest.approx(SegmentationSettings().min_nucleus_area / 4, abs=1)
 
 
 @pytest.mark.parametrize(
@@ -66,3 +133,18 @@ def test_never_raises_and_names_the_failure(image):
         assert seg.qc_reason == "bad_image"
     if image.ndim == 3 and image.shape[0] == 224 and image.std() == 0:
         assert not seg.qc_ok and seg.qc_reason == "no_nucleus"
+
+
+@requires_real_data
+def test_real_crops_segment_plausibly():
+    from lympho_features.dataset import read_image
+
+    train = REAL_DATA / "trainset"
+    crops = [p for pid in ("P0", "P26", "P1", "P10") for p in sorted((train / pid).glob("*.jpg"))[:10]]
+    segs = [segment_cell(read_image(p)[0]) for p in crops]
+    ok = [s for s in segs if s.qc_ok]
+    assert len(ok) >= 0.9 * len(segs)
+    for s in ok:
+        n, c = s.nucleus_mask.sum(), s.cell_mask.sum()
+        assert 1000 < n < 12000 and n <= c < 4 * n
+        assert not (s.nucleus_mask & ~s.cell_mask).any()

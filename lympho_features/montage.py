@@ -1,0 +1,175 @@
+"""Montages of segmented crops, for checking the segmentation by eye.
+
+:func:`draw_outlines` draws the nucleus and cell outlines of one crop and
+:func:`montage` tiles many such crops into one image, each with its QC outcome
+written under it. ``lympho inspect`` (see :mod:`lympho_features.cli`) is the
+command-line entry point; :func:`inspect_folder` picks the crops.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from .dataset import ImageError, discover_patients, read_image
+from .segment import Segmentation, SegmentationSettings, segment_cell
+
+NUCLEUS_COLOUR = (0, 200, 255)  #: RGB of the nucleus outline (cyan)
+CELL_COLOUR = (40, 220, 40)  #: RGB of the cell outline (green)
+OK_TEXT = (0, 110, 0)
+FLAG_TEXT = (200, 0, 0)
+
+
+def draw_outlines(rgb: np.ndarray, seg: Segmentation, thickness: int = 1) -> np.ndarray:
+    """Return a copy of ``rgb`` with the cell (green) and nucleus (cyan) outlines drawn."""
+    out = np.ascontiguousarray(rgb.copy())
+    for mask, colour in ((seg.cell_mask, CELL_COLOUR), (seg.nucleus_mask, NUCLEUS_COLOUR)):
+        if mask is None or not mask.any():
+            continue
+        contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+        cv2.drawContours(out, contours, -1, colour, thickness)
+    return out
+
+
+def qc_label(seg: Segmentation) -> str:
+    """Short text for a tile: ``ok`` or the QC reason, plus any other raised flag."""
+    raised = [k.split("_", 1)[1] for k, v in seg.flags.items() if v]
+    if seg.qc_ok:
+        return "ok" + (" " + ",".join(raised) if raised else "")
+    others = [r for r in raised if r not in seg.qc_reason]
+    return seg.qc_reason + (" +" + ",".join(others) if others else "")
+
+
+def montage(
+    tiles: list[np.ndarray],
+    captions: list[str] | None = None,
+    columns: int = 8,
+    tile_size: int = 160,
+    ok: list[bool] | None = None,
+) -> np.ndarray:
+    """Tile RGB images into one image with a caption strip under each tile.
+
+    Parameters
+    ----------
+    tiles : list of ndarray (H, W, 3) uint8
+        The images, resized to ``tile_size``.
+    captions : list of str, optional
+        One line per tile (long captions are cut).
+    columns : int
+        Tiles per row.
+    ok : list of bool, optional
+        Caption colour: green when True, red when False.
+
+    Returns
+    -------
+    ndarray (H, W, 3) uint8
+        White background; an empty list gives a small blank image.
+    """
+    captions = captions or [""] * len(tiles)
+    ok = ok or [True] * len(tiles)
+    cap_h = 16
+    n = max(1, len(tiles))
+    cols = max(1, min(columns, n))
+    rows = (n + cols - 1) // cols
+    cell_h, cell_w = tile_size + cap_h + 4, tile_size + 4
+    canvas = np.full((rows * cell_h, cols * cell_w, 3), 255, np.uint8)
+    for i, (tile, cap, good) in enumerate(zip(tiles, captions, ok, strict=False)):
+        r, c = divmod(i, cols)
+        y, x = r * cell_h + 2, c * cell_w + 2
+        canvas[y : y + tile_size, x : x + tile_size] = cv2.resize(
+            tile, (tile_size, tile_size), interpolation=cv2.INTER_AREA
+        )
+        text = cap if len(cap) <= tile_size // 6 else cap[: tile_size // 6 - 1] + "~"
+        cv2.putText(
+            canvas,
+            text,
+            (x + 1, y + tile_size + cap_h - 4),
+            cv2.FONT_HERSHEY_SIMPLEX,
+            0.36,
+            OK_TEXT if good else FLAG_TEXT,
+            1,
+            cv2.LINE_AA,
+        )
+    return canvas
+
+
+def inspect_folder(
+    data_dir: str | Path,
+    patient: str | None = None,
+    n: int = 48,
+    seed: int = 0,
+    settings: SegmentationSettings | None = None,
+    only: str | None = None,
+    columns: int = 8,
+) -> tuple[np.ndarray, list[dict]]:
+    """Segment a random sample of crops of a data folder and draw their montage.
+
+    Parameters
+    ----------
+    data_dir : path
+        One sub-folder of crops per patient.
+    patient : str, optional
+        Restrict to this patient's crops.
+    n : int
+        Number of crops in the montage (fewer if fewer exist).
+    seed : int
+        Seed of the sample, so the same call shows the same crops.
+    only : str, optional
+        Keep only crops whose QC reason is this (e.g. ``touching_cells``), or
+        ``"flagged"`` for every crop failing QC.
+
+    Returns
+    -------
+    image : ndarray (H, W, 3) uint8
+    rows : list of dict
+        ``image``, ``qc_reason`` and raised flags of each tile, in tile order.
+
+    Raises
+    ------
+    lympho_features.dataset.DatasetError
+        Missing data folder; unknown patient.
+    """
+    from .dataset import DatasetError
+
+    patients = discover_patients(Path(data_dir))
+    if patient is not None:
+        if patient not in patients:
+            raise DatasetError(f"patient {patient} not found in {data_dir}")
+        patients = {patient: patients[patient]}
+    images = sorted(rel for imgs in patients.values() for rel in imgs)
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(images))
+    tiles, captions, oks, rows = [], [], [], []
+    for i in order:
+        if len(tiles) >= n:
+            break
+        rel = images[i]
+        try:
+            rgb, _ = read_image(Path(data_dir) / rel)
+        except ImageError:
+            continue
+        seg = segment_cell(rgb, settings)
+        if only is not None and not (
+            (only == "flagged" and not seg.qc_ok) or (only not in ("flagged",) and seg.qc_reason == only)
+        ):
+            continue
+        tiles.append(draw_outlines(rgb, seg))
+        captions.append(qc_label(seg))
+        oks.append(seg.qc_ok)
+        rows.append({"image": rel, "qc_reason": seg.qc_reason, **{k: v for k, v in seg.flags.items() if v}})
+    return montage(tiles, captions, columns=columns, ok=oks), rows
+
+
+def write_png(image: np.ndarray, path: str | Path) -> Path:
+    """Write an RGB montage as PNG atomically (temporary file, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ok, buf = cv2.imencode(".png", cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+    if not ok:  # pragma: no cover - OpenCV always encodes uint8 RGB
+        raise OSError(f"cannot encode {path}")
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(buf.tobytes())
+    tmp.replace(path)
+    return path
