@@ -309,25 +309,15 @@ def explain_predictions(model_dir: str | Path, features_dir: str | Path, top: in
 
 # ----------------------------------------------------------- metrics ----
 def calibration_bins(y_true, proba, n_bins: int = 10) -> pd.DataFrame:
-    """Reliability table: per equal-width probability bin, mean predicted, observed rate, count."""
-    y_true = np.asarray(y_true, float)
-    proba = np.asarray(proba, float)
-    edges = np.linspace(0, 1, n_bins + 1)
-    idx = np.clip(np.digitize(proba, edges[1:-1]), 0, n_bins - 1)
-    rows = []
-    for b in range(n_bins):
-        m = idx == b
-        if m.any():
-            rows.append(
-                {
-                    "bin_low": edges[b],
-                    "bin_high": edges[b + 1],
-                    "mean_predicted": float(proba[m].mean()),
-                    "observed_rate": float(y_true[m].mean()),
-                    "count": int(m.sum()),
-                }
-            )
-    return pd.DataFrame(rows, columns=["bin_low", "bin_high", "mean_predicted", "observed_rate", "count"])
+    """Reliability table: per equal-width probability bin, mean predicted, observed rate, count.
+
+    The bins are those of :func:`lympho_features.model.calibration_table` (stored in model.json), as a table.
+    """
+    from .model import calibration_table
+
+    bins = calibration_table(y_true, proba, n_bins)["bins"]
+    table = pd.DataFrame(bins, columns=["lower", "upper", "mean_predicted", "observed", "count"])
+    return table.rename(columns={"lower": "bin_low", "upper": "bin_high", "observed": "observed_rate"})
 
 
 def wilson_interval(successes: float, n: int, z: float = 1.96) -> tuple[float, float]:
