@@ -33,9 +33,9 @@ import numpy as np
 import pandas as pd
 
 from . import __version__
-from ._io import library_versions, sha256_of, write_json, write_parquet
-from .dataset import MAX_PIXELS, DatasetError, ImageError, discover_patients, file_stamp, read_image
-from .extract import _shard_name, read_shard_meta
+from ._io import library_versions, write_json, write_parquet
+from .dataset import MAX_PIXELS, DatasetError, ImageError, discover_patients, read_image
+from .extract import _shard_name, inputs_key, read_shard_meta
 from .segment import SegmentationSettings, segment_cell
 
 #: Bump when a code change alters embeddings for the same settings and weights.
@@ -377,13 +377,7 @@ def embedding_columns(dim: int) -> list[str]:
 
 
 def _patient_key(data_dir: Path, images: list[str], settings: EmbedSettings, weights_sha: str) -> str:
-    stamps = []
-    for rel in images:
-        try:
-            stamps.append((rel, file_stamp(data_dir / rel)))
-        except OSError:
-            stamps.append((rel, "missing"))
-    return sha256_of({"settings": settings.to_dict(), "weights_sha256": weights_sha, "images": stamps})
+    return inputs_key(data_dir, images, settings=settings.to_dict(), weights_sha256=weights_sha)
 
 
 _META_COLUMNS = ("patient_id", "image", "image_sha256", "nucleus_centred", "centre_y", "centre_x", "qc_ok", "qc_reason")

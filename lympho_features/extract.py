@@ -128,14 +128,22 @@ def _shard_name(patient_id: str) -> str:
     return f"{safe}-{sha256_of(patient_id)[:8]}.parquet"
 
 
-def _patient_key(data_dir: Path, images: list[str], settings: ExtractSettings) -> str:
+def inputs_key(data_dir: Path, images: list[str], **what) -> str:
+    """Hash of a patient's images (names, sizes, mtimes) and of ``what`` (settings, weights...).
+
+    A shard whose recorded key differs from this is stale and recomputed.
+    """
     stamps = []
     for rel in images:
         try:
             stamps.append((rel, file_stamp(data_dir / rel)))
         except OSError:
             stamps.append((rel, "missing"))
-    return sha256_of({"settings": settings.to_dict(), "images": stamps})
+    return sha256_of({**what, "images": stamps})
+
+
+def _patient_key(data_dir: Path, images: list[str], settings: ExtractSettings) -> str:
+    return inputs_key(data_dir, images, settings=settings.to_dict())
 
 
 def cell_schema(settings: ExtractSettings = ExtractSettings()):
