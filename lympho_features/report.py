@@ -52,6 +52,13 @@ class ReportError(Exception):
 #: Feature families: (name prefixes, key, title, meaning for a clinician). First match wins.
 FAMILIES: tuple[tuple[tuple[str, ...], str, str, str], ...] = (
     (
+        ("cnn_",),
+        "learned",
+        "Learned features (CNN embedding)",
+        "not hand-made: a principal component of a neural network's (ImageNet-pretrained EfficientNet-Lite0) "
+        "description of each cell; it has no plain-language meaning, look at the cells",
+    ),
+    (
         ("age", "gender_male", "log_lymph_count", "lymph_count", "gender"),
         "clinical",
         "Clinical values",
@@ -178,6 +185,8 @@ def _base_meaning(base: str) -> str:
     """Meaning of a model input that :mod:`lympho_features.features` does not describe (clinical, learned...)."""
     if base in _CLINICAL:
         return _CLINICAL[base]
+    if base.startswith("cnn_"):
+        return f"learned feature {base[len('cnn_') :]}, {_FAMILY_MEANING['learned']}"
     if base.startswith("frac_"):
         flag = base[len("frac_") :]
         return "share of crops flagged: " + FLAG_DESCRIPTIONS.get(flag, flag.replace("_", " "))
@@ -224,7 +233,8 @@ def short_label(name: str) -> str:
     }.get(base)
     if label is None:
         label = (
-            base.replace("shape_", "")
+            base.replace("cnn_", "learned ")
+            .replace("shape_", "")
             .replace("haralick_", "chromatin ")
             .replace("color_", "")
             .replace("_od_", " OD ")

@@ -227,6 +227,15 @@ def test_plain_language_descriptions_cover_every_input(tiny_model):
     assert "90th percentile" in describe_feature("shape_nucleus_area__q90")
 
 
+def test_cnn_inputs_are_labelled_as_learned_features():
+    # `fit --feature-set all+cnn` names its inputs cnn_pc<k>__<stat>; the report must not pass them off as morphology.
+    for name in ("cnn_pc0__mean", "cnn_pc13__std"):
+        assert feature_family(name) == "learned"
+        text = describe_feature(name)
+        assert text.startswith("learned feature") and "no plain-language meaning" in text
+    assert feature_family("nc_ratio__mean") != "learned"
+
+
 def test_calibration_bins_and_wilson_interval():
     y = np.array([0, 0, 1, 1, 1, 0, 1, 1])
     p = np.array([0.05, 0.08, 0.12, 0.55, 0.58, 0.52, 0.95, 0.99])
