@@ -174,15 +174,19 @@ def check_writable(folder: str | Path) -> None:
         os.unlink(tmp)
 
 
-def remove_stale_temporaries(folder: str | Path) -> list[str]:
+def remove_stale_temporaries(folder: str | Path, names: list[str] | None = None) -> list[str]:
     """Delete the temporary files that :func:`atomic_path` left behind in a killed run.
 
-    Call it only while holding :func:`output_lock`, when no other writer can
-    be using them. Returns the names removed.
+    Call it only while holding :func:`output_lock`, when no other writer of
+    these files can be running. ``names`` limits it to the temporaries of
+    those files (e.g. ``["cells.parquet"]``), leaving other commands' alone.
+    Returns the names removed.
     """
     removed = []
-    for p in Path(folder).glob(".*.tmp"):
-        if p.is_file():
-            p.unlink(missing_ok=True)
-            removed.append(p.name)
+    patterns = [f".{n}.*.tmp" for n in names] if names is not None else [".*.tmp"]
+    for pattern in patterns:
+        for p in Path(folder).glob(pattern):
+            if p.is_file():
+                p.unlink(missing_ok=True)
+                removed.append(p.name)
     return sorted(removed)

@@ -179,17 +179,17 @@ def load_clinical(
             gender = normalise_gender(r[columns.gender])
             dob = parse_dob(r[columns.dob])
         except ValueError as exc:
-            raise DatasetError(f"{path}, line {line} (patient {pid}): {exc}") from None
+            raise DatasetError(f"{path}, line {line} (patient {_shown(pid)}): {exc}") from None
         count_text = str(r[columns.lymph_count]).strip()
         try:
             count = parse_count(count_text)
         except ValueError:
             raise DatasetError(
-                f"{path}, line {line} (patient {pid}): {columns.lymph_count} {count_text!r} is not a number"
+                f"{path}, line {line} (patient {_shown(pid)}): {columns.lymph_count} {count_text!r} is not a number"
             ) from None
         if not np.isnan(count) and (count < 0 or not np.isfinite(count)):
             raise DatasetError(
-                f"{path}, line {line} (patient {pid}): {columns.lymph_count} {count_text!r} is not a valid count"
+                f"{path}, line {line} (patient {_shown(pid)}): {columns.lymph_count} {count_text!r} is not a valid count"
             )
         rows.append(
             {
@@ -204,10 +204,15 @@ def load_clinical(
     df = pd.DataFrame(rows, columns=["patient_id", "label", "gender", "dob", "age", "lymph_count"])
     dup = df["patient_id"][df["patient_id"].duplicated()].unique().tolist()
     if dup:
-        raise DatasetError(f"clinical CSV {path} has duplicate patient ID(s): {', '.join(dup)}")
+        raise DatasetError(f"clinical CSV {path} has duplicate patient ID(s): {', '.join(map(_shown, dup))}")
     df["label"] = df["label"].astype("Int64")
     df.attrs["warnings"] = warnings
     return df
+
+
+def _shown(value: str) -> str:
+    """A value as written, or quoted with escapes when it holds line breaks or other control characters."""
+    return value if value.isprintable() else repr(value)
 
 
 def _one_line(exc: BaseException) -> str:

@@ -119,6 +119,9 @@ KEY_COLUMNS = ("patient_id", "image", "image_sha256")
 #: Version of the shard layout (schema + metadata); older shards are recomputed.
 SHARD_FORMAT = 2
 
+#: Files of OUT_DIR that `extract` writes (other commands may write next to them).
+_OUTPUT_FILES = ["cells.parquet", "patients.parquet", "manifest.json", "write-test"]
+
 
 def _shard_name(patient_id: str) -> str:
     safe = re.sub(r"[^A-Za-z0-9._-]", "_", patient_id)
@@ -406,7 +409,7 @@ def _extract_locked(
 ) -> ExtractResult:  # fmt: skip
     shard_dir = out_dir / "cells"
     # Temporary files of a run that was killed while writing: nobody else can be using them (we hold the lock).
-    leftovers = remove_stale_temporaries(shard_dir) + remove_stale_temporaries(out_dir)
+    leftovers = remove_stale_temporaries(shard_dir) + remove_stale_temporaries(out_dir, _OUTPUT_FILES)
     if leftovers:
         warnings.append(f"removed {len(leftovers)} temporary file(s) left by an interrupted run")
 

@@ -476,13 +476,6 @@ def lbp_features(grey: np.ndarray, mask: np.ndarray) -> dict[str, float]:
     return dict(zip(names, [*p.tolist(), float(-(nz * np.log2(nz)).sum())], strict=True))
 
 
-def _fill_outside(img: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """``img`` with the pixels outside ``mask`` set to the mean inside (no edge effect on morphology)."""
-    out = img.copy()
-    out[~mask] = float(img[mask].mean())
-    return out
-
-
 def granularity_features(od: np.ndarray, mask: np.ndarray) -> dict[str, float]:
     """Granulometry of nuclear optical density: how much of it sits in clumps of each size.
 

@@ -33,6 +33,8 @@ import pandas as pd
 
 from . import __version__
 from ._io import atomic_path, dataframe_fingerprint, library_versions
+from .features import describe_feature as describe_cell_feature
+from .segment import FLAG_DESCRIPTIONS
 
 #: Log-odds are what SHAP contributions add up to; the page converts the total to a probability.
 TUMORAL_COLOUR = "#c0392b"
@@ -119,57 +121,12 @@ _FAMILY_MEANING = {k: m for _, k, _, m in FAMILIES} | {"other": ""}
 #: Families that may reflect how the smear was acquired rather than the patient's biology.
 ACQUISITION_FAMILIES = ("acquisition", "quality", "color")
 
-_SHAPE = {
-    "area": "size (area in pixels)",
-    "perimeter": "outline length",
-    "equivalent_diameter": "diameter of the disk of the same area",
-    "major_axis": "length",
-    "minor_axis": "width",
-    "eccentricity": "elongation (0 round, 1 line-like)",
-    "solidity": "fullness of the outline: below 1 with notches or clefts",
-    "convexity": "smoothness of the outline: below 1 with indentations or projections",
-    "circularity": "roundness (1 for a disk)",
-    "feret_max": "largest caliper diameter",
-    "feret_min": "smallest caliper diameter",
-}
-_NC = {
-    "nc_ratio": "share of the cell occupied by the nucleus (N:C ratio)",
-    "nc_cytoplasm_area": "amount of cytoplasm",
-    "nc_rim_width": "thickness of the cytoplasm rim around the nucleus",
-    "nc_nucleus_offset": "how far the nucleus sits from the centre of the cell",
-}
-_HARALICK = {
-    "asm": "uniformity of the chromatin (high when smooth and homogeneous)",
-    "contrast": "chromatin contrast: how clumped the nucleus looks",
-    "correlation": "how gradually chromatin intensity changes between neighbouring points",
-    "sum_of_squares": "spread of chromatin intensity",
-    "idm": "homogeneity: neighbouring points look alike (smooth chromatin)",
-    "sum_average": "average brightness of neighbouring pairs of points",
-    "sum_variance": "spread of the brightness of neighbouring pairs",
-    "sum_entropy": "disorder of the brightness of neighbouring pairs",
-    "entropy": "disorder of the chromatin pattern",
-    "difference_variance": "variability of local chromatin contrast",
-    "difference_entropy": "disorder of local chromatin contrast",
-    "imc1": "information correlation of the chromatin pattern",
-    "imc2": "information correlation of the chromatin pattern (second measure)",
-}
 _CLINICAL = {
     "age": "age at the reference date (years)",
     "gender_male": "sex (1 male, 0 female)",
     "log_lymph_count": "blood lymphocyte count (log of 10⁹/L)",
     "n_cells": "number of crops of the patient (readable images)",
     "n_cells_ok": "number of crops passing quality control",
-}
-_FLAG = {
-    "ok": "passing quality control",
-    "is_smudge": "smudge (broken) cells, frequent in chronic lymphocytic leukaemia",
-    "is_not_lymphocyte": "cells whose nucleus does not look like a lymphocyte's (lobulated: granulocyte, monocyte)",
-    "qc_touching": "cells touching another cell",
-    "qc_off_centre": "crops whose nucleus is off centre",
-    "qc_at_border": "crops whose nucleus touches the border",
-    "qc_too_small": "nuclei too small to measure",
-    "qc_too_large": "nuclei too large (clumps of cells)",
-    "qc_blur": "blurred crops",
 }
 #: Meaning of each QC outcome (``qc_reason``) of a crop.
 _QC_REASON = {
@@ -218,55 +175,26 @@ def _stat_words(stat: str | None) -> str:
 
 
 def _base_meaning(base: str) -> str:
+    """Meaning of a model input that :mod:`lympho_features.features` does not describe (clinical, learned...)."""
     if base in _CLINICAL:
         return _CLINICAL[base]
-    if base in _NC:
-        return _NC[base]
-    if base in ("nucleus_area", "cell_area"):
-        return f"{base.split('_')[0]} size (area in pixels)"
     if base.startswith("frac_"):
         flag = base[len("frac_") :]
-        return "share of " + _FLAG.get(flag, flag.replace("_", " "))
-    m = re.fullmatch(r"shape_(nucleus|cell)_(.+)", base)
-    if m and m.group(2) in _SHAPE:
-        return f"{m.group(1)} {_SHAPE[m.group(2)]}"
-    m = re.fullmatch(r"haralick_(.+)_d(\d+)", base)
-    if m and m.group(1) in _HARALICK:
-        scale = "fine scale" if m.group(2) == "1" else f"{m.group(2)}-pixel scale"
-        return f"{_HARALICK[m.group(1)]} ({scale})"
-    if base == "color_cytoplasm_basophilia":
-        return "how blue the cytoplasm is (RNA-rich, activated or immature cells)"
-    m = re.fullmatch(r"color_(nucleus|cytoplasm)_od_mean", base)
-    if m:
-        return f"overall stain density of the {m.group(1)} (how dark it looks)"
-    m = re.fullmatch(r"color_(nucleus|cytoplasm)_od_(red|green|blue)_(mean|std)", base)
-    if m:
-        if m.group(3) == "mean":
-            return f"how strongly the {m.group(1)} absorbs {m.group(2)} light (stain density)"
-        return f"unevenness of {m.group(2)}-light absorption within the {m.group(1)} (patchy or uniform staining)"
+        return "share of crops flagged: " + FLAG_DESCRIPTIONS.get(flag, flag.replace("_", " "))
     fam = feature_family(base)
     words = base.replace("_", " ")
     return f"{words}: {_FAMILY_MEANING[fam]}" if _FAMILY_MEANING.get(fam) else words
 
 
 def _external_description(name: str) -> str | None:
-    """A description from features.py when it provides one (``describe_feature`` or ``FEATURE_DESCRIPTIONS``)."""
-    from . import features
-
-    fn = getattr(features, "describe_feature", None)
-    table = getattr(features, "FEATURE_DESCRIPTIONS", None)
+    """The description of :func:`lympho_features.features.describe_feature`, with the statistic's words."""
     for candidate in (name, split_aggregate(name)[0]):
-        try:
-            text = fn(candidate) if callable(fn) else None
-        except Exception:  # a description is a nicety: never fail the report on it
-            text = None
-        if not text and isinstance(table, dict):
-            text = table.get(candidate)
-        if isinstance(text, str) and text.strip():
+        text = describe_cell_feature(candidate)
+        if text:
             if candidate != name:
                 stat = _stat_words(split_aggregate(name)[1])
-                return f"{text.strip()}; {stat}" if stat else text.strip()
-            return text.strip()
+                return f"{text}; {stat}" if stat else text
+            return text
     return None
 
 
@@ -772,7 +700,7 @@ def section_cohort(inp: ReportInputs) -> str:
         for f in ("is_smudge", "is_not_lymphocyte"):
             if f in inp.cells:
                 c = int(inp.cells[f].sum())
-                flag_rows.append([_e(f), f"{c:,}", f"{c / total:.1%}", _e(_FLAG[f])])
+                flag_rows.append([_e(f), f"{c:,}", f"{c / total:.1%}", _e(FLAG_DESCRIPTIONS[f])])
         parts.append("<h3>Quality control of the crops</h3>")
         parts.append(
             "<p class='small sub'>Each crop gets the first failed check; cells failing a check are kept but left out "

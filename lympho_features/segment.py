@@ -87,6 +87,7 @@ class SegmentationSettings:
     purple_min: int = 25  #: nucleus pixels have blue - green above this (uint8 levels)
     od_background: float = 0.15  #: OD sum above the background reference that counts as stained
     cytoplasm_margin: float = 0.08  #: how far above the red-cell reference cytoplasm sits
+    max_rbc_blueness: float = 0.22  #: cap of the red-cell reference (real crops: 0.04 to 0.21)
     roi_margin: int = 56  #: pixels around the nucleus box examined for cytoplasm
     max_touch_fraction: float = 0.3  #: cut along a neighbour, as a fraction of the cell outline
     lobe_erosion: int = 4  #: erosion radius that separates granulocyte lobes (thin strands)
@@ -373,9 +374,15 @@ def segment_cell(rgb: np.ndarray, settings: SegmentationSettings | None = None) 
     green = cv2.extractChannel(rgb, 1)
     blue = cv2.extractChannel(rgb, 2)
     win = _central_window((h, w), s.central_fraction)
-    t1, t2 = multi_otsu3(green[win][::2, ::2])  # every other pixel: same histogram shape, 4x fewer
-    if t2 - t1 < 12:  # no three distinct classes (blank or uniform crop)
-        return _empty((h, w), "no_nucleus")
+    sample = np.ascontiguousarray(green[win][::2, ::2])  # every other pixel: same histogram, 4x fewer
+    t1, t2 = multi_otsu3(sample)
+    n_low, n_mid = (
+        cv2.countNonZero(cv2.compare(sample, t1, cv2.CMP_LE)),
+        cv2.countNonZero(cv2.inRange(sample, t1 + 1, t2)),
+    )
+    if t2 - t1 < 12 or min(n_low, n_mid) < 0.005 * sample.size:
+        # No three distinct classes (no red cells, or a blank crop): fall back to two.
+        t1 = t2 = float(cv2.threshold(np.ascontiguousarray(green[win]), 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)[0])
     dark = cv2.compare(green, t1, cv2.CMP_LE)
     purple = cv2.compare(cv2.subtract(blue, green), s.purple_min, cv2.CMP_GT)
     nuc = cv2.morphologyEx(cv2.bitwise_and(dark, purple), cv2.MORPH_OPEN, _disk(s.open_radius))
@@ -480,6 +487,8 @@ def segment_cell(rgb: np.ndarray, settings: SegmentationSettings | None = None) 
     blueness = cv2.subtract(od_r, od_b)  # OD_red - OD_blue: positive for blue cytoplasm
     stained = cv2.compare(od_sum, s.od_background, cv2.CMP_GT)
     ref, rbc_od = red_cell_reference(rgb, bg, dark, s.od_background)
+    # Without red cells the "reference" is the cytoplasm itself: cap it above any red cell's.
+    ref = min(ref, s.max_rbc_blueness)
     cyto = cv2.bitwise_and(stained, cv2.compare(blueness, ref + s.cytoplasm_margin, cv2.CMP_GT))
     cyto = cv2.bitwise_or(cyto, cv2.bitwise_or(nucleus, others))
     cyto = cv2.morphologyEx(cyto, cv2.MORPH_OPEN, _disk(1))

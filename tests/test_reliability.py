@@ -24,7 +24,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from lympho_features import extract as extract_mod
@@ -133,6 +133,8 @@ def test_corrupt_truncated_and_stale_shards_are_recomputed(reference, cohort, tm
     # 4. a shard of a patient that is no longer in the data, and a temporary file of a killed write
     (out / "cells" / "GONE-12345678.parquet").write_bytes(shards["P4"].read_bytes())
     (out / "cells" / ".P5-x.parquet.abc.tmp").write_bytes(b"half")
+    (out / ".cells.parquet.abc.tmp").write_bytes(b"half")
+    (out / ".embeddings.parquet.abc.tmp").write_bytes(b"another command's, maybe running: kept")
 
     res = extract(cohort, out, progress=False)
     assert (res.n_reused, res.n_recomputed) == (21, 3)
@@ -141,6 +143,7 @@ def test_corrupt_truncated_and_stale_shards_are_recomputed(reference, cohort, tm
     assert reasons == {"P1": "unreadable or truncated", "P2": "checksum mismatch", "P3": "unreadable or truncated"}
     assert manifest["removed_stale_shards"] == ["GONE-12345678.parquet"]
     assert not list((out / "cells").glob(".*.tmp"))
+    assert [p.name for p in out.glob(".*.tmp")] == [".embeddings.parquet.abc.tmp"]
     assert_same_tables(out, reference)
 
 
@@ -539,6 +542,7 @@ csv_cell = st.one_of(
 
 @FAST
 @given(st.lists(st.lists(csv_cell, min_size=5, max_size=5), min_size=1, max_size=6))
+@example(rows=[["0\n0", "00", "", "", ""]])  # found by hypothesis: an ID with a line break
 def test_load_clinical_returns_a_table_or_a_one_line_error(tmp_path_factory, rows):
     path = tmp_path_factory.mktemp("csv") / "c.csv"
     pd.DataFrame(rows, columns=["ID", "LABEL", "GENDER", "DOB", "LYMPH_COUNT"]).to_csv(path, index=False)

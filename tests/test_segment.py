@@ -100,6 +100,13 @@ def test_normal_cells_raise_no_flag():
         assert not raised and seg.qc_ok, (raised, seg.diagnostics)
 
 
+def test_lymphocyte_without_red_cells():
+    crop = synthetic_crop(np.random.default_rng(6), n_red_cells=0)
+    seg = segment_cell(crop.rgb)
+    assert seg.qc_ok, seg.qc_reason
+    assert dice(seg.nucleus_mask, crop.nucleus_mask) > 0.9 and dice(seg.cell_mask, crop.cell_mask) > 0.85
+
+
 def test_multi_otsu_separates_three_populations():
     rng = np.random.default_rng(0)
     v = np.concatenate([rng.normal(50, 5, 300), rng.normal(150, 5, 2000), rng.normal(230, 4, 3000)])
