@@ -152,15 +152,7 @@ def fit(
     """Cross-validate a patient-level classifier, then fit it on all labeled patients."""
     import time
 
-    from .model import (
-        ABLATION_SETS,
-        fit_model,
-        format_ablation,
-        load_cohort_tables,
-        load_patients,
-        parse_feature_set,
-        save_model,
-    )
+    from .model import fit_features_dir, format_ablation
 
     if folds < 2 or repeats < 1:
         _fail("--folds must be at least 2 and --repeats at least 1")
@@ -171,30 +163,20 @@ def fit(
     if not 0 < refer_error_rate < 1:
         _fail("--refer-error-rate must be in (0, 1)")
     t0 = time.perf_counter()
-    patients = _guard(load_patients, features_dir)
-    _guard(parse_feature_set, feature_set)
-    cells, emb = _guard(load_cohort_tables, features_dir, [feature_set], embeddings)
-    if ablation:
-        # CNN configurations join the ablation when the model uses them or --embeddings is given.
-        sets = ABLATION_SETS if (emb is not None or embeddings is not None) else ("clinical+cellscore",)
-        extra_cells, extra_emb = _guard(load_cohort_tables, features_dir, sets, embeddings, optional=True)
-        cells = cells if cells is not None else extra_cells
-        emb = emb if emb is not None else extra_emb
     model, cv = _guard(
-        fit_model,
-        patients,
+        fit_features_dir,
+        features_dir,
+        out,
         feature_set,
         folds,
         repeats,
         seed,
         min_sensitivity,
-        cells=cells,
-        embeddings=emb,
+        embeddings_dir=embeddings,
         ablation=ablation,
         refer_error_rate=refer_error_rate,
         n_jobs=jobs,
     )
-    _guard(save_model, model, cv, out)
     s = cv.summary
     if model.metadata.get("ablation"):
         console.print(format_ablation(model.metadata["ablation"]), highlight=False, markup=False)

@@ -931,7 +931,7 @@ def fit_model(
     feature_set : str
         See :data:`FEATURE_SETS`; ``cellscore`` sets need ``cells``, ``cnn`` sets ``embeddings``.
         (``lympho fit``'s default is :data:`DEFAULT_FEATURE_SET`; this function's stays ``all``, which
-        needs the patients table only.)
+        needs the patients table only. :func:`fit_features_dir` is ``lympho fit`` with its defaults.)
     cells, embeddings : DataFrame, optional
         cells.parquet and embeddings.parquet of the same patients.
     ablation : bool or tuple of str
@@ -1002,6 +1002,52 @@ def fit_model(
         n_feat = {fs: res.summary.get("n_features") for fs, res in results.items()}
         meta["ablation"] = ablation_table(results, n_feat, n_boot=n_boot, seed=seed)
     return FittedModel(final, feats, threshold, meta, inputs, results), cv
+
+
+def fit_features_dir(
+    features_dir: str | Path,
+    out_dir: str | Path | None = None,
+    feature_set: str = DEFAULT_FEATURE_SET,
+    folds: int = 5,
+    repeats: int = 5,
+    seed: int = 0,
+    min_sensitivity: float | None = None,
+    embeddings_dir: str | Path | None = None,
+    ablation: bool = True,
+    refer_error_rate: float = 0.3,
+    n_jobs: int = 2,
+) -> tuple[FittedModel, CVResult]:
+    """``lympho fit`` from Python: read a features folder, cross-validate, fit, and save when ``out_dir`` is given.
+
+    Same defaults as the command: :data:`DEFAULT_FEATURE_SET` and the ablation table. The cells and
+    embeddings the chosen feature set (and the ablation) need are read from ``features_dir`` (embeddings from
+    ``embeddings_dir`` when given); CNN configurations join the ablation only when embeddings are used or
+    ``embeddings_dir`` is given, so that a plain fit stays fast.
+    """
+    patients = load_patients(features_dir)
+    parse_feature_set(feature_set)
+    cells, emb = load_cohort_tables(features_dir, [feature_set], embeddings_dir)
+    if ablation:
+        sets = ABLATION_SETS if (emb is not None or embeddings_dir is not None) else ("clinical+cellscore",)
+        extra_cells, extra_emb = load_cohort_tables(features_dir, sets, embeddings_dir, optional=True)
+        cells = cells if cells is not None else extra_cells
+        emb = emb if emb is not None else extra_emb
+    model, cv = fit_model(
+        patients,
+        feature_set,
+        folds,
+        repeats,
+        seed,
+        min_sensitivity,
+        cells=cells,
+        embeddings=emb,
+        ablation=ablation,
+        refer_error_rate=refer_error_rate,
+        n_jobs=n_jobs,
+    )
+    if out_dir is not None:
+        save_model(model, cv, out_dir)
+    return model, cv
 
 
 def save_model(model: FittedModel, cv: CVResult, out_dir: str | Path) -> None:

@@ -45,6 +45,22 @@ def test_default_fit_saves_cell_model_calibration_refer_band_and_ablation(defaul
     assert rows[DEFAULT_FEATURE_SET]["balanced_accuracy"] == pytest.approx(meta["cv"]["balanced_accuracy_mean"])
 
 
+def test_python_fit_matches_the_command(default_model, tiny_features, tmp_path):
+    # The CLI is thin: fit_features_dir with the same options gives the same model and CV.
+    from lympho_features.model import fit_features_dir
+
+    model, cv = fit_features_dir(tiny_features, tmp_path / "py", folds=3, repeats=2, n_jobs=1)
+    cli_meta = json.loads((default_model / "model.json").read_text())
+    py_meta = json.loads((tmp_path / "py" / "model.json").read_text())
+    assert py_meta["feature_set"] == cli_meta["feature_set"] == DEFAULT_FEATURE_SET
+    assert py_meta["features"] == cli_meta["features"] == model.features
+    assert py_meta["threshold"] == pytest.approx(cli_meta["threshold"])
+    assert cv.summary["balanced_accuracy_mean"] == pytest.approx(cli_meta["cv"]["balanced_accuracy_mean"])
+    pd.testing.assert_frame_equal(
+        pd.read_csv(tmp_path / "py" / "cv_predictions.csv"), pd.read_csv(default_model / "cv_predictions.csv")
+    )
+
+
 def test_predict_flags_uncertain_patients_and_reproduces_the_inputs(default_model, tiny_features, tmp_path):
     r = run("predict", default_model, tiny_features, "--out", tmp_path / "p.csv")
     assert r.exit_code == 0, r.output
