@@ -393,9 +393,12 @@ def segment_cell(rgb: np.ndarray, settings: SegmentationSettings | None = None) 
     big = [i for i in np.flatnonzero(areas >= s.min_nucleus_area // 3)]
     if not big:
         return _empty((h, w), "no_nucleus")
-    cents = {i: _contour_centroid(contours[i]) for i in range(len(contours))}
     inside = [i for i in big if cv2.pointPolygonTest(contours[i], (cx, cy), False) >= 0]
-    chosen = inside[0] if inside else min(big, key=lambda i: np.hypot(cents[i][0] - cx, cents[i][1] - cy))
+    if inside:
+        chosen = inside[0]
+    else:  # the nearest centroid (only the big pieces' are needed)
+        cents = {i: _contour_centroid(contours[i]) for i in big}
+        chosen = min(big, key=lambda i: np.hypot(cents[i][0] - cx, cents[i][1] - cy))
 
     # Region of interest: the chosen nucleus' box plus a margin.
     bx, by, bw, bh = cv2.boundingRect(contours[chosen])
@@ -529,10 +532,11 @@ def segment_cell(rgb: np.ndarray, settings: SegmentationSettings | None = None) 
 
     # --- quality control ---------------------------------------------------
     flags = dict.fromkeys(FLAG_DESCRIPTIONS, False)
-    mom = cv2.moments(nucleus, binaryImage=True)
-    ncy, ncx = mom["m01"] / mom["m00"] + y0, mom["m10"] / mom["m00"] + x0
-    flags["qc_off_centre"] = float(np.hypot(ncy - cy, ncx - cx)) / side > s.max_centre_offset
     nbx, nby, nbw, nbh = cv2.boundingRect(nucleus)
+    nb = (slice(nby, nby + nbh), slice(nbx, nbx + nbw))  # the nucleus' own box
+    mom = cv2.moments(nucleus[nb], binaryImage=True)  # on its box: same centroid, fewer pixels
+    ncy, ncx = mom["m01"] / mom["m00"] + nby + y0, mom["m10"] / mom["m00"] + nbx + x0
+    flags["qc_off_centre"] = float(np.hypot(ncy - cy, ncx - cx)) / side > s.max_centre_offset
     flags["qc_at_border"] = bool(nbx + x0 == 0 or nby + y0 == 0 or nbx + nbw + x0 >= w or nby + nbh + y0 >= h)
     flags["qc_too_small"] = n_area < s.min_nucleus_area
     flags["qc_too_large"] = n_area > s.max_nucleus_area
@@ -558,7 +562,6 @@ def segment_cell(rgb: np.ndarray, settings: SegmentationSettings | None = None) 
         and n_area < 0.6 * c_area
     )
     nucleus_od, nucleus_od_sd = (float(v[0, 0]) for v in cv2.meanStdDev(od_sum, mask=nucleus))
-    nb = (slice(nby, nby + nbh), slice(nbx, nbx + nbw))  # the nucleus' own box
     lap = cv2.Laplacian(od_sum[nb], cv2.CV_32F, ksize=1)
     inner = cv2.erode(nucleus[nb], _disk(2))
     if cv2.countNonZero(inner) < 20:
