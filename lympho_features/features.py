@@ -681,6 +681,17 @@ def color_features(
 
 
 # ---------------------------------------------------------------- all -----
+def _roi_od_sum(seg: Segmentation, top: tuple[int, int, int], width: int) -> np.ndarray | None:
+    """The segmentation's total OD over rows ``top[0]:top[1]``, columns ``top[2]:top[2] + width``, if it has them."""
+    if seg.od_sum is None or seg.roi is None:
+        return None
+    ry0, ry1, rx0, rx1 = seg.roi
+    y0, y1, x0 = top
+    if y0 < ry0 or y1 > ry1 or x0 < rx0 or x0 + width > rx1 or seg.od_sum.shape != (ry1 - ry0, rx1 - rx0):
+        return None
+    return np.ascontiguousarray(seg.od_sum[y0 - ry0 : y1 - ry0, x0 - rx0 : x0 - rx0 + width])
+
+
 def cell_features(
     rgb: np.ndarray, seg: Segmentation, settings: FeatureSettings = FeatureSettings()
 ) -> dict[str, float]:
@@ -720,8 +731,10 @@ def cell_features(
         rgb_n = np.ascontiguousarray(rgb_box[sl])
         n_nuc = np.ascontiguousarray(n_box[sl])
         grey = cv2.cvtColor(rgb_n, cv2.COLOR_RGB2GRAY)
-        od_r, od_g, od_b = optical_density_channels(rgb_n, bg)
-        od_sum = cv2.add(cv2.add(od_r, od_g), od_b)
+        od_sum = _roi_od_sum(seg, (y0 + sl[0].start, y0 + sl[0].start + len(rgb_n), x0 + sl[1].start), rgb_n.shape[1])
+        if od_sum is None or seg.background is not bg:
+            od_r, od_g, od_b = optical_density_channels(rgb_n, bg)
+            od_sum = cv2.add(cv2.add(od_r, od_g), od_b)
         q = quantize(grey, n_nuc, settings.haralick_levels)
     else:
         grey = od_sum = np.zeros((1, 1), np.float32)

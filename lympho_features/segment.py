@@ -148,6 +148,11 @@ class Segmentation:
     diagnostics : dict of str to float
         Measurements behind the flags (nucleus OD, sharpness, share of the
         outline cut along a neighbour, nucleus solidity, lobes...).
+    roi : tuple of int, optional
+        ``(y0, y1, x0, x1)`` of the region examined around the nucleus.
+    od_sum : ndarray of float32, optional
+        Total optical density (R + G + B, against ``background``) of ``roi``,
+        kept so that the features do not compute it again.
     """
 
     nucleus_mask: np.ndarray
@@ -158,6 +163,8 @@ class Segmentation:
     box: tuple[int, int, int, int] | None = None
     background: np.ndarray | None = None
     diagnostics: dict[str, float] = field(default_factory=dict)
+    roi: tuple[int, int, int, int] | None = None
+    od_sum: np.ndarray | None = None
 
 
 @lru_cache(maxsize=64)
@@ -338,6 +345,14 @@ def red_cell_reference(
     return med, float(cv2.mean(od_sum, mask=stained)[0])
 
 
+def _window(box: list[int], margin: int, h: int, w: int) -> tuple[slice, slice]:
+    """Slices of ``box`` = ``[x0, y0, x1, y1]`` grown by ``margin``, clipped to an ``h`` x ``w`` image."""
+    return (
+        slice(max(0, box[1] - margin), min(h, box[3] + margin)),
+        slice(max(0, box[0] - margin), min(w, box[2] + margin)),
+    )
+
+
 def _contour_centroid(c: np.ndarray) -> tuple[float, float]:
     m = cv2.moments(c)
     if m["m00"] > 0:
@@ -408,8 +423,18 @@ def segment_cell(rgb: np.ndarray, settings: SegmentationSettings | None = None) 
     off = (-x0, -y0)
     nucleus = np.zeros((rh, rw), np.uint8)
     cv2.drawContours(nucleus, contours, chosen, 255, -1, offset=off)
+    # The nucleus' box in the ROI, grown by what the closing can add: morphology and
+    # distances near the nucleus are computed in windows around it (same values as on
+    # the whole ROI, whose other pixels are far from it and stay empty).
+    nb_box = [
+        bx - x0 - s.close_radius,
+        by - y0 - s.close_radius,
+        bx - x0 + bw + s.close_radius,
+        by - y0 + bh + s.close_radius,
+    ]
+    nwin = _window(nb_box, s.close_radius + s.lobe_erosion + 2, rh, rw)
     # Nuclear pixels lost to the opening's corners or the purple cut are kept by a closing.
-    nucleus = cv2.morphologyEx(nucleus, cv2.MORPH_CLOSE, _disk(s.close_radius))
+    nucleus[nwin] = cv2.morphologyEx(nucleus[nwin], cv2.MORPH_CLOSE, _disk(s.close_radius))
     others = np.zeros((rh, rw), np.uint8)
     candidates = []
     for i in range(len(contours)):
@@ -422,16 +447,27 @@ def segment_cell(rgb: np.ndarray, settings: SegmentationSettings | None = None) 
     group = nucleus.copy()
     small = [i for i in candidates if areas[i] < s.min_merged_nucleus_area]
     for _ in range(3 if small else 0):
-        gap = cv2.distanceTransform(cv2.bitwise_not(group), cv2.DIST_L2, 3)
+        # Distance to the group, in a window around it wide enough that any pixel outside
+        # is farther than ``lobe_gap`` (chamfer distance >= 0.955 x chessboard distance).
+        gwin = _window(nb_box, 2 * s.lobe_gap + 2, rh, rw)
+        gap = cv2.distanceTransform(cv2.bitwise_not(group[gwin]), cv2.DIST_L2, 3)
+        gh_, gw_ = gap.shape
         added = False
         for i in small:
             if i in fragments:
                 continue
-            pts = contours[i].reshape(-1, 2) + np.array(off)
-            pts = pts[(pts[:, 0] >= 0) & (pts[:, 0] < rw) & (pts[:, 1] >= 0) & (pts[:, 1] < rh)]
+            pts = contours[i].reshape(-1, 2) + np.array((off[0] - gwin[1].start, off[1] - gwin[0].start))
+            pts = pts[(pts[:, 0] >= 0) & (pts[:, 0] < gw_) & (pts[:, 1] >= 0) & (pts[:, 1] < gh_)]
             if len(pts) and float(gap[pts[:, 1], pts[:, 0]].min()) <= s.lobe_gap:
                 fragments.append(i)
                 cv2.drawContours(group, contours, i, 255, -1, offset=off)
+                fx, fy, fw, fh = cv2.boundingRect(contours[i])
+                nb_box = [
+                    min(nb_box[0], fx - x0),
+                    min(nb_box[1], fy - y0),
+                    max(nb_box[2], fx - x0 + fw),
+                    max(nb_box[3], fy - y0 + fh),
+                ]
                 added = True
         if not added:
             break
@@ -440,7 +476,7 @@ def segment_cell(rgb: np.ndarray, settings: SegmentationSettings | None = None) 
             cv2.drawContours(others, contours, i, 255, -1, offset=off)
 
     # Lobes: granulocyte (several small lobes) or two merged lymphocyte nuclei (two big ones).
-    eroded = cv2.erode(nucleus, _disk(s.lobe_erosion))
+    eroded = cv2.erode(nucleus[nwin], _disk(s.lobe_erosion))  # areas only: the window is enough
     lobe_contours, _ = cv2.findContours(eroded, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
     n_lobes = sum(cv2.contourArea(c) >= s.min_lobe_area for c in lobe_contours)
     is_granulocyte = merged_split = False
@@ -600,4 +636,6 @@ def segment_cell(rgb: np.ndarray, settings: SegmentationSettings | None = None) 
         "cell_diameter": cell_diameter,
         "rbc_od": rbc_od,
     }
-    return Segmentation(nucleus_mask, cell_mask, reason == "ok", reason, flags, box, bg, diagnostics)
+    return Segmentation(
+        nucleus_mask, cell_mask, reason == "ok", reason, flags, box, bg, diagnostics, (y0, y1, x0, x1), od_sum
+    )
