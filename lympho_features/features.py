@@ -481,6 +481,22 @@ def haralick_features(
 
 
 # ------------------------------------------------------ chromatin texture ----
+_LBP_OFFSETS = ((-1, -1), (-1, 0), (-1, 1), (0, 1), (1, 1), (1, 0), (1, -1), (0, -1))
+
+
+def _lbp_table() -> np.ndarray:
+    """Bin of each 8-bit neighbour code: its number of set bits if uniform (<= 2 transitions), else 9."""
+    table = np.empty(256, np.intp)
+    for v in range(256):
+        b = [(v >> k) & 1 for k in range(8)]
+        trans = sum(b[k] != b[(k + 1) % 8] for k in range(8))
+        table[v] = sum(b) if trans <= 2 else 9
+    return table
+
+
+_LBP_TABLE = _lbp_table()
+
+
 def lbp_features(grey: np.ndarray, mask: np.ndarray) -> dict[str, float]:
     """Rotation-invariant uniform local binary patterns (8 neighbours, radius 1) inside ``mask``.
 
@@ -491,21 +507,19 @@ def lbp_features(grey: np.ndarray, mask: np.ndarray) -> dict[str, float]:
     ``lbp_nucleus_nonuniform``. Also ``lbp_nucleus_entropy`` of the histogram.
     """
     names = [f"lbp_nucleus_u{k}" for k in range(9)] + ["lbp_nucleus_nonuniform", "lbp_nucleus_entropy"]
-    g = grey.astype(np.int16)
+    g = grey if grey.dtype == np.uint8 else np.asarray(grey, np.float64)  # types OpenCV compares exactly
     h, w = g.shape
     if h < 3 or w < 3:
         return dict.fromkeys(names, float("nan"))
     c = g[1:-1, 1:-1]
-    offs = ((-1, -1), (-1, 0), (-1, 1), (0, 1), (1, 1), (1, 0), (1, -1), (0, -1))
-    bits = [(g[1 + dy : h - 1 + dy, 1 + dx : w - 1 + dx] >= c) for dy, dx in offs]
-    ones = np.zeros(c.shape, np.int8)
-    trans = np.zeros(c.shape, np.int8)
-    for k in range(8):
-        ones += bits[k]
-        trans += bits[k] != bits[(k + 1) % 8]
-    code = np.where(trans <= 2, ones, 9)
+    # One bit per neighbour (at least as bright as the centre), packed into an 8-bit code
+    # per pixel; a 256-entry table gives each code its bin.
+    code = np.zeros((h - 2, w - 2), np.uint8)
+    for k, (dy, dx) in enumerate(_LBP_OFFSETS):
+        code |= cv2.bitwise_and(cv2.compare(g[1 + dy : h - 1 + dy, 1 + dx : w - 1 + dx], c, cv2.CMP_GE), 1 << k)
     inner = mask[1:-1, 1:-1]
-    hist = np.bincount(code[inner].ravel(), minlength=LBP_BINS).astype(np.float64)
+    counts = np.bincount(code[inner], minlength=256)
+    hist = np.bincount(_LBP_TABLE, weights=counts, minlength=LBP_BINS)
     total = hist.sum()
     if total < 16:
         return dict.fromkeys(names, float("nan"))
