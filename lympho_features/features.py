@@ -425,12 +425,18 @@ def haralick_from_glcm(p: np.ndarray) -> np.ndarray:
     return haralick_from_glcms(p[None])[0]
 
 
+_GREY_LEVELS = np.arange(256, dtype=np.float32)
+
+
 def quantize(grey: np.ndarray, mask: np.ndarray, levels: int) -> np.ndarray:
     """Grey levels ``0..levels-1`` between the 1st and 99th percentile of the masked pixels."""
     if grey.dtype == np.uint8:
         hist = cv2.calcHist([np.ascontiguousarray(grey)], [0], _u8(mask), [256], [0, 256]).ravel()
         c = np.cumsum(hist)
         lo, hi = (float(np.searchsorted(c, q * c[-1])) for q in (0.01, 0.99))
+        # The same arithmetic on the 256 possible grey levels, then a table look-up.
+        scaled = np.clip((_GREY_LEVELS - lo) / max(hi - lo, 1e-3), 0, 1)
+        return np.minimum((scaled * levels).astype(np.int64), levels - 1)[grey]
     else:
         lo, hi = np.percentile(grey[mask].astype(np.float32), [1, 99])
     scaled = np.clip((grey.astype(np.float32) - lo) / max(hi - lo, 1e-3), 0, 1)

@@ -231,11 +231,13 @@ def multi_otsu3(values: np.ndarray, bins: int = 64) -> tuple[float, float]:
     w = np.cumsum(p)
     m = np.cumsum(p * np.arange(bins))
     i, j = _triu(bins)  # class 0: [0, i], class 1: (i, j], class 2: (j, end]
-    wi, wj, mi, mj = w[i], w[j], m[i], m[j]
-    m1 = mj - mi
-    m2 = m[-1] - mj
     eps = 1e-12  # empty classes have zero mass and zero moment: their term vanishes
-    var = mi * mi / (wi + eps) + m1 * m1 / (wj - wi + eps) + m2 * m2 / (1.0 - wj + eps)
+    # The terms of the first and last class depend on one threshold: computed per bin, then gathered.
+    low = m * m / (w + eps)
+    m2 = m[-1] - m
+    high = m2 * m2 / (1.0 - w + eps)
+    m1 = m[j] - m[i]
+    var = low[i] + m1 * m1 / (w[j] - w[i] + eps) + high[j]
     k = int(np.argmax(var))
     return float((i[k] + 1) * step - 1), float((j[k] + 1) * step - 1)
 
