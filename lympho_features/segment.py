@@ -198,7 +198,7 @@ def optical_density_channels(rgb: np.ndarray, reference: np.ndarray) -> list[np.
     """:func:`optical_density` against ``reference``, as three single-channel float32 images (R, G, B)."""
     rgb = np.ascontiguousarray(rgb)
     ref = _OD_LUT[np.clip(np.rint(np.asarray(reference, np.float32)), 0, 255).astype(np.uint8)]
-    return [cv2.LUT(cv2.extractChannel(rgb, c), _OD_LUT - ref[c]) for c in range(3)]
+    return [cv2.LUT(ch, _OD_LUT - ref[c]) for c, ch in enumerate(cv2.split(rgb))]
 
 
 def background_rgb(rgb: np.ndarray, percentile: float = 95.0) -> np.ndarray:
@@ -439,9 +439,12 @@ def segment_cell(rgb: np.ndarray, settings: SegmentationSettings | None = None) 
     nucleus[nwin] = cv2.morphologyEx(nucleus[nwin], cv2.MORPH_CLOSE, _disk(s.close_radius))
     others = np.zeros((rh, rw), np.uint8)
     candidates = []
+    rects = {}
     for i in range(len(contours)):
-        x, y, ww, hh = cv2.boundingRect(contours[i])
-        if i != chosen and areas[i] >= s.min_lobe_area and x + ww >= x0 and x < x1 and y + hh >= y0 and y < y1:
+        if i == chosen or areas[i] < s.min_lobe_area:
+            continue
+        x, y, ww, hh = rects[i] = cv2.boundingRect(contours[i])
+        if x + ww >= x0 and x < x1 and y + hh >= y0 and y < y1:
             candidates.append(i)
     # Separate pieces close to the nucleus and smaller than a nucleus are lobes (granulocyte);
     # a lobe close to a lobe counts too.
@@ -455,15 +458,22 @@ def segment_cell(rgb: np.ndarray, settings: SegmentationSettings | None = None) 
         gap = cv2.distanceTransform(cv2.bitwise_not(group[gwin]), cv2.DIST_L2, 3)
         gh_, gw_ = gap.shape
         added = False
+        wy, wx = gwin
         for i in small:
-            if i in fragments:
-                continue
+            fx, fy, fw, fh = rects[i]
+            if (
+                i in fragments
+                or fx + fw <= wx.start + x0
+                or fx >= wx.stop + x0
+                or fy + fh <= wy.start + y0
+                or fy >= wy.stop + y0
+            ):
+                continue  # already taken, or wholly outside the window (farther than lobe_gap)
             pts = contours[i].reshape(-1, 2) + np.array((off[0] - gwin[1].start, off[1] - gwin[0].start))
             pts = pts[(pts[:, 0] >= 0) & (pts[:, 0] < gw_) & (pts[:, 1] >= 0) & (pts[:, 1] < gh_)]
             if len(pts) and float(gap[pts[:, 1], pts[:, 0]].min()) <= s.lobe_gap:
                 fragments.append(i)
                 cv2.drawContours(group, contours, i, 255, -1, offset=off)
-                fx, fy, fw, fh = cv2.boundingRect(contours[i])
                 nb_box = [
                     min(nb_box[0], fx - x0),
                     min(nb_box[1], fy - y0),
