@@ -346,7 +346,19 @@ def _glcm_constants(n: int) -> tuple:
         s_onehot[np.arange(n * n), (ii + jj).astype(int).ravel()] = 1
         d_onehot = np.zeros((n * n, n))
         d_onehot[np.arange(n * n), np.abs(ii - jj).astype(int).ravel()] = 1
-        _GLCM_CONSTANTS[n] = (i, (ii * jj).ravel(), s_onehot, d_onehot, (1.0 / (1.0 + (ii - jj) ** 2)).ravel())
+        k_sum = np.arange(2 * n - 1, dtype=np.float64)
+        k_diff = np.arange(n, dtype=np.float64)
+        _GLCM_CONSTANTS[n] = (
+            i,
+            (ii * jj).ravel(),
+            s_onehot,
+            d_onehot,
+            (1.0 / (1.0 + (ii - jj) ** 2)).ravel(),
+            i * i,
+            k_sum,
+            k_diff,
+            k_diff**2,
+        )
     return _GLCM_CONSTANTS[n]
 
 
@@ -363,25 +375,24 @@ def haralick_from_glcms(p: np.ndarray) -> np.ndarray:
     """
     eps = 1e-12
     n = p.shape[-1]
-    i, ii_jj, s_onehot, d_onehot, idm_w = _glcm_constants(n)
+    i, ii_jj, s_onehot, d_onehot, idm_w, i2, k_sum, k_diff, k_diff2 = _glcm_constants(n)
     px = p.sum(2)  # (m, n)
     py = p.sum(1)
     mu_x = px @ i
     mu_y = py @ i
-    ex2 = px @ (i * i)
+    ex2 = px @ i2
     var_x = np.maximum(ex2 - mu_x**2, 0.0)
     sd_x = np.sqrt(var_x)
-    sd_y = np.sqrt(np.maximum(py @ (i * i) - mu_y**2, 0.0))
+    sd_y = np.sqrt(np.maximum(py @ i2 - mu_y**2, 0.0))
     flat = p.reshape(len(p), -1)
     p_sum = flat @ s_onehot  # (m, 2n-1)
     p_diff = flat @ d_onehot  # (m, n)
-    k_sum = np.arange(2 * n - 1, dtype=np.float64)
-    k_diff = np.arange(n, dtype=np.float64)
     asm = (flat**2).sum(1)
-    contrast = p_diff @ (k_diff**2)
+    contrast = p_diff @ k_diff2
     cov = flat @ ii_jj - mu_x * mu_y
     sdp = sd_x * sd_y
-    correlation = np.where(sdp > eps, cov / np.where(sdp > eps, sdp, 1.0), 1.0)
+    ok = sdp > eps
+    correlation = np.where(ok, cov / np.where(ok, sdp, 1.0), 1.0)
     sum_of_squares = var_x  # sum over (i - mu_x)^2 p(i, j)
     idm = flat @ idm_w
     sum_average = p_sum @ k_sum
@@ -398,7 +409,8 @@ def haralick_from_glcms(p: np.ndarray) -> np.ndarray:
     hxy1 = -(p * np.log2(pxpy + eps)).sum((1, 2))
     hxy2 = -(pxpy * np.log2(pxpy + eps)).sum((1, 2))
     hmax = np.maximum(hx, hy)
-    imc1 = np.where(hmax > eps, (entropy - hxy1) / np.where(hmax > eps, hmax, 1.0), 0.0)
+    ok = hmax > eps
+    imc1 = np.where(ok, (entropy - hxy1) / np.where(ok, hmax, 1.0), 0.0)
     imc2 = np.sqrt(np.maximum(0.0, 1 - np.exp(-2.0 * (hxy2 - entropy))))
     return np.stack(
         [
@@ -585,8 +597,7 @@ def radial_features(od: np.ndarray, mask: np.ndarray) -> dict[str, float]:
     sums = np.bincount(ring, weights=vals, minlength=RADIAL_RINGS)
     counts = np.bincount(ring, minlength=RADIAL_RINGS)
     mean = vals.mean()
-    with np.errstate(invalid="ignore", divide="ignore"):
-        means = np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
+    means = np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)  # no division by zero
     out = {
         f"radial_nucleus_ring{k + 1}": float(means[k] / mean) if mean > 0 else float("nan") for k in range(RADIAL_RINGS)
     }

@@ -191,7 +191,9 @@ def optical_density(rgb: np.ndarray, reference: np.ndarray | None = None) -> np.
     rgb = np.ascontiguousarray(rgb)
     if reference is None:
         return cv2.LUT(rgb, _OD_LUT)
-    return cv2.merge(optical_density_channels(rgb, reference))
+    ref = _OD_LUT[np.clip(np.rint(np.asarray(reference, np.float32)), 0, 255).astype(np.uint8)]
+    # One table per channel: the same values as :func:`optical_density_channels`, merged.
+    return cv2.LUT(rgb, np.stack([_OD_LUT - ref[c] for c in range(3)], axis=-1)[None])
 
 
 def optical_density_channels(rgb: np.ndarray, reference: np.ndarray) -> list[np.ndarray]:
