@@ -10,9 +10,10 @@ segment + features + tables), their ratio, CPU time per crop, and the peak
 resident memory of the extraction: the largest single process
 (``getrusage(RUSAGE_CHILDREN)``) and the whole process tree (sum of the RSS
 of the ``lympho extract`` process and all its workers, sampled every 0.1 s
-with psutil). A third line times segmentation and features alone in this
-process, per crop, on a sample, and the ratio those CPU times imply (less
-sensitive to other jobs on a shared machine than the wall-clock ratio).
+with psutil). A third line times decoding, segmentation and features in this process,
+crop by crop on a fixed sample of 300 crops, and the ratio those CPU times
+imply (less sensitive to other jobs on a shared machine than the wall-clock
+ratio). ``benchmarks/profile_crop.py`` breaks these times down further.
 """
 
 from __future__ import annotations
@@ -108,7 +109,11 @@ def run_extract(data: Path, out: Path, jobs: int) -> tuple[float, float, float |
 
 
 def per_stage(data: Path, images: list[str], n: int = 300) -> tuple[float, float, float]:
-    """CPU milliseconds per crop for decode, segmentation and features, in this process (single thread)."""
+    """CPU milliseconds per crop for decode, segmentation and features, in this process (single thread).
+
+    The three stages are timed crop by crop, one after the other, so that a change of load on a
+    shared machine weighs on all three alike (the ratio stays comparable between runs).
+    """
     import cv2
 
     from lympho_features.features import cell_features
@@ -117,16 +122,21 @@ def per_stage(data: Path, images: list[str], n: int = 300) -> tuple[float, float
     cv2.setNumThreads(1)
     step = max(1, len(images) // n)
     sample = images[::step][:n]
-    t0 = time.process_time()
-    rgbs = [read_image(data / rel)[0] for rel in sample]
-    t1 = time.process_time()
-    segs = [segment_cell(r) for r in rgbs]
-    t2 = time.process_time()
-    for r, s in zip(rgbs, segs, strict=True):
-        cell_features(r, s)
-    t3 = time.process_time()
+    for rel in sample[:10]:  # warm-up: imports, caches, structuring elements
+        rgb = read_image(data / rel)[0]
+        cell_features(rgb, segment_cell(rgb))
+    d = s = f = 0.0
+    for rel in sample:
+        t0 = time.process_time()
+        rgb = read_image(data / rel)[0]
+        t1 = time.process_time()
+        seg = segment_cell(rgb)
+        t2 = time.process_time()
+        cell_features(rgb, seg)
+        t3 = time.process_time()
+        d, s, f = d + t1 - t0, s + t2 - t1, f + t3 - t2
     k = 1000 / len(sample)
-    return (t1 - t0) * k, (t2 - t1) * k, (t3 - t2) * k
+    return d * k, s * k, f * k
 
 
 def main() -> None:

@@ -1,0 +1,183 @@
+"""Per-stage CPU time of one crop's measurement, on a fixed sample of real crops, one core.
+
+    python benchmarks/profile_crop.py --data ../shared/data/lymphocytosis/trainset -n 300
+    python benchmarks/profile_crop.py --profile features     # cProfile of one stage, top functions
+    python benchmarks/profile_crop.py --families             # CPU ms of each feature family
+    python benchmarks/profile_crop.py --save /tmp/x.parquet  # rows of measure_crop, for a before/after check
+    python benchmarks/profile_crop.py --compare /tmp/old.parquet /tmp/new.parquet
+
+The sample is every ``k``-th image of the sorted data set (the same as
+``benchmarks/extract_speed.py``'s per-stage line), decoded once before
+timing; times are ``time.process_time`` with OpenCV on one thread, so they
+are meaningful on a machine shared with other jobs. ``--compare`` prints the
+largest relative difference of each numeric column between two saved runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import pstats
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from lympho_features.dataset import discover_patients, read_image  # noqa: E402
+
+
+def load_sample(data: Path, n: int) -> tuple[list[str], list[np.ndarray], float]:
+    """The fixed sample of ``n`` crops, decoded; returns names, images and decode CPU ms per crop."""
+    patients = discover_patients(data)
+    images = [rel for imgs in patients.values() for rel in imgs]
+    step = max(1, len(images) // n)
+    sample = images[::step][:n]
+    t0 = time.process_time()
+    rgbs = [read_image(data / rel)[0] for rel in sample]
+    return sample, rgbs, (time.process_time() - t0) * 1000 / len(sample)
+
+
+def time_families(rgbs, segs) -> dict[str, float]:
+    """CPU ms per crop of each feature family (their inputs prepared as in ``cell_features``)."""
+    import cv2
+
+    from lympho_features import features as F
+
+    tot: dict[str, float] = {}
+
+    def add(name, t):
+        tot[name] = tot.get(name, 0.0) + t
+
+    for rgb, seg in zip(rgbs, segs, strict=True):
+        if seg.box is None or not seg.nucleus_mask.any():
+            continue
+        y0, y1, x0, x1 = seg.box
+        n_box, c_box = seg.nucleus_mask[y0:y1, x0:x1], seg.cell_mask[y0:y1, x0:x1]
+        rgb_box = np.ascontiguousarray(rgb[y0:y1, x0:x1])
+        t = time.process_time()
+        nc, cc = F._largest_contour(n_box), F._largest_contour(c_box)
+        add("contours", time.process_time() - t)
+        t = time.process_time()
+        F.nc_features(n_box, c_box, nc)
+        add("nc", time.process_time() - t)
+        t = time.process_time()
+        F.shape_features(n_box, "nucleus", nc)
+        F.shape_features(c_box, "cell", cc)
+        add("shape", time.process_time() - t)
+        t = time.process_time()
+        bx, by, bw, bh = cv2.boundingRect(F._u8(n_box))
+        sl = (slice(max(0, by - 1), by + bh + 1), slice(max(0, bx - 1), bx + bw + 1))
+        rgb_n, n_nuc = np.ascontiguousarray(rgb_box[sl]), np.ascontiguousarray(n_box[sl])
+        grey = cv2.cvtColor(rgb_n, cv2.COLOR_RGB2GRAY)
+        od_r, od_g, od_b = F.optical_density_channels(rgb_n, seg.background)
+        od_sum = cv2.add(cv2.add(od_r, od_g), od_b)
+        q = F.quantize(grey, n_nuc, 16)
+        add("prepare", time.process_time() - t)
+        for name, fn, fargs, kw in (
+            ("haralick", F.haralick_features, (grey, n_nuc), {"q": q}),
+            ("lbp", F.lbp_features, (grey, n_nuc), {}),
+            ("granularity", F.granularity_features, (od_sum, n_nuc), {}),
+            ("radial", F.radial_features, (od_sum, n_nuc), {}),
+            ("nucleoli", F.nucleoli_features, (od_sum, n_nuc), {}),
+            ("color", F.color_features, (rgb_box, n_box, c_box), {"background": seg.background, "rbc_od": 1.0}),
+        ):
+            t = time.process_time()
+            fn(*fargs, **kw)
+            add(name, time.process_time() - t)
+    return {k: v * 1000 / len(rgbs) for k, v in tot.items()}
+
+
+def compare(old: Path, new: Path) -> None:
+    """Largest relative difference per numeric column between two saved runs (same sample)."""
+    import pandas as pd
+
+    a, b = pd.read_parquet(old), pd.read_parquet(new)
+    if list(a["image"]) != list(b["image"]):
+        sys.exit("the two runs are not on the same sample")
+    worst = []
+    for col in a.columns:
+        if col not in b.columns:
+            print(f"{col}: missing in {new}")
+            continue
+        x, y = a[col].to_numpy(), b[col].to_numpy()
+        if x.dtype.kind in "bO":
+            n = int((x != y).sum())
+            if n:
+                worst.append((float("inf"), col, f"{n} rows differ"))
+            continue
+        x, y = x.astype(float), y.astype(float)
+        nan_diff = int((np.isnan(x) != np.isnan(y)).sum())
+        ok = ~np.isnan(x) & ~np.isnan(y)
+        rel = np.abs(x[ok] - y[ok]) / np.maximum(np.abs(x[ok]), 1e-12)
+        r = float(rel.max()) if rel.size else 0.0
+        worst.append((r if not nan_diff else float("inf"), col, f"max rel diff {r:.3g}, NaN mismatches {nan_diff}"))
+    worst.sort(reverse=True)
+    print(f"{len(a)} rows, {len(a.columns)} columns; columns with a difference above 1e-6:")
+    n_bad = 0
+    for r, col, msg in worst:
+        if r > 1e-6:
+            n_bad += 1
+            print(f"  {col}: {msg}")
+    print(f"{n_bad} columns above 1e-6; largest overall: {worst[0][1]} {worst[0][2]}" if worst else "no columns")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", type=Path, default=Path("../shared/data/lymphocytosis/trainset"))
+    ap.add_argument("-n", type=int, default=300, help="crops in the sample")
+    ap.add_argument("--profile", choices=("segment", "features"), default=None)
+    ap.add_argument("--families", action="store_true", help="time each feature family")
+    ap.add_argument("--save", type=Path, default=None, help="write measure_crop rows of the sample here")
+    ap.add_argument("--compare", type=Path, nargs=2, default=None, metavar=("OLD", "NEW"))
+    args = ap.parse_args()
+    if args.compare:
+        compare(*args.compare)
+        return
+    import cv2
+
+    from lympho_features.extract import measure_crop
+    from lympho_features.features import cell_features
+    from lympho_features.segment import segment_cell
+
+    cv2.setNumThreads(1)
+    names, rgbs, d_ms = load_sample(args.data, args.n)
+    k = 1000 / len(rgbs)
+    for r in rgbs[:10]:  # warm caches (structuring elements, constants)
+        cell_features(r, segment_cell(r))
+    t0 = time.process_time()
+    segs = [segment_cell(r) for r in rgbs]
+    t1 = time.process_time()
+    for r, s in zip(rgbs, segs, strict=True):
+        cell_features(r, s)
+    t2 = time.process_time()
+    s_ms, f_ms = (t1 - t0) * k, (t2 - t1) * k
+    print(f"{len(rgbs)} crops, one core, CPU ms per crop")
+    print(f"decode {d_ms:.2f}  segment {s_ms:.2f}  features {f_ms:.2f}  ratio {d_ms / (d_ms + s_ms + f_ms):.3f}")
+    if args.families:
+        for name, ms in sorted(time_families(rgbs, segs).items(), key=lambda kv: -kv[1]):
+            print(f"  {name:<12} {ms:6.3f} ms")
+    if args.profile:
+        prof = cProfile.Profile()
+        prof.enable()
+        if args.profile == "segment":
+            for r in rgbs:
+                segment_cell(r)
+        else:
+            for r, s in zip(rgbs, segs, strict=True):
+                cell_features(r, s)
+        prof.disable()
+        pstats.Stats(prof).sort_stats("tottime").print_stats(25)
+    if args.save:
+        import pandas as pd
+
+        rows = [{"image": n, **measure_crop(r)} for n, r in zip(names, rgbs, strict=True)]
+        args.save.parent.mkdir(parents=True, exist_ok=True)
+        pd.DataFrame(rows).to_parquet(args.save)
+        print(f"wrote {args.save}")
+
+
+if __name__ == "__main__":
+    main()
