@@ -229,7 +229,7 @@ def predict(
         from .report import ReportError, explain_predictions
 
         try:
-            preds = _guard(explain_predictions, model_dir, features_dir, explain_top)
+            preds = _guard(explain_predictions, model_dir, features_dir, explain_top, embeddings)
         except ReportError as exc:
             _fail(str(exc))
     else:

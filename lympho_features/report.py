@@ -270,7 +270,12 @@ def _logit(p: float) -> float:
 
 
 def _design_matrix(
-    patients: pd.DataFrame, features: list[str], where: str, model_dir=None, meta: dict | None = None
+    patients: pd.DataFrame,
+    features: list[str],
+    where: str,
+    model_dir=None,
+    meta: dict | None = None,
+    embeddings_dir: str | Path | None = None,
 ) -> pd.DataFrame:
     from .model import ModelError, model_inputs, model_matrix
 
@@ -280,7 +285,7 @@ def _design_matrix(
     if missing and missing == fitted and model_dir is not None and meta is not None:
         # Inputs fitted on data (cell scores, CNN features) come from the model's own stages.
         try:
-            return model_inputs(model_dir, meta, where, patients)
+            return model_inputs(model_dir, meta, where, patients, embeddings_dir)
         except ModelError as exc:
             raise ReportError(str(exc)) from None
     if missing:
@@ -289,22 +294,25 @@ def _design_matrix(
     return X
 
 
-def explain_predictions(model_dir: str | Path, features_dir: str | Path, top: int = 3) -> pd.DataFrame:
+def explain_predictions(
+    model_dir: str | Path, features_dir: str | Path, top: int = 3, embeddings_dir: str | Path | None = None
+) -> pd.DataFrame:
     """Predictions with each patient's strongest contributions, for ``lympho predict --explain``.
 
     Returns the contract columns ``patient_id, probability, prediction`` then,
     for k = 1..top, ``top{k}_feature``, ``top{k}_value`` (the patient's value)
     and ``top{k}_contribution`` (SHAP, log-odds; positive pushes toward tumoral),
-    strongest first.
+    strongest first. ``embeddings_dir``: where the CNN embeddings of these
+    patients are, for models with CNN inputs (default ``features_dir``).
     """
     from .model import load_model, load_patients
     from .model import predict as model_predict
 
-    preds = model_predict(model_dir, features_dir)
+    preds = model_predict(model_dir, features_dir, embeddings_dir)
     booster, meta = load_model(model_dir)
     patients = load_patients(features_dir)
     feats = meta["features"]
-    X = _design_matrix(patients, feats, str(features_dir), model_dir, meta)[feats].to_numpy(float)
+    X = _design_matrix(patients, feats, str(features_dir), model_dir, meta, embeddings_dir)[feats].to_numpy(float)
     contrib, _ = shap_contributions(booster, X)
     order = np.argsort(-np.abs(contrib), axis=1, kind="stable")[:, :top]
     rows = np.arange(len(X))[:, None]

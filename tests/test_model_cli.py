@@ -154,6 +154,12 @@ def test_cnn_features_are_fitted_per_fold_saved_and_reused_by_predict(tiny_featu
     r = run("predict", tmp_path / "m", tiny_features, "--out", tmp_path / "p.csv", "--embeddings", emb_dir)
     assert r.exit_code == 0, r.output
     assert len(pd.read_csv(tmp_path / "p.csv")) == 12
+    # --explain finds the embeddings in the same place, and explains with the learned inputs.
+    r = run("predict", tmp_path / "m", tiny_features, "--out", tmp_path / "e.csv", "--embeddings", emb_dir, "--explain")
+    assert r.exit_code == 0, r.output
+    ex = pd.read_csv(tmp_path / "e.csv")
+    pd.testing.assert_frame_equal(ex[pd.read_csv(tmp_path / "p.csv").columns], pd.read_csv(tmp_path / "p.csv"))
+    assert set(ex["top1_feature"]) <= set(meta["features"])
     r = run("predict", tmp_path / "m", tiny_features, "--out", tmp_path / "p2.csv")
     assert r.exit_code != 0 and "embeddings.parquet not found" in r.output
 
