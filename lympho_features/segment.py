@@ -181,6 +181,14 @@ def fill_holes(mask: np.ndarray) -> np.ndarray:
     return np.where(padded[1:-1, 1:-1] == 128, 0, 255).astype(np.uint8)
 
 
+def _reference_od(reference) -> np.ndarray:
+    """OD of an RGB reference: ``_OD_LUT`` at its values rounded half to even and clipped to 0..255."""
+    vals = np.asarray(reference, np.float32).tolist()
+    if all(np.isfinite(v) for v in vals):  # plain Python on 3 numbers: np.clip/np.rint cost more
+        return _OD_LUT[[min(255, max(0, round(v))) for v in vals]]
+    return _OD_LUT[np.clip(np.rint(np.asarray(reference, np.float32)), 0, 255).astype(np.uint8)]
+
+
 def optical_density(rgb: np.ndarray, reference: np.ndarray | None = None) -> np.ndarray:
     """Optical density per channel, float32.
 
@@ -191,7 +199,7 @@ def optical_density(rgb: np.ndarray, reference: np.ndarray | None = None) -> np.
     rgb = np.ascontiguousarray(rgb)
     if reference is None:
         return cv2.LUT(rgb, _OD_LUT)
-    ref = _OD_LUT[np.clip(np.rint(np.asarray(reference, np.float32)), 0, 255).astype(np.uint8)]
+    ref = _reference_od(reference)
     # One table per channel: the same values as :func:`optical_density_channels`, merged.
     return cv2.LUT(rgb, np.stack([_OD_LUT - ref[c] for c in range(3)], axis=-1)[None])
 
@@ -199,7 +207,7 @@ def optical_density(rgb: np.ndarray, reference: np.ndarray | None = None) -> np.
 def optical_density_channels(rgb: np.ndarray, reference: np.ndarray) -> list[np.ndarray]:
     """:func:`optical_density` against ``reference``, as three single-channel float32 images (R, G, B)."""
     rgb = np.ascontiguousarray(rgb)
-    ref = _OD_LUT[np.clip(np.rint(np.asarray(reference, np.float32)), 0, 255).astype(np.uint8)]
+    ref = _reference_od(reference)
     return [cv2.LUT(ch, _OD_LUT - ref[c]) for c, ch in enumerate(cv2.split(rgb))]
 
 
