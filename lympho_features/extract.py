@@ -380,7 +380,8 @@ def extract(
         Missing data folder, unreadable or invalid CSV, output folder that
         cannot be written or is in use by another run, full disk.
     """
-    data_dir, out_dir = Path(data_dir), Path(out_dir)
+    # Absolute: worker processes may outlive this call (joblib reuses them) and keep an older working folder.
+    data_dir, out_dir = Path(data_dir).absolute(), Path(out_dir)
     if backend not in BACKENDS:
         raise DatasetError(f"unknown backend {backend!r}: use one of {', '.join(BACKENDS)}")
     if jobs == 0:

@@ -624,3 +624,14 @@ def test_workers_times_threads_never_exceed_the_cores(cohort):
         assert cells.columns.tolist() == schema.names
     finally:
         cv2.setNumThreads(before)
+
+
+def test_relative_data_dir_after_a_change_of_folder(cohort, tmp_path, monkeypatch):
+    # Reused worker processes keep the working folder they started in: a relative DATA_DIR must still resolve
+    # against the caller's current folder (found by `lympho demo` run after other extractions).
+    first = extract(cohort, tmp_path / "first", jobs=2, progress=False)
+    (tmp_path / "here").mkdir()
+    make_cohort(tmp_path / "here" / "d", n_patients=3, cells_per_patient=(2, 3), seed=5, size=96)
+    monkeypatch.chdir(tmp_path / "here")
+    res = extract("d", "o", jobs=2, progress=False)
+    assert first.n_cells > 0 and res.n_cells > 0 and res.n_skipped == 0
