@@ -622,5 +622,5 @@ def load_embeddings(features_dir: str | Path) -> pd.DataFrame:
     """Read ``FEATURES_DIR/embeddings.parquet`` (written by ``lympho embed``) with a clear error when absent."""
     path = Path(features_dir) / "embeddings.parquet"
     if not path.is_file():
-        raise DatasetError(f"{path} not found: run `lympho embed DATA_DIR --out {features_dir}` first")
+        raise DatasetError(f"{path} not found: CNN features need `lympho embed DATA_DIR --out {features_dir}` first")
     return pd.read_parquet(path)

@@ -876,13 +876,14 @@ def load_cohort_tables(
             if not optional:
                 raise ModelError(str(exc)) from None
     if "cnn" in blocks:
-        path = Path(embeddings_dir or features_dir) / "embeddings.parquet"
-        if path.is_file():
-            embeddings = pd.read_parquet(path)
-        elif not optional:
-            raise ModelError(
-                f"{path} not found: CNN features need `lympho embed DATA_DIR --out {embeddings_dir or features_dir}` first"
-            )
+        from .dataset import DatasetError
+        from .embed import load_embeddings  # torch stays unimported: embed imports it only to run a network
+
+        try:
+            embeddings = load_embeddings(embeddings_dir or features_dir)
+        except DatasetError as exc:
+            if not optional:
+                raise ModelError(str(exc)) from None
     return cells, embeddings
 
 
