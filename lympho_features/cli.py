@@ -121,8 +121,10 @@ def fit(
     feature_set: Annotated[
         str,
         typer.Option(
-            help=f"Which inputs: {'|'.join(FEATURE_SETS)} (blocks clinical, image, cellscore, cnn joined by '+'; "
-            "'-n_cells' drops the crop count). cellscore: weakly supervised cell model; cnn: needs `lympho embed`."
+            help=f"Which inputs: {'|'.join(FEATURE_SETS)} (blocks clinical, crops, morphology, cellscore, cellmorph, "
+            "cnn joined by '+'; image = crops+cellmorph (images only), all = clinical+image; '-n_cells' drops the "
+            "crop count). cellscore/cellmorph: weakly supervised cell model on every per-cell feature / without "
+            "stain colour; morphology: the ~565 per-patient aggregates; cnn: needs `lympho embed`."
         ),
     ] = DEFAULT_FEATURE_SET,
     min_sensitivity: Annotated[
