@@ -693,7 +693,8 @@ def nested_selection(
     to the one with fewer inputs), and the winner is fitted on the training
     patients and scores the held-out ones. The returned CV result measures the
     whole procedure, free of the optimism of choosing the best of many on the
-    same folds; the table lists which configuration each outer fold chose.
+    same folds; the table lists which configuration each outer fold chose, with its inner-CV balanced
+    accuracy and the balanced accuracy on the outer fold's held-out patients.
     """
     from joblib import Parallel, delayed
 
@@ -716,16 +717,24 @@ def nested_selection(
         )
         blocks = parse_feature_set(best)[0]
         res = _fold_task(cohort, y, tr, te, [best], blocks, None, 16, base, state, seed + r, inner_folds, None)
-        return best, res[best]
+        return best, res[best], inner[best].summary["balanced_accuracy_mean"]
 
     results = Parallel(n_jobs=n_jobs, backend="threading")(delayed(one)(*s) for s in splits)
     rows, chosen = [], []
     for r in range(repeats):
         proba, thr, fold_of = np.zeros(len(y)), np.zeros(len(y)), np.zeros(len(y), int)
-        for (rr, f, _, te), (best, (p, t, _)) in zip(splits, results, strict=True):
+        for (rr, f, _, te), (best, (p, t, _), inner_ba) in zip(splits, results, strict=True):
             if rr == r:
                 proba[te], thr[te], fold_of[te] = p, t, f
-                chosen.append({"repeat": r, "fold": f, "configuration": best})
+                chosen.append(
+                    {
+                        "repeat": r,
+                        "fold": f,
+                        "configuration": best,
+                        "inner_balanced_accuracy": float(inner_ba),
+                        "outer_balanced_accuracy": float(balanced_accuracy_score(y[te], (p >= t).astype(int))),
+                    }
+                )
         rows.append(_prediction_frame(ids, r, fold_of, y, proba, thr))
     return _summarise(rows, y, folds, repeats, seed), pd.DataFrame(chosen)
 
@@ -759,38 +768,69 @@ def calibration_table(y_true, proba, n_bins: int = 5) -> dict:
     return {"brier": float(np.mean((proba - y_true) ** 2)), "n_bins": n_bins, "bins": bins}
 
 
-def refer_band(cv: CVResult, min_error_rate: float = 0.3) -> dict:
-    """Band of probabilities around the threshold where the CV calls are unreliable.
+def _side_width(dist: np.ndarray, wrong: np.ndarray, min_error_rate: float, max_fraction: float) -> float:
+    """Width of one side of the refer band: see :func:`refer_band`.
 
-    The half-width is the largest distance ``h`` to the fold's threshold such
-    that, among the CV calls closer than ``h`` to their threshold, at least
-    ``min_error_rate`` were wrong. A patient whose probability is within the
-    half-width of the model's threshold is flagged ``uncertain``: refer to
-    flow cytometry rather than trust the call. (Errors far from the threshold
-    exist too and no band catches them; the CV error rates inside and outside
-    the band are recorded.)
+    ``dist`` are the distances to the threshold of the CV calls on that side, ``wrong`` whether each was wrong.
+    """
+    if not len(dist):
+        return 0.0
+    order = np.argsort(dist, kind="stable")
+    d, w = dist[order], wrong[order]
+    rate = np.cumsum(w) / np.arange(1, len(w) + 1)
+    last_of_tie = np.r_[d[1:] > d[:-1], True]  # a band edge never splits equal distances
+    cap = int(np.floor(max_fraction * len(d)))  # the band holds at most this many of the side's calls
+    ok = np.flatnonzero((rate >= min_error_rate) & last_of_tie & (np.arange(len(d)) < cap))
+    if not ok.size:
+        return 0.0
+    i = int(ok.max())
+    return float((d[i] + d[i + 1]) / 2) if i + 1 < len(d) else float(d[i] + 1e-9)
+
+
+def refer_band(cv: CVResult, min_error_rate: float = 0.3, max_fraction: float = 0.25) -> dict:
+    """Band of probabilities around the threshold where the CV calls are unreliable, one width per side.
+
+    Below the threshold (calls "reactive", whose errors are missed tumoral
+    patients) and above it (calls "tumoral", whose errors are false alarms)
+    separately: the side's width is the largest distance ``h`` to the fold's
+    threshold such that, among that side's CV calls closer than ``h``, at least
+    ``min_error_rate`` were wrong, and such that they are at most
+    ``max_fraction`` of that side's calls. A patient whose probability lies in
+    ``[threshold - below, threshold + above)`` is flagged ``uncertain``: refer
+    to flow cytometry rather than trust the call.
+
+    Two sides, because a threshold far from 0.5 (``--min-sensitivity``) has
+    many more wrong calls on one side: with one symmetric width the band grew
+    over most of [0, 1]; the cap keeps it meaningful at any threshold (it then
+    refers the least certain calls, not every call of the crowded side).
+    Errors far from the threshold exist too and no band catches them; the CV
+    error rates inside and outside the band and the share of the errors it
+    holds are recorded. ``half_width`` (the larger side) is kept for older readers.
     """
     p = cv.predictions
-    margin = (p["probability"] - p["threshold"]).abs().to_numpy()
+    signed = (p["probability"] - p["threshold"]).to_numpy(float)
     wrong = (p["prediction"] != p["label"]).to_numpy()
-    order = np.argsort(margin, kind="stable")
-    m, w = margin[order], wrong[order]
-    rate = np.cumsum(w) / np.arange(1, len(w) + 1)
-    ok = np.flatnonzero((rate >= min_error_rate) & np.r_[m[1:] > m[:-1], True]) if len(m) else np.array([], int)
-    if ok.size:
-        i = int(ok.max())
-        half = float((m[i] + m[i + 1]) / 2) if i + 1 < len(m) else float(m[i] + 1e-9)
-    else:
-        half = 0.0
-    inside = margin < half
+    above = signed >= 0
+    below_w = _side_width(-signed[~above], wrong[~above], min_error_rate, max_fraction)
+    above_w = _side_width(signed[above], wrong[above], min_error_rate, max_fraction)
+    inside = in_refer_band(signed, below_w, above_w)
     return {
-        "half_width": half,
+        "below": below_w,
+        "above": above_w,
+        "half_width": max(below_w, above_w),
         "min_error_rate": min_error_rate,
+        "max_fraction": max_fraction,
         "cv_fraction_referred": float(inside.mean()),
         "cv_error_rate_referred": float(wrong[inside].mean()) if inside.any() else None,
         "cv_error_rate_not_referred": float(wrong[~inside].mean()) if (~inside).any() else None,
         "cv_share_of_errors_referred": float(wrong[inside].sum() / wrong.sum()) if wrong.any() else None,
     }
+
+
+def in_refer_band(signed_margin, below: float, above: float) -> np.ndarray:
+    """Whether probabilities at ``signed_margin = probability - threshold`` lie in the refer band."""
+    m = np.asarray(signed_margin, float)
+    return ((m < 0) & (-m < below)) | ((m >= 0) & (m < above))
 
 
 def _weighted_auc(counts: np.ndarray, score: np.ndarray, pos: np.ndarray) -> np.ndarray:
@@ -968,6 +1008,7 @@ def fit_model(
     embeddings: pd.DataFrame | None = None,
     ablation: bool | tuple = False,
     refer_error_rate: float = 0.3,
+    refer_max_fraction: float = 0.25,
     n_boot: int = 2000,
     n_jobs: int = 1,
 ) -> tuple[FittedModel, CVResult]:
@@ -987,8 +1028,9 @@ def fit_model(
         Also cross-validate the other configurations on the same folds (True: those of
         :data:`ABLATION_SETS` whose inputs are given) and store the table under ``ablation``
         (``lympho fit`` does by default).
-    refer_error_rate : float
-        CV error rate that marks the ``uncertain`` band around the threshold (see :func:`refer_band`).
+    refer_error_rate, refer_max_fraction : float
+        CV error rate that marks the ``uncertain`` band around the threshold, and the largest share of each
+        side's CV calls it may hold (see :func:`refer_band`).
     n_jobs : int
         Outer folds run at once (threads).
 
@@ -1032,7 +1074,7 @@ def fit_model(
         "params": est.get_params(),
         "cv": cv.summary | {"per_repeat": cv.per_repeat.to_dict(orient="records")},
         "calibration": calibration_table(cv.predictions["label"], cv.predictions["probability"]),
-        "refer": refer_band(cv, refer_error_rate),
+        "refer": refer_band(cv, refer_error_rate, refer_max_fraction),
         "library_versions": library_versions(),
         "training_data_fingerprint": dataframe_fingerprint(
             matrix[["patient_id", "label", *[c for c in feats if c in matrix.columns]]]
@@ -1070,6 +1112,7 @@ def fit_features_dir(
     embeddings_dir: str | Path | None = None,
     ablation: bool = True,
     refer_error_rate: float = 0.3,
+    refer_max_fraction: float = 0.25,
     n_jobs: int = 2,
 ) -> tuple[FittedModel, CVResult]:
     """``lympho fit`` from Python: read a features folder, cross-validate, fit, and save when ``out_dir`` is given.
@@ -1098,6 +1141,7 @@ def fit_features_dir(
         embeddings=emb,
         ablation=ablation,
         refer_error_rate=refer_error_rate,
+        refer_max_fraction=refer_max_fraction,
         n_jobs=n_jobs,
     )
     if out_dir is not None:
@@ -1258,12 +1302,14 @@ def predict(model_dir: str | Path, features_dir: str | Path, embeddings_dir: str
     patients = load_patients(features_dir)
     X = model_inputs(model_dir, meta, features_dir, patients, embeddings_dir)
     proba = booster.predict(X[meta["features"]].to_numpy(float))
-    half = float((meta.get("refer") or {}).get("half_width", 0.0))
+    refer = meta.get("refer") or {}
+    half = float(refer.get("half_width", 0.0))  # models written before the band had two sides
+    below, above = float(refer.get("below", half)), float(refer.get("above", half))
     return pd.DataFrame(
         {
             "patient_id": patients["patient_id"],
             "probability": proba,
             "prediction": (proba >= meta["threshold"]).astype(int),
-            "uncertain": (np.abs(proba - meta["threshold"]) < half).astype(int),
+            "uncertain": in_refer_band(proba - meta["threshold"], below, above).astype(int),
         }
     )

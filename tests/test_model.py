@@ -143,6 +143,30 @@ def test_refer_band_covers_the_calls_near_the_threshold_that_cv_got_wrong():
     assert refer_band(CVResult(right, None))["half_width"] == 0.0
 
 
+def test_refer_band_stays_narrow_at_a_low_threshold():
+    from lympho_features.model import CVResult, in_refer_band, refer_band
+
+    # A triage threshold (0.14): every reactive patient above it is a false alarm, spread up to 0.8. One symmetric
+    # width holding 30% errors would cover nearly everything; each side is capped at a quarter of its calls.
+    proba = np.r_[
+        np.linspace(0.9, 0.99, 20), [0.10, 0.12, 0.13], np.linspace(0.02, 0.12, 15), np.linspace(0.15, 0.8, 17)
+    ]
+    label = np.r_[np.ones(23), np.zeros(32)].astype(int)
+    thr = np.full(len(proba), 0.14)
+    pred = (proba >= thr).astype(int)
+    cv = CVResult(pd.DataFrame({"probability": proba, "threshold": thr, "prediction": pred, "label": label}), None)
+    band = refer_band(cv, min_error_rate=0.3, max_fraction=0.25)
+    n_above, n_below = int((proba >= 0.14).sum()), int((proba < 0.14).sum())
+    inside = in_refer_band(proba - thr, band["below"], band["above"])
+    assert inside[proba >= 0.14].sum() <= 0.25 * n_above and inside[proba < 0.14].sum() <= 0.25 * n_below
+    assert 0 < band["above"] < 0.4 and band["cv_fraction_referred"] == pytest.approx(inside.mean())
+    # What it refers are the calls closest to the threshold, mostly wrong ones.
+    assert band["cv_error_rate_referred"] > band["cv_error_rate_not_referred"]
+    assert 0 < band["cv_share_of_errors_referred"] < 1
+    # Without the cap, the side above would reach the farthest false alarms.
+    assert refer_band(cv, min_error_rate=0.3, max_fraction=1.0)["above"] > 0.6
+
+
 def test_paired_bootstrap_separates_a_real_gain_from_noise():
     from lympho_features.model import Cohort, ablation_table, cross_validate_sets
 

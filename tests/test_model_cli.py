@@ -78,7 +78,8 @@ def test_predict_flags_uncertain_patients_and_reproduces_the_inputs(default_mode
     p = pd.read_csv(tmp_path / "p.csv")
     assert list(p.columns) == ["patient_id", "probability", "prediction", "uncertain"]
     meta = json.loads((default_model / "model.json").read_text())
-    near = (p["probability"] - meta["threshold"]).abs() < meta["refer"]["half_width"]
+    margin = p["probability"] - meta["threshold"]
+    near = ((margin < 0) & (-margin < meta["refer"]["below"])) | ((margin >= 0) & (margin < meta["refer"]["above"]))
     assert (p["uncertain"] == near.astype(int)).all()
     booster, meta = load_model(default_model)
     X = model_inputs(default_model, meta, tiny_features)
