@@ -232,18 +232,27 @@ class CellScorer(BaseEstimator):
         k = min(int(self.inner_folds), n_pat_min)
         import lightgbm as lgb
 
-        # One binning of the training cells (unsupervised), shared by the inner models.
-        data = lgb.Dataset(X, label=y, weight=w, params={"max_bin": self.max_bin, "verbosity": -1}, free_raw_data=False)
+        # One binning of the training cells (unsupervised), shared by the inner models. One thread, like every
+        # LightGBM call here: LightGBM keeps its thread count in a process-wide setting that each call resets, so
+        # a call with another count in a parallel CV fold resized the bin buffers under a concurrent binning
+        # (segfault in SparseBin::Push).
+        data = lgb.Dataset(
+            X,
+            label=y,
+            weight=w,
+            params={"max_bin": self.max_bin, "verbosity": -1, "num_threads": 1},
+            free_raw_data=False,
+        )
         data.construct()
         if k >= 2:
             splitter = StratifiedGroupKFold(k, shuffle=True, random_state=self.random_state)
             for i, (tr, te) in enumerate(splitter.split(X, y, groups=pid)):
                 inner = data.subset(tr.tolist())
                 inner.set_weight(cell_weights(pid[tr], y[tr]))
-                oof[te] = self._train(inner, self.random_state + 1 + i).predict(X[te])
+                oof[te] = self._train(inner, self.random_state + 1 + i).predict(X[te], num_threads=1)
         self.booster_ = self._train(data, self.random_state)
         if k < 2:  # too few patients for an inner CV: fall back to in-sample scores (optimistic)
-            oof = self.booster_.predict(X)
+            oof = self.booster_.predict(X, num_threads=1)
         self.oof_scores_ = pd.DataFrame({"patient_id": pid, "score": oof})
         return self
 
@@ -256,7 +265,11 @@ class CellScorer(BaseEstimator):
                 f"cells lack {len(missing)} feature column(s) the cell model uses (first: {missing[0]}): "
                 "re-run `lympho extract` with the same lympho version as the training data"
             )
-        scores = self.booster_.predict(cells[self.features_].to_numpy(np.float64)) if len(cells) else np.zeros(0)
+        scores = (
+            self.booster_.predict(cells[self.features_].to_numpy(np.float64), num_threads=1)
+            if len(cells)
+            else np.zeros(0)
+        )
         return pd.DataFrame({"patient_id": cells["patient_id"].astype(str).to_numpy(), "score": scores})
 
     # ------------------------------------------------------------ persistence (text + JSON, no pickle)
