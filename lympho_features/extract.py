@@ -34,7 +34,6 @@ from ._io import (
     OutputLockedError,
     atomic_path,
     check_writable,
-    dataframe_fingerprint,
     library_versions,
     output_lock,
     remove_stale_temporaries,
@@ -117,7 +116,7 @@ BACKENDS = ("local", "dask")
 KEY_COLUMNS = ("patient_id", "image", "image_sha256")
 
 #: Version of the shard layout (schema + metadata); older shards are recomputed.
-SHARD_FORMAT = 2
+SHARD_FORMAT = 3
 
 #: Files of OUT_DIR that `extract` writes (other commands may write next to them).
 _OUTPUT_FILES = ["cells.parquet", "patients.parquet", "manifest.json", "write-test"]
@@ -180,26 +179,57 @@ def cell_schema(settings: ExtractSettings = ExtractSettings()):
     return pa.schema(fields)
 
 
-def conform_cells(rows: list[dict], schema) -> tuple[pd.DataFrame, list[str]]:
-    """One patient's rows as a DataFrame with exactly the columns and types of ``schema``.
+def rows_to_table(rows: list[dict], schema):
+    """One patient's rows as an Arrow table with exactly the columns and types of ``schema``, sorted by image.
 
-    Returns the frame and the names of keys that are not in the schema
-    (dropped; reported as a warning).
+    Built column by column from the rows (no pandas round trip). A missing
+    flag is False, a missing or non-numeric measurement is null, a missing
+    string is null. Returns the table and the names of keys that are not in
+    the schema (dropped; reported as a warning).
     """
     import pyarrow as pa
 
-    names = schema.names
-    extra = sorted({k for r in rows for k in r} - set(names))
-    df = pd.DataFrame(rows, columns=names)
+    names = set(schema.names)
+    extra = sorted({k for r in rows for k in r} - names)
+    rows = sorted(rows, key=lambda r: r["image"])
+    arrays = []
     for f in schema:
-        col = df[f.name]
+        values = [r.get(f.name) for r in rows]
         if pa.types.is_boolean(f.type):
-            df[f.name] = col.fillna(False).astype(bool) if col.isna().any() else col.astype(bool)
+            arrays.append(pa.array([bool(v) and v == v for v in values], pa.bool_()))
         elif pa.types.is_floating(f.type):
-            df[f.name] = pd.to_numeric(col, errors="coerce").astype(float)
+            try:
+                col = np.array(values, dtype=np.float64)
+            except (TypeError, ValueError):  # a string or other odd value among the numbers
+                col = pd.to_numeric(pd.Series(values, dtype=object), errors="coerce").to_numpy(np.float64)
+            arrays.append(pa.array(col, f.type, from_pandas=True))  # NaN is stored as null
         else:
-            df[f.name] = col.astype(object).where(col.notna(), None)
-    return df.sort_values("image", kind="stable").reset_index(drop=True), extra
+            arrays.append(pa.array([None if v is None or v != v else str(v) for v in values], f.type))
+    return pa.Table.from_arrays(arrays, schema=schema), extra
+
+
+def table_checksum(table) -> str:
+    """SHA-256 of an Arrow table's content: column names, then each column's values and nulls in row order.
+
+    Independent of how the table is chunked or was stored, so a shard read
+    back from Parquet has the checksum it was written with.
+    """
+    import pyarrow as pa
+
+    h = hashlib.sha256("\0".join(table.column_names).encode())
+    for col in table.columns:
+        arr = col.combine_chunks() if col.num_chunks != 1 else col.chunk(0)
+        if arr.null_count:
+            h.update(b"N")
+            h.update(np.packbits(arr.is_valid().to_numpy(zero_copy_only=False)).tobytes())
+        if pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type):
+            h.update("\0".join("" if v is None else v for v in arr.to_pylist()).encode())
+        elif pa.types.is_boolean(arr.type):
+            h.update(np.packbits(arr.fill_null(False).to_numpy(zero_copy_only=False)).tobytes())
+        else:
+            h.update(arr.to_numpy(zero_copy_only=False).tobytes())
+        h.update(b"|")
+    return h.hexdigest()
 
 
 def _one_line(exc: BaseException) -> str:
@@ -209,7 +239,7 @@ def _one_line(exc: BaseException) -> str:
 
 def process_patient(
     data_dir: Path, patient_id: str, images: list[str], settings: ExtractSettings
-) -> tuple[pd.DataFrame, list[dict]]:
+) -> tuple[list[dict], list[dict]]:
     """Measure every crop of one patient.
 
     A crop that cannot be read, or whose measurement fails, is skipped with
@@ -217,8 +247,9 @@ def process_patient(
 
     Returns
     -------
-    cells : DataFrame
-        One row per readable crop.
+    rows : list of dict
+        One row (``patient_id``, ``image``, ``image_sha256`` and the
+        measurements of :func:`measure_crop`) per readable crop.
     skipped : list of dict
         ``{"image", "reason"}`` for each crop that could not be read or measured.
     """
@@ -237,26 +268,22 @@ def process_patient(
         row = {"patient_id": patient_id, "image": rel, "image_sha256": digest}
         row.update(measured)
         rows.append(row)
-    cells = (
-        pd.DataFrame(rows)
-        if rows
-        else pd.DataFrame({"patient_id": pd.Series(dtype=str), "image": pd.Series(dtype=str)})
-    )
-    return cells, skipped
+    return rows, skipped
 
 
 def _run_patient(data_dir: Path, patient_id: str, images: list[str], settings: ExtractSettings, schema, threads):
-    """One task: runs in a worker process (local or Dask) and returns the patient's conformed cells."""
+    """One task: runs in a worker process (local or Dask) and returns the patient's table and its checksum."""
     if threads is None:
-        cells, skipped = process_patient(data_dir, patient_id, images, settings)
+        rows, skipped = process_patient(data_dir, patient_id, images, settings)
     else:
         from threadpoolctl import threadpool_limits
 
         cv2.setNumThreads(threads)
         with threadpool_limits(threads):
-            cells, skipped = process_patient(data_dir, patient_id, images, settings)
-    df, extra = conform_cells(cells.to_dict("records") if len(cells) else [], schema)
-    return patient_id, df, skipped, extra, len(images)
+            rows, skipped = process_patient(data_dir, patient_id, images, settings)
+    table, extra = rows_to_table(rows, schema)
+    # The checksum is computed here, in parallel, rather than by the process that writes the shards.
+    return patient_id, table, table_checksum(table), skipped, extra, len(images)
 
 
 def read_shard_meta(path: Path) -> dict | None:
@@ -270,17 +297,15 @@ def read_shard_meta(path: Path) -> dict | None:
         return None
 
 
-def _table_checksum(table) -> str:
-    return dataframe_fingerprint(table.to_pandas())
+def write_shard(path: Path, table, meta: dict, checksum: str | None = None) -> None:
+    """Write one patient's shard (an Arrow table) atomically, with its row count and content checksum.
 
-
-def write_shard(path: Path, cells: pd.DataFrame, schema, meta: dict) -> None:
-    """Write one patient's shard atomically, with its row count and content checksum in the metadata."""
-    import pyarrow as pa
+    ``checksum`` is :func:`table_checksum` of ``table`` when the caller has it already.
+    """
     import pyarrow.parquet as pq
 
-    table = pa.Table.from_pandas(cells, schema=schema, preserve_index=False)
-    meta = {**meta, "format": SHARD_FORMAT, "n_rows": table.num_rows, "sha256": _table_checksum(table)}
+    checksum = checksum or table_checksum(table)
+    meta = {**meta, "format": SHARD_FORMAT, "n_rows": table.num_rows, "sha256": checksum}
     md = dict(table.schema.metadata or {})
     md[b"lympho"] = json.dumps(meta, sort_keys=True, default=str).encode()
     with atomic_path(path) as tmp:
@@ -318,7 +343,7 @@ def verify_shard(path: Path, patient_id: str, key: str, schema, checksum: bool =
     table = table.replace_schema_metadata(None)
     if not table.schema.equals(schema):
         return None, None, "schema differs from this lympho's"
-    if table.num_rows != meta.get("n_rows") or (checksum and _table_checksum(table) != meta.get("sha256")):
+    if table.num_rows != meta.get("n_rows") or (checksum and table_checksum(table) != meta.get("sha256")):
         return None, None, "checksum mismatch"
     return table, meta, None
 
@@ -463,11 +488,11 @@ def _extract_locked(
     n_done = 0
     extra_keys: set[str] = set()
     with closing(_run_all(data_dir, todo, settings, schema, jobs, progress, backend, scheduler)) as results:
-        for pid, cells, _skipped, extra, meta in results:
+        for pid, cells, checksum, _skipped, extra, meta in results:
             extra_keys.update(extra)
             shard = shard_dir / _shard_name(pid)
             try:
-                write_shard(shard, cells, schema, {**meta, "key": keys[pid]})
+                write_shard(shard, cells, {**meta, "key": keys[pid]}, checksum)
             except OSError as exc:
                 raise DatasetError(
                     f"{_os_error_message(exc, shard)}; the {reused + n_done} finished patient(s) are kept in "
@@ -660,7 +685,7 @@ def _parallel(jobs: int, backend: str, scheduler: str | None):
 
 
 def _run_all(data_dir, todo, settings, schema, jobs, progress, backend, scheduler):
-    """Run the patients' tasks; yield ``(patient_id, cells, skipped, extra_keys, meta)`` as each one finishes."""
+    """Run the patients' tasks; yield ``(patient_id, table, checksum, skipped, extra_keys, meta)`` as each one finishes."""
     from joblib import delayed
     from rich.progress import (
         BarColumn,
@@ -690,8 +715,8 @@ def _run_all(data_dir, todo, settings, schema, jobs, progress, backend, schedule
         tasks = (delayed(_run_patient)(data_dir, pid, images, settings, schema, threads) for pid, images in todo)
         with Progress(*columns, disable=not progress, transient=False) as bar:
             t = bar.add_task("extract", total=n_images, rate="")
-            for pid, cells, skipped, extra, n in runner(tasks):
-                yield pid, cells, skipped, extra, {"patient_id": pid, "skipped": skipped}
+            for pid, cells, checksum, skipped, extra, n in runner(tasks):
+                yield pid, cells, checksum, skipped, extra, {"patient_id": pid, "skipped": skipped}
                 bar.advance(t, n)
                 speed = bar.tasks[0].speed
                 bar.update(t, rate=f"{speed:6.0f} crops/s" if speed else "")
