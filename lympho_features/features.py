@@ -277,8 +277,11 @@ def nc_features(
         "nc_nucleus_offset",
     )
     n8, c8 = _u8(nucleus_mask), _u8(cell_mask)
-    n_area = float(cv2.countNonZero(n8))
-    c_area = float(cv2.countNonZero(c8))
+    if moments is None:
+        n_area = float(cv2.countNonZero(n8))
+        c_area = float(cv2.countNonZero(c8))
+    else:  # the pixel counts: m00 of binary-image moments, exactly
+        n_area, c_area = float(moments[0]["m00"]), float(moments[1]["m00"])
     if n_area == 0 or c_area == 0:
         return dict.fromkeys(names, float("nan"))
     if moments is None:
@@ -615,28 +618,32 @@ def granularity_features(od: np.ndarray, mask: np.ndarray) -> dict[str, float]:
     that the opening of radius ``r-1`` kept: dense clumps about ``2r``
     pixels wide.
     """
-    names = [f"granularity_nucleus_r{r}" for r in GRANULARITY_RADII]
-    if np.count_nonzero(mask) < 16:
+    names = _GRANULARITY_COLUMNS
+    m8 = _u8(np.ascontiguousarray(mask))
+    n = cv2.countNonZero(m8)
+    if n < 16:
         return dict.fromkeys(names, float("nan"))
-    vals = od[mask]
-    floor, top = float(vals.min()), float(vals.max())
+    floor, top, _, _ = cv2.minMaxLoc(od, mask=m8)
     if top - floor <= 1e-6:
         return dict.fromkeys(names, 0.0)
     # 8-bit image of OD above the nucleus minimum (OpenCV morphology is fastest on uint8).
     img = np.clip((od - floor) * (250.0 / (top - floor)), 0, 255).astype(np.uint8)
-    m8 = _u8(mask)
-    total = float(cv2.sumElems(cv2.bitwise_and(img, img, mask=m8))[0])  # exact integer sum
-    img[~mask] = int(total / len(vals))  # the mean of the nucleus (outside pixels do not enter total)
+    # Exact integer sums of uint8 pixels inside the mask (copied onto zeros: masked reductions are slower).
+    total = cv2.sumElems(cv2.copyTo(img, m8))[0]
+    img[~mask] = int(total / n)  # the mean of the nucleus (outside pixels do not enter total)
     if total <= 0:
         return dict.fromkeys(names, 0.0)
     prev = total
-    out = {}
+    out = []
     for r in GRANULARITY_RADII:
         opened = cv2.morphologyEx(img, cv2.MORPH_OPEN, _disk(r))
-        kept = float(cv2.sumElems(cv2.bitwise_and(opened, opened, mask=m8))[0])
-        out[f"granularity_nucleus_r{r}"] = max(0.0, (prev - kept) / total)
+        kept = cv2.sumElems(cv2.copyTo(opened, m8))[0]
+        out.append(max(0.0, (prev - kept) / total))
         prev = kept
-    return out
+    return dict(zip(names, out, strict=True))
+
+
+_GRANULARITY_COLUMNS = tuple(f"granularity_nucleus_r{r}" for r in GRANULARITY_RADII)
 
 
 def radial_features(od: np.ndarray, mask: np.ndarray) -> dict[str, float]:
@@ -696,13 +703,10 @@ def nucleoli_features(
     n = cv2.countNonZero(m8)
     if n < 30:
         return dict.fromkeys(names, float("nan"))
-    vals = od[mask]
-    mean, sd = _mean_std(vals)
-    img = od.astype(np.float32)  # a copy
-    img[~mask] = mean
-    r = settings.nucleoli_radius
-    closed = cv2.morphologyEx(img, cv2.MORPH_CLOSE, _disk(r))
-    depth = cv2.subtract(closed, img)
+    mean, sd = _mean_std(od[mask])
+    img = np.where(mask, od.astype(np.float32, copy=False), np.float32(mean))
+    # Black top-hat: the closing minus the image, in one call.
+    depth = cv2.morphologyEx(img, cv2.MORPH_BLACKHAT, _disk(settings.nucleoli_radius))
     inner = cv2.erode(m8, _disk(2))
     cut = max(settings.nucleoli_depth * sd, settings.nucleoli_min_depth)
     spots = cv2.bitwise_and(cv2.compare(depth, cut, cv2.CMP_GT), inner)
@@ -756,29 +760,39 @@ def color_features(
     """
     ref = background_reference(rgb, settings) if background is None else background
     od = optical_density(rgb, ref)
-    cyto_mask = cell_mask & ~nucleus_mask
-    out: dict[str, float] = {}
-    for region, m in (("nucleus", nucleus_mask), ("cytoplasm", cyto_mask)):
-        m8 = _u8(m)
-        enough = cv2.countNonZero(m8) >= 3
-        if enough:
+    n8 = _u8(nucleus_mask)
+    cyto8 = cv2.subtract(_u8(cell_mask), n8)  # cell and not nucleus (0/1, saturating)
+    ratio_ok = rbc_od is not None and np.isfinite(rbc_od) and rbc_od > 0
+    nan = float("nan")
+    values: list[float] = []
+    for region, m8 in (("nucleus", n8), ("cytoplasm", cyto8)):
+        if cv2.countNonZero(m8) >= 3:
             mu, sd = cv2.meanStdDev(od, mask=m8)
-            means, sds = mu.ravel(), sd.ravel()
+            means, sds = mu.ravel().tolist(), sd.ravel().tolist()
+            total = means[0] + means[1] + means[2]  # float(np.sum) of three: the same additions
+            fractions = [v / total for v in means] if total > 0 else [nan] * 3
+            for c in range(3):
+                values += (means[c], sds[c], fractions[c])
+            values += (total, total / rbc_od if ratio_ok else nan)
+            if region == "cytoplasm":
+                values.append(means[0] - means[2])
         else:
-            means = sds = np.full(3, np.nan)
-        total = float(means.sum())
-        for c, name in enumerate(("red", "green", "blue")):
-            out[f"color_{region}_od_{name}_mean"] = float(means[c])
-            out[f"color_{region}_od_{name}_std"] = float(sds[c])
-            out[f"color_{region}_od_{name}_fraction"] = (
-                float(means[c] / total) if enough and total > 0 else float("nan")
-            )
-        out[f"color_{region}_od_mean"] = total if enough else float("nan")
-        ok = enough and rbc_od is not None and np.isfinite(rbc_od) and rbc_od > 0
-        out[f"color_{region}_od_rbc_ratio"] = total / rbc_od if ok else float("nan")
-        if region == "cytoplasm":
-            out["color_cytoplasm_basophilia"] = float(means[0] - means[2]) if enough else float("nan")
-    return out
+            values += [nan] * (11 if region == "nucleus" else 12)
+    return dict(zip(_COLOR_COLUMNS, values, strict=True))
+
+
+_COLOR_COLUMNS = tuple(
+    [
+        f"color_{region}_{name}"
+        for region in ("nucleus", "cytoplasm")
+        for name in (
+            *(f"od_{c}_{s}" for c in ("red", "green", "blue") for s in ("mean", "std", "fraction")),
+            "od_mean",
+            "od_rbc_ratio",
+            *(("basophilia",) if region == "cytoplasm" else ()),
+        )
+    ]
+)
 
 
 # ---------------------------------------------------------------- all -----

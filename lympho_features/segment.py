@@ -217,13 +217,46 @@ def background_rgb(rgb: np.ndarray, percentile: float = 95.0) -> np.ndarray:
     return np.percentile(sample, percentile, axis=0).astype(np.float32)
 
 
-_TRIU: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+_OTSU_MASKS: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
 
-def _triu(bins: int) -> tuple[np.ndarray, np.ndarray]:
-    if bins not in _TRIU:
-        _TRIU[bins] = np.triu_indices(bins - 1, k=1)
-    return _TRIU[bins]
+def _otsu_masks(k: int) -> tuple[np.ndarray, np.ndarray]:
+    """For a ``k`` x ``k`` grid of threshold pairs (i, j): 0 where ``i < j`` and 1 or -inf elsewhere."""
+    if k not in _OTSU_MASKS:
+        upper = np.triu(np.ones((k, k), bool), 1)
+        _OTSU_MASKS[k] = np.where(upper, 0.0, 1.0), np.where(upper, 0.0, -np.inf)
+    return _OTSU_MASKS[k]
+
+
+def _multi_otsu3_bins(hist: np.ndarray) -> tuple[int, int]:
+    """Bins ``(i, j)``, ``i < j``, ending the lower two classes of a histogram (float64), maximising between-class variance."""
+    bins = len(hist)
+    total = hist.sum()
+    p = hist / total
+    w = np.cumsum(p)
+    m = np.cumsum(p * np.arange(bins))
+    eps = 1e-12  # empty classes have zero mass and zero moment: their term vanishes
+    # The terms of the first and last class depend on one threshold: computed per bin.
+    low = m * m / (w + eps)
+    m2 = m[-1] - m
+    high = m2 * m2 / (1.0 - w + eps)
+    # Every pair (i, j) on a grid (class 0: [0, i], class 1: (i, j], class 2: (j, end]); pairs
+    # with i >= j get a positive denominator and then -inf. Row-major argmax: the first maximum
+    # in the order of ``np.triu_indices(bins - 1, k=1)``.
+    k = bins - 1
+    one, minus_inf = _otsu_masks(k)
+    mk, wk = m[:k], w[:k]
+    m1 = mk[None, :] - mk[:, None]
+    den = wk[None, :] - wk[:, None]
+    den += eps
+    den += one
+    var = m1 * m1
+    var /= den
+    var += low[:k, None]
+    var += high[None, :k]
+    var += minus_inf
+    i, j = divmod(int(np.argmax(var)), k)
+    return i, j
 
 
 def multi_otsu3(values: np.ndarray, bins: int = 64) -> tuple[float, float]:
@@ -234,22 +267,10 @@ def multi_otsu3(values: np.ndarray, bins: int = 64) -> tuple[float, float]:
     """
     step = 256 // bins
     hist = cv2.calcHist([np.ascontiguousarray(values)], [0], None, [bins], [0, 256]).ravel().astype(np.float64)
-    total = hist.sum()
-    if total <= 0:
+    if hist.sum() <= 0:
         return 0.0, 0.0
-    p = hist / total
-    w = np.cumsum(p)
-    m = np.cumsum(p * np.arange(bins))
-    i, j = _triu(bins)  # class 0: [0, i], class 1: (i, j], class 2: (j, end]
-    eps = 1e-12  # empty classes have zero mass and zero moment: their term vanishes
-    # The terms of the first and last class depend on one threshold: computed per bin, then gathered.
-    low = m * m / (w + eps)
-    m2 = m[-1] - m
-    high = m2 * m2 / (1.0 - w + eps)
-    m1 = m[j] - m[i]
-    var = low[i] + m1 * m1 / (w[j] - w[i] + eps) + high[j]
-    k = int(np.argmax(var))
-    return float((i[k] + 1) * step - 1), float((j[k] + 1) * step - 1)
+    i, j = _multi_otsu3_bins(hist)
+    return float((i + 1) * step - 1), float((j + 1) * step - 1)
 
 
 def _central_window(shape: tuple[int, int], fraction: float) -> tuple[slice, slice]:
@@ -371,6 +392,19 @@ def _window(box: list[int], margin: int, h: int, w: int) -> tuple[slice, slice]:
     )
 
 
+def _masked_mean_u8(img: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """``cv2.mean(img, mask)`` of a uint8 image as float32 (the first three channels), without a masked reduction.
+
+    The sums of uint8 pixels are exact integers whichever way they are added, and
+    OpenCV scales them by ``1 / count`` as here; masked reductions are several
+    times slower than copying the masked pixels onto zeros and summing all.
+    """
+    n = cv2.countNonZero(mask)
+    scale = 1.0 / n if n else 0.0
+    sums = cv2.sumElems(cv2.copyTo(img, mask))
+    return np.array([v * scale for v in sums[:3]], np.float32)
+
+
 def _contour_centroid(c: np.ndarray) -> tuple[float, float]:
     m = cv2.moments(c)
     if m["m00"] > 0:
@@ -408,11 +442,16 @@ def segment_cell(rgb: np.ndarray, settings: SegmentationSettings | None = None) 
     blue = cv2.extractChannel(rgb, 2)
     win = _central_window((h, w), s.central_fraction)
     sample = np.ascontiguousarray(green[win][::2, ::2])  # every other pixel: same histogram, 4x fewer
-    t1, t2 = multi_otsu3(sample)
-    n_low, n_mid = (
-        cv2.countNonZero(cv2.compare(sample, t1, cv2.CMP_LE)),
-        cv2.countNonZero(cv2.inRange(sample, t1 + 1, t2)),
-    )
+    # multi_otsu3(sample), keeping its histogram: the thresholds fall on bin edges, so the
+    # class sizes are sums of bins.
+    hist = cv2.calcHist([sample], [0], None, [64], [0, 256]).ravel().astype(np.float64)
+    if hist.sum() > 0:
+        i, j = _multi_otsu3_bins(hist)
+        t1, t2 = float((i + 1) * 4 - 1), float((j + 1) * 4 - 1)
+        n_low, n_mid = float(hist[: i + 1].sum()), float(hist[i + 1 : j + 1].sum())
+    else:
+        t1 = t2 = 0.0
+        n_low = n_mid = 0.0
     if t2 - t1 < 12 or min(n_low, n_mid) < 0.005 * sample.size:
         # No three distinct classes (no red cells, or a blank crop): fall back to two.
         t1 = t2 = float(cv2.threshold(np.ascontiguousarray(green[win]), 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)[0])
@@ -545,7 +584,7 @@ def segment_cell(rgb: np.ndarray, settings: SegmentationSettings | None = None) 
     # Background: mean colour of the brightest class of the three-class Otsu.
     bright = cv2.compare(green, t2, cv2.CMP_GT)
     bg = (
-        np.array(cv2.mean(rgb, mask=bright)[:3], np.float32)
+        _masked_mean_u8(rgb, bright)
         if cv2.countNonZero(bright) > 50
         else background_rgb_fast(rgb)
     )
@@ -625,7 +664,7 @@ def segment_cell(rgb: np.ndarray, settings: SegmentationSettings | None = None) 
         and solidity < s.monocyte_max_solidity
         and n_area < 0.6 * c_area
     )
-    nucleus_od, nucleus_od_sd = (float(v[0, 0]) for v in cv2.meanStdDev(od_sum, mask=nucleus))
+    nucleus_od, nucleus_od_sd = (float(v[0, 0]) for v in cv2.meanStdDev(od_sum[nb], mask=nucleus[nb]))
     lap = cv2.Laplacian(od_sum[nb], cv2.CV_32F, ksize=1)
     inner = cv2.erode(nucleus[nb], _disk(2))
     if cv2.countNonZero(inner) < 20:
