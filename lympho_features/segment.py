@@ -207,8 +207,13 @@ def optical_density(rgb: np.ndarray, reference: np.ndarray | None = None) -> np.
 def optical_density_channels(rgb: np.ndarray, reference: np.ndarray) -> list[np.ndarray]:
     """:func:`optical_density` against ``reference``, as three single-channel float32 images (R, G, B)."""
     rgb = np.ascontiguousarray(rgb)
+    return [cv2.LUT(ch, t) for ch, t in zip(cv2.split(rgb), od_tables(reference), strict=True)]
+
+
+def od_tables(reference) -> list[np.ndarray]:
+    """The three float32 tables (R, G, B) of :func:`optical_density_channels`: OD of each level minus the reference's."""
     ref = _reference_od(reference)
-    return [cv2.LUT(ch, _OD_LUT - ref[c]) for c, ch in enumerate(cv2.split(rgb))]
+    return [_OD_LUT - ref[c] for c in range(3)]
 
 
 def background_rgb(rgb: np.ndarray, percentile: float = 95.0) -> np.ndarray:
@@ -217,46 +222,31 @@ def background_rgb(rgb: np.ndarray, percentile: float = 95.0) -> np.ndarray:
     return np.percentile(sample, percentile, axis=0).astype(np.float32)
 
 
-_OTSU_MASKS: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+_TRIU: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
 
-def _otsu_masks(k: int) -> tuple[np.ndarray, np.ndarray]:
-    """For a ``k`` x ``k`` grid of threshold pairs (i, j): 0 where ``i < j`` and 1 or -inf elsewhere."""
-    if k not in _OTSU_MASKS:
-        upper = np.triu(np.ones((k, k), bool), 1)
-        _OTSU_MASKS[k] = np.where(upper, 0.0, 1.0), np.where(upper, 0.0, -np.inf)
-    return _OTSU_MASKS[k]
+def _triu(bins: int) -> tuple[np.ndarray, np.ndarray]:
+    if bins not in _TRIU:
+        _TRIU[bins] = np.triu_indices(bins - 1, k=1)
+    return _TRIU[bins]
 
 
 def _multi_otsu3_bins(hist: np.ndarray) -> tuple[int, int]:
     """Bins ``(i, j)``, ``i < j``, ending the lower two classes of a histogram (float64), maximising between-class variance."""
     bins = len(hist)
-    total = hist.sum()
-    p = hist / total
+    p = hist / hist.sum()
     w = np.cumsum(p)
     m = np.cumsum(p * np.arange(bins))
+    i, j = _triu(bins)  # class 0: [0, i], class 1: (i, j], class 2: (j, end]
     eps = 1e-12  # empty classes have zero mass and zero moment: their term vanishes
-    # The terms of the first and last class depend on one threshold: computed per bin.
+    # The terms of the first and last class depend on one threshold: computed per bin, then gathered.
     low = m * m / (w + eps)
     m2 = m[-1] - m
     high = m2 * m2 / (1.0 - w + eps)
-    # Every pair (i, j) on a grid (class 0: [0, i], class 1: (i, j], class 2: (j, end]); pairs
-    # with i >= j get a positive denominator and then -inf. Row-major argmax: the first maximum
-    # in the order of ``np.triu_indices(bins - 1, k=1)``.
-    k = bins - 1
-    one, minus_inf = _otsu_masks(k)
-    mk, wk = m[:k], w[:k]
-    m1 = mk[None, :] - mk[:, None]
-    den = wk[None, :] - wk[:, None]
-    den += eps
-    den += one
-    var = m1 * m1
-    var /= den
-    var += low[:k, None]
-    var += high[None, :k]
-    var += minus_inf
-    i, j = divmod(int(np.argmax(var)), k)
-    return i, j
+    m1 = m[j] - m[i]
+    var = low[i] + m1 * m1 / (w[j] - w[i] + eps) + high[j]
+    k = int(np.argmax(var))
+    return int(i[k]), int(j[k])
 
 
 def multi_otsu3(values: np.ndarray, bins: int = 64) -> tuple[float, float]:
@@ -374,6 +364,13 @@ def red_cell_reference(
     """
     sub = _subsample(rgb, 4)
     od_r, od_g, od_b = optical_density_channels(sub, background)
+    return _red_cell_reference(od_r, od_g, od_b, dark, od_background)
+
+
+def _red_cell_reference(
+    od_r: np.ndarray, od_g: np.ndarray, od_b: np.ndarray, dark: np.ndarray, od_background: float
+) -> tuple[float, float]:
+    """:func:`red_cell_reference` from the OD channels of the crop's every fourth pixel."""
     od_sum = cv2.add(cv2.add(od_r, od_g), od_b)
     stained = cv2.compare(od_sum, od_background, cv2.CMP_GT)
     stained = cv2.bitwise_and(stained, cv2.bitwise_not(np.ascontiguousarray(dark[::4, ::4])))
@@ -438,8 +435,7 @@ def segment_cell(rgb: np.ndarray, settings: SegmentationSettings | None = None) 
     rgb = np.ascontiguousarray(rgb)
 
     # --- nucleus: darkest class of green, purple hue ----------------------
-    green = cv2.extractChannel(rgb, 1)
-    blue = cv2.extractChannel(rgb, 2)
+    red, green, blue = cv2.split(rgb)
     win = _central_window((h, w), s.central_fraction)
     sample = np.ascontiguousarray(green[win][::2, ::2])  # every other pixel: same histogram, 4x fewer
     # multi_otsu3(sample), keeping its histogram: the thresholds fall on bin edges, so the
@@ -588,11 +584,18 @@ def segment_cell(rgb: np.ndarray, settings: SegmentationSettings | None = None) 
         if cv2.countNonZero(bright) > 50
         else background_rgb_fast(rgb)
     )
-    od_r, od_g, od_b = optical_density_channels(rgb[y0:y1, x0:x1], bg)
+    # OD channels of the ROI (table look-ups on views of the channels: no copy, no split).
+    tables = od_tables(bg)
+    od_r, od_g, od_b = (cv2.LUT(ch[y0:y1, x0:x1], t) for ch, t in zip((red, green, blue), tables, strict=True))
     od_sum = cv2.add(cv2.add(od_r, od_g), od_b)
     blueness = cv2.subtract(od_r, od_b)  # OD_red - OD_blue: positive for blue cytoplasm
     stained = cv2.compare(od_sum, s.od_background, cv2.CMP_GT)
-    ref, rbc_od = red_cell_reference(rgb, bg, dark, s.od_background)
+    # The red-cell reference, on every fourth pixel of the whole crop.
+    ref, rbc_od = _red_cell_reference(
+        *(cv2.LUT(np.ascontiguousarray(ch[::4, ::4]), t) for ch, t in zip((red, green, blue), tables, strict=True)),
+        dark,
+        s.od_background,
+    )
     # Without red cells the "reference" is the cytoplasm itself: cap it above any red cell's.
     ref = min(ref, s.max_rbc_blueness)
     cyto = cv2.bitwise_and(stained, cv2.compare(blueness, ref + s.cytoplasm_margin, cv2.CMP_GT))
