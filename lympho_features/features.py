@@ -211,7 +211,7 @@ def shape_features(
     hp = hull[:, 0].astype(np.int32)
     d = hp[:, None, :] - hp[None, :, :]
     feret_max = float(np.sqrt(np.float32(np.einsum("ijk,ijk->ij", d, d).max())))
-    (_, _), (rw, rh), _ = cv2.minAreaRect(contour)
+    (_, _), (rw, rh), _ = cv2.minAreaRect(hull)  # the same rectangle: it is computed on the hull
     r_eq = math.sqrt(area / math.pi)
     notch = 0.0
     if len(hull_idx) > 3:
@@ -595,7 +595,9 @@ def lbp_features(grey: np.ndarray, mask: np.ndarray) -> dict[str, float]:
     # per pixel (bit k for neighbour k); a 256-entry table gives each code its bin.
     # The 8 comparisons (0 or 255) are the 8 bytes of one uint64 per pixel: keeping bit k of
     # byte k and multiplying by 0x0101010101010101 adds all bytes into the top one.
-    bits = cv2.merge([cv2.compare(g[1 + dy : h - 1 + dy, 1 + dx : w - 1 + dx], c, cv2.CMP_GE) for dy, dx in _LBP_OFFSETS])
+    bits = cv2.merge(
+        [cv2.compare(g[1 + dy : h - 1 + dy, 1 + dx : w - 1 + dx], c, cv2.CMP_GE) for dy, dx in _LBP_OFFSETS]
+    )
     word = bits.view(np.uint64)
     word &= _LBP_SELECT
     word *= _LBP_GATHER
@@ -662,15 +664,17 @@ def radial_features(od: np.ndarray, mask: np.ndarray) -> dict[str, float]:
     d = dist[mask]
     ring = np.minimum((d / d.max() * RADIAL_RINGS).astype(int), RADIAL_RINGS - 1)
     vals = od[mask].astype(np.float64)
-    sums = np.bincount(ring, weights=vals, minlength=RADIAL_RINGS)
-    counts = np.bincount(ring, minlength=RADIAL_RINGS)
-    mean = vals.mean()
-    means = np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)  # no division by zero
-    out = {
-        f"radial_nucleus_ring{k + 1}": float(means[k] / mean) if mean > 0 else float("nan") for k in range(RADIAL_RINGS)
-    }
-    out["radial_nucleus_rim_centre"] = float(means[0] / means[-1]) if means[-1] > 0 else float("nan")
-    return out
+    sums = np.bincount(ring, weights=vals, minlength=RADIAL_RINGS).tolist()
+    counts = np.bincount(ring, minlength=RADIAL_RINGS).tolist()
+    mean = float(vals.mean())
+    nan = float("nan")
+    means = [sm / c if c > 0 else nan for sm, c in zip(sums, counts, strict=True)]
+    values = [v / mean if mean > 0 else nan for v in means]
+    values.append(means[0] / means[-1] if means[-1] > 0 else nan)
+    return dict(zip(_RADIAL_COLUMNS, values, strict=True))
+
+
+_RADIAL_COLUMNS = tuple([f"radial_nucleus_ring{k + 1}" for k in range(RADIAL_RINGS)] + ["radial_nucleus_rim_centre"])
 
 
 def _mean_std(vals: np.ndarray) -> tuple[float, float]:
