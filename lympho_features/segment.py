@@ -32,6 +32,7 @@ How (measured on the shared data):
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from functools import lru_cache
 
@@ -124,6 +125,9 @@ class SegmentationSettings:
         return SegmentationSettings(**d)
 
 
+_DEFAULT_SETTINGS = SegmentationSettings()
+
+
 @dataclass
 class Segmentation:
     """Result of :func:`segment_cell`.
@@ -184,7 +188,7 @@ def fill_holes(mask: np.ndarray) -> np.ndarray:
 def _reference_od(reference) -> np.ndarray:
     """OD of an RGB reference: ``_OD_LUT`` at its values rounded half to even and clipped to 0..255."""
     vals = np.asarray(reference, np.float32).tolist()
-    if all(np.isfinite(v) for v in vals):  # plain Python on 3 numbers: np.clip/np.rint cost more
+    if all(math.isfinite(v) for v in vals):  # plain Python on 3 numbers: np.clip/np.rint cost more
         return _OD_LUT[[min(255, max(0, round(v))) for v in vals]]
     return _OD_LUT[np.clip(np.rint(np.asarray(reference, np.float32)), 0, 255).astype(np.uint8)]
 
@@ -212,8 +216,8 @@ def optical_density_channels(rgb: np.ndarray, reference: np.ndarray) -> list[np.
 
 def od_tables(reference) -> list[np.ndarray]:
     """The three float32 tables (R, G, B) of :func:`optical_density_channels`: OD of each level minus the reference's."""
-    ref = _reference_od(reference)
-    return [_OD_LUT - ref[c] for c in range(3)]
+    # One subtraction for the three (float32 table minus float32 value, as per channel).
+    return list(_OD_LUT[None, :] - _reference_od(reference)[:, None])
 
 
 def background_rgb(rgb: np.ndarray, percentile: float = 95.0) -> np.ndarray:
@@ -443,7 +447,7 @@ def segment_cell(rgb: np.ndarray, settings: SegmentationSettings | None = None) 
         return _empty(rgb.shape[:2] if rgb.ndim >= 2 else (0, 0), "bad_image")
     h, w = rgb.shape[:2]
     side = min(h, w)
-    s = (settings or SegmentationSettings()).scaled(side)
+    s = (settings or _DEFAULT_SETTINGS).scaled(side)
     cy, cx = (h - 1) / 2.0, (w - 1) / 2.0
     rgb = np.ascontiguousarray(rgb)
 
@@ -470,8 +474,8 @@ def segment_cell(rgb: np.ndarray, settings: SegmentationSettings | None = None) 
     contours, _ = cv2.findContours(nuc, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
     if not contours:
         return _empty((h, w), "no_nucleus")
-    areas = np.array([cv2.contourArea(c) for c in contours])
-    big = [i for i in np.flatnonzero(areas >= s.min_nucleus_area // 3)]
+    areas = [cv2.contourArea(c) for c in contours]
+    big = [i for i, a in enumerate(areas) if a >= s.min_nucleus_area // 3]
     if not big:
         return _empty((h, w), "no_nucleus")
     inside = [i for i in big if cv2.pointPolygonTest(contours[i], (cx, cy), False) >= 0]
@@ -594,8 +598,7 @@ def segment_cell(rgb: np.ndarray, settings: SegmentationSettings | None = None) 
     n_area = cv2.countNonZero(nucleus)
     if n_area == 0:
         return _empty((h, w), "no_nucleus")
-    nucleus_roi = nucleus > 0
-    others[nucleus_roi] = 0
+    others = cv2.subtract(others, nucleus)  # others and not nucleus (0/255, saturating)
 
     # --- cytoplasm: OD chroma against the red-cell reference -------------
     # Background: mean colour of the brightest class of the three-class Otsu.
@@ -622,7 +625,7 @@ def segment_cell(rgb: np.ndarray, settings: SegmentationSettings | None = None) 
     cyto = cv2.bitwise_or(cyto, nucleus)
     # The connected region holding the nucleus (flood fill from one of its pixels).
     ncont, _ = cv2.findContours(nucleus, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
-    seed_x, seed_y = (int(v) for v in ncont[0][0, 0])
+    seed_x, seed_y = ncont[0][0, 0].tolist()
     comp = np.zeros((rh + 2, rw + 2), np.uint8)
     cv2.floodFill(cyto.copy(), comp, (seed_x, seed_y), 128, flags=8 | (255 << 8) | cv2.FLOODFILL_MASK_ONLY)
     comp = comp[1:-1, 1:-1]
@@ -646,12 +649,11 @@ def segment_cell(rgb: np.ndarray, settings: SegmentationSettings | None = None) 
         pts = cell_contour.reshape(-1, 2)
         rest = cv2.dilate(cv2.bitwise_and(comp, cv2.bitwise_not(cell)), _disk(1))
         touch_fraction = float(np.count_nonzero(rest[pts[:, 1], pts[:, 0]])) / max(1, len(pts))
-    cell_roi = cell > 0
 
     nucleus_mask = np.zeros((h, w), bool)
     cell_mask = np.zeros((h, w), bool)
-    nucleus_mask[y0:y1, x0:x1] = nucleus_roi
-    cell_mask[y0:y1, x0:x1] = cell_roi
+    np.greater(nucleus, 0, out=nucleus_mask[y0:y1, x0:x1])
+    np.greater(cell, 0, out=cell_mask[y0:y1, x0:x1])
 
     # --- quality control ---------------------------------------------------
     flags = dict.fromkeys(FLAG_DESCRIPTIONS, False)
