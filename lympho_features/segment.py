@@ -32,6 +32,7 @@ How (measured on the shared data):
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from functools import lru_cache
 
@@ -124,6 +125,9 @@ class SegmentationSettings:
         return SegmentationSettings(**d)
 
 
+_DEFAULT_SETTINGS = SegmentationSettings()
+
+
 @dataclass
 class Segmentation:
     """Result of :func:`segment_cell`.
@@ -184,7 +188,7 @@ def fill_holes(mask: np.ndarray) -> np.ndarray:
 def _reference_od(reference) -> np.ndarray:
     """OD of an RGB reference: ``_OD_LUT`` at its values rounded half to even and clipped to 0..255."""
     vals = np.asarray(reference, np.float32).tolist()
-    if all(np.isfinite(v) for v in vals):  # plain Python on 3 numbers: np.clip/np.rint cost more
+    if all(math.isfinite(v) for v in vals):  # plain Python on 3 numbers: np.clip/np.rint cost more
         return _OD_LUT[[min(255, max(0, round(v))) for v in vals]]
     return _OD_LUT[np.clip(np.rint(np.asarray(reference, np.float32)), 0, 255).astype(np.uint8)]
 
@@ -207,8 +211,13 @@ def optical_density(rgb: np.ndarray, reference: np.ndarray | None = None) -> np.
 def optical_density_channels(rgb: np.ndarray, reference: np.ndarray) -> list[np.ndarray]:
     """:func:`optical_density` against ``reference``, as three single-channel float32 images (R, G, B)."""
     rgb = np.ascontiguousarray(rgb)
-    ref = _reference_od(reference)
-    return [cv2.LUT(ch, _OD_LUT - ref[c]) for c, ch in enumerate(cv2.split(rgb))]
+    return [cv2.LUT(ch, t) for ch, t in zip(cv2.split(rgb), od_tables(reference), strict=True)]
+
+
+def od_tables(reference) -> list[np.ndarray]:
+    """The three float32 tables (R, G, B) of :func:`optical_density_channels`: OD of each level minus the reference's."""
+    # One subtraction for the three (float32 table minus float32 value, as per channel).
+    return list(_OD_LUT[None, :] - _reference_od(reference)[:, None])
 
 
 def background_rgb(rgb: np.ndarray, percentile: float = 95.0) -> np.ndarray:
@@ -226,18 +235,10 @@ def _triu(bins: int) -> tuple[np.ndarray, np.ndarray]:
     return _TRIU[bins]
 
 
-def multi_otsu3(values: np.ndarray, bins: int = 64) -> tuple[float, float]:
-    """Two thresholds splitting ``values`` (uint8) into three classes, maximising between-class variance.
-
-    The histogram is reduced to ``bins`` bins; thresholds are returned in the
-    original 0-255 scale (a value ``<= t1`` is in the lowest class).
-    """
-    step = 256 // bins
-    hist = cv2.calcHist([np.ascontiguousarray(values)], [0], None, [bins], [0, 256]).ravel().astype(np.float64)
-    total = hist.sum()
-    if total <= 0:
-        return 0.0, 0.0
-    p = hist / total
+def _multi_otsu3_bins(hist: np.ndarray) -> tuple[int, int]:
+    """Bins ``(i, j)``, ``i < j``, ending the lower two classes of a histogram (float64), maximising between-class variance."""
+    bins = len(hist)
+    p = hist / hist.sum()
     w = np.cumsum(p)
     m = np.cumsum(p * np.arange(bins))
     i, j = _triu(bins)  # class 0: [0, i], class 1: (i, j], class 2: (j, end]
@@ -249,7 +250,21 @@ def multi_otsu3(values: np.ndarray, bins: int = 64) -> tuple[float, float]:
     m1 = m[j] - m[i]
     var = low[i] + m1 * m1 / (w[j] - w[i] + eps) + high[j]
     k = int(np.argmax(var))
-    return float((i[k] + 1) * step - 1), float((j[k] + 1) * step - 1)
+    return int(i[k]), int(j[k])
+
+
+def multi_otsu3(values: np.ndarray, bins: int = 64) -> tuple[float, float]:
+    """Two thresholds splitting ``values`` (uint8) into three classes, maximising between-class variance.
+
+    The histogram is reduced to ``bins`` bins; thresholds are returned in the
+    original 0-255 scale (a value ``<= t1`` is in the lowest class).
+    """
+    step = 256 // bins
+    hist = cv2.calcHist([np.ascontiguousarray(values)], [0], None, [bins], [0, 256]).ravel().astype(np.float64)
+    if hist.sum() <= 0:
+        return 0.0, 0.0
+    i, j = _multi_otsu3_bins(hist)
+    return float((i + 1) * step - 1), float((j + 1) * step - 1)
 
 
 def _central_window(shape: tuple[int, int], fraction: float) -> tuple[slice, slice]:
@@ -353,6 +368,13 @@ def red_cell_reference(
     """
     sub = _subsample(rgb, 4)
     od_r, od_g, od_b = optical_density_channels(sub, background)
+    return _red_cell_reference(od_r, od_g, od_b, dark, od_background)
+
+
+def _red_cell_reference(
+    od_r: np.ndarray, od_g: np.ndarray, od_b: np.ndarray, dark: np.ndarray, od_background: float
+) -> tuple[float, float]:
+    """:func:`red_cell_reference` from the OD channels of the crop's every fourth pixel."""
     od_sum = cv2.add(cv2.add(od_r, od_g), od_b)
     stained = cv2.compare(od_sum, od_background, cv2.CMP_GT)
     stained = cv2.bitwise_and(stained, cv2.bitwise_not(np.ascontiguousarray(dark[::4, ::4])))
@@ -369,6 +391,32 @@ def _window(box: list[int], margin: int, h: int, w: int) -> tuple[slice, slice]:
         slice(max(0, box[1] - margin), min(h, box[3] + margin)),
         slice(max(0, box[0] - margin), min(w, box[2] + margin)),
     )
+
+
+def _masked_mean_u8(img: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """``cv2.mean(img, mask)`` of a uint8 image as float32 (the first three channels), without a masked reduction.
+
+    The sums of uint8 pixels are exact integers whichever way they are added, and
+    OpenCV scales them by ``1 / count`` as here; masked reductions are several
+    times slower than copying the masked pixels onto zeros and summing all.
+    """
+    n = cv2.countNonZero(mask)
+    scale = 1.0 / n if n else 0.0
+    sums = cv2.sumElems(cv2.copyTo(img, mask))
+    return np.array([v * scale for v in sums[:3]], np.float32)
+
+
+def _box_gap(rect: tuple[int, int, int, int], x0: int, y0: int, box: list[int]) -> int:
+    """Chessboard distance between the pixels of ``rect`` (``x, y, w, h`` in the crop) and ``box``.
+
+    ``box`` is ``[x0, y0, x1, y1]`` in the ROI whose origin is ``(x0, y0)`` in the crop,
+    taken as inclusive of ``x1`` and ``y1`` (a lower bound of the distance to any pixel in it).
+    """
+    fx, fy, fw, fh = rect
+    px0, py0 = fx - x0, fy - y0
+    gx = max(0, px0 - box[2], box[0] - (px0 + fw - 1))
+    gy = max(0, py0 - box[3], box[1] - (py0 + fh - 1))
+    return max(gx, gy)
 
 
 def _contour_centroid(c: np.ndarray) -> tuple[float, float]:
@@ -399,20 +447,24 @@ def segment_cell(rgb: np.ndarray, settings: SegmentationSettings | None = None) 
         return _empty(rgb.shape[:2] if rgb.ndim >= 2 else (0, 0), "bad_image")
     h, w = rgb.shape[:2]
     side = min(h, w)
-    s = (settings or SegmentationSettings()).scaled(side)
+    s = (settings or _DEFAULT_SETTINGS).scaled(side)
     cy, cx = (h - 1) / 2.0, (w - 1) / 2.0
     rgb = np.ascontiguousarray(rgb)
 
     # --- nucleus: darkest class of green, purple hue ----------------------
-    green = cv2.extractChannel(rgb, 1)
-    blue = cv2.extractChannel(rgb, 2)
+    red, green, blue = cv2.split(rgb)
     win = _central_window((h, w), s.central_fraction)
     sample = np.ascontiguousarray(green[win][::2, ::2])  # every other pixel: same histogram, 4x fewer
-    t1, t2 = multi_otsu3(sample)
-    n_low, n_mid = (
-        cv2.countNonZero(cv2.compare(sample, t1, cv2.CMP_LE)),
-        cv2.countNonZero(cv2.inRange(sample, t1 + 1, t2)),
-    )
+    # multi_otsu3(sample), keeping its histogram: the thresholds fall on bin edges, so the
+    # class sizes are sums of bins.
+    hist = cv2.calcHist([sample], [0], None, [64], [0, 256]).ravel().astype(np.float64)
+    if hist.sum() > 0:
+        i, j = _multi_otsu3_bins(hist)
+        t1, t2 = float((i + 1) * 4 - 1), float((j + 1) * 4 - 1)
+        n_low, n_mid = float(hist[: i + 1].sum()), float(hist[i + 1 : j + 1].sum())
+    else:
+        t1 = t2 = 0.0
+        n_low = n_mid = 0.0
     if t2 - t1 < 12 or min(n_low, n_mid) < 0.005 * sample.size:
         # No three distinct classes (no red cells, or a blank crop): fall back to two.
         t1 = t2 = float(cv2.threshold(np.ascontiguousarray(green[win]), 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)[0])
@@ -422,8 +474,8 @@ def segment_cell(rgb: np.ndarray, settings: SegmentationSettings | None = None) 
     contours, _ = cv2.findContours(nuc, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
     if not contours:
         return _empty((h, w), "no_nucleus")
-    areas = np.array([cv2.contourArea(c) for c in contours])
-    big = [i for i in np.flatnonzero(areas >= s.min_nucleus_area // 3)]
+    areas = [cv2.contourArea(c) for c in contours]
+    big = [i for i, a in enumerate(areas) if a >= s.min_nucleus_area // 3]
     if not big:
         return _empty((h, w), "no_nucleus")
     inside = [i for i in big if cv2.pointPolygonTest(contours[i], (cx, cy), False) >= 0]
@@ -468,6 +520,14 @@ def segment_cell(rgb: np.ndarray, settings: SegmentationSettings | None = None) 
     group = nucleus.copy()
     small = [i for i in candidates if areas[i] < s.min_merged_nucleus_area]
     for _ in range(3 if small else 0):
+        # Pieces whose box is farther from the group's box than ``lobe_gap`` cannot join it:
+        # the chamfer distance is at least 0.955 x the chessboard distance (one step costs
+        # 0.955 or more). Without any piece left, no distance map is needed.
+        near = [
+            i for i in small if i not in fragments and _box_gap(rects[i], x0, y0, nb_box) * 0.955 <= s.lobe_gap + 0.01
+        ]
+        if not near:
+            break
         # Distance to the group, in a window around it wide enough that any pixel outside
         # is farther than ``lobe_gap`` (chamfer distance >= 0.955 x chessboard distance).
         gwin = _window(nb_box, 2 * s.lobe_gap + 2, rh, rw)
@@ -475,7 +535,7 @@ def segment_cell(rgb: np.ndarray, settings: SegmentationSettings | None = None) 
         gh_, gw_ = gap.shape
         added = False
         wy, wx = gwin
-        for i in small:
+        for i in near:
             fx, fy, fw, fh = rects[i]
             if (
                 i in fragments
@@ -538,22 +598,24 @@ def segment_cell(rgb: np.ndarray, settings: SegmentationSettings | None = None) 
     n_area = cv2.countNonZero(nucleus)
     if n_area == 0:
         return _empty((h, w), "no_nucleus")
-    nucleus_roi = nucleus > 0
-    others[nucleus_roi] = 0
+    others = cv2.subtract(others, nucleus)  # others and not nucleus (0/255, saturating)
 
     # --- cytoplasm: OD chroma against the red-cell reference -------------
     # Background: mean colour of the brightest class of the three-class Otsu.
     bright = cv2.compare(green, t2, cv2.CMP_GT)
-    bg = (
-        np.array(cv2.mean(rgb, mask=bright)[:3], np.float32)
-        if cv2.countNonZero(bright) > 50
-        else background_rgb_fast(rgb)
-    )
-    od_r, od_g, od_b = optical_density_channels(rgb[y0:y1, x0:x1], bg)
+    bg = _masked_mean_u8(rgb, bright) if cv2.countNonZero(bright) > 50 else background_rgb_fast(rgb)
+    # OD channels of the ROI (table look-ups on views of the channels: no copy, no split).
+    tables = od_tables(bg)
+    od_r, od_g, od_b = (cv2.LUT(ch[y0:y1, x0:x1], t) for ch, t in zip((red, green, blue), tables, strict=True))
     od_sum = cv2.add(cv2.add(od_r, od_g), od_b)
     blueness = cv2.subtract(od_r, od_b)  # OD_red - OD_blue: positive for blue cytoplasm
     stained = cv2.compare(od_sum, s.od_background, cv2.CMP_GT)
-    ref, rbc_od = red_cell_reference(rgb, bg, dark, s.od_background)
+    # The red-cell reference, on every fourth pixel of the whole crop.
+    ref, rbc_od = _red_cell_reference(
+        *(cv2.LUT(np.ascontiguousarray(ch[::4, ::4]), t) for ch, t in zip((red, green, blue), tables, strict=True)),
+        dark,
+        s.od_background,
+    )
     # Without red cells the "reference" is the cytoplasm itself: cap it above any red cell's.
     ref = min(ref, s.max_rbc_blueness)
     cyto = cv2.bitwise_and(stained, cv2.compare(blueness, ref + s.cytoplasm_margin, cv2.CMP_GT))
@@ -563,7 +625,7 @@ def segment_cell(rgb: np.ndarray, settings: SegmentationSettings | None = None) 
     cyto = cv2.bitwise_or(cyto, nucleus)
     # The connected region holding the nucleus (flood fill from one of its pixels).
     ncont, _ = cv2.findContours(nucleus, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
-    seed_x, seed_y = (int(v) for v in ncont[0][0, 0])
+    seed_x, seed_y = ncont[0][0, 0].tolist()
     comp = np.zeros((rh + 2, rw + 2), np.uint8)
     cv2.floodFill(cyto.copy(), comp, (seed_x, seed_y), 128, flags=8 | (255 << 8) | cv2.FLOODFILL_MASK_ONLY)
     comp = comp[1:-1, 1:-1]
@@ -587,12 +649,11 @@ def segment_cell(rgb: np.ndarray, settings: SegmentationSettings | None = None) 
         pts = cell_contour.reshape(-1, 2)
         rest = cv2.dilate(cv2.bitwise_and(comp, cv2.bitwise_not(cell)), _disk(1))
         touch_fraction = float(np.count_nonzero(rest[pts[:, 1], pts[:, 0]])) / max(1, len(pts))
-    cell_roi = cell > 0
 
     nucleus_mask = np.zeros((h, w), bool)
     cell_mask = np.zeros((h, w), bool)
-    nucleus_mask[y0:y1, x0:x1] = nucleus_roi
-    cell_mask[y0:y1, x0:x1] = cell_roi
+    np.greater(nucleus, 0, out=nucleus_mask[y0:y1, x0:x1])
+    np.greater(cell, 0, out=cell_mask[y0:y1, x0:x1])
 
     # --- quality control ---------------------------------------------------
     flags = dict.fromkeys(FLAG_DESCRIPTIONS, False)
@@ -625,7 +686,7 @@ def segment_cell(rgb: np.ndarray, settings: SegmentationSettings | None = None) 
         and solidity < s.monocyte_max_solidity
         and n_area < 0.6 * c_area
     )
-    nucleus_od, nucleus_od_sd = (float(v[0, 0]) for v in cv2.meanStdDev(od_sum, mask=nucleus))
+    nucleus_od, nucleus_od_sd = (float(v[0, 0]) for v in cv2.meanStdDev(od_sum[nb], mask=nucleus[nb]))
     lap = cv2.Laplacian(od_sum[nb], cv2.CV_32F, ksize=1)
     inner = cv2.erode(nucleus[nb], _disk(2))
     if cv2.countNonZero(inner) < 20:
