@@ -31,6 +31,7 @@ from lympho_features.extract import extract  # noqa: E402
 from lympho_features.model import (  # noqa: E402
     ABLATION_SETS,
     DEFAULT_FEATURE_SET,
+    NESTED_CANDIDATES,
     Cohort,
     ablation_table,
     cross_validate_sets,
@@ -61,6 +62,12 @@ def main() -> None:
         default=0,
         help="also estimate 'choose the best configuration by inner CV, then fit it' with N outer repeats",
     )
+    ap.add_argument(
+        "--nested-sets",
+        default="candidates,all",
+        help="candidate lists for the nested selection, comma-separated: 'candidates' (the a-priori few, "
+        "model.NESTED_CANDIDATES) and/or 'all' (every configuration of the table)",
+    )
     args = ap.parse_args()
     if not (args.features / "patients.parquet").is_file() or args.data.is_dir():
         extract(args.data, args.features, jobs=args.jobs, progress=True)
@@ -89,16 +96,24 @@ def main() -> None:
     )
     print(format_ablation(rows))
     print(f"CV of {len(kept)} configurations: {wall:.0f} s wall, {cpu:.0f} s CPU, {args.jobs} job(s)")
-    if args.nested_repeats:
-        cv, chosen = nested_selection(cohort, y, kept, args.folds, args.nested_repeats, args.seed, n_jobs=args.jobs)
+    for which in [w for w in args.nested_sets.split(",") if w] if args.nested_repeats else []:
+        cands = kept if which == "all" else [fs for fs in NESTED_CANDIDATES if fs in kept]
+        t0 = time.perf_counter()
+        cv, chosen = nested_selection(cohort, y, cands, args.folds, args.nested_repeats, args.seed, n_jobs=args.jobs)
         s = cv.summary
         counts = ", ".join(f"{k} {v}" for k, v in chosen["configuration"].value_counts().items())
         print(
-            f"nested selection ({args.folds}-fold x {args.nested_repeats}, configuration chosen by inner 3-fold CV "
-            f"on each outer training fold): balanced acc {s['balanced_accuracy_mean']:.3f} ± {s['balanced_accuracy_std']:.3f}, "
-            f"ROC AUC {s['roc_auc_mean']:.3f} ± {s['roc_auc_std']:.3f}, sens {s['sensitivity_mean']:.3f}, "
-            f"spec {s['specificity_mean']:.3f}; chosen: {counts}"
+            f"\nnested selection among {len(cands)} ({which}: {', '.join(cands)}), {args.folds}-fold x "
+            f"{args.nested_repeats}, configuration chosen by inner 3-fold CV on each outer training fold "
+            f"({time.perf_counter() - t0:.0f} s):\n  balanced acc {s['balanced_accuracy_mean']:.3f} ± "
+            f"{s['balanced_accuracy_std']:.3f}, ROC AUC {s['roc_auc_mean']:.3f} ± {s['roc_auc_std']:.3f}, "
+            f"sens {s['sensitivity_mean']:.3f}, spec {s['specificity_mean']:.3f}; chosen: {counts}"
         )
+        for row in chosen.itertuples():
+            print(
+                f"  repeat {row.repeat} fold {row.fold}: {row.configuration:<24} inner BA "
+                f"{row.inner_balanced_accuracy:.3f}, outer BA {row.outer_balanced_accuracy:.3f}"
+            )
 
 
 if __name__ == "__main__":

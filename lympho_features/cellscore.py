@@ -34,6 +34,13 @@ from .aggregate import cell_feature_columns
 #: Prefix of the per-patient cell-score features.
 CELLSCORE_PREFIX = "cellscore__"
 
+#: Prefix of the per-patient summaries of the morphology-only cell model (block ``cellmorph``).
+MORPH_PREFIX = "cellscore_morph__"
+
+#: Per-cell feature families the morphology-only cell model leaves out: stain colour (optical density),
+#: which varies with the staining and the scanner more than with the cell.
+MORPH_EXCLUDE = ("color_",)
+
 CELLSCORE_FORMAT = 1
 
 
@@ -123,6 +130,9 @@ class CellScorer(BaseEstimator):
         training patients their out-of-fold cell scores (:attr:`oof_scores_`).
     qc_only : bool
         Learn from and score only the cells that passed quality control.
+    exclude_prefixes : tuple of str
+        Per-cell feature columns starting with one of these are left out (e.g. ``("color_",)``: stain
+        colour, which depends on the stain and the scanner more than on the cell).
     random_state : int
 
     Attributes
@@ -149,6 +159,7 @@ class CellScorer(BaseEstimator):
         max_bin=63,
         inner_folds=4,
         qc_only=True,
+        exclude_prefixes=(),
         random_state=0,
     ):
         self.n_estimators = n_estimators
@@ -161,6 +172,7 @@ class CellScorer(BaseEstimator):
         self.max_bin = max_bin
         self.inner_folds = inner_folds
         self.qc_only = qc_only
+        self.exclude_prefixes = exclude_prefixes
         self.random_state = random_state
 
     def _lgb_params(self, seed: int) -> dict:
@@ -204,9 +216,10 @@ class CellScorer(BaseEstimator):
         cells = cells[cells["patient_id"].astype(str).isin(labels.index)]
         if cells.empty:
             raise CellScoreError("no usable cell (qc_ok) among the training patients: cannot fit a cell model")
-        self.features_ = cell_feature_columns(cells)
+        excluded = tuple(self.exclude_prefixes or ())
+        self.features_ = [c for c in cell_feature_columns(cells) if not (excluded and c.startswith(excluded))]
         if not self.features_:
-            raise CellScoreError("the cells table has no numeric feature column")
+            raise CellScoreError("the cells table has no numeric feature column (after exclude_prefixes)")
         pid = cells["patient_id"].astype(str).to_numpy()
         y = labels.reindex(pid).to_numpy(int)
         if len(np.unique(y)) < 2:
@@ -279,7 +292,10 @@ class CellScorer(BaseEstimator):
         if not isinstance(meta, dict) or meta.get("kind") != "CellScorer" or meta.get("format") != CELLSCORE_FORMAT:
             raise CellScoreError(f"{meta_path} is not a cell-model description of format {CELLSCORE_FORMAT}")
         try:
-            scorer = cls(**meta["params"])
+            params = dict(meta["params"])
+            if "exclude_prefixes" in params:  # a JSON list; the parameter is a tuple
+                params["exclude_prefixes"] = tuple(params["exclude_prefixes"] or ())
+            scorer = cls(**params)
             scorer.features_ = list(meta["features"])
         except (KeyError, TypeError) as exc:
             raise CellScoreError(f"{meta_path} is incomplete: {exc!r}") from None
@@ -303,21 +319,24 @@ class CellScoreAggregator(TransformerMixin, BaseEstimator):
     quantiles : tuple of float
     cutoffs : tuple of float
         Shares of cells whose score is above each cut-off: ``cellscore__frac_gt50`` for 0.5.
+    prefix : str
+        Prefix of the output columns (one per cell model, e.g. ``cellscore_morph__`` for the model of
+        :data:`MORPH_PREFIX`).
     """
 
-    def __init__(self, quantiles=(0.1, 0.25, 0.5, 0.75, 0.9), cutoffs=(0.5, 0.7)):
+    def __init__(self, quantiles=(0.1, 0.25, 0.5, 0.75, 0.9), cutoffs=(0.5, 0.7), prefix=CELLSCORE_PREFIX):
         self.quantiles = quantiles
         self.cutoffs = cutoffs
+        self.prefix = prefix
 
     def fit(self, scores=None, y=None):
         return self
 
     def get_feature_names_out(self, input_features=None):
-        names = [f"{CELLSCORE_PREFIX}mean"]
-        names += [
-            f"{CELLSCORE_PREFIX}{'median' if q == 0.5 else f'q{int(round(q * 100)):02d}'}" for q in self.quantiles
-        ]
-        names += [f"{CELLSCORE_PREFIX}frac_gt{int(round(c * 100)):02d}" for c in self.cutoffs]
+        p = self.prefix
+        names = [f"{p}mean"]
+        names += [f"{p}{'median' if q == 0.5 else f'q{int(round(q * 100)):02d}'}" for q in self.quantiles]
+        names += [f"{p}frac_gt{int(round(c * 100)):02d}" for c in self.cutoffs]
         return np.asarray(names, dtype=object)
 
     def transform(self, scores: pd.DataFrame, patient_ids=None) -> pd.DataFrame:

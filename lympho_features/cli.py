@@ -121,8 +121,10 @@ def fit(
     feature_set: Annotated[
         str,
         typer.Option(
-            help=f"Which inputs: {'|'.join(FEATURE_SETS)} (blocks clinical, image, cellscore, cnn joined by '+'; "
-            "'-n_cells' drops the crop count). cellscore: weakly supervised cell model; cnn: needs `lympho embed`."
+            help=f"Which inputs: {'|'.join(FEATURE_SETS)} (blocks clinical, crops, morphology, cellscore, cellmorph, "
+            "cnn joined by '+'; image = crops+cellmorph (images only), all = clinical+image; '-n_cells' drops the "
+            "crop count). cellscore/cellmorph: weakly supervised cell model on every per-cell feature / without "
+            "stain colour; morphology: the ~565 per-patient aggregates; cnn: needs `lympho embed`."
         ),
     ] = DEFAULT_FEATURE_SET,
     min_sensitivity: Annotated[
@@ -147,6 +149,13 @@ def fit(
             "this share of the CV calls were wrong."
         ),
     ] = 0.3,
+    refer_max_fraction: Annotated[
+        float,
+        typer.Option(
+            help="The 'uncertain' band holds at most this share of the CV calls on each side of the threshold "
+            "(keeps it meaningful at a low --min-sensitivity threshold)."
+        ),
+    ] = 0.25,
     jobs: Annotated[int, typer.Option("--jobs", "-j", help="CV folds fitted at once (threads).")] = 2,
 ) -> None:
     """Cross-validate a patient-level classifier, then fit it on all labeled patients."""
@@ -162,6 +171,8 @@ def fit(
         _fail("--jobs must be at least 1")
     if not 0 < refer_error_rate < 1:
         _fail("--refer-error-rate must be in (0, 1)")
+    if not 0 <= refer_max_fraction <= 1:
+        _fail("--refer-max-fraction must be in [0, 1]")
     t0 = time.perf_counter()
     model, cv = _guard(
         fit_features_dir,
@@ -175,6 +186,7 @@ def fit(
         embeddings_dir=embeddings,
         ablation=ablation,
         refer_error_rate=refer_error_rate,
+        refer_max_fraction=refer_max_fraction,
         n_jobs=jobs,
     )
     s = cv.summary
@@ -186,8 +198,9 @@ def fit(
         f"balanced accuracy {s['balanced_accuracy_mean']:.3f} ± {s['balanced_accuracy_std']:.3f}, "
         f"ROC AUC {s['roc_auc_mean']:.3f} ± {s['roc_auc_std']:.3f}, "
         f"sensitivity {s['sensitivity_mean']:.3f}, specificity {s['specificity_mean']:.3f}; "
-        f"threshold {model.threshold:.3f}, uncertain within ±{refer['half_width']:.3f} "
-        f"({refer['cv_fraction_referred']:.0%} of CV calls) -> {out} ({time.perf_counter() - t0:.0f} s)",
+        f"threshold {model.threshold:.3f}, uncertain from -{refer['below']:.3f} to +{refer['above']:.3f} around it "
+        f"({refer['cv_fraction_referred']:.0%} of CV calls, {refer['cv_share_of_errors_referred'] or 0:.0%} of CV "
+        f"errors) -> {out} ({time.perf_counter() - t0:.0f} s)",
         highlight=False,
     )
 

@@ -10,12 +10,19 @@ are refitted inside every outer fold by :class:`FoldFeatures`, which only
 ever receives the training patients' rows.
 
 A feature set is a ``+``-joined list of blocks: ``clinical`` (age, sex, log
-lymphocyte count), ``image`` (per-patient aggregates of the hand-made cell
-features), ``cellscore`` (distribution of the cell model's scores), ``cnn``
-(learned embedding features); ``all`` is ``clinical+image`` and a trailing
-``-n_cells`` drops the number of crops. A saved model is LightGBM's own text
-format plus JSON metadata (and, when used, ``cell_model.txt`` +
-``cell_model.json`` and ``aggregator.json``): no pickle is ever written or read.
+lymphocyte count), ``crops`` (the number of crops, ``n_cells``),
+``morphology`` (the ~565 per-patient aggregates of the hand-made cell features,
+with ``n_cells`` and the QC/flag fractions), ``cellscore`` (distribution of
+the scores of a cell model on every per-cell feature), ``cellmorph`` (the same
+with a cell model that leaves out stain colour, see
+:data:`~lympho_features.cellscore.MORPH_EXCLUDE`), ``cnn`` (learned embedding
+features). Shorthands: ``image`` is ``crops+cellmorph`` (everything derived
+from the images, no clinical value), ``all`` is ``clinical+image``; a trailing
+``-n_cells`` drops the number of crops. (Until this change ``image`` meant the
+aggregates now called ``morphology``, and ``all`` ``clinical+morphology``.)
+A saved model is LightGBM's own text format plus JSON metadata (and, when
+used, ``cell_model.txt`` + ``cell_model.json``, ``cellmorph_model.txt`` +
+``cellmorph_model.json`` and ``aggregator.json``): no pickle is ever written or read.
 """
 
 from __future__ import annotations
@@ -35,40 +42,54 @@ from sklearn.model_selection import StratifiedKFold
 from . import __version__
 from ._io import atomic_path, dataframe_fingerprint, library_versions, write_csv, write_json
 
-#: Blocks of model inputs; ``cellscore`` and ``cnn`` are fitted on data (inside each CV fold).
-BLOCKS = ("clinical", "image", "cellscore", "cnn")
-FITTED_BLOCKS = ("cellscore", "cnn")
+#: Blocks of model inputs; ``cellscore``, ``cellmorph`` and ``cnn`` are fitted on data (inside each CV fold).
+BLOCKS = ("clinical", "crops", "morphology", "cellscore", "cellmorph", "cnn")
+FITTED_BLOCKS = ("cellscore", "cellmorph", "cnn")
 
-#: Named feature sets (any ``+``-joined list of blocks, ``all`` and ``-n_cells`` also work).
+#: Shorthands for groups of blocks.
+ALIASES = {"image": ("crops", "cellmorph"), "all": ("clinical", "crops", "cellmorph")}
+
+#: Named feature sets (any ``+``-joined list of blocks or shorthands; a trailing ``-n_cells`` also works).
 FEATURE_SETS = (
-    "all",
+    "clinical+cellscore",
     "clinical",
     "image",
+    "all",
     "all-n_cells",
+    "morphology",
+    "clinical+morphology",
     "cellscore",
-    "clinical+cellscore",
-    "image+cellscore",
-    "all+cellscore",
+    "cellmorph",
+    "clinical+cellmorph",
+    "morphology+cellscore",
+    "clinical+morphology+cellscore",
     "clinical+cnn",
-    "all+cnn",
+    "clinical+morphology+cnn",
 )
 
 #: `lympho fit`'s default (chosen by the ablation in benchmarks/cv_accuracy.py; see the README).
 DEFAULT_FEATURE_SET = "clinical+cellscore"
 
 #: Configurations compared by the ablation stored in model.json (those whose inputs exist).
+#: ``morphology`` and ``clinical+morphology`` are what ``image`` and ``all`` meant before.
 ABLATION_SETS = (
     "clinical",
     "image",
+    "image-n_cells",
     "all",
-    "all-n_cells",
+    "morphology",
+    "clinical+morphology",
     "cellscore",
-    "image+cellscore",
+    "cellmorph",
     "clinical+cellscore",
-    "all+cellscore",
+    "clinical+cellmorph",
     "clinical+cnn",
-    "all+cnn",
+    "clinical+morphology+cnn",
 )
+
+#: The few configurations that make sense a priori, among which :func:`nested_selection` chooses by default:
+#: clinical values alone, with each cell model, and everything (clinical + image).
+NESTED_CANDIDATES = ("clinical", "clinical+cellscore", "clinical+cellmorph", "all")
 
 #: Model inputs derived from the clinical values (see :func:`model_matrix`).
 CLINICAL_FEATURES = ("age", "gender_male", "log_lymph_count")
@@ -80,6 +101,7 @@ MODEL_FORMAT = 1
 
 #: Files of a model folder besides model.txt / model.json.
 CELL_MODEL_FILE, CELL_META_FILE, AGGREGATOR_FILE = "cell_model.txt", "cell_model.json", "aggregator.json"
+MORPH_MODEL_FILE, MORPH_META_FILE = "cellmorph_model.txt", "cellmorph_model.json"
 
 
 class ModelError(Exception):
@@ -101,8 +123,8 @@ def model_matrix(patients: pd.DataFrame) -> pd.DataFrame:
 def parse_feature_set(feature_set: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """Blocks of a feature set and the columns it drops.
 
-    ``"all+cellscore"`` -> ``(("clinical", "image", "cellscore"), ())``;
-    ``"all-n_cells"`` -> ``(("clinical", "image"), ("n_cells",))``.
+    ``"clinical+morphology+cellscore"`` -> ``(("clinical", "morphology", "cellscore"), ())``;
+    ``"all-n_cells"`` -> ``(("clinical", "crops", "cellmorph"), ("n_cells",))``.
     """
     if not isinstance(feature_set, str) or not feature_set:
         raise ModelError(f"unknown feature set {feature_set!r} (choose from {', '.join(FEATURE_SETS)})")
@@ -111,14 +133,14 @@ def parse_feature_set(feature_set: str) -> tuple[tuple[str, ...], tuple[str, ...
         base, drop = base[: -len("-n_cells")], ("n_cells",)
     blocks: set[str] = set()
     for token in base.split("+"):
-        if token == "all":
-            blocks |= {"clinical", "image"}
+        if token in ALIASES:
+            blocks |= set(ALIASES[token])
         elif token in BLOCKS:
             blocks.add(token)
         else:
             raise ModelError(
                 f"unknown feature set {feature_set!r} (choose from {', '.join(FEATURE_SETS)}, "
-                f"or join blocks {', '.join(BLOCKS)} with '+')"
+                f"or join blocks {', '.join((*BLOCKS, *ALIASES))} with '+')"
             )
     return tuple(b for b in BLOCKS if b in blocks), drop
 
@@ -131,19 +153,24 @@ def _image_columns(X: pd.DataFrame) -> list[str]:
     ]
 
 
+def _static_columns(P: pd.DataFrame, blocks, drop=()) -> list[str]:
+    """Columns of the table-read blocks (clinical, crops, morphology) of a model matrix."""
+    cols: list[str] = list(CLINICAL_FEATURES) if "clinical" in blocks else []
+    if "crops" in blocks and "n_cells" in P.columns:
+        cols.append("n_cells")
+    if "morphology" in blocks:
+        cols += _image_columns(P)
+    return [c for c in dict.fromkeys(cols) if c not in drop]
+
+
 def feature_columns(patients: pd.DataFrame, feature_set: str) -> list[str]:
     """Model input columns of a feature set found in the patients table.
 
-    The columns of fitted blocks (``cellscore``, ``cnn``) do not come from the
-    table: :class:`FoldFeatures` adds them.
+    The columns of fitted blocks (``cellscore``, ``cellmorph``, ``cnn``) do not
+    come from the table: :class:`FoldFeatures` adds them.
     """
     blocks, drop = parse_feature_set(feature_set)
-    cols: list[str] = []
-    if "clinical" in blocks:
-        cols += list(CLINICAL_FEATURES)
-    if "image" in blocks:
-        cols += _image_columns(model_matrix(patients))
-    return [c for c in cols if c not in drop]
+    return _static_columns(model_matrix(patients), blocks, drop)
 
 
 class PatientClassifier(ClassifierMixin, BaseEstimator):
@@ -415,7 +442,8 @@ class FoldFeatures(BaseEstimator):
     drop : tuple of str
         Columns left out (e.g. ``("n_cells",)``).
     cell_params : dict, optional
-        Parameters of the :class:`~lympho_features.cellscore.CellScorer`.
+        Parameters of the :class:`~lympho_features.cellscore.CellScorer` (both cell models; the
+        ``cellmorph`` one also leaves out :data:`~lympho_features.cellscore.MORPH_EXCLUDE`).
     n_components : int
         Principal components of the CNN-embedding aggregator.
     random_state : int
@@ -427,10 +455,11 @@ class FoldFeatures(BaseEstimator):
         Inputs of the training patients (index ``patient_id``). Their cell-score
         features come from the cell model's *out-of-fold* scores, so that the
         patient model learns from scores like those of new patients.
-    cell_scorer_, embedding_aggregator_ : fitted stages, or None
+    cell_scorer_, morph_scorer_, embedding_aggregator_ : fitted stages, or None
+        The cell models of the ``cellscore`` and ``cellmorph`` blocks, the embedding aggregator.
     """
 
-    def __init__(self, blocks=("clinical", "image"), drop=(), cell_params=None, n_components=16, random_state=0):
+    def __init__(self, blocks=("clinical", "morphology"), drop=(), cell_params=None, n_components=16, random_state=0):
         self.blocks = blocks
         self.drop = drop
         self.cell_params = cell_params
@@ -438,10 +467,22 @@ class FoldFeatures(BaseEstimator):
         self.random_state = random_state
 
     def _static(self, P: pd.DataFrame) -> list[str]:
-        cols = list(CLINICAL_FEATURES) if "clinical" in self.blocks else []
-        if "image" in self.blocks:
-            cols += _image_columns(P)
-        return [c for c in cols if c not in self.drop]
+        return _static_columns(P, self.blocks, self.drop)
+
+    def _cell_scorer(self, morph: bool):
+        from .cellscore import MORPH_EXCLUDE, CellScorer
+
+        params = {"random_state": self.random_state, **(self.cell_params or {})}
+        if morph:
+            params["exclude_prefixes"] = tuple(params.get("exclude_prefixes") or ()) + MORPH_EXCLUDE
+        return CellScorer(**params)
+
+    def _scorers(self):
+        """``(prefix, fitted cell model)`` of the cell-score blocks in use."""
+        from .cellscore import CELLSCORE_PREFIX, MORPH_PREFIX
+
+        pairs = ((CELLSCORE_PREFIX, self.cell_scorer_), (MORPH_PREFIX, self.morph_scorer_))
+        return [(p, m) for p, m in pairs if m is not None]
 
     def fit(self, cohort: Cohort, y=None) -> FoldFeatures:
         """Fit the data-fitted blocks on ``cohort`` (the training patients only) and label ``y``."""
@@ -449,7 +490,7 @@ class FoldFeatures(BaseEstimator):
             return self._fit(cohort, y)
 
     def _fit(self, cohort: Cohort, y) -> FoldFeatures:
-        from .cellscore import CellScoreAggregator, CellScorer
+        from .cellscore import CellScoreAggregator
         from .cnn_aggregate import EmbeddingAggregator
 
         unknown = [b for b in self.blocks if b not in BLOCKS]
@@ -457,17 +498,20 @@ class FoldFeatures(BaseEstimator):
             raise ModelError(f"unknown block(s) {unknown}")
         ids = cohort.ids
         self.static_ = self._static(cohort.patients)
-        self.cell_scorer_ = self.embedding_aggregator_ = None
+        self.cell_scorer_ = self.morph_scorer_ = self.embedding_aggregator_ = None
         parts = [cohort.patients.set_index("patient_id")[self.static_]]
-        if "cellscore" in self.blocks:
+        if "cellscore" in self.blocks or "cellmorph" in self.blocks:
             if cohort.cells is None:
                 raise ModelError(
                     "feature set uses cell scores but no per-cell table was given (FEATURES_DIR/cells.parquet)"
                 )
             labels = pd.Series(np.asarray(y, int), index=ids)
-            self.cell_scorer_ = CellScorer(**{"random_state": self.random_state, **(self.cell_params or {})})
-            self.cell_scorer_.fit(cohort.cells, labels)
-            parts.append(CellScoreAggregator().transform(self.cell_scorer_.oof_scores_, ids))
+            if "cellscore" in self.blocks:
+                self.cell_scorer_ = self._cell_scorer(morph=False).fit(cohort.cells, labels)
+            if "cellmorph" in self.blocks:
+                self.morph_scorer_ = self._cell_scorer(morph=True).fit(cohort.cells, labels)
+            for prefix, scorer in self._scorers():
+                parts.append(CellScoreAggregator(prefix=prefix).transform(scorer.oof_scores_, ids))
         if "cnn" in self.blocks:
             if cohort.embeddings is None:
                 raise ModelError("feature set uses CNN features but no embeddings were given (run `lympho embed`)")
@@ -501,12 +545,12 @@ class FoldFeatures(BaseEstimator):
                 "and settings as the training data."
             )
         parts = [P[self.static_]]
-        if self.cell_scorer_ is not None:
+        for prefix, scorer in self._scorers():
             if cohort.cells is None:
                 raise ModelError(
                     "the model uses cell scores but no per-cell table was given (FEATURES_DIR/cells.parquet)"
                 )
-            parts.append(CellScoreAggregator().transform(self.cell_scorer_.score_cells(cohort.cells), ids))
+            parts.append(CellScoreAggregator(prefix=prefix).transform(scorer.score_cells(cohort.cells), ids))
         if self.embedding_aggregator_ is not None:
             if cohort.embeddings is None:
                 raise ModelError("the model uses CNN features but no embeddings were given (run `lympho embed`)")
@@ -515,7 +559,7 @@ class FoldFeatures(BaseEstimator):
 
     def columns_for(self, feature_set: str) -> list[str]:
         """The columns of :attr:`feature_names_` that a feature set uses."""
-        from .cellscore import CELLSCORE_PREFIX
+        from .cellscore import CELLSCORE_PREFIX, MORPH_PREFIX
         from .cnn_aggregate import is_learned_feature
 
         blocks, drop = parse_feature_set(feature_set)
@@ -527,10 +571,14 @@ class FoldFeatures(BaseEstimator):
                 keep = "clinical" in blocks
             elif c.startswith(CELLSCORE_PREFIX):
                 keep = "cellscore" in blocks
+            elif c.startswith(MORPH_PREFIX):
+                keep = "cellmorph" in blocks
             elif is_learned_feature(c):
                 keep = "cnn" in blocks
+            elif c == "n_cells":
+                keep = "crops" in blocks or "morphology" in blocks
             else:
-                keep = "image" in blocks
+                keep = "morphology" in blocks
             if keep:
                 out.append(c)
         return out
@@ -645,7 +693,8 @@ def nested_selection(
     to the one with fewer inputs), and the winner is fitted on the training
     patients and scores the held-out ones. The returned CV result measures the
     whole procedure, free of the optimism of choosing the best of many on the
-    same folds; the table lists which configuration each outer fold chose.
+    same folds; the table lists which configuration each outer fold chose, with its inner-CV balanced
+    accuracy and the balanced accuracy on the outer fold's held-out patients.
     """
     from joblib import Parallel, delayed
 
@@ -668,16 +717,24 @@ def nested_selection(
         )
         blocks = parse_feature_set(best)[0]
         res = _fold_task(cohort, y, tr, te, [best], blocks, None, 16, base, state, seed + r, inner_folds, None)
-        return best, res[best]
+        return best, res[best], inner[best].summary["balanced_accuracy_mean"]
 
     results = Parallel(n_jobs=n_jobs, backend="threading")(delayed(one)(*s) for s in splits)
     rows, chosen = [], []
     for r in range(repeats):
         proba, thr, fold_of = np.zeros(len(y)), np.zeros(len(y)), np.zeros(len(y), int)
-        for (rr, f, _, te), (best, (p, t, _)) in zip(splits, results, strict=True):
+        for (rr, f, _, te), (best, (p, t, _), inner_ba) in zip(splits, results, strict=True):
             if rr == r:
                 proba[te], thr[te], fold_of[te] = p, t, f
-                chosen.append({"repeat": r, "fold": f, "configuration": best})
+                chosen.append(
+                    {
+                        "repeat": r,
+                        "fold": f,
+                        "configuration": best,
+                        "inner_balanced_accuracy": float(inner_ba),
+                        "outer_balanced_accuracy": float(balanced_accuracy_score(y[te], (p >= t).astype(int))),
+                    }
+                )
         rows.append(_prediction_frame(ids, r, fold_of, y, proba, thr))
     return _summarise(rows, y, folds, repeats, seed), pd.DataFrame(chosen)
 
@@ -711,38 +768,69 @@ def calibration_table(y_true, proba, n_bins: int = 5) -> dict:
     return {"brier": float(np.mean((proba - y_true) ** 2)), "n_bins": n_bins, "bins": bins}
 
 
-def refer_band(cv: CVResult, min_error_rate: float = 0.3) -> dict:
-    """Band of probabilities around the threshold where the CV calls are unreliable.
+def _side_width(dist: np.ndarray, wrong: np.ndarray, min_error_rate: float, max_fraction: float) -> float:
+    """Width of one side of the refer band: see :func:`refer_band`.
 
-    The half-width is the largest distance ``h`` to the fold's threshold such
-    that, among the CV calls closer than ``h`` to their threshold, at least
-    ``min_error_rate`` were wrong. A patient whose probability is within the
-    half-width of the model's threshold is flagged ``uncertain``: refer to
-    flow cytometry rather than trust the call. (Errors far from the threshold
-    exist too and no band catches them; the CV error rates inside and outside
-    the band are recorded.)
+    ``dist`` are the distances to the threshold of the CV calls on that side, ``wrong`` whether each was wrong.
+    """
+    if not len(dist):
+        return 0.0
+    order = np.argsort(dist, kind="stable")
+    d, w = dist[order], wrong[order]
+    rate = np.cumsum(w) / np.arange(1, len(w) + 1)
+    last_of_tie = np.r_[d[1:] > d[:-1], True]  # a band edge never splits equal distances
+    cap = int(np.floor(max_fraction * len(d)))  # the band holds at most this many of the side's calls
+    ok = np.flatnonzero((rate >= min_error_rate) & last_of_tie & (np.arange(len(d)) < cap))
+    if not ok.size:
+        return 0.0
+    i = int(ok.max())
+    return float((d[i] + d[i + 1]) / 2) if i + 1 < len(d) else float(d[i] + 1e-9)
+
+
+def refer_band(cv: CVResult, min_error_rate: float = 0.3, max_fraction: float = 0.25) -> dict:
+    """Band of probabilities around the threshold where the CV calls are unreliable, one width per side.
+
+    Below the threshold (calls "reactive", whose errors are missed tumoral
+    patients) and above it (calls "tumoral", whose errors are false alarms)
+    separately: the side's width is the largest distance ``h`` to the fold's
+    threshold such that, among that side's CV calls closer than ``h``, at least
+    ``min_error_rate`` were wrong, and such that they are at most
+    ``max_fraction`` of that side's calls. A patient whose probability lies in
+    ``[threshold - below, threshold + above)`` is flagged ``uncertain``: refer
+    to flow cytometry rather than trust the call.
+
+    Two sides, because a threshold far from 0.5 (``--min-sensitivity``) has
+    many more wrong calls on one side: with one symmetric width the band grew
+    over most of [0, 1]; the cap keeps it meaningful at any threshold (it then
+    refers the least certain calls, not every call of the crowded side).
+    Errors far from the threshold exist too and no band catches them; the CV
+    error rates inside and outside the band and the share of the errors it
+    holds are recorded. ``half_width`` (the larger side) is kept for older readers.
     """
     p = cv.predictions
-    margin = (p["probability"] - p["threshold"]).abs().to_numpy()
+    signed = (p["probability"] - p["threshold"]).to_numpy(float)
     wrong = (p["prediction"] != p["label"]).to_numpy()
-    order = np.argsort(margin, kind="stable")
-    m, w = margin[order], wrong[order]
-    rate = np.cumsum(w) / np.arange(1, len(w) + 1)
-    ok = np.flatnonzero((rate >= min_error_rate) & np.r_[m[1:] > m[:-1], True]) if len(m) else np.array([], int)
-    if ok.size:
-        i = int(ok.max())
-        half = float((m[i] + m[i + 1]) / 2) if i + 1 < len(m) else float(m[i] + 1e-9)
-    else:
-        half = 0.0
-    inside = margin < half
+    above = signed >= 0
+    below_w = _side_width(-signed[~above], wrong[~above], min_error_rate, max_fraction)
+    above_w = _side_width(signed[above], wrong[above], min_error_rate, max_fraction)
+    inside = in_refer_band(signed, below_w, above_w)
     return {
-        "half_width": half,
+        "below": below_w,
+        "above": above_w,
+        "half_width": max(below_w, above_w),
         "min_error_rate": min_error_rate,
+        "max_fraction": max_fraction,
         "cv_fraction_referred": float(inside.mean()),
         "cv_error_rate_referred": float(wrong[inside].mean()) if inside.any() else None,
         "cv_error_rate_not_referred": float(wrong[~inside].mean()) if (~inside).any() else None,
         "cv_share_of_errors_referred": float(wrong[inside].sum() / wrong.sum()) if wrong.any() else None,
     }
+
+
+def in_refer_band(signed_margin, below: float, above: float) -> np.ndarray:
+    """Whether probabilities at ``signed_margin = probability - threshold`` lie in the refer band."""
+    m = np.asarray(signed_margin, float)
+    return ((m < 0) & (-m < below)) | ((m >= 0) & (m < above))
 
 
 def _weighted_auc(counts: np.ndarray, score: np.ndarray, pos: np.ndarray) -> np.ndarray:
@@ -869,7 +957,7 @@ def load_cohort_tables(
     for fs in feature_sets:
         blocks |= set(parse_feature_set(fs)[0])
     cells = embeddings = None
-    if "cellscore" in blocks:
+    if "cellscore" in blocks or "cellmorph" in blocks:
         try:
             cells = load_cells(features_dir)
         except CellScoreError as exc:
@@ -903,7 +991,7 @@ def _available_sets(cells, embeddings, extra=()) -> list[str]:
     out = []
     for fs in (*ABLATION_SETS, *extra):
         blocks, _ = parse_feature_set(fs)
-        if ("cellscore" in blocks and cells is None) or ("cnn" in blocks and embeddings is None):
+        if (set(blocks) & {"cellscore", "cellmorph"} and cells is None) or ("cnn" in blocks and embeddings is None):
             continue
         out.append(fs)
     return list(dict.fromkeys(out))
@@ -911,7 +999,7 @@ def _available_sets(cells, embeddings, extra=()) -> list[str]:
 
 def fit_model(
     patients: pd.DataFrame,
-    feature_set: str = "all",
+    feature_set: str = "clinical+morphology",
     folds: int = 5,
     repeats: int = 5,
     seed: int = 0,
@@ -920,6 +1008,7 @@ def fit_model(
     embeddings: pd.DataFrame | None = None,
     ablation: bool | tuple = False,
     refer_error_rate: float = 0.3,
+    refer_max_fraction: float = 0.25,
     n_boot: int = 2000,
     n_jobs: int = 1,
 ) -> tuple[FittedModel, CVResult]:
@@ -931,16 +1020,17 @@ def fit_model(
         patients.parquet.
     feature_set : str
         See :data:`FEATURE_SETS`; ``cellscore`` sets need ``cells``, ``cnn`` sets ``embeddings``.
-        (``lympho fit``'s default is :data:`DEFAULT_FEATURE_SET`; this function's stays ``all``, which
-        needs the patients table only. :func:`fit_features_dir` is ``lympho fit`` with its defaults.)
+        (``lympho fit``'s default is :data:`DEFAULT_FEATURE_SET`; this function's is ``clinical+morphology``
+        (``all`` before the blocks were renamed), which needs the patients table only. :func:`fit_features_dir` is ``lympho fit`` with its defaults.)
     cells, embeddings : DataFrame, optional
         cells.parquet and embeddings.parquet of the same patients.
     ablation : bool or tuple of str
         Also cross-validate the other configurations on the same folds (True: those of
         :data:`ABLATION_SETS` whose inputs are given) and store the table under ``ablation``
         (``lympho fit`` does by default).
-    refer_error_rate : float
-        CV error rate that marks the ``uncertain`` band around the threshold (see :func:`refer_band`).
+    refer_error_rate, refer_max_fraction : float
+        CV error rate that marks the ``uncertain`` band around the threshold, and the largest share of each
+        side's CV calls it may hold (see :func:`refer_band`).
     n_jobs : int
         Outer folds run at once (threads).
 
@@ -951,7 +1041,7 @@ def fit_model(
     if labeled.empty:
         raise ModelError("no labeled patient (LABEL 0 or 1) to fit on")
     blocks, drop = parse_feature_set(feature_set)
-    if "cellscore" in blocks and cells is None:
+    if set(blocks) & {"cellscore", "cellmorph"} and cells is None:
         raise ModelError(f"feature set {feature_set!r} needs the per-cell table (FEATURES_DIR/cells.parquet)")
     if "cnn" in blocks and embeddings is None:
         raise ModelError(f"feature set {feature_set!r} needs CNN embeddings (run `lympho embed`)")
@@ -984,7 +1074,7 @@ def fit_model(
         "params": est.get_params(),
         "cv": cv.summary | {"per_repeat": cv.per_repeat.to_dict(orient="records")},
         "calibration": calibration_table(cv.predictions["label"], cv.predictions["probability"]),
-        "refer": refer_band(cv, refer_error_rate),
+        "refer": refer_band(cv, refer_error_rate, refer_max_fraction),
         "library_versions": library_versions(),
         "training_data_fingerprint": dataframe_fingerprint(
             matrix[["patient_id", "label", *[c for c in feats if c in matrix.columns]]]
@@ -996,6 +1086,12 @@ def fit_model(
             "file": CELL_MODEL_FILE,
             "meta": CELL_META_FILE,
             "n_cells": int(len(inputs.cell_scorer_.oof_scores_)),
+        }
+    if inputs.morph_scorer_ is not None:
+        meta["cellmorph_model"] = {
+            "file": MORPH_MODEL_FILE,
+            "meta": MORPH_META_FILE,
+            "n_cells": int(len(inputs.morph_scorer_.oof_scores_)),
         }
     if inputs.embedding_aggregator_ is not None:
         meta["embedding_aggregator"] = {"file": AGGREGATOR_FILE}
@@ -1016,6 +1112,7 @@ def fit_features_dir(
     embeddings_dir: str | Path | None = None,
     ablation: bool = True,
     refer_error_rate: float = 0.3,
+    refer_max_fraction: float = 0.25,
     n_jobs: int = 2,
 ) -> tuple[FittedModel, CVResult]:
     """``lympho fit`` from Python: read a features folder, cross-validate, fit, and save when ``out_dir`` is given.
@@ -1044,6 +1141,7 @@ def fit_features_dir(
         embeddings=emb,
         ablation=ablation,
         refer_error_rate=refer_error_rate,
+        refer_max_fraction=refer_max_fraction,
         n_jobs=n_jobs,
     )
     if out_dir is not None:
@@ -1059,6 +1157,8 @@ def save_model(model: FittedModel, cv: CVResult, out_dir: str | Path) -> None:
         model.classifier.booster_.save_model(str(tmp))
     if model.inputs is not None and model.inputs.cell_scorer_ is not None:
         model.inputs.cell_scorer_.save(out_dir / CELL_MODEL_FILE, out_dir / CELL_META_FILE)
+    if model.inputs is not None and getattr(model.inputs, "morph_scorer_", None) is not None:
+        model.inputs.morph_scorer_.save(out_dir / MORPH_MODEL_FILE, out_dir / MORPH_META_FILE)
     if model.inputs is not None and model.inputs.embedding_aggregator_ is not None:
         model.inputs.embedding_aggregator_.save(out_dir / AGGREGATOR_FILE)
     write_csv(cv.predictions, out_dir / "cv_predictions.csv")
@@ -1102,26 +1202,39 @@ def load_model(model_dir: str | Path):
     return booster, meta
 
 
+def _meta_blocks(meta: dict) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """Blocks and dropped columns of a saved model (model.json ``blocks``; an ``image`` block there is
+    what is now called ``morphology``: models written before the blocks were renamed)."""
+    blocks, drop = parse_feature_set(meta["feature_set"]) if "blocks" not in meta else ((), ())
+    if "blocks" in meta:
+        blocks = tuple("morphology" if b == "image" else b for b in meta["blocks"])
+        drop = ("n_cells",) if str(meta["feature_set"]).endswith("-n_cells") else ()
+    return blocks, drop
+
+
 def load_inputs(model_dir: str | Path, meta: dict) -> FoldFeatures:
     """The fitted input stages of a saved model (cell model, embedding aggregator) as a :class:`FoldFeatures`."""
     from .cellscore import CellScoreError, CellScorer
     from .cnn_aggregate import AggregatorError, EmbeddingAggregator
 
     model_dir = Path(model_dir)
-    blocks, drop = parse_feature_set(meta["feature_set"])
-    blocks = tuple(meta.get("blocks", blocks))
+    blocks, drop = _meta_blocks(meta)
     ff = FoldFeatures(blocks, drop)
     ff.feature_names_ = list(meta["features"])
-    ff.cell_scorer_ = ff.embedding_aggregator_ = None
-    from .cellscore import CELLSCORE_PREFIX
+    ff.cell_scorer_ = ff.morph_scorer_ = ff.embedding_aggregator_ = None
+    from .cellscore import CELLSCORE_PREFIX, MORPH_PREFIX
     from .cnn_aggregate import is_learned_feature
 
-    ff.static_ = [c for c in ff.feature_names_ if not c.startswith(CELLSCORE_PREFIX) and not is_learned_feature(c)]
-    if "cellscore" in blocks:
-        try:
+    ff.static_ = [
+        c for c in ff.feature_names_ if not c.startswith((CELLSCORE_PREFIX, MORPH_PREFIX)) and not is_learned_feature(c)
+    ]
+    try:
+        if "cellscore" in blocks:
             ff.cell_scorer_ = CellScorer.load(model_dir / CELL_MODEL_FILE, model_dir / CELL_META_FILE)
-        except CellScoreError as exc:
-            raise ModelError(str(exc)) from None
+        if "cellmorph" in blocks:
+            ff.morph_scorer_ = CellScorer.load(model_dir / MORPH_MODEL_FILE, model_dir / MORPH_META_FILE)
+    except CellScoreError as exc:
+        raise ModelError(str(exc)) from None
     if "cnn" in blocks:
         try:
             ff.embedding_aggregator_ = EmbeddingAggregator.load(model_dir / AGGREGATOR_FILE)
@@ -1146,7 +1259,7 @@ def model_inputs(
     """
     patients = load_patients(features_dir) if patients is None else patients
     ff = load_inputs(model_dir, meta)
-    cells, embeddings = load_cohort_tables(features_dir, [meta["feature_set"]], embeddings_dir)
+    cells, embeddings = load_cohort_tables(features_dir, ["+".join(_meta_blocks(meta)[0])], embeddings_dir)
     cohort = Cohort.from_tables(patients, cells, embeddings)
     try:
         X = ff.transform(cohort)
@@ -1156,16 +1269,20 @@ def model_inputs(
 
 
 def cell_scores(model_dir: str | Path, meta: dict, cells: pd.DataFrame) -> pd.Series | None:
-    """Each cell's score by a saved model's cell model (NaN for cells it does not score), or None without one."""
-    if "cellscore" not in parse_feature_set(meta["feature_set"])[0]:
+    """Each cell's score by a saved model's cell model (NaN for cells it does not score), or None without one.
+
+    With both cell models (``cellscore`` and ``cellmorph``), the one on every per-cell feature (``cellscore``).
+    """
+    if not set(_meta_blocks(meta)[0]) & {"cellscore", "cellmorph"}:
         return None
     ff = load_inputs(model_dir, meta)
+    scorer = ff.cell_scorer_ if ff.cell_scorer_ is not None else ff.morph_scorer_
     out = pd.Series(np.nan, index=cells.index, name="cell_score")
     from .cellscore import usable_cells
 
-    usable = usable_cells(cells, ff.cell_scorer_.qc_only)
+    usable = usable_cells(cells, scorer.qc_only)
     with _stage_errors():
-        out.loc[usable.index] = ff.cell_scorer_.score_cells(usable)["score"].to_numpy()
+        out.loc[usable.index] = scorer.score_cells(usable)["score"].to_numpy()
     return out
 
 
@@ -1185,12 +1302,14 @@ def predict(model_dir: str | Path, features_dir: str | Path, embeddings_dir: str
     patients = load_patients(features_dir)
     X = model_inputs(model_dir, meta, features_dir, patients, embeddings_dir)
     proba = booster.predict(X[meta["features"]].to_numpy(float))
-    half = float((meta.get("refer") or {}).get("half_width", 0.0))
+    refer = meta.get("refer") or {}
+    half = float(refer.get("half_width", 0.0))  # models written before the band had two sides
+    below, above = float(refer.get("below", half)), float(refer.get("above", half))
     return pd.DataFrame(
         {
             "patient_id": patients["patient_id"],
             "probability": proba,
             "prediction": (proba >= meta["threshold"]).astype(int),
-            "uncertain": (np.abs(proba - meta["threshold"]) < half).astype(int),
+            "uncertain": in_refer_band(proba - meta["threshold"], below, above).astype(int),
         }
     )

@@ -97,7 +97,8 @@ def test_out_of_fold_scores_cannot_memorise_patients():
     assert roc_auc_score(labels, oof) < 0.75
 
 
-def test_held_out_patients_never_reach_the_cell_model(monkeypatch):
+@pytest.mark.parametrize("feature_set", ["cellscore", "image"])
+def test_held_out_patients_never_reach_the_cell_model(monkeypatch, feature_set):
     cells, labels = synthetic_cells(20, patient_code=True, shift=0.0)
     seen: list[set] = []
     original = CellScorer.fit
@@ -118,8 +119,8 @@ def test_held_out_patients_never_reach_the_cell_model(monkeypatch):
         }
     )
     cohort = Cohort.from_tables(patients, cells)
-    res = cross_validate_sets(cohort, labels.to_numpy(), ["cellscore"], folds=4, repeats=2, seed=3)
-    pred = res["cellscore"].predictions
+    res = cross_validate_sets(cohort, labels.to_numpy(), [feature_set], folds=4, repeats=2, seed=3)
+    pred = res[feature_set].predictions
     assert len(seen) == 8
     for (_, f), g in pred.groupby(["repeat", "fold"]):
         held_out = set(g["patient_id"])
@@ -130,7 +131,25 @@ def test_held_out_patients_never_reach_the_cell_model(monkeypatch):
     held = [set(g["patient_id"]) for _, g in pred.groupby(["repeat", "fold"])]
     assert sorted(map(sorted, folds_of_fit)) == sorted(map(sorted, held))
     # A memorisable patient code is worthless on unseen patients (no leak to exploit).
-    assert res["cellscore"].summary["roc_auc_mean"] < 0.8
+    assert res[feature_set].summary["roc_auc_mean"] < 0.8
+
+
+def test_morphology_cell_model_leaves_stain_colour_out():
+    # The label is planted in a colour column only: the cell model on every feature finds it, the cellmorph one
+    # (no colour_*) cannot, and its summaries get their own column names.
+    cells, labels = synthetic_cells(32, shift=0.0)
+    rng = np.random.default_rng(1)
+    cells["color_nucleus_od_mean"] = rng.normal(size=len(cells)) + 1.5 * labels.reindex(cells["patient_id"]).to_numpy()
+    scorer = CellScorer(n_estimators=30, exclude_prefixes=("color_",), inner_folds=3).fit(cells, labels)
+    assert scorer.features_ == ["atypia", "noise"]
+    patients = pd.DataFrame(
+        {"patient_id": labels.index, "label": labels.to_numpy(), "age": 60.0, "gender": "F", "lymph_count": 4.0}
+    )
+    cohort = Cohort.from_tables(patients, cells)
+    res = cross_validate_sets(cohort, labels.to_numpy(), ["cellscore", "cellmorph"], folds=4, repeats=1)
+    assert res["cellscore"].summary["roc_auc_mean"] > 0.85
+    assert res["cellmorph"].summary["roc_auc_mean"] < 0.75
+    assert res["cellscore"].summary["n_features"] == res["cellmorph"].summary["n_features"] == 8
 
 
 def test_cell_model_round_trips_through_text_and_json(tmp_path):

@@ -11,6 +11,7 @@ from lympho_features.model import (
     feature_columns,
     fit_model,
     load_model,
+    parse_feature_set,
     predict,
     save_model,
 )
@@ -46,8 +47,14 @@ def test_threshold_maximises_balanced_accuracy():
 def test_feature_sets():
     t = patients_table()
     assert feature_columns(t, "clinical") == ["age", "gender_male", "log_lymph_count"]
-    assert set(feature_columns(t, "image")) == {"n_cells", "nc_ratio__mean", "noise__mean"}
-    assert len(feature_columns(t, "all")) == 6
+    assert set(feature_columns(t, "morphology")) == {"n_cells", "nc_ratio__mean", "noise__mean"}
+    assert len(feature_columns(t, "clinical+morphology")) == 6
+    # image = crops + the morphology cell model: from the table only the crop count (the cell scores are fitted).
+    assert feature_columns(t, "image") == ["n_cells"] and feature_columns(t, "image-n_cells") == []
+    assert feature_columns(t, "all") == ["age", "gender_male", "log_lymph_count", "n_cells"]
+    assert parse_feature_set("all") == (("clinical", "crops", "cellmorph"), ())
+    assert parse_feature_set("crops+morphology-n_cells") == (("crops", "morphology"), ("n_cells",))
+    assert feature_columns(t, "crops+morphology") == feature_columns(t, "morphology")  # n_cells once
     with pytest.raises(ModelError):
         feature_columns(t, "everything")
 
@@ -66,7 +73,7 @@ def test_cv_finds_real_signal_and_not_noise():
 
 def test_fit_save_load_predict_roundtrip(tmp_path):
     t = patients_table()
-    model, cv = fit_model(t, "all", folds=3, repeats=2)
+    model, cv = fit_model(t, "clinical+morphology", folds=3, repeats=2)
     save_model(model, cv, tmp_path / "m")
     booster, meta = load_model(tmp_path / "m")
     assert meta["features"] == model.features
@@ -95,7 +102,7 @@ def test_fit_save_load_predict_roundtrip(tmp_path):
 
 def test_predict_refuses_mismatched_columns(tmp_path):
     t = patients_table()
-    model, cv = fit_model(t, "all", folds=3, repeats=1)
+    model, cv = fit_model(t, "clinical+morphology", folds=3, repeats=1)
     save_model(model, cv, tmp_path / "m")
     feats = tmp_path / "f"
     feats.mkdir()
@@ -136,19 +143,43 @@ def test_refer_band_covers_the_calls_near_the_threshold_that_cv_got_wrong():
     assert refer_band(CVResult(right, None))["half_width"] == 0.0
 
 
+def test_refer_band_stays_narrow_at_a_low_threshold():
+    from lympho_features.model import CVResult, in_refer_band, refer_band
+
+    # A triage threshold (0.14): every reactive patient above it is a false alarm, spread up to 0.8. One symmetric
+    # width holding 30% errors would cover nearly everything; each side is capped at a quarter of its calls.
+    proba = np.r_[
+        np.linspace(0.9, 0.99, 20), [0.10, 0.12, 0.13], np.linspace(0.02, 0.12, 15), np.linspace(0.15, 0.8, 17)
+    ]
+    label = np.r_[np.ones(23), np.zeros(32)].astype(int)
+    thr = np.full(len(proba), 0.14)
+    pred = (proba >= thr).astype(int)
+    cv = CVResult(pd.DataFrame({"probability": proba, "threshold": thr, "prediction": pred, "label": label}), None)
+    band = refer_band(cv, min_error_rate=0.3, max_fraction=0.25)
+    n_above, n_below = int((proba >= 0.14).sum()), int((proba < 0.14).sum())
+    inside = in_refer_band(proba - thr, band["below"], band["above"])
+    assert inside[proba >= 0.14].sum() <= 0.25 * n_above and inside[proba < 0.14].sum() <= 0.25 * n_below
+    assert 0 < band["above"] < 0.4 and band["cv_fraction_referred"] == pytest.approx(inside.mean())
+    # What it refers are the calls closest to the threshold, mostly wrong ones.
+    assert band["cv_error_rate_referred"] > band["cv_error_rate_not_referred"]
+    assert 0 < band["cv_share_of_errors_referred"] < 1
+    # Without the cap, the side above would reach the farthest false alarms.
+    assert refer_band(cv, min_error_rate=0.3, max_fraction=1.0)["above"] > 0.6
+
+
 def test_paired_bootstrap_separates_a_real_gain_from_noise():
     from lympho_features.model import Cohort, ablation_table, cross_validate_sets
 
     t = patients_table(n=80, signal=3.0)
     cohort = Cohort.from_tables(t)
     y = t["label"].astype(int).to_numpy()
-    res = cross_validate_sets(cohort, y, ["clinical", "all"], folds=4, repeats=2)
+    res = cross_validate_sets(cohort, y, ["clinical", "clinical+morphology"], folds=4, repeats=2)
     rows = {r["configuration"]: r for r in ablation_table(res, n_boot=500)}
-    lo, hi = rows["all"]["delta_auc_vs_clinical"]
+    lo, hi = rows["clinical+morphology"]["delta_auc_vs_clinical"]
     assert lo > 0 and hi >= lo  # the image feature adds to clinical, with confidence
     assert "delta_ba_vs_clinical" not in rows["clinical"]
     # Same folds: every configuration predicts each patient once per repeat with the same fold index.
-    a, b = res["clinical"].predictions, res["all"].predictions
+    a, b = res["clinical"].predictions, res["clinical+morphology"].predictions
     assert (a[["patient_id", "repeat", "fold"]].to_numpy() == b[["patient_id", "repeat", "fold"]].to_numpy()).all()
 
 
@@ -156,7 +187,8 @@ def test_nested_selection_picks_inside_each_outer_fold():
     from lympho_features.model import Cohort, nested_selection
 
     t = patients_table(n=60, signal=3.0)
-    cv, chosen = nested_selection(Cohort.from_tables(t), t["label"].astype(int).to_numpy(), ["clinical", "all"], 3, 1)
-    assert len(chosen) == 3 and set(chosen["configuration"]) <= {"clinical", "all"}
-    assert (chosen["configuration"] == "all").sum() >= 2  # the image signal is strong: inner CVs see it
+    sets = ["clinical", "clinical+morphology"]
+    cv, chosen = nested_selection(Cohort.from_tables(t), t["label"].astype(int).to_numpy(), sets, 3, 1)
+    assert len(chosen) == 3 and set(chosen["configuration"]) <= set(sets)
+    assert (chosen["configuration"] == sets[1]).sum() >= 2  # the image signal is strong: inner CVs see it
     assert (cv.predictions.groupby("repeat")["patient_id"].nunique() == 60).all()

@@ -38,8 +38,19 @@ def test_default_fit_saves_cell_model_calibration_refer_band_and_ablation(defaul
     assert 0 <= meta["refer"]["half_width"] <= 1
     # Ablation: the same folds for every configuration, clinical as the reference.
     rows = {r["configuration"]: r for r in meta["ablation"]}
-    assert {"clinical", "image", "all", "all-n_cells", DEFAULT_FEATURE_SET} <= set(rows)
-    assert rows["clinical"]["n_features"] == 3 and rows["all-n_cells"]["n_features"] == rows["all"]["n_features"] - 1
+    assert {
+        "clinical",
+        "image",
+        "image-n_cells",
+        "all",
+        "morphology",
+        "clinical+morphology",
+        DEFAULT_FEATURE_SET,
+    } <= set(rows)
+    assert (
+        rows["clinical"]["n_features"] == 3 and rows["image-n_cells"]["n_features"] == rows["image"]["n_features"] - 1
+    )
+    assert rows["all"]["n_features"] == rows["image"]["n_features"] + 3
     lo, hi = rows["all"]["delta_ba_vs_clinical"]
     assert lo <= hi
     assert rows[DEFAULT_FEATURE_SET]["balanced_accuracy"] == pytest.approx(meta["cv"]["balanced_accuracy_mean"])
@@ -67,7 +78,8 @@ def test_predict_flags_uncertain_patients_and_reproduces_the_inputs(default_mode
     p = pd.read_csv(tmp_path / "p.csv")
     assert list(p.columns) == ["patient_id", "probability", "prediction", "uncertain"]
     meta = json.loads((default_model / "model.json").read_text())
-    near = (p["probability"] - meta["threshold"]).abs() < meta["refer"]["half_width"]
+    margin = p["probability"] - meta["threshold"]
+    near = ((margin < 0) & (-margin < meta["refer"]["below"])) | ((margin >= 0) & (margin < meta["refer"]["above"]))
     assert (p["uncertain"] == near.astype(int)).all()
     booster, meta = load_model(default_model)
     X = model_inputs(default_model, meta, tiny_features)
@@ -85,6 +97,32 @@ def test_cellscore_model_needs_the_cells_of_new_patients(default_model, tiny_fea
     (feats / "patients.parquet").write_bytes((tiny_features / "patients.parquet").read_bytes())
     r = run("predict", default_model, feats, "--out", tmp_path / "p.csv")
     assert r.exit_code != 0 and "cells" in r.output and "Traceback" not in r.output
+
+
+def test_image_only_model_saves_its_morphology_cell_model_and_predicts(tiny_features, tmp_path):
+    r = run(
+        "fit",
+        tiny_features,
+        "--out",
+        tmp_path / "m",
+        "--folds",
+        3,
+        "--repeats",
+        1,
+        "--feature-set",
+        "image",
+        "--no-ablation",
+    )
+    assert r.exit_code == 0, r.output
+    meta = json.loads((tmp_path / "m" / "model.json").read_text())
+    assert meta["blocks"] == ["crops", "cellmorph"] and not (tmp_path / "m" / "cell_model.txt").exists()
+    assert meta["features"][0] == "n_cells" and all(f.startswith("cellscore_morph__") for f in meta["features"][1:])
+    assert not {"age", "gender_male", "log_lymph_count"} & set(meta["features"])  # images only
+    cell_meta = json.loads((tmp_path / "m" / "cellmorph_model.json").read_text())
+    assert cell_meta["features"] and not any(f.startswith("color_") for f in cell_meta["features"])
+    r = run("predict", tmp_path / "m", tiny_features, "--out", tmp_path / "p.csv")
+    assert r.exit_code == 0, r.output
+    assert len(pd.read_csv(tmp_path / "p.csv")) == 12
 
 
 def test_min_sensitivity_and_feature_set_errors(tiny_features, tmp_path):

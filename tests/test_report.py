@@ -46,7 +46,7 @@ def tiny_model(tiny_features, tmp_path_factory) -> Path:
     """
     out = tmp_path_factory.mktemp("model")
     patients = load_patients(tiny_features)
-    model, cv = fit_model(patients, "all", folds=3, repeats=2, seed=0)
+    model, cv = fit_model(patients, "clinical+morphology", folds=3, repeats=2, seed=0)
     X = model_matrix(patients)[model.features].to_numpy(float)
     model.classifier = PatientClassifier(min_child_samples=2, random_state=0).fit(X, patients["label"].astype(int))
     model.metadata["params"] = model.classifier.get_params()
