@@ -240,15 +240,21 @@ def _multi_otsu3_bins(hist: np.ndarray) -> tuple[int, int]:
     bins = len(hist)
     p = hist / hist.sum()
     w = np.cumsum(p)
-    m = np.cumsum(p * np.arange(bins))
+    m = np.cumsum(p * np.arange(bins, dtype=np.float64))
     i, j = _triu(bins)  # class 0: [0, i], class 1: (i, j], class 2: (j, end]
     eps = 1e-12  # empty classes have zero mass and zero moment: their term vanishes
     # The terms of the first and last class depend on one threshold: computed per bin, then gathered.
     low = m * m / (w + eps)
     m2 = m[-1] - m
     high = m2 * m2 / (1.0 - w + eps)
-    m1 = m[j] - m[i]
-    var = low[i] + m1 * m1 / (w[j] - w[i] + eps) + high[j]
+    m1 = m.take(j) - m.take(i)
+    den = w.take(j) - w.take(i)
+    den += eps
+    m1 *= m1
+    m1 /= den
+    var = low.take(i)  # low[i] + m1 * m1 / (w[j] - w[i] + eps) + high[j], in place
+    var += m1
+    var += high.take(j)
     k = int(np.argmax(var))
     return int(i[k]), int(j[k])
 
@@ -461,7 +467,8 @@ def segment_cell(rgb: np.ndarray, settings: SegmentationSettings | None = None) 
     if hist.sum() > 0:
         i, j = _multi_otsu3_bins(hist)
         t1, t2 = float((i + 1) * 4 - 1), float((j + 1) * 4 - 1)
-        n_low, n_mid = float(hist[: i + 1].sum()), float(hist[i + 1 : j + 1].sum())
+        n_low, n_le_t2 = np.cumsum(hist)[[i, j]].tolist()  # exact: sums of integer counts
+        n_mid = n_le_t2 - n_low
     else:
         t1 = t2 = 0.0
         n_low = n_mid = 0.0

@@ -155,3 +155,24 @@ def test_real_crops_segment_plausibly():
         n, c = s.nucleus_mask.sum(), s.cell_mask.sum()
         assert 1000 < n < 12000 and n <= c < 4 * n
         assert not (s.nucleus_mask & ~s.cell_mask).any()
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_multi_otsu_is_the_best_pair_of_bin_edges(seed):
+    # Brute force over every pair of thresholds on the 64-bin histogram: same maximum, first pair on ties.
+    rng = np.random.default_rng(seed)
+    parts = [rng.normal(rng.uniform(20, 235), rng.uniform(2, 30), rng.integers(50, 800)) for _ in range(3)]
+    v = np.clip(np.concatenate(parts), 0, 255).astype(np.uint8)
+    hist = np.bincount(v // 4, minlength=64).astype(float)
+    p = hist / hist.sum()
+    k = np.arange(64)
+    best, best_pair = -1.0, None
+    for i in range(62):
+        for j in range(i + 1, 63):
+            var = 0.0
+            for sel in (k <= i, (k > i) & (k <= j), k > j):
+                w = p[sel].sum()
+                var += (p[sel] * k[sel]).sum() ** 2 / (w + 1e-12)
+            if var > best * (1 + 1e-12):
+                best, best_pair = var, ((i + 1) * 4 - 1, (j + 1) * 4 - 1)
+    assert multi_otsu3(v) == pytest.approx(best_pair)
