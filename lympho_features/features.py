@@ -340,16 +340,29 @@ def glcm_counts(levels_img: np.ndarray, mask: np.ndarray, distances: tuple[int, 
     small = side <= 256  # codes fit in uint8: one OpenCV 2-D histogram per offset
     code = np.full((h + 2 * pad, width), levels, np.uint8 if small else np.intp)
     np.copyto(code[pad : pad + h, pad : pad + w], levels_img, where=mask, casting="unsafe")
-    flat = code.reshape(1, -1)
+    flat = code.ravel()
     shifts = [dy * width + dx for dy, dx in offsets]  # all >= 1: dy >= 0, and dx > 0 where dy = 0
-    n = flat.shape[1] - max(shifts)
-    a = flat[:, :n]
-    for k, s in enumerate(shifts):
-        b = flat[:, s : s + n]
+    n = flat.size - max(shifts)
+    k = len(shifts)
+    if small and k * side <= 256:
+        # One 2-D histogram for all offsets: first code offset * side + level of the first
+        # pixel (still a byte), second code the level of the shifted pixel.
+        first = np.empty((k, n), np.uint8)
+        np.add(flat[:n], (np.arange(k, dtype=np.uint8) * side)[:, None], out=first)
+        second = np.empty((k, n), np.uint8)
+        for i, s in enumerate(shifts):
+            second[i] = flat[s : s + n]
+        hist = cv2.calcHist(
+            [first.reshape(1, -1), second.reshape(1, -1)], [0, 1], None, [k * side, side], [0, k * side, 0, side]
+        )
+        return hist.reshape(k, side, side)[:, :levels, :levels]
+    a = flat[:n].reshape(1, -1)
+    for i, s in enumerate(shifts):
+        b = flat[s : s + n].reshape(1, -1)
         if small:
-            counts[k] = cv2.calcHist([a, b], [0, 1], None, [side, side], [0, side, 0, side])
+            counts[i] = cv2.calcHist([a, b], [0, 1], None, [side, side], [0, side, 0, side])
         else:
-            counts[k] = np.bincount((a * side + b).ravel(), minlength=side * side).reshape(side, side)
+            counts[i] = np.bincount((a * side + b).ravel(), minlength=side * side).reshape(side, side)
     return counts[:, :levels, :levels]
 
 
