@@ -412,6 +412,19 @@ def _masked_mean_u8(img: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return np.array([v * scale for v in sums[:3]], np.float32)
 
 
+def _in_window(split, nucleus: np.ndarray, win: tuple[slice, slice], *args) -> tuple[int, np.ndarray]:
+    """``split(nucleus, *args)`` (:func:`split_lobes`, :func:`split_merged`) computed in ``win`` only.
+
+    ``win`` holds the nucleus with a margin wider than any erosion used, so the
+    erosions, distance maps and components are those of the whole image: the
+    labels are pasted back into an image of the nucleus' size.
+    """
+    n, lab = split(np.ascontiguousarray(nucleus[win]), *args)
+    out = np.zeros(nucleus.shape, np.int32)
+    out[win] = lab
+    return n, out
+
+
 def _box_gap(rect: tuple[int, int, int, int], x0: int, y0: int, box: list[int]) -> int:
     """Chessboard distance between the pixels of ``rect`` (``x, y, w, h`` in the crop) and ``box``.
 
@@ -580,12 +593,12 @@ def segment_cell(rgb: np.ndarray, settings: SegmentationSettings | None = None) 
     if n_lobes < 2 and not fragments and n_area0 >= 2 * s.min_merged_nucleus_area:
         hull0 = cv2.contourArea(cv2.convexHull(contours[chosen]))
         if hull0 > 0 and n_area0 / hull0 < s.merged_max_solidity:
-            n_split, split_lab = split_merged(nucleus, s.min_lobe_area)
+            n_split, split_lab = _in_window(split_merged, nucleus, nwin, s.min_lobe_area)
             if n_split == 2:
                 n_lobes, lobe_lab = n_split, split_lab
     if n_lobes >= 2 or fragments:
         if lobe_lab is None:
-            n_lobes, lobe_lab = split_lobes(nucleus, s.lobe_erosion, s.min_lobe_area)
+            n_lobes, lobe_lab = _in_window(split_lobes, nucleus, nwin, s.lobe_erosion, s.min_lobe_area)
         lobe_areas = np.bincount(lobe_lab.ravel(), minlength=n_lobes + 1)[1:].astype(float)
         all_areas = np.concatenate([lobe_areas, [areas[f] for f in fragments]])
         if n_lobes == 2 and not fragments and (lobe_areas >= s.min_merged_nucleus_area).all():
