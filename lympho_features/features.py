@@ -813,6 +813,33 @@ _COLOR_COLUMNS = tuple(
 
 
 # ---------------------------------------------------------------- all -----
+def _box_moments(raw: tuple[float, ...], x0: int, y0: int) -> dict[str, float]:
+    """``cv2.moments(mask[y0:, x0:], binaryImage=True)`` from the raw moments of ``mask``.
+
+    ``raw`` is ``(m00, m10, m01, m20, m11, m02)``: integer sums, exact after the
+    shift of origin; the central moments follow with OpenCV's own arithmetic.
+    Only the moments the features read are returned.
+    """
+    m00, m10, m01, m20, m11, m02 = raw
+    m20 = m20 - 2 * x0 * m10 + x0 * x0 * m00
+    m11 = m11 - y0 * m10 - x0 * m01 + x0 * y0 * m00
+    m02 = m02 - 2 * y0 * m01 + y0 * y0 * m00
+    m10 = m10 - x0 * m00
+    m01 = m01 - y0 * m00
+    cx = cy = 0.0
+    if abs(m00) > 2.220446049250313e-16:  # DBL_EPSILON, as OpenCV
+        inv = 1.0 / m00
+        cx, cy = m10 * inv, m01 * inv
+    return {
+        "m00": m00,
+        "m10": m10,
+        "m01": m01,
+        "mu20": m20 - m10 * cx,
+        "mu11": m11 - m10 * cy,
+        "mu02": m02 - m01 * cy,
+    }
+
+
 def _roi_od_sum(seg: Segmentation, top: tuple[int, int, int], width: int) -> np.ndarray | None:
     """The segmentation's total OD over rows ``top[0]:top[1]``, columns ``top[2]:top[2] + width``, if it has them."""
     if seg.od_sum is None or seg.roi is None:
@@ -848,8 +875,15 @@ def cell_features(
     else:  # nothing segmented: every family returns NaN
         n_box, c_box = np.zeros((1, 1), bool), np.zeros((1, 1), bool)
         rgb_box = np.zeros((1, 1, 3), np.uint8)
-    n_contour, c_contour = _largest_contour(n_box), _largest_contour(c_box)
-    mn, mc = cv2.moments(_u8(n_box), binaryImage=True), cv2.moments(_u8(c_box), binaryImage=True)
+    if seg.nucleus_contour is not None and seg.nucleus_moments is not None and y1 > y0:
+        # The segmentation's own trace of the nucleus and its moments, moved to the box.
+        n_contour = seg.nucleus_contour - np.array((x0, y0), np.int32)
+        mn = _box_moments(seg.nucleus_moments, x0, y0)
+    else:
+        n_contour = _largest_contour(n_box)
+        mn = cv2.moments(_u8(n_box), binaryImage=True)
+    c_contour = _largest_contour(c_box)
+    mc = cv2.moments(_u8(c_box), binaryImage=True)
     out.update(nc_features(n_box, c_box, n_contour, (mn, mc)))
     out.update(shape_features(n_box, "nucleus", n_contour, mn))
     out.update(shape_features(c_box, "cell", c_contour, mc))

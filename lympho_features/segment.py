@@ -157,6 +157,13 @@ class Segmentation:
     od_sum : ndarray of float32, optional
         Total optical density (R + G + B, against ``background``) of ``roi``,
         kept so that the features do not compute it again.
+    nucleus_contour : ndarray of int32, optional
+        Outer contour (all points, crop coordinates) of the nucleus' largest
+        piece, as ``cv2.findContours`` traces it on ``nucleus_mask``.
+    nucleus_moments : tuple of float, optional
+        Raw binary-image moments ``(m00, m10, m01, m20, m11, m02)`` of
+        ``nucleus_mask`` in crop coordinates (exact integers), so that the
+        features need not compute contour and moments again.
     """
 
     nucleus_mask: np.ndarray
@@ -169,6 +176,8 @@ class Segmentation:
     diagnostics: dict[str, float] = field(default_factory=dict)
     roi: tuple[int, int, int, int] | None = None
     od_sum: np.ndarray | None = None
+    nucleus_contour: np.ndarray | None = None
+    nucleus_moments: tuple[float, ...] | None = None
 
 
 @lru_cache(maxsize=64)
@@ -644,7 +653,7 @@ def segment_cell(rgb: np.ndarray, settings: SegmentationSettings | None = None) 
     cyto = cv2.morphologyEx(cyto, cv2.MORPH_CLOSE, _disk(s.close_radius))
     cyto = cv2.bitwise_or(cyto, nucleus)
     # The connected region holding the nucleus (flood fill from one of its pixels).
-    ncont, _ = cv2.findContours(nucleus, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    ncont, _ = cv2.findContours(nucleus, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
     seed_x, seed_y = ncont[0][0, 0].tolist()
     comp = np.zeros((rh + 2, rw + 2), np.uint8)
     cv2.floodFill(cyto.copy(), comp, (seed_x, seed_y), 128, flags=8 | (255 << 8) | cv2.FLOODFILL_MASK_ONLY)
@@ -681,6 +690,17 @@ def segment_cell(rgb: np.ndarray, settings: SegmentationSettings | None = None) 
     nb = (slice(nby, nby + nbh), slice(nbx, nbx + nbw))  # the nucleus' own box
     mom = cv2.moments(nucleus[nb], binaryImage=True)  # on its box: same centroid, fewer pixels
     ncy, ncx = mom["m01"] / mom["m00"] + nby + y0, mom["m10"] / mom["m00"] + nbx + x0
+    # The same raw moments in crop coordinates (integer sums: exact after the shift).
+    ox, oy = nbx + x0, nby + y0
+    m00, m10, m01 = mom["m00"], mom["m10"], mom["m01"]
+    nucleus_moments = (
+        m00,
+        m10 + ox * m00,
+        m01 + oy * m00,
+        mom["m20"] + 2 * ox * m10 + ox * ox * m00,
+        mom["m11"] + oy * m10 + ox * m01 + ox * oy * m00,
+        mom["m02"] + 2 * oy * m01 + oy * oy * m00,
+    )
     flags["qc_off_centre"] = float(np.hypot(ncy - cy, ncx - cx)) / side > s.max_centre_offset
     flags["qc_at_border"] = bool(nbx + x0 == 0 or nby + y0 == 0 or nbx + nbw + x0 >= w or nby + nbh + y0 >= h)
     flags["qc_too_small"] = n_area < s.min_nucleus_area
@@ -745,6 +765,18 @@ def segment_cell(rgb: np.ndarray, settings: SegmentationSettings | None = None) 
         "cell_diameter": cell_diameter,
         "rbc_od": rbc_od,
     }
+    largest = ncont[0] if len(ncont) == 1 else max(ncont, key=cv2.contourArea)
     return Segmentation(
-        nucleus_mask, cell_mask, reason == "ok", reason, flags, box, bg, diagnostics, (y0, y1, x0, x1), od_sum
+        nucleus_mask,
+        cell_mask,
+        reason == "ok",
+        reason,
+        flags,
+        box,
+        bg,
+        diagnostics,
+        (y0, y1, x0, x1),
+        od_sum,
+        largest + np.array((x0, y0), np.int32),
+        nucleus_moments,
     )
