@@ -585,6 +585,7 @@ def _lbp_table() -> np.ndarray:
 
 
 _LBP_TABLE = _lbp_table()
+_LBP_COLUMNS = tuple([f"lbp_nucleus_u{k}" for k in range(9)] + ["lbp_nucleus_nonuniform", "lbp_nucleus_entropy"])
 _LBP_SELECT = np.uint64(sum((1 << k) << (8 * k) for k in range(8)))
 _LBP_GATHER = np.uint64(0x0101010101010101)
 
@@ -598,7 +599,7 @@ def lbp_features(grey: np.ndarray, mask: np.ndarray) -> dict[str, float]:
     ``lbp_nucleus_u8`` bright spot, ``u4`` an edge), the rest in
     ``lbp_nucleus_nonuniform``. Also ``lbp_nucleus_entropy`` of the histogram.
     """
-    names = [f"lbp_nucleus_u{k}" for k in range(9)] + ["lbp_nucleus_nonuniform", "lbp_nucleus_entropy"]
+    names = _LBP_COLUMNS
     g = grey if grey.dtype == np.uint8 else np.asarray(grey, np.float64)  # types OpenCV compares exactly
     h, w = g.shape
     if h < 3 or w < 3:

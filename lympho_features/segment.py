@@ -70,6 +70,18 @@ FLAG_DESCRIPTIONS = {
     "qc_blur": "nucleus out of focus",
 }
 
+#: The checks behind each QC reason, in the order of :data:`QC_REASONS` (the first failed one is reported).
+_QC_ORDER = (
+    ("nucleus_off_centre", "qc_off_centre"),
+    ("nucleus_at_border", "qc_at_border"),
+    ("nucleus_too_small", "qc_too_small"),
+    ("nucleus_too_large", "qc_too_large"),
+    ("touching_cells", "qc_touching"),
+    ("not_lymphocyte", "is_not_lymphocyte"),
+    ("smudge", "is_smudge"),
+    ("blur", "qc_blur"),
+)
+
 _OD_LUT = np.log(256.0 / (np.arange(256, dtype=np.float32) + 1.0)).astype(np.float32)
 
 
@@ -656,7 +668,8 @@ def segment_cell(rgb: np.ndarray, settings: SegmentationSettings | None = None) 
     ncont, _ = cv2.findContours(nucleus, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
     seed_x, seed_y = ncont[0][0, 0].tolist()
     comp = np.zeros((rh + 2, rw + 2), np.uint8)
-    cv2.floodFill(cyto.copy(), comp, (seed_x, seed_y), 128, flags=8 | (255 << 8) | cv2.FLOODFILL_MASK_ONLY)
+    # Mask only: the image is not written to (no copy needed).
+    cv2.floodFill(cyto, comp, (seed_x, seed_y), 128, flags=8 | (255 << 8) | cv2.FLOODFILL_MASK_ONLY)
     comp = comp[1:-1, 1:-1]
     touch_fraction = 0.0
     split = False
@@ -740,18 +753,8 @@ def segment_cell(rgb: np.ndarray, settings: SegmentationSettings | None = None) 
     flags["is_smudge"] = nucleus_od < s.smudge_max_od and (c_area - n_area) < s.smudge_max_cytoplasm * c_area
     flags["qc_blur"] = sharp < s.blur_threshold and not dense
 
-    order = [
-        ("nucleus_off_centre", "qc_off_centre"),
-        ("nucleus_at_border", "qc_at_border"),
-        ("nucleus_too_small", "qc_too_small"),
-        ("nucleus_too_large", "qc_too_large"),
-        ("touching_cells", "qc_touching"),
-        ("not_lymphocyte", "is_not_lymphocyte"),
-        ("smudge", "is_smudge"),
-        ("blur", "qc_blur"),
-    ]
     flags = {k: bool(v) for k, v in flags.items()}
-    reason = next((r for r, k in order if flags[k]), "ok")
+    reason = next((r for r, k in _QC_ORDER if flags[k]), "ok")
     # Box of the whole cell (for the features), with a 2-pixel margin.
     cbx, cby, cbw, cbh = cv2.boundingRect(cell)
     box = (max(0, cby + y0 - 2), min(h, cby + cbh + y0 + 2), max(0, cbx + x0 - 2), min(w, cbx + cbw + x0 + 2))
