@@ -129,12 +129,8 @@ def contour_irregularity(contour: np.ndarray) -> dict[str, float]:
     if n < 16:
         return out
     # The closed outline as complex numbers x + iy (a float64 (x, y) array viewed as complex).
-    zz = np.empty((n + 1, 2))
-    zz[:n] = pts
-    zz[n] = pts[0]
-    z = zz.view(np.complex128)[:, 0]
-    t = np.empty(n + 1)
-    t[0] = 0.0
+    z = np.concatenate((pts, pts[:1]), dtype=np.float64).view(np.complex128)[:, 0]
+    t = np.zeros(n + 1)
     np.cumsum(np.abs(z[1:] - z[:-1]), out=t[1:])  # arc length; |dz| is hypot(dx, dy)
     length = float(t[-1])
     if length <= 0:
@@ -142,8 +138,7 @@ def contour_irregularity(contour: np.ndarray) -> dict[str, float]:
     # Resample to 64 points equally spaced along the outline (np.interp of x and y, at once).
     c = np.interp(_ARANGE64 * (length / 64), t, z)  # _ARANGE64 * step: np.linspace(0, length, 65)[:-1]
     f = cv2.dft(c.view(np.float64).reshape(1, 64, 2), flags=cv2.DFT_COMPLEX_OUTPUT)[0]  # np.fft.fft, 5x faster
-    f *= f
-    power = (f[:, 0] + f[:, 1]).tolist()
+    power = np.einsum("ij,ij->i", f, f).tolist()  # re^2 + im^2
     base = power[1] + power[-1]
     if base <= 0:
         return out
@@ -346,14 +341,20 @@ def glcm_counts(levels_img: np.ndarray, mask: np.ndarray, distances: tuple[int, 
     k = len(shifts)
     if small and k * side <= 256:
         # One 2-D histogram for all offsets: first code offset * side + level of the first
-        # pixel (still a byte), second code the level of the shifted pixel.
+        # pixel (still a byte), second code the level of the shifted pixel; pairs whose first
+        # pixel is outside are skipped by the histogram's mask (fewer pixels to count).
         first = np.empty((k, n), np.uint8)
         np.add(flat[:n], (np.arange(k, dtype=np.uint8) * side)[:, None], out=first)
         second = np.empty((k, n), np.uint8)
         for i, s in enumerate(shifts):
             second[i] = flat[s : s + n]
+        inside = np.repeat((flat[:n] < levels).view(np.uint8)[None], k, axis=0)
         hist = cv2.calcHist(
-            [first.reshape(1, -1), second.reshape(1, -1)], [0, 1], None, [k * side, side], [0, k * side, 0, side]
+            [first.reshape(1, -1), second.reshape(1, -1)],
+            [0, 1],
+            inside.reshape(1, -1),
+            [k * side, side],
+            [0, k * side, 0, side],
         )
         return hist.reshape(k, side, side)[:, :levels, :levels]
     a = flat[:n].reshape(1, -1)
