@@ -129,12 +129,8 @@ def contour_irregularity(contour: np.ndarray) -> dict[str, float]:
     if n < 16:
         return out
     # The closed outline as complex numbers x + iy (a float64 (x, y) array viewed as complex).
-    zz = np.empty((n + 1, 2))
-    zz[:n] = pts
-    zz[n] = pts[0]
-    z = zz.view(np.complex128)[:, 0]
-    t = np.empty(n + 1)
-    t[0] = 0.0
+    z = np.concatenate((pts, pts[:1]), dtype=np.float64).view(np.complex128)[:, 0]
+    t = np.zeros(n + 1)
     np.cumsum(np.abs(z[1:] - z[:-1]), out=t[1:])  # arc length; |dz| is hypot(dx, dy)
     length = float(t[-1])
     if length <= 0:
@@ -142,8 +138,7 @@ def contour_irregularity(contour: np.ndarray) -> dict[str, float]:
     # Resample to 64 points equally spaced along the outline (np.interp of x and y, at once).
     c = np.interp(_ARANGE64 * (length / 64), t, z)  # _ARANGE64 * step: np.linspace(0, length, 65)[:-1]
     f = cv2.dft(c.view(np.float64).reshape(1, 64, 2), flags=cv2.DFT_COMPLEX_OUTPUT)[0]  # np.fft.fft, 5x faster
-    f *= f
-    power = (f[:, 0] + f[:, 1]).tolist()
+    power = np.einsum("ij,ij->i", f, f).tolist()  # re^2 + im^2
     base = power[1] + power[-1]
     if base <= 0:
         return out
@@ -340,16 +335,35 @@ def glcm_counts(levels_img: np.ndarray, mask: np.ndarray, distances: tuple[int, 
     small = side <= 256  # codes fit in uint8: one OpenCV 2-D histogram per offset
     code = np.full((h + 2 * pad, width), levels, np.uint8 if small else np.intp)
     np.copyto(code[pad : pad + h, pad : pad + w], levels_img, where=mask, casting="unsafe")
-    flat = code.reshape(1, -1)
+    flat = code.ravel()
     shifts = [dy * width + dx for dy, dx in offsets]  # all >= 1: dy >= 0, and dx > 0 where dy = 0
-    n = flat.shape[1] - max(shifts)
-    a = flat[:, :n]
-    for k, s in enumerate(shifts):
-        b = flat[:, s : s + n]
+    n = flat.size - max(shifts)
+    k = len(shifts)
+    if small and k * side <= 256:
+        # One 2-D histogram for all offsets: first code offset * side + level of the first
+        # pixel (still a byte), second code the level of the shifted pixel; pairs whose first
+        # pixel is outside are skipped by the histogram's mask (fewer pixels to count).
+        first = np.empty((k, n), np.uint8)
+        np.add(flat[:n], (np.arange(k, dtype=np.uint8) * side)[:, None], out=first)
+        second = np.empty((k, n), np.uint8)
+        for i, s in enumerate(shifts):
+            second[i] = flat[s : s + n]
+        inside = np.repeat((flat[:n] < levels).view(np.uint8)[None], k, axis=0)
+        hist = cv2.calcHist(
+            [first.reshape(1, -1), second.reshape(1, -1)],
+            [0, 1],
+            inside.reshape(1, -1),
+            [k * side, side],
+            [0, k * side, 0, side],
+        )
+        return hist.reshape(k, side, side)[:, :levels, :levels]
+    a = flat[:n].reshape(1, -1)
+    for i, s in enumerate(shifts):
+        b = flat[s : s + n].reshape(1, -1)
         if small:
-            counts[k] = cv2.calcHist([a, b], [0, 1], None, [side, side], [0, side, 0, side])
+            counts[i] = cv2.calcHist([a, b], [0, 1], None, [side, side], [0, side, 0, side])
         else:
-            counts[k] = np.bincount((a * side + b).ravel(), minlength=side * side).reshape(side, side)
+            counts[i] = np.bincount((a * side + b).ravel(), minlength=side * side).reshape(side, side)
     return counts[:, :levels, :levels]
 
 
@@ -572,6 +586,7 @@ def _lbp_table() -> np.ndarray:
 
 
 _LBP_TABLE = _lbp_table()
+_LBP_COLUMNS = tuple([f"lbp_nucleus_u{k}" for k in range(9)] + ["lbp_nucleus_nonuniform", "lbp_nucleus_entropy"])
 _LBP_SELECT = np.uint64(sum((1 << k) << (8 * k) for k in range(8)))
 _LBP_GATHER = np.uint64(0x0101010101010101)
 
@@ -585,7 +600,7 @@ def lbp_features(grey: np.ndarray, mask: np.ndarray) -> dict[str, float]:
     ``lbp_nucleus_u8`` bright spot, ``u4`` an edge), the rest in
     ``lbp_nucleus_nonuniform``. Also ``lbp_nucleus_entropy`` of the histogram.
     """
-    names = [f"lbp_nucleus_u{k}" for k in range(9)] + ["lbp_nucleus_nonuniform", "lbp_nucleus_entropy"]
+    names = _LBP_COLUMNS
     g = grey if grey.dtype == np.uint8 else np.asarray(grey, np.float64)  # types OpenCV compares exactly
     h, w = g.shape
     if h < 3 or w < 3:
@@ -800,6 +815,33 @@ _COLOR_COLUMNS = tuple(
 
 
 # ---------------------------------------------------------------- all -----
+def _box_moments(raw: tuple[float, ...], x0: int, y0: int) -> dict[str, float]:
+    """``cv2.moments(mask[y0:, x0:], binaryImage=True)`` from the raw moments of ``mask``.
+
+    ``raw`` is ``(m00, m10, m01, m20, m11, m02)``: integer sums, exact after the
+    shift of origin; the central moments follow with OpenCV's own arithmetic.
+    Only the moments the features read are returned.
+    """
+    m00, m10, m01, m20, m11, m02 = raw
+    m20 = m20 - 2 * x0 * m10 + x0 * x0 * m00
+    m11 = m11 - y0 * m10 - x0 * m01 + x0 * y0 * m00
+    m02 = m02 - 2 * y0 * m01 + y0 * y0 * m00
+    m10 = m10 - x0 * m00
+    m01 = m01 - y0 * m00
+    cx = cy = 0.0
+    if abs(m00) > 2.220446049250313e-16:  # DBL_EPSILON, as OpenCV
+        inv = 1.0 / m00
+        cx, cy = m10 * inv, m01 * inv
+    return {
+        "m00": m00,
+        "m10": m10,
+        "m01": m01,
+        "mu20": m20 - m10 * cx,
+        "mu11": m11 - m10 * cy,
+        "mu02": m02 - m01 * cy,
+    }
+
+
 def _roi_od_sum(seg: Segmentation, top: tuple[int, int, int], width: int) -> np.ndarray | None:
     """The segmentation's total OD over rows ``top[0]:top[1]``, columns ``top[2]:top[2] + width``, if it has them."""
     if seg.od_sum is None or seg.roi is None:
@@ -835,8 +877,15 @@ def cell_features(
     else:  # nothing segmented: every family returns NaN
         n_box, c_box = np.zeros((1, 1), bool), np.zeros((1, 1), bool)
         rgb_box = np.zeros((1, 1, 3), np.uint8)
-    n_contour, c_contour = _largest_contour(n_box), _largest_contour(c_box)
-    mn, mc = cv2.moments(_u8(n_box), binaryImage=True), cv2.moments(_u8(c_box), binaryImage=True)
+    if seg.nucleus_contour is not None and seg.nucleus_moments is not None and y1 > y0:
+        # The segmentation's own trace of the nucleus and its moments, moved to the box.
+        n_contour = seg.nucleus_contour - np.array((x0, y0), np.int32)
+        mn = _box_moments(seg.nucleus_moments, x0, y0)
+    else:
+        n_contour = _largest_contour(n_box)
+        mn = cv2.moments(_u8(n_box), binaryImage=True)
+    c_contour = _largest_contour(c_box)
+    mc = cv2.moments(_u8(c_box), binaryImage=True)
     out.update(nc_features(n_box, c_box, n_contour, (mn, mc)))
     out.update(shape_features(n_box, "nucleus", n_contour, mn))
     out.update(shape_features(c_box, "cell", c_contour, mc))

@@ -70,6 +70,18 @@ FLAG_DESCRIPTIONS = {
     "qc_blur": "nucleus out of focus",
 }
 
+#: The checks behind each QC reason, in the order of :data:`QC_REASONS` (the first failed one is reported).
+_QC_ORDER = (
+    ("nucleus_off_centre", "qc_off_centre"),
+    ("nucleus_at_border", "qc_at_border"),
+    ("nucleus_too_small", "qc_too_small"),
+    ("nucleus_too_large", "qc_too_large"),
+    ("touching_cells", "qc_touching"),
+    ("not_lymphocyte", "is_not_lymphocyte"),
+    ("smudge", "is_smudge"),
+    ("blur", "qc_blur"),
+)
+
 _OD_LUT = np.log(256.0 / (np.arange(256, dtype=np.float32) + 1.0)).astype(np.float32)
 
 
@@ -157,6 +169,13 @@ class Segmentation:
     od_sum : ndarray of float32, optional
         Total optical density (R + G + B, against ``background``) of ``roi``,
         kept so that the features do not compute it again.
+    nucleus_contour : ndarray of int32, optional
+        Outer contour (all points, crop coordinates) of the nucleus' largest
+        piece, as ``cv2.findContours`` traces it on ``nucleus_mask``.
+    nucleus_moments : tuple of float, optional
+        Raw binary-image moments ``(m00, m10, m01, m20, m11, m02)`` of
+        ``nucleus_mask`` in crop coordinates (exact integers), so that the
+        features need not compute contour and moments again.
     """
 
     nucleus_mask: np.ndarray
@@ -169,6 +188,8 @@ class Segmentation:
     diagnostics: dict[str, float] = field(default_factory=dict)
     roi: tuple[int, int, int, int] | None = None
     od_sum: np.ndarray | None = None
+    nucleus_contour: np.ndarray | None = None
+    nucleus_moments: tuple[float, ...] | None = None
 
 
 @lru_cache(maxsize=64)
@@ -240,15 +261,21 @@ def _multi_otsu3_bins(hist: np.ndarray) -> tuple[int, int]:
     bins = len(hist)
     p = hist / hist.sum()
     w = np.cumsum(p)
-    m = np.cumsum(p * np.arange(bins))
+    m = np.cumsum(p * np.arange(bins, dtype=np.float64))
     i, j = _triu(bins)  # class 0: [0, i], class 1: (i, j], class 2: (j, end]
     eps = 1e-12  # empty classes have zero mass and zero moment: their term vanishes
     # The terms of the first and last class depend on one threshold: computed per bin, then gathered.
     low = m * m / (w + eps)
     m2 = m[-1] - m
     high = m2 * m2 / (1.0 - w + eps)
-    m1 = m[j] - m[i]
-    var = low[i] + m1 * m1 / (w[j] - w[i] + eps) + high[j]
+    m1 = m.take(j) - m.take(i)
+    den = w.take(j) - w.take(i)
+    den += eps
+    m1 *= m1
+    m1 /= den
+    var = low.take(i)  # low[i] + m1 * m1 / (w[j] - w[i] + eps) + high[j], in place
+    var += m1
+    var += high.take(j)
     k = int(np.argmax(var))
     return int(i[k]), int(j[k])
 
@@ -406,6 +433,19 @@ def _masked_mean_u8(img: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return np.array([v * scale for v in sums[:3]], np.float32)
 
 
+def _in_window(split, nucleus: np.ndarray, win: tuple[slice, slice], *args) -> tuple[int, np.ndarray]:
+    """``split(nucleus, *args)`` (:func:`split_lobes`, :func:`split_merged`) computed in ``win`` only.
+
+    ``win`` holds the nucleus with a margin wider than any erosion used, so the
+    erosions, distance maps and components are those of the whole image: the
+    labels are pasted back into an image of the nucleus' size.
+    """
+    n, lab = split(np.ascontiguousarray(nucleus[win]), *args)
+    out = np.zeros(nucleus.shape, np.int32)
+    out[win] = lab
+    return n, out
+
+
 def _box_gap(rect: tuple[int, int, int, int], x0: int, y0: int, box: list[int]) -> int:
     """Chessboard distance between the pixels of ``rect`` (``x, y, w, h`` in the crop) and ``box``.
 
@@ -461,7 +501,8 @@ def segment_cell(rgb: np.ndarray, settings: SegmentationSettings | None = None) 
     if hist.sum() > 0:
         i, j = _multi_otsu3_bins(hist)
         t1, t2 = float((i + 1) * 4 - 1), float((j + 1) * 4 - 1)
-        n_low, n_mid = float(hist[: i + 1].sum()), float(hist[i + 1 : j + 1].sum())
+        n_low, n_le_t2 = np.cumsum(hist)[[i, j]].tolist()  # exact: sums of integer counts
+        n_mid = n_le_t2 - n_low
     else:
         t1 = t2 = 0.0
         n_low = n_mid = 0.0
@@ -573,12 +614,12 @@ def segment_cell(rgb: np.ndarray, settings: SegmentationSettings | None = None) 
     if n_lobes < 2 and not fragments and n_area0 >= 2 * s.min_merged_nucleus_area:
         hull0 = cv2.contourArea(cv2.convexHull(contours[chosen]))
         if hull0 > 0 and n_area0 / hull0 < s.merged_max_solidity:
-            n_split, split_lab = split_merged(nucleus, s.min_lobe_area)
+            n_split, split_lab = _in_window(split_merged, nucleus, nwin, s.min_lobe_area)
             if n_split == 2:
                 n_lobes, lobe_lab = n_split, split_lab
     if n_lobes >= 2 or fragments:
         if lobe_lab is None:
-            n_lobes, lobe_lab = split_lobes(nucleus, s.lobe_erosion, s.min_lobe_area)
+            n_lobes, lobe_lab = _in_window(split_lobes, nucleus, nwin, s.lobe_erosion, s.min_lobe_area)
         lobe_areas = np.bincount(lobe_lab.ravel(), minlength=n_lobes + 1)[1:].astype(float)
         all_areas = np.concatenate([lobe_areas, [areas[f] for f in fragments]])
         if n_lobes == 2 and not fragments and (lobe_areas >= s.min_merged_nucleus_area).all():
@@ -624,10 +665,11 @@ def segment_cell(rgb: np.ndarray, settings: SegmentationSettings | None = None) 
     cyto = cv2.morphologyEx(cyto, cv2.MORPH_CLOSE, _disk(s.close_radius))
     cyto = cv2.bitwise_or(cyto, nucleus)
     # The connected region holding the nucleus (flood fill from one of its pixels).
-    ncont, _ = cv2.findContours(nucleus, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    ncont, _ = cv2.findContours(nucleus, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
     seed_x, seed_y = ncont[0][0, 0].tolist()
     comp = np.zeros((rh + 2, rw + 2), np.uint8)
-    cv2.floodFill(cyto.copy(), comp, (seed_x, seed_y), 128, flags=8 | (255 << 8) | cv2.FLOODFILL_MASK_ONLY)
+    # Mask only: the image is not written to (no copy needed).
+    cv2.floodFill(cyto, comp, (seed_x, seed_y), 128, flags=8 | (255 << 8) | cv2.FLOODFILL_MASK_ONLY)
     comp = comp[1:-1, 1:-1]
     touch_fraction = 0.0
     split = False
@@ -661,6 +703,17 @@ def segment_cell(rgb: np.ndarray, settings: SegmentationSettings | None = None) 
     nb = (slice(nby, nby + nbh), slice(nbx, nbx + nbw))  # the nucleus' own box
     mom = cv2.moments(nucleus[nb], binaryImage=True)  # on its box: same centroid, fewer pixels
     ncy, ncx = mom["m01"] / mom["m00"] + nby + y0, mom["m10"] / mom["m00"] + nbx + x0
+    # The same raw moments in crop coordinates (integer sums: exact after the shift).
+    ox, oy = nbx + x0, nby + y0
+    m00, m10, m01 = mom["m00"], mom["m10"], mom["m01"]
+    nucleus_moments = (
+        m00,
+        m10 + ox * m00,
+        m01 + oy * m00,
+        mom["m20"] + 2 * ox * m10 + ox * ox * m00,
+        mom["m11"] + oy * m10 + ox * m01 + ox * oy * m00,
+        mom["m02"] + 2 * oy * m01 + oy * oy * m00,
+    )
     flags["qc_off_centre"] = float(np.hypot(ncy - cy, ncx - cx)) / side > s.max_centre_offset
     flags["qc_at_border"] = bool(nbx + x0 == 0 or nby + y0 == 0 or nbx + nbw + x0 >= w or nby + nbh + y0 >= h)
     flags["qc_too_small"] = n_area < s.min_nucleus_area
@@ -700,18 +753,8 @@ def segment_cell(rgb: np.ndarray, settings: SegmentationSettings | None = None) 
     flags["is_smudge"] = nucleus_od < s.smudge_max_od and (c_area - n_area) < s.smudge_max_cytoplasm * c_area
     flags["qc_blur"] = sharp < s.blur_threshold and not dense
 
-    order = [
-        ("nucleus_off_centre", "qc_off_centre"),
-        ("nucleus_at_border", "qc_at_border"),
-        ("nucleus_too_small", "qc_too_small"),
-        ("nucleus_too_large", "qc_too_large"),
-        ("touching_cells", "qc_touching"),
-        ("not_lymphocyte", "is_not_lymphocyte"),
-        ("smudge", "is_smudge"),
-        ("blur", "qc_blur"),
-    ]
     flags = {k: bool(v) for k, v in flags.items()}
-    reason = next((r for r, k in order if flags[k]), "ok")
+    reason = next((r for r, k in _QC_ORDER if flags[k]), "ok")
     # Box of the whole cell (for the features), with a 2-pixel margin.
     cbx, cby, cbw, cbh = cv2.boundingRect(cell)
     box = (max(0, cby + y0 - 2), min(h, cby + cbh + y0 + 2), max(0, cbx + x0 - 2), min(w, cbx + cbw + x0 + 2))
@@ -725,6 +768,18 @@ def segment_cell(rgb: np.ndarray, settings: SegmentationSettings | None = None) 
         "cell_diameter": cell_diameter,
         "rbc_od": rbc_od,
     }
+    largest = ncont[0] if len(ncont) == 1 else max(ncont, key=cv2.contourArea)
     return Segmentation(
-        nucleus_mask, cell_mask, reason == "ok", reason, flags, box, bg, diagnostics, (y0, y1, x0, x1), od_sum
+        nucleus_mask,
+        cell_mask,
+        reason == "ok",
+        reason,
+        flags,
+        box,
+        bg,
+        diagnostics,
+        (y0, y1, x0, x1),
+        od_sum,
+        largest + np.array((x0, y0), np.int32),
+        nucleus_moments,
     )
