@@ -118,6 +118,9 @@ KEY_COLUMNS = ("patient_id", "image", "image_sha256")
 #: Version of the shard layout (schema + metadata); older shards are recomputed.
 SHARD_FORMAT = 3
 
+#: Memory for this run's patient tables kept to build the final tables (beyond it, shards are read back).
+FRESH_TABLES_BYTES = 256 * 2**20
+
 #: Files of OUT_DIR that `extract` writes (other commands may write next to them).
 _OUTPUT_FILES = ["cells.parquet", "patients.parquet", "manifest.json", "write-test"]
 
@@ -495,6 +498,9 @@ def _extract_locked(
 
     n_done = 0
     extra_keys: set[str] = set()
+    # This run's tables are kept for building the final tables (up to a memory cap) rather than read back.
+    fresh: dict[str, tuple] = {}
+    fresh_bytes = 0
     with closing(_run_all(data_dir, todo, settings, schema, jobs, progress, backend, scheduler)) as results:
         for pid, cells, checksum, _skipped, extra, meta in results:
             extra_keys.update(extra)
@@ -507,12 +513,15 @@ def _extract_locked(
                     f"{shard_dir}: free space (or fix permissions) and re-run to resume"
                 ) from None
             n_done += 1
+            if fresh_bytes + cells.nbytes <= FRESH_TABLES_BYTES:
+                fresh[pid] = (cells, meta)
+                fresh_bytes += cells.nbytes
     if extra_keys:
         warnings.append(f"measurements not in the cell schema were dropped: {', '.join(sorted(extra_keys))}")
 
     try:
         cells_summary, table, skipped = _build_tables(
-            out_dir, shard_dir, patients, keys, schema, clinical, settings, chunk_cells
+            out_dir, shard_dir, patients, keys, schema, clinical, settings, chunk_cells, fresh
         )
     except OSError as exc:
         raise DatasetError(
@@ -567,8 +576,11 @@ def _extract_locked(
     )  # fmt: skip
 
 
-def _build_tables(out_dir, shard_dir, patients, keys, schema, clinical, settings, chunk_cells):
+def _build_tables(out_dir, shard_dir, patients, keys, schema, clinical, settings, chunk_cells, fresh=None):
     """Stream the shards into ``cells.parquet`` and the per-patient table, ``chunk_cells`` cells at a time.
+
+    ``fresh`` maps patients written by this run to their ``(table, meta)``,
+    used instead of reading their shard back.
 
     Memory holds one chunk of cells plus the per-patient table, whatever the
     size of the cohort. Returns a summary of the cells, ``patients.parquet``'s
@@ -604,9 +616,12 @@ def _build_tables(out_dir, shard_dir, patients, keys, schema, clinical, settings
         with pq.ParquetWriter(tmp, schema) as writer:
             for pid in sorted(patients):
                 shard = shard_dir / _shard_name(pid)
-                table, meta, problem = verify_shard(shard, pid, keys[pid], schema, checksum=False)
-                if table is None:
-                    raise DatasetError(f"shard for patient {pid} is {problem} after extraction: {shard}")
+                if pid in fresh:
+                    table, meta = fresh.pop(pid)
+                else:
+                    table, meta, problem = verify_shard(shard, pid, keys[pid], schema, checksum=False)
+                    if table is None:
+                        raise DatasetError(f"shard for patient {pid} is {problem} after extraction: {shard}")
                 skipped.extend({"patient_id": pid, **s} for s in meta.get("skipped", []))
                 chunk_tables.append(table)
                 chunk_ids.append(pid)

@@ -675,3 +675,12 @@ def test_table_checksum_follows_content_not_storage(tmp_path):
     renamed = table.rename_columns(["patient_id", "image", "qc_ok", "cell_area"])
     others = {extract_mod.table_checksum(t) for t in (changed, flipped, renamed, table.slice(1))}
     assert ref not in others and len(others) == 4
+
+
+def test_final_tables_are_the_same_from_memory_or_from_the_shards(reference, cohort, tmp_path, monkeypatch):
+    # The reference run kept its patients' tables in memory to build cells.parquet; without memory for
+    # them every shard is read back, and the tables must not change.
+    monkeypatch.setattr(extract_mod, "FRESH_TABLES_BYTES", 0)
+    res = extract(cohort, tmp_path / "out", progress=False)
+    assert res.n_reused == 0
+    assert_same_tables(tmp_path / "out", reference)
