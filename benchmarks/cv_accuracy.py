@@ -10,9 +10,15 @@ sensitivity, specificity, Brier score, and a paired bootstrap over patients
 (95% interval of the difference in balanced accuracy and AUC to clinical-only,
 and the share of resamplings where the configuration beats it).
 
-Configurations: clinical / image / all / all without the crop count, the
-weakly supervised cell-score variants, and the CNN variants when
-embeddings.parquet exists (in --embeddings or --features). Everything fitted
+Configurations (model.ABLATION_SETS): clinical; image (crop count + the
+weakly supervised cell model without stain colour, ``cellmorph``) with and
+without the crop count; all (clinical + image); morphology and
+clinical+morphology (the ~565 per-patient aggregates: what ``image`` and
+``all`` meant before); the cell-model variants; and the CNN variants when
+embeddings.parquet exists (in --embeddings or --features). With
+--nested-repeats, also the nested estimate of "choose the configuration by
+inner CV, then fit it", among the a-priori candidates (model.NESTED_CANDIDATES)
+and among every configuration of the table, with the choice of each outer fold. Everything fitted
 on data (cell model, PCA of embeddings, patient model, threshold) is fitted
 inside each outer fold, exactly as `lympho fit` does; `lympho fit` stores the
 same table in model.json under ``ablation``.

@@ -281,7 +281,7 @@ def _design_matrix(
 
     X = model_matrix(patients)
     missing = [c for c in features if c not in X.columns]
-    fitted = [c for c in missing if c.startswith(("cellscore", "cnn_"))]
+    fitted = [c for c in missing if c.startswith(("cellscore__", "cellscore_morph__", "cnn_"))]
     if missing and missing == fitted and model_dir is not None and meta is not None:
         # Inputs fitted on data (cell scores, CNN features) come from the model's own stages.
         try:

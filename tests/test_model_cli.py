@@ -28,9 +28,14 @@ def default_model(tiny_features, tmp_path_factory):
 def test_default_fit_saves_cell_model_calibration_refer_band_and_ablation(default_model, tiny_features):
     meta = json.loads((default_model / "model.json").read_text())
     assert meta["feature_set"] == DEFAULT_FEATURE_SET
-    if "cellscore" in parse_feature_set(DEFAULT_FEATURE_SET)[0]:
-        assert (default_model / "cell_model.txt").is_file() and (default_model / "cell_model.json").is_file()
-        assert any(f.startswith("cellscore__") for f in meta["features"])
+    blocks = parse_feature_set(DEFAULT_FEATURE_SET)[0]
+    for block, stem, prefix in (
+        ("cellscore", "cell_model", "cellscore__"),
+        ("cellmorph", "cellmorph_model", "cellscore_morph__"),
+    ):
+        if block in blocks:
+            assert (default_model / f"{stem}.txt").is_file() and (default_model / f"{stem}.json").is_file()
+            assert any(f.startswith(prefix) for f in meta["features"])
     # Calibration: bins cover the CV predictions; Brier matches them.
     cvp = pd.read_csv(default_model / "cv_predictions.csv")
     assert sum(b["count"] for b in meta["calibration"]["bins"]) == len(cvp)
@@ -90,7 +95,7 @@ def test_predict_flags_uncertain_patients_and_reproduces_the_inputs(default_mode
 
 
 def test_cellscore_model_needs_the_cells_of_new_patients(default_model, tiny_features, tmp_path):
-    if "cellscore" not in parse_feature_set(DEFAULT_FEATURE_SET)[0]:
+    if not {"cellscore", "cellmorph"} & set(parse_feature_set(DEFAULT_FEATURE_SET)[0]):
         pytest.skip("default model does not use cell scores")
     feats = tmp_path / "f"
     feats.mkdir()
@@ -230,7 +235,7 @@ def test_all_plus_cnn_end_to_end_with_the_tiny_network(tiny_cohort, tiny_feature
 
 
 def test_report_scores_cells_with_the_models_cell_model(default_model, tiny_features):
-    if "cellscore" not in parse_feature_set(DEFAULT_FEATURE_SET)[0]:
+    if not {"cellscore", "cellmorph"} & set(parse_feature_set(DEFAULT_FEATURE_SET)[0]):
         pytest.skip("default model does not use cell scores")
     from lympho_features.report import load_inputs
 
