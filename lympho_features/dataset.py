@@ -364,14 +364,15 @@ def safe_path(data_dir: str | Path, rel: str) -> Path:
         When the path leads outside ``data_dir``.
     """
     root = _resolved_root(str(data_dir))
-    path = root / rel
-    if Path(rel).is_absolute() or ".." in Path(rel).parts:
+    parts = [p for p in str(rel).replace(os.sep, "/").split("/") if p not in ("", ".")]
+    if os.path.isabs(rel) or ".." in parts:
         raise ImageError(f"path {rel!r} leads outside DATA_DIR")
-    # Lexically inside the (resolved) root: only a symbolic link on the way can lead out.
-    # Checking each component with lstat is much cheaper than resolving the whole path.
-    step = root
-    for part in Path(rel).parts:
-        step = step / part
+    path = root.joinpath(*parts)
+    # Lexically inside the (resolved) root: only a symbolic link on the way can lead out. Checking
+    # each component with lstat (on strings: this runs for every crop) is much cheaper than resolving.
+    step = str(root)
+    for part in parts:
+        step = f"{step}/{part}"
         try:
             is_link = stat.S_ISLNK(os.lstat(step).st_mode)
         except OSError:
