@@ -5,12 +5,19 @@
     python benchmarks/profile_crop.py --families             # CPU ms of each feature family
     python benchmarks/profile_crop.py --save /tmp/x.parquet  # rows of measure_crop, for a before/after check
     python benchmarks/profile_crop.py --compare /tmp/old.parquet /tmp/new.parquet
+    python benchmarks/profile_crop.py --against ../main      # interleaved A/B against another checkout
 
 The sample is every ``k``-th image of the sorted data set (the same as
 ``benchmarks/extract_speed.py``'s per-stage line), decoded once before
 timing; times are ``time.process_time`` with OpenCV on one thread, so they
 are meaningful on a machine shared with other jobs. ``--compare`` prints the
 largest relative difference of each numeric column between two saved runs.
+
+``--against DIR`` loads the ``lympho_features`` package of another checkout
+(say the main branch's) next to this one and times both on the same decoded
+crops, alternating in chunks of 20 crops (and alternating which goes first),
+so that the machine's drift of +-20 % over a minute hits both alike; it also
+prints the largest relative difference of every feature and flag between the two.
 """
 
 from __future__ import annotations
@@ -90,6 +97,75 @@ def time_families(rgbs, segs) -> dict[str, float]:
     return {k: v * 1000 / len(rgbs) for k, v in tot.items()}
 
 
+def load_other(root: Path):
+    """The ``segment`` and ``features`` modules of the checkout at ``root``, as a package of another name."""
+    import importlib
+    import importlib.util
+
+    pkg = root.resolve() / "lympho_features"
+    if not (pkg / "features.py").is_file():
+        sys.exit(f"{root}: no lympho_features/features.py there")
+    spec = importlib.util.spec_from_file_location(
+        "lympho_against", pkg / "__init__.py", submodule_search_locations=[str(pkg)]
+    )
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["lympho_against"] = module
+    spec.loader.exec_module(module)
+    return importlib.import_module("lympho_against.segment"), importlib.import_module("lympho_against.features")
+
+
+def _rel_diff(x, y) -> float:
+    """Relative difference of two values of one column (0 when equal, both NaN, or equal flags)."""
+    if isinstance(x, (bool, str)) or isinstance(y, (bool, str)):
+        return 0.0 if x == y else float("inf")
+    if np.isnan(x) or np.isnan(y):
+        return 0.0 if np.isnan(x) and np.isnan(y) else float("inf")
+    return abs(x - y) / max(abs(x), 1e-12)
+
+
+def against(root: Path, rgbs: list[np.ndarray], rounds: int) -> None:
+    """Interleaved A/B timing and value check of this checkout against the one at ``root``."""
+    from lympho_features import features as F
+    from lympho_features import segment as S
+
+    S0, F0 = load_other(root)
+    mods = {"other": (S0, F0), "this": (S, F)}
+    segs = {k: [s.segment_cell(r) for r in rgbs] for k, (s, _) in mods.items()}
+    worst: dict[str, float] = {}
+    for r, a, b in zip(rgbs, segs["other"], segs["this"], strict=True):
+        row_a = {"qc_reason": a.qc_reason, **a.flags, **mods["other"][1].cell_features(r, a)}
+        row_b = {"qc_reason": b.qc_reason, **b.flags, **F.cell_features(r, b)}
+        for col in row_a.keys() | row_b.keys():
+            d = _rel_diff(row_a[col], row_b[col]) if col in row_a and col in row_b else float("inf")
+            worst[col] = max(worst.get(col, 0.0), d)
+    tot = {(k, stage): 0.0 for k in mods for stage in ("segment", "features")}
+    chunks = [range(i, min(len(rgbs), i + 20)) for i in range(0, len(rgbs), 20)]
+    for rd in range(rounds):
+        for ci, chunk in enumerate(chunks):
+            for k in ("other", "this") if (rd + ci) % 2 == 0 else ("this", "other"):
+                s, f = mods[k]
+                t0 = time.process_time()
+                for i in chunk:
+                    s.segment_cell(rgbs[i])
+                t1 = time.process_time()
+                for i in chunk:
+                    f.cell_features(rgbs[i], segs[k][i])
+                t2 = time.process_time()
+                tot[k, "segment"] += t1 - t0
+                tot[k, "features"] += t2 - t1
+    ms = {key: v * 1000 / len(rgbs) / rounds for key, v in tot.items()}
+    print(f"interleaved against {root} ({rounds} rounds), CPU ms per crop: other -> this")
+    for stage in ("segment", "features"):
+        a, b = ms["other", stage], ms["this", stage]
+        print(f"  {stage:<9} {a:6.3f} -> {b:6.3f}  ({b / a - 1:+.1%})")
+    a, b = ms["other", "segment"] + ms["other", "features"], ms["this", "segment"] + ms["this", "features"]
+    print(f"  {'both':<9} {a:6.3f} -> {b:6.3f}  ({b / a - 1:+.1%})")
+    bad = sorted(((d, c) for c, d in worst.items() if d > 1e-9), reverse=True)
+    print(f"values: {len(worst)} columns, {len(bad)} with a relative difference above 1e-9")
+    for d, c in bad[:20]:
+        print(f"  {c}: {d:.3g}")
+
+
 def compare(old: Path, new: Path) -> None:
     """Largest relative difference per numeric column between two saved runs (same sample)."""
     import pandas as pd
@@ -132,6 +208,8 @@ def main() -> None:
     ap.add_argument("--families", action="store_true", help="time each feature family")
     ap.add_argument("--save", type=Path, default=None, help="write measure_crop rows of the sample here")
     ap.add_argument("--compare", type=Path, nargs=2, default=None, metavar=("OLD", "NEW"))
+    ap.add_argument("--against", type=Path, default=None, metavar="DIR", help="interleaved A/B against a checkout")
+    ap.add_argument("--rounds", type=int, default=3, help="passes over the sample for --against")
     args = ap.parse_args()
     if args.compare:
         compare(*args.compare)
@@ -154,6 +232,8 @@ def main() -> None:
         cell_features(r, s)
     t2 = time.process_time()
     s_ms, f_ms = (t1 - t0) * k, (t2 - t1) * k
+    if args.against:
+        against(args.against, rgbs, args.rounds)
     print(f"{len(rgbs)} crops, one core, CPU ms per crop")
     print(f"decode {d_ms:.2f}  segment {s_ms:.2f}  features {f_ms:.2f}  ratio {d_ms / (d_ms + s_ms + f_ms):.3f}")
     if args.families:

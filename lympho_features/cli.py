@@ -17,7 +17,7 @@ import typer
 from rich.console import Console
 
 from .dataset import ClinicalColumns, DatasetError
-from .model import DEFAULT_FEATURE_SET, FEATURE_SETS, ModelError
+from .feature_sets import DEFAULT_FEATURE_SET, FEATURE_SETS, ModelError
 
 app = typer.Typer(
     help="lympho: reactive vs tumoral lymphocytosis from blood-smear lymphocyte crops and three clinical values.",

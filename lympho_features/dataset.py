@@ -13,8 +13,10 @@ import hashlib
 import io
 import os
 import re
+import stat
 from dataclasses import dataclass
 from datetime import date
+from functools import lru_cache
 from pathlib import Path
 
 import cv2
@@ -319,15 +321,19 @@ def scan_data_dir(data_dir: str | Path) -> tuple[dict[str, list[str]], list[dict
     root_resolved = root.resolve()
     patients: dict[str, list[str]] = {}
     refused: list[dict] = []
-    for sub in sorted(p for p in root.iterdir() if p.is_dir()):
-        if sub.name.startswith("."):
-            continue
+    # os.scandir tells links and types apart without a system call per entry: only links are resolved.
+    with os.scandir(root) as it:
+        subs = sorted((e for e in it if not e.name.startswith(".") and e.is_dir()), key=lambda e: e.name)
+    for sub in subs:
+        sub_is_link = sub.is_symlink()  # a whole patient folder may be a link: check each file's target then
+        with os.scandir(sub.path) as it:
+            entries = sorted(
+                (e for e in it if os.path.splitext(e.name)[1].lower() in IMAGE_SUFFIXES), key=lambda e: e.name
+            )
         images = []
-        for f in sorted(sub.iterdir()):
-            if f.suffix.lower() not in IMAGE_SUFFIXES:
-                continue
-            rel = f.relative_to(root).as_posix()
-            if not f.resolve().is_relative_to(root_resolved):
+        for f in entries:
+            rel = f"{sub.name}/{f.name}"
+            if (sub_is_link or f.is_symlink()) and not Path(f.path).resolve().is_relative_to(root_resolved):
                 refused.append({"patient_id": sub.name, "image": rel, "reason": "symbolic link leads outside DATA_DIR"})
             elif not f.is_file():
                 refused.append({"patient_id": sub.name, "image": rel, "reason": "not a regular file"})
@@ -357,11 +363,30 @@ def safe_path(data_dir: str | Path, rel: str) -> Path:
     ImageError
         When the path leads outside ``data_dir``.
     """
-    root = Path(data_dir).resolve()
-    path = root / rel
-    if Path(rel).is_absolute() or not path.resolve().is_relative_to(root):
+    root = _resolved_root(str(data_dir))
+    parts = [p for p in str(rel).replace(os.sep, "/").split("/") if p not in ("", ".")]
+    if os.path.isabs(rel) or ".." in parts:
         raise ImageError(f"path {rel!r} leads outside DATA_DIR")
+    path = root.joinpath(*parts)
+    # Lexically inside the (resolved) root: only a symbolic link on the way can lead out. Checking
+    # each component with lstat (on strings: this runs for every crop) is much cheaper than resolving.
+    step = str(root)
+    for part in parts:
+        step = f"{step}/{part}"
+        try:
+            is_link = stat.S_ISLNK(os.lstat(step).st_mode)
+        except OSError:
+            break  # missing: read_image reports it
+        if is_link:
+            if not path.resolve().is_relative_to(root):
+                raise ImageError(f"path {rel!r} leads outside DATA_DIR")
+            break
     return path
+
+
+@lru_cache(maxsize=8)
+def _resolved_root(data_dir: str) -> Path:
+    return Path(data_dir).resolve()
 
 
 #: Largest crop file read into memory (crops are a few kB).

@@ -23,6 +23,7 @@ import re
 from contextlib import ExitStack, closing, contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import date
+from operator import itemgetter
 from pathlib import Path
 
 import cv2
@@ -34,7 +35,6 @@ from ._io import (
     OutputLockedError,
     atomic_path,
     check_writable,
-    dataframe_fingerprint,
     library_versions,
     output_lock,
     remove_stale_temporaries,
@@ -117,7 +117,10 @@ BACKENDS = ("local", "dask")
 KEY_COLUMNS = ("patient_id", "image", "image_sha256")
 
 #: Version of the shard layout (schema + metadata); older shards are recomputed.
-SHARD_FORMAT = 2
+SHARD_FORMAT = 3
+
+#: Memory for this run's patient tables kept to build the final tables (beyond it, shards are read back).
+FRESH_TABLES_BYTES = 256 * 2**20
 
 #: Files of OUT_DIR that `extract` writes (other commands may write next to them).
 _OUTPUT_FILES = ["cells.parquet", "patients.parquet", "manifest.json", "write-test"]
@@ -180,26 +183,71 @@ def cell_schema(settings: ExtractSettings = ExtractSettings()):
     return pa.schema(fields)
 
 
-def conform_cells(rows: list[dict], schema) -> tuple[pd.DataFrame, list[str]]:
-    """One patient's rows as a DataFrame with exactly the columns and types of ``schema``.
+def rows_to_table(rows: list[dict], schema):
+    """One patient's rows as an Arrow table with exactly the columns and types of ``schema``, sorted by image.
 
-    Returns the frame and the names of keys that are not in the schema
-    (dropped; reported as a warning).
+    Built column by column from the rows (no pandas round trip). A missing
+    flag is False, a missing or non-numeric measurement is null, a missing
+    string is null. Returns the table and the names of keys that are not in
+    the schema (dropped; reported as a warning).
     """
     import pyarrow as pa
 
-    names = schema.names
-    extra = sorted({k for r in rows for k in r} - set(names))
-    df = pd.DataFrame(rows, columns=names)
+    names = set(schema.names)
+    extra = sorted({k for r in rows for k in r} - names)
+    rows = sorted(rows, key=lambda r: r["image"])
+    floats = [f.name for f in schema if pa.types.is_floating(f.type)]
+    matrix = None
+    if rows and len(floats) > 1:
+        try:  # every measurement of every row in one go (one C-level lookup per row)
+            get = itemgetter(*floats)
+            matrix = np.array([get(r) for r in rows], dtype=np.float64)
+        except (KeyError, TypeError, ValueError):  # a missing key or an odd value: column by column below
+            matrix = None
+    float_index = {name: j for j, name in enumerate(floats)}
+    arrays = []
     for f in schema:
-        col = df[f.name]
+        if pa.types.is_floating(f.type):
+            if matrix is not None:
+                col = np.ascontiguousarray(matrix[:, float_index[f.name]])
+            else:
+                values = [r.get(f.name) for r in rows]
+                try:
+                    col = np.array(values, dtype=np.float64)
+                except (TypeError, ValueError):  # a string or other odd value among the numbers
+                    col = pd.to_numeric(pd.Series(values, dtype=object), errors="coerce").to_numpy(np.float64)
+            arrays.append(pa.array(col, f.type, from_pandas=True))  # NaN is stored as null
+            continue
+        values = [r.get(f.name) for r in rows]
         if pa.types.is_boolean(f.type):
-            df[f.name] = col.fillna(False).astype(bool) if col.isna().any() else col.astype(bool)
-        elif pa.types.is_floating(f.type):
-            df[f.name] = pd.to_numeric(col, errors="coerce").astype(float)
+            arrays.append(pa.array([bool(v) and v == v for v in values], pa.bool_()))
         else:
-            df[f.name] = col.astype(object).where(col.notna(), None)
-    return df.sort_values("image", kind="stable").reset_index(drop=True), extra
+            arrays.append(pa.array([None if v is None or v != v else str(v) for v in values], f.type))
+    return pa.Table.from_arrays(arrays, schema=schema), extra
+
+
+def table_checksum(table) -> str:
+    """SHA-256 of an Arrow table's content: column names, then each column's values and nulls in row order.
+
+    Independent of how the table is chunked or was stored, so a shard read
+    back from Parquet has the checksum it was written with.
+    """
+    import pyarrow as pa
+
+    h = hashlib.sha256("\0".join(table.column_names).encode())
+    for col in table.columns:
+        arr = col.combine_chunks() if col.num_chunks != 1 else col.chunk(0)
+        if arr.null_count:
+            h.update(b"N")
+            h.update(np.packbits(arr.is_valid().to_numpy(zero_copy_only=False)).tobytes())
+        if pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type):
+            h.update("\0".join("" if v is None else v for v in arr.to_pylist()).encode())
+        elif pa.types.is_boolean(arr.type):
+            h.update(np.packbits(arr.fill_null(False).to_numpy(zero_copy_only=False)).tobytes())
+        else:
+            h.update(arr.to_numpy(zero_copy_only=False).tobytes())
+        h.update(b"|")
+    return h.hexdigest()
 
 
 def _one_line(exc: BaseException) -> str:
@@ -209,7 +257,7 @@ def _one_line(exc: BaseException) -> str:
 
 def process_patient(
     data_dir: Path, patient_id: str, images: list[str], settings: ExtractSettings
-) -> tuple[pd.DataFrame, list[dict]]:
+) -> tuple[list[dict], list[dict]]:
     """Measure every crop of one patient.
 
     A crop that cannot be read, or whose measurement fails, is skipped with
@@ -217,8 +265,9 @@ def process_patient(
 
     Returns
     -------
-    cells : DataFrame
-        One row per readable crop.
+    rows : list of dict
+        One row (``patient_id``, ``image``, ``image_sha256`` and the
+        measurements of :func:`measure_crop`) per readable crop.
     skipped : list of dict
         ``{"image", "reason"}`` for each crop that could not be read or measured.
     """
@@ -237,26 +286,22 @@ def process_patient(
         row = {"patient_id": patient_id, "image": rel, "image_sha256": digest}
         row.update(measured)
         rows.append(row)
-    cells = (
-        pd.DataFrame(rows)
-        if rows
-        else pd.DataFrame({"patient_id": pd.Series(dtype=str), "image": pd.Series(dtype=str)})
-    )
-    return cells, skipped
+    return rows, skipped
 
 
 def _run_patient(data_dir: Path, patient_id: str, images: list[str], settings: ExtractSettings, schema, threads):
-    """One task: runs in a worker process (local or Dask) and returns the patient's conformed cells."""
+    """One task: runs in a worker process (local or Dask) and returns the patient's table and its checksum."""
     if threads is None:
-        cells, skipped = process_patient(data_dir, patient_id, images, settings)
+        rows, skipped = process_patient(data_dir, patient_id, images, settings)
     else:
         from threadpoolctl import threadpool_limits
 
         cv2.setNumThreads(threads)
         with threadpool_limits(threads):
-            cells, skipped = process_patient(data_dir, patient_id, images, settings)
-    df, extra = conform_cells(cells.to_dict("records") if len(cells) else [], schema)
-    return patient_id, df, skipped, extra, len(images)
+            rows, skipped = process_patient(data_dir, patient_id, images, settings)
+    table, extra = rows_to_table(rows, schema)
+    # The checksum is computed here, in parallel, rather than by the process that writes the shards.
+    return patient_id, table, table_checksum(table), skipped, extra, len(images)
 
 
 def read_shard_meta(path: Path) -> dict | None:
@@ -270,17 +315,15 @@ def read_shard_meta(path: Path) -> dict | None:
         return None
 
 
-def _table_checksum(table) -> str:
-    return dataframe_fingerprint(table.to_pandas())
+def write_shard(path: Path, table, meta: dict, checksum: str | None = None) -> None:
+    """Write one patient's shard (an Arrow table) atomically, with its row count and content checksum.
 
-
-def write_shard(path: Path, cells: pd.DataFrame, schema, meta: dict) -> None:
-    """Write one patient's shard atomically, with its row count and content checksum in the metadata."""
-    import pyarrow as pa
+    ``checksum`` is :func:`table_checksum` of ``table`` when the caller has it already.
+    """
     import pyarrow.parquet as pq
 
-    table = pa.Table.from_pandas(cells, schema=schema, preserve_index=False)
-    meta = {**meta, "format": SHARD_FORMAT, "n_rows": table.num_rows, "sha256": _table_checksum(table)}
+    checksum = checksum or table_checksum(table)
+    meta = {**meta, "format": SHARD_FORMAT, "n_rows": table.num_rows, "sha256": checksum}
     md = dict(table.schema.metadata or {})
     md[b"lympho"] = json.dumps(meta, sort_keys=True, default=str).encode()
     with atomic_path(path) as tmp:
@@ -304,21 +347,29 @@ def verify_shard(path: Path, patient_id: str, key: str, schema, checksum: bool =
 
     if not path.exists():
         return None, None, "missing"
-    meta = read_shard_meta(path)
-    if meta is None:
-        return None, None, "unreadable or truncated"
-    if meta.get("patient_id") != patient_id or meta.get("key") != key:
-        return None, None, "inputs or settings changed"
-    if meta.get("format") != SHARD_FORMAT:
-        return None, None, f"older shard format {meta.get('format')}"
     try:
-        table = pq.read_table(path)
-    except Exception as exc:
-        return None, None, f"unreadable ({_one_line(exc)})"
+        # One open for the metadata and the data; ParquetFile.read is several times cheaper than
+        # read_table (no dataset discovery) on these small files.
+        shard = pq.ParquetFile(path)
+    except Exception:
+        return None, None, "unreadable or truncated"
+    with closing(shard):
+        try:
+            meta = json.loads((shard.schema_arrow.metadata or {})[b"lympho"])
+        except Exception:
+            return None, None, "unreadable or truncated"
+        if meta.get("patient_id") != patient_id or meta.get("key") != key:
+            return None, None, "inputs or settings changed"
+        if meta.get("format") != SHARD_FORMAT:
+            return None, None, f"older shard format {meta.get('format')}"
+        try:
+            table = shard.read(use_threads=False)
+        except Exception as exc:
+            return None, None, f"unreadable ({_one_line(exc)})"
     table = table.replace_schema_metadata(None)
     if not table.schema.equals(schema):
         return None, None, "schema differs from this lympho's"
-    if table.num_rows != meta.get("n_rows") or (checksum and _table_checksum(table) != meta.get("sha256")):
+    if table.num_rows != meta.get("n_rows") or (checksum and table_checksum(table) != meta.get("sha256")):
         return None, None, "checksum mismatch"
     return table, meta, None
 
@@ -462,24 +513,30 @@ def _extract_locked(
 
     n_done = 0
     extra_keys: set[str] = set()
+    # This run's tables are kept for building the final tables (up to a memory cap) rather than read back.
+    fresh: dict[str, tuple] = {}
+    fresh_bytes = 0
     with closing(_run_all(data_dir, todo, settings, schema, jobs, progress, backend, scheduler)) as results:
-        for pid, cells, _skipped, extra, meta in results:
+        for pid, cells, checksum, _skipped, extra, meta in results:
             extra_keys.update(extra)
             shard = shard_dir / _shard_name(pid)
             try:
-                write_shard(shard, cells, schema, {**meta, "key": keys[pid]})
+                write_shard(shard, cells, {**meta, "key": keys[pid]}, checksum)
             except OSError as exc:
                 raise DatasetError(
                     f"{_os_error_message(exc, shard)}; the {reused + n_done} finished patient(s) are kept in "
                     f"{shard_dir}: free space (or fix permissions) and re-run to resume"
                 ) from None
             n_done += 1
+            if fresh_bytes + cells.nbytes <= FRESH_TABLES_BYTES:
+                fresh[pid] = (cells, meta)
+                fresh_bytes += cells.nbytes
     if extra_keys:
         warnings.append(f"measurements not in the cell schema were dropped: {', '.join(sorted(extra_keys))}")
 
     try:
         cells_summary, table, skipped = _build_tables(
-            out_dir, shard_dir, patients, keys, schema, clinical, settings, chunk_cells
+            out_dir, shard_dir, patients, keys, schema, clinical, settings, chunk_cells, fresh
         )
     except OSError as exc:
         raise DatasetError(
@@ -534,8 +591,11 @@ def _extract_locked(
     )  # fmt: skip
 
 
-def _build_tables(out_dir, shard_dir, patients, keys, schema, clinical, settings, chunk_cells):
+def _build_tables(out_dir, shard_dir, patients, keys, schema, clinical, settings, chunk_cells, fresh=None):
     """Stream the shards into ``cells.parquet`` and the per-patient table, ``chunk_cells`` cells at a time.
+
+    ``fresh`` maps patients written by this run to their ``(table, meta)``,
+    used instead of reading their shard back.
 
     Memory holds one chunk of cells plus the per-patient table, whatever the
     size of the cohort. Returns a summary of the cells, ``patients.parquet``'s
@@ -571,9 +631,12 @@ def _build_tables(out_dir, shard_dir, patients, keys, schema, clinical, settings
         with pq.ParquetWriter(tmp, schema) as writer:
             for pid in sorted(patients):
                 shard = shard_dir / _shard_name(pid)
-                table, meta, problem = verify_shard(shard, pid, keys[pid], schema, checksum=False)
-                if table is None:
-                    raise DatasetError(f"shard for patient {pid} is {problem} after extraction: {shard}")
+                if pid in fresh:
+                    table, meta = fresh.pop(pid)
+                else:
+                    table, meta, problem = verify_shard(shard, pid, keys[pid], schema, checksum=False)
+                    if table is None:
+                        raise DatasetError(f"shard for patient {pid} is {problem} after extraction: {shard}")
                 skipped.extend({"patient_id": pid, **s} for s in meta.get("skipped", []))
                 chunk_tables.append(table)
                 chunk_ids.append(pid)
@@ -660,7 +723,7 @@ def _parallel(jobs: int, backend: str, scheduler: str | None):
 
 
 def _run_all(data_dir, todo, settings, schema, jobs, progress, backend, scheduler):
-    """Run the patients' tasks; yield ``(patient_id, cells, skipped, extra_keys, meta)`` as each one finishes."""
+    """Run the patients' tasks; yield ``(patient_id, table, checksum, skipped, extra_keys, meta)`` as each one finishes."""
     from joblib import delayed
     from rich.progress import (
         BarColumn,
@@ -690,8 +753,8 @@ def _run_all(data_dir, todo, settings, schema, jobs, progress, backend, schedule
         tasks = (delayed(_run_patient)(data_dir, pid, images, settings, schema, threads) for pid, images in todo)
         with Progress(*columns, disable=not progress, transient=False) as bar:
             t = bar.add_task("extract", total=n_images, rate="")
-            for pid, cells, skipped, extra, n in runner(tasks):
-                yield pid, cells, skipped, extra, {"patient_id": pid, "skipped": skipped}
+            for pid, cells, checksum, skipped, extra, n in runner(tasks):
+                yield pid, cells, checksum, skipped, extra, {"patient_id": pid, "skipped": skipped}
                 bar.advance(t, n)
                 speed = bar.tasks[0].speed
                 bar.update(t, rate=f"{speed:6.0f} crops/s" if speed else "")

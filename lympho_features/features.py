@@ -19,6 +19,7 @@ background and red cells).
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 
@@ -122,38 +123,37 @@ def contour_irregularity(contour: np.ndarray) -> dict[str, float]:
         of the turning angle along the outline smoothed over 5 points
         (radians per point).
     """
-    z = contour.reshape(-1, 2).astype(np.float64)
-    n = len(z)
+    pts = contour.reshape(-1, 2)
+    n = len(pts)
     out = {"fourier_low": float("nan"), "fourier_high": float("nan"), "curvature_std": float("nan")}
     if n < 16:
         return out
-    # Resample to 64 points equally spaced along the outline.
-    zz = np.concatenate((z, z[:1]))
-    step = np.diff(zz, axis=0)
-    t = np.empty(n + 1)
-    t[0] = 0.0
-    np.cumsum(np.hypot(step[:, 0], step[:, 1]), out=t[1:])
-    if t[-1] <= 0:
+    # The closed outline as complex numbers x + iy (a float64 (x, y) array viewed as complex).
+    z = np.concatenate((pts, pts[:1]), dtype=np.float64).view(np.complex128)[:, 0]
+    t = np.zeros(n + 1)
+    np.cumsum(np.abs(z[1:] - z[:-1]), out=t[1:])  # arc length; |dz| is hypot(dx, dy)
+    length = float(t[-1])
+    if length <= 0:
         return out
-    u = _ARANGE64 * (t[-1] / 64)  # np.linspace(0, t[-1], 65)[:-1], exactly
-    xy = np.empty((1, 64, 2))
-    xy[0, :, 0] = np.interp(u, t, zz[:, 0])
-    xy[0, :, 1] = np.interp(u, t, zz[:, 1])
-    f = cv2.dft(xy, flags=cv2.DFT_COMPLEX_OUTPUT)[0]  # np.fft.fft of x + iy, to rounding, 5x faster
-    power = f[:, 0] ** 2 + f[:, 1] ** 2
-    c = xy[0, :, 0] + 1j * xy[0, :, 1]
+    # Resample to 64 points equally spaced along the outline (np.interp of x and y, at once).
+    c = np.interp(_ARANGE64 * (length / 64), t, z)  # _ARANGE64 * step: np.linspace(0, length, 65)[:-1]
+    f = cv2.dft(c.view(np.float64).reshape(1, 64, 2), flags=cv2.DFT_COMPLEX_OUTPUT)[0]  # np.fft.fft, 5x faster
+    power = np.einsum("ij,ij->i", f, f).tolist()  # re^2 + im^2
     base = power[1] + power[-1]
     if base <= 0:
         return out
-    out["fourier_low"] = float(np.sqrt((power[2:8].sum() + power[-7:-1].sum()) / base))
-    out["fourier_high"] = float(np.sqrt(power[8:-7].sum() / base))
+    out["fourier_low"] = math.sqrt((sum(power[2:8]) + sum(power[-7:-1])) / base)
+    out["fourier_high"] = math.sqrt(sum(power[8:-7]) / base)
     # Turning angle between successive steps of the resampled outline.
-    dz = np.diff(c)
+    dz = c[1:] - c[:-1]
     w = dz[1:] * dz[:-1].conj()
     turn = np.arctan2(w.imag, w.real)  # np.angle(w)
-    dev = turn - np.add.reduce(turn) / len(turn)  # np.std's own steps, without its overhead
-    out["curvature_std"] = float(np.sqrt(np.add.reduce(dev * dev) / len(turn)))
+    dev = turn - float(np.add.reduce(turn)) / len(turn)
+    out["curvature_std"] = math.sqrt(float(np.dot(dev, dev)) / len(turn))
     return out
+
+
+_SHAPE_COLUMNS: dict[str, tuple[str, ...]] = {}
 
 
 def shape_features(
@@ -181,28 +181,33 @@ def shape_features(
         (relative to the equivalent radius) and curvature spread. NaN when the
         mask is empty.
     """
-    out = {f"shape_{prefix}_{n}": float("nan") for n in SHAPE_NAMES}
+    names = _SHAPE_COLUMNS.get(prefix)
+    if names is None:
+        names = _SHAPE_COLUMNS[prefix] = tuple(f"shape_{prefix}_{n}" for n in SHAPE_NAMES)
     m8 = _u8(mask)
-    area = float(cv2.countNonZero(m8))
+    # The pixel count: m00 of binary-image moments, exactly.
+    area = float(moments["m00"]) if moments is not None else float(cv2.countNonZero(m8))
     if contour is None:
         contour = _largest_contour(m8)
     if area == 0 or contour is None or len(contour) < 5:
-        return out
-    perimeter = float(cv2.arcLength(contour, closed=True))
+        return dict.fromkeys(names, float("nan"))
+    perimeter = cv2.arcLength(contour, closed=True)
     hull_idx = np.sort(cv2.convexHull(contour, returnPoints=False), axis=0)
-    hull = contour[hull_idx.ravel()]
-    hull_area = float(cv2.contourArea(hull))
-    hull_perimeter = float(cv2.arcLength(hull, closed=True))
+    hull = contour[hull_idx[:, 0]]
+    hull_area = cv2.contourArea(hull)
+    hull_perimeter = cv2.arcLength(hull, closed=True)
     m = cv2.moments(m8, binaryImage=True) if moments is None else moments
-    mu20, mu02, mu11 = m["mu20"] / m["m00"], m["mu02"] / m["m00"], m["mu11"] / m["m00"]
-    common = np.sqrt(((mu20 - mu02) / 2) ** 2 + mu11**2)
+    m00 = m["m00"]
+    mu20, mu02, mu11 = m["mu20"] / m00, m["mu02"] / m00, m["mu11"] / m00
+    common = math.sqrt(((mu20 - mu02) / 2) ** 2 + mu11**2)
     l1, l2 = (mu20 + mu02) / 2 + common, max((mu20 + mu02) / 2 - common, 0.0)
-    hull_pts = hull.reshape(-1, 2).astype(np.float32)
-    dx = hull_pts[:, None, 0] - hull_pts[None, :, 0]
-    dy = hull_pts[:, None, 1] - hull_pts[None, :, 1]
-    feret_max = float(np.sqrt((dx * dx + dy * dy).max()))
-    (_, _), (rw, rh), _ = cv2.minAreaRect(contour)
-    r_eq = np.sqrt(area / np.pi)
+    # Largest distance between hull points: integer coordinates, so the squared distances are
+    # exact in any type; the root is taken in float32 as before.
+    hp = hull[:, 0].astype(np.int32)
+    d = hp[:, None, :] - hp[None, :, :]
+    feret_max = float(np.sqrt(np.float32(np.einsum("ijk,ijk->ij", d, d).max())))
+    (_, _), (rw, rh), _ = cv2.minAreaRect(hull)  # the same rectangle: it is computed on the hull
+    r_eq = math.sqrt(area / math.pi)
     notch = 0.0
     if len(hull_idx) > 3:
         try:
@@ -212,27 +217,31 @@ def shape_features(
         if defects is not None and len(defects):
             notch = float(defects.reshape(-1, 4)[:, 3].max()) / 256.0 / r_eq
     irr = contour_irregularity(contour)
-    out.update(
-        {
-            f"shape_{prefix}_area": area,
-            f"shape_{prefix}_perimeter": perimeter,
-            f"shape_{prefix}_equivalent_diameter": float(2 * r_eq),
-            f"shape_{prefix}_major_axis": float(4 * np.sqrt(l1)),
-            f"shape_{prefix}_minor_axis": float(4 * np.sqrt(l2)),
-            f"shape_{prefix}_eccentricity": float(np.sqrt(1 - l2 / l1)) if l1 > 0 else 0.0,
-            f"shape_{prefix}_solidity": min(1.0, area / hull_area) if hull_area > 0 else float("nan"),
-            f"shape_{prefix}_convexity": min(1.0, hull_perimeter / perimeter) if perimeter > 0 else float("nan"),
-            # 4*pi*A/P^2 with the hull perimeter: 1 for a disk, robust to pixel staircase.
-            f"shape_{prefix}_circularity": min(1.0, 4 * np.pi * area / hull_perimeter**2)
-            if hull_perimeter > 0
-            else float("nan"),
-            f"shape_{prefix}_feret_max": feret_max + 1.0,
-            f"shape_{prefix}_feret_min": float(min(rw, rh)) + 1.0,
-            f"shape_{prefix}_notch_depth": notch,
-            **{f"shape_{prefix}_{k}": v for k, v in irr.items()},
-        }
+    nan = float("nan")
+    return dict(
+        zip(
+            names,
+            (
+                area,
+                perimeter,
+                2 * r_eq,
+                4 * math.sqrt(l1),
+                4 * math.sqrt(l2),
+                math.sqrt(1 - l2 / l1) if l1 > 0 else 0.0,
+                min(1.0, area / hull_area) if hull_area > 0 else nan,
+                min(1.0, hull_perimeter / perimeter) if perimeter > 0 else nan,
+                # 4*pi*A/P^2 with the hull perimeter: 1 for a disk, robust to pixel staircase.
+                min(1.0, 4 * math.pi * area / hull_perimeter**2) if hull_perimeter > 0 else nan,
+                feret_max + 1.0,
+                min(rw, rh) + 1.0,
+                irr["fourier_low"],
+                irr["fourier_high"],
+                notch,
+                irr["curvature_std"],
+            ),
+            strict=True,
+        )
     )
-    return out
 
 
 def nc_features(
@@ -263,8 +272,11 @@ def nc_features(
         "nc_nucleus_offset",
     )
     n8, c8 = _u8(nucleus_mask), _u8(cell_mask)
-    n_area = float(cv2.countNonZero(n8))
-    c_area = float(cv2.countNonZero(c8))
+    if moments is None:
+        n_area = float(cv2.countNonZero(n8))
+        c_area = float(cv2.countNonZero(c8))
+    else:  # the pixel counts: m00 of binary-image moments, exactly
+        n_area, c_area = float(moments[0]["m00"]), float(moments[1]["m00"])
     if n_area == 0 or c_area == 0:
         return dict.fromkeys(names, float("nan"))
     if moments is None:
@@ -294,6 +306,67 @@ def nc_features(
 _ANGLES = ((0, 1), (1, 1), (1, 0), (1, -1))  # (dy, dx): 0, 45, 90, 135 degrees
 
 
+def _glcm_offsets(distances: tuple[int, ...]) -> list[tuple[int, int]]:
+    return [(ay * d, ax * d) for d in distances for ay, ax in _ANGLES]
+
+
+def glcm_counts(levels_img: np.ndarray, mask: np.ndarray, distances: tuple[int, ...], levels: int) -> np.ndarray:
+    """Raw (not symmetrised) co-occurrence counts inside a mask, every offset in one array.
+
+    Pixels outside ``mask`` (and outside the image) take the extra level
+    ``levels``, whose pairs are dropped. The image is padded by the largest
+    distance, so that every offset is a shift of the flattened image: the pair
+    ``(p, p + shift)`` of a pixel near the right edge meets the padding, never
+    the next row.
+
+    Returns
+    -------
+    ndarray of float32, shape (n_distances * 4, levels, levels)
+        Distance-major, angles in :data:`_ANGLES` order.
+    """
+    h, w = levels_img.shape
+    side = levels + 1
+    offsets = _glcm_offsets(distances)
+    pad = max(distances)
+    width = w + 2 * pad
+    counts = np.zeros((len(offsets), side, side), np.float32)
+    if h == 0 or w == 0:
+        return counts[:, :levels, :levels]
+    small = side <= 256  # codes fit in uint8: one OpenCV 2-D histogram per offset
+    code = np.full((h + 2 * pad, width), levels, np.uint8 if small else np.intp)
+    np.copyto(code[pad : pad + h, pad : pad + w], levels_img, where=mask, casting="unsafe")
+    flat = code.ravel()
+    shifts = [dy * width + dx for dy, dx in offsets]  # all >= 1: dy >= 0, and dx > 0 where dy = 0
+    n = flat.size - max(shifts)
+    k = len(shifts)
+    if small and k * side <= 256:
+        # One 2-D histogram for all offsets: first code offset * side + level of the first
+        # pixel (still a byte), second code the level of the shifted pixel; pairs whose first
+        # pixel is outside are skipped by the histogram's mask (fewer pixels to count).
+        first = np.empty((k, n), np.uint8)
+        np.add(flat[:n], (np.arange(k, dtype=np.uint8) * side)[:, None], out=first)
+        second = np.empty((k, n), np.uint8)
+        for i, s in enumerate(shifts):
+            second[i] = flat[s : s + n]
+        inside = np.repeat((flat[:n] < levels).view(np.uint8)[None], k, axis=0)
+        hist = cv2.calcHist(
+            [first.reshape(1, -1), second.reshape(1, -1)],
+            [0, 1],
+            inside.reshape(1, -1),
+            [k * side, side],
+            [0, k * side, 0, side],
+        )
+        return hist.reshape(k, side, side)[:, :levels, :levels]
+    a = flat[:n].reshape(1, -1)
+    for i, s in enumerate(shifts):
+        b = flat[s : s + n].reshape(1, -1)
+        if small:
+            counts[i] = cv2.calcHist([a, b], [0, 1], None, [side, side], [0, side, 0, side])
+        else:
+            counts[i] = np.bincount((a * side + b).ravel(), minlength=side * side).reshape(side, side)
+    return counts[:, :levels, :levels]
+
+
 def masked_glcm(levels_img: np.ndarray, mask: np.ndarray, distance: int | tuple[int, ...], levels: int) -> np.ndarray:
     """Symmetric, normalised grey-level co-occurrence matrices inside a mask.
 
@@ -307,31 +380,7 @@ def masked_glcm(levels_img: np.ndarray, mask: np.ndarray, distance: int | tuple[
         Distance-major: the 4 angles of the first distance, then of the next.
     """
     distances = (distance,) if np.isscalar(distance) else tuple(distance)
-    h, w = levels_img.shape
-    n_mat = len(distances) * len(_ANGLES)
-    # Pixels outside the mask get the extra level ``levels``; pairs involving it are dropped below.
-    side = levels + 1
-    small = side <= 256  # codes fit in uint8: one OpenCV 2-D histogram per offset, no index arithmetic
-    code = np.where(mask, levels_img, levels).astype(np.uint8 if small else np.int32)
-    parts = []
-    for dist in distances:
-        for ay, ax in _ANGLES:
-            dy, dx = ay * dist, ax * dist
-            y0, y1 = max(0, -dy), min(h, h - dy)
-            x0, x1 = max(0, -dx), min(w, w - dx)
-            if y1 <= y0 or x1 <= x0:
-                parts.append(None)
-                continue
-            a = code[y0:y1, x0:x1]
-            b = code[y0 + dy : y1 + dy, x0 + dx : x1 + dx]
-            if small:
-                parts.append(cv2.calcHist([a, b], [0, 1], None, [side, side], [0, side, 0, side]))
-            else:
-                parts.append(np.bincount((a * side + b).ravel(), minlength=side * side).reshape(side, side))
-    counts = np.zeros((n_mat, levels, levels))
-    for i, c in enumerate(parts):
-        if c is not None:
-            counts[i] = c[:levels, :levels]
+    counts = glcm_counts(np.asarray(levels_img), np.asarray(mask, bool), distances, levels).astype(np.float64)
     counts += counts.transpose(0, 2, 1)
     total = counts.sum((1, 2), keepdims=True)
     return np.divide(counts, total, out=np.zeros_like(counts), where=total > 0)
@@ -340,33 +389,47 @@ def masked_glcm(levels_img: np.ndarray, mask: np.ndarray, distance: int | tuple[
 _GLCM_CONSTANTS: dict[int, tuple] = {}
 
 
-def _glcm_constants(n: int) -> tuple:
-    """Index vectors and one-hot maps of an ``n``-level GLCM, computed once per ``n``."""
+def _glcm_constants(n: int) -> np.ndarray:
+    """Weights of every linear statistic of an ``n``-level GLCM, computed once per ``n``.
+
+    ``flat @ weights`` gives, per flattened matrix, the marginals ``px`` and
+    ``py`` (``n`` each), the sum and difference distributions (``2n - 1`` and
+    ``n``), then the expectations of i, j, i + j, |i - j| and of i^2, j^2,
+    (i + j)^2, (i - j)^2, then of ij and 1 / (1 + (i - j)^2).
+    """
     if n not in _GLCM_CONSTANTS:
         i = np.arange(n, dtype=np.float64)
-        ii, jj = np.meshgrid(i, i, indexing="ij")
-        s_onehot = np.zeros((n * n, 2 * n - 1))
-        s_onehot[np.arange(n * n), (ii + jj).astype(int).ravel()] = 1
-        d_onehot = np.zeros((n * n, n))
-        d_onehot[np.arange(n * n), np.abs(ii - jj).astype(int).ravel()] = 1
-        k_sum = np.arange(2 * n - 1, dtype=np.float64)
-        k_diff = np.arange(n, dtype=np.float64)
-        _GLCM_CONSTANTS[n] = (
-            i,
-            (ii * jj).ravel(),
-            s_onehot,
-            d_onehot,
-            (1.0 / (1.0 + (ii - jj) ** 2)).ravel(),
-            i * i,
-            k_sum,
-            k_diff,
-            k_diff**2,
+        ii, jj = (a.ravel() for a in np.meshgrid(i, i, indexing="ij"))
+        rows = np.arange(n * n)
+
+        def onehot(index, width):
+            out = np.zeros((n * n, width))
+            out[rows, index.astype(int)] = 1
+            return out
+
+        first = np.stack([ii, jj, ii + jj, np.abs(ii - jj)], 1)
+        weights = np.concatenate(
+            [
+                onehot(ii, n),
+                onehot(jj, n),
+                onehot(ii + jj, 2 * n - 1),
+                onehot(np.abs(ii - jj), n),
+                first,
+                first * first,
+                np.stack([ii * jj, 1.0 / (1.0 + (ii - jj) ** 2)], 1),
+            ],
+            axis=1,
         )
+        _GLCM_CONSTANTS[n] = np.ascontiguousarray(weights)
     return _GLCM_CONSTANTS[n]
 
 
 def haralick_from_glcms(p: np.ndarray) -> np.ndarray:
     """The 13 Haralick features of a stack of normalised GLCMs.
+
+    Every linear statistic comes from one matrix product (variances as
+    ``E[x^2] - E[x]^2``), every entropy from one logarithm of the concatenated
+    distributions: a few calls for the whole stack.
 
     Parameters
     ----------
@@ -377,50 +440,38 @@ def haralick_from_glcms(p: np.ndarray) -> np.ndarray:
     ndarray, shape (n, 13), in :data:`HARALICK_NAMES` order.
     """
     eps = 1e-12
-    n = p.shape[-1]
-    i, ii_jj, s_onehot, d_onehot, idm_w, i2, k_sum, k_diff, k_diff2 = _glcm_constants(n)
-    px = p.sum(2)  # (m, n)
-    py = p.sum(1)
-    mu_x = px @ i
-    mu_y = py @ i
-    ex2 = px @ i2
-    var_x = np.maximum(ex2 - mu_x**2, 0.0)
-    sd_x = np.sqrt(var_x)
-    sd_y = np.sqrt(np.maximum(py @ i2 - mu_y**2, 0.0))
-    flat = p.reshape(len(p), -1)
-    p_sum = flat @ s_onehot  # (m, 2n-1)
-    p_diff = flat @ d_onehot  # (m, n)
-    asm = (flat**2).sum(1)
-    contrast = p_diff @ k_diff2
-    cov = flat @ ii_jj - mu_x * mu_y
-    sdp = sd_x * sd_y
+    m, n = p.shape[0], p.shape[-1]
+    nn = n * n
+    flat = np.ascontiguousarray(p, np.float64).reshape(m, nn)
+    lin = flat @ _glcm_constants(n)
+    k = 5 * n - 1  # the distributions end here
+    # Means of i, j, i + j, |i - j|; variances of the same (clipped at 0 against rounding).
+    means = lin[:, k : k + 4]
+    var = np.maximum(lin[:, k + 4 : k + 8] - means * means, 0.0)
+    mu_x, mu_y, sum_average, diff_mean = means.T
+    var_x, var_y, sum_variance, difference_variance = var.T
+    contrast, exy, idm = lin[:, k + 7], lin[:, k + 8], lin[:, k + 9]
+    sdp = np.sqrt(var_x * var_y)
     ok = sdp > eps
-    correlation = np.where(ok, cov / np.where(ok, sdp, 1.0), 1.0)
-    sum_of_squares = var_x  # sum over (i - mu_x)^2 p(i, j)
-    idm = flat @ idm_w
-    sum_average = p_sum @ k_sum
-    log_flat = np.log2(flat + eps)
-    sum_entropy = -(p_sum * np.log2(p_sum + eps)).sum(1)
-    sum_variance = (((k_sum[None, :] - sum_average[:, None]) ** 2) * p_sum).sum(1)
-    entropy = -(flat * log_flat).sum(1)
-    diff_mean = p_diff @ k_diff
-    difference_variance = (((k_diff[None, :] - diff_mean[:, None]) ** 2) * p_diff).sum(1)
-    difference_entropy = -(p_diff * np.log2(p_diff + eps)).sum(1)
-    hx = -(px * np.log2(px + eps)).sum(1)
-    hy = -(py * np.log2(py + eps)).sum(1)
-    pxpy = px[:, :, None] * py[:, None, :]
-    hxy1 = -(p * np.log2(pxpy + eps)).sum((1, 2))
-    hxy2 = -(pxpy * np.log2(pxpy + eps)).sum((1, 2))
+    correlation = np.where(ok, (exy - mu_x * mu_y) / np.where(ok, sdp, 1.0), 1.0)
+    # Entropies of p, px * py, px, py and the sum and difference distributions: one logarithm.
+    pxpy = (lin[:, :n, None] * lin[:, None, n : 2 * n]).reshape(m, nn)
+    dist = np.concatenate([flat, pxpy, lin[:, :k]], axis=1)
+    logs = np.log2(dist + eps)
+    ent = np.add.reduceat(dist * logs, (0, nn, 2 * nn, 2 * nn + n, 2 * nn + 2 * n, 2 * nn + 4 * n - 1), axis=1)
+    entropy, hxy2, hx, hy, sum_entropy, difference_entropy = -ent.T
+    hxy1 = -np.einsum("ij,ij->i", flat, logs[:, nn : 2 * nn])
     hmax = np.maximum(hx, hy)
     ok = hmax > eps
     imc1 = np.where(ok, (entropy - hxy1) / np.where(ok, hmax, 1.0), 0.0)
     imc2 = np.sqrt(np.maximum(0.0, 1 - np.exp(-2.0 * (hxy2 - entropy))))
-    return np.stack(
+    asm = np.einsum("ij,ij->i", flat, flat)
+    return np.array(
         [
             asm,
             contrast,
             correlation,
-            sum_of_squares,
+            var_x,  # sum of squares: sum over (i - mu_x)^2 p(i, j)
             idm,
             sum_average,
             sum_variance,
@@ -430,9 +481,8 @@ def haralick_from_glcms(p: np.ndarray) -> np.ndarray:
             difference_entropy,
             imc1,
             imc2,
-        ],
-        axis=1,
-    )
+        ]
+    ).T
 
 
 def haralick_from_glcm(p: np.ndarray) -> np.ndarray:
@@ -441,21 +491,31 @@ def haralick_from_glcm(p: np.ndarray) -> np.ndarray:
 
 
 _GREY_LEVELS = np.arange(256, dtype=np.float32)
+_QUANTILES = np.array([0.01, 0.99], np.float32)
 
 
 def quantize(grey: np.ndarray, mask: np.ndarray, levels: int) -> np.ndarray:
-    """Grey levels ``0..levels-1`` between the 1st and 99th percentile of the masked pixels."""
+    """Grey levels ``0..levels-1`` between the 1st and 99th percentile of the masked pixels.
+
+    A uint8 image gives a uint8 result (through a 256-entry table), any other an int64 one.
+    """
     if grey.dtype == np.uint8:
         hist = cv2.calcHist([np.ascontiguousarray(grey)], [0], _u8(mask), [256], [0, 256]).ravel()
         c = np.cumsum(hist)
-        lo, hi = (float(np.searchsorted(c, q * c[-1])) for q in (0.01, 0.99))
+        lo, hi = np.searchsorted(c, _QUANTILES * c[-1]).tolist()
         # The same arithmetic on the 256 possible grey levels, then a table look-up.
-        scaled = np.clip((_GREY_LEVELS - lo) / max(hi - lo, 1e-3), 0, 1)
-        return np.minimum((scaled * levels).astype(np.int64), levels - 1)[grey]
+        scaled = np.clip((_GREY_LEVELS - float(lo)) / max(float(hi - lo), 1e-3), 0, 1)
+        table = np.minimum((scaled * levels).astype(np.int64), levels - 1)
+        if levels <= 256:
+            return cv2.LUT(np.ascontiguousarray(grey), table.astype(np.uint8))
+        return table[grey]
     else:
         lo, hi = np.percentile(grey[mask].astype(np.float32), [1, 99])
     scaled = np.clip((grey.astype(np.float32) - lo) / max(hi - lo, 1e-3), 0, 1)
     return np.minimum((scaled * levels).astype(np.int64), levels - 1)
+
+
+_HARALICK_COLUMNS: dict[tuple[int, ...], list[str]] = {}
 
 
 def haralick_features(
@@ -479,21 +539,31 @@ def haralick_features(
         distance in ``settings.haralick_distances``.
     """
     levels = settings.haralick_levels
-    names = [f"haralick_{n}_d{d}" for d in settings.haralick_distances for n in HARALICK_NAMES]
-    if mask.sum() < 16:
+    distances = tuple(settings.haralick_distances)
+    names = _HARALICK_COLUMNS.get(distances)
+    if names is None:
+        names = _HARALICK_COLUMNS[distances] = [f"haralick_{n}_d{d}" for d in distances for n in HARALICK_NAMES]
+    mask = np.asarray(mask, bool)
+    if cv2.countNonZero(_u8(mask)) < 16:
         return dict.fromkeys(names, float("nan"))
     if q is None:
         q = quantize(grey, mask, levels)
-    out: dict[str, float] = {}
-    stack = masked_glcm(q, mask, tuple(settings.haralick_distances), levels)
-    valid = stack.sum((1, 2)) > 0
+    counts = glcm_counts(q, mask, distances, levels)
+    total = counts.sum((1, 2), dtype=np.float64)  # exact: integer counts
+    valid = total > 0
+    if valid.all():  # the usual case: average the angles of every distance at once
+        stack = counts.astype(np.float64)
+        stack += stack.transpose(0, 2, 1)
+        stack /= (2 * total)[:, None, None]
+        means = haralick_from_glcms(stack).reshape(len(distances), len(_ANGLES), 13).mean(1)
+        return dict(zip(names, means.ravel().tolist(), strict=True))
+    stack = counts.astype(np.float64)
+    stack += stack.transpose(0, 2, 1)
     feats = np.full((len(stack), 13), np.nan)
     if valid.any():
-        feats[valid] = haralick_from_glcms(stack[valid])
-    if valid.all():  # the usual case: average the angles of every distance at once
-        means = feats.reshape(len(settings.haralick_distances), len(_ANGLES), 13).mean(1)
-        return dict(zip(names, means.ravel().tolist(), strict=True))
-    for j, d in enumerate(settings.haralick_distances):
+        feats[valid] = haralick_from_glcms(stack[valid] / (2 * total[valid])[:, None, None])
+    out: dict[str, float] = {}
+    for j, d in enumerate(distances):
         block = feats[j * len(_ANGLES) : (j + 1) * len(_ANGLES)]
         ok = ~np.isnan(block[:, 0])
         mean = block[ok].mean(0) if ok.any() else np.full(13, np.nan)
@@ -516,6 +586,9 @@ def _lbp_table() -> np.ndarray:
 
 
 _LBP_TABLE = _lbp_table()
+_LBP_COLUMNS = tuple([f"lbp_nucleus_u{k}" for k in range(9)] + ["lbp_nucleus_nonuniform", "lbp_nucleus_entropy"])
+_LBP_SELECT = np.uint64(sum((1 << k) << (8 * k) for k in range(8)))
+_LBP_GATHER = np.uint64(0x0101010101010101)
 
 
 def lbp_features(grey: np.ndarray, mask: np.ndarray) -> dict[str, float]:
@@ -527,19 +600,24 @@ def lbp_features(grey: np.ndarray, mask: np.ndarray) -> dict[str, float]:
     ``lbp_nucleus_u8`` bright spot, ``u4`` an edge), the rest in
     ``lbp_nucleus_nonuniform``. Also ``lbp_nucleus_entropy`` of the histogram.
     """
-    names = [f"lbp_nucleus_u{k}" for k in range(9)] + ["lbp_nucleus_nonuniform", "lbp_nucleus_entropy"]
+    names = _LBP_COLUMNS
     g = grey if grey.dtype == np.uint8 else np.asarray(grey, np.float64)  # types OpenCV compares exactly
     h, w = g.shape
     if h < 3 or w < 3:
         return dict.fromkeys(names, float("nan"))
     c = g[1:-1, 1:-1]
     # One bit per neighbour (at least as bright as the centre), packed into an 8-bit code
-    # per pixel; a 256-entry table gives each code its bin.
-    code = np.zeros((h - 2, w - 2), np.uint8)
-    for k, (dy, dx) in enumerate(_LBP_OFFSETS):
-        code |= cv2.bitwise_and(cv2.compare(g[1 + dy : h - 1 + dy, 1 + dx : w - 1 + dx], c, cv2.CMP_GE), 1 << k)
-    inner = mask[1:-1, 1:-1]
-    counts = np.bincount(code[inner], minlength=256)
+    # per pixel (bit k for neighbour k); a 256-entry table gives each code its bin.
+    # The 8 comparisons (0 or 255) are the 8 bytes of one uint64 per pixel: keeping bit k of
+    # byte k and multiplying by 0x0101010101010101 adds all bytes into the top one.
+    bits = cv2.merge(
+        [cv2.compare(g[1 + dy : h - 1 + dy, 1 + dx : w - 1 + dx], c, cv2.CMP_GE) for dy, dx in _LBP_OFFSETS]
+    )
+    word = bits.view(np.uint64)
+    word &= _LBP_SELECT
+    word *= _LBP_GATHER
+    code = bits[..., 7]  # little-endian: the top byte
+    counts = np.bincount(code[mask[1:-1, 1:-1]], minlength=256)
     hist = np.bincount(_LBP_TABLE, weights=counts, minlength=LBP_BINS)
     total = hist.sum()
     if total < 16:
@@ -557,28 +635,32 @@ def granularity_features(od: np.ndarray, mask: np.ndarray) -> dict[str, float]:
     that the opening of radius ``r-1`` kept: dense clumps about ``2r``
     pixels wide.
     """
-    names = [f"granularity_nucleus_r{r}" for r in GRANULARITY_RADII]
-    if np.count_nonzero(mask) < 16:
+    names = _GRANULARITY_COLUMNS
+    m8 = _u8(np.ascontiguousarray(mask))
+    n = cv2.countNonZero(m8)
+    if n < 16:
         return dict.fromkeys(names, float("nan"))
-    vals = od[mask]
-    floor, top = float(vals.min()), float(vals.max())
+    floor, top, _, _ = cv2.minMaxLoc(od, mask=m8)
     if top - floor <= 1e-6:
         return dict.fromkeys(names, 0.0)
     # 8-bit image of OD above the nucleus minimum (OpenCV morphology is fastest on uint8).
     img = np.clip((od - floor) * (250.0 / (top - floor)), 0, 255).astype(np.uint8)
-    m8 = _u8(mask)
-    total = float(cv2.sumElems(cv2.bitwise_and(img, img, mask=m8))[0])  # exact integer sum
-    img[~mask] = int(total / len(vals))  # the mean of the nucleus (outside pixels do not enter total)
+    # Exact integer sums of uint8 pixels inside the mask (copied onto zeros: masked reductions are slower).
+    total = cv2.sumElems(cv2.copyTo(img, m8))[0]
+    img[~mask] = int(total / n)  # the mean of the nucleus (outside pixels do not enter total)
     if total <= 0:
         return dict.fromkeys(names, 0.0)
     prev = total
-    out = {}
+    out = []
     for r in GRANULARITY_RADII:
         opened = cv2.morphologyEx(img, cv2.MORPH_OPEN, _disk(r))
-        kept = float(cv2.sumElems(cv2.bitwise_and(opened, opened, mask=m8))[0])
-        out[f"granularity_nucleus_r{r}"] = max(0.0, (prev - kept) / total)
+        kept = cv2.sumElems(cv2.copyTo(opened, m8))[0]
+        out.append(max(0.0, (prev - kept) / total))
         prev = kept
-    return out
+    return dict(zip(names, out, strict=True))
+
+
+_GRANULARITY_COLUMNS = tuple(f"granularity_nucleus_r{r}" for r in GRANULARITY_RADII)
 
 
 def radial_features(od: np.ndarray, mask: np.ndarray) -> dict[str, float]:
@@ -597,15 +679,17 @@ def radial_features(od: np.ndarray, mask: np.ndarray) -> dict[str, float]:
     d = dist[mask]
     ring = np.minimum((d / d.max() * RADIAL_RINGS).astype(int), RADIAL_RINGS - 1)
     vals = od[mask].astype(np.float64)
-    sums = np.bincount(ring, weights=vals, minlength=RADIAL_RINGS)
-    counts = np.bincount(ring, minlength=RADIAL_RINGS)
-    mean = vals.mean()
-    means = np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)  # no division by zero
-    out = {
-        f"radial_nucleus_ring{k + 1}": float(means[k] / mean) if mean > 0 else float("nan") for k in range(RADIAL_RINGS)
-    }
-    out["radial_nucleus_rim_centre"] = float(means[0] / means[-1]) if means[-1] > 0 else float("nan")
-    return out
+    sums = np.bincount(ring, weights=vals, minlength=RADIAL_RINGS).tolist()
+    counts = np.bincount(ring, minlength=RADIAL_RINGS).tolist()
+    mean = float(vals.mean())
+    nan = float("nan")
+    means = [sm / c if c > 0 else nan for sm, c in zip(sums, counts, strict=True)]
+    values = [v / mean if mean > 0 else nan for v in means]
+    values.append(means[0] / means[-1] if means[-1] > 0 else nan)
+    return dict(zip(_RADIAL_COLUMNS, values, strict=True))
+
+
+_RADIAL_COLUMNS = tuple([f"radial_nucleus_ring{k + 1}" for k in range(RADIAL_RINGS)] + ["radial_nucleus_rim_centre"])
 
 
 def _mean_std(vals: np.ndarray) -> tuple[float, float]:
@@ -638,13 +722,10 @@ def nucleoli_features(
     n = cv2.countNonZero(m8)
     if n < 30:
         return dict.fromkeys(names, float("nan"))
-    vals = od[mask]
-    mean, sd = _mean_std(vals)
-    img = od.astype(np.float32)  # a copy
-    img[~mask] = mean
-    r = settings.nucleoli_radius
-    closed = cv2.morphologyEx(img, cv2.MORPH_CLOSE, _disk(r))
-    depth = cv2.subtract(closed, img)
+    mean, sd = _mean_std(od[mask])
+    img = np.where(mask, od.astype(np.float32, copy=False), np.float32(mean))
+    # Black top-hat: the closing minus the image, in one call.
+    depth = cv2.morphologyEx(img, cv2.MORPH_BLACKHAT, _disk(settings.nucleoli_radius))
     inner = cv2.erode(m8, _disk(2))
     cut = max(settings.nucleoli_depth * sd, settings.nucleoli_min_depth)
     spots = cv2.bitwise_and(cv2.compare(depth, cut, cv2.CMP_GT), inner)
@@ -698,32 +779,69 @@ def color_features(
     """
     ref = background_reference(rgb, settings) if background is None else background
     od = optical_density(rgb, ref)
-    cyto_mask = cell_mask & ~nucleus_mask
-    out: dict[str, float] = {}
-    for region, m in (("nucleus", nucleus_mask), ("cytoplasm", cyto_mask)):
-        m8 = _u8(m)
-        enough = cv2.countNonZero(m8) >= 3
-        if enough:
+    n8 = _u8(nucleus_mask)
+    cyto8 = cv2.subtract(_u8(cell_mask), n8)  # cell and not nucleus (0/1, saturating)
+    ratio_ok = rbc_od is not None and np.isfinite(rbc_od) and rbc_od > 0
+    nan = float("nan")
+    values: list[float] = []
+    for region, m8 in (("nucleus", n8), ("cytoplasm", cyto8)):
+        if cv2.countNonZero(m8) >= 3:
             mu, sd = cv2.meanStdDev(od, mask=m8)
-            means, sds = mu.ravel(), sd.ravel()
+            means, sds = mu.ravel().tolist(), sd.ravel().tolist()
+            total = means[0] + means[1] + means[2]  # float(np.sum) of three: the same additions
+            fractions = [v / total for v in means] if total > 0 else [nan] * 3
+            for c in range(3):
+                values += (means[c], sds[c], fractions[c])
+            values += (total, total / rbc_od if ratio_ok else nan)
+            if region == "cytoplasm":
+                values.append(means[0] - means[2])
         else:
-            means = sds = np.full(3, np.nan)
-        total = float(means.sum())
-        for c, name in enumerate(("red", "green", "blue")):
-            out[f"color_{region}_od_{name}_mean"] = float(means[c])
-            out[f"color_{region}_od_{name}_std"] = float(sds[c])
-            out[f"color_{region}_od_{name}_fraction"] = (
-                float(means[c] / total) if enough and total > 0 else float("nan")
-            )
-        out[f"color_{region}_od_mean"] = total if enough else float("nan")
-        ok = enough and rbc_od is not None and np.isfinite(rbc_od) and rbc_od > 0
-        out[f"color_{region}_od_rbc_ratio"] = total / rbc_od if ok else float("nan")
-        if region == "cytoplasm":
-            out["color_cytoplasm_basophilia"] = float(means[0] - means[2]) if enough else float("nan")
-    return out
+            values += [nan] * (11 if region == "nucleus" else 12)
+    return dict(zip(_COLOR_COLUMNS, values, strict=True))
+
+
+_COLOR_COLUMNS = tuple(
+    [
+        f"color_{region}_{name}"
+        for region in ("nucleus", "cytoplasm")
+        for name in (
+            *(f"od_{c}_{s}" for c in ("red", "green", "blue") for s in ("mean", "std", "fraction")),
+            "od_mean",
+            "od_rbc_ratio",
+            *(("basophilia",) if region == "cytoplasm" else ()),
+        )
+    ]
+)
 
 
 # ---------------------------------------------------------------- all -----
+def _box_moments(raw: tuple[float, ...], x0: int, y0: int) -> dict[str, float]:
+    """``cv2.moments(mask[y0:, x0:], binaryImage=True)`` from the raw moments of ``mask``.
+
+    ``raw`` is ``(m00, m10, m01, m20, m11, m02)``: integer sums, exact after the
+    shift of origin; the central moments follow with OpenCV's own arithmetic.
+    Only the moments the features read are returned.
+    """
+    m00, m10, m01, m20, m11, m02 = raw
+    m20 = m20 - 2 * x0 * m10 + x0 * x0 * m00
+    m11 = m11 - y0 * m10 - x0 * m01 + x0 * y0 * m00
+    m02 = m02 - 2 * y0 * m01 + y0 * y0 * m00
+    m10 = m10 - x0 * m00
+    m01 = m01 - y0 * m00
+    cx = cy = 0.0
+    if abs(m00) > 2.220446049250313e-16:  # DBL_EPSILON, as OpenCV
+        inv = 1.0 / m00
+        cx, cy = m10 * inv, m01 * inv
+    return {
+        "m00": m00,
+        "m10": m10,
+        "m01": m01,
+        "mu20": m20 - m10 * cx,
+        "mu11": m11 - m10 * cy,
+        "mu02": m02 - m01 * cy,
+    }
+
+
 def _roi_od_sum(seg: Segmentation, top: tuple[int, int, int], width: int) -> np.ndarray | None:
     """The segmentation's total OD over rows ``top[0]:top[1]``, columns ``top[2]:top[2] + width``, if it has them."""
     if seg.od_sum is None or seg.roi is None:
@@ -759,8 +877,15 @@ def cell_features(
     else:  # nothing segmented: every family returns NaN
         n_box, c_box = np.zeros((1, 1), bool), np.zeros((1, 1), bool)
         rgb_box = np.zeros((1, 1, 3), np.uint8)
-    n_contour, c_contour = _largest_contour(n_box), _largest_contour(c_box)
-    mn, mc = cv2.moments(_u8(n_box), binaryImage=True), cv2.moments(_u8(c_box), binaryImage=True)
+    if seg.nucleus_contour is not None and seg.nucleus_moments is not None and y1 > y0:
+        # The segmentation's own trace of the nucleus and its moments, moved to the box.
+        n_contour = seg.nucleus_contour - np.array((x0, y0), np.int32)
+        mn = _box_moments(seg.nucleus_moments, x0, y0)
+    else:
+        n_contour = _largest_contour(n_box)
+        mn = cv2.moments(_u8(n_box), binaryImage=True)
+    c_contour = _largest_contour(c_box)
+    mc = cv2.moments(_u8(c_box), binaryImage=True)
     out.update(nc_features(n_box, c_box, n_contour, (mn, mc)))
     out.update(shape_features(n_box, "nucleus", n_contour, mn))
     out.update(shape_features(c_box, "cell", c_contour, mc))

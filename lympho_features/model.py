@@ -41,37 +41,14 @@ from sklearn.model_selection import StratifiedKFold
 
 from . import __version__
 from ._io import atomic_path, dataframe_fingerprint, library_versions, write_csv, write_json
-
-#: Blocks of model inputs; ``cellscore``, ``cellmorph`` and ``cnn`` are fitted on data (inside each CV fold).
-BLOCKS = ("clinical", "crops", "morphology", "cellscore", "cellmorph", "cnn")
-FITTED_BLOCKS = ("cellscore", "cellmorph", "cnn")
-
-#: Shorthands for groups of blocks.
-ALIASES = {"image": ("crops", "cellmorph"), "all": ("clinical", "crops", "cellmorph")}
-
-#: Named feature sets (any ``+``-joined list of blocks or shorthands; a trailing ``-n_cells`` also works).
-FEATURE_SETS = (
-    "clinical+cellmorph",
-    "clinical+cellscore",
-    "clinical",
-    "image",
-    "all",
-    "all-n_cells",
-    "morphology",
-    "clinical+morphology",
-    "cellscore",
-    "cellmorph",
-    "morphology+cellscore",
-    "clinical+morphology+cellscore",
-    "clinical+cnn",
-    "clinical+morphology+cnn",
+from .feature_sets import (  # noqa: F401 - re-exported: they were defined here
+    ALIASES,
+    BLOCKS,
+    DEFAULT_FEATURE_SET,
+    FEATURE_SETS,
+    FITTED_BLOCKS,
+    ModelError,
 )
-
-#: `lympho fit`'s default: clinical values + the summaries of the cell model without stain colour. Chosen
-#: (benchmarks/cv_accuracy_results.md) because it ties ``clinical+cellscore`` in balanced accuracy (paired
-#: difference [-0.019, +0.017], 10 repeats) with a better AUC, Brier score and spread, because the nested
-#: selection picks it most often, and because stain colour depends on the stain and scanner of new patients.
-DEFAULT_FEATURE_SET = "clinical+cellmorph"
 
 #: Configurations compared by the ablation stored in model.json (those whose inputs exist).
 #: ``morphology`` and ``clinical+morphology`` are what ``image`` and ``all`` meant before.
@@ -105,10 +82,6 @@ MODEL_FORMAT = 1
 #: Files of a model folder besides model.txt / model.json.
 CELL_MODEL_FILE, CELL_META_FILE, AGGREGATOR_FILE = "cell_model.txt", "cell_model.json", "aggregator.json"
 MORPH_MODEL_FILE, MORPH_META_FILE = "cellmorph_model.txt", "cellmorph_model.json"
-
-
-class ModelError(Exception):
-    """A model folder or a features table that cannot be used; the message says why."""
 
 
 def model_matrix(patients: pd.DataFrame) -> pd.DataFrame:

@@ -32,6 +32,7 @@ How (measured on the shared data):
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from functools import lru_cache
 
@@ -68,6 +69,18 @@ FLAG_DESCRIPTIONS = {
     "is_smudge": "smudge (broken) cell: pale, spread nucleus without cytoplasm",
     "qc_blur": "nucleus out of focus",
 }
+
+#: The checks behind each QC reason, in the order of :data:`QC_REASONS` (the first failed one is reported).
+_QC_ORDER = (
+    ("nucleus_off_centre", "qc_off_centre"),
+    ("nucleus_at_border", "qc_at_border"),
+    ("nucleus_too_small", "qc_too_small"),
+    ("nucleus_too_large", "qc_too_large"),
+    ("touching_cells", "qc_touching"),
+    ("not_lymphocyte", "is_not_lymphocyte"),
+    ("smudge", "is_smudge"),
+    ("blur", "qc_blur"),
+)
 
 _OD_LUT = np.log(256.0 / (np.arange(256, dtype=np.float32) + 1.0)).astype(np.float32)
 
@@ -124,6 +137,9 @@ class SegmentationSettings:
         return SegmentationSettings(**d)
 
 
+_DEFAULT_SETTINGS = SegmentationSettings()
+
+
 @dataclass
 class Segmentation:
     """Result of :func:`segment_cell`.
@@ -153,6 +169,13 @@ class Segmentation:
     od_sum : ndarray of float32, optional
         Total optical density (R + G + B, against ``background``) of ``roi``,
         kept so that the features do not compute it again.
+    nucleus_contour : ndarray of int32, optional
+        Outer contour (all points, crop coordinates) of the nucleus' largest
+        piece, as ``cv2.findContours`` traces it on ``nucleus_mask``.
+    nucleus_moments : tuple of float, optional
+        Raw binary-image moments ``(m00, m10, m01, m20, m11, m02)`` of
+        ``nucleus_mask`` in crop coordinates (exact integers), so that the
+        features need not compute contour and moments again.
     """
 
     nucleus_mask: np.ndarray
@@ -165,6 +188,8 @@ class Segmentation:
     diagnostics: dict[str, float] = field(default_factory=dict)
     roi: tuple[int, int, int, int] | None = None
     od_sum: np.ndarray | None = None
+    nucleus_contour: np.ndarray | None = None
+    nucleus_moments: tuple[float, ...] | None = None
 
 
 @lru_cache(maxsize=64)
@@ -184,7 +209,7 @@ def fill_holes(mask: np.ndarray) -> np.ndarray:
 def _reference_od(reference) -> np.ndarray:
     """OD of an RGB reference: ``_OD_LUT`` at its values rounded half to even and clipped to 0..255."""
     vals = np.asarray(reference, np.float32).tolist()
-    if all(np.isfinite(v) for v in vals):  # plain Python on 3 numbers: np.clip/np.rint cost more
+    if all(math.isfinite(v) for v in vals):  # plain Python on 3 numbers: np.clip/np.rint cost more
         return _OD_LUT[[min(255, max(0, round(v))) for v in vals]]
     return _OD_LUT[np.clip(np.rint(np.asarray(reference, np.float32)), 0, 255).astype(np.uint8)]
 
@@ -207,8 +232,13 @@ def optical_density(rgb: np.ndarray, reference: np.ndarray | None = None) -> np.
 def optical_density_channels(rgb: np.ndarray, reference: np.ndarray) -> list[np.ndarray]:
     """:func:`optical_density` against ``reference``, as three single-channel float32 images (R, G, B)."""
     rgb = np.ascontiguousarray(rgb)
-    ref = _reference_od(reference)
-    return [cv2.LUT(ch, _OD_LUT - ref[c]) for c, ch in enumerate(cv2.split(rgb))]
+    return [cv2.LUT(ch, t) for ch, t in zip(cv2.split(rgb), od_tables(reference), strict=True)]
+
+
+def od_tables(reference) -> list[np.ndarray]:
+    """The three float32 tables (R, G, B) of :func:`optical_density_channels`: OD of each level minus the reference's."""
+    # One subtraction for the three (float32 table minus float32 value, as per channel).
+    return list(_OD_LUT[None, :] - _reference_od(reference)[:, None])
 
 
 def background_rgb(rgb: np.ndarray, percentile: float = 95.0) -> np.ndarray:
@@ -226,6 +256,30 @@ def _triu(bins: int) -> tuple[np.ndarray, np.ndarray]:
     return _TRIU[bins]
 
 
+def _multi_otsu3_bins(hist: np.ndarray) -> tuple[int, int]:
+    """Bins ``(i, j)``, ``i < j``, ending the lower two classes of a histogram (float64), maximising between-class variance."""
+    bins = len(hist)
+    p = hist / hist.sum()
+    w = np.cumsum(p)
+    m = np.cumsum(p * np.arange(bins, dtype=np.float64))
+    i, j = _triu(bins)  # class 0: [0, i], class 1: (i, j], class 2: (j, end]
+    eps = 1e-12  # empty classes have zero mass and zero moment: their term vanishes
+    # The terms of the first and last class depend on one threshold: computed per bin, then gathered.
+    low = m * m / (w + eps)
+    m2 = m[-1] - m
+    high = m2 * m2 / (1.0 - w + eps)
+    m1 = m.take(j) - m.take(i)
+    den = w.take(j) - w.take(i)
+    den += eps
+    m1 *= m1
+    m1 /= den
+    var = low.take(i)  # low[i] + m1 * m1 / (w[j] - w[i] + eps) + high[j], in place
+    var += m1
+    var += high.take(j)
+    k = int(np.argmax(var))
+    return int(i[k]), int(j[k])
+
+
 def multi_otsu3(values: np.ndarray, bins: int = 64) -> tuple[float, float]:
     """Two thresholds splitting ``values`` (uint8) into three classes, maximising between-class variance.
 
@@ -234,22 +288,10 @@ def multi_otsu3(values: np.ndarray, bins: int = 64) -> tuple[float, float]:
     """
     step = 256 // bins
     hist = cv2.calcHist([np.ascontiguousarray(values)], [0], None, [bins], [0, 256]).ravel().astype(np.float64)
-    total = hist.sum()
-    if total <= 0:
+    if hist.sum() <= 0:
         return 0.0, 0.0
-    p = hist / total
-    w = np.cumsum(p)
-    m = np.cumsum(p * np.arange(bins))
-    i, j = _triu(bins)  # class 0: [0, i], class 1: (i, j], class 2: (j, end]
-    eps = 1e-12  # empty classes have zero mass and zero moment: their term vanishes
-    # The terms of the first and last class depend on one threshold: computed per bin, then gathered.
-    low = m * m / (w + eps)
-    m2 = m[-1] - m
-    high = m2 * m2 / (1.0 - w + eps)
-    m1 = m[j] - m[i]
-    var = low[i] + m1 * m1 / (w[j] - w[i] + eps) + high[j]
-    k = int(np.argmax(var))
-    return float((i[k] + 1) * step - 1), float((j[k] + 1) * step - 1)
+    i, j = _multi_otsu3_bins(hist)
+    return float((i + 1) * step - 1), float((j + 1) * step - 1)
 
 
 def _central_window(shape: tuple[int, int], fraction: float) -> tuple[slice, slice]:
@@ -353,6 +395,13 @@ def red_cell_reference(
     """
     sub = _subsample(rgb, 4)
     od_r, od_g, od_b = optical_density_channels(sub, background)
+    return _red_cell_reference(od_r, od_g, od_b, dark, od_background)
+
+
+def _red_cell_reference(
+    od_r: np.ndarray, od_g: np.ndarray, od_b: np.ndarray, dark: np.ndarray, od_background: float
+) -> tuple[float, float]:
+    """:func:`red_cell_reference` from the OD channels of the crop's every fourth pixel."""
     od_sum = cv2.add(cv2.add(od_r, od_g), od_b)
     stained = cv2.compare(od_sum, od_background, cv2.CMP_GT)
     stained = cv2.bitwise_and(stained, cv2.bitwise_not(np.ascontiguousarray(dark[::4, ::4])))
@@ -369,6 +418,45 @@ def _window(box: list[int], margin: int, h: int, w: int) -> tuple[slice, slice]:
         slice(max(0, box[1] - margin), min(h, box[3] + margin)),
         slice(max(0, box[0] - margin), min(w, box[2] + margin)),
     )
+
+
+def _masked_mean_u8(img: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """``cv2.mean(img, mask)`` of a uint8 image as float32 (the first three channels), without a masked reduction.
+
+    The sums of uint8 pixels are exact integers whichever way they are added, and
+    OpenCV scales them by ``1 / count`` as here; masked reductions are several
+    times slower than copying the masked pixels onto zeros and summing all.
+    """
+    n = cv2.countNonZero(mask)
+    scale = 1.0 / n if n else 0.0
+    sums = cv2.sumElems(cv2.copyTo(img, mask))
+    return np.array([v * scale for v in sums[:3]], np.float32)
+
+
+def _in_window(split, nucleus: np.ndarray, win: tuple[slice, slice], *args) -> tuple[int, np.ndarray]:
+    """``split(nucleus, *args)`` (:func:`split_lobes`, :func:`split_merged`) computed in ``win`` only.
+
+    ``win`` holds the nucleus with a margin wider than any erosion used, so the
+    erosions, distance maps and components are those of the whole image: the
+    labels are pasted back into an image of the nucleus' size.
+    """
+    n, lab = split(np.ascontiguousarray(nucleus[win]), *args)
+    out = np.zeros(nucleus.shape, np.int32)
+    out[win] = lab
+    return n, out
+
+
+def _box_gap(rect: tuple[int, int, int, int], x0: int, y0: int, box: list[int]) -> int:
+    """Chessboard distance between the pixels of ``rect`` (``x, y, w, h`` in the crop) and ``box``.
+
+    ``box`` is ``[x0, y0, x1, y1]`` in the ROI whose origin is ``(x0, y0)`` in the crop,
+    taken as inclusive of ``x1`` and ``y1`` (a lower bound of the distance to any pixel in it).
+    """
+    fx, fy, fw, fh = rect
+    px0, py0 = fx - x0, fy - y0
+    gx = max(0, px0 - box[2], box[0] - (px0 + fw - 1))
+    gy = max(0, py0 - box[3], box[1] - (py0 + fh - 1))
+    return max(gx, gy)
 
 
 def _contour_centroid(c: np.ndarray) -> tuple[float, float]:
@@ -399,20 +487,25 @@ def segment_cell(rgb: np.ndarray, settings: SegmentationSettings | None = None) 
         return _empty(rgb.shape[:2] if rgb.ndim >= 2 else (0, 0), "bad_image")
     h, w = rgb.shape[:2]
     side = min(h, w)
-    s = (settings or SegmentationSettings()).scaled(side)
+    s = (settings or _DEFAULT_SETTINGS).scaled(side)
     cy, cx = (h - 1) / 2.0, (w - 1) / 2.0
     rgb = np.ascontiguousarray(rgb)
 
     # --- nucleus: darkest class of green, purple hue ----------------------
-    green = cv2.extractChannel(rgb, 1)
-    blue = cv2.extractChannel(rgb, 2)
+    red, green, blue = cv2.split(rgb)
     win = _central_window((h, w), s.central_fraction)
     sample = np.ascontiguousarray(green[win][::2, ::2])  # every other pixel: same histogram, 4x fewer
-    t1, t2 = multi_otsu3(sample)
-    n_low, n_mid = (
-        cv2.countNonZero(cv2.compare(sample, t1, cv2.CMP_LE)),
-        cv2.countNonZero(cv2.inRange(sample, t1 + 1, t2)),
-    )
+    # multi_otsu3(sample), keeping its histogram: the thresholds fall on bin edges, so the
+    # class sizes are sums of bins.
+    hist = cv2.calcHist([sample], [0], None, [64], [0, 256]).ravel().astype(np.float64)
+    if hist.sum() > 0:
+        i, j = _multi_otsu3_bins(hist)
+        t1, t2 = float((i + 1) * 4 - 1), float((j + 1) * 4 - 1)
+        n_low, n_le_t2 = np.cumsum(hist)[[i, j]].tolist()  # exact: sums of integer counts
+        n_mid = n_le_t2 - n_low
+    else:
+        t1 = t2 = 0.0
+        n_low = n_mid = 0.0
     if t2 - t1 < 12 or min(n_low, n_mid) < 0.005 * sample.size:
         # No three distinct classes (no red cells, or a blank crop): fall back to two.
         t1 = t2 = float(cv2.threshold(np.ascontiguousarray(green[win]), 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)[0])
@@ -422,8 +515,8 @@ def segment_cell(rgb: np.ndarray, settings: SegmentationSettings | None = None) 
     contours, _ = cv2.findContours(nuc, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
     if not contours:
         return _empty((h, w), "no_nucleus")
-    areas = np.array([cv2.contourArea(c) for c in contours])
-    big = [i for i in np.flatnonzero(areas >= s.min_nucleus_area // 3)]
+    areas = [cv2.contourArea(c) for c in contours]
+    big = [i for i, a in enumerate(areas) if a >= s.min_nucleus_area // 3]
     if not big:
         return _empty((h, w), "no_nucleus")
     inside = [i for i in big if cv2.pointPolygonTest(contours[i], (cx, cy), False) >= 0]
@@ -468,6 +561,14 @@ def segment_cell(rgb: np.ndarray, settings: SegmentationSettings | None = None) 
     group = nucleus.copy()
     small = [i for i in candidates if areas[i] < s.min_merged_nucleus_area]
     for _ in range(3 if small else 0):
+        # Pieces whose box is farther from the group's box than ``lobe_gap`` cannot join it:
+        # the chamfer distance is at least 0.955 x the chessboard distance (one step costs
+        # 0.955 or more). Without any piece left, no distance map is needed.
+        near = [
+            i for i in small if i not in fragments and _box_gap(rects[i], x0, y0, nb_box) * 0.955 <= s.lobe_gap + 0.01
+        ]
+        if not near:
+            break
         # Distance to the group, in a window around it wide enough that any pixel outside
         # is farther than ``lobe_gap`` (chamfer distance >= 0.955 x chessboard distance).
         gwin = _window(nb_box, 2 * s.lobe_gap + 2, rh, rw)
@@ -475,7 +576,7 @@ def segment_cell(rgb: np.ndarray, settings: SegmentationSettings | None = None) 
         gh_, gw_ = gap.shape
         added = False
         wy, wx = gwin
-        for i in small:
+        for i in near:
             fx, fy, fw, fh = rects[i]
             if (
                 i in fragments
@@ -513,12 +614,12 @@ def segment_cell(rgb: np.ndarray, settings: SegmentationSettings | None = None) 
     if n_lobes < 2 and not fragments and n_area0 >= 2 * s.min_merged_nucleus_area:
         hull0 = cv2.contourArea(cv2.convexHull(contours[chosen]))
         if hull0 > 0 and n_area0 / hull0 < s.merged_max_solidity:
-            n_split, split_lab = split_merged(nucleus, s.min_lobe_area)
+            n_split, split_lab = _in_window(split_merged, nucleus, nwin, s.min_lobe_area)
             if n_split == 2:
                 n_lobes, lobe_lab = n_split, split_lab
     if n_lobes >= 2 or fragments:
         if lobe_lab is None:
-            n_lobes, lobe_lab = split_lobes(nucleus, s.lobe_erosion, s.min_lobe_area)
+            n_lobes, lobe_lab = _in_window(split_lobes, nucleus, nwin, s.lobe_erosion, s.min_lobe_area)
         lobe_areas = np.bincount(lobe_lab.ravel(), minlength=n_lobes + 1)[1:].astype(float)
         all_areas = np.concatenate([lobe_areas, [areas[f] for f in fragments]])
         if n_lobes == 2 and not fragments and (lobe_areas >= s.min_merged_nucleus_area).all():
@@ -538,22 +639,24 @@ def segment_cell(rgb: np.ndarray, settings: SegmentationSettings | None = None) 
     n_area = cv2.countNonZero(nucleus)
     if n_area == 0:
         return _empty((h, w), "no_nucleus")
-    nucleus_roi = nucleus > 0
-    others[nucleus_roi] = 0
+    others = cv2.subtract(others, nucleus)  # others and not nucleus (0/255, saturating)
 
     # --- cytoplasm: OD chroma against the red-cell reference -------------
     # Background: mean colour of the brightest class of the three-class Otsu.
     bright = cv2.compare(green, t2, cv2.CMP_GT)
-    bg = (
-        np.array(cv2.mean(rgb, mask=bright)[:3], np.float32)
-        if cv2.countNonZero(bright) > 50
-        else background_rgb_fast(rgb)
-    )
-    od_r, od_g, od_b = optical_density_channels(rgb[y0:y1, x0:x1], bg)
+    bg = _masked_mean_u8(rgb, bright) if cv2.countNonZero(bright) > 50 else background_rgb_fast(rgb)
+    # OD channels of the ROI (table look-ups on views of the channels: no copy, no split).
+    tables = od_tables(bg)
+    od_r, od_g, od_b = (cv2.LUT(ch[y0:y1, x0:x1], t) for ch, t in zip((red, green, blue), tables, strict=True))
     od_sum = cv2.add(cv2.add(od_r, od_g), od_b)
     blueness = cv2.subtract(od_r, od_b)  # OD_red - OD_blue: positive for blue cytoplasm
     stained = cv2.compare(od_sum, s.od_background, cv2.CMP_GT)
-    ref, rbc_od = red_cell_reference(rgb, bg, dark, s.od_background)
+    # The red-cell reference, on every fourth pixel of the whole crop.
+    ref, rbc_od = _red_cell_reference(
+        *(cv2.LUT(np.ascontiguousarray(ch[::4, ::4]), t) for ch, t in zip((red, green, blue), tables, strict=True)),
+        dark,
+        s.od_background,
+    )
     # Without red cells the "reference" is the cytoplasm itself: cap it above any red cell's.
     ref = min(ref, s.max_rbc_blueness)
     cyto = cv2.bitwise_and(stained, cv2.compare(blueness, ref + s.cytoplasm_margin, cv2.CMP_GT))
@@ -562,10 +665,11 @@ def segment_cell(rgb: np.ndarray, settings: SegmentationSettings | None = None) 
     cyto = cv2.morphologyEx(cyto, cv2.MORPH_CLOSE, _disk(s.close_radius))
     cyto = cv2.bitwise_or(cyto, nucleus)
     # The connected region holding the nucleus (flood fill from one of its pixels).
-    ncont, _ = cv2.findContours(nucleus, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
-    seed_x, seed_y = (int(v) for v in ncont[0][0, 0])
+    ncont, _ = cv2.findContours(nucleus, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    seed_x, seed_y = ncont[0][0, 0].tolist()
     comp = np.zeros((rh + 2, rw + 2), np.uint8)
-    cv2.floodFill(cyto.copy(), comp, (seed_x, seed_y), 128, flags=8 | (255 << 8) | cv2.FLOODFILL_MASK_ONLY)
+    # Mask only: the image is not written to (no copy needed).
+    cv2.floodFill(cyto, comp, (seed_x, seed_y), 128, flags=8 | (255 << 8) | cv2.FLOODFILL_MASK_ONLY)
     comp = comp[1:-1, 1:-1]
     touch_fraction = 0.0
     split = False
@@ -587,12 +691,11 @@ def segment_cell(rgb: np.ndarray, settings: SegmentationSettings | None = None) 
         pts = cell_contour.reshape(-1, 2)
         rest = cv2.dilate(cv2.bitwise_and(comp, cv2.bitwise_not(cell)), _disk(1))
         touch_fraction = float(np.count_nonzero(rest[pts[:, 1], pts[:, 0]])) / max(1, len(pts))
-    cell_roi = cell > 0
 
     nucleus_mask = np.zeros((h, w), bool)
     cell_mask = np.zeros((h, w), bool)
-    nucleus_mask[y0:y1, x0:x1] = nucleus_roi
-    cell_mask[y0:y1, x0:x1] = cell_roi
+    np.greater(nucleus, 0, out=nucleus_mask[y0:y1, x0:x1])
+    np.greater(cell, 0, out=cell_mask[y0:y1, x0:x1])
 
     # --- quality control ---------------------------------------------------
     flags = dict.fromkeys(FLAG_DESCRIPTIONS, False)
@@ -600,6 +703,17 @@ def segment_cell(rgb: np.ndarray, settings: SegmentationSettings | None = None) 
     nb = (slice(nby, nby + nbh), slice(nbx, nbx + nbw))  # the nucleus' own box
     mom = cv2.moments(nucleus[nb], binaryImage=True)  # on its box: same centroid, fewer pixels
     ncy, ncx = mom["m01"] / mom["m00"] + nby + y0, mom["m10"] / mom["m00"] + nbx + x0
+    # The same raw moments in crop coordinates (integer sums: exact after the shift).
+    ox, oy = nbx + x0, nby + y0
+    m00, m10, m01 = mom["m00"], mom["m10"], mom["m01"]
+    nucleus_moments = (
+        m00,
+        m10 + ox * m00,
+        m01 + oy * m00,
+        mom["m20"] + 2 * ox * m10 + ox * ox * m00,
+        mom["m11"] + oy * m10 + ox * m01 + ox * oy * m00,
+        mom["m02"] + 2 * oy * m01 + oy * oy * m00,
+    )
     flags["qc_off_centre"] = float(np.hypot(ncy - cy, ncx - cx)) / side > s.max_centre_offset
     flags["qc_at_border"] = bool(nbx + x0 == 0 or nby + y0 == 0 or nbx + nbw + x0 >= w or nby + nbh + y0 >= h)
     flags["qc_too_small"] = n_area < s.min_nucleus_area
@@ -625,7 +739,7 @@ def segment_cell(rgb: np.ndarray, settings: SegmentationSettings | None = None) 
         and solidity < s.monocyte_max_solidity
         and n_area < 0.6 * c_area
     )
-    nucleus_od, nucleus_od_sd = (float(v[0, 0]) for v in cv2.meanStdDev(od_sum, mask=nucleus))
+    nucleus_od, nucleus_od_sd = (float(v[0, 0]) for v in cv2.meanStdDev(od_sum[nb], mask=nucleus[nb]))
     lap = cv2.Laplacian(od_sum[nb], cv2.CV_32F, ksize=1)
     inner = cv2.erode(nucleus[nb], _disk(2))
     if cv2.countNonZero(inner) < 20:
@@ -639,18 +753,8 @@ def segment_cell(rgb: np.ndarray, settings: SegmentationSettings | None = None) 
     flags["is_smudge"] = nucleus_od < s.smudge_max_od and (c_area - n_area) < s.smudge_max_cytoplasm * c_area
     flags["qc_blur"] = sharp < s.blur_threshold and not dense
 
-    order = [
-        ("nucleus_off_centre", "qc_off_centre"),
-        ("nucleus_at_border", "qc_at_border"),
-        ("nucleus_too_small", "qc_too_small"),
-        ("nucleus_too_large", "qc_too_large"),
-        ("touching_cells", "qc_touching"),
-        ("not_lymphocyte", "is_not_lymphocyte"),
-        ("smudge", "is_smudge"),
-        ("blur", "qc_blur"),
-    ]
     flags = {k: bool(v) for k, v in flags.items()}
-    reason = next((r for r, k in order if flags[k]), "ok")
+    reason = next((r for r, k in _QC_ORDER if flags[k]), "ok")
     # Box of the whole cell (for the features), with a 2-pixel margin.
     cbx, cby, cbw, cbh = cv2.boundingRect(cell)
     box = (max(0, cby + y0 - 2), min(h, cby + cbh + y0 + 2), max(0, cbx + x0 - 2), min(w, cbx + cbw + x0 + 2))
@@ -664,6 +768,18 @@ def segment_cell(rgb: np.ndarray, settings: SegmentationSettings | None = None) 
         "cell_diameter": cell_diameter,
         "rbc_od": rbc_od,
     }
+    largest = ncont[0] if len(ncont) == 1 else max(ncont, key=cv2.contourArea)
     return Segmentation(
-        nucleus_mask, cell_mask, reason == "ok", reason, flags, box, bg, diagnostics, (y0, y1, x0, x1), od_sum
+        nucleus_mask,
+        cell_mask,
+        reason == "ok",
+        reason,
+        flags,
+        box,
+        bg,
+        diagnostics,
+        (y0, y1, x0, x1),
+        od_sum,
+        largest + np.array((x0, y0), np.int32),
+        nucleus_moments,
     )

@@ -122,3 +122,14 @@ def test_help_lists_commands():
     r = run("--help")
     for cmd in ("extract", "fit", "predict", "demo"):
         assert cmd in r.output
+
+
+def test_the_command_line_starts_without_the_learning_libraries():
+    # `lympho extract` pays the command line's start-up on every run: scikit-learn, LightGBM and torch
+    # are imported by the commands that use them, not by the command line itself.
+    import subprocess
+    import sys
+
+    code = "import sys, lympho_features.cli; print(sorted(m for m in ('sklearn', 'lightgbm', 'torch') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

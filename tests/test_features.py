@@ -217,3 +217,92 @@ def test_features_on_synthetic_crop_match_truth():
     assert f["nc_ratio"] == pytest.approx(crop.nucleus_mask.sum() / crop.cell_mask.sum(), rel=0.08)
     assert f["color_cytoplasm_basophilia"] > 0  # pale blue cytoplasm
     assert all(np.isfinite(v) for v in f.values())
+
+
+# ------------------------------------------- fast paths vs plain definitions ----
+from lympho_features.features import glcm_counts, haralick_from_glcms  # noqa: E402
+
+
+def _direct_glcm(img, mask, offsets, levels):
+    """Co-occurrence counts by a loop over pixel pairs: the definition, slowly."""
+    h, w = img.shape
+    out = np.zeros((len(offsets), levels, levels))
+    for k, (dy, dx) in enumerate(offsets):
+        for y in range(h):
+            for x in range(w):
+                y2, x2 = y + dy, x + dx
+                if 0 <= y2 < h and 0 <= x2 < w and mask[y, x] and mask[y2, x2]:
+                    out[k, img[y, x], img[y2, x2]] += 1
+    return out
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_glcm_counts_match_a_loop_over_pixel_pairs(seed):
+    rng = np.random.default_rng(seed)
+    h, w = rng.integers(4, 14, 2)
+    img = rng.integers(0, 5, (h, w)).astype(np.uint8)
+    mask = rng.random((h, w)) < 0.7
+    offsets = [(0, 1), (1, 1), (1, 0), (1, -1), (0, 3), (3, 3), (3, 0), (3, -3)]
+    fast = glcm_counts(img, mask, (1, 3), 5)
+    assert np.array_equal(fast, _direct_glcm(img, mask, offsets, 5))
+    # Wide codes (more than 255 levels) take another path: same counts.
+    assert np.array_equal(glcm_counts(img.astype(np.int64), mask, (1, 3), 300)[:, :5, :5], fast)
+
+
+def test_haralick_from_glcms_matches_the_textbook_formulas():
+    rng = np.random.default_rng(0)
+    n = 6
+    c = rng.integers(0, 20, (3, n, n)).astype(float)
+    c[2, :, 3:] = 0  # some empty rows and columns
+    c += c.transpose(0, 2, 1)
+    p = c / c.sum((1, 2), keepdims=True)
+    got = haralick_from_glcms(p)
+    i, j = np.meshgrid(np.arange(n), np.arange(n), indexing="ij")
+    eps = 1e-12
+    for k in range(3):
+        q = p[k]
+        px, py = q.sum(1), q.sum(0)
+        mx, my = (i * q).sum(), (j * q).sum()
+        sx, sy = np.sqrt(((i - mx) ** 2 * q).sum()), np.sqrt(((j - my) ** 2 * q).sum())
+        ps = np.array([q[i + j == s].sum() for s in range(2 * n - 1)])
+        pd = np.array([q[np.abs(i - j) == d].sum() for d in range(n)])
+        sa = (np.arange(2 * n - 1) * ps).sum()
+        dm = (np.arange(n) * pd).sum()
+        ent = -(q * np.log2(q + eps)).sum()
+        hx, hy = -(px * np.log2(px + eps)).sum(), -(py * np.log2(py + eps)).sum()
+        pxy = np.outer(px, py)
+        hxy1, hxy2 = -(q * np.log2(pxy + eps)).sum(), -(pxy * np.log2(pxy + eps)).sum()
+        expected = [
+            (q**2).sum(),
+            ((i - j) ** 2 * q).sum(),
+            ((i - mx) * (j - my) * q).sum() / (sx * sy),
+            ((i - mx) ** 2 * q).sum(),
+            (q / (1 + (i - j) ** 2)).sum(),
+            sa,
+            ((np.arange(2 * n - 1) - sa) ** 2 * ps).sum(),
+            -(ps * np.log2(ps + eps)).sum(),
+            ent,
+            ((np.arange(n) - dm) ** 2 * pd).sum(),
+            -(pd * np.log2(pd + eps)).sum(),
+            (ent - hxy1) / max(hx, hy),
+            np.sqrt(1 - np.exp(-2 * (hxy2 - ent))),
+        ]
+        assert got[k] == pytest.approx(expected, rel=1e-9, abs=1e-12)
+
+
+def test_lbp_matches_a_pixel_by_pixel_count():
+    rng = np.random.default_rng(1)
+    g = rng.integers(90, 110, (12, 15)).astype(np.uint8)  # many ties: ">=" matters
+    mask = rng.random((12, 15)) < 0.8
+    f = lbp_features(g, mask)
+    counts = np.zeros(10)
+    ring = ((-1, -1), (-1, 0), (-1, 1), (0, 1), (1, 1), (1, 0), (1, -1), (0, -1))
+    for y in range(1, 11):
+        for x in range(1, 14):
+            if not mask[y, x]:
+                continue
+            bits = [int(g[y + dy, x + dx] >= g[y, x]) for dy, dx in ring]
+            transitions = sum(bits[k] != bits[(k + 1) % 8] for k in range(8))
+            counts[sum(bits) if transitions <= 2 else 9] += 1
+    expected = counts / counts.sum()
+    assert [f[f"lbp_nucleus_u{k}"] for k in range(9)] + [f["lbp_nucleus_nonuniform"]] == pytest.approx(expected)

@@ -617,11 +617,11 @@ def test_workers_times_threads_never_exceed_the_cores(cohort):
     try:
         images = [f"P0/{p.name}" for p in sorted((cohort / "P0").iterdir())]
         schema = extract_mod.cell_schema()
-        pid, cells, skipped, extra, n = extract_mod._run_patient(
+        pid, cells, checksum, skipped, extra, n = extract_mod._run_patient(
             cohort, "P0", images, extract_mod.ExtractSettings(), schema, 1
         )
         assert cv2.getNumThreads() == 1 and (pid, n, skipped, extra) == ("P0", len(images), [], [])
-        assert cells.columns.tolist() == schema.names
+        assert cells.schema.equals(schema) and checksum == extract_mod.table_checksum(cells)
     finally:
         cv2.setNumThreads(before)
 
@@ -635,3 +635,52 @@ def test_relative_data_dir_after_a_change_of_folder(cohort, tmp_path, monkeypatc
     monkeypatch.chdir(tmp_path / "here")
     res = extract("d", "o", jobs=2, progress=False)
     assert first.n_cells > 0 and res.n_cells > 0 and res.n_skipped == 0
+
+
+def _small_schema():
+    return pa.schema(
+        [
+            pa.field("patient_id", pa.large_string()),
+            pa.field("image", pa.large_string()),
+            pa.field("qc_ok", pa.bool_()),
+            pa.field("nucleus_area", pa.float64()),
+        ]
+    )
+
+
+def test_rows_to_table_conforms_types_order_and_missing_values():
+    rows = [
+        {"patient_id": "P", "image": "P/b.jpg", "qc_ok": True, "nucleus_area": 3, "surprise": 1},
+        {"patient_id": "P", "image": "P/a.jpg", "nucleus_area": float("nan")},  # no flag: False
+        {"patient_id": "P", "image": "P/c.jpg", "qc_ok": np.bool_(False), "nucleus_area": "n/a"},
+    ]
+    table, extra = extract_mod.rows_to_table(rows, _small_schema())
+    assert table.schema.equals(_small_schema()) and extra == ["surprise"]
+    assert table.column("image").to_pylist() == ["P/a.jpg", "P/b.jpg", "P/c.jpg"]
+    assert table.column("qc_ok").to_pylist() == [False, True, False]
+    assert table.column("nucleus_area").to_pylist() == [None, 3.0, None]
+    empty, extra = extract_mod.rows_to_table([], _small_schema())
+    assert empty.num_rows == 0 and empty.schema.equals(_small_schema()) and extra == []
+
+
+def test_table_checksum_follows_content_not_storage(tmp_path):
+    rows = [{"patient_id": "P", "image": f"P/{i}.jpg", "qc_ok": i % 2 == 0, "nucleus_area": i * 1.5} for i in range(7)]
+    rows[3]["nucleus_area"] = None
+    table, _ = extract_mod.rows_to_table(rows, _small_schema())
+    ref = extract_mod.table_checksum(table)
+    pq.write_table(table, tmp_path / "t.parquet", row_group_size=2)  # read back in several chunks
+    assert extract_mod.table_checksum(pq.read_table(tmp_path / "t.parquet")) == ref
+    changed = table.set_column(3, "nucleus_area", pa.array([0.0, 1.5, 3.0, 0.0, 6.0, 7.5, 9.0]))  # null -> 0
+    flipped = table.set_column(2, "qc_ok", pa.array([not v for v in table.column("qc_ok").to_pylist()]))
+    renamed = table.rename_columns(["patient_id", "image", "qc_ok", "cell_area"])
+    others = {extract_mod.table_checksum(t) for t in (changed, flipped, renamed, table.slice(1))}
+    assert ref not in others and len(others) == 4
+
+
+def test_final_tables_are_the_same_from_memory_or_from_the_shards(reference, cohort, tmp_path, monkeypatch):
+    # The reference run kept its patients' tables in memory to build cells.parquet; without memory for
+    # them every shard is read back, and the tables must not change.
+    monkeypatch.setattr(extract_mod, "FRESH_TABLES_BYTES", 0)
+    res = extract(cohort, tmp_path / "out", progress=False)
+    assert res.n_reused == 0
+    assert_same_tables(tmp_path / "out", reference)

@@ -155,3 +155,66 @@ def test_real_crops_segment_plausibly():
         n, c = s.nucleus_mask.sum(), s.cell_mask.sum()
         assert 1000 < n < 12000 and n <= c < 4 * n
         assert not (s.nucleus_mask & ~s.cell_mask).any()
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_multi_otsu_is_the_best_pair_of_bin_edges(seed):
+    # Brute force over every pair of thresholds on the 64-bin histogram: same maximum, first pair on ties.
+    rng = np.random.default_rng(seed)
+    parts = [rng.normal(rng.uniform(20, 235), rng.uniform(2, 30), rng.integers(50, 800)) for _ in range(3)]
+    v = np.clip(np.concatenate(parts), 0, 255).astype(np.uint8)
+    hist = np.bincount(v // 4, minlength=64).astype(float)
+    p = hist / hist.sum()
+    k = np.arange(64)
+    best, best_pair = -1.0, None
+    for i in range(62):
+        for j in range(i + 1, 63):
+            var = 0.0
+            for sel in (k <= i, (k > i) & (k <= j), k > j):
+                w = p[sel].sum()
+                var += (p[sel] * k[sel]).sum() ** 2 / (w + 1e-12)
+            if var > best * (1 + 1e-12):
+                best, best_pair = var, ((i + 1) * 4 - 1, (j + 1) * 4 - 1)
+    assert multi_otsu3(v) == pytest.approx(best_pair)
+
+
+def test_segmentation_hands_over_the_nucleus_trace_and_moments():
+    # The features reuse them instead of tracing the nucleus mask again: they must be what tracing gives.
+    import cv2
+
+    from lympho_features.features import _box_moments, _largest_contour
+
+    for seed in range(3):
+        crop = synthetic_crop(np.random.default_rng(seed))
+        seg = segment_cell(crop.rgb)
+        y0, y1, x0, x1 = seg.box
+        n_box = seg.nucleus_mask[y0:y1, x0:x1]
+        traced = _largest_contour(n_box)
+        assert np.array_equal(seg.nucleus_contour - np.array((x0, y0), np.int32), traced)
+        expected = cv2.moments(n_box.view(np.uint8), binaryImage=True)
+        got = _box_moments(seg.nucleus_moments, x0, y0)
+        assert all(got[k] == expected[k] for k in got)
+
+
+def test_lobe_split_in_a_window_equals_the_whole_image():
+    import cv2
+
+    from lympho_features.segment import _in_window, split_lobes, split_merged
+
+    merged = np.zeros((120, 140), np.uint8)
+    cv2.circle(merged, (50, 60), 18, 255, -1)
+    cv2.circle(merged, (80, 60), 18, 255, -1)  # two nuclei pressed together
+    lobed = np.zeros((120, 140), np.uint8)
+    for c in ((45, 50), (75, 50), (60, 85)):
+        cv2.circle(lobed, c, 9, 255, -1)  # three lobes on thin strands
+    cv2.line(lobed, (45, 50), (75, 50), 255, 2)
+    cv2.line(lobed, (75, 50), (60, 85), 255, 2)
+    win = (slice(25, 100), slice(22, 112))  # the pieces plus a margin wider than the erosion
+    for img, split, args, pieces in (
+        (merged, split_merged, (40,), 2),
+        (lobed, split_lobes, (4, 40), 3),
+        (lobed, split_merged, (40,), 3),
+    ):
+        n_full, lab_full = split(img, *args)
+        n_win, lab_win = _in_window(split, img, win, *args)
+        assert n_full == n_win == pieces and np.array_equal(lab_full, lab_win)

@@ -1,0 +1,44 @@
+"""Names of ``lympho fit``'s feature sets, and the model stage's error.
+
+What the command line needs from :mod:`lympho_features.model` without
+importing the learning libraries (scikit-learn and LightGBM take about a
+second to import, which every ``lympho extract`` would otherwise pay).
+:mod:`lympho_features.model` re-exports all of it.
+"""
+
+from __future__ import annotations
+
+#: Blocks of model inputs; ``cellscore``, ``cellmorph`` and ``cnn`` are fitted on data (inside each CV fold).
+BLOCKS = ("clinical", "crops", "morphology", "cellscore", "cellmorph", "cnn")
+FITTED_BLOCKS = ("cellscore", "cellmorph", "cnn")
+
+#: Shorthands for groups of blocks.
+ALIASES = {"image": ("crops", "cellmorph"), "all": ("clinical", "crops", "cellmorph")}
+
+#: Named feature sets (any ``+``-joined list of blocks or shorthands; a trailing ``-n_cells`` also works).
+FEATURE_SETS = (
+    "clinical+cellmorph",
+    "clinical+cellscore",
+    "clinical",
+    "image",
+    "all",
+    "all-n_cells",
+    "morphology",
+    "clinical+morphology",
+    "cellscore",
+    "cellmorph",
+    "morphology+cellscore",
+    "clinical+morphology+cellscore",
+    "clinical+cnn",
+    "clinical+morphology+cnn",
+)
+
+#: `lympho fit`'s default: clinical values + the summaries of the cell model without stain colour. Chosen
+#: (benchmarks/cv_accuracy_results.md) because it ties ``clinical+cellscore`` in balanced accuracy (paired
+#: difference [-0.019, +0.017], 10 repeats) with a better AUC, Brier score and spread, because the nested
+#: selection picks it most often, and because stain colour depends on the stain and scanner of new patients.
+DEFAULT_FEATURE_SET = "clinical+cellmorph"
+
+
+class ModelError(Exception):
+    """A model folder or a features table that cannot be used; the message says why."""
