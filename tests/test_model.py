@@ -111,6 +111,22 @@ def test_predict_refuses_mismatched_columns(tmp_path):
         predict(tmp_path / "m", feats)
 
 
+def test_a_model_saved_before_the_blocks_were_renamed_still_predicts(tmp_path):
+    # model.json of earlier versions: feature set "all" with blocks ["clinical", "image"] (today's morphology);
+    # it must not be read as today's "all" (which needs a cell model and cells.parquet).
+    t = patients_table()
+    model, cv = fit_model(t, "clinical+morphology", folds=3, repeats=1)
+    save_model(model, cv, tmp_path / "m")
+    meta = json.loads((tmp_path / "m" / "model.json").read_text())
+    meta.update(feature_set="all", blocks=["clinical", "image"])
+    (tmp_path / "m" / "model.json").write_text(json.dumps(meta))
+    feats = tmp_path / "f"
+    feats.mkdir()
+    t.to_parquet(feats / "patients.parquet")  # no cells.parquet
+    preds = predict(tmp_path / "m", feats)
+    assert len(preds) == len(t) and preds["probability"].between(0, 1).all()
+
+
 def test_load_model_rejects_incompatible_metadata(tmp_path):
     t = patients_table()
     model, cv = fit_model(t, "clinical", folds=3, repeats=1)
@@ -191,4 +207,6 @@ def test_nested_selection_picks_inside_each_outer_fold():
     cv, chosen = nested_selection(Cohort.from_tables(t), t["label"].astype(int).to_numpy(), sets, 3, 1)
     assert len(chosen) == 3 and set(chosen["configuration"]) <= set(sets)
     assert (chosen["configuration"] == sets[1]).sum() >= 2  # the image signal is strong: inner CVs see it
+    # Each outer fold records its choice's inner-CV BA and its BA on the held-out patients.
+    assert chosen[["inner_balanced_accuracy", "outer_balanced_accuracy"]].stack().between(0, 1).all()
     assert (cv.predictions.groupby("repeat")["patient_id"].nunique() == 60).all()
