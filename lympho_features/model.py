@@ -215,7 +215,8 @@ def choose_threshold(y_true, proba, min_sensitivity: float | None = None) -> flo
 
     Maximises balanced accuracy; with ``min_sensitivity``, the highest
     threshold whose sensitivity is at least that (a triage tool must not miss
-    tumoral patients). Thresholds are midpoints between distinct scores.
+    tumoral patients). Thresholds are midpoints between distinct scores;
+    0.5 when no threshold beats chance.
     """
     y_true = np.asarray(y_true, int)
     proba = np.asarray(proba, float)
@@ -228,6 +229,11 @@ def choose_threshold(y_true, proba, min_sensitivity: float | None = None) -> flo
         ok = np.flatnonzero(sens >= min_sensitivity)
         return float(cands[ok.max()]) if ok.size else 0.0
     ba = (sens + spec) / 2
+    if ba.max() <= 0.5:
+        # No threshold does better than chance (uninformative or inverted scores, as an inner CV on a
+        # few patients can give): the classes are weighted equally, so 0.5 is the neutral choice, where
+        # a tie between "everyone tumoral" (0.0) and "no one" (1.0) would pick one of them.
+        return 0.5
     best = np.flatnonzero(ba == ba.max())
     # Among ties, the middle one: most margin on both sides.
     return float(cands[best[len(best) // 2]])

@@ -44,6 +44,14 @@ def test_threshold_maximises_balanced_accuracy():
     assert choose_threshold(y, p, min_sensitivity=1.0) <= 0.4
 
 
+def test_threshold_is_neutral_when_no_threshold_beats_chance():
+    # Inverted scores (an inner CV on a handful of patients can give them): every threshold but the two
+    # extremes is worse than chance, and an extreme would call every patient one class.
+    y = np.array([0, 0, 0, 1, 1, 1])
+    assert choose_threshold(y, np.array([0.7, 0.8, 0.9, 0.1, 0.2, 0.3])) == 0.5
+    assert choose_threshold(y, np.full(6, 0.3)) == 0.5
+
+
 def test_feature_sets():
     t = patients_table()
     assert feature_columns(t, "clinical") == ["age", "gender_male", "log_lymph_count"]
