@@ -252,8 +252,19 @@ def binary_metrics(y_true, proba, threshold: float) -> dict[str, float]:
     }
 
 
+#: The balanced operating point. The patient model weighs both classes equally (``class_weight="balanced"``),
+#: so 0.5 is where it puts the balance between sensitivity and specificity. A threshold tuned by an inner CV
+#: on the ~90 training patients of a fold moved between 0.37 and 0.89 from fold to fold and gave the same or
+#: lower balanced accuracy in every configuration measured (benchmarks/cv_accuracy_results.md): nothing is
+#: tuned for it. Only ``--min-sensitivity`` thresholds are chosen from (inner) CV predictions.
+BALANCED_THRESHOLD = 0.5
+
+
 def _inner_threshold(estimator, X, y, seed, inner_folds, min_sensitivity):
-    """Threshold from out-of-fold probabilities of an inner CV on training patients only."""
+    """Threshold of one outer fold: :data:`BALANCED_THRESHOLD`, or with ``min_sensitivity`` the one chosen
+    from out-of-fold probabilities of an inner CV on the fold's training patients only."""
+    if min_sensitivity is None:
+        return BALANCED_THRESHOLD
     k = int(min(inner_folds, np.bincount(y).min()))
     if k < 2:
         return 0.5
@@ -1040,7 +1051,11 @@ def fit_model(
         cohort, y, sets, folds, repeats, seed, min_sensitivity=min_sensitivity, classifier=est, n_jobs=n_jobs
     )
     cv = results[feature_set]
-    threshold = choose_threshold(cv.predictions["label"], cv.predictions["probability"], min_sensitivity)
+    threshold = (
+        BALANCED_THRESHOLD
+        if min_sensitivity is None
+        else choose_threshold(cv.predictions["label"], cv.predictions["probability"], min_sensitivity)
+    )
     inputs = FoldFeatures(blocks, drop, random_state=seed).fit(cohort, y)
     feats = inputs.feature_names_
     final = clone(est).fit(inputs.train_features_[feats].to_numpy(float), y)

@@ -218,3 +218,19 @@ def test_nested_selection_picks_inside_each_outer_fold():
     # Each outer fold records its choice's inner-CV BA and its BA on the held-out patients.
     assert chosen[["inner_balanced_accuracy", "outer_balanced_accuracy"]].stack().between(0, 1).all()
     assert (cv.predictions.groupby("repeat")["patient_id"].nunique() == 60).all()
+
+
+def test_balanced_operating_point_is_fixed_and_min_sensitivity_is_chosen_in_cv():
+    from lympho_features.model import BALANCED_THRESHOLD, cross_validate
+
+    rng = np.random.default_rng(0)
+    y = np.repeat([0, 1], 20)
+    X = np.c_[y + rng.normal(0, 0.8, 40), rng.normal(size=40)]
+    ids = [f"P{i}" for i in range(40)]
+    balanced = cross_validate(X, y, ids, folds=4, repeats=1)
+    # Nothing tuned for the balanced point: every fold uses the neutral threshold of a class-balanced model.
+    assert (balanced.predictions["threshold"] == BALANCED_THRESHOLD).all()
+    sensitive = cross_validate(X, y, ids, folds=4, repeats=1, min_sensitivity=0.95)
+    # A sensitivity floor is met by thresholds chosen on each fold's training patients: lower, and fold-specific.
+    thresholds = sensitive.predictions.groupby("fold")["threshold"].first()
+    assert (thresholds < BALANCED_THRESHOLD).all() and thresholds.nunique() > 1
