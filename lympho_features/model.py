@@ -1,8 +1,9 @@
 """Patient-level classifier: LightGBM under repeated, stratified patient-level CV.
 
 Everything fitted on data is fitted on the training patients of each fold
-only: the patient model, its decision threshold (from an inner
-cross-validation of the training patients), and the stages that build
+only: the patient model, a ``--min-sensitivity`` decision threshold (from
+an inner cross-validation of the training patients; the balanced threshold
+is a fixed 0.5, :data:`BALANCED_THRESHOLD`), and the stages that build
 features from data, namely the weakly supervised cell model of the
 ``cellscore`` block (:mod:`lympho_features.cellscore`) and the PCA of CNN
 embeddings of the ``cnn`` block (:mod:`lympho_features.cnn_aggregate`). They
@@ -614,7 +615,7 @@ def cross_validate_sets(
 
     In every outer fold, one :class:`FoldFeatures` holding the union of the
     blocks is fitted on the training patients (cell model, embedding PCA),
-    then each feature set's patient model and threshold (inner CV) are fitted
+    then each feature set's patient model (and a ``min_sensitivity`` threshold, by inner CV) are fitted
     on the training patients' inputs and score the held-out patients. Sharing
     the folds makes the comparison between feature sets paired. ``n_jobs``
     outer folds run at once (threads; results do not depend on it).
