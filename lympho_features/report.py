@@ -785,9 +785,20 @@ def section_performance(inp: ReportInputs) -> str:
     if cv:
         parts.append(
             f"<p>Estimated by {_fmt(cv.get('folds'))}-fold cross-validation repeated {_fmt(cv.get('repeats'))} times "
-            f"on {_fmt(cv.get('n_patients'))} patients: every patient is scored by models that never saw it, and "
-            "each decision threshold is chosen on training patients only. Values are mean ± standard deviation "
-            "across repeats.</p>"
+            f"on {_fmt(cv.get('n_patients'))} patients: every patient is scored by models that never saw it. "
+            + (
+                "The decision threshold is 0.5, the neutral point of a model that weighs both classes "
+                "equally (nothing is tuned for it). "
+                if inp.meta.get("min_sensitivity") is None and inp.meta.get("threshold") == 0.5
+                else "The decision threshold"
+                + (
+                    f" (minimum sensitivity {_fmt(inp.meta.get('min_sensitivity'))})"
+                    if inp.meta.get("min_sensitivity") is not None
+                    else ""
+                )
+                + " is chosen on each fold's training patients only. "
+            )
+            + "Values are mean ± standard deviation across repeats.</p>"
         )
         kpis = [
             ("balanced_accuracy", "balanced accuracy"),
@@ -851,7 +862,7 @@ def _roc_figure(cvp: pd.DataFrame, cv: dict) -> str:
             color=TUMORAL_COLOUR,
             zorder=3,
             s=30,
-            label="operating point (CV thresholds)",
+            label="operating point (CV threshold)",
         )
         ax.legend(loc="lower right", fontsize=8)
     ax.set_title(f"ROC, one line per repeat ({auc_txt})", fontsize=9.5)

@@ -90,6 +90,8 @@ def test_report_shows_cv_metrics_and_calls_of_the_model(tiny_report, tiny_model,
     ba = f"{meta['cv']['balanced_accuracy_mean']:.3f} ± {meta['cv']['balanced_accuracy_std']:.3f}"
     assert ba in doc
     assert f"threshold {meta['threshold']:.3f}" in doc
+    # How the threshold was set is said as it was: the fixed balanced point here, nothing tuned.
+    assert meta["threshold"] == 0.5 and "0.5, the neutral point" in doc and "chosen on each fold" not in doc
     preds = explain_predictions(tiny_model, tiny_features)
     n_t = int(preds["prediction"].sum())
     assert f"<b>{n_t} / {len(preds) - n_t}</b><span>called tumoral / reactive (in-sample" in doc
