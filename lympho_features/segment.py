@@ -467,6 +467,87 @@ def _contour_centroid(c: np.ndarray) -> tuple[float, float]:
     return float(x), float(y)
 
 
+def nucleus_thresholds(green: np.ndarray, win: tuple[slice, slice]) -> tuple[float, float]:
+    """The two thresholds of the green channel that split a crop into nuclei, cells and background.
+
+    A three-class Otsu (:func:`multi_otsu3`) over the central window ``win``
+    of ``green`` (uint8), on every other pixel (the same histogram, 4x fewer
+    pixels). Without three distinct classes (no red cells, or a blank crop:
+    thresholds closer than 12 grey levels, or a class under 0.5 % of the
+    pixels) both thresholds are the two-class Otsu threshold. A value ``<= t1``
+    is nuclear; ``> t2`` is background.
+    """
+    sample = np.ascontiguousarray(green[win][::2, ::2])
+    # multi_otsu3(sample), keeping its histogram: the thresholds fall on bin edges, so the
+    # class sizes are sums of bins.
+    hist = cv2.calcHist([sample], [0], None, [64], [0, 256]).ravel().astype(np.float64)
+    if hist.sum() > 0:
+        i, j = _multi_otsu3_bins(hist)
+        t1, t2 = float((i + 1) * 4 - 1), float((j + 1) * 4 - 1)
+        n_low, n_le_t2 = np.cumsum(hist)[[i, j]].tolist()  # exact: sums of integer counts
+        n_mid = n_le_t2 - n_low
+    else:
+        t1 = t2 = 0.0
+        n_low = n_mid = 0.0
+    if t2 - t1 < 12 or min(n_low, n_mid) < 0.005 * sample.size:
+        t1 = t2 = float(cv2.threshold(np.ascontiguousarray(green[win]), 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)[0])
+    return t1, t2
+
+
+def _central_piece(contours, areas: list[float], min_area: float, cx: float, cy: float) -> int | None:
+    """Index of the piece holding the crop centre ``(cx, cy)`` among those of at least ``min_area``,
+    else of the one whose centroid is nearest; None when no piece is that large."""
+    big = [i for i, a in enumerate(areas) if a >= min_area]
+    if not big:
+        return None
+    inside = [i for i in big if cv2.pointPolygonTest(contours[i], (cx, cy), False) >= 0]
+    if inside:
+        return inside[0]
+    cents = {i: _contour_centroid(contours[i]) for i in big}  # only the big pieces' are needed
+    return min(big, key=lambda i: np.hypot(cents[i][0] - cx, cents[i][1] - cy))
+
+
+def cell_from_region(region: np.ndarray, nucleus: np.ndarray, others: np.ndarray) -> tuple[np.ndarray, bool, float]:
+    """The whole cell of ``nucleus`` within the stained ``region`` that holds it.
+
+    Parameters
+    ----------
+    region : ndarray uint8 (0/255)
+        The connected stained region holding the nucleus.
+    nucleus, others : ndarray uint8 (0/255)
+        This cell's nucleus; the nuclei of neighbouring cells.
+
+    Returns
+    -------
+    cell : ndarray uint8 (0/255)
+        The outline of the region filled, plus the nucleus. When the region also
+        holds another nucleus, it is first split between the nuclei, each pixel
+        going to the nearest one.
+    split : bool
+        Whether the region was shared with a neighbour.
+    touch_fraction : float
+        Share of the cell outline that is a cut through the shared region (0 without a split).
+    """
+    split = bool(cv2.countNonZero(cv2.bitwise_and(region, others)))
+    if split:
+        d_self = cv2.distanceTransform(cv2.bitwise_not(nucleus), cv2.DIST_L2, 3)
+        d_other = cv2.distanceTransform(cv2.bitwise_not(others), cv2.DIST_L2, 3)
+        mine = cv2.bitwise_and(region, cv2.compare(d_self, d_other, cv2.CMP_LE))
+        contours, _ = cv2.findContours(mine, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    else:
+        contours, _ = cv2.findContours(region, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    outline = max(contours, key=cv2.contourArea)
+    cell = np.zeros(region.shape, np.uint8)
+    cv2.drawContours(cell, [outline], 0, 255, -1)
+    cell = cv2.bitwise_or(cell, nucleus)
+    touch_fraction = 0.0
+    if split:
+        pts = outline.reshape(-1, 2)
+        rest = cv2.dilate(cv2.bitwise_and(region, cv2.bitwise_not(cell)), _disk(1))
+        touch_fraction = float(np.count_nonzero(rest[pts[:, 1], pts[:, 0]])) / max(1, len(pts))
+    return cell, split, touch_fraction
+
+
 def segment_cell(rgb: np.ndarray, settings: SegmentationSettings | None = None) -> Segmentation:
     """Segment the nucleus and the whole cell of the lymphocyte at the crop centre.
 
@@ -494,21 +575,7 @@ def segment_cell(rgb: np.ndarray, settings: SegmentationSettings | None = None) 
     # --- nucleus: darkest class of green, purple hue ----------------------
     red, green, blue = cv2.split(rgb)
     win = _central_window((h, w), s.central_fraction)
-    sample = np.ascontiguousarray(green[win][::2, ::2])  # every other pixel: same histogram, 4x fewer
-    # multi_otsu3(sample), keeping its histogram: the thresholds fall on bin edges, so the
-    # class sizes are sums of bins.
-    hist = cv2.calcHist([sample], [0], None, [64], [0, 256]).ravel().astype(np.float64)
-    if hist.sum() > 0:
-        i, j = _multi_otsu3_bins(hist)
-        t1, t2 = float((i + 1) * 4 - 1), float((j + 1) * 4 - 1)
-        n_low, n_le_t2 = np.cumsum(hist)[[i, j]].tolist()  # exact: sums of integer counts
-        n_mid = n_le_t2 - n_low
-    else:
-        t1 = t2 = 0.0
-        n_low = n_mid = 0.0
-    if t2 - t1 < 12 or min(n_low, n_mid) < 0.005 * sample.size:
-        # No three distinct classes (no red cells, or a blank crop): fall back to two.
-        t1 = t2 = float(cv2.threshold(np.ascontiguousarray(green[win]), 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)[0])
+    t1, t2 = nucleus_thresholds(green, win)
     dark = cv2.compare(green, t1, cv2.CMP_LE)
     purple = cv2.compare(cv2.subtract(blue, green), s.purple_min, cv2.CMP_GT)
     nuc = cv2.morphologyEx(cv2.bitwise_and(dark, purple), cv2.MORPH_OPEN, _disk(s.open_radius))
@@ -516,15 +583,9 @@ def segment_cell(rgb: np.ndarray, settings: SegmentationSettings | None = None) 
     if not contours:
         return _empty((h, w), "no_nucleus")
     areas = [cv2.contourArea(c) for c in contours]
-    big = [i for i, a in enumerate(areas) if a >= s.min_nucleus_area // 3]
-    if not big:
+    chosen = _central_piece(contours, areas, s.min_nucleus_area // 3, cx, cy)
+    if chosen is None:
         return _empty((h, w), "no_nucleus")
-    inside = [i for i in big if cv2.pointPolygonTest(contours[i], (cx, cy), False) >= 0]
-    if inside:
-        chosen = inside[0]
-    else:  # the nearest centroid (only the big pieces' are needed)
-        cents = {i: _contour_centroid(contours[i]) for i in big}
-        chosen = min(big, key=lambda i: np.hypot(cents[i][0] - cx, cents[i][1] - cy))
 
     # Region of interest: the chosen nucleus' box plus a margin.
     bx, by, bw, bh = cv2.boundingRect(contours[chosen])
@@ -671,26 +732,7 @@ def segment_cell(rgb: np.ndarray, settings: SegmentationSettings | None = None) 
     # Mask only: the image is not written to (no copy needed).
     cv2.floodFill(cyto, comp, (seed_x, seed_y), 128, flags=8 | (255 << 8) | cv2.FLOODFILL_MASK_ONLY)
     comp = comp[1:-1, 1:-1]
-    touch_fraction = 0.0
-    split = False
-    if cv2.countNonZero(cv2.bitwise_and(comp, others)):
-        # Split the region between this cell and its neighbours by distance to each nucleus.
-        d_self = cv2.distanceTransform(cv2.bitwise_not(nucleus), cv2.DIST_L2, 3)
-        d_other = cv2.distanceTransform(cv2.bitwise_not(others), cv2.DIST_L2, 3)
-        mine = cv2.bitwise_and(comp, cv2.compare(d_self, d_other, cv2.CMP_LE))
-        cell_contours, _ = cv2.findContours(mine, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
-        split = True
-    else:
-        cell_contours, _ = cv2.findContours(comp, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
-    cell_contour = max(cell_contours, key=cv2.contourArea)
-    cell = np.zeros((rh, rw), np.uint8)
-    cv2.drawContours(cell, [cell_contour], 0, 255, -1)
-    cell = cv2.bitwise_or(cell, nucleus)
-    if split:
-        # Share of the outline that is a cut through the region shared with a neighbour.
-        pts = cell_contour.reshape(-1, 2)
-        rest = cv2.dilate(cv2.bitwise_and(comp, cv2.bitwise_not(cell)), _disk(1))
-        touch_fraction = float(np.count_nonzero(rest[pts[:, 1], pts[:, 0]])) / max(1, len(pts))
+    cell, split, touch_fraction = cell_from_region(comp, nucleus, others)
 
     nucleus_mask = np.zeros((h, w), bool)
     cell_mask = np.zeros((h, w), bool)

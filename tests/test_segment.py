@@ -5,7 +5,9 @@ from lympho_features.segment import (
     FLAG_DESCRIPTIONS,
     QC_REASONS,
     SegmentationSettings,
+    cell_from_region,
     multi_otsu3,
+    nucleus_thresholds,
     segment_cell,
 )
 from lympho_features.synthetic import VARIED_CASES, synthetic_crop, varied_set
@@ -218,3 +220,31 @@ def test_lobe_split_in_a_window_equals_the_whole_image():
         n_full, lab_full = split(img, *args)
         n_win, lab_win = _in_window(split, img, win, *args)
         assert n_full == n_win == pieces and np.array_equal(lab_full, lab_win)
+
+
+def test_nucleus_thresholds_split_three_levels_and_fall_back_to_two():
+    green = np.full((60, 60), 220, np.uint8)  # background
+    green[10:50, 10:50] = 150  # red cells / cytoplasm
+    green[20:40, 20:40] = 60  # nucleus
+    win = (slice(0, 60), slice(0, 60))
+    t1, t2 = nucleus_thresholds(green, win)
+    assert 60 <= t1 < 150 <= t2 < 220
+    two = np.where(np.arange(60)[:, None] < 30, 60, 220).astype(np.uint8) * np.ones((1, 60), np.uint8)
+    t1, t2 = nucleus_thresholds(two, win)  # no middle class: one two-class threshold
+    assert t1 == t2 and 60 <= t1 < 220
+
+
+def test_cell_from_region_shares_a_region_between_two_nuclei():
+    import cv2
+
+    region = np.zeros((40, 80), np.uint8)
+    cv2.rectangle(region, (5, 5), (74, 34), 255, -1)  # one stained region holding two cells
+    nucleus, others = np.zeros_like(region), np.zeros_like(region)
+    cv2.circle(nucleus, (20, 20), 6, 255, -1)
+    cv2.circle(others, (60, 20), 6, 255, -1)
+    cell, split, touch = cell_from_region(region, nucleus, others)
+    assert split and 0 < touch < 0.5
+    assert (cell[5:35, 5:39] > 0).all() and not cell[20, 60]  # its own half, to the midline
+    assert not cell[:, 45:].any()  # the neighbour's half stays out
+    alone, split, touch = cell_from_region(region, nucleus, np.zeros_like(region))
+    assert not split and touch == 0.0 and np.array_equal(alone > 0, region > 0)
