@@ -1110,10 +1110,11 @@ def section_caveats(inp: ReportInputs, imp: pd.DataFrame) -> str:
                 if inp.manifest.get("data_dir") and _in_sample_check(inp)
                 else ""
             )
-            + ". One collection, one staining and scanning protocol. Probabilities reflect that share of tumoral "
-            "patients: where tumoral lymphocytoses are rarer, the same score means a lower chance of a tumoral "
-            "cause. Patients unlike these (children, other scanners or stains, other cytopenias) are outside what "
-            "the model has seen."
+            + ". One collection, one staining and scanning protocol. The model weighs reactive and tumoral "
+            "patients equally, so its probability is that of a population with as many of each: where tumoral "
+            "lymphocytoses are rarer than that, the same score means a lower chance of a tumoral cause, where they "
+            "are more frequent (as in this cohort) a higher one. Patients unlike these (children, other scanners "
+            "or stains, other cytopenias) are outside what the model has seen."
         )
     if cv.get("sensitivity_mean") is not None and n_t:
         lo, hi = wilson_interval(cv["sensitivity_mean"] * n_t, int(n_t))
