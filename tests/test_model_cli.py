@@ -17,6 +17,11 @@ def run(*args):
     return runner.invoke(app, [str(a) for a in args])
 
 
+def quick_fit(features, out, *options):
+    """`lympho fit` with a 3-fold x 1 CV (tiny cohorts) and further options."""
+    return run("fit", features, "--out", out, "--folds", 3, "--repeats", 1, *options)
+
+
 @pytest.fixture(scope="module")
 def default_model(tiny_features, tmp_path_factory):
     out = tmp_path_factory.mktemp("m") / "default"
@@ -105,19 +110,7 @@ def test_cellscore_model_needs_the_cells_of_new_patients(default_model, tiny_fea
 
 
 def test_image_only_model_saves_its_morphology_cell_model_and_predicts(tiny_features, tmp_path):
-    r = run(
-        "fit",
-        tiny_features,
-        "--out",
-        tmp_path / "m",
-        "--folds",
-        3,
-        "--repeats",
-        1,
-        "--feature-set",
-        "image",
-        "--no-ablation",
-    )
+    r = quick_fit(tiny_features, tmp_path / "m", "--feature-set", "image", "--no-ablation")
     assert r.exit_code == 0, r.output
     meta = json.loads((tmp_path / "m" / "model.json").read_text())
     assert meta["blocks"] == ["crops", "cellmorph"] and not (tmp_path / "m" / "cell_model.txt").exists()
@@ -131,21 +124,7 @@ def test_image_only_model_saves_its_morphology_cell_model_and_predicts(tiny_feat
 
 
 def test_min_sensitivity_and_feature_set_errors(tiny_features, tmp_path):
-    r = run(
-        "fit",
-        tiny_features,
-        "--out",
-        tmp_path / "m",
-        "--folds",
-        3,
-        "--repeats",
-        1,
-        "--feature-set",
-        "clinical",
-        "--min-sensitivity",
-        1.0,
-        "--no-ablation",
-    )
+    r = quick_fit(tiny_features, tmp_path / "m", "--feature-set", "clinical", "--min-sensitivity", 1.0, "--no-ablation")
     assert r.exit_code == 0, r.output
     meta = json.loads((tmp_path / "m" / "model.json").read_text())
     cvp = pd.read_csv(tmp_path / "m" / "cv_predictions.csv")
@@ -175,20 +154,8 @@ def test_cnn_features_are_fitted_per_fold_saved_and_reused_by_predict(tiny_featu
     emb_dir = tmp_path / "emb"
     emb_dir.mkdir()
     fake_embeddings(tiny_features).to_parquet(emb_dir / "embeddings.parquet")
-    r = run(
-        "fit",
-        tiny_features,
-        "--out",
-        tmp_path / "m",
-        "--folds",
-        3,
-        "--repeats",
-        1,
-        "--feature-set",
-        "clinical+cnn",
-        "--embeddings",
-        emb_dir,
-        "--no-ablation",
+    r = quick_fit(
+        tiny_features, tmp_path / "m", "--feature-set", "clinical+cnn", "--embeddings", emb_dir, "--no-ablation"
     )
     assert r.exit_code == 0, r.output
     meta = json.loads((tmp_path / "m" / "model.json").read_text())
@@ -226,7 +193,7 @@ def test_all_plus_cnn_end_to_end_with_the_tiny_network(tiny_cohort, tiny_feature
     weights = save_tiny_weights(tmp_path / "tiny.pt", width=8, seed=0)
     r = run("embed", tiny_cohort, "--out", feats, "--weights", weights, "--device", "cpu", "-q")
     assert r.exit_code == 0, r.output
-    r = run("fit", feats, "--out", tmp_path / "m", "--folds", 3, "--repeats", 1, "--feature-set", "all+cnn")
+    r = quick_fit(feats, tmp_path / "m", "--feature-set", "all+cnn")
     assert r.exit_code == 0, r.output
     meta = json.loads((tmp_path / "m" / "model.json").read_text())
     assert "all+cnn" in {row["configuration"] for row in meta["ablation"]}
