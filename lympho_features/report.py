@@ -780,6 +780,8 @@ def _cohort_figure(p: pd.DataFrame) -> str:
 
 
 def section_performance(inp: ReportInputs) -> str:
+    from .model import BALANCED_THRESHOLD
+
     cv = inp.meta.get("cv") if isinstance(inp.meta.get("cv"), dict) else {}
     parts = ['<section id="performance" class="major"><h2>2. How good is the model? (cross-validation)</h2>']
     if cv:
@@ -787,9 +789,9 @@ def section_performance(inp: ReportInputs) -> str:
             f"<p>Estimated by {_fmt(cv.get('folds'))}-fold cross-validation repeated {_fmt(cv.get('repeats'))} times "
             f"on {_fmt(cv.get('n_patients'))} patients: every patient is scored by models that never saw it. "
             + (
-                "The decision threshold is 0.5, the neutral point of a model that weighs both classes "
+                f"The decision threshold is {BALANCED_THRESHOLD}, the neutral point of a model that weighs both classes "
                 "equally (nothing is tuned for it). "
-                if inp.meta.get("min_sensitivity") is None and inp.meta.get("threshold") == 0.5
+                if inp.meta.get("min_sensitivity") is None and inp.meta.get("threshold") == BALANCED_THRESHOLD
                 else "The decision threshold"
                 + (
                     f" (minimum sensitivity {_fmt(inp.meta.get('min_sensitivity'))})"
