@@ -101,6 +101,9 @@ class SegmentationSettings:
     od_background: float = 0.15  #: OD sum above the background reference that counts as stained
     cytoplasm_margin: float = 0.08  #: how far above the red-cell reference cytoplasm sits
     max_rbc_blueness: float = 0.22  #: cap of the red-cell reference (real crops: 0.04 to 0.21)
+    pale_min_od: float = 0.08  #: OD sum above the background of the faintest (pale) cytoplasm counted
+    pale_chroma_margin: float = 0.12  #: how far above the red cells' blue chroma pale cytoplasm sits
+    pale_max_rbc_od: float = 1.0  #: pale cytoplasm is less dense than this times the red cells' mean OD
     roi_margin: int = 56  #: pixels around the nucleus box examined for cytoplasm
     max_touch_fraction: float = 0.3  #: cut along a neighbour, as a fraction of the cell outline
     lobe_erosion: int = 4  #: erosion radius that separates granulocyte lobes (thin strands)
@@ -395,21 +398,55 @@ def red_cell_reference(
     """
     sub = _subsample(rgb, 4)
     od_r, od_g, od_b = optical_density_channels(sub, background)
-    return _red_cell_reference(od_r, od_g, od_b, dark, od_background)
+    return _red_cell_reference(od_r, od_g, od_b, dark, od_background)[:2]
 
 
 def _red_cell_reference(
     od_r: np.ndarray, od_g: np.ndarray, od_b: np.ndarray, dark: np.ndarray, od_background: float
-) -> tuple[float, float]:
-    """:func:`red_cell_reference` from the OD channels of the crop's every fourth pixel."""
+) -> tuple[float, float, float]:
+    """:func:`red_cell_reference` from the OD channels of the crop's every fourth pixel.
+
+    Also returns the median blue chroma ``(OD_red - OD_blue) / OD_sum`` of the
+    same pixels (0.0 when too few are stained): the hue of the red cells,
+    whatever their density.
+    """
     od_sum = cv2.add(cv2.add(od_r, od_g), od_b)
     stained = cv2.compare(od_sum, od_background, cv2.CMP_GT)
     stained = cv2.bitwise_and(stained, cv2.bitwise_not(np.ascontiguousarray(dark[::4, ::4])))
     if cv2.countNonZero(stained) < 10:
-        return 0.0, float("nan")
+        return 0.0, float("nan"), 0.0
     blueness = cv2.subtract(od_r, od_b)
     med = _hist_quantile(cv2.calcHist([blueness], [0], stained, [200], [-1.0, 1.0]), 0.5, -1.0, 1.0)
-    return med, float(cv2.mean(od_sum, mask=stained)[0])
+    # Stained pixels have od_sum > od_background > 0: the ratio is defined where it is counted.
+    chroma = cv2.divide(blueness, cv2.max(od_sum, od_background))
+    chroma_med = _hist_quantile(cv2.calcHist([chroma], [0], stained, [200], [-1.0, 1.0]), 0.5, -1.0, 1.0)
+    return med, float(cv2.mean(od_sum, mask=stained)[0]), chroma_med
+
+
+def pale_cytoplasm(
+    blueness: np.ndarray, od_sum: np.ndarray, chroma_ref: float, min_od: float, max_od: float, margin: float
+) -> np.ndarray:
+    """Pixels of faintly stained cytoplasm: a blue hue, however pale (uint8 0/255).
+
+    Some large lymphocytes have a cytoplasm nearly as pale as the glass, so
+    thin that only its rims against the red cells reach the stain threshold;
+    without this, their outline follows those rims and strands. What sets the
+    pale cytoplasm apart is its hue, not its density: the blue chroma
+    ``(OD_red - OD_blue) / OD_sum`` (red cells, mauve, sit near
+    ``chroma_ref``; cytoplasm, grey-blue, well above). The chroma is smoothed
+    (on every other pixel, then a 3x3 Gaussian: JPEG noise at low density);
+    pixels fainter than ``min_od`` (the glass) or denser than ``max_od`` (a
+    bluish, polychromatic red cell, a platelet) are left out. Isolated specks
+    do no harm: the caller keeps only the region connected to the nucleus.
+    """
+    faint = cv2.bitwise_and(cv2.compare(od_sum, min_od, cv2.CMP_GT), cv2.compare(od_sum, max_od, cv2.CMP_LT))
+    h, w = od_sum.shape
+    # On every other pixel (the chroma is smooth): 4x fewer pixels, then back to full size.
+    od2 = np.ascontiguousarray(od_sum[::2, ::2])
+    chroma = cv2.divide(np.ascontiguousarray(blueness[::2, ::2]), cv2.max(od2, min_od))
+    chroma = cv2.GaussianBlur(cv2.copyTo(chroma, np.ascontiguousarray(faint[::2, ::2])), (3, 3), 0)
+    pale = cv2.resize(cv2.compare(chroma, chroma_ref + margin, cv2.CMP_GT), (w, h), interpolation=cv2.INTER_NEAREST)
+    return cv2.bitwise_and(pale, faint)
 
 
 def _window(box: list[int], margin: int, h: int, w: int) -> tuple[slice, slice]:
@@ -713,7 +750,7 @@ def segment_cell(rgb: np.ndarray, settings: SegmentationSettings | None = None) 
     blueness = cv2.subtract(od_r, od_b)  # OD_red - OD_blue: positive for blue cytoplasm
     stained = cv2.compare(od_sum, s.od_background, cv2.CMP_GT)
     # The red-cell reference, on every fourth pixel of the whole crop.
-    ref, rbc_od = _red_cell_reference(
+    ref, rbc_od, chroma_ref = _red_cell_reference(
         *(cv2.LUT(np.ascontiguousarray(ch[::4, ::4]), t) for ch, t in zip((red, green, blue), tables, strict=True)),
         dark,
         s.od_background,
@@ -721,6 +758,11 @@ def segment_cell(rgb: np.ndarray, settings: SegmentationSettings | None = None) 
     # Without red cells the "reference" is the cytoplasm itself: cap it above any red cell's.
     ref = min(ref, s.max_rbc_blueness)
     cyto = cv2.bitwise_and(stained, cv2.compare(blueness, ref + s.cytoplasm_margin, cv2.CMP_GT))
+    if math.isfinite(rbc_od):  # without red cells, no hue to compare with: stained cytoplasm only
+        pale = pale_cytoplasm(
+            blueness, od_sum, chroma_ref, s.pale_min_od, s.pale_max_rbc_od * rbc_od, s.pale_chroma_margin
+        )
+        cyto = cv2.bitwise_or(cyto, pale)
     cyto = cv2.bitwise_or(cyto, cv2.bitwise_or(nucleus, others))
     cyto = cv2.morphologyEx(cyto, cv2.MORPH_OPEN, _disk(1))
     cyto = cv2.morphologyEx(cyto, cv2.MORPH_CLOSE, _disk(s.close_radius))

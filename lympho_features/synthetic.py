@@ -59,6 +59,7 @@ def synthetic_crop(
     elongation: float = 1.1,
     pale_nucleus: bool = False,
     dark_cytoplasm: bool = False,
+    pale_cytoplasm: bool = False,
     neighbour: bool = False,
     n_red_cells: int = 14,
     chromatin_contrast: float = 18.0,
@@ -82,6 +83,8 @@ def synthetic_crop(
         Ratio of the nucleus' long to short axis.
     pale_nucleus, dark_cytoplasm : bool
         Harder cases: a lightly stained nucleus, a deeply basophilic cytoplasm.
+    pale_cytoplasm : bool
+        A cytoplasm so thin that it is barely stained (less than the red cells), but blue.
     neighbour : bool
         Put a second lymphocyte touching the central one.
     chromatin_contrast : float
@@ -159,6 +162,8 @@ def synthetic_crop(
     cyto_colour = CYTOPLASM * (0.78 if dark_cytoplasm else 1.0) + rng.normal(0, 3, 3)
     if dark_cytoplasm:
         cyto_colour = cyto_colour + np.array([-25, -10, 0])
+    if pale_cytoplasm:
+        cyto_colour = cyto_colour * 0.4 + BACKGROUND * 0.6
     img[cell] = cyto_colour
     nuc_colour = NUCLEUS + rng.normal(0, 4, 3)
     if pale_nucleus:
@@ -183,6 +188,7 @@ VARIED_CASES = (
     {},
     {"pale_nucleus": True},
     {"dark_cytoplasm": True},
+    {"pale_cytoplasm": True, "nucleus_radius": 24, "cell_radius": 44},
     {"offset": (12.0, -10.0)},
     {"offset": (-9.0, 14.0), "elongation": 1.3},
     {"nucleus_radius": 18, "cell_radius": 22},

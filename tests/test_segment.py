@@ -8,6 +8,7 @@ from lympho_features.segment import (
     cell_from_region,
     multi_otsu3,
     nucleus_thresholds,
+    pale_cytoplasm,
     segment_cell,
 )
 from lympho_features.synthetic import VARIED_CASES, synthetic_crop, varied_set
@@ -50,6 +51,36 @@ def test_large_cell_keeps_its_cytoplasm():
     crop = synthetic_crop(np.random.default_rng(5), nucleus_radius=34, cell_radius=52)
     seg = segment_cell(crop.rgb)
     assert dice(seg.cell_mask, crop.cell_mask) > 0.9
+
+
+@pytest.mark.parametrize("seed", [8, 9, 10])
+def test_pale_cytoplasm_is_enclosed(seed):
+    # A large cell whose cytoplasm is barely stained (fainter than the red cells) but blue:
+    # found by its hue; with the hue test switched off, only the nucleus would be the cell.
+    crop = synthetic_crop(np.random.default_rng(seed), nucleus_radius=24, cell_radius=46, pale_cytoplasm=True)
+    seg = segment_cell(crop.rgb)
+    assert seg.qc_ok, seg.qc_reason
+    assert dice(seg.cell_mask, crop.cell_mask) > 0.9
+    no_hue = segment_cell(crop.rgb, SegmentationSettings(pale_chroma_margin=np.inf))
+    assert dice(no_hue.cell_mask, crop.cell_mask) < 0.8
+
+
+def test_pale_cytoplasm_keeps_faint_blue_pixels_only():
+    # Four 8x8 blocks, (OD sum, OD_red - OD_blue): faint blue, glass, dense blue, faint mauve.
+    od_sum = np.zeros((16, 16), np.float32)
+    blueness = np.zeros((16, 16), np.float32)
+    for (y, x), (od, blue) in {
+        (0, 0): (0.2, 0.1),
+        (0, 8): (0.05, 0.04),
+        (8, 0): (1.5, 0.7),
+        (8, 8): (0.2, 0.01),
+    }.items():
+        od_sum[y : y + 8, x : x + 8] = od
+        blueness[y : y + 8, x : x + 8] = blue
+    pale = pale_cytoplasm(blueness, od_sum, chroma_ref=0.05, min_od=0.08, max_od=1.0, margin=0.12) > 0
+    # Away from the blocks' edges (the chroma is smoothed): only the faint blue block.
+    assert pale[2:6, 2:6].all()
+    assert not pale[2:6, 10:14].any() and not pale[10:14, 2:6].any() and not pale[10:14, 10:14].any()
 
 
 def test_touching_neighbour_is_split_off():
