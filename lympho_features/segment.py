@@ -23,7 +23,10 @@ How (measured on the shared data):
 * **Cytoplasm.** Pale blue cytoplasm absorbs relatively more red than blue
   light, pink red cells do not: ``OD_red - OD_blue`` above the median of the
   crop's red cells (plus a margin) and stained (OD above the background) is
-  cytoplasm. Only a region of interest around the nucleus is examined.
+  cytoplasm. A cytoplasm too pale to pass (thin, spread between red cells) is
+  found by its hue instead: blue chroma ``(OD_red - OD_blue) / OD_sum`` well
+  above the red cells', at a density below theirs. Only a region of interest
+  around the nucleus is examined.
 * **Touching neighbour.** When the cytoplasm region holds another nucleus, it
   is split between the two cells by distance to each nucleus; the cell is
   kept (flag ``qc_neighbour_split``) unless the cut makes up too much of its
