@@ -736,6 +736,65 @@ def nested_selection(
 # ---------------------------------------------------------------- calibration, refer band, ablation
 
 
+#: Percentiles of each model input over the training patients stored in model.json (every 5 %).
+REFERENCE_PERCENTILES = tuple(range(0, 101, 5))
+
+
+def reference_ranges(X: pd.DataFrame, y) -> dict:
+    """Distribution of each model input over the training patients: the reference a report compares with.
+
+    Parameters
+    ----------
+    X : DataFrame
+        The patient model's training inputs, one row per patient (for cell-score
+        summaries, the out-of-fold values the patient model was trained on).
+    y : array of 0/1
+        Labels (1 tumoral).
+
+    Returns
+    -------
+    dict
+        ``{"percentiles": [0, 5, ..., 100], "inputs": {name: {"all": values at those
+        percentiles, "reactive": [q25, median, q75], "tumoral": [q25, median, q75],
+        "n": patients with a value}}}``; missing values are left out, an input
+        without any value is omitted.
+    """
+    y = np.asarray(y).astype(int)
+    out = {}
+    for name in X.columns:
+        v = X[name].to_numpy(float)
+        ok = np.isfinite(v)
+        if not ok.any():
+            continue
+        entry = {"all": np.percentile(v[ok], REFERENCE_PERCENTILES).tolist(), "n": int(ok.sum())}
+        for label, key in ((0, "reactive"), (1, "tumoral")):
+            vals = v[ok & (y == label)]
+            entry[key] = np.percentile(vals, [25, 50, 75]).tolist() if vals.size else None
+        out[name] = entry
+    return {"percentiles": list(REFERENCE_PERCENTILES), "inputs": out}
+
+
+def reference_percentile(value: float, reference: dict, name: str) -> float | None:
+    """Percentile (0-100) of ``value`` among the training patients' values of input ``name``.
+
+    Interpolated between the stored percentiles of :func:`reference_ranges`
+    (ties, as for a 0/1 input, take the middle of their percentiles). None when
+    the value is missing or the input has no reference.
+    """
+    entry = (reference or {}).get("inputs", {}).get(name)
+    if entry is None or not np.isfinite(value):
+        return None
+    xs = np.asarray(entry["all"], float)
+    ps = np.asarray(reference["percentiles"], float)
+    levels, inverse = np.unique(xs, return_inverse=True)
+    mids = np.bincount(inverse, weights=ps) / np.bincount(inverse)
+    if value < levels[0]:
+        return 0.0
+    if value > levels[-1]:
+        return 100.0
+    return float(np.interp(value, levels, mids))
+
+
 def calibration_table(y_true, proba, n_bins: int = 5) -> dict:
     """Reliability-diagram data and Brier score of pooled out-of-fold probabilities.
 
@@ -1078,6 +1137,7 @@ def fit_model(
             matrix[["patient_id", "label", *[c for c in feats if c in matrix.columns]]]
         ),
         "n_training_patients": int(len(y)),
+        "reference": reference_ranges(inputs.train_features_[feats], y),
     }
     if inputs.cell_scorer_ is not None:
         meta["cell_model"] = {

@@ -439,10 +439,28 @@ class ReportInputs:
     _ranks: np.ndarray | None = field(default=None, repr=False)
 
     @property
+    def reference(self) -> dict | None:
+        """The training patients' reference ranges stored with the model (models fitted before them: None)."""
+        return self.meta.get("reference") or None
+
+    @property
     def percentile_ranks(self) -> np.ndarray:
-        """Percentile (0-100) of each patient's value of each input among the patients of the report."""
+        """Percentile (0-100) of each patient's value of each input.
+
+        Among the model's training patients when model.json holds their
+        reference ranges, else among the patients of the report.
+        """
         if self._ranks is None:
-            self._ranks = pd.DataFrame(self.X).rank(pct=True).to_numpy() * 100
+            if self.reference is not None:
+                from .model import reference_percentile
+
+                ranks = [
+                    [reference_percentile(v, self.reference, f) for f, v in zip(self.features, row, strict=True)]
+                    for row in self.X
+                ]
+                self._ranks = np.array(ranks, dtype=float)  # None -> nan
+            else:
+                self._ranks = pd.DataFrame(self.X).rank(pct=True).to_numpy() * 100
         return self._ranks
 
     @property
@@ -1158,7 +1176,7 @@ def section_caveats(inp: ReportInputs, imp: pd.DataFrame) -> str:
         "between neighbours (e.g. nucleus area and perimeter)."
     )
     fp = inp.meta.get("training_data_fingerprint")
-    if fp and _in_sample_check(inp) is False:
+    if fp and inp.reference is None and _in_sample_check(inp) is False:
         items.append(
             "<b>These patients are not the training table.</b> Percentiles on patient pages compare each patient "
             f"with the {len(inp.patients)} patients of this report only."
@@ -1436,6 +1454,7 @@ def _waterfall_html(inp: ReportInputs, i: int, n_top: int = 10) -> str:
             label = (
                 f"{_e(short_label(name))} <span class='sub small'>= {_e(val)}{ptxt}</span>"
                 f"<br><span class='sub small'>{_e(describe_feature(name))}</span>"
+                f"{_reference_medians_html(inp, name)}"
             )
         else:
             label = f"<i>{_e(name)}</i>"
@@ -1453,12 +1472,31 @@ def _waterfall_html(inp: ReportInputs, i: int, n_top: int = 10) -> str:
         "<p class='small sub'>Contributions in log-odds (SHAP); "
         "<span class='legend-dot' style='background:#c0392b'></span>toward tumoral "
         "<span class='legend-dot' style='background:#2e6da4'></span>toward reactive; dashed line: decision threshold. "
-        "Percentiles (pct) compare the patient with the others of this report.</p>"
+        f"{_percentile_note(inp)}</p>"
     )
 
 
+def _percentile_note(inp: ReportInputs) -> str:
+    """What the percentiles of the patient pages compare with."""
+    ref = inp.reference
+    if ref is None:
+        return "Percentiles (pct) compare the patient with the others of this report."
+    n = inp.meta.get("n_training_patients")
+    who = f"the {n} training patients" if n else "the training patients"
+    return f"Percentiles (pct) and medians compare the patient with {who} of the model."
+
+
+def _reference_medians_html(inp: ReportInputs, name: str) -> str:
+    """Median of an input among the training patients of each class, e.g. the lymphocyte count."""
+    entry = (inp.reference or {}).get("inputs", {}).get(name)
+    if not entry or name == "gender_male" or not entry.get("reactive") or not entry.get("tumoral"):
+        return ""
+    rea, tum = _display_value(name, entry["reactive"][1]), _display_value(name, entry["tumoral"][1])
+    return f"<br><span class='sub small'>training medians: reactive {_e(rea)}, tumoral {_e(tum)}</span>"
+
+
 def _percentiles(inp: ReportInputs, i: int) -> dict[str, float]:
-    """Percentile of each of patient ``i``'s inputs among the patients of the report."""
+    """Percentile of each of patient ``i``'s inputs (see :attr:`ReportInputs.percentile_ranks`)."""
     ranks = inp.percentile_ranks
     return {f: float(ranks[i, j]) for j, f in enumerate(inp.features) if np.isfinite(ranks[i, j])}
 

@@ -13,6 +13,8 @@ from lympho_features.model import (
     load_model,
     parse_feature_set,
     predict,
+    reference_percentile,
+    reference_ranges,
     save_model,
 )
 
@@ -106,6 +108,59 @@ def test_fit_save_load_predict_roundtrip(tmp_path):
 
     direct = model.classifier.predict_proba(model_matrix(t)[model.features].to_numpy(float))[:, 1]
     assert np.allclose(direct, preds["probability"])
+
+
+def test_reference_ranges_describe_the_training_patients(tmp_path):
+    t = patients_table(n=80, seed=3)
+    model, cv = fit_model(t, "clinical+morphology", folds=3, repeats=1)
+    save_model(model, cv, tmp_path / "m")
+    _, meta = load_model(tmp_path / "m")  # the schema accepts what fit writes
+    ref = meta["reference"]
+    assert set(ref["inputs"]) == set(model.features)
+    X = model.inputs.train_features_[model.features]
+    y = t["label"].astype(int).to_numpy()
+    lymph = ref["inputs"]["log_lymph_count"]
+    assert lymph["n"] == len(t)
+    assert np.isclose(lymph["all"][0], X["log_lymph_count"].min()) and np.isclose(
+        lymph["all"][-1], X["log_lymph_count"].max()
+    )
+    assert np.isclose(lymph["tumoral"][1], X["log_lymph_count"][y == 1].median())
+    assert lymph["tumoral"][1] > lymph["reactive"][1]  # the planted signal: tumoral counts are higher
+    # Percentiles: the median is the 50th, beyond the extremes 0 and 100, in between monotone.
+    med = float(X["log_lymph_count"].median())
+    assert abs(reference_percentile(med, ref, "log_lymph_count") - 50) < 3
+    assert (
+        reference_percentile(-1e9, ref, "log_lymph_count") == 0
+        and reference_percentile(1e9, ref, "log_lymph_count") == 100
+    )
+    grid = np.linspace(lymph["all"][0], lymph["all"][-1], 50)
+    assert np.all(np.diff([reference_percentile(v, ref, "log_lymph_count") for v in grid]) >= 0)
+    assert reference_percentile(float("nan"), ref, "log_lymph_count") is None
+    assert reference_percentile(1.0, ref, "no_such_input") is None
+
+
+def test_reference_ranges_of_a_binary_and_a_missing_input():
+    X = pd.DataFrame(
+        {"gender_male": [0.0] * 30 + [1.0] * 10, "empty": [np.nan] * 40, "part": [np.nan] * 20 + list(range(20))}
+    )
+    y = np.array([0, 1] * 20)
+    ref = reference_ranges(X, y)
+    assert "empty" not in ref["inputs"] and ref["inputs"]["part"]["n"] == 20
+    # 75 % are 0: a 0 sits in the middle of the percentiles that are 0, a 1 in the middle of those that are 1.
+    p0, p1 = reference_percentile(0.0, ref, "gender_male"), reference_percentile(1.0, ref, "gender_male")
+    assert 30 <= p0 <= 45 and 85 <= p1 <= 95
+
+
+def test_load_model_rejects_malformed_reference_ranges(tmp_path):
+    t = patients_table()
+    model, cv = fit_model(t, "clinical", folds=3, repeats=1)
+    save_model(model, cv, tmp_path / "m")
+    path = tmp_path / "m" / "model.json"
+    meta = json.loads(path.read_text())
+    meta["reference"]["inputs"]["age"]["all"] = meta["reference"]["inputs"]["age"]["all"][::-1]  # not sorted
+    path.write_text(json.dumps(meta))
+    with pytest.raises(ModelError, match="'reference'"):
+        load_model(tmp_path / "m")
 
 
 def test_predict_refuses_mismatched_columns(tmp_path):

@@ -455,3 +455,31 @@ def test_report_of_a_model_whose_inputs_come_from_a_cell_model(tiny_features, tm
     save_model(model, cv, tmp_path / "model")
     doc = write_report(tmp_path / "model", tiny_features, tmp_path / "r").path.read_text()
     assert "Most tumoral-looking cells by the cell-level model" in doc
+
+
+def test_patient_pages_compare_with_the_training_patients(tiny_model, tiny_features, tmp_path):
+    # Percentiles come from the reference ranges stored with the model, so one new patient alone
+    # is still placed among the training patients (not at the 50th percentile of a cohort of one).
+    _, meta = load_model(tiny_model)
+    assert meta.get("reference")
+    patients = load_patients(tiny_features)
+    one = tmp_path / "one"
+    one.mkdir()
+    patients.iloc[[0]].to_parquet(one / "patients.parquet")
+    inp = load_inputs(tiny_model, one)
+    assert inp.reference is not None
+    from lympho_features.model import reference_percentile
+
+    j = inp.features.index("log_lymph_count")
+    expected = reference_percentile(float(inp.X[0, j]), meta["reference"], "log_lymph_count")
+    assert np.isclose(inp.percentile_ranks[0, j], expected)
+    doc = write_report(tiny_model, one, tmp_path / "r").path.read_text()
+    assert "compare the patient with the 12 training patients of the model" in doc
+    assert "training medians: reactive" in doc
+    # A model saved without reference ranges (older versions) still reports, against the report's patients.
+    old = tmp_path / "old"
+    shutil.copytree(tiny_model, old)
+    meta.pop("reference")
+    (old / "model.json").write_text(json.dumps(meta))
+    doc = write_report(old, tiny_features, tmp_path / "r2").path.read_text()
+    assert "compare the patient with the others of this report" in doc and "training medians" not in doc
