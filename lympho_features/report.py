@@ -1577,10 +1577,16 @@ def section_patients(inp: ReportInputs, thumbs: ThumbnailMaker) -> tuple[str, st
 
 
 def _threshold_rule(meta: dict) -> str:
+    """How the model's threshold was set, in a few words for the patient card."""
+    from .model import BALANCED_THRESHOLD
+
     ms = meta.get("min_sensitivity")
     if isinstance(ms, int | float):
         return f"chosen in cross-validation to keep sensitivity at least {ms:.2f}"
-    return "chosen in cross-validation to balance sensitivity and specificity (not 0.5)"
+    if meta.get("threshold") == BALANCED_THRESHOLD:
+        return "the neutral point of a model that weighs both classes equally (fixed, not tuned)"
+    # Models fitted before the balanced threshold was fixed tuned it by inner cross-validation.
+    return "chosen in cross-validation to balance sensitivity and specificity"
 
 
 def _patient_page(inp: ReportInputs, i: int, oof, medians: dict[str, float], thumbs: ThumbnailMaker) -> str:

@@ -475,6 +475,8 @@ def test_patient_pages_compare_with_the_training_patients(tiny_model, tiny_featu
     assert np.isclose(inp.percentile_ranks[0, j], expected)
     doc = write_report(tiny_model, one, tmp_path / "r").path.read_text()
     assert "compare the patient with the 12 training patients of the model" in doc
+    # The patient card says how the threshold was set: fixed at 0.5 for this model.
+    assert "threshold 0.500, the neutral point of a model that weighs both classes equally" in doc
     assert "training medians: reactive" in doc
     # A model saved without reference ranges (older versions) still reports, against the report's patients.
     old = tmp_path / "old"
