@@ -272,6 +272,19 @@ class CellScorer(BaseEstimator):
         )
         return pd.DataFrame({"patient_id": cells["patient_id"].astype(str).to_numpy(), "score": scores})
 
+    def explain_cells(self, cells: pd.DataFrame) -> pd.DataFrame:
+        """Why the cell model scores each usable cell as it does: SHAP contributions, log-odds.
+
+        One row per usable cell (index of ``cells`` kept), one column per
+        feature of :attr:`features_`; with the model's expected value, a row
+        sums to the logit of the cell's score. Positive pushes toward tumoral.
+        """
+        cells = usable_cells(cells, self.qc_only)
+        if not len(cells):
+            return pd.DataFrame(columns=self.features_, dtype=float)
+        contrib = self.booster_.predict(cells[self.features_].to_numpy(np.float64), pred_contrib=True, num_threads=1)
+        return pd.DataFrame(contrib[:, :-1], index=cells.index, columns=self.features_)
+
     # ------------------------------------------------------------ persistence (text + JSON, no pickle)
 
     def save(self, model_path: str | Path, meta_path: str | Path) -> None:

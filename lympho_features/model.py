@@ -1327,10 +1327,14 @@ def model_inputs(
     return X.reset_index(drop=True)
 
 
-def cell_scores(model_dir: str | Path, meta: dict, cells: pd.DataFrame) -> pd.Series | None:
+def cell_scores(
+    model_dir: str | Path, meta: dict, cells: pd.DataFrame, contributions: bool = False
+) -> pd.Series | tuple[pd.Series, pd.DataFrame] | None:
     """Each cell's score by a saved model's cell model (NaN for cells it does not score), or None without one.
 
     With both cell models (``cellscore`` and ``cellmorph``), the one on every per-cell feature (``cellscore``).
+    With ``contributions``, also why: the cell model's SHAP contributions (log-odds, one column per
+    per-cell feature, rows of the scored cells; see :meth:`CellScorer.explain_cells`).
     """
     if not set(_meta_blocks(meta)[0]) & {"cellscore", "cellmorph"}:
         return None
@@ -1342,6 +1346,8 @@ def cell_scores(model_dir: str | Path, meta: dict, cells: pd.DataFrame) -> pd.Se
     usable = usable_cells(cells, scorer.qc_only)
     with _stage_errors():
         out.loc[usable.index] = scorer.score_cells(usable)["score"].to_numpy()
+        if contributions:
+            return out, scorer.explain_cells(usable)
     return out
 
 

@@ -436,6 +436,8 @@ class ReportInputs:
     cv_predictions: pd.DataFrame | None
     data_dir: Path | None
     warnings: list[str] = field(default_factory=list)
+    #: The cell model's SHAP contributions per scored cell (rows: index of ``cells``), when the model has one.
+    cell_contrib: pd.DataFrame | None = None
     _ranks: np.ndarray | None = field(default=None, repr=False)
 
     @property
@@ -505,15 +507,17 @@ def load_inputs(model_dir: str | Path, features_dir: str | Path, data_dir: str |
             warnings.append(f"{cells_path} unreadable ({exc}): cell sections left out")
     else:
         warnings.append(f"{cells_path} not found: cell counts and galleries left out")
+    cell_contrib = None
     if cells is not None and "cell_score" not in cells.columns:
         from .model import cell_scores
 
         try:  # a model with a cell model scores each cell (galleries of the most tumoral-looking cells)
-            scores = cell_scores(model_dir, meta, cells)
+            scored = cell_scores(model_dir, meta, cells, contributions=True)
         except ModelError as exc:
-            scores = None
+            scored = None
             warnings.append(f"cells could not be scored by the cell model ({exc})")
-        if scores is not None:
+        if scored is not None:
+            scores, cell_contrib = scored
             cells = cells.assign(cell_score=scores)
 
     manifest: dict = {}
@@ -561,6 +565,7 @@ def load_inputs(model_dir: str | Path, features_dir: str | Path, data_dir: str |
         cvp,
         data_dir,
         warnings,
+        cell_contrib=cell_contrib,
     )
 
 
@@ -1213,6 +1218,23 @@ class GalleryGroup:
     side: str | None = None  #: "highest", "lowest" or "lowest and highest"
 
 
+def _cell_reasons(inp: ReportInputs, index, top: int = 2) -> str:
+    """The cell model's strongest reasons to call one cell tumoral, for its caption (empty without them)."""
+    if inp.cell_contrib is None or index not in inp.cell_contrib.index:
+        return ""
+    row = inp.cell_contrib.loc[index]
+    up = row[row > 0].sort_values(ascending=False, kind="stable")[:top]
+    if up.empty:
+        return ""
+    cells = inp.cells
+    parts = []
+    for name, v in up.items():
+        value = cells.at[index, name] if cells is not None and name in cells.columns else np.nan
+        shown = f" {_short_num(value)}" if np.isfinite(value) else ""
+        parts.append(f"{short_label(name)}{shown} (+{v:.2f})")
+    return "; why: " + ", ".join(parts)
+
+
 def select_gallery(
     inp: ReportInputs,
     i: int,
@@ -1247,10 +1269,16 @@ def select_gallery(
         s = pc[score_col].dropna().sort_values(ascending=False, kind="stable")
         if len(s):
             caps = [
-                (str(pc.at[ix, "image"]), f"score {_short_num(pc.at[ix, score_col])}") for ix in s.index[:per_group]
+                (str(pc.at[ix, "image"]), f"score {_short_num(pc.at[ix, score_col])}{_cell_reasons(inp, ix)}")
+                for ix in s.index[:per_group]
             ]
             used.update(c for c, _ in caps)
-            groups.append(GalleryGroup("Most tumoral-looking cells by the cell-level model", "", caps))
+            note = (
+                "Under each cell, the measurements that raised its score most (SHAP, log-odds of the cell model)."
+                if inp.cell_contrib is not None
+                else ""
+            )
+            groups.append(GalleryGroup("Most tumoral-looking cells by the cell-level model", note, caps))
     n_score_groups = len(groups)
     shown_bases: set[str] = set()
     order = np.argsort(-np.abs(inp.contrib[i]), kind="stable")

@@ -85,6 +85,22 @@ def test_cell_model_learns_planted_cell_signal_and_scores_out_of_fold():
     assert roc_auc_score(labels, agg["cellscore__frac_gt50"]) > 0.85
 
 
+def test_cell_explanations_add_up_to_the_score_and_name_the_planted_feature():
+    cells, labels = synthetic_cells(30, seed=4)
+    scorer = CellScorer(n_estimators=40, inner_folds=3).fit(cells, labels)
+    why = scorer.explain_cells(cells)
+    scores = scorer.score_cells(cells)["score"].to_numpy()
+    assert list(why.columns) == scorer.features_ and len(why) == len(scores)
+    assert set(why.index) == set(cells.index[cells["qc_ok"]])  # usable cells only, their rows of `cells`
+    # Each row plus the model's expected value is the logit of the cell's score.
+    logit = np.log(scores / (1 - scores))
+    expected = logit - why.sum(axis=1).to_numpy()
+    assert np.allclose(expected, expected[0], atol=1e-6)
+    # The cells it scores most tumoral are so because of `atypia` (the planted signal), not `noise`.
+    top = np.argsort(-scores)[:20]
+    assert (why["atypia"].to_numpy()[top] > why["noise"].to_numpy()[top]).all()
+
+
 def test_out_of_fold_scores_cannot_memorise_patients():
     # A patient-identifying cell feature lets the model memorise its training patients: in-sample scores
     # separate the classes, the out-of-fold scores the patient model learns from must not.

@@ -455,6 +455,25 @@ def test_report_of_a_model_whose_inputs_come_from_a_cell_model(tiny_features, tm
     save_model(model, cv, tmp_path / "model")
     doc = write_report(tmp_path / "model", tiny_features, tmp_path / "r").path.read_text()
     assert "Most tumoral-looking cells by the cell-level model" in doc
+    # Each of those cells says which of its measurements raised its score (the cell model's SHAP values).
+    assert "the measurements that raised its score most" in doc
+    inp = load_inputs(tmp_path / "model", tiny_features)
+    assert inp.cell_contrib is not None and set(inp.cell_contrib.index) <= set(inp.cells.index)
+    # 12 synthetic patients are too few for the cell model's trees to split (every contribution 0, no
+    # reason given): plant contributions to check what the captions say.
+    pid = inp.patients["patient_id"].iat[0]
+    mine = [ix for ix in inp.cells.index[inp.cells["patient_id"] == pid] if ix in inp.cell_contrib.index]
+    planted = inp.cell_contrib * 0.0
+    planted.loc[mine, "shape_nucleus_area"] = 0.8
+    planted.loc[mine, "nc_ratio"] = 0.3
+    planted.loc[mine, "haralick_contrast_d1"] = -0.5  # toward reactive: not a reason to call it tumoral
+    inp.cell_contrib = planted
+    group = select_gallery(inp, 0, {})[0]
+    assert group.title.startswith("Most tumoral-looking")
+    for _, caption in group.cells:
+        assert re.fullmatch(
+            r"score [0-9.]+; why: nucleus area [0-9.,]+ \(\+0\.80\), nc ratio [0-9.]+ \(\+0\.30\)", caption
+        ), caption
 
 
 def test_patient_pages_compare_with_the_training_patients(tiny_model, tiny_features, tmp_path):
