@@ -150,11 +150,29 @@ def feature_columns(patients: pd.DataFrame, feature_set: str) -> list[str]:
     return _static_columns(model_matrix(patients), blocks, drop)
 
 
+def monotone_direction(name: str) -> int:
+    """Direction an input may move the probability of tumoral: +1 (never down), 0 (free).
+
+    A higher lymphocyte count or age, or a higher cell-model score summary,
+    never makes tumoral less likely: what haematology expects (CLL is a
+    disease of older adults with high counts; the cell model scores how
+    tumoral each cell looks), so a small cohort's noise cannot fit the
+    opposite in some range, and explanations stay coherent.
+    """
+    if name in ("log_lymph_count", "age"):
+        return 1
+    if name.startswith(("cellscore__", "cellscore_morph__")):
+        return 1
+    return 0
+
+
 class PatientClassifier(ClassifierMixin, BaseEstimator):
     """Small-tree LightGBM for a few hundred patients, classes balanced.
 
     Parameters are LightGBM's; the defaults favour shallow, heavily
-    regularised trees because the cohorts are small.
+    regularised trees because the cohorts are small. With ``monotone``, a
+    DataFrame's columns get LightGBM monotone constraints by
+    :func:`monotone_direction` (arrays have no names: unconstrained).
     """
 
     def __init__(
@@ -166,6 +184,7 @@ class PatientClassifier(ClassifierMixin, BaseEstimator):
         subsample=0.8,
         colsample_bytree=0.5,
         reg_lambda=1.0,
+        monotone=True,
         random_state=0,
     ):
         self.n_estimators = n_estimators
@@ -175,11 +194,16 @@ class PatientClassifier(ClassifierMixin, BaseEstimator):
         self.subsample = subsample
         self.colsample_bytree = colsample_bytree
         self.reg_lambda = reg_lambda
+        self.monotone = monotone
         self.random_state = random_state
 
     def fit(self, X, y):
         import lightgbm as lgb
 
+        names = list(X.columns) if hasattr(X, "columns") else None
+        constraints = [monotone_direction(n) for n in names] if self.monotone and names else None
+        self.monotone_constraints_ = constraints
+        extra = {"monotone_constraints": constraints} if constraints and any(constraints) else {}
         self.model_ = lgb.LGBMClassifier(
             n_estimators=self.n_estimators,
             learning_rate=self.learning_rate,
@@ -195,6 +219,7 @@ class PatientClassifier(ClassifierMixin, BaseEstimator):
             force_row_wise=True,
             n_jobs=1,
             verbose=-1,
+            **extra,
         )
         self.model_.fit(np.asarray(X, dtype=float), np.asarray(y, dtype=int))
         self.classes_ = self.model_.classes_
@@ -270,9 +295,10 @@ def _inner_threshold(estimator, X, y, seed, inner_folds, min_sensitivity):
     if k < 2:
         return 0.5
     oof = np.zeros(len(y))
-    for tr, te in StratifiedKFold(k, shuffle=True, random_state=seed).split(X, y):
-        m = clone(estimator).fit(X[tr], y[tr])
-        oof[te] = m.predict_proba(X[te])[:, 1]
+    rows = X.iloc if hasattr(X, "iloc") else X
+    for tr, te in StratifiedKFold(k, shuffle=True, random_state=seed).split(np.zeros(len(y)), y):
+        m = clone(estimator).fit(rows[tr], y[tr])
+        oof[te] = m.predict_proba(rows[te])[:, 1]
     return choose_threshold(y, oof, min_sensitivity)
 
 
@@ -589,7 +615,8 @@ def _fold_task(
     out = {}
     for fs in sets:
         cols = ff.columns_for(fs)
-        Xtr, Xte = Xtr_all[cols].to_numpy(float), Xte_all[cols].to_numpy(float)
+        # DataFrames: the patient model reads the inputs' names (monotone constraints).
+        Xtr, Xte = Xtr_all[cols].astype(float), Xte_all[cols].astype(float)
         est = clone(base).set_params(random_state=state).fit(Xtr, y[tr])
         proba = est.predict_proba(Xte)[:, 1]
         thr = _inner_threshold(est, Xtr, y[tr], inner_seed, inner_folds, min_sensitivity)
@@ -1118,7 +1145,7 @@ def fit_model(
     )
     inputs = FoldFeatures(blocks, drop, random_state=seed).fit(cohort, y)
     feats = inputs.feature_names_
-    final = clone(est).fit(inputs.train_features_[feats].to_numpy(float), y)
+    final = clone(est).fit(inputs.train_features_[feats].astype(float), y)
     matrix = cohort.patients
     meta = {
         "format": MODEL_FORMAT,

@@ -6,11 +6,13 @@ import pytest
 
 from lympho_features.model import (
     ModelError,
+    PatientClassifier,
     choose_threshold,
     cross_validate,
     feature_columns,
     fit_model,
     load_model,
+    monotone_direction,
     parse_feature_set,
     predict,
     reference_percentile,
@@ -161,6 +163,34 @@ def test_load_model_rejects_malformed_reference_ranges(tmp_path):
     path.write_text(json.dumps(meta))
     with pytest.raises(ModelError, match="'reference'"):
         load_model(tmp_path / "m")
+
+
+def test_lymph_count_age_and_cell_scores_only_ever_raise_the_probability():
+    # Planted: tumoral patients have high counts, but so do a few reactive ones at the very top (a U shape
+    # that 80 patients cannot tell from noise). Constrained, the model cannot lower the probability there.
+    rng = np.random.default_rng(0)
+    n = 80
+    y = rng.integers(0, 2, n)
+    lymph = rng.normal(1.0 + 1.0 * y, 0.4)
+    lymph[np.argsort(lymph)[-8:]] += 1.0
+    y[np.argsort(lymph)[-8:]] = 0
+    X = pd.DataFrame(
+        {"log_lymph_count": lymph, "gender_male": rng.integers(0, 2, n).astype(float), "noise": rng.normal(size=n)}
+    )
+    assert [monotone_direction(c) for c in X.columns] == [1, 0, 0]
+    assert monotone_direction("age") == 1 and monotone_direction("cellscore_morph__q90") == 1
+    assert monotone_direction("n_cells") == 0 and monotone_direction("cnn_pc01__mean") == 0
+    grid = X.iloc[[0] * 50].copy()
+    grid["log_lymph_count"] = np.linspace(lymph.min(), lymph.max() + 0.5, 50)
+    kw = dict(min_child_samples=3, num_leaves=8, n_estimators=300, learning_rate=0.1)
+    free = PatientClassifier(monotone=False, **kw).fit(X, y).predict_proba(grid)[:, 1]
+    mono = PatientClassifier(**kw).fit(X, y)
+    p = mono.predict_proba(grid)[:, 1]
+    assert np.all(np.diff(p) >= -1e-12)
+    assert np.diff(free).min() < -0.05  # unconstrained, it learned the dip
+    assert mono.monotone_constraints_ == [1, 0, 0]
+    # Arrays carry no names: no constraint.
+    assert PatientClassifier(**kw).fit(X.to_numpy(), y).monotone_constraints_ is None
 
 
 def test_predict_refuses_mismatched_columns(tmp_path):
