@@ -861,7 +861,9 @@ def section_performance(inp: ReportInputs) -> str:
         figs.append(_img(_calibration_figure(cvp, inp.meta), "calibration"))
     parts.append(f'<div class="figs">{"".join(figs)}</div>' if figs else "")
     if cvp is not None and "prediction" in cvp:
-        parts.append(_confusion_html(cvp, inp.threshold))
+        parts.append(_confusion_html(cvp, inp.threshold, inp.meta))
+    if cvp is not None and cvp["label"].nunique() == 2:
+        parts.append(_operating_points_html(cvp, inp.meta))
     parts.append(_ablation_html(inp.meta))
     parts.append("</section>")
     return "".join(parts)
@@ -919,7 +921,10 @@ def _calibration_figure(cvp: pd.DataFrame, meta: dict) -> str:
     return _png(fig)
 
 
-def _confusion_html(cvp: pd.DataFrame, threshold: float) -> str:
+def _confusion_html(cvp: pd.DataFrame, threshold: float, meta: dict | None = None) -> str:
+    from .model import BALANCED_THRESHOLD
+
+    meta = meta or {}
     reps = cvp["repeat"].nunique() if "repeat" in cvp else 1
     y, pred = cvp["label"].astype(int), cvp["prediction"].astype(int)
     tp, fn = int(((y == 1) & (pred == 1)).sum()), int(((y == 1) & (pred == 0)).sum())
@@ -933,11 +938,69 @@ def _confusion_html(cvp: pd.DataFrame, threshold: float) -> str:
         ["<b>reactive</b>", f"{c(fp)} false alarms", f"<b>{c(tn)}</b> cleared"],
     ]
     note = f" (mean over {reps} repeats)" if reps > 1 else ""
+    if meta.get("min_sensitivity") is None and threshold == BALANCED_THRESHOLD:
+        how = f"Every fold's decisions, like the final model's, use the fixed threshold {threshold:.3f}."
+    else:
+        how = (
+            "Each fold's decisions use a threshold chosen on its training patients only. "
+            f"The final model's threshold, chosen on all out-of-fold probabilities, is {threshold:.3f}."
+        )
+    return f"<h3>Confusion matrix in cross-validation{note}</h3><p class='small sub'>{how}</p>" + _table(
+        ["true class", "called tumoral", "called reactive"], rows, "cm"
+    )
+
+
+#: Sensitivities a lab may want instead of the balanced operating point (report table).
+OPERATING_SENSITIVITIES = (0.90, 0.95, 0.98)
+
+
+def operating_points(cvp: pd.DataFrame, threshold: float, sensitivities=OPERATING_SENSITIVITIES) -> pd.DataFrame:
+    """Sensitivity and specificity at the model's threshold and at thresholds keeping a minimum sensitivity.
+
+    Computed on the pooled out-of-fold probabilities ``cvp`` (``label``, ``probability``,
+    optional ``repeat``): one threshold per target (the highest whose pooled sensitivity
+    reaches it), then sensitivity and specificity averaged over repeats. Columns:
+    ``operating_point``, ``threshold``, ``sensitivity``, ``specificity``, ``reactive_cleared_per_100``
+    (reactive patients spared flow cytometry per 100 reactive).
+    """
+    from .model import choose_threshold
+
+    y, p = cvp["label"].astype(int).to_numpy(), cvp["probability"].to_numpy(float)
+    groups = [g for _, g in cvp.groupby("repeat")] if "repeat" in cvp else [cvp]
+
+    def at(t):
+        sens = np.mean([(g["probability"][g["label"] == 1] >= t).mean() for g in groups])
+        spec = np.mean([(g["probability"][g["label"] == 0] < t).mean() for g in groups])
+        return sens, spec
+
+    rows = [("the model's threshold", threshold, *at(threshold))]
+    for s in sensitivities:
+        t = choose_threshold(y, p, s)
+        rows.append((f"sensitivity at least {s:.2f}", t, *at(t)))
+    out = pd.DataFrame(rows, columns=["operating_point", "threshold", "sensitivity", "specificity"])
+    out["reactive_cleared_per_100"] = 100 * out["specificity"]
+    return out
+
+
+def _operating_points_html(cvp: pd.DataFrame, meta: dict) -> str:
+    table = operating_points(cvp, float(meta.get("threshold", 0.5)))
+    rows = [
+        [
+            _e(r.operating_point),
+            f"{r.threshold:.3f}",
+            f"{r.sensitivity:.3f}",
+            f"{r.specificity:.3f}",
+            f"{r.reactive_cleared_per_100:.0f}",
+        ]
+        for r in table.itertuples()
+    ]
     return (
-        f"<h3>Confusion matrix in cross-validation{note}</h3>"
-        "<p class='small sub'>Each fold's decisions use a threshold chosen on its training patients only. "
-        f"The final model's threshold, chosen on all out-of-fold probabilities, is {threshold:.3f}.</p>"
-        + _table(["true class", "called tumoral", "called reactive"], rows, "cm")
+        "<h3>Other operating points</h3>"
+        "<p class='small sub'>A triage tool may prefer missing fewer tumoral patients to sparing more reactive ones "
+        "flow cytometry. Each row's threshold is the highest that keeps the sensitivity of these out-of-fold "
+        "predictions at the target, so it is a little optimistic: <code>lympho fit --min-sensitivity 0.95</code> "
+        "chooses it inside each fold and reports the honest estimate.</p>"
+        + _table(["operating point", "threshold", "sensitivity", "specificity", "reactive cleared per 100"], rows)
     )
 
 

@@ -25,6 +25,7 @@ from lympho_features.report import (
     explain_predictions,
     feature_family,
     load_inputs,
+    operating_points,
     select_gallery,
     shap_contributions,
     wilson_interval,
@@ -504,3 +505,35 @@ def test_patient_pages_compare_with_the_training_patients(tiny_model, tiny_featu
     (old / "model.json").write_text(json.dumps(meta))
     doc = write_report(old, tiny_features, tmp_path / "r2").path.read_text()
     assert "compare the patient with the others of this report" in doc and "training medians" not in doc
+
+
+def test_operating_points_keep_the_asked_sensitivity():
+    rng = np.random.default_rng(0)
+    rows = []
+    for r in range(3):
+        y = rng.integers(0, 2, 200)
+        p = np.clip(rng.normal(0.3 + 0.4 * y, 0.2), 0, 1)
+        rows.append(pd.DataFrame({"repeat": r, "label": y, "probability": p}))
+    cvp = pd.concat(rows, ignore_index=True)
+    table = operating_points(cvp, 0.5)
+    assert list(table["operating_point"]) == [
+        "the model's threshold",
+        "sensitivity at least 0.90",
+        "sensitivity at least 0.95",
+        "sensitivity at least 0.98",
+    ]
+    first = table.iloc[0]
+    y, p = cvp["label"], cvp["probability"]
+    assert np.isclose(first["sensitivity"], (p[y == 1] >= 0.5).mean(), atol=0.02)
+    # Higher sensitivity targets: lower thresholds, sensitivity reached (pooled), specificity paid for it.
+    assert table["threshold"].is_monotonic_decreasing
+    for target, row in zip((0.90, 0.95, 0.98), table.iloc[1:].itertuples(), strict=True):
+        assert (p[y == 1] >= row.threshold).mean() >= target
+    assert table["specificity"].iloc[1:].is_monotonic_decreasing
+    assert np.allclose(table["reactive_cleared_per_100"], 100 * table["specificity"])
+
+
+def test_report_states_the_fixed_threshold_and_other_operating_points(tiny_report):
+    doc = tiny_report.read_text()
+    assert "use the fixed threshold 0.500" in doc and "chosen on all out-of-fold probabilities" not in doc
+    assert "Other operating points" in doc and "sensitivity at least 0.95" in doc
