@@ -39,6 +39,7 @@ from lympho_features.model import (  # noqa: E402
     DEFAULT_FEATURE_SET,
     NESTED_CANDIDATES,
     Cohort,
+    PatientClassifier,
     ablation_table,
     cross_validate_sets,
     format_ablation,
@@ -74,7 +75,13 @@ def main() -> None:
         help="candidate lists for the nested selection, comma-separated: 'candidates' (the a-priori few, "
         "model.NESTED_CANDIDATES) and/or 'all' (every configuration of the table)",
     )
+    ap.add_argument(
+        "--no-monotone",
+        action="store_true",
+        help="patient model without monotone constraints (lympho fit --no-monotone; the models before)",
+    )
     args = ap.parse_args()
+    clf = PatientClassifier(monotone=not args.no_monotone, random_state=args.seed)
     if not (args.features / "patients.parquet").is_file() or args.data.is_dir():
         extract(args.data, args.features, jobs=args.jobs, progress=True)
     patients = load_patients(args.features)
@@ -92,7 +99,7 @@ def main() -> None:
     y = labeled["label"].astype(int).to_numpy()
     t0 = time.perf_counter()
     cpu0 = time.process_time()
-    res = cross_validate_sets(cohort, y, kept, args.folds, args.repeats, args.seed, n_jobs=args.jobs)
+    res = cross_validate_sets(cohort, y, kept, args.folds, args.repeats, args.seed, n_jobs=args.jobs, classifier=clf)
     wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
     rows = ablation_table(res, {fs: r.summary["n_features"] for fs, r in res.items()}, n_boot=args.boot, seed=args.seed)
     print(
@@ -105,7 +112,9 @@ def main() -> None:
     for which in [w for w in args.nested_sets.split(",") if w] if args.nested_repeats else []:
         cands = kept if which == "all" else [fs for fs in NESTED_CANDIDATES if fs in kept]
         t0 = time.perf_counter()
-        cv, chosen = nested_selection(cohort, y, cands, args.folds, args.nested_repeats, args.seed, n_jobs=args.jobs)
+        cv, chosen = nested_selection(
+            cohort, y, cands, args.folds, args.nested_repeats, args.seed, n_jobs=args.jobs, classifier=clf
+        )
         s = cv.summary
         counts = ", ".join(f"{k} {v}" for k, v in chosen["configuration"].value_counts().items())
         print(

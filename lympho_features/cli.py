@@ -157,6 +157,14 @@ def fit(
         ),
     ] = 0.25,
     jobs: Annotated[int, typer.Option("--jobs", "-j", help="CV folds fitted at once (threads).")] = 2,
+    monotone: Annotated[
+        bool,
+        typer.Option(
+            "--monotone/--no-monotone",
+            help="A higher lymphocyte count, age or cell-model score never lowers the probability of tumoral "
+            "(LightGBM monotone constraints); --no-monotone: unconstrained, as models before.",
+        ),
+    ] = True,
 ) -> None:
     """Cross-validate a patient-level classifier, then fit it on all labeled patients."""
     import time
@@ -188,6 +196,7 @@ def fit(
         refer_error_rate=refer_error_rate,
         refer_max_fraction=refer_max_fraction,
         n_jobs=jobs,
+        monotone=monotone,
     )
     s = cv.summary
     if model.metadata.get("ablation"):

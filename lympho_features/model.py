@@ -706,6 +706,7 @@ def nested_selection(
     seed: int = 0,
     inner_folds: int = 3,
     n_jobs: int = 1,
+    classifier: PatientClassifier | None = None,
 ) -> tuple[CVResult, pd.DataFrame]:
     """Honest estimate of "pick the best configuration, then fit it": selection inside each outer fold.
 
@@ -722,7 +723,7 @@ def nested_selection(
     y = np.asarray(y, int)
     _check_classes(y, folds)
     ids = cohort.ids
-    base = PatientClassifier(random_state=seed)
+    base = classifier if classifier is not None else PatientClassifier(random_state=seed)
     splits = [
         (r, f, tr, te)
         for r in range(repeats)
@@ -731,7 +732,7 @@ def nested_selection(
 
     def one(r, f, tr, te):
         state = seed + 1000 * r + f
-        inner = cross_validate_sets(cohort.subset(ids[tr]), y[tr], feature_sets, inner_folds, 1, state)
+        inner = cross_validate_sets(cohort.subset(ids[tr]), y[tr], feature_sets, inner_folds, 1, state, classifier=base)
         best = min(
             inner,
             key=lambda fs: (-inner[fs].summary["balanced_accuracy_mean"], inner[fs].summary["n_features"]),
@@ -1091,6 +1092,7 @@ def fit_model(
     refer_max_fraction: float = 0.25,
     n_boot: int = 2000,
     n_jobs: int = 1,
+    monotone: bool = True,
 ) -> tuple[FittedModel, CVResult]:
     """Cross-validate, then fit the final model on all labeled patients.
 
@@ -1113,6 +1115,9 @@ def fit_model(
         side's CV calls it may hold (see :func:`refer_band`).
     n_jobs : int
         Outer folds run at once (threads).
+    monotone : bool
+        Constrain the patient model to be monotone in lymphocyte count, age and cell-score
+        summaries (:func:`monotone_direction`); False: unconstrained (the models before).
 
     The final threshold is chosen on the pooled out-of-fold probabilities of
     the CV (each patient scored by models that never saw it).
@@ -1133,7 +1138,7 @@ def fit_model(
     if ablation:
         sets += list(ablation) if isinstance(ablation, tuple | list) else _available_sets(cells, embeddings)
     sets = list(dict.fromkeys(sets))
-    est = PatientClassifier(random_state=seed)
+    est = PatientClassifier(monotone=monotone, random_state=seed)
     results = cross_validate_sets(
         cohort, y, sets, folds, repeats, seed, min_sensitivity=min_sensitivity, classifier=est, n_jobs=n_jobs
     )
@@ -1199,6 +1204,7 @@ def fit_features_dir(
     refer_error_rate: float = 0.3,
     refer_max_fraction: float = 0.25,
     n_jobs: int = 2,
+    monotone: bool = True,
 ) -> tuple[FittedModel, CVResult]:
     """``lympho fit`` from Python: read a features folder, cross-validate, fit, and save when ``out_dir`` is given.
 
@@ -1229,6 +1235,7 @@ def fit_features_dir(
         refer_error_rate=refer_error_rate,
         refer_max_fraction=refer_max_fraction,
         n_jobs=n_jobs,
+        monotone=monotone,
     )
     if out_dir is not None:
         save_model(model, cv, out_dir)

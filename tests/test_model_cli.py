@@ -123,6 +123,20 @@ def test_image_only_model_saves_its_morphology_cell_model_and_predicts(tiny_feat
     assert len(pd.read_csv(tmp_path / "p.csv")) == 12
 
 
+def test_monotone_constraints_are_the_default_and_can_be_switched_off(default_model, tiny_features, tmp_path):
+    meta = json.loads((default_model / "model.json").read_text())
+    assert meta["params"]["monotone"] is True
+    constraints = (default_model / "model.txt").read_text().split("[monotone_constraints: ")[1].split("]")[0]
+    assert constraints.split(",") == [
+        "1" if f in ("age", "log_lymph_count") or f.startswith("cellscore") else "0" for f in meta["features"]
+    ]
+    r = quick_fit(tiny_features, tmp_path / "m", "--feature-set", "clinical", "--no-ablation", "--no-monotone")
+    assert r.exit_code == 0, r.output
+    meta = json.loads((tmp_path / "m" / "model.json").read_text())
+    assert meta["params"]["monotone"] is False
+    assert "[monotone_constraints: ]" in (tmp_path / "m" / "model.txt").read_text()
+
+
 def test_min_sensitivity_and_feature_set_errors(tiny_features, tmp_path):
     r = quick_fit(tiny_features, tmp_path / "m", "--feature-set", "clinical", "--min-sensitivity", 1.0, "--no-ablation")
     assert r.exit_code == 0, r.output
