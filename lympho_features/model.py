@@ -764,8 +764,9 @@ def nested_selection(
 # ---------------------------------------------------------------- calibration, refer band, ablation
 
 
-#: Percentiles of each model input over the training patients stored in model.json (every 5 %).
-REFERENCE_PERCENTILES = tuple(range(0, 101, 5))
+#: Percentiles of each model input over the training patients stored in model.json (every 5 %). Not 0 and
+#: 100: those would be single patients' values (the oldest patient's age), which a shared model need not carry.
+REFERENCE_PERCENTILES = tuple(range(5, 100, 5))
 
 
 def reference_ranges(X: pd.DataFrame, y) -> dict:
@@ -782,7 +783,7 @@ def reference_ranges(X: pd.DataFrame, y) -> dict:
     Returns
     -------
     dict
-        ``{"percentiles": [0, 5, ..., 100], "inputs": {name: {"all": values at those
+        ``{"percentiles": [5, 10, ..., 95], "inputs": {name: {"all": values at those
         percentiles, "reactive": [q25, median, q75], "tumoral": [q25, median, q75],
         "n": patients with a value}}}``; missing values are left out, an input
         without any value is omitted.
@@ -806,8 +807,9 @@ def reference_percentile(value: float, reference: dict, name: str) -> float | No
     """Percentile (0-100) of ``value`` among the training patients' values of input ``name``.
 
     Interpolated between the stored percentiles of :func:`reference_ranges`
-    (ties, as for a 0/1 input, take the middle of their percentiles). None when
-    the value is missing or the input has no reference.
+    (ties, as for a 0/1 input, take the middle of their percentiles); below the
+    lowest stored percentile (5) or above the highest (95), that percentile.
+    None when the value is missing or the input has no reference.
     """
     entry = (reference or {}).get("inputs", {}).get(name)
     if entry is None or not np.isfinite(value):
@@ -817,9 +819,9 @@ def reference_percentile(value: float, reference: dict, name: str) -> float | No
     levels, inverse = np.unique(xs, return_inverse=True)
     mids = np.bincount(inverse, weights=ps) / np.bincount(inverse)
     if value < levels[0]:
-        return 0.0
+        return float(ps[0])
     if value > levels[-1]:
-        return 100.0
+        return float(ps[-1])
     return float(np.interp(value, levels, mids))
 
 
