@@ -176,6 +176,26 @@ def test_never_raises_and_names_the_failure(image):
 
 
 @requires_real_data
+def test_real_pale_cytoplasm_is_enclosed():
+    # Patient P90's large lymphocytes have a cytoplasm nearly as pale as the glass, pressed between red cells:
+    # followed by their rims only, the outlines were star-shaped strands (whole-cell solidity < 0.7).
+    import cv2
+
+    from lympho_features.dataset import read_image
+
+    def solidity(mask):
+        contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+        return mask.sum() / cv2.contourArea(cv2.convexHull(max(contours, key=cv2.contourArea)))
+
+    rgbs = [read_image(p)[0] for p in sorted((REAL_DATA / "trainset" / "P90").glob("*.jpg"))[:30]]
+    low = {}
+    for name, settings in (("hue", None), ("no hue", SegmentationSettings(pale_chroma_margin=np.inf))):
+        segs = [s for s in (segment_cell(rgb, settings) for rgb in rgbs) if s.qc_ok]
+        low[name] = np.mean([solidity(s.cell_mask) < 0.7 for s in segs])
+    assert low["hue"] <= 0.3 and low["hue"] < low["no hue"] - 0.1, low
+
+
+@requires_real_data
 def test_real_crops_segment_plausibly():
     from lympho_features.dataset import read_image
 
