@@ -48,6 +48,27 @@ def _check_features(v) -> str | None:
     return None
 
 
+def _check_reference(v) -> str | None:
+    """Reference ranges (model.reference_ranges): percentiles and, per input, values at those percentiles."""
+    problem = "an object with 'percentiles' and 'inputs' (each input's values at those percentiles)"
+    if not isinstance(v, dict) or not isinstance(v.get("inputs"), dict) or not isinstance(v.get("percentiles"), list):
+        return problem
+    pcts = v["percentiles"]
+    if len(pcts) < 2 or not all(_is_number(p) and 0 <= p <= 100 for p in pcts) or pcts != sorted(pcts):
+        return problem
+    for entry in v["inputs"].values():
+        vals = entry.get("all") if isinstance(entry, dict) else None
+        if not isinstance(vals, list) or len(vals) != len(pcts) or not all(_is_number(x) for x in vals):
+            return problem
+        if vals != sorted(vals):
+            return problem
+        for cls in ("reactive", "tumoral"):  # quartiles of each class, or null without patients of that class
+            q = entry.get(cls)
+            if q is not None and not (isinstance(q, list) and len(q) == 3 and all(_is_number(x) for x in q)):
+                return problem
+    return None
+
+
 #: key -> (required, check returning None when valid or what the value should be)
 SCHEMA = {
     "format": (True, lambda v: None if _is_int(v) else "an integer"),
@@ -67,25 +88,8 @@ SCHEMA = {
     ),
     "training_data_fingerprint": (False, lambda v: None if _is_short_str(v) else "a string"),
     "n_training_patients": (False, lambda v: None if _is_int(v) and v >= 1 else "a positive integer"),
-    "reference": (False, lambda v: _check_reference(v)),
+    "reference": (False, _check_reference),
 }
-
-
-def _check_reference(v) -> str | None:
-    """Reference ranges (model.reference_ranges): percentiles and, per input, values at those percentiles."""
-    problem = "an object with 'percentiles' and 'inputs' (each input's values at those percentiles)"
-    if not isinstance(v, dict) or not isinstance(v.get("inputs"), dict) or not isinstance(v.get("percentiles"), list):
-        return problem
-    pcts = v["percentiles"]
-    if len(pcts) < 2 or not all(_is_number(p) and 0 <= p <= 100 for p in pcts) or pcts != sorted(pcts):
-        return problem
-    for entry in v["inputs"].values():
-        vals = entry.get("all") if isinstance(entry, dict) else None
-        if not isinstance(vals, list) or len(vals) != len(pcts) or not all(_is_number(x) for x in vals):
-            return problem
-        if vals != sorted(vals):
-            return problem
-    return None
 
 
 def validate_model_metadata(meta: dict, path: str | Path) -> dict:

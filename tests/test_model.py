@@ -157,7 +157,13 @@ def test_load_model_rejects_malformed_reference_ranges(tmp_path):
     save_model(model, cv, tmp_path / "m")
     path = tmp_path / "m" / "model.json"
     meta = json.loads(path.read_text())
+    good = json.loads(json.dumps(meta["reference"]))
     meta["reference"]["inputs"]["age"]["all"] = meta["reference"]["inputs"]["age"]["all"][::-1]  # not sorted
+    path.write_text(json.dumps(meta))
+    with pytest.raises(ModelError, match="'reference'"):
+        load_model(tmp_path / "m")
+    meta["reference"] = good
+    meta["reference"]["inputs"]["age"]["tumoral"] = "old"  # the report reads the class quartiles
     path.write_text(json.dumps(meta))
     with pytest.raises(ModelError, match="'reference'"):
         load_model(tmp_path / "m")
