@@ -802,6 +802,13 @@ def _cohort_figure(p: pd.DataFrame) -> str:
     return f'<div class="figs">{_img(_png(fig), "clinical values by class")}</div>'
 
 
+def _threshold_is_fixed(meta: dict) -> bool:
+    """Whether the model's threshold is the fixed balanced one (0.5), not one chosen by cross-validation."""
+    from .model import BALANCED_THRESHOLD
+
+    return meta.get("min_sensitivity") is None and meta.get("threshold") == BALANCED_THRESHOLD
+
+
 def section_performance(inp: ReportInputs) -> str:
     from .model import BALANCED_THRESHOLD
 
@@ -814,7 +821,7 @@ def section_performance(inp: ReportInputs) -> str:
             + (
                 f"The decision threshold is {BALANCED_THRESHOLD}, the neutral point of a model that weighs both classes "
                 "equally (nothing is tuned for it). "
-                if inp.meta.get("min_sensitivity") is None and inp.meta.get("threshold") == BALANCED_THRESHOLD
+                if _threshold_is_fixed(inp.meta)
                 else "The decision threshold"
                 + (
                     f" (minimum sensitivity {_fmt(inp.meta.get('min_sensitivity'))})"
@@ -922,9 +929,6 @@ def _calibration_figure(cvp: pd.DataFrame, meta: dict) -> str:
 
 
 def _confusion_html(cvp: pd.DataFrame, threshold: float, meta: dict | None = None) -> str:
-    from .model import BALANCED_THRESHOLD
-
-    meta = meta or {}
     reps = cvp["repeat"].nunique() if "repeat" in cvp else 1
     y, pred = cvp["label"].astype(int), cvp["prediction"].astype(int)
     tp, fn = int(((y == 1) & (pred == 1)).sum()), int(((y == 1) & (pred == 0)).sum())
@@ -938,7 +942,7 @@ def _confusion_html(cvp: pd.DataFrame, threshold: float, meta: dict | None = Non
         ["<b>reactive</b>", f"{c(fp)} false alarms", f"<b>{c(tn)}</b> cleared"],
     ]
     note = f" (mean over {reps} repeats)" if reps > 1 else ""
-    if meta.get("min_sensitivity") is None and threshold == BALANCED_THRESHOLD:
+    if _threshold_is_fixed(meta or {}):
         how = f"Every fold's decisions, like the final model's, use the fixed threshold {threshold:.3f}."
     else:
         how = (
@@ -1669,12 +1673,10 @@ def section_patients(inp: ReportInputs, thumbs: ThumbnailMaker) -> tuple[str, st
 
 def _threshold_rule(meta: dict) -> str:
     """How the model's threshold was set, in a few words for the patient card."""
-    from .model import BALANCED_THRESHOLD
-
     ms = meta.get("min_sensitivity")
     if isinstance(ms, int | float):
         return f"chosen in cross-validation to keep sensitivity at least {ms:.2f}"
-    if meta.get("threshold") == BALANCED_THRESHOLD:
+    if _threshold_is_fixed(meta):
         return "the neutral point of a model that weighs both classes equally (fixed, not tuned)"
     # Models fitted before the balanced threshold was fixed tuned it by inner cross-validation.
     return "chosen in cross-validation to balance sensitivity and specificity"
