@@ -825,6 +825,42 @@ def reference_percentile(value: float, reference: dict, name: str) -> float | No
     return float(np.interp(value, levels, mids))
 
 
+#: Blocks whose inputs are computed from the patient's cells (their reliability depends on how many there are).
+_CELL_BLOCKS = ("crops", "morphology", "cellscore", "cellmorph", "cnn")
+
+
+def training_cell_counts(patients: pd.DataFrame) -> dict | None:
+    """Crops passing QC per training patient: the fewest, the 5th percentile and the median (None without the column)."""
+    if "n_cells_ok" not in patients:
+        return None
+    n = pd.to_numeric(patients["n_cells_ok"], errors="coerce").dropna().to_numpy(float)
+    if not n.size:
+        return None
+    return {"min": float(n.min()), "p5": float(np.percentile(n, 5)), "median": float(np.median(n))}
+
+
+def few_cells_warnings(meta: dict, patients: pd.DataFrame) -> list[str]:
+    """Warnings for patients with fewer crops passing QC than any training patient had.
+
+    A model whose inputs come from the cells (cell-score summaries, morphology aggregates) has
+    only seen patients with at least ``meta["training_cells_ok"]["min"]`` QC-passing crops; a
+    summary over fewer cells is noisier than anything it learned from. One line per such
+    patient; none for clinical-only models or models saved without the training counts.
+    """
+    ref = meta.get("training_cells_ok")
+    if not ref or "n_cells_ok" not in patients or not set(_meta_blocks(meta)[0]) & set(_CELL_BLOCKS):
+        return []
+    out = []
+    for pid, n in zip(patients["patient_id"], patients["n_cells_ok"], strict=True):
+        if pd.notna(n) and n < ref["min"]:
+            out.append(
+                f"{pid}: {int(n)} crop(s) passed QC, fewer than any training patient had (at least "
+                f"{ref['min']:.0f}; median {ref['median']:.0f}): its cell-based inputs rest on few cells; treat its "
+                "call as uncertain"
+            )
+    return out
+
+
 def calibration_table(y_true, proba, n_bins: int = 5) -> dict:
     """Reliability-diagram data and Brier score of pooled out-of-fold probabilities.
 
@@ -1172,6 +1208,7 @@ def fit_model(
         ),
         "n_training_patients": int(len(y)),
         "reference": reference_ranges(inputs.train_features_[feats], y),
+        "training_cells_ok": training_cell_counts(labeled),
     }
     if inputs.cell_scorer_ is not None:
         meta["cell_model"] = {

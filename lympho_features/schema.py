@@ -89,6 +89,14 @@ SCHEMA = {
     "training_data_fingerprint": (False, lambda v: None if _is_short_str(v) else "a string"),
     "n_training_patients": (False, lambda v: None if _is_int(v) and v >= 1 else "a positive integer"),
     "reference": (False, _check_reference),
+    "training_cells_ok": (
+        False,
+        lambda v: (
+            None
+            if v is None or (isinstance(v, dict) and all(_is_number(v.get(k)) for k in ("min", "p5", "median")))
+            else "null or an object with numbers min, p5, median"
+        ),
+    ),
 }
 
 

@@ -10,6 +10,7 @@ from lympho_features.model import (
     choose_threshold,
     cross_validate,
     feature_columns,
+    few_cells_warnings,
     fit_model,
     load_model,
     monotone_direction,
@@ -195,6 +196,17 @@ def test_lymph_count_age_and_cell_scores_only_ever_raise_the_probability():
     assert mono.monotone_constraints_ == [1, 0, 0]
     # Arrays carry no names: no constraint.
     assert PatientClassifier(**kw).fit(X.to_numpy(), y).monotone_constraints_ is None
+
+
+def test_few_cells_warnings_only_for_cell_based_models():
+    counts = {"min": 16.0, "p5": 25.0, "median": 60.0}
+    patients = pd.DataFrame({"patient_id": ["A", "B", "C"], "n_cells_ok": [3, 20, np.nan]})  # B: below p5, not min
+    meta = {"feature_set": "clinical+cellmorph", "training_cells_ok": counts}
+    (warning,) = few_cells_warnings(meta, patients)
+    assert warning.startswith("A: 3 crop(s) passed QC") and "at least 16" in warning
+    assert few_cells_warnings({**meta, "feature_set": "clinical"}, patients) == []  # no cell-based input
+    assert few_cells_warnings({"feature_set": "clinical+cellmorph"}, patients) == []  # saved before the counts
+    assert few_cells_warnings(meta, patients.drop(columns="n_cells_ok")) == []
 
 
 def test_predict_refuses_mismatched_columns(tmp_path):

@@ -1,6 +1,7 @@
 """`lympho fit` / `predict` with fitted input stages (cell scores, CNN features) on the tiny synthetic cohort."""
 
 import json
+import shutil
 
 import numpy as np
 import pandas as pd
@@ -97,6 +98,27 @@ def test_predict_flags_uncertain_patients_and_reproduces_the_inputs(default_mode
     r = run("predict", default_model, tiny_features, "--out", tmp_path / "e.csv", "--explain")
     assert r.exit_code == 0, r.output
     assert "top1_feature" in pd.read_csv(tmp_path / "e.csv").columns
+
+
+def test_predict_warns_about_patients_with_fewer_crops_than_the_training_patients(
+    default_model, tiny_features, tmp_path
+):
+    meta = json.loads((default_model / "model.json").read_text())
+    counts = meta["training_cells_ok"]
+    patients = pd.read_parquet(tiny_features / "patients.parquet")
+    assert counts["min"] == patients["n_cells_ok"].min() and counts["min"] <= counts["p5"] <= counts["median"]
+    assert "warning" not in run("predict", default_model, tiny_features, "--out", tmp_path / "a.csv").output
+    # The same patients, one of them with a single crop passing QC: named in a warning, predictions unchanged.
+    feats = tmp_path / "f"
+    shutil.copytree(tiny_features, feats)
+    pid = patients["patient_id"].iat[0]
+    patients.loc[0, "n_cells_ok"] = 1
+    patients.to_parquet(feats / "patients.parquet")
+    r = run("predict", default_model, feats, "--out", tmp_path / "b.csv")
+    assert r.exit_code == 0, r.output
+    text = " ".join(r.output.split())
+    assert f"warning: {pid}: 1 crop(s) passed QC" in text and text.count("warning:") == 1
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "a.csv"), pd.read_csv(tmp_path / "b.csv"))
 
 
 def test_cellscore_model_needs_the_cells_of_new_patients(default_model, tiny_features, tmp_path):

@@ -486,6 +486,9 @@ def test_patient_pages_compare_with_the_training_patients(tiny_model, tiny_featu
     one = tmp_path / "one"
     one.mkdir()
     patients.iloc[[0]].to_parquet(one / "patients.parquet")
+    few = tmp_path / "few"
+    few.mkdir()
+    patients.iloc[[0]].assign(n_cells_ok=1).to_parquet(few / "patients.parquet")
     inp = load_inputs(tiny_model, one)
     assert inp.reference is not None
     from lympho_features.model import reference_percentile
@@ -497,6 +500,10 @@ def test_patient_pages_compare_with_the_training_patients(tiny_model, tiny_featu
     assert "compare the patient with the 12 training patients of the model" in doc
     # The patient card says how the threshold was set: fixed at 0.5 for this model.
     assert "threshold 0.500, the neutral point of a model that weighs both classes equally" in doc
+    assert "few crops" not in doc
+    # ... and when the patient has fewer crops passing QC than any training patient.
+    doc = write_report(tiny_model, few, tmp_path / "r3").path.read_text()
+    assert "few crops" in doc and "1 crop(s) passed QC, fewer than any training patient had" in doc
     assert "training medians: reactive" in doc
     # A model saved without reference ranges (older versions) still reports, against the report's patients.
     old = tmp_path / "old"
