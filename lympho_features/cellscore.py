@@ -145,6 +145,8 @@ class CellScorer(BaseEstimator):
         ``patient_id, score``: out-of-fold score of every training cell.
     booster_ : lightgbm.Booster
         The model fitted on every training cell.
+    feature_medians_ : dict of str to float
+        Median of each feature over the training cells (a typical cell; empty for models saved without it).
     """
 
     def __init__(
@@ -225,6 +227,9 @@ class CellScorer(BaseEstimator):
         if len(np.unique(y)) < 2:
             raise CellScoreError("the training cells come from one class only: cannot fit a cell model")
         X = cells[self.features_].to_numpy(np.float64)
+        # A typical training cell, to say whether a cell's value is high or low (report captions).
+        medians = cells[self.features_].median()
+        self.feature_medians_ = {f: (float(v) if np.isfinite(v) else None) for f, v in medians.items()}
         w = cell_weights(pid, y)
         self.patient_ids_ = sorted(set(pid))
         oof = np.full(len(y), np.nan)
@@ -298,6 +303,7 @@ class CellScorer(BaseEstimator):
                 "params": self.get_params(),
                 "features": list(self.features_),
                 "n_training_patients": len(self.patient_ids_),
+                "feature_medians": getattr(self, "feature_medians_", {}),
             },
             meta_path,
         )
@@ -323,7 +329,9 @@ class CellScorer(BaseEstimator):
                 params["exclude_prefixes"] = tuple(params["exclude_prefixes"] or ())
             scorer = cls(**params)
             scorer.features_ = list(meta["features"])
-        except (KeyError, TypeError) as exc:
+            medians = meta.get("feature_medians") or {}  # cell models saved before them: none
+            scorer.feature_medians_ = {f: v for f, v in dict(medians).items() if isinstance(v, int | float)}
+        except (KeyError, TypeError, ValueError) as exc:
             raise CellScoreError(f"{meta_path} is incomplete: {exc!r}") from None
         try:
             scorer.booster_ = lgb.Booster(model_file=str(model_path))

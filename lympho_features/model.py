@@ -1402,12 +1402,13 @@ def model_inputs(
 
 def cell_scores(
     model_dir: str | Path, meta: dict, cells: pd.DataFrame, contributions: bool = False
-) -> pd.Series | tuple[pd.Series, pd.DataFrame] | None:
+) -> pd.Series | tuple[pd.Series, pd.DataFrame, dict] | None:
     """Each cell's score by a saved model's cell model (NaN for cells it does not score), or None without one.
 
     With both cell models (``cellscore`` and ``cellmorph``), the one on every per-cell feature (``cellscore``).
-    With ``contributions``, also why: the cell model's SHAP contributions (log-odds, one column per
-    per-cell feature, rows of the scored cells; see :meth:`CellScorer.explain_cells`).
+    With ``contributions``, also why: ``(scores, contributions, medians)`` with the cell model's SHAP
+    contributions (log-odds, one column per per-cell feature, rows of the scored cells; see
+    :meth:`CellScorer.explain_cells`) and its training cells' median of each feature (a typical cell).
     """
     if not set(_meta_blocks(meta)[0]) & {"cellscore", "cellmorph"}:
         return None
@@ -1420,7 +1421,7 @@ def cell_scores(
     with _stage_errors():
         out.loc[usable.index] = scorer.score_cells(usable)["score"].to_numpy()
         if contributions:
-            return out, scorer.explain_cells(usable)
+            return out, scorer.explain_cells(usable), dict(scorer.feature_medians_)
     return out
 
 

@@ -438,6 +438,8 @@ class ReportInputs:
     warnings: list[str] = field(default_factory=list)
     #: The cell model's SHAP contributions per scored cell (rows: index of ``cells``), when the model has one.
     cell_contrib: pd.DataFrame | None = None
+    #: The cell model's training-cell median of each feature (a typical cell), when it has them.
+    cell_medians: dict = field(default_factory=dict)
     _ranks: np.ndarray | None = field(default=None, repr=False)
 
     @property
@@ -507,7 +509,7 @@ def load_inputs(model_dir: str | Path, features_dir: str | Path, data_dir: str |
             warnings.append(f"{cells_path} unreadable ({exc}): cell sections left out")
     else:
         warnings.append(f"{cells_path} not found: cell counts and galleries left out")
-    cell_contrib = None
+    cell_contrib, cell_medians = None, {}
     if cells is not None and "cell_score" not in cells.columns:
         from .model import cell_scores
 
@@ -517,7 +519,7 @@ def load_inputs(model_dir: str | Path, features_dir: str | Path, data_dir: str |
             scored = None
             warnings.append(f"cells could not be scored by the cell model ({exc})")
         if scored is not None:
-            scores, cell_contrib = scored
+            scores, cell_contrib, cell_medians = scored
             cells = cells.assign(cell_score=scores)
 
     manifest: dict = {}
@@ -566,6 +568,7 @@ def load_inputs(model_dir: str | Path, features_dir: str | Path, data_dir: str |
         data_dir,
         warnings,
         cell_contrib=cell_contrib,
+        cell_medians=cell_medians,
     )
 
 
@@ -1298,7 +1301,10 @@ def _cell_reasons(inp: ReportInputs, index, top: int = 2) -> str:
     for name, v in up.items():
         value = cells.at[index, name] if cells is not None and name in cells.columns else np.nan
         shown = f" {_short_num(value)}" if np.isfinite(value) else ""
-        parts.append(f"{short_label(name)}{shown} (+{v:.2f})")
+        typical = inp.cell_medians.get(name)
+        # High or low against a typical training cell, when the cell model recorded one.
+        word = "" if typical is None or not np.isfinite(value) else ("high " if value > typical else "low ")
+        parts.append(f"{word}{short_label(name)}{shown} (+{v:.2f})")
     return "; why: " + ", ".join(parts)
 
 

@@ -175,6 +175,10 @@ def test_cell_model_round_trips_through_text_and_json(tmp_path):
     back = CellScorer.load(tmp_path / "cell_model.txt", tmp_path / "cell_model.json")
     assert back.features_ == scorer.features_ and back.get_params() == scorer.get_params()
     np.testing.assert_allclose(back.score_cells(cells)["score"], scorer.score_cells(cells)["score"])
+    # The typical training cell (median of each feature over the usable training cells) travels with it.
+    ok = cells[cells["qc_ok"]]
+    assert back.feature_medians_ == scorer.feature_medians_
+    assert np.isclose(back.feature_medians_["atypia"], ok["atypia"].median())
     with pytest.raises(CellScoreError, match="missing.txt not found"):
         CellScorer.load(tmp_path / "missing.txt", tmp_path / "cell_model.json")
     with pytest.raises(CellScoreError, match="lack"):

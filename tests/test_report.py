@@ -469,11 +469,14 @@ def test_report_of_a_model_whose_inputs_come_from_a_cell_model(tiny_features, tm
     planted.loc[mine, "nc_ratio"] = 0.3
     planted.loc[mine, "haralick_contrast_d1"] = -0.5  # toward reactive: not a reason to call it tumoral
     inp.cell_contrib = planted
+    # High or low against the cell model's typical (median) training cell: plant the medians too.
+    inp.cell_medians = {"shape_nucleus_area": 0.0, "nc_ratio": 2.0}
     group = select_gallery(inp, 0, {})[0]
     assert group.title.startswith("Most tumoral-looking")
     for _, caption in group.cells:
         assert re.fullmatch(
-            r"score [0-9.]+; why: nucleus area [0-9.,]+ \(\+0\.80\), nc ratio [0-9.]+ \(\+0\.30\)", caption
+            r"score [0-9.]+; why: high nucleus area [0-9.,]+ \(\+0\.80\), low nc ratio [0-9.]+ \(\+0\.30\)",
+            caption,
         ), caption
 
 
