@@ -256,9 +256,9 @@ def predict(
             _fail(str(exc))
     else:
         preds = _guard(run_predict, model_dir, features_dir, embeddings)
-    from .model import few_cells_warnings, load_model, load_patients
+    from .model import input_warnings, load_model, load_patients
 
-    for line in few_cells_warnings(_guard(load_model, model_dir)[1], _guard(load_patients, features_dir)):
+    for line in input_warnings(_guard(load_model, model_dir)[1], _guard(load_patients, features_dir)):
         console.print(f"warning: {line}", highlight=False, markup=False)
     if kaggle:
         preds = preds.rename(columns={"patient_id": "Id", "prediction": "Predicted"})[["Id", "Predicted"]]

@@ -861,6 +861,36 @@ def few_cells_warnings(meta: dict, patients: pd.DataFrame) -> list[str]:
     return out
 
 
+#: What the clinical inputs are called in warnings.
+_CLINICAL_WORDS = {"age": "age (date of birth)", "gender_male": "sex", "log_lymph_count": "lymphocyte count"}
+
+
+def missing_value_warnings(meta: dict, patients: pd.DataFrame) -> list[str]:
+    """Patients missing a clinical input the model uses: one line each.
+
+    LightGBM then follows its missing-value branches, which the training
+    patients (complete values) hardly exercised.
+    """
+    used = [c for c in CLINICAL_FEATURES if c in meta.get("features", ())]
+    if not used:
+        return []
+    out = []
+    X = model_matrix(patients)
+    for pid, row in zip(patients["patient_id"], X[used].to_numpy(float), strict=True):
+        missing = [_CLINICAL_WORDS[c] for c, v in zip(used, row, strict=True) if not np.isfinite(v)]
+        if missing:
+            out.append(
+                f"{pid}: {', '.join(missing)} missing: the call rests on the other inputs; treat it as uncertain"
+            )
+    return out
+
+
+def input_warnings(meta: dict, patients: pd.DataFrame) -> list[str]:
+    """Why some patients' calls deserve less trust than the CV says: :func:`missing_value_warnings`, then
+    :func:`few_cells_warnings` (``lympho predict`` prints them)."""
+    return missing_value_warnings(meta, patients) + few_cells_warnings(meta, patients)
+
+
 def calibration_table(y_true, proba, n_bins: int = 5) -> dict:
     """Reliability-diagram data and Brier score of pooled out-of-fold probabilities.
 

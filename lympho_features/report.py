@@ -1697,17 +1697,20 @@ def _patient_page(inp: ReportInputs, i: int, oof, medians: dict[str, float], thu
     cls = "t" if prob >= thr else "r"
     close = abs(prob - thr) < 0.1
     trained = oof is not None
-    from .model import few_cells_warnings
+    from .model import few_cells_warnings, missing_value_warnings
 
-    # The warning reads "P12: 4 crop(s) passed QC, ...": the card names the patient already.
-    few = [w.split(": ", 1)[1] for w in few_cells_warnings(inp.meta, inp.patients.iloc[[i]])]
+    one = inp.patients.iloc[[i]]
+    missing, few = missing_value_warnings(inp.meta, one), few_cells_warnings(inp.meta, one)
+    # Each warning reads "P12: ...": the card names the patient already.
+    notes = [w.split(": ", 1)[1] for w in missing + few]
     boxes = [
         f"<div><div class='sub small'>probability of tumoral</div><div class='prob'>{prob:.2f}</div>"
         f"<span class='tag {cls}'>leans {call}</span>"
         + (" <span class='tag warn'>close to threshold</span>" if close else "")
         + (" <span class='tag warn'>few crops</span>" if few else "")
+        + (" <span class='tag warn'>missing values</span>" if missing else "")
         + f"<div class='small sub' style='max-width:200px'>threshold {thr:.3f}, {_threshold_rule(inp.meta)}</div>"
-        + (f"<div class='small sub' style='max-width:200px'>{_e(few[0])}.</div>" if few else "")
+        + "".join(f"<div class='small sub' style='max-width:200px'>{_e(n)}.</div>" for n in notes)
         + "</div>"
     ]
     if trained:

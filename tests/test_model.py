@@ -12,6 +12,7 @@ from lympho_features.model import (
     feature_columns,
     few_cells_warnings,
     fit_model,
+    input_warnings,
     load_model,
     monotone_direction,
     parse_feature_set,
@@ -207,6 +208,33 @@ def test_few_cells_warnings_only_for_cell_based_models():
     assert few_cells_warnings({**meta, "feature_set": "clinical"}, patients) == []  # no cell-based input
     assert few_cells_warnings({"feature_set": "clinical+cellmorph"}, patients) == []  # saved before the counts
     assert few_cells_warnings(meta, patients.drop(columns="n_cells_ok")) == []
+
+
+def test_missing_clinical_values_are_named_per_patient():
+    patients = pd.DataFrame(
+        {
+            "patient_id": ["A", "B", "C"],
+            "age": [70.0, np.nan, 50.0],
+            "gender": ["M", "F", None],
+            "lymph_count": [np.nan, 5.0, 8.0],
+            "n_cells_ok": [40, 40, 3],
+        }
+    )
+    meta = {
+        "feature_set": "clinical+cellmorph",
+        "features": ["age", "gender_male", "log_lymph_count", "cellscore_morph__mean"],
+        "training_cells_ok": {"min": 16.0, "p5": 25.0, "median": 60.0},
+    }
+    lines = input_warnings(meta, patients)
+    assert lines[:3] == [
+        "A: lymphocyte count missing: the call rests on the other inputs; treat it as uncertain",
+        "B: age (date of birth) missing: the call rests on the other inputs; treat it as uncertain",
+        "C: sex missing: the call rests on the other inputs; treat it as uncertain",
+    ]
+    assert len(lines) == 4 and lines[3].startswith("C: 3 crop(s) passed QC")
+    # An image-only model does not use the clinical values: only the crop count matters.
+    image_only = {**meta, "feature_set": "image", "features": ["n_cells", "cellscore_morph__mean"]}
+    assert [w[:2] for w in input_warnings(image_only, patients)] == ["C:"]
 
 
 def test_predict_refuses_mismatched_columns(tmp_path):

@@ -119,6 +119,15 @@ def test_predict_warns_about_patients_with_fewer_crops_than_the_training_patient
     text = " ".join(r.output.split())
     assert f"warning: {pid}: 1 crop(s) passed QC" in text and text.count("warning:") == 1
     pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "a.csv"), pd.read_csv(tmp_path / "b.csv"))
+    # A missing lymphocyte count is named too (the prediction is still made, from the other inputs).
+    other = patients["patient_id"].iat[1]
+    patients.loc[1, "lymph_count"] = np.nan
+    patients.to_parquet(feats / "patients.parquet")
+    r = run("predict", default_model, feats, "--out", tmp_path / "c.csv")
+    assert r.exit_code == 0, r.output
+    text = " ".join(r.output.split())
+    assert f"warning: {other}: lymphocyte count missing" in text and text.count("warning:") == 2
+    assert pd.read_csv(tmp_path / "c.csv")["probability"].notna().all()
 
 
 def test_cellscore_model_needs_the_cells_of_new_patients(default_model, tiny_features, tmp_path):

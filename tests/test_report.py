@@ -491,7 +491,7 @@ def test_patient_pages_compare_with_the_training_patients(tiny_model, tiny_featu
     patients.iloc[[0]].to_parquet(one / "patients.parquet")
     few = tmp_path / "few"
     few.mkdir()
-    patients.iloc[[0]].assign(n_cells_ok=1).to_parquet(few / "patients.parquet")
+    patients.iloc[[0]].assign(n_cells_ok=1, lymph_count=np.nan).to_parquet(few / "patients.parquet")
     inp = load_inputs(tiny_model, one)
     assert inp.reference is not None
     from lympho_features.model import reference_percentile
@@ -507,6 +507,7 @@ def test_patient_pages_compare_with_the_training_patients(tiny_model, tiny_featu
     # ... and when the patient has fewer crops passing QC than any training patient.
     doc = write_report(tiny_model, few, tmp_path / "r3").path.read_text()
     assert "few crops" in doc and "1 crop(s) passed QC, fewer than any training patient had" in doc
+    assert "missing values" in doc and "lymphocyte count missing: the call rests on the other inputs" in doc
     assert "training medians: reactive" in doc
     # A model saved without reference ranges (older versions) still reports, against the report's patients.
     old = tmp_path / "old"
