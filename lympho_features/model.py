@@ -865,6 +865,35 @@ def few_cells_warnings(meta: dict, patients: pd.DataFrame) -> list[str]:
 _CLINICAL_WORDS = {"age": "age (date of birth)", "gender_male": "sex", "log_lymph_count": "lymphocyte count"}
 
 
+def fill_missing_clinical(X: pd.DataFrame, meta: dict) -> pd.DataFrame:
+    """A new patient's missing clinical inputs, replaced by the training patients' median.
+
+    The patient model never saw a missing clinical value, and LightGBM sends
+    one down the branch of a zero: an age of 0, a lymphocyte count of
+    1 x10^9/L, a strong and false push toward reactive (seen: a missing age
+    alone moved a patient by -1.6 log-odds). At the median the input is
+    neutral-ish and the call rests on the other inputs, as
+    :func:`missing_value_warnings` tells the user. Models saved without
+    reference ranges are left as they are.
+    """
+    ref = meta.get("reference") or {}
+    pcts = list(ref.get("percentiles", []))
+    if 50 not in pcts:
+        return X
+    k = pcts.index(50)
+    todo = [
+        c
+        for c in CLINICAL_FEATURES
+        if c in X.columns and c in meta.get("features", ()) and c in ref.get("inputs", {}) and X[c].isna().any()
+    ]
+    if not todo:
+        return X
+    X = X.copy()
+    for c in todo:
+        X[c] = X[c].fillna(ref["inputs"][c]["all"][k])
+    return X
+
+
 def missing_value_warnings(meta: dict, patients: pd.DataFrame) -> list[str]:
     """Patients missing a clinical input the model uses: one line each.
 
@@ -1414,6 +1443,8 @@ def model_inputs(
 ) -> pd.DataFrame:
     """The model's input matrix for the patients of a features folder (rows in the order of ``patients``).
 
+    Missing clinical values are filled with the training median (:func:`fill_missing_clinical`).
+
     Raises
     ------
     ModelError
@@ -1427,7 +1458,7 @@ def model_inputs(
         X = ff.transform(cohort)
     except ModelError as exc:
         raise ModelError(f"features in {features_dir} do not match the model in {model_dir}: {exc}") from None
-    return X.reset_index(drop=True)
+    return fill_missing_clinical(X.reset_index(drop=True), meta)
 
 
 def cell_scores(

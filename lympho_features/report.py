@@ -277,7 +277,7 @@ def _design_matrix(
     meta: dict | None = None,
     embeddings_dir: str | Path | None = None,
 ) -> pd.DataFrame:
-    from .model import ModelError, model_inputs, model_matrix
+    from .model import ModelError, fill_missing_clinical, model_inputs, model_matrix
 
     X = model_matrix(patients)
     missing = [c for c in features if c not in X.columns]
@@ -291,7 +291,7 @@ def _design_matrix(
     if missing:
         shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
         raise ReportError(f"features in {where} lack {len(missing)} column(s) the model uses: {shown}")
-    return X
+    return fill_missing_clinical(X, meta) if meta is not None else X
 
 
 def explain_predictions(
@@ -1515,8 +1515,13 @@ def _display_value(name: str, value: float) -> str:
 
 
 def _waterfall_html(inp: ReportInputs, i: int, n_top: int = 10) -> str:
+    from .model import CLINICAL_FEATURES, model_matrix
+
     contrib = inp.contrib[i]
     base = float(inp.base[i])
+    raw = model_matrix(inp.patients.iloc[[i]])
+    # Clinical values missing from the patient's record (the model used the training median instead).
+    raw_missing = {c for c in CLINICAL_FEATURES if c in raw.columns and raw[c].isna().iat[0]}
     order = np.argsort(-np.abs(contrib), kind="stable")
     top = order[:n_top]
     rest = float(contrib[order[n_top:]].sum()) if len(order) > n_top else 0.0
@@ -1550,6 +1555,8 @@ def _waterfall_html(inp: ReportInputs, i: int, n_top: int = 10) -> str:
         if k < len(top):
             j = top[k]
             val = _display_value(name, float(inp.X[i, j]))
+            if name in raw_missing:
+                val = f"missing (training median {val} used)"
             p = pct.get(name)
             ptxt = f", {_ordinal(p)} pct" if p is not None and feature_family(name) not in ("clinical",) else ""
             label = (

@@ -11,6 +11,7 @@ from lympho_features.model import (
     cross_validate,
     feature_columns,
     few_cells_warnings,
+    fill_missing_clinical,
     fit_model,
     input_warnings,
     load_model,
@@ -235,6 +236,18 @@ def test_missing_clinical_values_are_named_per_patient():
     # An image-only model does not use the clinical values: only the crop count matters.
     image_only = {**meta, "feature_set": "image", "features": ["n_cells", "cellscore_morph__mean"]}
     assert [w[:2] for w in input_warnings(image_only, patients)] == ["C:"]
+
+
+def test_missing_clinical_inputs_take_the_training_median():
+    X = pd.DataFrame({"age": [np.nan, 60.0], "log_lymph_count": [1.0, np.nan], "noise__mean": [np.nan, 1.0]})
+    ref = reference_ranges(pd.DataFrame({"age": [50.0, 70.0, 90.0], "log_lymph_count": [0.0, 1.0, 4.0]}), [0, 1, 1])
+    meta = {"features": ["age", "log_lymph_count", "noise__mean"], "reference": ref}
+    filled = fill_missing_clinical(X, meta)
+    assert filled["age"].tolist() == [70.0, 60.0] and filled["log_lymph_count"].tolist() == [1.0, 1.0]
+    assert filled["noise__mean"].isna().iat[0]  # only clinical inputs: others keep LightGBM's missing-value handling
+    assert X["age"].isna().iat[0]  # the caller's table is not modified
+    # A model saved without reference ranges: nothing to fill with.
+    assert fill_missing_clinical(X, {"features": meta["features"]}) is X
 
 
 def test_predict_refuses_mismatched_columns(tmp_path):

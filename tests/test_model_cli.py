@@ -127,7 +127,13 @@ def test_predict_warns_about_patients_with_fewer_crops_than_the_training_patient
     assert r.exit_code == 0, r.output
     text = " ".join(r.output.split())
     assert f"warning: {other}: lymphocyte count missing" in text and text.count("warning:") == 2
-    assert pd.read_csv(tmp_path / "c.csv")["probability"].notna().all()
+    # The missing count is taken at the training median (not LightGBM's zero branch: a count of 1 x10^9/L).
+    k = meta["reference"]["percentiles"].index(50)
+    patients.loc[1, "lymph_count"] = np.exp(meta["reference"]["inputs"]["log_lymph_count"]["all"][k])
+    patients.to_parquet(feats / "patients.parquet")
+    assert run("predict", default_model, feats, "--out", tmp_path / "d.csv").exit_code == 0
+    c, d = pd.read_csv(tmp_path / "c.csv"), pd.read_csv(tmp_path / "d.csv")
+    assert np.allclose(c["probability"], d["probability"])
 
 
 def test_cellscore_model_needs_the_cells_of_new_patients(default_model, tiny_features, tmp_path):

@@ -508,6 +508,14 @@ def test_patient_pages_compare_with_the_training_patients(tiny_model, tiny_featu
     doc = write_report(tiny_model, few, tmp_path / "r3").path.read_text()
     assert "few crops" in doc and "1 crop(s) passed QC, fewer than any training patient had" in doc
     assert "missing values" in doc and "lymphocyte count missing: the call rests on the other inputs" in doc
+    # The model was given the training median for it, and the waterfall says so.
+    from lympho_features.report import _waterfall_html
+
+    inp = load_inputs(tiny_model, few)
+    k = meta["reference"]["percentiles"].index(50)
+    j = inp.features.index("log_lymph_count")
+    assert inp.X[0, j] == meta["reference"]["inputs"]["log_lymph_count"]["all"][k]
+    assert "missing (training median" in _waterfall_html(inp, 0, n_top=len(inp.features))
     assert "training medians: reactive" in doc
     # A model saved without reference ranges (older versions) still reports, against the report's patients.
     old = tmp_path / "old"
