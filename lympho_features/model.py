@@ -873,18 +873,25 @@ def fill_missing_clinical(X: pd.DataFrame, meta: dict) -> pd.DataFrame:
     1 x10^9/L, a strong and false push toward reactive (seen: a missing age
     alone moved a patient by -1.6 log-odds). At the median the input is
     neutral-ish and the call rests on the other inputs, as
-    :func:`missing_value_warnings` tells the user. Models saved without
-    reference ranges are left as they are.
+    :func:`missing_value_warnings` tells the user. Inputs that were missing
+    for some training patients keep the missing-value branch LightGBM learned
+    for them; models saved without reference ranges are left as they are.
     """
     ref = meta.get("reference") or {}
     pcts = list(ref.get("percentiles", []))
     if 50 not in pcts:
         return X
     k = pcts.index(50)
+    inputs = ref.get("inputs", {})
+    n_train = meta.get("n_training_patients")
     todo = [
         c
         for c in CLINICAL_FEATURES
-        if c in X.columns and c in meta.get("features", ()) and c in ref.get("inputs", {}) and X[c].isna().any()
+        if c in X.columns
+        and c in meta.get("features", ())
+        and c in inputs
+        and (n_train is None or inputs[c].get("n") == n_train)  # complete in training: no learned missing branch
+        and X[c].isna().any()
     ]
     if not todo:
         return X

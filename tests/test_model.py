@@ -248,6 +248,10 @@ def test_missing_clinical_inputs_take_the_training_median():
     assert X["age"].isna().iat[0]  # the caller's table is not modified
     # A model saved without reference ranges: nothing to fill with.
     assert fill_missing_clinical(X, {"features": meta["features"]}) is X
+    # An input missing for some training patients keeps the missing-value branch the model learned.
+    ref["inputs"]["age"]["n"] = 2
+    partly = fill_missing_clinical(X, {**meta, "n_training_patients": 3})
+    assert partly["age"].isna().iat[0] and partly["log_lymph_count"].iat[1] == 1.0
 
 
 def test_predict_refuses_mismatched_columns(tmp_path):
