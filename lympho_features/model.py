@@ -853,10 +853,14 @@ def few_cells_warnings(meta: dict, patients: pd.DataFrame) -> list[str]:
     out = []
     for pid, n in zip(patients["patient_id"], patients["n_cells_ok"], strict=True):
         if pd.notna(n) and n < ref["min"]:
+            rest = (
+                "its cell-based inputs were taken at the training median"
+                if n == 0
+                else "its cell-based inputs rest on few cells"
+            )
             out.append(
                 f"{pid}: {int(n)} crop(s) passed QC, fewer than any training patient had (at least "
-                f"{ref['min']:.0f}; median {ref['median']:.0f}): its cell-based inputs rest on few cells; treat its "
-                "call as uncertain"
+                f"{ref['min']:.0f}; median {ref['median']:.0f}): {rest}; treat its call as uncertain"
             )
     return out
 
@@ -865,17 +869,18 @@ def few_cells_warnings(meta: dict, patients: pd.DataFrame) -> list[str]:
 _CLINICAL_WORDS = {"age": "age (date of birth)", "gender_male": "sex", "log_lymph_count": "lymphocyte count"}
 
 
-def fill_missing_clinical(X: pd.DataFrame, meta: dict) -> pd.DataFrame:
-    """A new patient's missing clinical inputs, replaced by the training patients' median.
+def fill_missing_inputs(X: pd.DataFrame, meta: dict) -> pd.DataFrame:
+    """A new patient's missing model inputs, replaced by the training patients' median.
 
-    The patient model never saw a missing clinical value, and LightGBM sends
-    one down the branch of a zero: an age of 0, a lymphocyte count of
-    1 x10^9/L, a strong and false push toward reactive (seen: a missing age
-    alone moved a patient by -1.6 log-odds). At the median the input is
-    neutral-ish and the call rests on the other inputs, as
-    :func:`missing_value_warnings` tells the user. Inputs that were missing
-    for some training patients keep the missing-value branch LightGBM learned
-    for them; models saved without reference ranges are left as they are.
+    The patient model never saw a missing value of an input that every
+    training patient had, and LightGBM sends one down the branch of a zero:
+    an age of 0, a lymphocyte count of 1 x10^9/L, cell scores of 0 for a
+    patient without usable cells, a strong and false push toward reactive
+    (seen: a missing age alone moved a patient by -1.6 log-odds). At the
+    median the input is neutral-ish and the call rests on the other inputs, as
+    :func:`input_warnings` tells the user. Inputs that were missing for some
+    training patients keep the missing-value branch LightGBM learned for
+    them; models saved without reference ranges are left as they are.
     """
     ref = meta.get("reference") or {}
     pcts = list(ref.get("percentiles", []))
@@ -886,9 +891,8 @@ def fill_missing_clinical(X: pd.DataFrame, meta: dict) -> pd.DataFrame:
     n_train = meta.get("n_training_patients")
     todo = [
         c
-        for c in CLINICAL_FEATURES
+        for c in meta.get("features", ())
         if c in X.columns
-        and c in meta.get("features", ())
         and c in inputs
         and (n_train is None or inputs[c].get("n") == n_train)  # complete in training: no learned missing branch
         and X[c].isna().any()
@@ -897,7 +901,7 @@ def fill_missing_clinical(X: pd.DataFrame, meta: dict) -> pd.DataFrame:
         return X
     X = X.copy()
     for c in todo:
-        X[c] = X[c].fillna(ref["inputs"][c]["all"][k])
+        X[c] = X[c].fillna(inputs[c]["all"][k])
     return X
 
 
@@ -1450,7 +1454,7 @@ def model_inputs(
 ) -> pd.DataFrame:
     """The model's input matrix for the patients of a features folder (rows in the order of ``patients``).
 
-    Missing clinical values are filled with the training median (:func:`fill_missing_clinical`).
+    Inputs missing for a patient but complete in training take the training median (:func:`fill_missing_inputs`).
 
     Raises
     ------
@@ -1465,7 +1469,7 @@ def model_inputs(
         X = ff.transform(cohort)
     except ModelError as exc:
         raise ModelError(f"features in {features_dir} do not match the model in {model_dir}: {exc}") from None
-    return fill_missing_clinical(X.reset_index(drop=True), meta)
+    return fill_missing_inputs(X.reset_index(drop=True), meta)
 
 
 def cell_scores(

@@ -277,7 +277,7 @@ def _design_matrix(
     meta: dict | None = None,
     embeddings_dir: str | Path | None = None,
 ) -> pd.DataFrame:
-    from .model import ModelError, fill_missing_clinical, model_inputs, model_matrix
+    from .model import ModelError, fill_missing_inputs, model_inputs, model_matrix
 
     X = model_matrix(patients)
     missing = [c for c in features if c not in X.columns]
@@ -291,7 +291,7 @@ def _design_matrix(
     if missing:
         shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
         raise ReportError(f"features in {where} lack {len(missing)} column(s) the model uses: {shown}")
-    return fill_missing_clinical(X, meta) if meta is not None else X
+    return fill_missing_inputs(X, meta) if meta is not None else X
 
 
 def explain_predictions(

@@ -11,7 +11,7 @@ from lympho_features.model import (
     cross_validate,
     feature_columns,
     few_cells_warnings,
-    fill_missing_clinical,
+    fill_missing_inputs,
     fit_model,
     input_warnings,
     load_model,
@@ -202,10 +202,11 @@ def test_lymph_count_age_and_cell_scores_only_ever_raise_the_probability():
 
 def test_few_cells_warnings_only_for_cell_based_models():
     counts = {"min": 16.0, "p5": 25.0, "median": 60.0}
-    patients = pd.DataFrame({"patient_id": ["A", "B", "C"], "n_cells_ok": [3, 20, np.nan]})  # B: below p5, not min
+    patients = pd.DataFrame({"patient_id": ["A", "B", "C", "D"], "n_cells_ok": [3, 20, np.nan, 0]})  # B: < p5, > min
     meta = {"feature_set": "clinical+cellmorph", "training_cells_ok": counts}
-    (warning,) = few_cells_warnings(meta, patients)
-    assert warning.startswith("A: 3 crop(s) passed QC") and "at least 16" in warning
+    warning, none = few_cells_warnings(meta, patients)
+    assert warning.startswith("A: 3 crop(s) passed QC") and "at least 16" in warning and "rest on few cells" in warning
+    assert none.startswith("D: 0 crop(s)") and "taken at the training median" in none
     assert few_cells_warnings({**meta, "feature_set": "clinical"}, patients) == []  # no cell-based input
     assert few_cells_warnings({"feature_set": "clinical+cellmorph"}, patients) == []  # saved before the counts
     assert few_cells_warnings(meta, patients.drop(columns="n_cells_ok")) == []
@@ -238,19 +239,30 @@ def test_missing_clinical_values_are_named_per_patient():
     assert [w[:2] for w in input_warnings(image_only, patients)] == ["C:"]
 
 
-def test_missing_clinical_inputs_take_the_training_median():
-    X = pd.DataFrame({"age": [np.nan, 60.0], "log_lymph_count": [1.0, np.nan], "noise__mean": [np.nan, 1.0]})
-    ref = reference_ranges(pd.DataFrame({"age": [50.0, 70.0, 90.0], "log_lymph_count": [0.0, 1.0, 4.0]}), [0, 1, 1])
-    meta = {"features": ["age", "log_lymph_count", "noise__mean"], "reference": ref}
-    filled = fill_missing_clinical(X, meta)
+def test_missing_inputs_take_the_training_median():
+    X = pd.DataFrame(
+        {
+            "age": [np.nan, 60.0],
+            "log_lymph_count": [1.0, np.nan],
+            "cellscore_morph__q90": [np.nan, 0.5],
+            "x": [np.nan, 1],
+        }
+    )
+    train = pd.DataFrame(
+        {"age": [50.0, 70.0, 90.0], "log_lymph_count": [0.0, 1.0, 4.0], "cellscore_morph__q90": [0.2, 0.6, 0.9]}
+    )
+    ref = reference_ranges(train, [0, 1, 1])
+    meta = {"features": ["age", "log_lymph_count", "cellscore_morph__q90", "x"], "reference": ref}
+    filled = fill_missing_inputs(X, meta)
     assert filled["age"].tolist() == [70.0, 60.0] and filled["log_lymph_count"].tolist() == [1.0, 1.0]
-    assert filled["noise__mean"].isna().iat[0]  # only clinical inputs: others keep LightGBM's missing-value handling
+    assert filled["cellscore_morph__q90"].tolist() == [0.6, 0.5]  # a patient without usable cells
+    assert filled["x"].isna().iat[0]  # no reference for it: LightGBM's own missing-value handling
     assert X["age"].isna().iat[0]  # the caller's table is not modified
     # A model saved without reference ranges: nothing to fill with.
-    assert fill_missing_clinical(X, {"features": meta["features"]}) is X
+    assert fill_missing_inputs(X, {"features": meta["features"]}) is X
     # An input missing for some training patients keeps the missing-value branch the model learned.
     ref["inputs"]["age"]["n"] = 2
-    partly = fill_missing_clinical(X, {**meta, "n_training_patients": 3})
+    partly = fill_missing_inputs(X, {**meta, "n_training_patients": 3})
     assert partly["age"].isna().iat[0] and partly["log_lymph_count"].iat[1] == 1.0
 
 

@@ -134,6 +134,19 @@ def test_predict_warns_about_patients_with_fewer_crops_than_the_training_patient
     assert run("predict", default_model, feats, "--out", tmp_path / "d.csv").exit_code == 0
     c, d = pd.read_csv(tmp_path / "c.csv"), pd.read_csv(tmp_path / "d.csv")
     assert np.allclose(c["probability"], d["probability"])
+    # A patient none of whose crops is usable: its cell-score summaries are the training medians, not 0.
+    cells = pd.read_parquet(feats / "cells.parquet")
+    cells[cells["patient_id"] != pid].to_parquet(feats / "cells.parquet")
+    shutil.rmtree(feats / "cells", ignore_errors=True)
+    patients.loc[0, "n_cells_ok"] = 0
+    patients.to_parquet(feats / "patients.parquet")
+    r = run("predict", default_model, feats, "--out", tmp_path / "e.csv")
+    assert r.exit_code == 0, r.output
+    assert f"warning: {pid}: 0 crop(s) passed QC" in " ".join(r.output.split())
+    _, meta = load_model(default_model)
+    X = model_inputs(default_model, meta, feats)
+    scores = [f for f in meta["features"] if f.startswith("cellscore")]
+    assert scores and all(X.loc[0, f] == meta["reference"]["inputs"][f]["all"][k] for f in scores)
 
 
 def test_cellscore_model_needs_the_cells_of_new_patients(default_model, tiny_features, tmp_path):
