@@ -1567,7 +1567,9 @@ def _waterfall_html(inp: ReportInputs, i: int, n_top: int = 10) -> str:
         else:
             label = f"<i>{_e(name)}</i>"
         rows.append(
-            f"<tr><td class='lab'>{label}</td><td class='val'>{v:+.2f}</td>"
+            # The probability once this input is added (log-odds are hard to read; probabilities do not add up).
+            f"<tr><td class='lab'>{label}</td><td class='val'>{v:+.2f}"
+            f"<br><span class='sub small'>p {_sigmoid(b):.2f}</span></td>"
             f"<td class='bar'>{bar(a, b, 'up' if v > 0 else 'down')}</td></tr>"
         )
     final = cum[-1]
@@ -1577,7 +1579,8 @@ def _waterfall_html(inp: ReportInputs, i: int, n_top: int = 10) -> str:
     )
     return (
         "<table class='wf'><tbody>" + "".join(rows) + "</tbody></table>"
-        "<p class='small sub'>Contributions in log-odds (SHAP); "
+        "<p class='small sub'>Contributions in log-odds (SHAP), with the probability reached once each is added "
+        "(from the top); "
         "<span class='legend-dot' style='background:#c0392b'></span>toward tumoral "
         "<span class='legend-dot' style='background:#2e6da4'></span>toward reactive; dashed line: decision threshold. "
         f"{_percentile_note(inp)}</p>"

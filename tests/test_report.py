@@ -111,6 +111,17 @@ def test_shap_contributions_add_up_to_the_model_probability(tiny_model, tiny_fea
     np.testing.assert_allclose(proba, booster.predict(X), rtol=1e-6, atol=1e-9)
 
 
+def test_waterfall_shows_the_probability_reached_after_each_input(tiny_model, tiny_features):
+    from lympho_features.report import _waterfall_html
+
+    inp = load_inputs(tiny_model, tiny_features)
+    for i in range(len(inp.patients)):
+        html_ = _waterfall_html(inp, i, n_top=len(inp.features))  # every input shown: the last step is the model's
+        steps = [float(p) for p in re.findall(r"<span class='sub small'>p ([0-9.]+)</span></td>", html_)]
+        assert len(steps) == len(inp.features)
+        assert abs(steps[-1] - inp.proba[i]) < 0.006  # rounded to 2 decimals
+
+
 def test_predict_explain_adds_top_contributions_after_the_contract(tiny_model, tiny_features, tmp_path):
     r = runner.invoke(app, ["predict", str(tiny_model), str(tiny_features), "--out", str(tmp_path / "p.csv")])
     assert r.exit_code == 0, r.output
