@@ -830,13 +830,13 @@ _CELL_BLOCKS = ("crops", "morphology", "cellscore", "cellmorph", "cnn")
 
 
 def training_cell_counts(patients: pd.DataFrame) -> dict | None:
-    """Crops passing QC per training patient: the fewest, the 5th percentile and the median (None without the column)."""
+    """Crops passing QC per training patient: the fewest and the median (None without the column)."""
     if "n_cells_ok" not in patients:
         return None
     n = pd.to_numeric(patients["n_cells_ok"], errors="coerce").dropna().to_numpy(float)
     if not n.size:
         return None
-    return {"min": float(n.min()), "p5": float(np.percentile(n, 5)), "median": float(np.median(n))}
+    return {"min": float(n.min()), "median": float(np.median(n))}
 
 
 def few_cells_warnings(meta: dict, patients: pd.DataFrame) -> list[str]:
@@ -854,9 +854,7 @@ def few_cells_warnings(meta: dict, patients: pd.DataFrame) -> list[str]:
     for pid, n in zip(patients["patient_id"], patients["n_cells_ok"], strict=True):
         if pd.notna(n) and n < ref["min"]:
             rest = (
-                "its cell-based inputs were taken at the training median"
-                if n == 0
-                else "its cell-based inputs rest on few cells"
+                "its cell-based inputs could not be measured" if n == 0 else "its cell-based inputs rest on few cells"
             )
             out.append(
                 f"{pid}: {int(n)} crop(s) passed QC, fewer than any training patient had (at least "
@@ -908,8 +906,8 @@ def fill_missing_inputs(X: pd.DataFrame, meta: dict) -> pd.DataFrame:
 def missing_value_warnings(meta: dict, patients: pd.DataFrame) -> list[str]:
     """Patients missing a clinical input the model uses: one line each.
 
-    LightGBM then follows its missing-value branches, which the training
-    patients (complete values) hardly exercised.
+    The model then takes the training median for it (:func:`fill_missing_inputs`):
+    the call rests on the other inputs.
     """
     used = [c for c in CLINICAL_FEATURES if c in meta.get("features", ())]
     if not used:

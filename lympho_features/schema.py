@@ -93,8 +93,8 @@ SCHEMA = {
         False,
         lambda v: (
             None
-            if v is None or (isinstance(v, dict) and all(_is_number(v.get(k)) for k in ("min", "p5", "median")))
-            else "null or an object with numbers min, p5, median"
+            if v is None or (isinstance(v, dict) and all(_is_number(v.get(k)) for k in ("min", "median")))
+            else "null or an object with numbers min, median"
         ),
     ),
 }

@@ -201,12 +201,12 @@ def test_lymph_count_age_and_cell_scores_only_ever_raise_the_probability():
 
 
 def test_few_cells_warnings_only_for_cell_based_models():
-    counts = {"min": 16.0, "p5": 25.0, "median": 60.0}
-    patients = pd.DataFrame({"patient_id": ["A", "B", "C", "D"], "n_cells_ok": [3, 20, np.nan, 0]})  # B: < p5, > min
+    counts = {"min": 16.0, "median": 60.0}
+    patients = pd.DataFrame({"patient_id": ["A", "B", "C", "D"], "n_cells_ok": [3, 20, np.nan, 0]})
     meta = {"feature_set": "clinical+cellmorph", "training_cells_ok": counts}
     warning, none = few_cells_warnings(meta, patients)
     assert warning.startswith("A: 3 crop(s) passed QC") and "at least 16" in warning and "rest on few cells" in warning
-    assert none.startswith("D: 0 crop(s)") and "taken at the training median" in none
+    assert none.startswith("D: 0 crop(s)") and "could not be measured" in none
     assert few_cells_warnings({**meta, "feature_set": "clinical"}, patients) == []  # no cell-based input
     assert few_cells_warnings({"feature_set": "clinical+cellmorph"}, patients) == []  # saved before the counts
     assert few_cells_warnings(meta, patients.drop(columns="n_cells_ok")) == []
@@ -225,7 +225,7 @@ def test_missing_clinical_values_are_named_per_patient():
     meta = {
         "feature_set": "clinical+cellmorph",
         "features": ["age", "gender_male", "log_lymph_count", "cellscore_morph__mean"],
-        "training_cells_ok": {"min": 16.0, "p5": 25.0, "median": 60.0},
+        "training_cells_ok": {"min": 16.0, "median": 60.0},
     }
     lines = input_warnings(meta, patients)
     assert lines[:3] == [
