@@ -1003,6 +1003,33 @@ for _region in ("nucleus", "cytoplasm"):
             f"share of the {_region}'s absorption in {_c} light (hue of the stain, whatever its density)"
         )
 
+#: What a high or a low value of a per-cell feature looks like under the microscope, in a haematologist's
+#: words (report captions of the cells the cell model finds most tumoral). Only features with a plain reading.
+CELL_FINDINGS: dict[str, tuple[str, str]] = {
+    "nucleus_area": ("large nucleus", "small nucleus"),
+    "shape_nucleus_area": ("large nucleus", "small nucleus"),
+    "shape_nucleus_equivalent_diameter": ("large nucleus", "small nucleus"),
+    "shape_nucleus_feret_max": ("long nucleus", "short nucleus"),
+    "shape_nucleus_major_axis": ("long nucleus", "short nucleus"),
+    "shape_cell_area": ("large cell", "small cell"),
+    "cell_area": ("large cell", "small cell"),
+    "nc_ratio": ("high N:C ratio", "low N:C ratio"),
+    "nc_cytoplasm_area": ("abundant cytoplasm", "scant cytoplasm"),
+    "nc_rim_width": ("wide cytoplasm rim", "narrow cytoplasm rim"),
+    "nc_rim_width_max": ("cytoplasm thick on one side", "scant cytoplasm all round"),
+    "nucleoli_contrast": ("visible nucleoli", "no visible nucleoli"),
+    "nucleoli_count": ("several nucleoli", "few or no nucleoli"),
+    "haralick_sum_variance_d1": ("uneven, coarse chromatin", "even chromatin"),
+    "haralick_sum_variance_d3": ("uneven, coarse chromatin", "even chromatin"),
+    "haralick_contrast_d1": ("clumped chromatin", "smooth chromatin"),
+    "haralick_contrast_d3": ("clumped chromatin", "smooth chromatin"),
+    "haralick_idm_d1": ("smooth chromatin", "clumped chromatin"),
+    "haralick_idm_d3": ("smooth chromatin", "clumped chromatin"),
+    "shape_nucleus_notch_depth": ("notched or cleaved nucleus", "nucleus without notch"),
+    "shape_nucleus_curvature_std": ("irregular nucleus outline", "smooth nucleus outline"),
+    "shape_cell_fourier_high": ("ragged (villous or hairy) cell outline", "smooth cell outline"),
+}
+
 # Per-patient shares of each quality-control and cell-type flag (aggregate.py's ``frac_<flag>``).
 FEATURE_DESCRIPTIONS["frac_qc_ok"] = "share of the patient's crops passing quality control"
 for _flag, _meaning in FLAG_DESCRIPTIONS.items():

@@ -33,6 +33,7 @@ import pandas as pd
 
 from . import __version__
 from ._io import atomic_path, dataframe_fingerprint, library_versions
+from .features import CELL_FINDINGS
 from .features import describe_feature as describe_cell_feature
 from .segment import FLAG_DESCRIPTIONS
 
@@ -1302,9 +1303,16 @@ def _cell_reasons(inp: ReportInputs, index, top: int = 2) -> str:
         value = cells.at[index, name] if cells is not None and name in cells.columns else np.nan
         shown = f" {_short_num(value)}" if np.isfinite(value) else ""
         typical = inp.cell_medians.get(name)
-        # High or low against a typical training cell, when the cell model recorded one.
-        word = "" if typical is None or not np.isfinite(value) else ("high " if value > typical else "low ")
-        parts.append(f"{word}{short_label(name)}{shown} (+{v:.2f})")
+        if typical is None or not np.isfinite(value):
+            parts.append(f"{short_label(name)}{shown} (+{v:.2f})")
+            continue
+        # High or low against a typical training cell, in words where the feature has a plain reading.
+        high = value > typical
+        finding = CELL_FINDINGS.get(name)
+        if finding is not None:
+            parts.append(f"{finding[0] if high else finding[1]} ({short_label(name)}{shown}, +{v:.2f})")
+        else:
+            parts.append(f"{'high' if high else 'low'} {short_label(name)}{shown} (+{v:.2f})")
     return "; why: " + ", ".join(parts)
 
 

@@ -306,3 +306,12 @@ def test_lbp_matches_a_pixel_by_pixel_count():
             counts[sum(bits) if transitions <= 2 else 9] += 1
     expected = counts / counts.sum()
     assert [f[f"lbp_nucleus_u{k}"] for k in range(9)] + [f["lbp_nucleus_nonuniform"]] == pytest.approx(expected)
+
+
+def test_cell_findings_name_real_columns_and_two_readings():
+    from lympho_features.extract import measure_crop
+    from lympho_features.features import CELL_FINDINGS
+
+    row = measure_crop(synthetic_crop(np.random.default_rng(0)).rgb)
+    assert set(CELL_FINDINGS) <= set(row), set(CELL_FINDINGS) - set(row)
+    assert all(high and low and high != low for high, low in CELL_FINDINGS.values())

@@ -486,9 +486,16 @@ def test_report_of_a_model_whose_inputs_come_from_a_cell_model(tiny_features, tm
     assert group.title.startswith("Most tumoral-looking")
     for _, caption in group.cells:
         assert re.fullmatch(
-            r"score [0-9.]+; why: high nucleus area [0-9.,]+ \(\+0\.80\), low nc ratio [0-9.]+ \(\+0\.30\)",
+            r"score [0-9.]+; why: large nucleus \(nucleus area [0-9.,]+, \+0\.80\), "
+            r"low N:C ratio \(nc ratio [0-9.]+, \+0\.30\)",
             caption,
         ), caption
+    # A feature without a plain reading says "high" or "low".
+    planted.loc[mine, "nc_ratio"] = 0.0
+    planted.loc[mine, "lbp_nucleus_u4"] = 0.3
+    inp.cell_medians["lbp_nucleus_u4"] = -1.0
+    for _, caption in select_gallery(inp, 0, {})[0].cells:
+        assert re.search(r", high lbp nucleus u4 [0-9.]+ \(\+0\.30\)$", caption), caption
 
 
 def test_patient_pages_compare_with_the_training_patients(tiny_model, tiny_features, tmp_path):
