@@ -315,3 +315,13 @@ def test_cell_findings_name_real_columns_and_two_readings():
     row = measure_crop(synthetic_crop(np.random.default_rng(0)).rgb)
     assert set(CELL_FINDINGS) <= set(row), set(CELL_FINDINGS) - set(row)
     assert all(high and low and high != low for high, low in CELL_FINDINGS.values())
+
+
+def test_cell_findings_are_documented():
+    from pathlib import Path
+
+    from lympho_features.features import CELL_FINDINGS
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "features.md").read_text()
+    for name, (high, low) in CELL_FINDINGS.items():
+        assert f"| `{name}` | {high} | {low} |" in doc, name
