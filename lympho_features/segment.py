@@ -107,6 +107,8 @@ class SegmentationSettings:
     pale_min_od: float = 0.08  #: OD sum above the background of the faintest (pale) cytoplasm counted
     pale_chroma_margin: float = 0.12  #: how far above the red cells' blue chroma pale cytoplasm sits
     pale_max_rbc_od: float = 1.0  #: pale cytoplasm is less dense than this times the red cells' mean OD
+    #: cytoplasm's blue chroma sits this far above the red cells' (None: no hue test for stained cytoplasm)
+    cytoplasm_chroma_margin: float | None = 0.05
     roi_margin: int = 56  #: pixels around the nucleus box examined for cytoplasm
     max_touch_fraction: float = 0.3  #: cut along a neighbour, as a fraction of the cell outline
     lobe_erosion: int = 4  #: erosion radius that separates granulocyte lobes (thin strands)
@@ -761,6 +763,12 @@ def segment_cell(rgb: np.ndarray, settings: SegmentationSettings | None = None) 
     # Without red cells the "reference" is the cytoplasm itself: cap it above any red cell's.
     ref = min(ref, s.max_rbc_blueness)
     cyto = cv2.bitwise_and(stained, cv2.compare(blueness, ref + s.cytoplasm_margin, cv2.CMP_GT))
+    if s.cytoplasm_chroma_margin is not None and math.isfinite(rbc_od):
+        # Hue as well as blueness: OD_red - OD_blue grows with density, so the thick rims of red cells and
+        # the overlap of two red cells passed the blueness test and the outline leaked into them as crescents
+        # and strands; their chroma (OD_red - OD_blue) / OD_sum stays that of the red cells whatever the density.
+        chroma = cv2.divide(blueness, cv2.max(od_sum, s.od_background))
+        cyto = cv2.bitwise_and(cyto, cv2.compare(chroma, chroma_ref + s.cytoplasm_chroma_margin, cv2.CMP_GT))
     if math.isfinite(rbc_od):  # without red cells, no hue to compare with: stained cytoplasm only
         pale = pale_cytoplasm(
             blueness, od_sum, chroma_ref, s.pale_min_od, s.pale_max_rbc_od * rbc_od, s.pale_chroma_margin

@@ -66,6 +66,7 @@ def synthetic_crop(
     blur: float = 0.0,
     lobes: int = 1,
     smudge: bool = False,
+    red_cell_colour: tuple[float, float, float] | None = None,
 ) -> SyntheticCrop:
     """Draw one crop with a central lymphocyte.
 
@@ -95,6 +96,8 @@ def synthetic_crop(
         Above 1, draw a granulocyte: a nucleus of this many lobes joined by thin strands.
     smudge : bool
         Draw a smudge cell: a pale nucleus with no cytoplasm (use with ``pale_nucleus``).
+    red_cell_colour : (r, g, b), optional
+        Mean colour of the red cells (default :data:`RED_CELL`, pink; real smears are often mauve).
     """
     k = size / 224.0
     shape = (size, size)
@@ -144,7 +147,9 @@ def synthetic_crop(
         else:
             continue
         d = np.sqrt((xx - x) ** 2 + (yy - y) ** 2) / r
-        colour = RED_CELL + rng.normal(0, 4, 3)
+        colour = (RED_CELL if red_cell_colour is None else np.asarray(red_cell_colour, np.float32)) + rng.normal(
+            0, 4, 3
+        )
         pale = np.clip(1 - d, 0, 1)[..., None] * 0.0 + (d < 0.45)[..., None] * 0.45
         img[disc] = (colour * (1 - pale) + BACKGROUND * pale)[disc]
         occupied |= disc

@@ -299,3 +299,32 @@ def test_cell_from_region_shares_a_region_between_two_nuclei():
     assert not cell[:, 45:].any()  # the neighbour's half stays out
     alone, split, touch = cell_from_region(region, nucleus, np.zeros_like(region))
     assert not split and touch == 0.0 and np.array_equal(alone > 0, region > 0)
+
+
+@pytest.mark.parametrize("seed", [3, 4, 5])
+def test_dense_red_cell_overlap_touching_the_cell_stays_out(seed):
+    # Where two red cells overlap (or at a red cell's thick rim) the stain is twice as dense: OD_red - OD_blue
+    # doubles and passed the cytoplasm's blueness test, so the outline leaked into it. Its hue is a red cell's.
+    from lympho_features.synthetic import BACKGROUND
+
+    mauve = np.array([205.0, 165.0, 196.0])  # red cells with some blueness (OD_red > OD_blue), as on real smears
+    rng = np.random.default_rng(seed)
+    crop = synthetic_crop(rng, nucleus_radius=20, cell_radius=28, n_red_cells=10, red_cell_colour=mauve)
+    rgb = crop.rgb.astype(np.float32)
+    ys, xs = np.nonzero(crop.cell_mask)
+    cy, cx = ys.mean(), xs.mean()
+    radius = np.sqrt(crop.cell_mask.sum() / np.pi)
+    phi = rng.uniform(0, 2 * np.pi)
+    # A lens of doubled red-cell density against the cell's outline (transmittance squared: OD x 2).
+    yy, xx = np.mgrid[0 : rgb.shape[0], 0 : rgb.shape[1]]
+    px, py = cx + (radius + 12) * np.cos(phi), cy + (radius + 12) * np.sin(phi)
+    lens = ((xx - px) ** 2 + (yy - py) ** 2 <= 16**2) & ~crop.cell_mask
+    dense = BACKGROUND * (mauve / BACKGROUND) ** 2
+    rgb[lens] = dense
+    rgb = np.clip(rgb, 0, 255).astype(np.uint8)
+
+    with_hue = segment_cell(rgb)
+    without_hue = segment_cell(rgb, SegmentationSettings(cytoplasm_chroma_margin=None))
+    assert (without_hue.cell_mask & lens).sum() > 0.3 * lens.sum()  # the leak this guards against
+    assert (with_hue.cell_mask & lens).sum() < 0.02 * lens.sum()
+    assert dice(with_hue.cell_mask, crop.cell_mask) > 0.9
