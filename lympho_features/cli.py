@@ -393,6 +393,12 @@ def inspect(
     ] = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the random sample of crops.")] = 0,
     columns: Annotated[int, typer.Option("--columns", min=1, max=32, help="Tiles per row.")] = 8,
+    image: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--image", help="Show this crop (PATIENT/FILE, as in cells.parquet); repeat for more. Overrides the sample."
+        ),
+    ] = None,
 ) -> None:
     """Draw a montage of segmented crops (nucleus and cell outlines, QC flags) to check the segmentation by eye."""
     from .montage import inspect_folder, write_png
@@ -402,10 +408,10 @@ def inspect(
         _fail(f"--only must be 'flagged' or one of: {', '.join(QC_REASONS)}")
     if out.suffix.lower() != ".png":
         _fail(f"--out must be a .png file: {out}")
-    image, rows = _guard(inspect_folder, data_dir, patient, n, seed, None, only, columns)
+    picture, rows = _guard(inspect_folder, data_dir, patient, n, seed, None, only, columns, image)
     if not rows:
         _fail(f"no crop to show in {data_dir}" + (f" for patient {patient}" if patient else ""))
-    _guard(write_png, image, out)
+    _guard(write_png, picture, out)
     n_ok = sum(r["qc_reason"] == "ok" for r in rows)
     console.print(f"{len(rows)} crops ({n_ok} passing QC) -> {out}", highlight=False)
 

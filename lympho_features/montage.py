@@ -103,8 +103,9 @@ def inspect_folder(
     settings: SegmentationSettings | None = None,
     only: str | None = None,
     columns: int = 8,
+    images: list[str] | None = None,
 ) -> tuple[np.ndarray, list[dict]]:
-    """Segment a random sample of crops of a data folder and draw their montage.
+    """Segment a random sample of crops of a data folder (or the crops named) and draw their montage.
 
     Parameters
     ----------
@@ -119,6 +120,11 @@ def inspect_folder(
     only : str, optional
         Keep only crops whose QC reason is this (e.g. ``touching_cells``), or
         ``"flagged"`` for every crop failing QC.
+    images : list of str, optional
+        Show exactly these crops, in this order (paths relative to ``data_dir``
+        as in ``cells.parquet``'s ``image`` column, e.g. ``P42/000016.jpg``):
+        the cells a report or a query pointed at. ``patient``, ``n``, ``seed``
+        and ``only`` are then ignored.
 
     Returns
     -------
@@ -129,26 +135,42 @@ def inspect_folder(
     Raises
     ------
     lympho_features.dataset.DatasetError
-        Missing data folder; unknown patient.
+        Missing data folder; unknown patient; a named crop that is not in the folder.
     """
     from .dataset import DatasetError
 
     patients = discover_patients(Path(data_dir))
+    if images:
+        known = {rel for imgs in patients.values() for rel in imgs}
+        missing = [rel for rel in images if rel not in known]
+        if missing:
+            raise DatasetError(f"crop {missing[0]} not found in {data_dir} (give it as PATIENT/FILE)")
+        return _draw(data_dir, list(images), len(images), None, settings, columns, strict=True)
     if patient is not None:
         if patient not in patients:
             raise DatasetError(f"patient {patient} not found in {data_dir}")
         patients = {patient: patients[patient]}
-    images = sorted(rel for imgs in patients.values() for rel in imgs)
+    names = sorted(rel for imgs in patients.values() for rel in imgs)
     rng = np.random.default_rng(seed)
-    order = rng.permutation(len(images))
+    return _draw(data_dir, [names[i] for i in rng.permutation(len(names))], n, only, settings, columns)
+
+
+def _draw(data_dir, candidates: list[str], n: int, only: str | None, settings, columns: int, strict: bool = False):
+    """Segment ``candidates`` in order until ``n`` tiles are kept (by ``only``); their montage and rows.
+
+    An unreadable crop is passed over in a sample, and is an error (naming it) when ``strict``.
+    """
+    from .dataset import DatasetError
+
     tiles, captions, oks, rows = [], [], [], []
-    for i in order:
+    for rel in candidates:
         if len(tiles) >= n:
             break
-        rel = images[i]
         try:
             rgb, _ = read_image(Path(data_dir) / rel)
-        except ImageError:
+        except ImageError as exc:
+            if strict:
+                raise DatasetError(f"crop {rel} cannot be read: {exc}") from None
             continue
         seg = segment_cell(rgb, settings)
         if only is not None and not (

@@ -1,5 +1,7 @@
 """`lympho inspect` and the montage drawing, on synthetic crops."""
 
+import shutil
+
 import cv2
 import numpy as np
 from typer.testing import CliRunner
@@ -69,3 +71,24 @@ def test_inspect_one_patient_and_errors(tiny_cohort, tmp_path):
     assert r.exit_code == 2 and "flagged" in r.output
     r = runner.invoke(app, ["inspect", str(tmp_path / "missing"), "--out", str(out)])
     assert r.exit_code == 2 and "not found" in r.output
+
+
+def test_inspect_named_crops_in_the_order_given(tiny_cohort, tmp_path):
+    from lympho_features.montage import inspect_folder
+
+    names = sorted(str(p.relative_to(tiny_cohort)) for p in tiny_cohort.glob("*/*.jpg"))
+    chosen = [names[5], names[0], names[3]]
+    _, rows = inspect_folder(tiny_cohort, images=chosen)
+    assert [r["image"] for r in rows] == chosen  # exactly these, in this order, whatever the sample settings
+    out = tmp_path / "m.png"
+    args = ["inspect", str(tiny_cohort), "--out", str(out), "--columns", "3"]
+    r = runner.invoke(app, [*args, "--image", chosen[0], "--image", chosen[1]])
+    assert r.exit_code == 0, r.output
+    assert "2 crops" in r.output and cv2.imread(str(out)).shape[1] == 2 * 164  # two tiles: one row of two
+    r = runner.invoke(app, [*args, "--image", "P0/nope.jpg"])
+    assert r.exit_code == 2 and "P0/nope.jpg" in r.output
+    data = tmp_path / "data"
+    shutil.copytree(tiny_cohort, data)
+    (data / chosen[0]).write_bytes(b"not a jpeg")
+    r = runner.invoke(app, ["inspect", str(data), "--out", str(out), "--image", chosen[0]])
+    assert r.exit_code == 2 and chosen[0] in r.output and "cannot be read" in r.output
