@@ -161,7 +161,7 @@ def fit(
         bool,
         typer.Option(
             "--monotone/--no-monotone",
-            help="A higher lymphocyte count, age or cell-model score never lowers the probability of tumoral "
+            help="A higher lymphocyte count, age, cell-model score or crop count never lowers the probability of tumoral "
             "(LightGBM monotone constraints); --no-monotone: unconstrained, as models before.",
         ),
     ] = True,

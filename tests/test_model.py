@@ -186,7 +186,8 @@ def test_lymph_count_age_and_cell_scores_only_ever_raise_the_probability():
     )
     assert [monotone_direction(c) for c in X.columns] == [1, 0, 0]
     assert monotone_direction("age") == 1 and monotone_direction("cellscore_morph__q90") == 1
-    assert monotone_direction("n_cells") == 0 and monotone_direction("cnn_pc01__mean") == 0
+    assert monotone_direction("n_cells") == 1 and monotone_direction("frac_qc_ok") == 0
+    assert monotone_direction("cnn_pc01__mean") == 0
     grid = X.iloc[[0] * 50].copy()
     grid["log_lymph_count"] = np.linspace(lymph.min(), lymph.max() + 0.5, 50)
     kw = dict(min_child_samples=3, num_leaves=8, n_estimators=300, learning_rate=0.1)
