@@ -69,26 +69,45 @@ def write_json(obj, path: str | Path) -> None:
         Path(tmp).write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
 
 
+def write_table(table, path: str | Path, metadata_json: dict | None = None, compact_numbers: bool = False) -> None:
+    """Write an Arrow table to Parquet atomically, optionally with JSON key-value metadata (key ``lympho``).
+
+    ``compact_numbers`` keeps dictionary encoding and column statistics to the
+    text columns: on many float columns (per-cell measurements, embeddings)
+    they cost more than the rest of the write and save nothing.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    if metadata_json is not None:
+        meta = dict(table.schema.metadata or {})
+        meta[b"lympho"] = json.dumps(metadata_json, sort_keys=True, default=str).encode()
+        table = table.replace_schema_metadata(meta)
+    options = {}
+    if compact_numbers:
+        text = [f.name for f in table.schema if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)]
+        options = {"use_dictionary": text, "write_statistics": text}
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp, **options)
+
+
 def write_parquet(
-    df: pd.DataFrame, path: str | Path, metadata_json: dict | None = None, schema=None, **parquet_options
+    df: pd.DataFrame,
+    path: str | Path,
+    metadata_json: dict | None = None,
+    schema=None,
+    compact_numbers: bool = False,
 ) -> None:
     """Write a DataFrame to Parquet atomically, optionally with JSON key-value metadata.
 
     ``schema`` (a ``pyarrow.Schema``) fixes the column types, so that files
     written apart (e.g. one shard per patient, some empty) read as one table.
-    ``parquet_options`` go to ``pyarrow.parquet.write_table`` (e.g.
-    ``use_dictionary``).
+    ``compact_numbers``: see :func:`write_table`.
     """
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
     table = pa.Table.from_pandas(df, schema=schema, preserve_index=False)
-    if metadata_json is not None:
-        meta = dict(table.schema.metadata or {})
-        meta[b"lympho"] = json.dumps(metadata_json, sort_keys=True, default=str).encode()
-        table = table.replace_schema_metadata(meta)
-    with atomic_path(path) as tmp:
-        pq.write_table(table, tmp, **parquet_options)
+    write_table(table, path, metadata_json, compact_numbers)
 
 
 def write_csv(df: pd.DataFrame, path: str | Path) -> None:

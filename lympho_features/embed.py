@@ -23,7 +23,6 @@ batch, in mixed precision.
 from __future__ import annotations
 
 import importlib.util
-import json
 import os
 import time
 from dataclasses import asdict, dataclass, field
@@ -34,7 +33,7 @@ import numpy as np
 import pandas as pd
 
 from . import __version__
-from ._io import atomic_path, library_versions, write_json, write_parquet
+from ._io import library_versions, write_json, write_parquet, write_table
 from .dataset import MAX_PIXELS, DatasetError, ImageError, discover_patients, read_image
 from .extract import _shard_name, inputs_key, read_shard_meta
 from .segment import SegmentationSettings, segment_cell
@@ -421,17 +420,6 @@ def _shard_table(rows: list[dict], vectors: list[np.ndarray], dim: int):
     return table.append_column(SHARD_EMBEDDING_COLUMN, pa.FixedSizeListArray.from_arrays(pa.array(emb.ravel()), dim))
 
 
-def _write_shard(table, path: Path, meta: dict) -> None:
-    import pyarrow.parquet as pq
-
-    md = dict(table.schema.metadata or {})
-    md[b"lympho"] = json.dumps(meta, sort_keys=True, default=str).encode()
-    with atomic_path(path) as tmp:
-        # Dictionary encoding and statistics of 100,000 distinct floats cost more than the rest of the write.
-        strings = ["patient_id", "image", "image_sha256", "qc_reason"]
-        pq.write_table(table.replace_schema_metadata(md), tmp, use_dictionary=strings, write_statistics=strings)
-
-
 def _wide_frame(table, dim: int) -> pd.DataFrame:
     """Shard table(s) -> the ``embeddings.parquet`` frame: metadata, then one float32 column per dimension."""
     meta = table.drop_columns([SHARD_EMBEDDING_COLUMN]).to_pandas()
@@ -558,7 +546,7 @@ def embed(
         skipped.extend({"patient_id": pid, **s} for s in meta["skipped"])
     whole = pa.concat_tables(tables) if tables else _shard_table([], [], dim)
     cells = _wide_frame(whole, dim).sort_values(["patient_id", "image"], kind="stable").reset_index(drop=True)
-    write_parquet(cells, out_dir / "embeddings.parquet", use_dictionary=list(_META_COLUMNS))
+    write_parquet(cells, out_dir / "embeddings.parquet", compact_numbers=True)
     manifest = {
         "lympho_version": __version__,
         "command": "embed",
@@ -605,7 +593,7 @@ def _embed_patients(
     def write(pid, rows, vectors, skipped):
         table = _shard_table(rows, vectors, winfo["embedding_dim"])
         meta = {"patient_id": pid, "key": keys[pid], "skipped": skipped, **shard_meta}
-        _write_shard(table, shard_dir / _shard_name(pid), meta)
+        write_table(table, shard_dir / _shard_name(pid), meta, compact_numbers=True)
 
     # Patients without any image still get an (empty) shard, so they count as done.
     pending = [pid for pid in todo if patients[pid]]

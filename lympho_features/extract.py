@@ -40,6 +40,7 @@ from ._io import (
     remove_stale_temporaries,
     sha256_of,
     write_json,
+    write_table,
 )
 from .aggregate import AggregateSettings, build_patient_table
 from .dataset import (
@@ -321,18 +322,11 @@ def write_shard(path: Path, table, meta: dict, checksum: str | None = None) -> N
 
     ``checksum`` is :func:`table_checksum` of ``table`` when the caller has it already.
     """
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
     checksum = checksum or table_checksum(table)
     meta = {**meta, "format": SHARD_FORMAT, "n_rows": table.num_rows, "sha256": checksum}
-    md = dict(table.schema.metadata or {})
-    md[b"lympho"] = json.dumps(meta, sort_keys=True, default=str).encode()
-    # Dictionary encoding and statistics only for the text columns: on a hundred float columns they took
-    # half of the write, in the one process that writes every shard.
-    text = [f.name for f in table.schema if not (pa.types.is_floating(f.type) or pa.types.is_boolean(f.type))]
-    with atomic_path(path) as tmp:
-        pq.write_table(table.replace_schema_metadata(md), tmp, use_dictionary=text, write_statistics=text)
+    # Compact: dictionaries and statistics of a hundred float columns took half of the write, in the one
+    # process that writes every shard.
+    write_table(table, path, meta, compact_numbers=True)
 
 
 def verify_shard(path: Path, patient_id: str, key: str, schema, checksum: bool = True):

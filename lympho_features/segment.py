@@ -763,13 +763,13 @@ def segment_cell(rgb: np.ndarray, settings: SegmentationSettings | None = None) 
     # Without red cells the "reference" is the cytoplasm itself: cap it above any red cell's.
     ref = min(ref, s.max_rbc_blueness)
     cyto = cv2.bitwise_and(stained, cv2.compare(blueness, ref + s.cytoplasm_margin, cv2.CMP_GT))
-    if s.cytoplasm_chroma_margin is not None and math.isfinite(rbc_od):
-        # Hue as well as blueness: OD_red - OD_blue grows with density, so the thick rims of red cells and
-        # the overlap of two red cells passed the blueness test and the outline leaked into them as crescents
-        # and strands; their chroma (OD_red - OD_blue) / OD_sum stays that of the red cells whatever the density.
-        chroma = cv2.divide(blueness, cv2.max(od_sum, s.od_background))
-        cyto = cv2.bitwise_and(cyto, cv2.compare(chroma, chroma_ref + s.cytoplasm_chroma_margin, cv2.CMP_GT))
     if math.isfinite(rbc_od):  # without red cells, no hue to compare with: stained cytoplasm only
+        if s.cytoplasm_chroma_margin is not None:
+            # Hue as well as blueness: OD_red - OD_blue grows with density, so the thick rims of red cells and
+            # the overlap of two red cells passed the blueness test and the outline leaked into them as
+            # crescents and strands; their chroma (OD_red - OD_blue) / OD_sum stays a red cell's at any density.
+            chroma = cv2.divide(blueness, cv2.max(od_sum, s.od_background))
+            cyto = cv2.bitwise_and(cyto, cv2.compare(chroma, chroma_ref + s.cytoplasm_chroma_margin, cv2.CMP_GT))
         pale = pale_cytoplasm(
             blueness, od_sum, chroma_ref, s.pale_min_od, s.pale_max_rbc_od * rbc_od, s.pale_chroma_margin
         )
