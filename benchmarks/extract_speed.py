@@ -172,8 +172,8 @@ def main() -> None:
             shutil.copyfile(csv, data / csv.name)
         # Warm the page cache so that neither side pays the first read from disk.
         Parallel(n_jobs=args.jobs)(delayed(_decode_patient)(args.data, imgs) for imgs in patients.values())
-        # Decode before and after the extraction; the faster of the two is the floor (a conservative ratio
-        # on a machine shared with other jobs, whose load moves during the run).
+        # Decode before and after each extraction; the fastest decode is the floor (a conservative ratio on a
+        # machine shared with other jobs, whose load moves during the run), the fastest extraction counts.
         t_decode = t_extract = float("inf")
         rss_largest = rss_tree = 0.0
         extract_times = []

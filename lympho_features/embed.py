@@ -423,9 +423,8 @@ def _shard_table(rows: list[dict], vectors: list[np.ndarray], dim: int):
 def _wide_frame(table, dim: int) -> pd.DataFrame:
     """Shard table(s) -> the ``embeddings.parquet`` frame: metadata, then one float32 column per dimension."""
     meta = table.drop_columns([SHARD_EMBEDDING_COLUMN]).to_pandas()
-    col = table.column(SHARD_EMBEDDING_COLUMN)
-    flat = col.combine_chunks().flatten() if table.num_rows else None
-    emb = flat.to_numpy(zero_copy_only=False).reshape(-1, dim) if flat is not None else np.zeros((0, dim), np.float32)
+    flat = table.column(SHARD_EMBEDDING_COLUMN).combine_chunks().flatten()  # empty for a table without rows
+    emb = flat.to_numpy(zero_copy_only=False).reshape(-1, dim)
     return pd.concat([meta, pd.DataFrame(emb.astype(np.float32, copy=False), columns=embedding_columns(dim))], axis=1)
 
 
