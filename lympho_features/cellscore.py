@@ -21,6 +21,7 @@ is saved in LightGBM's text format with JSON metadata: no pickle.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -41,7 +42,55 @@ MORPH_PREFIX = "cellscore_morph__"
 #: which varies with the staining and the scanner more than with the cell.
 MORPH_EXCLUDE = ("color_",)
 
+#: Prefix of the per-patient summaries of the atypical-cell model (block ``cellatyp``).
+ATYP_PREFIX = "cellscore_atyp__"
+
+#: Positive selection of the atypical-cell model (see :class:`CellScorer`'s ``positive_quantile``): the tumoral
+#: patients' cells scoring above 90 % of the reactive cells. Set a priori (the plateau of 0.9-0.95 found on
+#: the cell scores' patient AUC); benchmarks/cv_accuracy_results.md has 0.8 / 0.9 / 0.95.
+ATYP_POSITIVE_QUANTILE = 0.9
+
 CELLSCORE_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class CellModelBlock:
+    """A block of patient inputs made of one cell model's score summaries.
+
+    Attributes
+    ----------
+    prefix : str
+        Prefix of its per-patient columns.
+    exclude_prefixes : tuple of str
+        Per-cell feature columns its cell model leaves out.
+    positive_quantile : float or None
+        Positive selection of its cell model (:class:`CellScorer`).
+    model_file, meta_file : str
+        Its cell model's files in a model folder (LightGBM text, JSON).
+    """
+
+    prefix: str
+    exclude_prefixes: tuple[str, ...]
+    positive_quantile: float | None
+    model_file: str
+    meta_file: str
+
+
+#: The cell-model blocks, by name, in the order their models are fitted and their columns joined.
+#: ``cellscore``: every per-cell feature; ``cellmorph``: no stain colour; ``cellatyp``: no stain colour, and
+#: learned from the tumoral patients' atypical-looking cells only (positive selection).
+CELL_MODEL_BLOCKS = {
+    "cellscore": CellModelBlock(CELLSCORE_PREFIX, (), None, "cell_model.txt", "cell_model.json"),
+    "cellmorph": CellModelBlock(MORPH_PREFIX, MORPH_EXCLUDE, None, "cellmorph_model.txt", "cellmorph_model.json"),
+    "cellatyp": CellModelBlock(
+        ATYP_PREFIX, MORPH_EXCLUDE, ATYP_POSITIVE_QUANTILE, "cellatyp_model.txt", "cellatyp_model.json"
+    ),
+}
+
+
+def cell_model_block(column: str) -> str | None:
+    """The cell-model block whose summaries include ``column`` (by prefix), or None."""
+    return next((b for b, spec in CELL_MODEL_BLOCKS.items() if column.startswith(spec.prefix)), None)
 
 
 class CellScoreError(Exception):
@@ -133,6 +182,15 @@ class CellScorer(BaseEstimator):
     exclude_prefixes : tuple of str
         Per-cell feature columns starting with one of these are left out (e.g. ``("color_",)``: stain
         colour, which depends on the stain and the scanner more than on the cell).
+    positive_quantile : float or None
+        Positive selection (multiple-instance learning): a tumoral patient's blood keeps normal lymphocytes,
+        and labelled tumoral with their patient they teach the model that normal cells look somewhat
+        tumoral. The final model (and each inner model) learns only from the tumoral patients' cells whose
+        out-of-fold score is above this quantile of the reactive cells' scores (all reactive cells kept).
+        The scores that select an inner fold's training cells come from models that saw neither that fold
+        nor the cells' own fold, so the out-of-fold scores stay free of the fold's labels. None: every
+        cell of every patient (plain weak supervision; one model per inner fold instead of about three).
+        Needs ``inner_folds`` >= 3 (and as many patients of each class); with fewer, none is selected.
     random_state : int
 
     Attributes
@@ -162,6 +220,7 @@ class CellScorer(BaseEstimator):
         inner_folds=4,
         qc_only=True,
         exclude_prefixes=(),
+        positive_quantile=None,
         random_state=0,
     ):
         self.n_estimators = n_estimators
@@ -175,6 +234,7 @@ class CellScorer(BaseEstimator):
         self.inner_folds = inner_folds
         self.qc_only = qc_only
         self.exclude_prefixes = exclude_prefixes
+        self.positive_quantile = positive_quantile
         self.random_state = random_state
 
     def _lgb_params(self, seed: int) -> dict:
@@ -199,6 +259,13 @@ class CellScorer(BaseEstimator):
         import lightgbm as lgb
 
         return lgb.train(self._lgb_params(seed), data, num_boost_round=self.n_estimators)
+
+    @staticmethod
+    def _subset(data, rows, pid, y):
+        """The training cells ``rows`` of a constructed Dataset, reweighted (each patient, each class the same)."""
+        sub = data.subset(np.asarray(rows).tolist())
+        sub.set_weight(cell_weights(pid[rows], y[rows]))
+        return sub
 
     def fit(self, cells: pd.DataFrame, labels) -> CellScorer:
         """Fit on the cells of the labelled patients of ``labels``.
@@ -249,17 +316,62 @@ class CellScorer(BaseEstimator):
             free_raw_data=False,
         )
         data.construct()
+        splits = []
         if k >= 2:
             splitter = StratifiedGroupKFold(k, shuffle=True, random_state=self.random_state)
-            for i, (tr, te) in enumerate(splitter.split(X, y, groups=pid)):
-                inner = data.subset(tr.tolist())
-                inner.set_weight(cell_weights(pid[tr], y[tr]))
-                oof[te] = self._train(inner, self.random_state + 1 + i).predict(X[te], num_threads=1)
-        self.booster_ = self._train(data, self.random_state)
+            splits = list(splitter.split(X, y, groups=pid))
+            for i, (tr, te) in enumerate(splits):
+                oof[te] = self._train(self._subset(data, tr, pid, y), self.random_state + 1 + i).predict(
+                    X[te], num_threads=1
+                )
+        if self.positive_quantile is not None and k >= 3:
+            oof = self._fit_selected(data, X, y, pid, splits, oof)
+        else:
+            self.booster_ = self._train(data, self.random_state)
         if k < 2:  # too few patients for an inner CV: fall back to in-sample scores (optimistic)
             oof = self.booster_.predict(X, num_threads=1)
         self.oof_scores_ = pd.DataFrame({"patient_id": pid, "score": oof})
         return self
+
+    def _selected(self, rows: np.ndarray, scores: np.ndarray, y: np.ndarray) -> np.ndarray:
+        """``rows`` without the tumoral cells scoring below the reactive cells' ``positive_quantile``.
+
+        All of ``rows`` when a score is missing or when the selection would leave one class only.
+        """
+        s, yr = scores[rows], y[rows]
+        if np.isnan(s).any() or yr.min() == yr.max():
+            return rows
+        keep = (yr == 0) | (s > np.quantile(s[yr == 0], float(self.positive_quantile)))
+        return rows[keep] if yr[keep].max() == 1 else rows
+
+    def _fit_selected(self, data, X, y, pid, splits, oof) -> np.ndarray:
+        """Positive selection (see ``positive_quantile``): sets :attr:`booster_`, returns the out-of-fold scores.
+
+        The final model learns from the cells that the first out-of-fold scores ``oof`` select. Inner fold
+        i's model learns from the cells of the other folds selected by scores from models that saw neither
+        fold i nor the cell's own fold j: the model of the folds other than i and j (one per pair, shared by
+        both orders), so fold i's labels never reach the scores of fold i. Needs three inner folds or more.
+        """
+        k = len(splits)
+        fold = np.empty(len(y), int)
+        for i, (_, te) in enumerate(splits):
+            fold[te] = i
+        sel = np.full((k, len(y)), np.nan)  # row i: selection scores for inner fold i's training cells
+        for i in range(k):
+            for j in range(i + 1, k):
+                rows = np.flatnonzero((fold != i) & (fold != j))
+                if y[rows].min() == y[rows].max():
+                    continue  # one class only: no selection for folds i and j
+                pair = self._train(self._subset(data, rows, pid, y), self.random_state + 100 + i * k + j)
+                for a, b in ((i, j), (j, i)):
+                    sel[a, fold == b] = pair.predict(X[fold == b], num_threads=1)
+        out = np.full(len(y), np.nan)
+        for i, (tr, te) in enumerate(splits):
+            inner = self._train(self._subset(data, self._selected(tr, sel[i], y), pid, y), self.random_state + 1 + i)
+            out[te] = inner.predict(X[te], num_threads=1)
+        final = self._selected(np.arange(len(y)), oof, y)
+        self.booster_ = self._train(self._subset(data, final, pid, y), self.random_state)
+        return out
 
     def score_cells(self, cells: pd.DataFrame) -> pd.DataFrame:
         """Score of each usable cell by the model fitted on all training cells: ``patient_id, score``."""

@@ -122,9 +122,10 @@ def fit(
         str,
         typer.Option(
             help=f"Which inputs: {'|'.join(FEATURE_SETS)} (blocks clinical, crops, morphology, cellscore, cellmorph, "
-            "cnn joined by '+'; image = crops+cellmorph (images only), all = clinical+image; '-n_cells' drops the "
-            "crop count). cellscore/cellmorph: weakly supervised cell model on every per-cell feature / without "
-            "stain colour; morphology: the ~565 per-patient aggregates; cnn: needs `lympho embed`."
+            "cellatyp, cnn joined by '+'; image = crops+cellatyp (images only), all = clinical+image; '-n_cells' "
+            "drops the crop count). cellscore/cellmorph: weakly supervised cell model on every per-cell feature / "
+            "without stain colour; cellatyp: cellmorph learned from the tumoral patients' atypical-looking cells "
+            "only; morphology: the ~565 per-patient aggregates; cnn: needs `lympho embed`."
         ),
     ] = DEFAULT_FEATURE_SET,
     min_sensitivity: Annotated[

@@ -16,14 +16,18 @@ lymphocyte count), ``crops`` (the number of crops, ``n_cells``),
 with ``n_cells`` and the QC/flag fractions), ``cellscore`` (distribution of
 the scores of a cell model on every per-cell feature), ``cellmorph`` (the same
 with a cell model that leaves out stain colour, see
-:data:`~lympho_features.cellscore.MORPH_EXCLUDE`), ``cnn`` (learned embedding
-features). Shorthands: ``image`` is ``crops+cellmorph`` (everything derived
-from the images, no clinical value), ``all`` is ``clinical+image``; a trailing
-``-n_cells`` drops the number of crops. (Until this change ``image`` meant the
-aggregates now called ``morphology``, and ``all`` ``clinical+morphology``.)
+:data:`~lympho_features.cellscore.MORPH_EXCLUDE`), ``cellatyp`` (the same
+again, learned from the tumoral patients' atypical-looking cells only:
+positive selection, see :class:`~lympho_features.cellscore.CellScorer`),
+``cnn`` (learned embedding features). Shorthands: ``image`` is
+``crops+cellatyp`` (everything derived from the images, no clinical value),
+``all`` is ``clinical+image``; a trailing ``-n_cells`` drops the number of
+crops. (Until this change ``image`` meant the aggregates now called
+``morphology``, and ``all`` ``clinical+morphology``.)
 A saved model is LightGBM's own text format plus JSON metadata (and, when
-used, ``cell_model.txt`` + ``cell_model.json``, ``cellmorph_model.txt`` +
-``cellmorph_model.json`` and ``aggregator.json``): no pickle is ever written or read.
+used, each cell model's text + JSON files, named in
+:data:`~lympho_features.cellscore.CELL_MODEL_BLOCKS`, and ``aggregator.json``):
+no pickle is ever written or read.
 """
 
 from __future__ import annotations
@@ -45,6 +49,7 @@ from ._io import atomic_path, dataframe_fingerprint, library_versions, write_csv
 from .feature_sets import (  # noqa: F401 - re-exported: they were defined here
     ALIASES,
     BLOCKS,
+    CELL_SCORE_BLOCKS,
     DEFAULT_FEATURE_SET,
     FEATURE_SETS,
     FITTED_BLOCKS,
@@ -64,6 +69,7 @@ ABLATION_SETS = (
     "cellmorph",
     "clinical+cellscore",
     "clinical+cellmorph",
+    "clinical+cellatyp",
     "clinical+cnn",
     "clinical+morphology+cnn",
 )
@@ -81,8 +87,8 @@ NON_FEATURE_COLUMNS = ("patient_id", "label", "gender", "lymph_count", "dob")
 MODEL_FORMAT = 1
 
 #: Files of a model folder besides model.txt / model.json.
-CELL_MODEL_FILE, CELL_META_FILE, AGGREGATOR_FILE = "cell_model.txt", "cell_model.json", "aggregator.json"
-MORPH_MODEL_FILE, MORPH_META_FILE = "cellmorph_model.txt", "cellmorph_model.json"
+#: (The cell models' files: :data:`lympho_features.cellscore.CELL_MODEL_BLOCKS`.)
+AGGREGATOR_FILE = "aggregator.json"
 
 
 def model_matrix(patients: pd.DataFrame) -> pd.DataFrame:
@@ -165,7 +171,9 @@ def monotone_direction(name: str) -> int:
     """
     if name in ("log_lymph_count", "age", "n_cells"):
         return 1
-    if name.startswith(("cellscore__", "cellscore_morph__")):
+    from .cellscore import CELL_MODEL_BLOCKS
+
+    if name.startswith(tuple(b.prefix for b in CELL_MODEL_BLOCKS.values())):
         return 1
     return 0
 
@@ -466,8 +474,9 @@ class FoldFeatures(BaseEstimator):
     drop : tuple of str
         Columns left out (e.g. ``("n_cells",)``).
     cell_params : dict, optional
-        Parameters of the :class:`~lympho_features.cellscore.CellScorer` (both cell models; the
-        ``cellmorph`` one also leaves out :data:`~lympho_features.cellscore.MORPH_EXCLUDE`).
+        Parameters of the :class:`~lympho_features.cellscore.CellScorer` (every cell model; each block
+        adds its own left-out features and positive selection,
+        :data:`~lympho_features.cellscore.CELL_MODEL_BLOCKS`).
     n_components : int
         Principal components of the CNN-embedding aggregator.
     random_state : int
@@ -479,8 +488,9 @@ class FoldFeatures(BaseEstimator):
         Inputs of the training patients (index ``patient_id``). Their cell-score
         features come from the cell model's *out-of-fold* scores, so that the
         patient model learns from scores like those of new patients.
-    cell_scorer_, morph_scorer_, embedding_aggregator_ : fitted stages, or None
-        The cell models of the ``cellscore`` and ``cellmorph`` blocks, the embedding aggregator.
+    cell_scorers_ : dict of str to CellScorer
+        The fitted cell model of each cell-model block in use (``cellscore``, ``cellmorph``, ``cellatyp``).
+    embedding_aggregator_ : fitted stage, or None
     """
 
     def __init__(self, blocks=("clinical", "morphology"), drop=(), cell_params=None, n_components=16, random_state=0):
@@ -493,20 +503,20 @@ class FoldFeatures(BaseEstimator):
     def _static(self, P: pd.DataFrame) -> list[str]:
         return _static_columns(P, self.blocks, self.drop)
 
-    def _cell_scorer(self, morph: bool):
-        from .cellscore import MORPH_EXCLUDE, CellScorer
+    def _cell_scorer(self, block: str):
+        from .cellscore import CELL_MODEL_BLOCKS, CellScorer
 
-        params = {"random_state": self.random_state, **(self.cell_params or {})}
-        if morph:
-            params["exclude_prefixes"] = tuple(params.get("exclude_prefixes") or ()) + MORPH_EXCLUDE
+        spec = CELL_MODEL_BLOCKS[block]
+        params = {"random_state": self.random_state, "positive_quantile": spec.positive_quantile}
+        params.update(self.cell_params or {})
+        params["exclude_prefixes"] = tuple(params.get("exclude_prefixes") or ()) + spec.exclude_prefixes
         return CellScorer(**params)
 
     def _scorers(self):
-        """``(prefix, fitted cell model)`` of the cell-score blocks in use."""
-        from .cellscore import CELLSCORE_PREFIX, MORPH_PREFIX
+        """``(prefix, fitted cell model)`` of the cell-model blocks in use."""
+        from .cellscore import CELL_MODEL_BLOCKS
 
-        pairs = ((CELLSCORE_PREFIX, self.cell_scorer_), (MORPH_PREFIX, self.morph_scorer_))
-        return [(p, m) for p, m in pairs if m is not None]
+        return [(CELL_MODEL_BLOCKS[b].prefix, m) for b, m in self.cell_scorers_.items()]
 
     def fit(self, cohort: Cohort, y=None) -> FoldFeatures:
         """Fit the data-fitted blocks on ``cohort`` (the training patients only) and label ``y``."""
@@ -522,18 +532,18 @@ class FoldFeatures(BaseEstimator):
             raise ModelError(f"unknown block(s) {unknown}")
         ids = cohort.ids
         self.static_ = self._static(cohort.patients)
-        self.cell_scorer_ = self.morph_scorer_ = self.embedding_aggregator_ = None
+        self.cell_scorers_ = {}
+        self.embedding_aggregator_ = None
         parts = [cohort.patients.set_index("patient_id")[self.static_]]
-        if "cellscore" in self.blocks or "cellmorph" in self.blocks:
+        cell_blocks = [b for b in CELL_SCORE_BLOCKS if b in self.blocks]
+        if cell_blocks:
             if cohort.cells is None:
                 raise ModelError(
                     "feature set uses cell scores but no per-cell table was given (FEATURES_DIR/cells.parquet)"
                 )
             labels = pd.Series(np.asarray(y, int), index=ids)
-            if "cellscore" in self.blocks:
-                self.cell_scorer_ = self._cell_scorer(morph=False).fit(cohort.cells, labels)
-            if "cellmorph" in self.blocks:
-                self.morph_scorer_ = self._cell_scorer(morph=True).fit(cohort.cells, labels)
+            for b in cell_blocks:
+                self.cell_scorers_[b] = self._cell_scorer(b).fit(cohort.cells, labels)
             for prefix, scorer in self._scorers():
                 parts.append(CellScoreAggregator(prefix=prefix).transform(scorer.oof_scores_, ids))
         if "cnn" in self.blocks:
@@ -583,7 +593,7 @@ class FoldFeatures(BaseEstimator):
 
     def columns_for(self, feature_set: str) -> list[str]:
         """The columns of :attr:`feature_names_` that a feature set uses."""
-        from .cellscore import CELLSCORE_PREFIX, MORPH_PREFIX
+        from .cellscore import cell_model_block
         from .cnn_aggregate import is_learned_feature
 
         blocks, drop = parse_feature_set(feature_set)
@@ -593,10 +603,8 @@ class FoldFeatures(BaseEstimator):
                 continue
             if c in CLINICAL_FEATURES:
                 keep = "clinical" in blocks
-            elif c.startswith(CELLSCORE_PREFIX):
-                keep = "cellscore" in blocks
-            elif c.startswith(MORPH_PREFIX):
-                keep = "cellmorph" in blocks
+            elif cell_model_block(c) is not None:
+                keep = cell_model_block(c) in blocks
             elif is_learned_feature(c):
                 keep = "cnn" in blocks
             elif c == "n_cells":
@@ -830,7 +838,7 @@ def reference_percentile(value: float, reference: dict, name: str) -> float | No
 
 
 #: Blocks whose inputs are computed from the patient's cells (their reliability depends on how many there are).
-_CELL_BLOCKS = ("crops", "morphology", "cellscore", "cellmorph", "cnn")
+_CELL_BLOCKS = ("crops", "morphology", *CELL_SCORE_BLOCKS, "cnn")
 
 
 def training_cell_counts(patients: pd.DataFrame) -> dict | None:
@@ -1148,7 +1156,7 @@ def load_cohort_tables(
     for fs in feature_sets:
         blocks |= set(parse_feature_set(fs)[0])
     cells = embeddings = None
-    if "cellscore" in blocks or "cellmorph" in blocks:
+    if blocks & set(CELL_SCORE_BLOCKS):
         try:
             cells = load_cells(features_dir)
         except CellScoreError as exc:
@@ -1182,7 +1190,7 @@ def _available_sets(cells, embeddings, extra=()) -> list[str]:
     out = []
     for fs in (*ABLATION_SETS, *extra):
         blocks, _ = parse_feature_set(fs)
-        if (set(blocks) & {"cellscore", "cellmorph"} and cells is None) or ("cnn" in blocks and embeddings is None):
+        if (set(blocks) & set(CELL_SCORE_BLOCKS) and cells is None) or ("cnn" in blocks and embeddings is None):
             continue
         out.append(fs)
     return list(dict.fromkeys(out))
@@ -1236,7 +1244,7 @@ def fit_model(
     if labeled.empty:
         raise ModelError("no labeled patient (LABEL 0 or 1) to fit on")
     blocks, drop = parse_feature_set(feature_set)
-    if set(blocks) & {"cellscore", "cellmorph"} and cells is None:
+    if set(blocks) & set(CELL_SCORE_BLOCKS) and cells is None:
         raise ModelError(f"feature set {feature_set!r} needs the per-cell table (FEATURES_DIR/cells.parquet)")
     if "cnn" in blocks and embeddings is None:
         raise ModelError(f"feature set {feature_set!r} needs CNN embeddings (run `lympho embed`)")
@@ -1282,17 +1290,14 @@ def fit_model(
         "reference": reference_ranges(inputs.train_features_[feats], y),
         "training_cells_ok": training_cell_counts(labeled),
     }
-    if inputs.cell_scorer_ is not None:
-        meta["cell_model"] = {
-            "file": CELL_MODEL_FILE,
-            "meta": CELL_META_FILE,
-            "n_cells": int(len(inputs.cell_scorer_.oof_scores_)),
-        }
-    if inputs.morph_scorer_ is not None:
-        meta["cellmorph_model"] = {
-            "file": MORPH_MODEL_FILE,
-            "meta": MORPH_META_FILE,
-            "n_cells": int(len(inputs.morph_scorer_.oof_scores_)),
+    from .cellscore import CELL_MODEL_BLOCKS
+
+    for block, scorer in inputs.cell_scorers_.items():
+        spec = CELL_MODEL_BLOCKS[block]
+        meta[Path(spec.model_file).stem] = {  # cell_model, cellmorph_model, cellatyp_model
+            "file": spec.model_file,
+            "meta": spec.meta_file,
+            "n_cells": int(len(scorer.oof_scores_)),
         }
     if inputs.embedding_aggregator_ is not None:
         meta["embedding_aggregator"] = {"file": AGGREGATOR_FILE}
@@ -1359,10 +1364,10 @@ def save_model(model: FittedModel, cv: CVResult, out_dir: str | Path) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     with atomic_path(out_dir / "model.txt") as tmp:
         model.classifier.booster_.save_model(str(tmp))
-    if model.inputs is not None and model.inputs.cell_scorer_ is not None:
-        model.inputs.cell_scorer_.save(out_dir / CELL_MODEL_FILE, out_dir / CELL_META_FILE)
-    if model.inputs is not None and getattr(model.inputs, "morph_scorer_", None) is not None:
-        model.inputs.morph_scorer_.save(out_dir / MORPH_MODEL_FILE, out_dir / MORPH_META_FILE)
+    from .cellscore import CELL_MODEL_BLOCKS
+
+    for block, scorer in (model.inputs.cell_scorers_ if model.inputs is not None else {}).items():
+        scorer.save(out_dir / CELL_MODEL_BLOCKS[block].model_file, out_dir / CELL_MODEL_BLOCKS[block].meta_file)
     if model.inputs is not None and model.inputs.embedding_aggregator_ is not None:
         model.inputs.embedding_aggregator_.save(out_dir / AGGREGATOR_FILE)
     write_csv(cv.predictions, out_dir / "cv_predictions.csv")
@@ -1425,18 +1430,16 @@ def load_inputs(model_dir: str | Path, meta: dict) -> FoldFeatures:
     blocks, drop = _meta_blocks(meta)
     ff = FoldFeatures(blocks, drop)
     ff.feature_names_ = list(meta["features"])
-    ff.cell_scorer_ = ff.morph_scorer_ = ff.embedding_aggregator_ = None
-    from .cellscore import CELLSCORE_PREFIX, MORPH_PREFIX
+    ff.cell_scorers_ = {}
+    ff.embedding_aggregator_ = None
+    from .cellscore import CELL_MODEL_BLOCKS, cell_model_block
     from .cnn_aggregate import is_learned_feature
 
-    ff.static_ = [
-        c for c in ff.feature_names_ if not c.startswith((CELLSCORE_PREFIX, MORPH_PREFIX)) and not is_learned_feature(c)
-    ]
+    ff.static_ = [c for c in ff.feature_names_ if cell_model_block(c) is None and not is_learned_feature(c)]
     try:
-        if "cellscore" in blocks:
-            ff.cell_scorer_ = CellScorer.load(model_dir / CELL_MODEL_FILE, model_dir / CELL_META_FILE)
-        if "cellmorph" in blocks:
-            ff.morph_scorer_ = CellScorer.load(model_dir / MORPH_MODEL_FILE, model_dir / MORPH_META_FILE)
+        for b in (b for b in CELL_SCORE_BLOCKS if b in blocks):
+            spec = CELL_MODEL_BLOCKS[b]
+            ff.cell_scorers_[b] = CellScorer.load(model_dir / spec.model_file, model_dir / spec.meta_file)
     except CellScoreError as exc:
         raise ModelError(str(exc)) from None
     if "cnn" in blocks:
@@ -1479,15 +1482,15 @@ def cell_scores(
 ) -> pd.Series | tuple[pd.Series, pd.DataFrame, dict] | None:
     """Each cell's score by a saved model's cell model (NaN for cells it does not score), or None without one.
 
-    With both cell models (``cellscore`` and ``cellmorph``), the one on every per-cell feature (``cellscore``).
+    With several cell models, the first of ``cellscore`` (every per-cell feature), ``cellmorph``, ``cellatyp``.
     With ``contributions``, also why: ``(scores, contributions, medians)`` with the cell model's SHAP
     contributions (log-odds, one column per per-cell feature, rows of the scored cells; see
     :meth:`CellScorer.explain_cells`) and its training cells' median of each feature (a typical cell).
     """
-    if not set(_meta_blocks(meta)[0]) & {"cellscore", "cellmorph"}:
+    if not set(_meta_blocks(meta)[0]) & set(CELL_SCORE_BLOCKS):
         return None
     ff = load_inputs(model_dir, meta)
-    scorer = ff.cell_scorer_ if ff.cell_scorer_ is not None else ff.morph_scorer_
+    scorer = next(iter(ff.cell_scorers_.values()))
     out = pd.Series(np.nan, index=cells.index, name="cell_score")
     from .cellscore import usable_cells
 

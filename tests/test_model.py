@@ -64,10 +64,11 @@ def test_feature_sets():
     assert feature_columns(t, "clinical") == ["age", "gender_male", "log_lymph_count"]
     assert set(feature_columns(t, "morphology")) == {"n_cells", "nc_ratio__mean", "noise__mean"}
     assert len(feature_columns(t, "clinical+morphology")) == 6
-    # image = crops + the morphology cell model: from the table only the crop count (the cell scores are fitted).
+    # image = crops + the atypical-cell model: from the table only the crop count (the cell scores are fitted).
     assert feature_columns(t, "image") == ["n_cells"] and feature_columns(t, "image-n_cells") == []
     assert feature_columns(t, "all") == ["age", "gender_male", "log_lymph_count", "n_cells"]
-    assert parse_feature_set("all") == (("clinical", "crops", "cellmorph"), ())
+    assert parse_feature_set("all") == (("clinical", "crops", "cellatyp"), ())
+    assert parse_feature_set("image") == (("crops", "cellatyp"), ())
     assert parse_feature_set("crops+morphology-n_cells") == (("crops", "morphology"), ("n_cells",))
     assert feature_columns(t, "crops+morphology") == feature_columns(t, "morphology")  # n_cells once
     with pytest.raises(ModelError):

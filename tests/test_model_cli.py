@@ -38,6 +38,7 @@ def test_default_fit_saves_cell_model_calibration_refer_band_and_ablation(defaul
     for block, stem, prefix in (
         ("cellscore", "cell_model", "cellscore__"),
         ("cellmorph", "cellmorph_model", "cellscore_morph__"),
+        ("cellatyp", "cellatyp_model", "cellscore_atyp__"),
     ):
         if block in blocks:
             assert (default_model / f"{stem}.txt").is_file() and (default_model / f"{stem}.json").is_file()
@@ -159,15 +160,18 @@ def test_cellscore_model_needs_the_cells_of_new_patients(default_model, tiny_fea
     assert r.exit_code != 0 and "cells" in r.output and "Traceback" not in r.output
 
 
-def test_image_only_model_saves_its_morphology_cell_model_and_predicts(tiny_features, tmp_path):
+def test_image_only_model_saves_its_atypical_cell_model_and_predicts(tiny_features, tmp_path):
     r = quick_fit(tiny_features, tmp_path / "m", "--feature-set", "image", "--no-ablation")
     assert r.exit_code == 0, r.output
     meta = json.loads((tmp_path / "m" / "model.json").read_text())
-    assert meta["blocks"] == ["crops", "cellmorph"] and not (tmp_path / "m" / "cell_model.txt").exists()
-    assert meta["features"][0] == "n_cells" and all(f.startswith("cellscore_morph__") for f in meta["features"][1:])
+    assert meta["blocks"] == ["crops", "cellatyp"]
+    assert not (tmp_path / "m" / "cell_model.txt").exists() and not (tmp_path / "m" / "cellmorph_model.txt").exists()
+    assert meta["features"][0] == "n_cells" and all(f.startswith("cellscore_atyp__") for f in meta["features"][1:])
     assert not {"age", "gender_male", "log_lymph_count"} & set(meta["features"])  # images only
-    cell_meta = json.loads((tmp_path / "m" / "cellmorph_model.json").read_text())
+    assert meta["cellatyp_model"]["file"] == "cellatyp_model.txt"
+    cell_meta = json.loads((tmp_path / "m" / "cellatyp_model.json").read_text())
     assert cell_meta["features"] and not any(f.startswith("color_") for f in cell_meta["features"])
+    assert cell_meta["params"]["positive_quantile"] == 0.9  # the positive selection travels with the model
     r = run("predict", tmp_path / "m", tiny_features, "--out", tmp_path / "p.csv")
     assert r.exit_code == 0, r.output
     assert len(pd.read_csv(tmp_path / "p.csv")) == 12

@@ -458,12 +458,12 @@ def test_browser_check_catches_broken_images_and_blocked_requests(browser, tmp_p
 
 
 def test_report_of_a_model_whose_inputs_come_from_a_cell_model(tiny_features, tmp_path):
-    # `image` is crops + the stain-free cell model: its inputs are computed from the cells by the
+    # `image` is crops + the atypical-cell model: its inputs are computed from the cells by the
     # model's own stages, not read from patients.parquet.
     patients = load_patients(tiny_features)
     cells = pd.read_parquet(tiny_features / "cells.parquet")
     model, cv = fit_model(patients, "image", folds=3, repeats=1, seed=0, cells=cells)
-    assert any(f.startswith("cellscore_morph") for f in model.features)
+    assert any(f.startswith("cellscore_atyp") for f in model.features)
     save_model(model, cv, tmp_path / "model")
     doc = write_report(tmp_path / "model", tiny_features, tmp_path / "r").path.read_text()
     assert "Most tumoral-looking cells by the cell-level model" in doc
