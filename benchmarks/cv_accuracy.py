@@ -11,7 +11,7 @@ sensitivity, specificity, Brier score, and a paired bootstrap over patients
 and the share of resamplings where the configuration beats it).
 
 Configurations (model.ABLATION_SETS): clinical; image (crop count + the
-weakly supervised cell model without stain colour, ``cellmorph``) with and
+weakly supervised atypical-cell model without stain colour, ``cellatyp``) with and
 without the crop count; all (clinical + image); morphology and
 clinical+morphology (the ~565 per-patient aggregates: what ``image`` and
 ``all`` meant before); the cell-model variants; and the CNN variants when

@@ -139,6 +139,17 @@ def test_positive_selection_learns_atypical_cells_not_the_tumoral_patients_norma
     assert gaps[0.9] < 0.5 * gaps[None]
 
 
+def test_positive_selection_needs_three_inner_folds():
+    # With two inner folds no model has seen neither fold: nothing is selected, the plain model is fitted.
+    cells, labels = synthetic_cells(16, seed=6)
+    plain = CellScorer(n_estimators=20, inner_folds=2).fit(cells, labels)
+    selected = CellScorer(n_estimators=20, inner_folds=2, positive_quantile=0.9).fit(cells, labels)
+    pd.testing.assert_frame_equal(plain.oof_scores_, selected.oof_scores_)
+    np.testing.assert_array_equal(plain.score_cells(cells)["score"], selected.score_cells(cells)["score"])
+    three = CellScorer(n_estimators=20, inner_folds=3, positive_quantile=0.9).fit(cells, labels)
+    assert not np.allclose(three.score_cells(cells)["score"], plain.score_cells(cells)["score"])
+
+
 def test_out_of_fold_scores_cannot_memorise_patients_with_positive_selection():
     # The cells that train inner fold i's model are selected by models that saw neither fold i nor the
     # cells' own fold: a memorisable patient code must not carry fold i's labels into its scores. Selecting
