@@ -261,11 +261,16 @@ class CellScorer(BaseEstimator):
         return lgb.train(self._lgb_params(seed), data, num_boost_round=self.n_estimators)
 
     @staticmethod
-    def _subset(data, rows, pid, y):
-        """The training cells ``rows`` of a constructed Dataset, reweighted (each patient, each class the same)."""
-        sub = data.subset(np.asarray(rows).tolist())
-        sub.set_weight(cell_weights(pid[rows], y[rows]))
-        return sub
+    def _subset(data, rows):
+        """The training cells ``rows`` of the constructed Dataset of every training cell, with their weights.
+
+        The cells keep the weights of :func:`cell_weights` over every training cell: each patient of an inner
+        fold weighs the same, and a tumoral patient whose cells are left out by positive selection weighs in
+        proportion to the cells kept. (LightGBM copies the parent's weights into a subset and ignores a
+        ``set_weight`` before the subset is constructed: the reweighting this used to ask for never applied,
+        and every number measured so far is with these weights.)
+        """
+        return data.subset(np.asarray(rows).tolist())
 
     def fit(self, cells: pd.DataFrame, labels) -> CellScorer:
         """Fit on the cells of the labelled patients of ``labels``.
@@ -321,11 +326,9 @@ class CellScorer(BaseEstimator):
             splitter = StratifiedGroupKFold(k, shuffle=True, random_state=self.random_state)
             splits = list(splitter.split(X, y, groups=pid))
             for i, (tr, te) in enumerate(splits):
-                oof[te] = self._train(self._subset(data, tr, pid, y), self.random_state + 1 + i).predict(
-                    X[te], num_threads=1
-                )
+                oof[te] = self._train(self._subset(data, tr), self.random_state + 1 + i).predict(X[te], num_threads=1)
         if self.positive_quantile is not None and k >= 3:
-            oof = self._fit_selected(data, X, y, pid, splits, oof)
+            oof = self._fit_selected(data, X, y, splits, oof)
         else:
             self.booster_ = self._train(data, self.random_state)
         if k < 2:  # too few patients for an inner CV: fall back to in-sample scores (optimistic)
@@ -344,7 +347,7 @@ class CellScorer(BaseEstimator):
         keep = (yr == 0) | (s > np.quantile(s[yr == 0], float(self.positive_quantile)))
         return rows[keep] if yr[keep].max() == 1 else rows
 
-    def _fit_selected(self, data, X, y, pid, splits, oof) -> np.ndarray:
+    def _fit_selected(self, data, X, y, splits, oof) -> np.ndarray:
         """Positive selection (see ``positive_quantile``): sets :attr:`booster_`, returns the out-of-fold scores.
 
         The final model learns from the cells that the first out-of-fold scores ``oof`` select. Inner fold
@@ -362,15 +365,15 @@ class CellScorer(BaseEstimator):
                 rows = np.flatnonzero((fold != i) & (fold != j))
                 if y[rows].min() == y[rows].max():
                     continue  # one class only: no selection for folds i and j
-                pair = self._train(self._subset(data, rows, pid, y), self.random_state + 100 + i * k + j)
+                pair = self._train(self._subset(data, rows), self.random_state + 100 + i * k + j)
                 for a, b in ((i, j), (j, i)):
                     sel[a, fold == b] = pair.predict(X[fold == b], num_threads=1)
         out = np.full(len(y), np.nan)
         for i, (tr, te) in enumerate(splits):
-            inner = self._train(self._subset(data, self._selected(tr, sel[i], y), pid, y), self.random_state + 1 + i)
+            inner = self._train(self._subset(data, self._selected(tr, sel[i], y)), self.random_state + 1 + i)
             out[te] = inner.predict(X[te], num_threads=1)
         final = self._selected(np.arange(len(y)), oof, y)
-        self.booster_ = self._train(self._subset(data, final, pid, y), self.random_state)
+        self.booster_ = self._train(self._subset(data, final), self.random_state)
         return out
 
     def score_cells(self, cells: pd.DataFrame) -> pd.DataFrame:

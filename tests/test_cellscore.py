@@ -77,6 +77,22 @@ def test_weights_give_every_patient_and_both_classes_the_same_weight():
     assert w.mean() == pytest.approx(1.0)
 
 
+def test_inner_models_keep_the_weights_of_every_training_cell():
+    # The inner and selected models train on subsets of one binned Dataset of every training cell: LightGBM
+    # gives a subset its parent's weights (each patient weighing the same over all its cells).
+    import lightgbm as lgb
+
+    rng = np.random.default_rng(0)
+    pid = np.repeat(["a", "b", "c", "d"], [10, 2, 5, 3])
+    y = np.repeat([1, 1, 0, 0], [10, 2, 5, 3])
+    w = cell_weights(pid, y)
+    data = lgb.Dataset(rng.normal(size=(20, 2)), label=y, weight=w, params={"verbosity": -1}, free_raw_data=False)
+    data.construct()
+    rows = np.array([0, 3, 10, 11, 12, 19])
+    sub = CellScorer._subset(data, rows).construct()
+    np.testing.assert_allclose(sub.get_field("weight"), w[rows])
+
+
 def test_cell_model_learns_planted_cell_signal_and_scores_out_of_fold():
     cells, labels = synthetic_cells(30)
     scorer = CellScorer(n_estimators=40, inner_folds=3).fit(cells, labels)
