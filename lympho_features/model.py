@@ -474,9 +474,9 @@ class FoldFeatures(BaseEstimator):
     drop : tuple of str
         Columns left out (e.g. ``("n_cells",)``).
     cell_params : dict, optional
-        Parameters of the :class:`~lympho_features.cellscore.CellScorer` (every cell model; each block
-        adds its own left-out features and positive selection,
-        :data:`~lympho_features.cellscore.CELL_MODEL_BLOCKS`).
+        Parameters of the :class:`~lympho_features.cellscore.CellScorer` (every cell model). Each block
+        adds its own left-out features, and has its own positive selection unless ``cell_params`` sets
+        ``positive_quantile`` (:data:`~lympho_features.cellscore.CELL_MODEL_BLOCKS`).
     n_components : int
         Principal components of the CNN-embedding aggregator.
     random_state : int
