@@ -67,6 +67,8 @@ class CellModelBlock:
         Positive selection of its cell model (:class:`CellScorer`).
     model_file, meta_file : str
         Its cell model's files in a model folder (LightGBM text, JSON).
+    label, meaning : str
+        A short name and a plain-language meaning of its scores, for reports.
     """
 
     prefix: str
@@ -74,16 +76,42 @@ class CellModelBlock:
     positive_quantile: float | None
     model_file: str
     meta_file: str
+    label: str
+    meaning: str
 
 
 #: The cell-model blocks, by name, in the order their models are fitted and their columns joined.
 #: ``cellscore``: every per-cell feature; ``cellmorph``: no stain colour; ``cellatyp``: no stain colour, and
 #: learned from the tumoral patients' atypical-looking cells only (positive selection).
 CELL_MODEL_BLOCKS = {
-    "cellscore": CellModelBlock(CELLSCORE_PREFIX, (), None, "cell_model.txt", "cell_model.json"),
-    "cellmorph": CellModelBlock(MORPH_PREFIX, MORPH_EXCLUDE, None, "cellmorph_model.txt", "cellmorph_model.json"),
+    "cellscore": CellModelBlock(
+        CELLSCORE_PREFIX,
+        (),
+        None,
+        "cell_model.txt",
+        "cell_model.json",
+        "cell score (all measurements)",
+        "how tumoral each cell looks to a cell-level model trained on every measurement, stain colour included",
+    ),
+    "cellmorph": CellModelBlock(
+        MORPH_PREFIX,
+        MORPH_EXCLUDE,
+        None,
+        "cellmorph_model.txt",
+        "cellmorph_model.json",
+        "cell score (no colour)",
+        "how tumoral each cell looks to a cell-level model trained on size, shape, chromatin and cytoplasm "
+        "(stain colour left out)",
+    ),
     "cellatyp": CellModelBlock(
-        ATYP_PREFIX, MORPH_EXCLUDE, ATYP_POSITIVE_QUANTILE, "cellatyp_model.txt", "cellatyp_model.json"
+        ATYP_PREFIX,
+        MORPH_EXCLUDE,
+        ATYP_POSITIVE_QUANTILE,
+        "cellatyp_model.txt",
+        "cellatyp_model.json",
+        "atypical-cell score",
+        "how much each cell looks like the atypical cells of tumoral patients (a cell-level model trained on "
+        "those cells against every reactive patient's cells; stain colour left out)",
     ),
 }
 

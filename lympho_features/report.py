@@ -179,6 +179,9 @@ def _stat_words(stat: str | None) -> str:
     m = re.fullmatch(r"q(\d{1,2})", stat)
     if m:
         return f"{int(m.group(1))}th percentile over the patient's cells"
+    m = re.fullmatch(r"frac_gt(\d{2})", stat)
+    if m:  # cell-score summaries (CellScoreAggregator's cut-offs)
+        return f"share of the patient's cells scoring above 0.{m.group(1)}"
     return stat.replace("_", " ")
 
 
@@ -214,17 +217,26 @@ def describe_feature(name: str) -> str:
     Uses the descriptions of :mod:`lympho_features.features` when it has them,
     else a mapping by family and feature name.
     """
+    from .cellscore import CELL_MODEL_BLOCKS, cell_model_block
+
     ext = _external_description(name)
     if ext:
         return ext
     base, stat = split_aggregate(name)
-    meaning = _base_meaning(base)
+    block = cell_model_block(name)
+    meaning = CELL_MODEL_BLOCKS[block].meaning if block else _base_meaning(base)
     return f"{meaning}; {_stat_words(stat)}" if stat else meaning
 
 
 def short_label(name: str) -> str:
     """A compact readable label for plots: ``nucleus circularity · median``."""
+    from .cellscore import CELL_MODEL_BLOCKS, cell_model_block
+
     base, stat = split_aggregate(name)
+    block = cell_model_block(name)
+    if block:
+        short = re.sub(r"^frac_gt(\d{2})$", r"share > 0.\1", stat or "")
+        return f"{CELL_MODEL_BLOCKS[block].label} · {short}" if short else CELL_MODEL_BLOCKS[block].label
     label = {
         "log_lymph_count": "lymphocyte count",
         "gender_male": "sex (male)",

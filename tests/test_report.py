@@ -28,6 +28,7 @@ from lympho_features.report import (
     operating_points,
     select_gallery,
     shap_contributions,
+    short_label,
     wilson_interval,
     write_report,
 )
@@ -239,6 +240,18 @@ def test_plain_language_descriptions_cover_every_input(tiny_model):
     assert "chromatin contrast" in describe_feature("haralick_contrast_d1__mean")
     assert "spread" in describe_feature("nc_ratio__std")
     assert "90th percentile" in describe_feature("shape_nucleus_area__q90")
+
+
+def test_cell_score_inputs_say_which_cell_model_and_which_summary():
+    atyp = describe_feature("cellscore_atyp__frac_gt70")
+    assert atyp.startswith("how much each cell looks like the atypical cells of tumoral patients")
+    assert atyp.endswith("share of the patient's cells scoring above 0.70")
+    assert "stain colour left out" in describe_feature("cellscore_morph__mean")
+    assert "stain colour included" in describe_feature("cellscore__q90")
+    assert describe_feature("cellscore__q90").endswith("90th percentile over the patient's cells")
+    assert short_label("cellscore_atyp__frac_gt50") == "atypical-cell score · share > 0.50"
+    assert short_label("cellscore_morph__mean") == "cell score (no colour) · mean"
+    assert short_label("cellscore__q10") == "cell score (all measurements) · q10"
 
 
 def test_cnn_inputs_are_labelled_as_learned_features():
