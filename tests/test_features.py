@@ -325,3 +325,13 @@ def test_cell_findings_are_documented():
     doc = (Path(__file__).resolve().parents[1] / "docs" / "features.md").read_text()
     for name, (high, low) in CELL_FINDINGS.items():
         assert f"| `{name}` | {high} | {low} |" in doc, name
+
+
+def test_cell_models_are_documented_with_their_report_names():
+    from pathlib import Path
+
+    from lympho_features.cellscore import CELL_MODEL_BLOCKS
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "features.md").read_text()
+    for block, spec in CELL_MODEL_BLOCKS.items():
+        assert f"| `{block}` | `{spec.prefix}*` | {spec.label} |" in doc, block
