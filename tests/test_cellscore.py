@@ -155,6 +155,21 @@ def test_positive_selection_learns_atypical_cells_not_the_tumoral_patients_norma
     assert gaps[0.9] < 0.5 * gaps[None]
 
 
+def test_positive_selection_keeps_reactive_cells_and_the_tumoral_cells_above_their_quantile():
+    scorer = CellScorer(positive_quantile=0.5)
+    y = np.array([0, 0, 0, 0, 1, 1, 1, 1])
+    scores = np.array([0.1, 0.2, 0.3, 0.4, 0.15, 0.35, 0.6, 0.9])
+    rows = np.arange(8)
+    # Reactive median 0.25: every reactive cell stays, tumoral cells at 0.35, 0.6 and 0.9 stay.
+    np.testing.assert_array_equal(scorer._selected(rows, scores, y), [0, 1, 2, 3, 5, 6, 7])
+    np.testing.assert_array_equal(scorer._selected(rows[2:], scores, y), [2, 3, 6, 7])  # quantile of these rows
+    # No tumoral cell above the reactive quantile, a missing score or one class only: nothing is left out.
+    low = np.where(y == 1, 0.0, scores)
+    np.testing.assert_array_equal(scorer._selected(rows, low, y), rows)
+    np.testing.assert_array_equal(scorer._selected(rows, np.where(rows == 3, np.nan, scores), y), rows)
+    np.testing.assert_array_equal(scorer._selected(rows[:4], scores, y), rows[:4])
+
+
 def test_positive_selection_needs_three_inner_folds():
     # With two inner folds no model has seen neither fold: nothing is selected, the plain model is fitted.
     cells, labels = synthetic_cells(16, seed=6)
