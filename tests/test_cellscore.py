@@ -296,3 +296,16 @@ def test_cross_validation_does_not_depend_on_parallel_jobs():
     b = cross_validate_sets(cohort, labels.to_numpy(), ["clinical+cellscore"], folds=4, repeats=1, n_jobs=2)
     pd.testing.assert_frame_equal(a["clinical+cellscore"].predictions, b["clinical+cellscore"].predictions)
     assert a["clinical+cellscore"].summary["roc_auc_mean"] > 0.8  # the planted cell signal reaches the patients
+
+
+def test_cell_model_blocks_are_the_feature_sets_cell_score_blocks():
+    # The names live in feature_sets (no scikit-learn import for the command line), the rest in cellscore.
+    from lympho_features.cellscore import CELL_MODEL_BLOCKS, cell_model_block
+    from lympho_features.feature_sets import BLOCKS, CELL_SCORE_BLOCKS
+
+    assert tuple(CELL_MODEL_BLOCKS) == CELL_SCORE_BLOCKS and set(CELL_SCORE_BLOCKS) <= set(BLOCKS)
+    prefixes = [spec.prefix for spec in CELL_MODEL_BLOCKS.values()]
+    assert len(set(prefixes)) == len(prefixes)
+    for block, spec in CELL_MODEL_BLOCKS.items():
+        assert cell_model_block(f"{spec.prefix}mean") == block
+    assert cell_model_block("nc_ratio__mean") is None and cell_model_block("cnn_pc0__mean") is None
