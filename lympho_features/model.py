@@ -69,7 +69,7 @@ ABLATION_SETS = (
     "cellmorph",
     "clinical+cellscore",
     "clinical+cellmorph",
-    "clinical+cellatyp",
+    "all-n_cells",  # = clinical+cellatyp: "all without the cell count"
     "clinical+cnn",
     "clinical+morphology+cnn",
 )
@@ -107,7 +107,7 @@ def parse_feature_set(feature_set: str) -> tuple[tuple[str, ...], tuple[str, ...
     """Blocks of a feature set and the columns it drops.
 
     ``"clinical+morphology+cellscore"`` -> ``(("clinical", "morphology", "cellscore"), ())``;
-    ``"all-n_cells"`` -> ``(("clinical", "crops", "cellmorph"), ("n_cells",))``.
+    ``"all-n_cells"`` -> ``(("clinical", "crops", "cellatyp"), ("n_cells",))``.
     """
     if not isinstance(feature_set, str) or not feature_set:
         raise ModelError(f"unknown feature set {feature_set!r} (choose from {', '.join(FEATURE_SETS)})")

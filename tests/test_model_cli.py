@@ -55,6 +55,7 @@ def test_default_fit_saves_cell_model_calibration_refer_band_and_ablation(defaul
         "image",
         "image-n_cells",
         "all",
+        "all-n_cells",
         "morphology",
         "clinical+morphology",
         DEFAULT_FEATURE_SET,
