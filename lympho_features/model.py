@@ -72,6 +72,7 @@ ABLATION_SETS = (
     "all-n_cells",  # = clinical+cellatyp: "all without the cell count"
     "clinical+cnn",
     "clinical+morphology+cnn",
+    "all+cnn",
 )
 
 #: The few configurations that make sense a priori, among which :func:`nested_selection` chooses by default:
