@@ -172,9 +172,9 @@ def monotone_direction(name: str) -> int:
     """
     if name in ("log_lymph_count", "age", "n_cells"):
         return 1
-    from .cellscore import CELL_MODEL_BLOCKS
+    from .cellscore import cell_model_block
 
-    if name.startswith(tuple(b.prefix for b in CELL_MODEL_BLOCKS.values())):
+    if cell_model_block(name) is not None:
         return 1
     return 0
 
@@ -604,8 +604,8 @@ class FoldFeatures(BaseEstimator):
                 continue
             if c in CLINICAL_FEATURES:
                 keep = "clinical" in blocks
-            elif cell_model_block(c) is not None:
-                keep = cell_model_block(c) in blocks
+            elif (block := cell_model_block(c)) is not None:
+                keep = block in blocks
             elif is_learned_feature(c):
                 keep = "cnn" in blocks
             elif c == "n_cells":

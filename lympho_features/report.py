@@ -291,11 +291,12 @@ def _design_matrix(
     embeddings_dir: str | Path | None = None,
 ) -> pd.DataFrame:
     from .cellscore import cell_model_block
+    from .cnn_aggregate import is_learned_feature
     from .model import ModelError, fill_missing_inputs, model_inputs, model_matrix
 
     X = model_matrix(patients)
     missing = [c for c in features if c not in X.columns]
-    fitted = [c for c in missing if cell_model_block(c) is not None or c.startswith("cnn_")]
+    fitted = [c for c in missing if cell_model_block(c) is not None or is_learned_feature(c)]
     if missing and missing == fitted and model_dir is not None and meta is not None:
         # Inputs fitted on data (cell scores, CNN features) come from the model's own stages.
         try:
