@@ -1037,10 +1037,100 @@ def _ablation_rows(ablation) -> list[dict]:
     return []
 
 
+#: Plain words for the blocks of a configuration in the ablation table (cell-model blocks: their report label).
+_BLOCK_WORDS = {
+    "clinical": "age, sex, lymphocyte count",
+    "crops": "number of crops",
+    "morphology": "per-patient summaries of every cell measurement",
+    "cnn": "CNN embeddings of the cells",
+}
+
+
+def _configuration_words(name: str) -> str:
+    """What a configuration of the ablation feeds the model, in plain words ("" when the name is not a feature set)."""
+    from .cellscore import CELL_MODEL_BLOCKS
+    from .model import ModelError, parse_feature_set
+
+    try:
+        blocks, drop = parse_feature_set(name)
+    except ModelError:
+        return ""
+    words = {**_BLOCK_WORDS, **{b: spec.label for b, spec in CELL_MODEL_BLOCKS.items()}}
+    if "n_cells" in drop and "crops" in blocks:  # the crop count is the `crops` block's only input
+        return " + ".join(words.get(b, b) for b in blocks if b != "crops")
+    text = " + ".join(words.get(b, b) for b in blocks)
+    return text + (", without the number of crops" if "n_cells" in drop else "")
+
+
+def _interval(v) -> str:
+    if isinstance(v, list | tuple) and len(v) == 2 and all(isinstance(x, int | float) for x in v):
+        return f"[{v[0]:+.3f}, {v[1]:+.3f}]"
+    return "–"
+
+
 def _ablation_html(meta: dict) -> str:
     rows = _ablation_rows(meta.get("ablation"))
     if not rows:
         return ""
+    intro = (
+        "<h3>Ablation: what each kind of input adds</h3>"
+        "<p class='small sub'>Cross-validated performance of models using only some inputs, on the same folds "
+        "(as stored in model.json)."
+    )
+    if not all("balanced_accuracy" in r and "configuration" in r for r in rows):
+        return intro + "</p>" + _generic_ablation_table(rows)
+    # The table `lympho fit` writes (model.ablation_table): fixed columns, in the order a reader compares them.
+    ref = next((k[len("delta_ba_vs_") :] for r in rows for k in r if k.startswith("delta_ba_vs_")), "clinical")
+    mine = str(meta.get("feature_set", ""))
+
+    def pm(r, key):
+        v, sd = r.get(key), r.get(f"{key}_std")
+        if not isinstance(v, int | float):
+            return "–"
+        return f"{v:.3f} ± {sd:.3f}" if isinstance(sd, int | float) else f"{v:.3f}"
+
+    body = []
+    for r in rows:
+        name = _e(r["configuration"]) + (" <b>(this model)</b>" if r["configuration"] == mine else "")
+        dba = r.get(f"delta_ba_vs_{ref}")
+        body.append(
+            [
+                name,
+                _e(_configuration_words(str(r["configuration"]))),
+                _fmt(r.get("n_features")),
+                pm(r, "balanced_accuracy"),
+                pm(r, "roc_auc"),
+                _fmt(r.get("sensitivity")),
+                _fmt(r.get("specificity")),
+                _fmt(r.get("brier")),
+                "(reference)" if r["configuration"] == ref else _interval(dba),
+                _interval(r.get(f"delta_auc_vs_{ref}")),
+                _fmt(r.get("p_better_ba"), 2),
+            ]
+        )
+    header = [
+        "configuration",
+        "inputs",
+        "n",
+        "balanced accuracy",
+        "ROC AUC",
+        "sensitivity",
+        "specificity",
+        "Brier",
+        f"ΔBA vs {_e(ref)} [95%]",
+        f"ΔAUC vs {_e(ref)} [95%]",
+        "P(better BA)",
+    ]
+    return (
+        intro + f" n: number of model inputs. Δ: paired bootstrap over patients of the difference to {_e(ref)}-only, "
+        "95% interval; an interval that contains 0 means these patients cannot tell the two apart. "
+        "P(better BA): share of the resamplings where the configuration's balanced accuracy is higher.</p>"
+        + _table(header, body)
+    )
+
+
+def _generic_ablation_table(rows: list[dict]) -> str:
+    """An ablation table of another shape (models written by earlier versions): every numeric column, as stored."""
     name_key = next((k for k in ("configuration", "feature_set", "name", "model") if k in rows[0]), None)
     cols: list[str] = []
     for r in rows:
@@ -1052,7 +1142,6 @@ def _ablation_html(meta: dict) -> str:
                 and not isinstance(v, bool)
             ):
                 cols.append(k)
-    cols = cols[:10]
 
     def cell(v):
         if isinstance(v, list | tuple) and len(v) == 2 and all(isinstance(x, int | float) for x in v):
@@ -1060,11 +1149,7 @@ def _ablation_html(meta: dict) -> str:
         return _fmt(v) if not isinstance(v, str) else _e(v)
 
     body = [[_e(r.get(name_key, "")) if name_key else ""] + [cell(r.get(c)) for c in cols] for r in rows]
-    return (
-        "<h3>Ablation: what each kind of input adds</h3>"
-        "<p class='small sub'>Cross-validated performance of models using only some inputs (as stored in model.json).</p>"
-        + _table([_e(name_key or ""), *[_e(c.replace("_", " ")) for c in cols]], body)
-    )
+    return _table([_e(name_key or ""), *[_e(c.replace("_", " ")) for c in cols]], body)
 
 
 def global_importance(inp: ReportInputs) -> pd.DataFrame:

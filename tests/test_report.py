@@ -205,6 +205,55 @@ def test_ablation_and_cell_score_are_shown_when_present(tiny_model, tiny_feature
     assert doc.count("Most tumoral-looking cells by the cell-level model") == 12
 
 
+def test_ablation_table_of_lympho_fit_is_laid_out_for_reading(tiny_features, tmp_path):
+    # The table `lympho fit` stores: every metric it holds (specificity included), in a fixed order, each
+    # configuration's inputs in words, this model's row and the reference marked.
+    patients = load_patients(tiny_features)
+    model, cv = fit_model(
+        patients, "clinical+morphology", folds=3, repeats=2, seed=0, ablation=("clinical",), n_boot=50
+    )
+    save_model(model, cv, tmp_path / "m")
+    doc = write_report(tmp_path / "m", tiny_features, tmp_path / "r").path.read_text()
+    section = doc[doc.index("Ablation: what each kind of input adds") :]
+    section = section[: section.index("</table>")]
+    headers = re.findall(r"<th>(.*?)</th>", section)
+    assert headers == [
+        "configuration",
+        "inputs",
+        "n",
+        "balanced accuracy",
+        "ROC AUC",
+        "sensitivity",
+        "specificity",
+        "Brier",
+        "ΔBA vs clinical [95%]",
+        "ΔAUC vs clinical [95%]",
+        "P(better BA)",
+    ]
+    rows = [re.findall(r"<td>(.*?)</td>", tr) for tr in re.findall(r"<tr>(.*?)</tr>", section.split("<tbody>")[1])]
+    by_name = {re.sub(r"<[^>]+>", "", r[0]).replace(" (this model)", ""): r for r in rows}
+    assert set(by_name) == {"clinical+morphology", "clinical"}
+    mine, ref = by_name["clinical+morphology"], by_name["clinical"]
+    assert "(this model)" in mine[0] and "(this model)" not in ref[0]
+    assert ref[1] == "age, sex, lymphocyte count"
+    assert mine[1] == "age, sex, lymphocyte count + per-patient summaries of every cell measurement"
+    stored = {r["configuration"]: r for r in model.metadata["ablation"]}
+    for name, r in by_name.items():
+        assert r[6] == f"{stored[name]['specificity']:.3f}"
+        assert r[3].startswith(f"{stored[name]['balanced_accuracy']:.3f} ± ")
+    assert ref[8] == "(reference)" and re.fullmatch(r"\[[+-]\d\.\d{3}, [+-]\d\.\d{3}\]", mine[8])
+
+
+def test_configuration_words_name_each_block_once():
+    from lympho_features.report import _configuration_words
+
+    assert _configuration_words("all") == "age, sex, lymphocyte count + number of crops + atypical-cell score"
+    # dropping the crop count removes the block it is the only input of
+    assert _configuration_words("all-n_cells") == "age, sex, lymphocyte count + atypical-cell score"
+    assert _configuration_words("image-n_cells") == "atypical-cell score"
+    assert _configuration_words("not+a+set") == ""
+
+
 def test_gallery_picks_the_most_extreme_cells_of_the_driving_features(tiny_model, tiny_features):
     inp = load_inputs(tiny_model, tiny_features)
     medians = {f: float(np.nanmedian(inp.X[:, j])) for j, f in enumerate(inp.features)}
