@@ -257,14 +257,40 @@ def predict(
             _fail(str(exc))
     else:
         preds = _guard(run_predict, model_dir, features_dir, embeddings)
-    from .model import input_warnings, load_model, load_patients
+    from .model import input_warnings, labelled_metrics, load_model, load_patients, training_patient_ids
 
-    for line in input_warnings(_guard(load_model, model_dir)[1], _guard(load_patients, features_dir)):
+    meta, patients = _guard(load_model, model_dir)[1], _guard(load_patients, features_dir)
+    for line in input_warnings(meta, patients):
         console.print(f"warning: {line}", highlight=False, markup=False)
+    scored = labelled_metrics(preds, patients, meta["threshold"], training_patient_ids(model_dir))
     if kaggle:
         preds = preds.rename(columns={"patient_id": "Id", "prediction": "Predicted"})[["Id", "Predicted"]]
     _guard(write_csv, preds, out)
     console.print(f"{len(preds)} patients -> {out}", highlight=False)
+    if scored is not None:
+        for line in _labelled_lines(scored, len(preds), meta["threshold"]):
+            console.print(line, highlight=False, markup=False)
+
+
+def _labelled_lines(m: dict, n_patients: int, threshold: float) -> list[str]:
+    """What `predict` says when the features folder records labels (see model.labelled_metrics)."""
+
+    def f(x):
+        return "n/a" if x != x else f"{x:.3f}"  # NaN: a class is absent
+
+    lines = [
+        f"labels recorded for {m['n']} of {n_patients} patients ({m['n_tumoral']} tumoral, {m['n_reactive']} "
+        f"reactive): balanced accuracy {f(m['balanced_accuracy'])}, ROC AUC {f(m['roc_auc'])}, sensitivity "
+        f"{f(m['sensitivity'])}, specificity {f(m['specificity'])} at threshold {threshold:.3f}; "
+        f"{m['n_uncertain']} uncertain (refer), balanced accuracy {f(m['balanced_accuracy_confident'])} on the "
+        f"other {m['n'] - m['n_uncertain']}"
+    ]
+    if m.get("n_in_training"):
+        lines.append(
+            f"note: {m['n_in_training']} of these labelled patients trained the model: the figures above are "
+            "in-sample (optimistic); the cross-validated ones are in model.json"
+        )
+    return lines
 
 
 @app.command()

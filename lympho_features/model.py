@@ -1530,3 +1530,65 @@ def predict(model_dir: str | Path, features_dir: str | Path, embeddings_dir: str
             "uncertain": in_refer_band(proba - meta["threshold"], below, above).astype(int),
         }
     )
+
+
+def training_patient_ids(model_dir: str | Path) -> set[str] | None:
+    """The patients a saved model was trained on, read from its ``cv_predictions.csv`` (None without it)."""
+    path = Path(model_dir) / "cv_predictions.csv"
+    try:
+        ids = pd.read_csv(path, usecols=["patient_id"], dtype={"patient_id": str})["patient_id"]
+    except (OSError, ValueError):
+        return None
+    return set(ids.dropna())
+
+
+def labelled_metrics(
+    predictions: pd.DataFrame, patients: pd.DataFrame, threshold: float, training_ids: set[str] | None = None
+) -> dict | None:
+    """How ``predict``'s calls compare with the labels a features folder records (held-out patients, say).
+
+    Parameters
+    ----------
+    predictions : DataFrame
+        :func:`predict`'s output (``patient_id, probability, prediction, uncertain``).
+    patients : DataFrame
+        The features folder's patients table; its ``label`` (0 reactive, 1 tumoral, missing unknown).
+    threshold : float
+        The model's decision threshold.
+    training_ids : set of str, optional
+        The model's training patients (:func:`training_patient_ids`): those among the labelled ones are counted,
+        since their figures are in-sample.
+
+    Returns
+    -------
+    dict or None
+        None when no patient has a label; else ``n``, ``n_tumoral``, ``n_reactive``, the
+        :func:`binary_metrics` at ``threshold`` (ROC AUC NaN with one class), ``n_uncertain`` and
+        ``balanced_accuracy_confident`` (the calls outside the refer band; NaN when they miss a class) and
+        ``n_in_training`` (None when ``training_ids`` is None).
+    """
+    if "label" not in patients:
+        return None
+    labels = patients.set_index(patients["patient_id"].astype(str))["label"]
+    merged = predictions.assign(label=predictions["patient_id"].astype(str).map(labels)).dropna(subset=["label"])
+    if merged.empty:
+        return None
+    y = merged["label"].astype(int).to_numpy()
+    proba = merged["probability"].to_numpy(float)
+    out = {"n": len(y), "n_tumoral": int(y.sum()), "n_reactive": int((y == 0).sum())}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # scikit-learn's warning for a single class
+        out.update(binary_metrics(y, proba, threshold))
+    if not (y == 1).any() or not (y == 0).any():
+        out["balanced_accuracy"] = float("nan")  # one class: sensitivity or specificity alone says it
+    sure = merged["uncertain"].to_numpy(int) == 0
+    out["n_uncertain"] = int((~sure).sum())
+    ys = y[sure]
+    out["balanced_accuracy_confident"] = (
+        float(balanced_accuracy_score(ys, proba[sure] >= threshold))
+        if (ys == 1).any() and (ys == 0).any()
+        else float("nan")
+    )
+    in_training = None if training_ids is None else int(merged["patient_id"].astype(str).isin(training_ids).sum())
+    out["n_in_training"] = in_training
+    return out

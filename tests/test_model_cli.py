@@ -6,10 +6,17 @@ import shutil
 import numpy as np
 import pandas as pd
 import pytest
+from sklearn.metrics import balanced_accuracy_score, roc_auc_score
 from typer.testing import CliRunner
 
 from lympho_features.cli import app
-from lympho_features.model import DEFAULT_FEATURE_SET, load_model, model_inputs, parse_feature_set
+from lympho_features.model import (
+    DEFAULT_FEATURE_SET,
+    labelled_metrics,
+    load_model,
+    model_inputs,
+    parse_feature_set,
+)
 
 runner = CliRunner()
 
@@ -100,6 +107,58 @@ def test_predict_flags_uncertain_patients_and_reproduces_the_inputs(default_mode
     r = run("predict", default_model, tiny_features, "--out", tmp_path / "e.csv", "--explain")
     assert r.exit_code == 0, r.output
     assert "top1_feature" in pd.read_csv(tmp_path / "e.csv").columns
+
+
+def test_predict_scores_its_calls_against_recorded_labels(default_model, tiny_features, tmp_path):
+    r = run("predict", default_model, tiny_features, "--out", tmp_path / "p.csv")
+    assert r.exit_code == 0, r.output
+    text = " ".join(r.output.split())
+    p = pd.read_csv(tmp_path / "p.csv")
+    y = pd.read_parquet(tiny_features / "patients.parquet").set_index("patient_id")["label"].loc[p["patient_id"]]
+    ba = balanced_accuracy_score(y.astype(int), p["prediction"])
+    assert f"labels recorded for {len(p)} of {len(p)} patients" in text and f"balanced accuracy {ba:.3f}," in text
+    # these are the model's own training patients: said, since the figures are then in-sample
+    assert f"note: {len(p)} of these labelled patients trained the model" in text
+    # without the model's CV predictions nobody can tell which patients trained it: no warning
+    model = tmp_path / "m"
+    shutil.copytree(default_model, model)
+    (model / "cv_predictions.csv").unlink()
+    text = " ".join(run("predict", model, tiny_features, "--out", tmp_path / "q.csv").output.split())
+    assert "labels recorded" in text and "trained the model" not in text
+    # no label recorded: nothing to score
+    feats = tmp_path / "f"
+    shutil.copytree(tiny_features, feats)
+    patients = pd.read_parquet(feats / "patients.parquet")
+    patients["label"] = np.nan
+    patients.to_parquet(feats / "patients.parquet")
+    r = run("predict", default_model, feats, "--out", tmp_path / "u.csv")
+    assert r.exit_code == 0 and "labels recorded" not in r.output
+
+
+def test_labelled_metrics_count_only_labelled_patients_and_set_the_refer_band_apart():
+    preds = pd.DataFrame(
+        {
+            "patient_id": ["a", "b", "c", "d", "e", "f"],
+            "probability": [0.9, 0.45, 0.2, 0.8, 0.6, 0.1],
+            "prediction": [1, 0, 0, 1, 1, 0],
+            "uncertain": [0, 1, 0, 0, 1, 0],
+        }
+    )
+    patients = pd.DataFrame({"patient_id": ["a", "b", "c", "d", "e", "f"], "label": [1, 1, 0, 0, np.nan, 0]})
+    m = labelled_metrics(preds, patients, 0.5, training_ids={"a", "e", "zz"})
+    assert (m["n"], m["n_tumoral"], m["n_reactive"], m["n_uncertain"], m["n_in_training"]) == (5, 2, 3, 1, 1)
+    # tumoral a found, b missed; reactive c, f cleared, d a false alarm
+    assert m["sensitivity"] == 0.5 and m["specificity"] == pytest.approx(2 / 3)
+    assert m["balanced_accuracy"] == pytest.approx((0.5 + 2 / 3) / 2)
+    assert m["roc_auc"] == pytest.approx(roc_auc_score([1, 1, 0, 0, 0], [0.9, 0.45, 0.2, 0.8, 0.1]))
+    # without the uncertain b: a found, c and f cleared, d a false alarm
+    assert m["balanced_accuracy_confident"] == pytest.approx((1 + 2 / 3) / 2)
+    assert labelled_metrics(preds, patients, 0.5)["n_in_training"] is None
+    one_class = labelled_metrics(preds, patients.assign(label=[1, 1, np.nan, np.nan, np.nan, np.nan]), 0.5)
+    assert (
+        np.isnan(one_class["balanced_accuracy"]) and np.isnan(one_class["roc_auc"]) and one_class["sensitivity"] == 0.5
+    )
+    assert labelled_metrics(preds, patients.assign(label=np.nan), 0.5) is None
 
 
 def test_predict_warns_about_patients_with_fewer_crops_than_the_training_patients(
