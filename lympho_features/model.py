@@ -1033,6 +1033,27 @@ def in_refer_band(signed_margin, below: float, above: float) -> np.ndarray:
     return ((m < 0) & (-m < below)) | ((m >= 0) & (m < above))
 
 
+def refer_limits(meta: dict) -> tuple[float, float] | None:
+    """The refer band's widths below and above the threshold in a model's metadata (None: the model has none).
+
+    Models written before the band had two sides store one ``half_width``.
+    """
+    refer = meta.get("refer")
+    if not isinstance(refer, dict):
+        return None
+    half = float(refer.get("half_width", 0.0))
+    return float(refer.get("below", half)), float(refer.get("above", half))
+
+
+def uncertain_calls(proba, meta: dict) -> np.ndarray:
+    """Which probabilities fall in the model's refer band (``predict``'s ``uncertain``); all False without one."""
+    limits = refer_limits(meta)
+    proba = np.asarray(proba, float)
+    if limits is None:
+        return np.zeros(proba.shape, bool)
+    return in_refer_band(proba - float(meta["threshold"]), *limits)
+
+
 def _weighted_auc(counts: np.ndarray, score: np.ndarray, pos: np.ndarray) -> np.ndarray:
     """AUC of one score vector under many patient resamplings (``counts``: bootstrap × patients)."""
     sp, sn = score[pos], score[~pos]
@@ -1519,15 +1540,12 @@ def predict(model_dir: str | Path, features_dir: str | Path, embeddings_dir: str
     patients = load_patients(features_dir)
     X = model_inputs(model_dir, meta, features_dir, patients, embeddings_dir)
     proba = booster.predict(X[meta["features"]].to_numpy(float))
-    refer = meta.get("refer") or {}
-    half = float(refer.get("half_width", 0.0))  # models written before the band had two sides
-    below, above = float(refer.get("below", half)), float(refer.get("above", half))
     return pd.DataFrame(
         {
             "patient_id": patients["patient_id"],
             "probability": proba,
             "prediction": (proba >= meta["threshold"]).astype(int),
-            "uncertain": in_refer_band(proba - meta["threshold"], below, above).astype(int),
+            "uncertain": uncertain_calls(proba, meta).astype(int),
         }
     )
 

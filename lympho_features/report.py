@@ -458,6 +458,13 @@ class ReportInputs:
     _ranks: np.ndarray | None = field(default=None, repr=False)
 
     @property
+    def uncertain(self) -> np.ndarray:
+        """Whether each patient's probability lies in the model's refer band (``lympho predict``'s ``uncertain``)."""
+        from .model import uncertain_calls
+
+        return uncertain_calls(self.proba, self.meta)
+
+    @property
     def reference(self) -> dict | None:
         """The training patients' reference ranges stored with the model (models fitted before them: None)."""
         return self.meta.get("reference") or None
@@ -889,6 +896,7 @@ def section_performance(inp: ReportInputs) -> str:
         parts.append(_confusion_html(cvp, inp.threshold, inp.meta))
     if cvp is not None and cvp["label"].nunique() == 2:
         parts.append(_operating_points_html(cvp, inp.meta))
+    parts.append(_held_out_html(inp))
     parts.append(_ablation_html(inp.meta))
     parts.append("</section>")
     return "".join(parts)
@@ -1035,6 +1043,79 @@ def _ablation_rows(ablation) -> list[dict]:
     if isinstance(ablation, list):
         return [r for r in ablation if isinstance(r, dict)]
     return []
+
+
+def _held_out_html(inp: ReportInputs) -> str:
+    """How the calls compare with the recorded classes of this report's patients that did not train the model.
+
+    The patients the model was trained on are those of its cv_predictions.csv; without that file nobody can tell,
+    and every labelled patient is counted, with a word of caution. Empty when no such patient has a label.
+    """
+    from .model import labelled_metrics
+
+    p = inp.patients
+    calls = pd.DataFrame(
+        {
+            "patient_id": p["patient_id"].astype(str).to_numpy(),
+            "probability": inp.proba,
+            "prediction": (inp.proba >= inp.threshold).astype(int),
+            "uncertain": inp.uncertain.astype(int),
+        }
+    )
+    known = inp.cv_predictions is not None
+    if known:
+        calls = calls[~calls["patient_id"].isin(set(inp.cv_predictions["patient_id"].astype(str)))]
+    m = labelled_metrics(calls, p, inp.threshold)
+    if m is None:
+        return ""
+    labels = p.set_index(p["patient_id"].astype(str))["label"]
+    scored = calls.assign(label=calls["patient_id"].map(labels)).dropna(subset=["label"])
+    y, call = scored["label"].astype(int).to_numpy(), scored["prediction"].to_numpy()
+    alarms = int(((y == 0) & (call == 1)).sum())
+    confusion = [
+        ["tumoral", f"{int(((y == 1) & (call == 1)).sum())} found", f"{int(((y == 1) & (call == 0)).sum())} missed"],
+        [
+            "reactive",
+            f"{alarms} false alarm{'' if alarms == 1 else 's'}",
+            f"{int(((y == 0) & (call == 0)).sum())} cleared",
+        ],
+    ]
+    kpis = [
+        (f"{m['n']}", f"labelled patients ({m['n_tumoral']} tumoral, {m['n_reactive']} reactive)"),
+        (_fmt(m["balanced_accuracy"]), "balanced accuracy"),
+        (_fmt(m["roc_auc"]), "ROC AUC"),
+        (_fmt(m["sensitivity"]), "sensitivity (tumoral found)"),
+        (_fmt(m["specificity"]), "specificity (reactive cleared)"),
+        (f"{m['n_uncertain']}", "uncertain (refer)"),
+        (_fmt(m["balanced_accuracy_confident"]), f"balanced accuracy of the other {m['n'] - m['n_uncertain']} calls"),
+    ]
+    spread = ""
+    if m["n_tumoral"]:
+        lo, hi = wilson_interval(m["sensitivity"] * m["n_tumoral"], m["n_tumoral"])
+        spread = (
+            f" With {m['n_tumoral']} tumoral patients, a sensitivity of {m['sensitivity']:.2f} is compatible with "
+            f"anything from about {lo:.2f} to {hi:.2f} (95% interval)."
+        )
+    return (
+        "<h3>On this report's labelled patients the model never saw</h3>"
+        if known
+        else "<h3>On this report's labelled patients</h3>"
+    ) + (
+        "<p class='small sub'>The final model's calls at its threshold against the recorded class: a check on new "
+        "patients, which cross-validation only estimates."
+        + (
+            ""
+            if known
+            else " <b>Whether the model was trained on them cannot be told</b> (its cv_predictions.csv is missing): "
+            "if it was, these figures are in-sample and optimistic."
+        )
+        + spread
+        + "</p>"
+        + '<div class="kpis">'
+        + "".join(f"<div class='kpi'><b>{a}</b><span>{_e(b)}</span></div>" for a, b in kpis)
+        + "</div>"
+        + _table(["true class", "called tumoral", "called reactive"], confusion)
+    )
 
 
 #: Plain words for the blocks of a configuration in the ablation table (cell-model blocks: their report label).
@@ -1762,8 +1843,13 @@ def section_patients(inp: ReportInputs, thumbs: ThumbnailMaker) -> tuple[str, st
         decision = int(prob >= thr)
         o = oof.loc[pid] if oof is not None and pid in oof.index else None
         label = r["label"]
-        miss = o is not None and pd.notna(label) and "pred" in o and round(float(o["pred"])) != int(label)
+        if o is not None:  # a training patient: its cross-validated call is the honest one
+            miss = pd.notna(label) and "pred" in o and round(float(o["pred"])) != int(label)
+        else:
+            miss = pd.notna(label) and decision != int(label)
         dec_tag = '<span class="tag t">tumoral</span>' if decision else '<span class="tag r">reactive</span>'
+        if inp.uncertain[i]:
+            dec_tag += ' <span class="tag warn">uncertain</span>'
         rows.append(
             (
                 "<tr class='miss'>" if miss else "<tr>",
@@ -1787,11 +1873,22 @@ def section_patients(inp: ReportInputs, thumbs: ThumbnailMaker) -> tuple[str, st
         f"<p>Model call at threshold {thr:.3f}. <b>CV probability</b>: mean out-of-fold probability of the "
         "patient over the cross-validation repeats, from models that never saw this patient; for the patients the "
         "final model was trained on, this is the honest estimate, since the final model has seen them. "
-        "Rows in red: the cross-validated call disagrees with the recorded class.</p>"
+        "Rows in red: the call disagrees with the recorded class (for a patient the model was trained on, the "
+        "cross-validated call). <b>uncertain</b>: in the refer band, as in <code>lympho predict</code>'s output.</p>"
         f"<table class='small'><thead><tr>{''.join(f'<th>{h}</th>' for h in head)}</tr></thead><tbody>{body}</tbody></table>"
         "</section>"
     )
     return table, "".join(pages)
+
+
+def _refer_note(meta: dict) -> str:
+    """Why a call in the refer band is flagged (a note on the patient card; no trailing full stop)."""
+    rate = (meta.get("refer") or {}).get("min_error_rate")
+    how = f"at least {rate:.0%} of" if isinstance(rate, int | float) else "many of"
+    return (
+        f"In the band around the threshold where {how} the cross-validation's calls were wrong: refer to flow "
+        "cytometry rather than trust this call"
+    )
 
 
 def _threshold_rule(meta: dict) -> str:
@@ -1812,18 +1909,24 @@ def _patient_page(inp: ReportInputs, i: int, oof, medians: dict[str, float], thu
     thr = inp.threshold
     call = "tumoral" if prob >= thr else "reactive"
     cls = "t" if prob >= thr else "r"
-    close = abs(prob - thr) < 0.1
     trained = oof is not None
-    from .model import few_cells_warnings, missing_value_warnings
+    from .model import few_cells_warnings, missing_value_warnings, refer_limits
 
     one = inp.patients.iloc[[i]]
     missing, few = missing_value_warnings(inp.meta, one), few_cells_warnings(inp.meta, one)
     # Each warning reads "P12: ...": the card names the patient already.
     notes = [w.split(": ", 1)[1] for w in missing + few]
+    if refer_limits(inp.meta) is not None:
+        # the same band as `lympho predict`'s `uncertain` column, so that the report and the CSV agree
+        flag = " <span class='tag warn'>uncertain: refer</span>" if inp.uncertain[i] else ""
+        if inp.uncertain[i]:
+            notes.insert(0, _refer_note(inp.meta))
+    else:  # models written before the refer band
+        flag = " <span class='tag warn'>close to threshold</span>" if abs(prob - thr) < 0.1 else ""
     boxes = [
         f"<div><div class='sub small'>probability of tumoral</div><div class='prob'>{prob:.2f}</div>"
         f"<span class='tag {cls}'>leans {call}</span>"
-        + (" <span class='tag warn'>close to threshold</span>" if close else "")
+        + flag
         + (" <span class='tag warn'>few crops</span>" if few else "")
         + (" <span class='tag warn'>missing values</span>" if missing else "")
         + f"<div class='small sub' style='max-width:200px'>threshold {thr:.3f}, {_threshold_rule(inp.meta)}</div>"
@@ -1938,6 +2041,10 @@ def _summary_html(inp: ReportInputs) -> str:
             "called tumoral / reactive" + (" (in-sample: the model saw them)" if _in_sample_check(inp) else ""),
         ),
     ]
+    from .model import refer_limits
+
+    if refer_limits(inp.meta) is not None:
+        kp.append((str(int(inp.uncertain.sum())), "uncertain: refer to flow cytometry"))
     if "balanced_accuracy_mean" in cv:
         kp.append((_pm(cv, "balanced_accuracy"), "CV balanced accuracy"))
     if "roc_auc_mean" in cv:

@@ -103,6 +103,75 @@ def test_report_shows_cv_metrics_and_calls_of_the_model(tiny_report, tiny_model,
         assert f"<div class='prob'>{p:.2f}</div>" in page
 
 
+def _pages(doc: str) -> dict[str, str]:
+    """Each patient's page of a report, by patient ID."""
+    return {m.group(1): m.group(2) for m in re.finditer(r"id='p-([^']+)'>(.*?)</article>", doc, re.S)}
+
+
+def test_patient_cards_flag_the_calls_predict_calls_uncertain(tiny_model, tiny_features, tmp_path):
+    from lympho_features.model import predict
+
+    model = tmp_path / "m"
+    shutil.copytree(tiny_model, model)
+    meta = json.loads((model / "model.json").read_text())
+    proba = predict(model, tiny_features).set_index("patient_id")["probability"]
+    # a band holding the patients on one side of the median probability, and only them
+    mid = float(np.median(proba))
+    meta["threshold"], meta["refer"] = mid, {"below": 0.0, "above": float(proba.max() - mid) + 1e-9}
+    (model / "model.json").write_text(json.dumps(meta))
+    flagged = predict(model, tiny_features).set_index("patient_id")["uncertain"]
+    assert 0 < flagged.sum() < len(flagged)
+    doc = write_report(model, tiny_features, tmp_path / "r").path.read_text()
+    pages = _pages(doc)
+    assert set(pages) == set(flagged.index)
+    for pid, page in pages.items():
+        assert ("uncertain: refer</span>" in page) == bool(flagged[pid]), pid
+        assert "close to threshold" not in page
+    assert f"<b>{int(flagged.sum())}</b><span>uncertain: refer to flow cytometry" in doc
+    # a model written before the refer band: the card falls back on the distance to the threshold
+    del meta["refer"]
+    (model / "model.json").write_text(json.dumps(meta))
+    doc = write_report(model, tiny_features, tmp_path / "r2").path.read_text()
+    pages = _pages(doc)
+    for pid, page in pages.items():
+        assert ("close to threshold" in page) == (abs(proba[pid] - mid) < 0.1) and "uncertain: refer" not in page
+    assert "uncertain: refer to flow cytometry" not in doc
+
+
+def test_held_out_labelled_patients_are_scored_apart_from_the_training_ones(tiny_model, tiny_features, tmp_path):
+    from lympho_features.model import predict
+
+    model = tmp_path / "m"
+    shutil.copytree(tiny_model, model)
+    title = "On this report's labelled patients the model never saw"
+    # every patient of the features folder trained the model: cross-validation says it all
+    assert title not in write_report(model, tiny_features, tmp_path / "r0").path.read_text()
+    # pretend the model never saw four of them (as if they were new patients with a known outcome)
+    cvp = pd.read_csv(model / "cv_predictions.csv", dtype={"patient_id": str})
+    ids = sorted(cvp["patient_id"].unique())
+    new = ids[:4]
+    cvp[~cvp["patient_id"].isin(new)].to_csv(model / "cv_predictions.csv", index=False)
+    doc = write_report(model, tiny_features, tmp_path / "r").path.read_text()
+    section = doc[doc.index(title) :]
+    section = section[: section.index("</table>")]
+    calls = predict(model, tiny_features).set_index("patient_id").loc[new]
+    labels = load_patients(tiny_features).set_index("patient_id")["label"].loc[new].astype(int)
+    found = int(((labels == 1) & (calls["prediction"] == 1)).sum())
+    assert (
+        f"<b>4</b><span>labelled patients ({int(labels.sum())} tumoral, {int((labels == 0).sum())} reactive)" in section
+    )
+    assert f"{found} found" in section
+    wrong = calls.index[calls["prediction"] != labels]
+    rows = {m.group(1): m.group(0) for m in re.finditer(r"<tr[^>]*><td><a href='#p-([^']+)'>.*?</tr>", doc)}
+    for pid in new:
+        assert rows[pid].startswith("<tr class='miss'>") == (pid in wrong)
+    # without cv_predictions.csv nobody can tell which patients trained the model: all counted, with a caution
+    (model / "cv_predictions.csv").unlink()
+    doc = write_report(model, tiny_features, tmp_path / "r2").path.read_text()
+    assert title not in doc and "On this report's labelled patients</h3>" in doc
+    assert "cannot be told</b>" in doc and f"<b>{len(ids)}</b><span>labelled patients" in doc
+
+
 def test_shap_contributions_add_up_to_the_model_probability(tiny_model, tiny_features):
     booster, meta = load_model(tiny_model)
     X = model_matrix(load_patients(tiny_features))[meta["features"]].to_numpy(float)
