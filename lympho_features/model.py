@@ -1581,7 +1581,9 @@ def labelled_metrics(
     -------
     dict or None
         None when no patient has a label; else ``n``, ``n_tumoral``, ``n_reactive``, the
-        :func:`binary_metrics` at ``threshold`` (ROC AUC NaN with one class), ``n_uncertain`` and
+        :func:`binary_metrics` at ``threshold`` (ROC AUC NaN with one class), the confusion counts
+        ``n_found``, ``n_missed`` (tumoral called tumoral / reactive), ``n_false_alarms``, ``n_cleared``
+        (reactive called tumoral / reactive), ``n_uncertain`` and
         ``balanced_accuracy_confident`` (the calls outside the refer band; NaN when they miss a class) and
         ``n_in_training`` (None when ``training_ids`` is None).
     """
@@ -1599,6 +1601,9 @@ def labelled_metrics(
         out.update(binary_metrics(y, proba, threshold))
     if not (y == 1).any() or not (y == 0).any():
         out["balanced_accuracy"] = float("nan")  # one class: sensitivity or specificity alone says it
+    called = proba >= threshold
+    out["n_found"], out["n_missed"] = int((called & (y == 1)).sum()), int((~called & (y == 1)).sum())
+    out["n_false_alarms"], out["n_cleared"] = int((called & (y == 0)).sum()), int((~called & (y == 0)).sum())
     sure = merged["uncertain"].to_numpy(int) == 0
     out["n_uncertain"] = int((~sure).sum())
     ys = y[sure]

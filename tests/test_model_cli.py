@@ -149,6 +149,7 @@ def test_labelled_metrics_count_only_labelled_patients_and_set_the_refer_band_ap
     assert (m["n"], m["n_tumoral"], m["n_reactive"], m["n_uncertain"], m["n_in_training"]) == (5, 2, 3, 1, 1)
     # tumoral a found, b missed; reactive c, f cleared, d a false alarm
     assert m["sensitivity"] == 0.5 and m["specificity"] == pytest.approx(2 / 3)
+    assert (m["n_found"], m["n_missed"], m["n_false_alarms"], m["n_cleared"]) == (1, 1, 1, 2)
     assert m["balanced_accuracy"] == pytest.approx((0.5 + 2 / 3) / 2)
     assert m["roc_auc"] == pytest.approx(roc_auc_score([1, 1, 0, 0, 0], [0.9, 0.45, 0.2, 0.8, 0.1]))
     # without the uncertain b: a found, c and f cleared, d a false alarm
