@@ -1728,7 +1728,7 @@ def _waterfall_html(inp: ReportInputs, i: int, n_top: int = 10) -> str:
 
     pct = _percentiles(inp, i)
     rows = [
-        f"<tr><td class='lab'><b>start: average patient</b> <span class='sub small'>p={_sigmoid(base):.2f}</span></td>"
+        f"<tr><td class='lab'><b>start: average training patient</b> <span class='sub small'>p={_sigmoid(base):.2f}</span></td>"
         f"<td class='val'>{base:+.2f}</td><td class='bar'>{bar(base, base, 'base')}</td></tr>"
     ]
     for k, (name, v) in enumerate(steps):
@@ -1761,7 +1761,8 @@ def _waterfall_html(inp: ReportInputs, i: int, n_top: int = 10) -> str:
     return (
         "<table class='wf'><tbody>" + "".join(rows) + "</tbody></table>"
         "<p class='small sub'>Contributions in log-odds (SHAP), with the probability reached once each is added "
-        "(from the top); "
+        "(from the top; the start is the model's average over the patients it was trained on, not this patient's "
+        "prior chance); "
         "<span class='legend-dot' style='background:#c0392b'></span>toward tumoral "
         "<span class='legend-dot' style='background:#2e6da4'></span>toward reactive; dashed line: decision threshold. "
         f"{_percentile_note(inp)}</p>"
