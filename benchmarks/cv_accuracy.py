@@ -18,7 +18,8 @@ clinical+morphology (the ~565 per-patient aggregates: what ``image`` and
 embeddings.parquet exists (in --embeddings or --features). With
 --nested-repeats, also the nested estimate of "choose the configuration by
 inner CV, then fit it", among the a-priori candidates (model.NESTED_CANDIDATES)
-and among every configuration of the table, with the choice of each outer fold. Everything fitted
+and among every configuration of the table, with the choice of each outer fold. With
+--learning-curve, the accuracy against the number of training patients instead. Everything fitted
 on data (cell model, PCA of embeddings, patient model, threshold) is fitted
 inside each outer fold, exactly as `lympho fit` does; `lympho fit` stores the
 same table in model.json under ``ablation``.
@@ -43,6 +44,7 @@ from lympho_features.model import (  # noqa: E402
     ablation_table,
     cross_validate_sets,
     format_ablation,
+    learning_curve,
     load_cohort_tables,
     load_patients,
     nested_selection,
@@ -76,6 +78,12 @@ def main() -> None:
         "model.NESTED_CANDIDATES) and/or 'all' (every configuration of the table)",
     )
     ap.add_argument(
+        "--learning-curve",
+        default="",
+        help="comma-separated shares of each training fold (e.g. 0.4,0.6,0.8,1.0): instead of the ablation table, "
+        "the accuracy of --sets with every fitted stage trained on that share (held-out folds whole)",
+    )
+    ap.add_argument(
         "--no-monotone",
         action="store_true",
         help="patient model without monotone constraints (lympho fit --no-monotone; the models before)",
@@ -97,6 +105,27 @@ def main() -> None:
     labeled = patients[patients["label"].notna()].reset_index(drop=True)
     cohort = Cohort.from_tables(labeled, cells, emb)
     y = labeled["label"].astype(int).to_numpy()
+    if args.learning_curve:
+        fractions = [float(x) for x in args.learning_curve.split(",") if x]
+        t0 = time.perf_counter()
+        curve = learning_curve(
+            cohort, y, kept, fractions, args.folds, args.repeats, args.seed, classifier=clf, n_jobs=args.jobs
+        )
+        print(
+            f"{len(y)} patients ({int(y.sum())} tumoral), {args.folds}-fold x {args.repeats} CV; each training fold "
+            "subsampled (stratified) before anything is fitted, held-out folds whole. BA / AUC, mean over repeats "
+            "(std of BA):"
+        )
+        wide = curve.assign(
+            cell=[
+                f"{r.balanced_accuracy:.3f} / {r.roc_auc:.3f} ({r.balanced_accuracy_std:.3f})"
+                for r in curve.itertuples()
+            ]
+        ).pivot(index="configuration", columns="n_train", values="cell")
+        wide.columns = [f"{n} patients" for n in wide.columns]
+        print(wide.loc[kept].to_string())
+        print(f"learning curve: {time.perf_counter() - t0:.0f} s, {args.jobs} job(s)")
+        return
     t0 = time.perf_counter()
     cpu0 = time.process_time()
     res = cross_validate_sets(cohort, y, kept, args.folds, args.repeats, args.seed, n_jobs=args.jobs, classifier=clf)

@@ -42,7 +42,7 @@ import numpy as np
 import pandas as pd
 from sklearn.base import BaseEstimator, ClassifierMixin, clone
 from sklearn.metrics import balanced_accuracy_score, roc_auc_score
-from sklearn.model_selection import StratifiedKFold
+from sklearn.model_selection import StratifiedKFold, train_test_split
 
 from . import __version__
 from ._io import atomic_path, dataframe_fingerprint, library_versions, write_csv, write_json
@@ -618,10 +618,25 @@ class FoldFeatures(BaseEstimator):
 
 
 def _fold_task(
-    cohort, y, tr, te, sets, blocks, cell_params, n_components, base, state, inner_seed, inner_folds, min_sensitivity
+    cohort,
+    y,
+    tr,
+    te,
+    sets,
+    blocks,
+    cell_params,
+    n_components,
+    base,
+    state,
+    inner_seed,
+    inner_folds,
+    min_sensitivity,
+    train_fraction=1.0,
 ):
-    """One outer fold of :func:`cross_validate_sets`: fit on ``tr`` only, score ``te``."""
+    """One outer fold of :func:`cross_validate_sets`: fit on ``tr`` only (a stratified share of it), score ``te``."""
     ids = cohort.ids
+    if train_fraction < 1:
+        tr, _ = train_test_split(tr, train_size=train_fraction, stratify=y[tr], random_state=state)
     ff = FoldFeatures(blocks, (), cell_params, n_components, state)
     ff.fit(cohort.subset(ids[tr]), y[tr])
     Xtr_all, Xte_all = ff.train_features_, ff.transform(cohort.subset(ids[te]))
@@ -650,6 +665,7 @@ def cross_validate_sets(
     n_components: int = 16,
     classifier: PatientClassifier | None = None,
     n_jobs: int = 1,
+    train_fraction: float = 1.0,
 ) -> dict[str, CVResult]:
     """Repeated stratified patient-level CV of several feature sets on the same folds.
 
@@ -658,8 +674,12 @@ def cross_validate_sets(
     then each feature set's patient model (and a ``min_sensitivity`` threshold, by inner CV) are fitted
     on the training patients' inputs and score the held-out patients. Sharing
     the folds makes the comparison between feature sets paired. ``n_jobs``
-    outer folds run at once (threads; results do not depend on it).
+    outer folds run at once (threads; results do not depend on it). With ``train_fraction`` below 1,
+    everything of a fold is fitted on that stratified share of its training patients (drawn with the fold's
+    seed) while its held-out patients stay whole: a point of a learning curve (:func:`learning_curve`).
     """
+    if not 0 < train_fraction <= 1:
+        raise ModelError(f"train_fraction must be in (0, 1], got {train_fraction}")
     from joblib import Parallel, delayed
 
     y = np.asarray(y, int)
@@ -692,6 +712,7 @@ def cross_validate_sets(
             seed + r,
             inner_folds,
             min_sensitivity,
+            train_fraction,
         )
         for r, f, tr, te in splits
     )
@@ -708,6 +729,48 @@ def cross_validate_sets(
         out[fs] = _summarise(rows, y, folds, repeats, seed)
         out[fs].summary["n_features"] = results[-1][fs][2]
     return out
+
+
+def learning_curve(
+    cohort: Cohort,
+    y,
+    feature_sets,
+    fractions=(0.4, 0.6, 0.8, 1.0),
+    folds: int = 5,
+    repeats: int = 5,
+    seed: int = 0,
+    classifier: PatientClassifier | None = None,
+    n_jobs: int = 1,
+) -> pd.DataFrame:
+    """Cross-validated accuracy against the number of training patients: do more patients help?
+
+    For each fraction, :func:`cross_validate_sets` on the same outer folds with every fitted stage trained on
+    that stratified share of each training fold (held-out folds whole). One row per fraction and feature set:
+    ``fraction, n_train`` (training patients of a fold), ``configuration``, balanced accuracy and ROC AUC
+    (mean and std over repeats).
+    """
+    y = np.asarray(y, int)
+    fold_sizes = [len(tr) for tr, _ in StratifiedKFold(folds, shuffle=True, random_state=seed).split(y, y)]
+    rows = []
+    for fr in fractions:
+        res = cross_validate_sets(
+            cohort, y, feature_sets, folds, repeats, seed, classifier=classifier, n_jobs=n_jobs, train_fraction=fr
+        )
+        for fs, cv in res.items():
+            s = cv.summary
+            rows.append(
+                {
+                    "fraction": float(fr),
+                    # train_test_split keeps floor(fraction x n) patients
+                    "n_train": int(round(np.mean([n if fr >= 1 else np.floor(fr * n) for n in fold_sizes]))),
+                    "configuration": fs,
+                    "balanced_accuracy": s["balanced_accuracy_mean"],
+                    "balanced_accuracy_std": s["balanced_accuracy_std"],
+                    "roc_auc": s["roc_auc_mean"],
+                    "roc_auc_std": s["roc_auc_std"],
+                }
+            )
+    return pd.DataFrame(rows)
 
 
 def nested_selection(

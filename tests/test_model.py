@@ -394,3 +394,41 @@ def test_balanced_operating_point_is_fixed_and_min_sensitivity_is_chosen_in_cv()
     # A sensitivity floor is met by thresholds chosen on each fold's training patients: lower, and fold-specific.
     thresholds = sensitive.predictions.groupby("fold")["threshold"].first()
     assert (thresholds < BALANCED_THRESHOLD).all() and thresholds.nunique() > 1
+
+
+class _SizeRecordingClassifier(PatientClassifier):
+    """The patient model, noting how many patients (of each class) each fit sees."""
+
+    fits: list = []
+
+    def fit(self, X, y):
+        _SizeRecordingClassifier.fits.append(np.bincount(np.asarray(y, int), minlength=2))
+        return super().fit(X, y)
+
+
+def test_train_fraction_fits_every_fold_on_a_stratified_share_and_scores_every_patient():
+    from lympho_features.model import Cohort, ModelError, cross_validate_sets, learning_curve
+
+    t = patients_table(n=80, signal=3.0)
+    cohort, y = Cohort.from_tables(t), t["label"].astype(int).to_numpy()
+    full = cross_validate_sets(cohort, y, ["clinical+morphology"], folds=4, repeats=2)["clinical+morphology"]
+    _SizeRecordingClassifier.fits = []
+    clf = _SizeRecordingClassifier()
+    res = cross_validate_sets(
+        cohort, y, ["clinical+morphology"], folds=4, repeats=2, classifier=clf, train_fraction=0.5
+    )["clinical+morphology"]
+    # 8 folds, each model fitted on half its fold's 60 training patients, classes in the fold's proportions
+    sizes = np.array(_SizeRecordingClassifier.fits)
+    assert len(sizes) == 8 and (sizes.sum(1) == 30).all()
+    share = y.mean()
+    assert (np.abs(sizes[:, 1] / 30 - share) < 0.05).all()
+    # held-out folds stay whole: every patient scored once per repeat
+    assert (res.predictions.groupby("repeat")["patient_id"].nunique() == 80).all()
+    assert not np.allclose(res.predictions["probability"], full.predictions["probability"])
+    with pytest.raises(ModelError, match="train_fraction"):
+        cross_validate_sets(cohort, y, ["clinical"], folds=4, repeats=1, train_fraction=0)
+    curve = learning_curve(cohort, y, ["clinical", "clinical+morphology"], (0.5, 1.0), folds=4, repeats=2)
+    assert list(curve["n_train"].unique()) == [30, 60] and len(curve) == 4
+    # the share 1.0 is the plain CV
+    last = curve[(curve["fraction"] == 1.0) & (curve["configuration"] == "clinical+morphology")].iloc[0]
+    assert last["balanced_accuracy"] == pytest.approx(full.summary["balanced_accuracy_mean"])
