@@ -627,6 +627,15 @@ def _table(header: list[str], rows: list[list[str]], cls: str = "") -> str:
     return f'<table class="{cls}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
 
 
+def _kpis(pairs) -> str:
+    """A row of key figures: ``(value, what it is)`` pairs; values are already-escaped HTML, labels are text."""
+    return (
+        '<div class="kpis">'
+        + "".join(f"<div class='kpi'><b>{a}</b><span>{_e(b)}</span></div>" for a, b in pairs)
+        + "</div>"
+    )
+
+
 def _img(uri: str, alt: str, cls: str = "fig") -> str:
     return f'<img class="{cls}" src="{uri}" alt="{_e(alt)}">'
 
@@ -729,8 +738,7 @@ def section_cohort(inp: ReportInputs) -> str:
         n_ok = int(inp.cells["qc_ok"].sum()) if "qc_ok" in inp.cells else 0
         kpis.append((f"{len(inp.cells):,}", "cell crops"))
         kpis.append((f"{n_ok / max(len(inp.cells), 1):.1%}", "crops passing quality control"))
-    parts.append('<div class="kpis">' + "".join(f"<div class='kpi'><b>{a}</b><span>{b}</span></div>" for a, b in kpis))
-    parts.append("</div>")
+    parts.append(_kpis(kpis))
 
     # Clinical summaries by class.
     groups = [
@@ -864,13 +872,7 @@ def section_performance(inp: ReportInputs) -> str:
             ("specificity", "specificity (reactive cleared)"),
             ("brier", "Brier score (lower is better)"),
         ]
-        parts.append(
-            '<div class="kpis">'
-            + "".join(
-                f"<div class='kpi'><b>{_pm(cv, k)}</b><span>{_e(t)}</span></div>" for k, t in kpis if f"{k}_mean" in cv
-            )
-            + "</div>"
-        )
+        parts.append(_kpis((_pm(cv, k), t) for k, t in kpis if f"{k}_mean" in cv))
         per = cv.get("per_repeat")
         if isinstance(per, list) and per and isinstance(per[0], dict):
             keys = [k for k, _ in kpis if k in per[0]]
@@ -1104,9 +1106,7 @@ def _held_out_html(inp: ReportInputs) -> str:
         )
         + spread
         + "</p>"
-        + '<div class="kpis">'
-        + "".join(f"<div class='kpi'><b>{a}</b><span>{_e(b)}</span></div>" for a, b in kpis)
-        + "</div>"
+        + _kpis(kpis)
         + _table(["true class", "called tumoral", "called reactive"], confusion)
     )
 
@@ -2043,11 +2043,7 @@ def _summary_html(inp: ReportInputs) -> str:
         kp.append((_pm(cv, "balanced_accuracy"), "CV balanced accuracy"))
     if "roc_auc_mean" in cv:
         kp.append((_pm(cv, "roc_auc"), "CV ROC AUC"))
-    return (
-        '<div class="kpis">'
-        + "".join(f"<div class='kpi'><b>{a}</b><span>{_e(b)}</span></div>" for a, b in kp)
-        + "</div>"
-    )
+    return _kpis(kp)
 
 
 @dataclass
