@@ -1602,10 +1602,15 @@ def predict(model_dir: str | Path, features_dir: str | Path, embeddings_dir: str
     booster, meta = load_model(model_dir)
     patients = load_patients(features_dir)
     X = model_inputs(model_dir, meta, features_dir, patients, embeddings_dir)
-    proba = booster.predict(X[meta["features"]].to_numpy(float))
+    return calls_table(patients["patient_id"], booster.predict(X[meta["features"]].to_numpy(float)), meta)
+
+
+def calls_table(patient_ids, proba, meta: dict) -> pd.DataFrame:
+    """``patient_id, probability, prediction, uncertain`` of :func:`predict` for probabilities of a saved model."""
+    proba = np.asarray(proba, float)
     return pd.DataFrame(
         {
-            "patient_id": patients["patient_id"],
+            "patient_id": patient_ids,
             "probability": proba,
             "prediction": (proba >= meta["threshold"]).astype(int),
             "uncertain": uncertain_calls(proba, meta).astype(int),

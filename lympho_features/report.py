@@ -1053,17 +1053,10 @@ def _held_out_html(inp: ReportInputs) -> str:
     The patients the model was trained on are those of its cv_predictions.csv; without that file nobody can tell,
     and every labelled patient is counted, with a word of caution. Empty when no such patient has a label.
     """
-    from .model import labelled_metrics
+    from .model import calls_table, labelled_metrics
 
     p = inp.patients
-    calls = pd.DataFrame(
-        {
-            "patient_id": p["patient_id"].astype(str).to_numpy(),
-            "probability": inp.proba,
-            "prediction": (inp.proba >= inp.threshold).astype(int),
-            "uncertain": inp.uncertain.astype(int),
-        }
-    )
+    calls = calls_table(p["patient_id"].astype(str).to_numpy(), inp.proba, inp.meta)
     known = inp.cv_predictions is not None
     if known:
         calls = calls[~calls["patient_id"].isin(set(inp.cv_predictions["patient_id"].astype(str)))]
