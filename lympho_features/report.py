@@ -171,6 +171,12 @@ def split_aggregate(name: str) -> tuple[str, str | None]:
     return (base, stat) if sep and base else (name, None)
 
 
+def _score_cutoff(stat: str | None) -> str | None:
+    """The cut-off of a cell-score summary ``frac_gtNN`` (CellScoreAggregator's names) as ``0.NN``, else None."""
+    m = re.fullmatch(r"frac_gt(\d{2})", stat or "")
+    return f"0.{m.group(1)}" if m else None
+
+
 def _stat_words(stat: str | None) -> str:
     if stat is None:
         return ""
@@ -179,9 +185,9 @@ def _stat_words(stat: str | None) -> str:
     m = re.fullmatch(r"q(\d{1,2})", stat)
     if m:
         return f"{int(m.group(1))}th percentile over the patient's cells"
-    m = re.fullmatch(r"frac_gt(\d{2})", stat)
-    if m:  # cell-score summaries (CellScoreAggregator's cut-offs)
-        return f"share of the patient's cells scoring above 0.{m.group(1)}"
+    cutoff = _score_cutoff(stat)
+    if cutoff:
+        return f"share of the patient's cells scoring above {cutoff}"
     return stat.replace("_", " ")
 
 
@@ -235,7 +241,8 @@ def short_label(name: str) -> str:
     base, stat = split_aggregate(name)
     block = cell_model_block(name)
     if block:
-        short = re.sub(r"^frac_gt(\d{2})$", r"share > 0.\1", stat or "")
+        cutoff = _score_cutoff(stat)
+        short = f"share > {cutoff}" if cutoff else stat
         return f"{CELL_MODEL_BLOCKS[block].label} · {short}" if short else CELL_MODEL_BLOCKS[block].label
     label = {
         "log_lymph_count": "lymphocyte count",
