@@ -18,6 +18,7 @@ is left out, so the report works with richer model folders too.
 from __future__ import annotations
 
 import base64
+import functools
 import html
 import io
 import json
@@ -464,7 +465,7 @@ class ReportInputs:
     cell_medians: dict = field(default_factory=dict)
     _ranks: np.ndarray | None = field(default=None, repr=False)
 
-    @property
+    @functools.cached_property
     def uncertain(self) -> np.ndarray:
         """Whether each patient's probability lies in the model's refer band (``lympho predict``'s ``uncertain``)."""
         from .model import uncertain_calls
