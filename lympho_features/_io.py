@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from .errors import OutputLockedError  # noqa: F401 (re-exported)
+
 _PACKAGES = (
     "lympho-features",
     "numpy",
@@ -131,10 +133,6 @@ def dataframe_fingerprint(df: pd.DataFrame) -> str:
 
 #: Name of the lock file that a run holds inside its output folder.
 LOCK_NAME = ".lympho.lock"
-
-
-class OutputLockedError(RuntimeError):
-    """The output folder is being written by another run."""
 
 
 @contextmanager

@@ -31,6 +31,7 @@ from sklearn.model_selection import StratifiedGroupKFold
 
 from ._io import atomic_path, write_json
 from .aggregate import cell_feature_columns
+from .errors import CellScoreError  # noqa: F401 (re-exported)
 
 #: Prefix of the per-patient cell-score features.
 CELLSCORE_PREFIX = "cellscore__"
@@ -121,10 +122,6 @@ CELL_MODEL_BLOCKS = {
 def cell_model_block(column: str) -> str | None:
     """The cell-model block whose summaries include ``column`` (by prefix), or None."""
     return next((b for b, spec in CELL_MODEL_BLOCKS.items() if column.startswith(spec.prefix)), None)
-
-
-class CellScoreError(Exception):
-    """A cells table or a saved cell model that cannot be used; the message says why."""
 
 
 def load_cells(path: str | Path) -> pd.DataFrame:

@@ -21,6 +21,7 @@ import pandas as pd
 from sklearn.base import BaseEstimator, TransformerMixin
 
 from ._io import write_json
+from .errors import AggregatorError  # noqa: F401 (re-exported)
 
 #: Prefix of the embedding columns of embeddings.parquet and of the learned features built here.
 EMBEDDING_PREFIX = "cnn_"
@@ -28,10 +29,6 @@ EMBEDDING_PREFIX = "cnn_"
 AGGREGATOR_FORMAT = 1
 
 STATS = ("mean", "std")
-
-
-class AggregatorError(Exception):
-    """An embeddings table or a saved aggregator that cannot be used; the message says why."""
 
 
 def is_learned_feature(name: str) -> bool:

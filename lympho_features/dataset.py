@@ -23,18 +23,12 @@ import cv2
 import numpy as np
 import pandas as pd
 
+from .errors import DatasetError, ImageError  # noqa: F401 (re-exported)
+
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff")
 
 #: Decompression-bomb guard: crops are 224x224; refuse anything absurdly large.
 MAX_PIXELS = 4096 * 4096
-
-
-class DatasetError(Exception):
-    """A problem with the user's input that stops the run; the message names the file or row."""
-
-
-class ImageError(Exception):
-    """One image cannot be used; the message is the recorded skip reason."""
 
 
 @dataclass(frozen=True)
@@ -558,6 +552,20 @@ def read_image(
     if len(data) > max_bytes:
         raise ImageError(f"file too large (over {max_bytes} bytes)")
     return decode_image(data, str(path), max_pixels), hashlib.sha256(data).hexdigest()
+
+
+def read_crop(data_dir: str | Path, rel: str, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """Read the crop ``rel`` (``PATIENT/FILE``, as in ``cells.parquet``) of ``data_dir`` as RGB.
+
+    The one way lympho reads a crop after the folder was scanned (report, montage, embed): the
+    path always goes through :func:`safe_path`, so no caller can skip the check.
+
+    Raises
+    ------
+    ImageError
+        When the path leads outside ``data_dir`` or the file cannot be read or decoded.
+    """
+    return read_image(safe_path(data_dir, rel), max_pixels)[0]
 
 
 def file_stamp(path: str | Path) -> str:

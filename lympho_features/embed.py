@@ -35,6 +35,7 @@ import pandas as pd
 from . import __version__
 from ._io import library_versions, write_json, write_parquet, write_table
 from .dataset import MAX_PIXELS, DatasetError, ImageError, discover_patients, read_image
+from .errors import EmbedError  # noqa: F401 (re-exported)
 from .extract import _shard_name, inputs_key, read_shard_meta
 from .segment import SegmentationSettings, segment_cell
 
@@ -56,10 +57,6 @@ NAMED_WEIGHTS = {
 DEFAULT_WEIGHTS = "efficientnet-lite0"
 
 DEVICES = ("auto", "cpu", "cuda")
-
-
-class EmbedError(Exception):
-    """A problem that stops ``lympho embed`` (missing torch, bad weights, no CUDA...); the message says why."""
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,8 @@ second to import, which every ``lympho extract`` would otherwise pay).
 
 from __future__ import annotations
 
+from .errors import ModelError  # noqa: F401 (re-exported)
+
 #: Blocks of model inputs; the cell-model blocks and ``cnn`` are fitted on data (inside each CV fold).
 BLOCKS = ("clinical", "crops", "morphology", "cellscore", "cellmorph", "cellatyp", "cnn")
 #: Blocks made of a cell model's score summaries (:data:`lympho_features.cellscore.CELL_MODEL_BLOCKS`).
@@ -45,6 +47,3 @@ FEATURE_SETS = (
 #: selection picks it most often, and because stain colour depends on the stain and scanner of new patients.
 DEFAULT_FEATURE_SET = "clinical+cellmorph"
 
-
-class ModelError(Exception):
-    """A model folder or a features table that cannot be used; the message says why."""

@@ -34,6 +34,7 @@ import pandas as pd
 
 from . import __version__
 from ._io import atomic_path, dataframe_fingerprint, library_versions
+from .errors import ReportError  # noqa: F401 (re-exported)
 from .features import CELL_FINDINGS
 from .features import describe_feature as describe_cell_feature
 from .segment import FLAG_DESCRIPTIONS
@@ -44,10 +45,6 @@ REACTIVE_COLOUR = "#2e6da4"
 UNKNOWN_COLOUR = "#8c8c8c"
 NUCLEUS_OUTLINE = (255, 215, 0)  # gold: visible on purple chromatin and pink red cells
 CELL_OUTLINE = (0, 200, 70)  # green: visible on pale-blue cytoplasm and the cream background
-
-
-class ReportError(Exception):
-    """A model or features folder the report cannot use; the message says why."""
 
 
 # ------------------------------------------------------- plain language ----

@@ -13,15 +13,12 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from .model import MODEL_FORMAT, ModelError
+from .errors import ModelMetadataError  # noqa: F401 (re-exported)
+from .model import MODEL_FORMAT
 
 #: Longest string and list accepted in model.json (a guard against absurd files).
 MAX_STRING = 10_000
 MAX_FEATURES = 100_000
-
-
-class ModelMetadataError(ModelError):
-    """model.json does not follow the schema; the message names the file and the key."""
 
 
 def _is_int(v) -> bool:

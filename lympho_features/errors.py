@@ -1,0 +1,49 @@
+"""The errors lympho raises on purpose, under one base class.
+
+Every message names what is wrong and where (the file, the CSV row, the patient), so the
+CLI prints it on one line and exits 1; a traceback means a bug in lympho, not in the input.
+Each stage raises its own subclass, so a caller can catch one stage's problems or all of them
+(``except LymphoError``).
+"""
+
+from __future__ import annotations
+
+
+class LymphoError(Exception):
+    """A problem with the user's input or environment that stops the command; the message says why."""
+
+
+class DatasetError(LymphoError):
+    """A problem with the user's input that stops the run; the message names the file or row."""
+
+
+class ImageError(LymphoError):
+    """One image cannot be used; the message is the recorded skip reason."""
+
+
+class OutputLockedError(LymphoError):
+    """The output folder is being written by another run."""
+
+
+class CellScoreError(LymphoError):
+    """A cells table or a saved cell model that cannot be used; the message says why."""
+
+
+class AggregatorError(LymphoError):
+    """An embeddings table or a saved aggregator that cannot be used; the message says why."""
+
+
+class ModelError(LymphoError):
+    """A model folder or a features table that cannot be used; the message says why."""
+
+
+class ModelMetadataError(ModelError):
+    """model.json does not follow the schema; the message names the file and the key."""
+
+
+class ReportError(LymphoError):
+    """A model or features folder the report cannot use; the message says why."""
+
+
+class EmbedError(LymphoError):
+    """A problem that stops ``lympho embed`` (missing torch, bad weights, no CUDA...); the message says why."""
