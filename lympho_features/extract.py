@@ -37,6 +37,7 @@ from ._io import (
     sha256_of,
     write_json,
 )
+from ._validate import SettingsCheck
 from .aggregate import AggregateSettings
 from .dataset import (
     DEFAULT_REFERENCE_DATE,
@@ -83,6 +84,15 @@ class ExtractSettings:
     aggregate: AggregateSettings = field(default_factory=AggregateSettings)
     reference_date: date = DEFAULT_REFERENCE_DATE
     max_pixels: int = MAX_PIXELS
+
+    def __post_init__(self) -> None:
+        """Refuse a value that cannot mean what its setting says (raises :class:`~lympho_features.errors.SettingsError`)."""
+        check = SettingsCheck(self)
+        check.instance("segmentation", SegmentationSettings)
+        check.instance("features", FeatureSettings)
+        check.instance("aggregate", AggregateSettings)
+        check.instance("reference_date", date)
+        check.integer("max_pixels", 1)
 
     def to_dict(self) -> dict:
         d = asdict(self)
