@@ -9,6 +9,7 @@ from ..segment import _disk
 from .masks import _u8
 
 GRANULARITY_RADII = (1, 2, 3, 4)
+_GRANULARITY_COLUMNS = tuple(f"granularity_nucleus_r{r}" for r in GRANULARITY_RADII)
 
 
 def granularity_features(od: np.ndarray, mask: np.ndarray) -> dict[str, float]:
@@ -42,6 +43,3 @@ def granularity_features(od: np.ndarray, mask: np.ndarray) -> dict[str, float]:
         out.append(max(0.0, (prev - kept) / total))
         prev = kept
     return dict(zip(names, out, strict=True))
-
-
-_GRANULARITY_COLUMNS = tuple(f"granularity_nucleus_r{r}" for r in GRANULARITY_RADII)

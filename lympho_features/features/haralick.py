@@ -285,9 +285,9 @@ def haralick_features(
     if valid.any():
         feats[valid] = haralick_from_glcms(stack[valid] / (2 * total[valid])[:, None, None])
     out: dict[str, float] = {}
-    for j, d in enumerate(distances):
+    for j in range(len(distances)):
         block = feats[j * len(_ANGLES) : (j + 1) * len(_ANGLES)]
         ok = ~np.isnan(block[:, 0])
         mean = block[ok].mean(0) if ok.any() else np.full(13, np.nan)
-        out.update({f"haralick_{n}_d{d}": float(v) for n, v in zip(HARALICK_NAMES, mean, strict=True)})
+        out.update(zip(names[j * 13 : (j + 1) * 13], mean.tolist(), strict=True))
     return out

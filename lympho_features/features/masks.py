@@ -16,7 +16,7 @@ def _pad1(m8: np.ndarray) -> np.ndarray:
     return cv2.copyMakeBorder(m8, 1, 1, 1, 1, cv2.BORDER_CONSTANT, value=0)
 
 
-def _largest_contour(mask: np.ndarray) -> np.ndarray | None:
+def largest_contour(mask: np.ndarray) -> np.ndarray | None:
     contours, _ = cv2.findContours(_u8(mask), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
     if not contours:
         return None

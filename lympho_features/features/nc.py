@@ -5,7 +5,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from .masks import _largest_contour, _pad1, _u8
+from .masks import _pad1, _u8, largest_contour
 
 
 def nc_features(
@@ -51,7 +51,7 @@ def nc_features(
     r_cell = np.sqrt(c_area / np.pi)
     # Distance to the cell outline, read on the nucleus outline.
     dist = cv2.distanceTransform(_pad1(c8), cv2.DIST_L2, cv2.DIST_MASK_5)[1:-1, 1:-1]
-    contour = _largest_contour(n8) if nucleus_contour is None else nucleus_contour
+    contour = largest_contour(n8) if nucleus_contour is None else nucleus_contour
     pts = contour.reshape(-1, 2) if contour is not None else np.zeros((0, 2), int)
     rim = dist[pts[:, 1], pts[:, 0]] - 1.0 if len(pts) else np.array([0.0])
     return {

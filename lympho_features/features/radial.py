@@ -8,6 +8,7 @@ import numpy as np
 from .masks import _pad1, _u8
 
 RADIAL_RINGS = 4
+_RADIAL_COLUMNS = tuple([f"radial_nucleus_ring{k + 1}" for k in range(RADIAL_RINGS)] + ["radial_nucleus_rim_centre"])
 
 
 def radial_features(od: np.ndarray, mask: np.ndarray) -> dict[str, float]:
@@ -18,7 +19,7 @@ def radial_features(od: np.ndarray, mask: np.ndarray) -> dict[str, float]:
     is the mean OD of ring ``k`` (1 = rim) divided by the nucleus mean, and
     ``radial_nucleus_rim_centre`` the rim's mean over the centre's.
     """
-    names = [f"radial_nucleus_ring{k + 1}" for k in range(RADIAL_RINGS)] + ["radial_nucleus_rim_centre"]
+    names = _RADIAL_COLUMNS
     m8 = _u8(mask)
     if cv2.countNonZero(m8) < 16:
         return dict.fromkeys(names, float("nan"))
@@ -33,7 +34,4 @@ def radial_features(od: np.ndarray, mask: np.ndarray) -> dict[str, float]:
     means = [sm / c if c > 0 else nan for sm, c in zip(sums, counts, strict=True)]
     values = [v / mean if mean > 0 else nan for v in means]
     values.append(means[0] / means[-1] if means[-1] > 0 else nan)
-    return dict(zip(_RADIAL_COLUMNS, values, strict=True))
-
-
-_RADIAL_COLUMNS = tuple([f"radial_nucleus_ring{k + 1}" for k in range(RADIAL_RINGS)] + ["radial_nucleus_rim_centre"])
+    return dict(zip(names, values, strict=True))

@@ -36,7 +36,7 @@ def _window(box: list[int], margin: int, h: int, w: int) -> tuple[slice, slice]:
     )
 
 
-def _in_window(split, nucleus: np.ndarray, win: tuple[slice, slice], *args) -> tuple[int, np.ndarray]:
+def in_window(split, nucleus: np.ndarray, win: tuple[slice, slice], *args) -> tuple[int, np.ndarray]:
     """``split(nucleus, *args)`` (:func:`split_lobes`, :func:`split_merged`) computed in ``win`` only.
 
     ``win`` holds the nucleus with a margin wider than any erosion used, so the

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from .morphology import _box_gap, _central_window, _contour_centroid, _disk, _in_window, _window
+from .morphology import _box_gap, _central_window, _contour_centroid, _disk, _window, in_window
 from .settings import SegmentationSettings
 
 _TRIU: dict[int, tuple[np.ndarray, np.ndarray]] = {}
@@ -345,12 +345,12 @@ def _resolve_lobes(
     if n_lobes < 2 and not fragments and n_area0 >= 2 * s.min_merged_nucleus_area:
         hull0 = cv2.contourArea(cv2.convexHull(contours[chosen]))
         if hull0 > 0 and n_area0 / hull0 < s.merged_max_solidity:
-            n_split, split_lab = _in_window(split_merged, nucleus, nwin, s.min_lobe_area)
+            n_split, split_lab = in_window(split_merged, nucleus, nwin, s.min_lobe_area)
             if n_split == 2:
                 n_lobes, lobe_lab = n_split, split_lab
     if n_lobes >= 2 or fragments:
         if lobe_lab is None:
-            n_lobes, lobe_lab = _in_window(split_lobes, nucleus, nwin, s.lobe_erosion, s.min_lobe_area)
+            n_lobes, lobe_lab = in_window(split_lobes, nucleus, nwin, s.lobe_erosion, s.min_lobe_area)
         lobe_areas = np.bincount(lobe_lab.ravel(), minlength=n_lobes + 1)[1:].astype(float)
         all_areas = np.concatenate([lobe_areas, [areas[f] for f in fragments]])
         if n_lobes == 2 and not fragments and (lobe_areas >= s.min_merged_nucleus_area).all():
