@@ -73,6 +73,20 @@ def cell_from_region(region: np.ndarray, nucleus: np.ndarray, others: np.ndarray
         Whether the region was shared with a neighbour.
     touch_fraction : float
         Share of the cell outline that is a cut through the shared region (0 without a split).
+
+    Examples
+    --------
+    A stained band holding this nucleus and a neighbour's is split between them:
+
+    >>> import cv2, numpy as np
+    >>> region = cv2.rectangle(np.zeros((30, 60), np.uint8), (2, 5), (57, 24), 255, -1)
+    >>> nucleus = cv2.circle(np.zeros_like(region), (15, 15), 6, 255, -1)
+    >>> neighbour = cv2.circle(np.zeros_like(region), (45, 15), 6, 255, -1)
+    >>> cell, split, touch = cell_from_region(region, nucleus, neighbour)
+    >>> split, round(touch, 3), int(np.count_nonzero(cell))
+    (True, 0.213, 580)
+    >>> cell_from_region(region, nucleus, np.zeros_like(region))[1:]
+    (False, 0.0)
     """
     split = bool(cv2.countNonZero(cv2.bitwise_and(region, others)))
     if split:

@@ -27,6 +27,19 @@ def segment_cell(rgb: np.ndarray, settings: SegmentationSettings | None = None) 
     -------
     Segmentation
         Masks and quality-control outcome. Never raises on image content.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from lympho_features.synthetic import synthetic_crop
+    >>> crop = synthetic_crop(np.random.default_rng(0))  # a drawn lymphocyte, with its true masks
+    >>> seg = segment_cell(crop.rgb)
+    >>> seg.qc_ok, seg.qc_reason
+    (True, 'ok')
+    >>> int(seg.nucleus_mask.sum()), int(crop.nucleus_mask.sum())
+    (2197, 2200)
+    >>> segment_cell(np.full((224, 224, 3), 240, np.uint8)).qc_reason  # blank glass
+    'no_nucleus'
     """
     if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8 or min(rgb.shape[:2]) < 32:
         return empty_segmentation(rgb.shape[:2] if rgb.ndim >= 2 else (0, 0), "bad_image")
