@@ -42,6 +42,18 @@ def pale_cytoplasm(
     pixels fainter than ``min_od`` (the glass) or denser than ``max_od`` (a
     bluish, polychromatic red cell, a platelet) are left out. Isolated specks
     do no harm: the caller keeps only the region connected to the nucleus.
+
+    Examples
+    --------
+    Two faint halves of the same density, the left one blue (chroma 0.5), the right one not:
+
+    >>> import numpy as np
+    >>> od_sum = np.full((20, 20), 0.3, np.float32)
+    >>> blueness = np.zeros((20, 20), np.float32)
+    >>> blueness[:, :10] = 0.15
+    >>> pale = pale_cytoplasm(blueness, od_sum, 0.05, 0.08, 1.0, 0.12)
+    >>> int(np.count_nonzero(pale[:, :10])), int(np.count_nonzero(pale[:, 10:]))
+    (200, 0)
     """
     faint = cv2.bitwise_and(cv2.compare(od_sum, min_od, cv2.CMP_GT), cv2.compare(od_sum, max_od, cv2.CMP_LT))
     h, w = od_sum.shape
@@ -144,6 +156,21 @@ def find_cell(rgb: np.ndarray, channels, dark, t2: float, found: NucleusFound, s
 
     ``channels`` are the crop's R, G, B planes, ``dark`` and ``t2`` the dark
     mask and background threshold of :func:`~.nucleus.dark_pieces`.
+
+    Examples
+    --------
+    >>> import cv2, numpy as np
+    >>> from lympho_features.segment import SegmentationSettings, dark_pieces
+    >>> from lympho_features.synthetic import synthetic_crop
+    >>> crop = synthetic_crop(np.random.default_rng(0))
+    >>> s = SegmentationSettings()
+    >>> channels = cv2.split(crop.rgb)
+    >>> contours, dark, t2 = dark_pieces(channels, s)
+    >>> from lympho_features.segment import find_nucleus
+    >>> found = find_nucleus(contours, crop.rgb.shape[:2], s)
+    >>> cell = find_cell(crop.rgb, channels, dark, t2, found, s)
+    >>> cell.split, cv2.countNonZero(cell.cell), int(crop.cell_mask.sum()), round(cell.rbc_od, 3)
+    (False, 3736, 3723, 0.384)
     """
     green = channels[1]
     # Background: mean colour of the brightest class of the three-class Otsu.
@@ -173,6 +200,21 @@ def cytoplasm_mask(channels, roi, dark, bg, s: SegmentationSettings) -> tuple[np
     Stained and bluer than the red cells (``OD_red - OD_blue`` and, unless
     ``cytoplasm_chroma_margin`` is None, blue chroma), or pale but of a blue
     hue (:func:`pale_cytoplasm`).
+
+    Examples
+    --------
+    >>> import cv2, numpy as np
+    >>> from lympho_features.segment import SegmentationSettings, dark_pieces
+    >>> from lympho_features.synthetic import synthetic_crop
+    >>> crop = synthetic_crop(np.random.default_rng(0))
+    >>> s = SegmentationSettings()
+    >>> channels = cv2.split(crop.rgb)
+    >>> contours, dark, t2 = dark_pieces(channels, s)
+    >>> from lympho_features.segment import find_nucleus
+    >>> found = find_nucleus(contours, crop.rgb.shape[:2], s)
+    >>> cyto, od_sum, rbc_od = cytoplasm_mask(channels, found.roi, dark, np.array([245.6, 223.0, 206.7]), s)
+    >>> cyto.shape == od_sum.shape == found.nucleus.shape, cv2.countNonZero(cyto) > 1000
+    (True, True)
     """
     red, green, blue = channels
     y0, y1, x0, x1 = roi

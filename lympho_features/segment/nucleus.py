@@ -231,6 +231,18 @@ def dark_pieces(channels, s: SegmentationSettings) -> tuple[list, np.ndarray, fl
 
     Returns the contours, the mask of dark pixels (green ``<= t1``, 0/255) and
     ``t2``, the green threshold above which a pixel is background.
+
+    Examples
+    --------
+    >>> import cv2, numpy as np
+    >>> from lympho_features.segment import SegmentationSettings
+    >>> from lympho_features.synthetic import synthetic_crop
+    >>> crop = synthetic_crop(np.random.default_rng(0))
+    >>> s = SegmentationSettings()
+    >>> channels = cv2.split(crop.rgb)
+    >>> contours, dark, t2 = dark_pieces(channels, s)
+    >>> len(contours), dark.shape, t2
+    (1, (224, 224), 203.0)
     """
     red, green, blue = channels
     win = _central_window(green.shape, s.central_fraction)
@@ -246,6 +258,19 @@ def find_nucleus(contours, shape: tuple[int, int], s: SegmentationSettings) -> N
     """The nucleus of the cell at the crop centre, from the dark pieces of :func:`dark_pieces`.
 
     None when no piece is large enough (``no_nucleus``).
+
+    Examples
+    --------
+    >>> import cv2, numpy as np
+    >>> from lympho_features.segment import SegmentationSettings
+    >>> from lympho_features.synthetic import synthetic_crop
+    >>> crop = synthetic_crop(np.random.default_rng(0))
+    >>> s = SegmentationSettings()
+    >>> channels = cv2.split(crop.rgb)
+    >>> contours, dark, t2 = dark_pieces(channels, s)
+    >>> found = find_nucleus(contours, crop.rgb.shape[:2], s)
+    >>> found.roi, found.n_lobes, found.is_granulocyte, cv2.countNonZero(found.nucleus)
+    ((28, 191, 30, 197), 1, False, 2197)
     """
     h, w = shape
     cy, cx = (h - 1) / 2.0, (w - 1) / 2.0

@@ -104,10 +104,10 @@ def background_rgb_fast(rgb: np.ndarray, q: float = 0.95) -> np.ndarray:
     Examples
     --------
     >>> import numpy as np
-    >>> rgb = np.full((30, 30, 3), (250, 227, 212), np.uint8)
-    >>> rgb[10:20, 10:20] = (100, 50, 140)
-    >>> background_rgb_fast(rgb).tolist()
-    [250.0, 227.0, 212.0]
+    >>> from lympho_features.synthetic import synthetic_crop
+    >>> rgb = synthetic_crop(np.random.default_rng(0)).rgb
+    >>> background_rgb_fast(rgb).tolist(), background_rgb(rgb).tolist()
+    ([250.0, 227.0, 212.0], [250.0, 227.0, 212.0])
     """
     sub = np.ascontiguousarray(rgb[::3, ::3])
     return np.array(
@@ -130,6 +130,16 @@ def red_cell_reference(
     Computed on every fourth pixel (in each direction) of the whole crop, where red cells
     outnumber any cytoplasm, so a large lymphocyte does not bias it. Returns
     ``(0.0, nan)`` when the crop has almost no stained pixel.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from lympho_features.segment import background_rgb
+    >>> from lympho_features.synthetic import synthetic_crop
+    >>> rgb = synthetic_crop(np.random.default_rng(0)).rgb
+    >>> blueness, density = red_cell_reference(rgb, background_rgb(rgb), np.zeros(rgb.shape[:2], np.uint8), 0.15)
+    >>> round(blueness, 3), round(density, 2)
+    (0.005, 0.9)
     """
     sub = _subsample(rgb, 4)
     od_r, od_g, od_b = optical_density_channels(sub, background)

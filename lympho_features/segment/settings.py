@@ -132,7 +132,15 @@ class SegmentationSettings:
     # Cached: segment_cell asks for every crop, and building (and checking) the settings costs more than a look-up.
     @lru_cache(maxsize=64)  # noqa: B019  (settings are small, immutable and few)
     def scaled(self, side: int) -> SegmentationSettings:
-        """Return settings whose lengths and areas are rescaled from a 224-pixel crop to ``side``."""
+        """Return settings whose lengths and areas are rescaled from a 224-pixel crop to ``side``.
+
+        Examples
+        --------
+        >>> s = SegmentationSettings()
+        >>> half = s.scaled(112)  # a crop half as wide: areas a quarter, lengths a half
+        >>> half.min_nucleus_area, half.roi_margin, s.scaled(224) == s
+        (75, 28, True)
+        """
         if side == 224:
             return self
         k = side / 224.0
