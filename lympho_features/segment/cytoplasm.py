@@ -157,20 +157,7 @@ def find_cell(rgb: np.ndarray, channels, dark, t2: float, found: NucleusFound, s
     ``channels`` are the crop's R, G, B planes, ``dark`` and ``t2`` the dark
     mask and background threshold of :func:`~.nucleus.dark_pieces`.
 
-    Examples
-    --------
-    >>> import cv2, numpy as np
-    >>> from lympho_features.segment import SegmentationSettings, dark_pieces
-    >>> from lympho_features.synthetic import synthetic_crop
-    >>> crop = synthetic_crop(np.random.default_rng(0))
-    >>> s = SegmentationSettings()
-    >>> channels = cv2.split(crop.rgb)
-    >>> contours, dark, t2 = dark_pieces(channels, s)
-    >>> from lympho_features.segment import find_nucleus
-    >>> found = find_nucleus(contours, crop.rgb.shape[:2], s)
-    >>> cell = find_cell(crop.rgb, channels, dark, t2, found, s)
-    >>> cell.split, cv2.countNonZero(cell.cell), int(crop.cell_mask.sum()), round(cell.rbc_od, 3)
-    (False, 3736, 3723, 0.384)
+    The phases are shown one by one in :mod:`lympho_features.segment.pipeline`.
     """
     green = channels[1]
     # Background: mean colour of the brightest class of the three-class Otsu.
@@ -201,20 +188,7 @@ def cytoplasm_mask(channels, roi, dark, bg, s: SegmentationSettings) -> tuple[np
     ``cytoplasm_chroma_margin`` is None, blue chroma), or pale but of a blue
     hue (:func:`pale_cytoplasm`).
 
-    Examples
-    --------
-    >>> import cv2, numpy as np
-    >>> from lympho_features.segment import SegmentationSettings, dark_pieces
-    >>> from lympho_features.synthetic import synthetic_crop
-    >>> crop = synthetic_crop(np.random.default_rng(0))
-    >>> s = SegmentationSettings()
-    >>> channels = cv2.split(crop.rgb)
-    >>> contours, dark, t2 = dark_pieces(channels, s)
-    >>> from lympho_features.segment import find_nucleus
-    >>> found = find_nucleus(contours, crop.rgb.shape[:2], s)
-    >>> cyto, od_sum, rbc_od = cytoplasm_mask(channels, found.roi, dark, np.array([245.6, 223.0, 206.7]), s)
-    >>> cyto.shape == od_sum.shape == found.nucleus.shape, cv2.countNonZero(cyto) > 1000
-    (True, True)
+    The phases are shown one by one in :mod:`lympho_features.segment.pipeline`.
     """
     red, green, blue = channels
     y0, y1, x0, x1 = roi

@@ -259,18 +259,7 @@ def find_nucleus(contours, shape: tuple[int, int], s: SegmentationSettings) -> N
 
     None when no piece is large enough (``no_nucleus``).
 
-    Examples
-    --------
-    >>> import cv2, numpy as np
-    >>> from lympho_features.segment import SegmentationSettings
-    >>> from lympho_features.synthetic import synthetic_crop
-    >>> crop = synthetic_crop(np.random.default_rng(0))
-    >>> s = SegmentationSettings()
-    >>> channels = cv2.split(crop.rgb)
-    >>> contours, dark, t2 = dark_pieces(channels, s)
-    >>> found = find_nucleus(contours, crop.rgb.shape[:2], s)
-    >>> found.roi, found.n_lobes, found.is_granulocyte, cv2.countNonZero(found.nucleus)
-    ((28, 191, 30, 197), 1, False, 2197)
+    The phases are shown one by one in :mod:`lympho_features.segment.pipeline`.
     """
     h, w = shape
     cy, cx = (h - 1) / 2.0, (w - 1) / 2.0

@@ -22,24 +22,7 @@ def quality_control(
 ) -> Segmentation:
     """Flags, QC reason and diagnostics of a segmented cell, and the :class:`Segmentation` of the crop.
 
-    Examples
-    --------
-    >>> import cv2, numpy as np
-    >>> from lympho_features.segment import SegmentationSettings, dark_pieces
-    >>> from lympho_features.synthetic import synthetic_crop
-    >>> crop = synthetic_crop(np.random.default_rng(0))
-    >>> s = SegmentationSettings()
-    >>> channels = cv2.split(crop.rgb)
-    >>> contours, dark, t2 = dark_pieces(channels, s)
-    >>> from lympho_features.segment import find_nucleus
-    >>> found = find_nucleus(contours, crop.rgb.shape[:2], s)
-    >>> from lympho_features.segment import find_cell
-    >>> cell = find_cell(crop.rgb, channels, dark, t2, found, s)
-    >>> seg = quality_control(crop.rgb.shape[:2], found, cell, s)
-    >>> seg.qc_reason, [flag for flag, on in seg.flags.items() if on], seg.box
-    ('ok', [], (78, 147, 74, 151))
-    >>> round(seg.diagnostics["nucleus_od"], 2), seg.diagnostics["n_lobes"]
-    (2.74, 1.0)
+    The phases are shown one by one in :mod:`lympho_features.segment.pipeline`.
     """
     h, w = shape
     cy, cx = (h - 1) / 2.0, (w - 1) / 2.0
