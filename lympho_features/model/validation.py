@@ -29,7 +29,7 @@ from .inputs import Cohort, FoldFeatures
 #: clinical values alone, with each cell model, and everything (clinical + image).
 NESTED_CANDIDATES = ("clinical", "clinical+cellscore", "clinical+cellmorph", "all")
 
-#: Called with ``(done, total)`` after each outer fold (a progress bar).
+#: Called with ``(done, total)`` before the first outer fold and after each (a progress bar).
 Progress = Callable[[int, int], None]
 
 
@@ -118,6 +118,8 @@ def _run_folds(task: Callable, folds: list[OuterFold], n_jobs: int, progress: Pr
     from joblib import Parallel, delayed
 
     results = []
+    if progress is not None:
+        progress(0, len(folds))
     runs = Parallel(n_jobs=n_jobs, backend="threading", return_as="generator")(delayed(task)(f) for f in folds)
     for res in runs:
         results.append(res)
@@ -178,7 +180,8 @@ def cross_validate_sets(
     outer folds run at once (threads; results do not depend on it). With ``train_fraction`` below 1,
     everything of a fold is fitted on that stratified share of its training patients (drawn with the fold's
     seed) while its held-out patients stay whole: a point of a learning curve (:func:`learning_curve`).
-    ``progress``, when given, is called with ``(folds done, folds in all)`` after each outer fold.
+    ``progress``, when given, is called with ``(folds done, folds in all)``: ``(0, total)`` before the first
+    outer fold, then after each.
     """
     if not 0 < train_fraction <= 1:
         raise ModelError(f"train_fraction must be in (0, 1], got {train_fraction}")
