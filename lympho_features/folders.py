@@ -70,13 +70,24 @@ def _read_parquet(path: Path, problem: str) -> pd.DataFrame:
         raise FeaturesFolderError(f"{problem}: {exc}") from None
 
 
-def _read_json(path: Path, error: type[Exception]):
+def read_json(path: str | Path, error: type[Exception]):
+    """A JSON file of a folder lympho wrote; ``error`` (the reader's class) names the file when it cannot be read."""
     try:
-        return json.loads(path.read_text())
+        return json.loads(Path(path).read_text())
     except OSError as exc:
         raise error(f"cannot read {path}: {exc.strerror}") from None
     except ValueError as exc:
         raise error(f"{path} is not valid JSON: {exc}") from None
+
+
+def read_lightgbm(path: str | Path, error: type[Exception]):
+    """A LightGBM model in its text format, as a ``lightgbm.Booster``; ``error`` names the file when it is not one."""
+    import lightgbm as lgb
+
+    try:
+        return lgb.Booster(model_file=str(path))
+    except Exception as exc:  # LightGBM raises its own LightGBMError, or OSError
+        raise error(f"{path} is not a LightGBM model: {exc}") from None
 
 
 class FeaturesFolder:
@@ -119,7 +130,7 @@ class FeaturesFolder:
         path = self.path / self.MANIFEST
         if not path.is_file():
             return {}
-        manifest = _read_json(path, FeaturesFolderError)
+        manifest = read_json(path, FeaturesFolderError)
         if not isinstance(manifest, dict):
             raise FeaturesFolderError(f"{path}: expected a JSON object, found {type(manifest).__name__}")
         return manifest
@@ -175,18 +186,13 @@ class ModelFolder:
         """``model.json``, validated against the schema."""
         self._require()
         path = self.path / self.MODEL_JSON
-        return validate_model_metadata(_read_json(path, ModelFolderError), path)
+        return validate_model_metadata(read_json(path, ModelFolderError), path)
 
     def booster(self, metadata: dict):
         """``model.txt`` as a ``lightgbm.Booster``, checked against the inputs ``metadata`` lists."""
-        import lightgbm as lgb
-
         self._require()
         path = self.path / self.MODEL_TXT
-        try:
-            booster = lgb.Booster(model_file=str(path))
-        except Exception as exc:  # LightGBM raises its own LightGBMError, or OSError
-            raise ModelFolderError(f"{path} is not a LightGBM model: {exc}") from None
+        booster = read_lightgbm(path, ModelFolderError)
         if booster.num_feature() != len(metadata["features"]):
             raise ModelFolderError(
                 f"{path} has {booster.num_feature()} features but {self.MODEL_JSON} lists {len(metadata['features'])}"

@@ -446,7 +446,7 @@ def test_train_fraction_fits_every_fold_on_a_stratified_share_and_scores_every_p
 def test_fit_settings_are_checked_once_and_name_the_bad_option():
     import dataclasses
 
-    from lympho_features.model import DEFAULT_FEATURE_SET, FitSettings
+    from lympho_features.model import DEFAULT_FEATURE_SET, FitSettings, sets_with_inputs
 
     assert FitSettings().feature_set == DEFAULT_FEATURE_SET and FitSettings().ablation is True
     bad = [
@@ -470,6 +470,15 @@ def test_fit_settings_are_checked_once_and_name_the_bad_option():
         FitSettings.build(fold=3)
     with pytest.raises(dataclasses.FrozenInstanceError):
         s.folds = 4
+    # the ablation keeps the configurations whose inputs are given
+    cells, embeddings = pd.DataFrame({"patient_id": ["P0"]}), pd.DataFrame({"patient_id": ["P0"]})
+    assert sets_with_inputs(["clinical", "cellmorph", "clinical+cnn"], None, None) == ["clinical"]
+    assert sets_with_inputs(["clinical", "image", "clinical+cnn"], cells, None) == ["clinical", "image"]
+    assert FitSettings().ablation_sets(None, embeddings) == ["clinical", "morphology", "clinical+morphology"] + [
+        "clinical+cnn",
+        "clinical+morphology+cnn",
+    ]
+    assert FitSettings(ablation=False).ablation_sets(cells, embeddings) == []
     # fit_model and lympho fit share the default feature set: it needs the per-cell table
     with pytest.raises(ModelError, match="per-cell table"):
         fit_model(patients_table())
@@ -480,5 +489,5 @@ def test_cross_validation_reports_its_progress_after_each_fold():
     cv = morphology_cv(
         patients_table(n=40), ["nc_ratio__mean"], folds=4, repeats=2, n_jobs=2, progress=lambda *a: calls.append(a)
     )
-    assert calls == [(done, 8) for done in range(1, 9)]
+    assert calls == [(done, 8) for done in range(9)]  # (0, 8) first: a bar knows its length
     assert (cv.predictions.groupby("repeat")["patient_id"].nunique() == 40).all()

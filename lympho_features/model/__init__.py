@@ -85,7 +85,7 @@ from .evaluation import (
     refer_limits,
     uncertain_calls,
 )
-from .fit import ABLATION_SETS, FitSettings, fit_features_dir, fit_model
+from .fit import ABLATION_SETS, FitSettings, fit_features_dir, fit_model, sets_with_inputs
 from .inputs import (
     NON_FEATURE_COLUMNS,
     Cohort,
@@ -217,6 +217,7 @@ __all__ = [
     "reference_percentile",
     "reference_ranges",
     "save_model",
+    "sets_with_inputs",
     "training_cell_counts",
     "training_patient_ids",
     "uncertain_calls",

@@ -20,7 +20,6 @@ is saved in LightGBM's text format with JSON metadata: no pickle.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +31,8 @@ from .._io import atomic_path, write_json
 from ..aggregate import cell_feature_columns
 from ..errors import CellScoreError
 from ..feature_sets import CELLSCORE_PREFIX
-from .estimators import lightgbm_params
+from ..folders import read_json, read_lightgbm
+from .estimators import lightgbm_params, store_params
 
 CELLSCORE_FORMAT = 1
 
@@ -117,19 +117,7 @@ class CellScorer(BaseEstimator):
         positive_quantile=None,
         random_state=0,
     ):
-        self.n_estimators = n_estimators
-        self.learning_rate = learning_rate
-        self.num_leaves = num_leaves
-        self.min_child_samples = min_child_samples
-        self.subsample = subsample
-        self.colsample_bytree = colsample_bytree
-        self.reg_lambda = reg_lambda
-        self.max_bin = max_bin
-        self.inner_folds = inner_folds
-        self.qc_only = qc_only
-        self.exclude_prefixes = exclude_prefixes
-        self.positive_quantile = positive_quantile
-        self.random_state = random_state
+        store_params(self, locals())
 
     def _lgb_params(self, seed: int) -> dict:
         return {"objective": "binary", **lightgbm_params(self, seed), "max_bin": self.max_bin}
@@ -303,16 +291,11 @@ class CellScorer(BaseEstimator):
     @classmethod
     def load(cls, model_path: str | Path, meta_path: str | Path) -> CellScorer:
         """Read a cell model written by :meth:`save`."""
-        import lightgbm as lgb
-
         model_path, meta_path = Path(model_path), Path(meta_path)
         for p in (model_path, meta_path):
             if not p.is_file():
                 raise CellScoreError(f"{p} not found: the model folder lacks its cell model")
-        try:
-            meta = json.loads(meta_path.read_text())
-        except (OSError, ValueError) as exc:
-            raise CellScoreError(f"{meta_path} is not valid JSON: {exc}") from None
+        meta = read_json(meta_path, CellScoreError)
         if not isinstance(meta, dict) or meta.get("kind") != "CellScorer" or meta.get("format") != CELLSCORE_FORMAT:
             raise CellScoreError(f"{meta_path} is not a cell-model description of format {CELLSCORE_FORMAT}")
         try:
@@ -325,10 +308,7 @@ class CellScorer(BaseEstimator):
             scorer.feature_medians_ = {f: v for f, v in dict(medians).items() if isinstance(v, int | float)}
         except (KeyError, TypeError, ValueError) as exc:
             raise CellScoreError(f"{meta_path} is incomplete: {exc!r}") from None
-        try:
-            scorer.booster_ = lgb.Booster(model_file=str(model_path))
-        except Exception as exc:
-            raise CellScoreError(f"{model_path} is not a LightGBM model: {exc}") from None
+        scorer.booster_ = read_lightgbm(model_path, CellScoreError)
         if scorer.booster_.num_feature() != len(scorer.features_):
             raise CellScoreError(f"{model_path} does not match {meta_path} (feature count)")
         scorer.patient_ids_ = []
@@ -347,13 +327,11 @@ class CellScoreAggregator(TransformerMixin, BaseEstimator):
         Shares of cells whose score is above each cut-off: ``cellscore__frac_gt50`` for 0.5.
     prefix : str
         Prefix of the output columns (one per cell model, e.g. ``cellscore_morph__`` for the model of
-        :data:`MORPH_PREFIX`).
+        :data:`~lympho_features.feature_sets.MORPH_PREFIX`).
     """
 
     def __init__(self, quantiles=(0.1, 0.25, 0.5, 0.75, 0.9), cutoffs=(0.5, 0.7), prefix=CELLSCORE_PREFIX):
-        self.quantiles = quantiles
-        self.cutoffs = cutoffs
-        self.prefix = prefix
+        store_params(self, locals())
 
     def fit(self, scores=None, y=None):
         return self

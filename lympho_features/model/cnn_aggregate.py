@@ -13,7 +13,6 @@ No torch here: the aggregator needs only numpy, and is saved as plain JSON.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +22,8 @@ from sklearn.base import BaseEstimator, TransformerMixin
 from .._io import write_json
 from ..errors import AggregatorError
 from ..feature_sets import EMBEDDING_PREFIX
+from ..folders import read_json
+from .estimators import store_params
 
 AGGREGATOR_FORMAT = 1
 
@@ -65,11 +66,7 @@ class EmbeddingAggregator(TransformerMixin, BaseEstimator):
     """
 
     def __init__(self, n_components=16, stats=STATS, standardize=False, qc_only=False, random_state=0):
-        self.n_components = n_components
-        self.stats = stats
-        self.standardize = standardize
-        self.qc_only = qc_only
-        self.random_state = random_state
+        store_params(self, locals())
 
     def _cells(self, embeddings: pd.DataFrame) -> pd.DataFrame:
         if "patient_id" not in embeddings.columns:
@@ -219,13 +216,7 @@ class EmbeddingAggregator(TransformerMixin, BaseEstimator):
     @classmethod
     def load(cls, path: str | Path) -> EmbeddingAggregator:
         """Read an aggregator written by :meth:`save`."""
-        path = Path(path)
-        try:
-            d = json.loads(path.read_text())
-        except OSError as exc:
-            raise AggregatorError(f"cannot read {path}: {exc.strerror}") from None
-        except ValueError as exc:
-            raise AggregatorError(f"{path} is not valid JSON: {exc}") from None
+        d = read_json(path, AggregatorError)
         try:
             return cls.from_dict(d)
         except AggregatorError as exc:

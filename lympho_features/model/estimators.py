@@ -37,6 +37,14 @@ def lightgbm_params(model: BaseEstimator, seed: int) -> dict:
     }
 
 
+def store_params(model: BaseEstimator, arguments: dict) -> None:
+    """Keep an ``__init__``'s arguments (its ``locals()``) as attributes, unchanged: scikit-learn's convention,
+    which ``get_params`` and ``clone`` read (and model.json's ``params``)."""
+    for name, value in arguments.items():
+        if name not in ("self", "__class__"):
+            setattr(model, name, value)
+
+
 def monotone_direction(name: str) -> int:
     """Direction an input may move the probability of tumoral: +1 (never down), 0 (free).
 
@@ -76,15 +84,7 @@ class PatientClassifier(ClassifierMixin, BaseEstimator):
         monotone=True,
         random_state=0,
     ):
-        self.n_estimators = n_estimators
-        self.learning_rate = learning_rate
-        self.num_leaves = num_leaves
-        self.min_child_samples = min_child_samples
-        self.subsample = subsample
-        self.colsample_bytree = colsample_bytree
-        self.reg_lambda = reg_lambda
-        self.monotone = monotone
-        self.random_state = random_state
+        store_params(self, locals())
 
     def fit(self, X, y):
         import lightgbm as lgb

@@ -100,6 +100,16 @@ class CVResult:
             summary[f"{k}_std"] = float(per[k].std(ddof=1)) if len(per) > 1 else 0.0
         return cls(pd.concat(rows, ignore_index=True), per, summary)
 
+    def scores(self) -> dict[str, float]:
+        """Balanced accuracy and ROC AUC, mean and std over repeats: a row of a comparison table."""
+        s = self.summary
+        return {
+            "balanced_accuracy": s["balanced_accuracy_mean"],
+            "balanced_accuracy_std": s["balanced_accuracy_std"],
+            "roc_auc": s["roc_auc_mean"],
+            "roc_auc_std": s["roc_auc_std"],
+        }
+
 
 def calibration_table(y_true, proba, n_bins: int = 5) -> dict:
     """Reliability-diagram data and Brier score of pooled out-of-fold probabilities.
@@ -272,10 +282,7 @@ def ablation_table(
         row = {
             "configuration": fs,
             "n_features": n_features.get(fs),
-            "balanced_accuracy": s["balanced_accuracy_mean"],
-            "balanced_accuracy_std": s["balanced_accuracy_std"],
-            "roc_auc": s["roc_auc_mean"],
-            "roc_auc_std": s["roc_auc_std"],
+            **cv.scores(),
             "sensitivity": s["sensitivity_mean"],
             "specificity": s["specificity_mean"],
         }

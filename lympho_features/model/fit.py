@@ -132,13 +132,18 @@ class FitSettings:
             return []
         if isinstance(self.ablation, tuple):
             return list(self.ablation)
-        out = []
-        for fs in ABLATION_SETS:
-            blocks, _ = parse_feature_set(fs)
-            if (set(blocks) & set(CELL_SCORE_BLOCKS) and cells is None) or ("cnn" in blocks and embeddings is None):
-                continue
-            out.append(fs)
-        return out
+        return sets_with_inputs(ABLATION_SETS, cells, embeddings)
+
+
+def sets_with_inputs(feature_sets, cells, embeddings) -> list[str]:
+    """The feature sets whose inputs are given: cell-model sets need ``cells``, ``cnn`` sets ``embeddings``."""
+    out = []
+    for fs in feature_sets:
+        blocks, _ = parse_feature_set(fs)
+        if (set(blocks) & set(CELL_SCORE_BLOCKS) and cells is None) or ("cnn" in blocks and embeddings is None):
+            continue
+        out.append(fs)
+    return out
 
 
 def _check_inputs(settings: FitSettings, labeled: pd.DataFrame, cells, embeddings) -> None:

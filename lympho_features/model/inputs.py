@@ -30,6 +30,7 @@ from ..feature_sets import (
 from ..folders import FeaturesFolder
 from .cellscore import CellScoreAggregator, CellScorer
 from .cnn_aggregate import EmbeddingAggregator
+from .estimators import store_params
 
 #: What a block needs from the features folder besides patients.parquet, in error messages.
 _NEEDS = {
@@ -118,12 +119,12 @@ class Cohort:
 
 
 @contextmanager
-def stage_errors():
-    """Errors of the fitted stages (cell model, embedding aggregator) as :class:`ModelError`."""
+def stage_errors(error: type[ModelError] = ModelError):
+    """Errors of the fitted stages (cell model, embedding aggregator) as ``error``, a :class:`ModelError`."""
     try:
         yield
     except (CellScoreError, AggregatorError) as exc:
-        raise ModelError(str(exc)) from None
+        raise error(str(exc)) from None
 
 
 class FoldFeatures(BaseEstimator):
@@ -156,11 +157,7 @@ class FoldFeatures(BaseEstimator):
     """
 
     def __init__(self, blocks=("clinical", "morphology"), drop=(), cell_params=None, n_components=16, random_state=0):
-        self.blocks = blocks
-        self.drop = drop
-        self.cell_params = cell_params
-        self.n_components = n_components
-        self.random_state = random_state
+        store_params(self, locals())
 
     @classmethod
     def fitted(cls, blocks, drop, feature_names, cell_scorers: dict, embedding_aggregator) -> FoldFeatures:

@@ -16,7 +16,7 @@ import numpy as np
 
 from .. import __version__
 from .._io import atomic_path, dataframe_fingerprint, library_versions, write_csv, write_json
-from ..errors import AggregatorError, CellScoreError, ModelFolderError
+from ..errors import ModelFolderError
 from ..feature_sets import CELL_MODEL_BLOCKS, CELL_SCORE_BLOCKS, parse_feature_set
 from ..folders import ModelFolder
 from ..schema import MODEL_FORMAT
@@ -24,7 +24,7 @@ from .cellscore import CellScorer
 from .cnn_aggregate import EmbeddingAggregator
 from .estimators import PatientClassifier
 from .evaluation import CVResult, ablation_table, calibration_table, refer_band
-from .inputs import Cohort, FoldFeatures
+from .inputs import Cohort, FoldFeatures, stage_errors
 from .reference import reference_ranges, training_cell_counts
 
 #: The embedding aggregator's file in a model folder (the cell models' files: ``CELL_MODEL_BLOCKS``).
@@ -152,14 +152,12 @@ def load_inputs(model_dir: str | Path, meta: dict) -> FoldFeatures:
     folder = ModelFolder(model_dir)
     blocks, drop = model_blocks(meta)
     scorers, aggregator = {}, None
-    try:
+    with stage_errors(ModelFolderError):
         for b in (b for b in CELL_SCORE_BLOCKS if b in blocks):
             spec = CELL_MODEL_BLOCKS[b]
             scorers[b] = CellScorer.load(folder.file(spec.model_file), folder.file(spec.meta_file))
         if "cnn" in blocks:
             aggregator = EmbeddingAggregator.load(folder.file(AGGREGATOR_FILE))
-    except (CellScoreError, AggregatorError) as exc:
-        raise ModelFolderError(str(exc)) from None
     return FoldFeatures.fitted(blocks, drop, meta["features"], scorers, aggregator)
 
 

@@ -29,7 +29,7 @@ from .inputs import Cohort, FoldFeatures
 #: clinical values alone, with each cell model, and everything (clinical + image).
 NESTED_CANDIDATES = ("clinical", "clinical+cellscore", "clinical+cellmorph", "all")
 
-#: Called with ``(done, total)`` after each outer fold (a progress bar).
+#: Called with ``(done, total)`` before the first outer fold and after each (a progress bar).
 Progress = Callable[[int, int], None]
 
 
@@ -81,7 +81,7 @@ def _fold_task(
     fold: OuterFold,
     *,
     sets,
-    classifier: PatientClassifier,
+    classifier: PatientClassifier | None = None,
     inner_folds: int = 3,
     min_sensitivity: float | None = None,
     cell_params: dict | None = None,
@@ -91,7 +91,8 @@ def _fold_task(
     """One outer fold: fit on its training patients only (a stratified share of them), score its held-out ones.
 
     One :class:`FoldFeatures` holds the union of the blocks of ``sets``; returns, per feature set, the
-    held-out probabilities, the fold's threshold and the number of inputs.
+    held-out probabilities, the fold's threshold and the number of inputs. The patient model is a clone of
+    ``classifier`` (default :class:`PatientClassifier`) seeded with the fold's seed.
     """
     ids, tr, te = cohort.ids, fold.train, fold.test
     if train_fraction < 1:
@@ -99,12 +100,13 @@ def _fold_task(
     ff = FoldFeatures(blocks_of(sets), (), cell_params, n_components, fold.seed)
     ff.fit(cohort.subset(ids[tr]), y[tr])
     Xtr_all, Xte_all = ff.train_features_, ff.transform(cohort.subset(ids[te]))
+    base = PatientClassifier() if classifier is None else classifier
     out = {}
     for fs in sets:
         cols = ff.columns_for(fs)
         # DataFrames: the patient model reads the inputs' names (monotone constraints).
         Xtr, Xte = Xtr_all[cols].astype(float), Xte_all[cols].astype(float)
-        est = clone(classifier).set_params(random_state=fold.seed).fit(Xtr, y[tr])
+        est = clone(base).set_params(random_state=fold.seed).fit(Xtr, y[tr])
         proba = est.predict_proba(Xte)[:, 1]
         thr = _inner_threshold(est, Xtr, y[tr], fold.inner_seed, inner_folds, min_sensitivity)
         out[fs] = (proba, thr, len(cols))
@@ -116,6 +118,8 @@ def _run_folds(task: Callable, folds: list[OuterFold], n_jobs: int, progress: Pr
     from joblib import Parallel, delayed
 
     results = []
+    if progress is not None:
+        progress(0, len(folds))
     runs = Parallel(n_jobs=n_jobs, backend="threading", return_as="generator")(delayed(task)(f) for f in folds)
     for res in runs:
         results.append(res)
@@ -176,7 +180,8 @@ def cross_validate_sets(
     outer folds run at once (threads; results do not depend on it). With ``train_fraction`` below 1,
     everything of a fold is fitted on that stratified share of its training patients (drawn with the fold's
     seed) while its held-out patients stay whole: a point of a learning curve (:func:`learning_curve`).
-    ``progress``, when given, is called with ``(folds done, folds in all)`` after each outer fold.
+    ``progress``, when given, is called with ``(folds done, folds in all)``: ``(0, total)`` before the first
+    outer fold, then after each.
     """
     if not 0 < train_fraction <= 1:
         raise ModelError(f"train_fraction must be in (0, 1], got {train_fraction}")
@@ -187,7 +192,7 @@ def cross_validate_sets(
         parse_feature_set(fs)
     options = {
         "sets": sets,
-        "classifier": classifier if classifier is not None else PatientClassifier(random_state=seed),
+        "classifier": classifier,
         "inner_folds": inner_folds,
         "min_sensitivity": min_sensitivity,
         "cell_params": cell_params,
@@ -227,20 +232,11 @@ def learning_curve(
         res = cross_validate_sets(
             cohort, y, feature_sets, folds, repeats, seed, classifier=classifier, n_jobs=n_jobs, train_fraction=fr
         )
-        for fs, cv in res.items():
-            s = cv.summary
-            rows.append(
-                {
-                    "fraction": float(fr),
-                    # train_test_split keeps floor(fraction x n) patients
-                    "n_train": int(round(np.mean([n if fr >= 1 else np.floor(fr * n) for n in fold_sizes]))),
-                    "configuration": fs,
-                    "balanced_accuracy": s["balanced_accuracy_mean"],
-                    "balanced_accuracy_std": s["balanced_accuracy_std"],
-                    "roc_auc": s["roc_auc_mean"],
-                    "roc_auc_std": s["roc_auc_std"],
-                }
-            )
+        # train_test_split keeps floor(fraction x n) patients
+        n_train = int(round(np.mean([n if fr >= 1 else np.floor(fr * n) for n in fold_sizes])))
+        rows += [
+            {"fraction": float(fr), "n_train": n_train, "configuration": fs, **cv.scores()} for fs, cv in res.items()
+        ]
     return pd.DataFrame(rows)
 
 
@@ -268,17 +264,22 @@ def nested_selection(
     y = np.asarray(y, int)
     plan = outer_folds(y, folds, repeats, seed)
     ids = cohort.ids
-    base = classifier if classifier is not None else PatientClassifier(random_state=seed)
 
     def one(fold: OuterFold):
         inner = cross_validate_sets(
-            cohort.subset(ids[fold.train]), y[fold.train], feature_sets, inner_folds, 1, fold.seed, classifier=base
+            cohort.subset(ids[fold.train]),
+            y[fold.train],
+            feature_sets,
+            inner_folds,
+            1,
+            fold.seed,
+            classifier=classifier,
         )
         best = min(
             inner,
             key=lambda fs: (-inner[fs].summary["balanced_accuracy_mean"], inner[fs].summary["n_features"]),
         )
-        res = _fold_task(cohort, y, fold, sets=[best], classifier=base, inner_folds=inner_folds)
+        res = _fold_task(cohort, y, fold, sets=[best], classifier=classifier, inner_folds=inner_folds)
         return best, res[best], inner[best].summary["balanced_accuracy_mean"]
 
     results = _run_folds(one, plan, n_jobs, None)
