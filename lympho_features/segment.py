@@ -862,6 +862,7 @@ def segment_cell(rgb: np.ndarray, settings: SegmentationSettings | None = None) 
         "n_lobes": float(n_lobes),
         "cell_diameter": cell_diameter,
         "rbc_od": rbc_od,
+        "rbc_chroma": chroma_ref,
     }
     largest = ncont[0] if len(ncont) == 1 else max(ncont, key=cv2.contourArea)
     return Segmentation(
