@@ -98,7 +98,7 @@ ACQUISITION_MEASURES = {
     ),
     "um_per_px": Measure("pixel size (µm/px)", "{:.3f}", 0.0, 0.05, hint="another magnification or scanner"),
     "nucleus_area__median": Measure(
-        "median nucleus area (px²)", "{:.0f}", 0.0, 0.05, hint="another magnification or crop size?"
+        "median nucleus area (px²)", "{:.0f}", 0.0, 0.05, hint="another magnification or crop size"
     ),
 }
 
@@ -290,13 +290,16 @@ def warning_column(reasons: dict[str, list[dict]], patient_ids) -> list[str]:
     return ["; ".join(r["text"] for r in reasons.get(str(pid), [])) for pid in patient_ids]
 
 
-def warning_lines(reasons: dict[str, list[dict]]) -> list[str]:
-    """One line per patient outside the profile, for ``lympho predict``'s warnings."""
+def warning_lines(patient_ids, warnings) -> list[str]:
+    """One line per patient outside the profile, for ``lympho predict``'s warnings.
+
+    ``warnings`` is :func:`warning_column` (``predict``'s ``domain_warning``), aligned with ``patient_ids``.
+    """
     return [
-        f"{pid}: outside the model's training profile ({'; '.join(r['text'] for r in rs)}): "
-        "the cross-validation says nothing about such a patient; treat its call as uncertain"
-        for pid, rs in reasons.items()
-        if rs
+        f"{pid}: outside the model's training profile ({text}): the cross-validation says nothing about such a "
+        "patient; treat its call as uncertain"
+        for pid, text in zip(patient_ids, warnings, strict=True)
+        if isinstance(text, str) and text
     ]
 
 

@@ -46,6 +46,8 @@ from sklearn.model_selection import StratifiedKFold, train_test_split
 
 from . import __version__
 from ._io import atomic_path, dataframe_fingerprint, library_versions, write_csv, write_json
+from .aggregate import ACQUISITION_PREFIX
+from .domain import check_settings, fit_profile, patient_reasons, profile_of, read_manifest_settings, warning_column
 from .feature_sets import (  # noqa: F401 - re-exported: they were defined here
     ALIASES,
     BLOCKS,
@@ -130,10 +132,14 @@ def parse_feature_set(feature_set: str) -> tuple[tuple[str, ...], tuple[str, ...
 
 
 def _image_columns(X: pd.DataFrame) -> list[str]:
+    # Acquisition medians (acq_*) describe the scanner and the stain, not the cells: never model inputs.
     return [
         c
         for c in X.columns
-        if c not in NON_FEATURE_COLUMNS and c not in CLINICAL_FEATURES and pd.api.types.is_numeric_dtype(X[c])
+        if c not in NON_FEATURE_COLUMNS
+        and c not in CLINICAL_FEATURES
+        and not c.startswith(ACQUISITION_PREFIX)
+        and pd.api.types.is_numeric_dtype(X[c])
     ]
 
 
@@ -1296,6 +1302,7 @@ def fit_model(
     n_boot: int = 2000,
     n_jobs: int = 1,
     monotone: bool = True,
+    extract_settings: dict | None = None,
 ) -> tuple[FittedModel, CVResult]:
     """Cross-validate, then fit the final model on all labeled patients.
 
@@ -1321,6 +1328,11 @@ def fit_model(
     monotone : bool
         Constrain the patient model to be monotone in lymphocyte count, age and cell-score
         summaries (:func:`monotone_direction`); False: unconstrained (the models before).
+    extract_settings : dict, optional
+        The ``settings`` of the features folder's manifest.json: stored in model.json under
+        ``domain.settings``, so that ``predict`` refuses features measured otherwise
+        (:func:`lympho_features.domain.check_settings`). The training profile (acquisition and
+        inputs, :func:`lympho_features.domain.fit_profile`) is stored there either way.
 
     The final threshold is chosen on the pooled out-of-fold probabilities of
     the CV (each patient scored by models that never saw it).
@@ -1374,6 +1386,7 @@ def fit_model(
         "n_training_patients": int(len(y)),
         "reference": reference_ranges(inputs.train_features_[feats], y),
         "training_cells_ok": training_cell_counts(labeled),
+        "domain": fit_profile(labeled, inputs.train_features_[feats], extract_settings),
     }
     from .cellscore import CELL_MODEL_BLOCKS
 
@@ -1437,6 +1450,7 @@ def fit_features_dir(
         refer_max_fraction=refer_max_fraction,
         n_jobs=n_jobs,
         monotone=monotone,
+        extract_settings=read_manifest_settings(features_dir),
     )
     if out_dir is not None:
         save_model(model, cv, out_dir)
@@ -1588,21 +1602,54 @@ def cell_scores(
 
 
 def predict(model_dir: str | Path, features_dir: str | Path, embeddings_dir: str | Path | None = None) -> pd.DataFrame:
-    """Probability of tumoral, 0/1 decision and ``uncertain`` flag for every patient of a features folder.
+    """Probability of tumoral, 0/1 decision, ``uncertain`` flag and ``domain_warning`` for every patient.
 
     ``uncertain`` is 1 when the probability lies in the band around the
     threshold where the cross-validation's wrong calls concentrate (model.json
     ``refer``): refer such a patient to flow cytometry rather than trust the call.
+    ``domain_warning`` names every way the patient lies outside the model's
+    training profile (acquisition: JPEG quality, glass and red-cell colour,
+    sharpness, pixel size; inputs beyond the training range), empty when in
+    profile (:func:`domain_reasons`).
 
     Raises
     ------
+    FeaturesMismatchError
+        When the features were measured otherwise (features version, segmentation or
+        feature settings) than those the model was fitted on.
     ModelError
         When the features folder lacks what the model was trained on.
     """
     booster, meta = load_model(model_dir)
+    check_settings(meta, features_dir, model_dir)
     patients = load_patients(features_dir)
     X = model_inputs(model_dir, meta, features_dir, patients, embeddings_dir)
-    return calls_table(patients["patient_id"], booster.predict(X[meta["features"]].to_numpy(float)), meta)
+    calls = calls_table(patients["patient_id"], booster.predict(X[meta["features"]].to_numpy(float)), meta)
+    reasons = domain_reasons(meta, patients, X)
+    calls["domain_warning"] = warning_column(reasons, patients["patient_id"])
+    return calls
+
+
+def domain_reasons(meta: dict, patients: pd.DataFrame, inputs: pd.DataFrame | None = None) -> dict[str, list[dict]]:
+    """Why each patient lies outside a saved model's training profile, as data (for ``predict`` and the report).
+
+    Parameters
+    ----------
+    meta : dict
+        The model's model.json (its ``domain``; models fitted before the check give no reason).
+    patients : DataFrame
+        The features folder's patients table (acquisition medians ``acq_*``, ``um_per_px``).
+    inputs : DataFrame, optional
+        Their model inputs (:func:`model_inputs`), rows aligned with ``patients``.
+
+    Returns
+    -------
+    dict of str to list of dict
+        Patient ID to its reasons (empty when in profile): ``measure``, ``kind`` ("acquisition" or
+        "input"), ``label``, ``value``, ``median``, ``low``, ``high``, ``direction``, ``text``
+        (:func:`lympho_features.domain.patient_reasons`).
+    """
+    return patient_reasons(profile_of(meta), patients, inputs)
 
 
 def calls_table(patient_ids, proba, meta: dict) -> pd.DataFrame:

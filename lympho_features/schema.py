@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from .domain import validate_domain
 from .errors import ModelMetadataError  # noqa: F401 (re-exported)
 from .model import MODEL_FORMAT
 
@@ -94,6 +95,7 @@ SCHEMA = {
             else "null or an object with numbers min, median"
         ),
     ),
+    "domain": (False, validate_domain),
 }
 
 

@@ -77,7 +77,7 @@ def test_in_profile_patient_has_no_reason(profile):
     p, x = _new()
     assert patient_reasons(profile, p, x) == {"N1": []}
     assert warning_column({"N1": []}, ["N1"]) == [""]
-    assert warning_lines({"N1": []}) == []
+    assert warning_lines(["N1"], [""]) == []
 
 
 @pytest.mark.parametrize(
@@ -101,7 +101,7 @@ def test_out_of_profile_patient_is_told_why(profile, changes, measures, directio
         assert r["value"] == changes[r["measure"]]
         assert not r["low"] <= r["value"] <= r["high"]
         assert r["direction"] == (direction or ("below" if r["value"] < r["low"] else "above"))
-    line = warning_lines({"N1": reasons})[0]
+    line = warning_lines(["N1"], warning_column({"N1": reasons}, ["N1"]))[0]
     assert line.startswith("N1: outside the model's training profile")
     if "acq_jpeg_quality" in measures:
         assert "JPEG quality of the crops 40, training median 95 (accepted 85 to 105)" in line
