@@ -70,6 +70,9 @@ class Measure:
         Smallest margin as a fraction of the training median (for ratios such as the pixel size).
     hint : str
         What a value outside the range suggests.
+    limits : tuple of float, optional
+        The values the measurement can take: the range is clipped to them (a JPEG quality above 100
+        does not exist).
     """
 
     label: str
@@ -77,6 +80,7 @@ class Measure:
     tolerance: float = 0.0
     relative: float = 0.0
     hint: str = ""
+    limits: tuple[float, float] | None = None
 
 
 _COLOUR_HINT = "another stain, lamp or scanner white balance"
@@ -84,7 +88,11 @@ _COLOUR_HINT = "another stain, lamp or scanner white balance"
 #: The acquisition measurements of patients.parquet the profile covers (per-patient medians over the crops).
 ACQUISITION_MEASURES = {
     "acq_jpeg_quality": Measure(
-        "JPEG quality of the crops", "{:.0f}", 10.0, hint="other compression: artefacts change texture measurements"
+        "JPEG quality of the crops",
+        "{:.0f}",
+        10.0,
+        hint="other compression: artefacts change texture measurements",
+        limits=(1.0, 100.0),
     ),
     "acq_background_red": Measure("glass colour, red level", "{:.0f}", 6.0, hint=_COLOUR_HINT),
     "acq_background_green": Measure("glass colour, green level", "{:.0f}", 6.0, hint=_COLOUR_HINT),
@@ -98,7 +106,7 @@ ACQUISITION_MEASURES = {
     ),
     "um_per_px": Measure("pixel size (µm/px)", "{:.3f}", 0.0, 0.05, hint="another magnification or scanner"),
     "nucleus_area__median": Measure(
-        "median nucleus area (px²)", "{:.0f}", 0.0, 0.05, hint="another magnification or crop size"
+        "median nucleus area", "{:.3g}", 0.0, 0.05, hint="another magnification or crop size"
     ),
 }
 
@@ -143,13 +151,10 @@ def _range_entry(values, kind: str, measure: Measure | None, s: DomainSettings) 
         # An input constant in training (a single value): any other value is unseen, but a float's
         # rounding is not.
         margin = 1e-9 * max(1.0, abs(med))
-    return {
-        "kind": kind,
-        "n": int(v.size),
-        "quantiles": qs,
-        "low": lo - margin,
-        "high": hi + margin,
-    }
+    low, high = lo - margin, hi + margin
+    if measure is not None and measure.limits is not None:
+        low, high = max(low, measure.limits[0]), min(high, measure.limits[1])
+    return {"kind": kind, "n": int(v.size), "quantiles": qs, "low": low, "high": high}
 
 
 def fit_profile(

@@ -63,7 +63,8 @@ def test_profile_holds_every_measure_with_a_range_around_the_cohort(profile):
     assert set(m) == {*patients.columns[1:], *inputs.columns}
     assert m["acq_jpeg_quality"]["kind"] == "acquisition" and m["age"]["kind"] == "input"
     # A cohort at a single JPEG quality still gets a tolerance; a spread measure, its IQR.
-    assert m["acq_jpeg_quality"]["low"] == 85 and m["acq_jpeg_quality"]["high"] == 105
+    # (clipped to the qualities that exist)
+    assert m["acq_jpeg_quality"]["low"] == 85 and m["acq_jpeg_quality"]["high"] == 100
     q = np.quantile(inputs["age"], [0.02, 0.25, 0.75, 0.98])
     assert m["age"]["low"] == pytest.approx(q[0] - (q[2] - q[1]))
     assert m["age"]["high"] == pytest.approx(q[3] + (q[2] - q[1]))
@@ -104,7 +105,18 @@ def test_out_of_profile_patient_is_told_why(profile, changes, measures, directio
     line = warning_lines(["N1"], warning_column({"N1": reasons}, ["N1"]))[0]
     assert line.startswith("N1: outside the model's training profile")
     if "acq_jpeg_quality" in measures:
-        assert "JPEG quality of the crops 40, training median 95 (accepted 85 to 105)" in line
+        assert "JPEG quality of the crops 40, training median 95 (accepted 85 to 100)" in line
+
+
+def test_pixel_size_of_a_cohort_scanned_at_one_scale():
+    patients, inputs = _cohort()
+    patients["um_per_px"] = 0.1627
+    prof = fit_profile(patients, inputs)
+    assert prof["measures"]["um_per_px"]["low"] == pytest.approx(0.1627 * 0.95)
+    p, x = _new(um_per_px=0.1627 / 1.5)
+    assert [r["measure"] for r in patient_reasons(prof, p, x)["N1"]] == ["um_per_px"]
+    p, x = _new(um_per_px=0.1627 * 1.02)  # within the scale estimate's own tolerance
+    assert patient_reasons(prof, p, x)["N1"] == []
 
 
 def test_missing_values_and_absent_columns_are_no_reason(profile):
