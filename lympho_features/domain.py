@@ -50,6 +50,10 @@ DOMAIN_FORMAT = 1
 USER_SETTINGS = {
     "reference_date": "reference date of ages",
     "max_pixels": "largest image accepted (pixels)",
+    # The pixel size declared for the crops (`lympho extract --pixel-size`) describes the user's scanner: crops
+    # are resampled to the canonical scale, so another value is expected from another lab. The canonical scale
+    # itself and the resampling settings shape the measurements and are compared like the others.
+    "pixel_size_um": "pixel size declared for the crops (µm/px)",
 }
 
 

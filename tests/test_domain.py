@@ -151,6 +151,16 @@ def test_same_settings_pass_and_user_choices_are_notes():
     ]
 
 
+def test_declared_pixel_size_is_a_note_but_the_canonical_scale_is_refused():
+    model, new = _settings(), _settings()
+    model.update(pixel_size_um=None, canonical_um_per_px=0.1627)
+    new.update(pixel_size_um=0.25, canonical_um_per_px=0.1627)
+    refused, notes = compare_settings(model, new)
+    assert refused == [] and notes[0].startswith("pixel size declared for the crops (µm/px) (pixel_size_um): 0.25")
+    new["canonical_um_per_px"] = 0.2
+    assert compare_settings(model, new)[0] == ["canonical_um_per_px 0.2, the model's training features used 0.1627"]
+
+
 def test_other_features_version_is_refused_with_what_to_rerun():
     refused, _ = compare_settings(_settings(), _settings(features_version=FEATURES_VERSION - 1))
     assert refused == [
