@@ -22,6 +22,11 @@ CELL_META_COLUMNS = ("patient_id", "image", "qc_ok", "qc_reason", "image_sha256"
 #: Clinical columns of patients.parquet.
 CLINICAL_COLUMNS = ("label", "age", "gender", "lymph_count")
 
+#: Prefix of the acquisition measurements (:mod:`lympho_features.acquisition`): how the crop was scanned and
+#: compressed, not what the cell looks like. Never a cell feature nor a model input; summarised per patient by
+#: their median, for the domain check.
+ACQUISITION_PREFIX = "acq_"
+
 
 @dataclass(frozen=True)
 class AggregateSettings:
@@ -38,12 +43,12 @@ class AggregateSettings:
 
 
 def cell_feature_columns(cells: pd.DataFrame) -> list[str]:
-    """Numeric measurement columns of a cells table (no meta, QC or flag columns)."""
+    """Numeric measurement columns of a cells table (no meta, QC, flag or acquisition columns)."""
     return [
         c
         for c in cells.columns
         if c not in CELL_META_COLUMNS
-        and not c.startswith(("qc_", "is_"))
+        and not c.startswith(("qc_", "is_", ACQUISITION_PREFIX))
         and pd.api.types.is_numeric_dtype(cells[c])
         and not pd.api.types.is_bool_dtype(cells[c])
     ]
@@ -72,7 +77,10 @@ def aggregate_cells(cells: pd.DataFrame, settings: AggregateSettings = Aggregate
         One row per patient: ``patient_id``, ``n_cells`` (readable crops),
         ``n_cells_ok``, ``frac_qc_ok``, ``frac_{flag}`` for each flag (e.g.
         ``frac_is_smudge``) and ``{feature}__{stat}`` for each feature and
-        statistic (mean, std, quantiles) over the ``qc_ok`` cells.
+        statistic (mean, std, quantiles) over the ``qc_ok`` cells, and the
+        median of each acquisition measurement ``acq_*`` over all the
+        patient's crops (same name; the scan, not the cell, so QC-failed crops
+        count too).
     """
     feats = cell_feature_columns(cells)
     flags = flag_columns(cells)
@@ -83,6 +91,9 @@ def aggregate_cells(cells: pd.DataFrame, settings: AggregateSettings = Aggregate
     out["frac_qc_ok"] = out["n_cells_ok"] / out["n_cells"]
     for f in flags:
         out[f"frac_{f}"] = grouped_all[f].mean().astype(float)
+    acquisition = [c for c in cells.columns if c.startswith(ACQUISITION_PREFIX)]
+    if acquisition:
+        out = pd.concat([out, grouped_all[acquisition].median().astype(float)], axis=1)
     if feats:
         g = ok.groupby("patient_id")[feats]
         blocks = [g.mean().add_suffix("__mean"), g.std(ddof=0).add_suffix("__std")]

@@ -242,7 +242,8 @@ def predict(
         ),
     ] = None,
 ) -> None:
-    """Probability of tumoral lymphocytosis, decision and 'uncertain' flag (refer to flow cytometry) for each patient."""
+    """Probability of tumoral lymphocytosis, decision, 'uncertain' flag (refer to flow cytometry) and
+    'domain_warning' (how the patient lies outside the model's training cohort) for each patient."""
     from ._io import write_csv
     from .model import predict as run_predict
 
@@ -259,10 +260,16 @@ def predict(
             _fail(str(exc))
     else:
         preds = _guard(run_predict, model_dir, features_dir, embeddings)
+    from .domain import check_settings, warning_lines
     from .model import input_warnings, labelled_metrics, load_model, load_patients, training_patient_ids
 
     meta, patients = _guard(load_model, model_dir)[1], _guard(load_patients, features_dir)
+    # Settings that are the user's to choose (e.g. the reference date of ages): shown, not refused.
+    for line in _guard(check_settings, meta, features_dir, model_dir):
+        console.print(f"note: {line}", highlight=False, markup=False)
     for line in input_warnings(meta, patients):
+        console.print(f"warning: {line}", highlight=False, markup=False)
+    for line in warning_lines(preds["patient_id"], preds["domain_warning"]):
         console.print(f"warning: {line}", highlight=False, markup=False)
     scored = labelled_metrics(preds, patients, meta["threshold"], training_patient_ids(model_dir))
     if kaggle:

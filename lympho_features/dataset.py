@@ -541,6 +541,20 @@ def read_image(
     ImageError
         When the file cannot be read or decoded, or is larger than ``max_bytes``.
     """
+    rgb, digest, _ = read_image_data(path, max_pixels, max_bytes)
+    return rgb, digest
+
+
+def read_image_data(
+    path: str | Path, max_pixels: int = MAX_PIXELS, max_bytes: int = MAX_FILE_BYTES
+) -> tuple[np.ndarray, str, bytes]:
+    """:func:`read_image`, also returning the file's bytes (whose header tells how it was compressed).
+
+    Raises
+    ------
+    ImageError
+        When the file cannot be read or decoded, or is larger than ``max_bytes``.
+    """
     try:
         with open(path, "rb") as fh:
             size = os.fstat(fh.fileno()).st_size
@@ -551,7 +565,7 @@ def read_image(
         raise ImageError(f"cannot read file: {exc.strerror}") from None
     if len(data) > max_bytes:
         raise ImageError(f"file too large (over {max_bytes} bytes)")
-    return decode_image(data, str(path), max_pixels), hashlib.sha256(data).hexdigest()
+    return decode_image(data, str(path), max_pixels), hashlib.sha256(data).hexdigest(), data
 
 
 def read_crop(data_dir: str | Path, rel: str, max_pixels: int = MAX_PIXELS) -> np.ndarray:

@@ -51,6 +51,11 @@ class ModelMetadataError(ModelFolderError):
     """model.json does not follow the schema; the message names the file and the key."""
 
 
+class FeaturesMismatchError(ModelError):
+    """A features folder measured otherwise (features version, segmentation or feature settings) than the
+    features a model was fitted on; the message names every difference and what to re-run."""
+
+
 class ReportError(LymphoError):
     """A model or features folder the report cannot use; the message says why."""
 

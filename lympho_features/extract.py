@@ -38,6 +38,7 @@ from ._io import (
     write_json,
 )
 from ._validate import SettingsCheck
+from .acquisition import crop_acquisition
 from .aggregate import AggregateSettings
 from .dataset import (
     DEFAULT_REFERENCE_DATE,
@@ -47,7 +48,7 @@ from .dataset import (
     ImageError,
     find_clinical_csv,
     load_clinical,
-    read_image,
+    read_image_data,
     safe_path,
     scan_data_dir,
 )
@@ -116,18 +117,22 @@ class ExtractResult:
     n_recomputed: int = 0  #: shards found truncated, corrupt or stale and recomputed
 
 
-def measure_crop(rgb: np.ndarray, settings: ExtractSettings = ExtractSettings()) -> dict:
+def measure_crop(rgb: np.ndarray, settings: ExtractSettings = ExtractSettings(), data: bytes | None = None) -> dict:
     """Segment one crop and measure it: one row of cells.parquet (without its keys).
 
     The row holds ``qc_ok``, ``qc_reason``, every QC and cell-type flag
-    (``qc_*``, ``is_*``, see :data:`lympho_features.segment.FLAG_DESCRIPTIONS`)
-    and every feature. Flagged cells are measured too (their features are
-    kept, but the per-patient morphology aggregates use ``qc_ok`` cells only).
+    (``qc_*``, ``is_*``, see :data:`lympho_features.segment.FLAG_DESCRIPTIONS`),
+    every feature and the acquisition measurements ``acq_*``
+    (:data:`lympho_features.acquisition.ACQUISITION_COLUMNS`; the JPEG quality
+    from ``data``, the crop file's bytes, NaN without them). Flagged cells are
+    measured too (their features are kept, but the per-patient morphology
+    aggregates use ``qc_ok`` cells only).
     """
     seg = segment_cell(rgb, settings.segmentation)
     row: dict = {"qc_ok": bool(seg.qc_ok), "qc_reason": seg.qc_reason}
     row.update({k: bool(v) for k, v in seg.flags.items()})
     row.update(cell_features(rgb, seg, settings.features))
+    row.update(crop_acquisition(seg, data, rgb))
     return row
 
 
@@ -201,12 +206,12 @@ def process_patient(
     rows, skipped = [], []
     for rel in images:
         try:
-            rgb, digest = read_image(safe_path(data_dir, rel), settings.max_pixels)
+            rgb, digest, data = read_image_data(safe_path(data_dir, rel), settings.max_pixels)
         except ImageError as exc:
             skipped.append({"image": rel, "reason": str(exc)})
             continue
         try:
-            measured = measure_crop(rgb, settings)
+            measured = measure_crop(rgb, settings, data)
         except Exception as exc:  # one odd crop must not stop a run of thousands
             skipped.append({"image": rel, "reason": f"measurement failed ({_one_line(exc)})"})
             continue

@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from .domain import validate_domain
 from .errors import ModelMetadataError  # noqa: F401 (re-exported)
 
 #: Version of the layout of a model folder (model.json and its files) that this lympho writes and reads.
@@ -98,6 +99,7 @@ SCHEMA = {
             else "null or an object with numbers min, median"
         ),
     ),
+    "domain": (False, validate_domain),
 }
 
 

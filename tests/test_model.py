@@ -115,7 +115,7 @@ def test_fit_save_load_predict_roundtrip(tmp_path):
     feats.mkdir()
     t.to_parquet(feats / "patients.parquet")
     preds = predict(tmp_path / "m", feats)
-    assert list(preds.columns) == ["patient_id", "probability", "prediction", "uncertain"]
+    assert list(preds.columns) == ["patient_id", "probability", "prediction", "uncertain", "domain_warning"]
     assert ((preds["probability"] >= meta["threshold"]).astype(int) == preds["prediction"]).all()
     # The saved model reproduces the in-memory one.
     from lympho_features.model import model_matrix

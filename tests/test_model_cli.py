@@ -96,7 +96,7 @@ def test_predict_flags_uncertain_patients_and_reproduces_the_inputs(default_mode
     r = run("predict", default_model, tiny_features, "--out", tmp_path / "p.csv")
     assert r.exit_code == 0, r.output
     p = pd.read_csv(tmp_path / "p.csv")
-    assert list(p.columns) == ["patient_id", "probability", "prediction", "uncertain"]
+    assert list(p.columns) == ["patient_id", "probability", "prediction", "uncertain", "domain_warning"]
     meta = json.loads((default_model / "model.json").read_text())
     margin = p["probability"] - meta["threshold"]
     near = ((margin < 0) & (-margin < meta["refer"]["below"])) | ((margin >= 0) & (margin < meta["refer"]["above"]))

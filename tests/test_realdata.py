@@ -71,7 +71,7 @@ def test_real_patients_end_to_end_fit_predict_report(tmp_path):
     )
     assert r.exit_code == 0, r.output
     preds = pd.read_csv(tmp_path / "p.csv")
-    assert list(preds.columns) == ["patient_id", "probability", "prediction", "uncertain"]
+    assert list(preds.columns) == ["patient_id", "probability", "prediction", "uncertain", "domain_warning"]
     assert sorted(preds["patient_id"]) == sorted(groups["new"]) and preds["probability"].between(0, 1).all()
     assert "labels recorded for 4 of 4 patients (2 tumoral, 2 reactive)" in " ".join(r.output.split())
     rep = write_report(tmp_path / "model", outs["new"], tmp_path / "report")

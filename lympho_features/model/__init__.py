@@ -108,6 +108,7 @@ from .persistence import (
 from .prediction import (
     calls_table,
     cell_scores,
+    domain_reasons,
     few_cells_warnings,
     input_warnings,
     missing_value_warnings,
@@ -164,6 +165,7 @@ __all__ = [
     "calls_table",
     "cell_model_block",
     "cell_scores",
+    "domain_reasons",
     "cell_weights",
     "CellModelBlock",
     "CellScoreAggregator",

@@ -13,6 +13,7 @@ from pathlib import Path
 import pandas as pd
 from sklearn.base import clone
 
+from ..domain import read_manifest_settings
 from ..errors import ModelError
 from ..feature_sets import CELL_SCORE_BLOCKS, DEFAULT_FEATURE_SET, FITTED_BLOCKS, parse_feature_set
 from .estimators import PatientClassifier
@@ -167,6 +168,7 @@ def fit_model(
     embeddings: pd.DataFrame | None = None,
     *,
     progress: Progress | None = None,
+    extract_settings: dict | None = None,
     **options,
 ) -> tuple[FittedModel, CVResult]:
     """Cross-validate, then fit the final model on all labeled patients.
@@ -182,6 +184,11 @@ def fit_model(
         cells.parquet and embeddings.parquet of the same patients (cell-model and ``cnn`` feature sets).
     progress : callable, optional
         Called with ``(folds done, folds in all)`` during the cross-validation.
+    extract_settings : dict, optional
+        The ``settings`` of the features folder's manifest.json: stored in model.json under
+        ``domain.settings``, so that ``predict`` refuses features measured otherwise
+        (:func:`lympho_features.domain.check_settings`). The training profile (acquisition and
+        inputs, :func:`lympho_features.domain.fit_profile`) is stored there either way.
 
     The final threshold is chosen on the pooled out-of-fold probabilities of
     the CV (each patient scored by models that never saw it).
@@ -214,7 +221,7 @@ def fit_model(
     inputs = FoldFeatures(*parse_feature_set(settings.feature_set), random_state=settings.seed).fit(cohort, y)
     feats = inputs.feature_names_
     final = clone(est).fit(inputs.train_features_[feats].astype(float), y)
-    meta = model_metadata(settings, cohort, y, inputs, est, threshold, results)
+    meta = model_metadata(settings, cohort, y, inputs, est, threshold, results, extract_settings)
     return FittedModel(final, feats, threshold, meta, inputs, results), cv
 
 
@@ -243,7 +250,9 @@ def fit_features_dir(
         extra_cells, extra_emb = load_cohort_tables(features_dir, sets, settings.embeddings_dir, optional=True)
         cells = cells if cells is not None else extra_cells
         emb = emb if emb is not None else extra_emb
-    model, cv = fit_model(patients, settings, cells, emb, progress=progress)
+    model, cv = fit_model(
+        patients, settings, cells, emb, progress=progress, extract_settings=read_manifest_settings(features_dir)
+    )
     if out_dir is not None:
         save_model(model, cv, out_dir)
     return model, cv

@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 from sklearn.base import BaseEstimator
 
+from ..aggregate import ACQUISITION_PREFIX
 from ..errors import AggregatorError, CellScoreError, FeaturesFolderError, ModelError
 from ..feature_sets import (
     BLOCKS,
@@ -55,10 +56,14 @@ def model_matrix(patients: pd.DataFrame) -> pd.DataFrame:
 
 
 def _image_columns(X: pd.DataFrame) -> list[str]:
+    # Acquisition medians (acq_*) describe the scanner and the stain, not the cells: never model inputs.
     return [
         c
         for c in X.columns
-        if c not in NON_FEATURE_COLUMNS and c not in CLINICAL_FEATURES and pd.api.types.is_numeric_dtype(X[c])
+        if c not in NON_FEATURE_COLUMNS
+        and c not in CLINICAL_FEATURES
+        and not c.startswith(ACQUISITION_PREFIX)
+        and pd.api.types.is_numeric_dtype(X[c])
     ]
 
 

@@ -16,6 +16,7 @@ import numpy as np
 
 from .. import __version__
 from .._io import atomic_path, dataframe_fingerprint, library_versions, write_csv, write_json
+from ..domain import fit_profile
 from ..errors import ModelFolderError
 from ..feature_sets import CELL_MODEL_BLOCKS, CELL_SCORE_BLOCKS, parse_feature_set
 from ..folders import ModelFolder
@@ -51,6 +52,7 @@ def model_metadata(
     classifier: PatientClassifier,
     threshold: float,
     results: dict[str, CVResult],
+    extract_settings: dict | None = None,
 ) -> dict:
     """What model.json holds: how the model was fitted, its CV, reference ranges and the files of its stages.
 
@@ -68,6 +70,9 @@ def model_metadata(
         The decision threshold.
     results : dict of str to CVResult
         The CV of the model's feature set and, with more than one entry, of the ablation's.
+    extract_settings : dict, optional
+        The training features folder's extraction settings (manifest.json ``settings``), kept under
+        ``domain.settings`` so that ``predict`` refuses features measured otherwise.
     """
     feature_set = settings.feature_set
     cv = results[feature_set]
@@ -92,6 +97,8 @@ def model_metadata(
         "n_training_patients": int(len(y)),
         "reference": reference_ranges(inputs.train_features_[feats], y),
         "training_cells_ok": training_cell_counts(matrix),
+        # The training cohort's acquisition and input profile, and how its features were measured.
+        "domain": fit_profile(matrix, inputs.train_features_[feats], extract_settings),
     }
     for block, scorer in inputs.cell_scorers_.items():
         spec = CELL_MODEL_BLOCKS[block]

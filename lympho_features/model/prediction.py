@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..domain import check_settings, patient_reasons, profile_of, warning_column
 from ..errors import ModelError
 from ..feature_sets import CELL_SCORE_BLOCKS, CLINICAL_FEATURES
 from .cellscore import usable_cells
@@ -49,21 +50,53 @@ def model_inputs(
 
 
 def predict(model_dir: str | Path, features_dir: str | Path, embeddings_dir: str | Path | None = None) -> pd.DataFrame:
-    """Probability of tumoral, 0/1 decision and ``uncertain`` flag for every patient of a features folder.
+    """Probability of tumoral, 0/1 decision, ``uncertain`` flag and ``domain_warning`` for every patient.
 
     ``uncertain`` is 1 when the probability lies in the band around the
     threshold where the cross-validation's wrong calls concentrate (model.json
     ``refer``): refer such a patient to flow cytometry rather than trust the call.
+    ``domain_warning`` names every way the patient lies outside the model's
+    training profile (acquisition: JPEG quality, glass and red-cell colour,
+    sharpness, pixel size; inputs beyond the training range), empty when in
+    profile (:func:`domain_reasons`).
 
     Raises
     ------
+    FeaturesMismatchError
+        When the features were measured otherwise (features version, segmentation or
+        feature settings) than those the model was fitted on.
     ModelError
         When the features folder lacks what the model was trained on.
     """
     booster, meta = load_model(model_dir)
+    check_settings(meta, features_dir, model_dir)
     patients = load_patients(features_dir)
     X = model_inputs(model_dir, meta, features_dir, patients, embeddings_dir)
-    return calls_table(patients["patient_id"], booster.predict(X[meta["features"]].to_numpy(float)), meta)
+    calls = calls_table(patients["patient_id"], booster.predict(X[meta["features"]].to_numpy(float)), meta)
+    calls["domain_warning"] = warning_column(domain_reasons(meta, patients, X), patients["patient_id"])
+    return calls
+
+
+def domain_reasons(meta: dict, patients: pd.DataFrame, inputs: pd.DataFrame | None = None) -> dict[str, list[dict]]:
+    """Why each patient lies outside a saved model's training profile, as data (for ``predict`` and the report).
+
+    Parameters
+    ----------
+    meta : dict
+        The model's model.json (its ``domain``; models fitted before the check give no reason).
+    patients : DataFrame
+        The features folder's patients table (acquisition medians ``acq_*``, ``um_per_px``).
+    inputs : DataFrame, optional
+        Their model inputs (:func:`model_inputs`), rows aligned with ``patients``.
+
+    Returns
+    -------
+    dict of str to list of dict
+        Patient ID to its reasons (empty when in profile): ``measure``, ``kind`` ("acquisition" or
+        "input"), ``label``, ``value``, ``median``, ``low``, ``high``, ``direction``, ``text``
+        (:func:`lympho_features.domain.patient_reasons`).
+    """
+    return patient_reasons(profile_of(meta), patients, inputs)
 
 
 def calls_table(patient_ids, proba, meta: dict) -> pd.DataFrame:

@@ -18,11 +18,13 @@ import numpy as np
 import pandas as pd
 
 from .._io import dataframe_fingerprint
+from ..domain import check_settings
 from ..errors import ReportError
 from ..feature_sets import cell_model_block, is_learned_feature
 from ..model import (
     ModelError,
     cell_scores,
+    domain_reasons,
     fill_missing_inputs,
     load_model,
     load_patients,
@@ -120,6 +122,15 @@ class ReportInputs:
     def uncertain(self) -> np.ndarray:
         """Whether each patient's probability lies in the model's refer band (``lympho predict``'s ``uncertain``)."""
         return uncertain_calls(self.proba, self.meta)
+
+    @functools.cached_property
+    def domain_reasons(self) -> dict[str, list[dict]]:
+        """Why each patient lies outside the model's training profile (``lympho predict``'s ``domain_warning``).
+
+        Patient ID to its reasons, empty when in profile; each reason a dict of
+        :func:`lympho_features.model.domain_reasons` (``label``, ``value``, ``low``, ``high``, ``text``...).
+        """
+        return domain_reasons(self.meta, self.patients, pd.DataFrame(self.X, columns=self.features))
 
     @functools.cached_property
     def in_sample(self) -> bool | None:
@@ -234,10 +245,12 @@ def load_inputs(model_dir: str | Path, features_dir: str | Path, data_dir: str |
     model_dir, features_dir = Path(model_dir), Path(features_dir)
     try:
         booster, meta = load_model(model_dir)
+        # Features measured otherwise than the model's training features are refused, as by `lympho predict`;
+        # differences in the user's own choices (reference date of ages) are reported.
+        warnings: list[str] = check_settings(meta, features_dir, model_dir)
         patients = load_patients(features_dir)
     except ModelError as exc:
         raise ReportError(str(exc)) from None
-    warnings: list[str] = []
     if patients.empty:
         raise ReportError(f"{features_dir / 'patients.parquet'} has no patient")
     patients = patients.iloc[sorted(range(len(patients)), key=lambda i: _natural_key(patients["patient_id"].iat[i]))]

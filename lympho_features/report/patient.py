@@ -119,6 +119,7 @@ def decision(inp: ReportInputs, i: int) -> dict:
     missing = _warnings_of(pid, missing_value_warnings(inp.meta, one))
     few = _warnings_of(pid, few_cells_warnings(inp.meta, one))
     notes = missing + few
+    outside = [r["text"] for r in inp.domain_reasons.get(pid, [])]
     if refer_limits(inp.meta) is not None:
         # the same band as `lympho predict`'s `uncertain` column, so that the report and the CSV agree
         flag = "uncertain: refer" if inp.uncertain[i] else None
@@ -132,6 +133,8 @@ def decision(inp: ReportInputs, i: int) -> dict:
         "flag": flag,
         "few_crops": bool(few),
         "missing_values": bool(missing),
+        # How the patient lies outside the model's training profile (acquisition, inputs): one line per reason.
+        "outside_profile": outside,
         "threshold": f"{thr:.3f}",
         "threshold_rule": threshold_rule(inp.meta),
         "notes": notes,

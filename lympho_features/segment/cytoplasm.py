@@ -140,6 +140,9 @@ class CellFound:
         Mean total OD of the crop's red cells (NaN without red cells).
     nucleus_contours : list of ndarray
         Outer contours (all points, ROI coordinates) of the nucleus.
+    rbc_chroma : float
+        Median blue chroma ``(OD_red - OD_blue) / OD_sum`` of the red cells: the stain's hue
+        (0.0 without red cells; kept for the acquisition measurements).
     """
 
     cell: np.ndarray
@@ -149,6 +152,7 @@ class CellFound:
     od_sum: np.ndarray
     rbc_od: float
     nucleus_contours: list
+    rbc_chroma: float = math.nan
 
 
 def find_cell(rgb: np.ndarray, channels, dark, t2: float, found: NucleusFound, s: SegmentationSettings) -> CellFound:
@@ -163,7 +167,7 @@ def find_cell(rgb: np.ndarray, channels, dark, t2: float, found: NucleusFound, s
     # Background: mean colour of the brightest class of the three-class Otsu.
     bright = cv2.compare(green, t2, cv2.CMP_GT)
     bg = _masked_mean_u8(rgb, bright) if cv2.countNonZero(bright) > 50 else background_rgb_fast(rgb)
-    cyto, od_sum, rbc_od = cytoplasm_mask(channels, found.roi, dark, bg, s)
+    cyto, od_sum, rbc_od, rbc_chroma = cytoplasm_mask(channels, found.roi, dark, bg, s)
     nucleus = found.nucleus
     cyto = cv2.bitwise_or(cyto, cv2.bitwise_or(nucleus, found.others))
     cyto = cv2.morphologyEx(cyto, cv2.MORPH_OPEN, _disk(1))
@@ -178,11 +182,11 @@ def find_cell(rgb: np.ndarray, channels, dark, t2: float, found: NucleusFound, s
     cv2.floodFill(cyto, comp, (seed_x, seed_y), 128, flags=8 | (255 << 8) | cv2.FLOODFILL_MASK_ONLY)
     comp = comp[1:-1, 1:-1]
     cell, split, touch_fraction = cell_from_region(comp, nucleus, found.others)
-    return CellFound(cell, split, touch_fraction, bg, od_sum, rbc_od, ncont)
+    return CellFound(cell, split, touch_fraction, bg, od_sum, rbc_od, ncont, rbc_chroma)
 
 
-def cytoplasm_mask(channels, roi, dark, bg, s: SegmentationSettings) -> tuple[np.ndarray, np.ndarray, float]:
-    """Stained cytoplasm pixels of the ROI (uint8 0/255), the ROI's total OD and the red cells' mean OD.
+def cytoplasm_mask(channels, roi, dark, bg, s: SegmentationSettings) -> tuple[np.ndarray, np.ndarray, float, float]:
+    """Stained cytoplasm pixels of the ROI (uint8 0/255), the ROI's total OD, the red cells' mean OD and median chroma.
 
     Stained and bluer than the red cells (``OD_red - OD_blue`` and, unless
     ``cytoplasm_chroma_margin`` is None, blue chroma), or pale but of a blue
@@ -218,4 +222,4 @@ def cytoplasm_mask(channels, roi, dark, bg, s: SegmentationSettings) -> tuple[np
             blueness, od_sum, chroma_ref, s.pale_min_od, s.pale_max_rbc_od * rbc_od, s.pale_chroma_margin
         )
         cyto = cv2.bitwise_or(cyto, pale)
-    return cyto, od_sum, rbc_od
+    return cyto, od_sum, rbc_od, chroma_ref

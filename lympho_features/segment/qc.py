@@ -50,6 +50,7 @@ def quality_control(
         "touch_fraction": cell.touch_fraction,
         **shape_diag,
         "rbc_od": cell.rbc_od,
+        "rbc_chroma": cell.rbc_chroma,
     }
     nucleus_mask = np.zeros((h, w), bool)
     cell_mask = np.zeros((h, w), bool)
