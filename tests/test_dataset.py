@@ -67,7 +67,7 @@ def test_load_clinical(tmp_path):
     "text,fragment",
     [
         ("ID,LABEL,GENDER,DOB\nP1,1,M,1/1/1950\n", "LYMPH_COUNT"),
-        ("ID,LABEL,GENDER,DOB,LYMPH_COUNT\nP1,1,M,1/1/1950,1\nP1,0,F,1/1/1950,2\n", "duplicate patient ID(s): P1"),
+        ("ID,LABEL,GENDER,DOB,LYMPH_COUNT\nP1,1,M,1/1/1950,1\nP1,0,F,1/1/1950,2\n", "line 3 (patient P1): duplicate patient ID (first on line 2)"),
         ("ID,LABEL,GENDER,DOB,LYMPH_COUNT\nP1,1,M,1/1/1950,abc\n", "line 2 (patient P1)"),
         ("ID,LABEL,GENDER,DOB,LYMPH_COUNT\nP1,1,M,1/1/1950,1\nP2,1,M,someday,1\n", "line 3 (patient P2)"),
         ("ID,LABEL,GENDER,DOB,LYMPH_COUNT\nP1,7,M,1/1/1950,1\n", "label '7'"),
@@ -78,6 +78,49 @@ def test_load_clinical_errors_name_the_problem(tmp_path, text, fragment):
         load_clinical(write(tmp_path, text))
     assert fragment in str(info.value)
     assert "c.csv" in str(info.value)
+
+
+def test_every_problem_of_the_csv_is_reported_at_once(tmp_path):
+    p = write(
+        tmp_path,
+        "ID,LABEL,GENDER,DOB,LYMPH_COUNT\n"
+        "P1,1,M,1/1/1950,abc\n"  # non-numeric count
+        "P2,0,F,2/2/1960,4.1\n"
+        "P2,0,F,2/2/1960,4.2\n"  # duplicated ID
+        "P3,1,X,someday,5\n"  # two problems on one row
+        "P9,0,M,3/3/1970,6\n",  # no image folder
+    )
+    with pytest.raises(DatasetError) as info:
+        load_clinical(p, patient_folders=["P1", "P2", "P3"])
+    message = str(info.value)
+    assert message.startswith(f"clinical CSV {p} has 5 problems: ") and "\n" not in message
+    assert message.split(" problems: ", 1)[1].split("; ") == [
+        "line 2 (patient P1): LYMPH_COUNT 'abc' is not a number",
+        "line 4 (patient P2): duplicate patient ID (first on line 3)",
+        "line 5 (patient P3): unknown gender 'X'",
+        "line 5 (patient P3): unparseable date of birth 'someday'",
+        "line 6 (patient P9): no image folder of that name",
+    ]
+
+
+def test_a_row_without_folder_alone_is_no_problem(tmp_path):
+    p = write(tmp_path, "ID,LABEL,GENDER,DOB,LYMPH_COUNT\nP1,1,M,1/1/1950,3\nP9,0,F,1/1/1950,4\n")
+    assert load_clinical(p, patient_folders=["P1"])["patient_id"].tolist() == ["P1", "P9"]
+
+
+def test_many_problems_are_counted_beyond_those_shown(tmp_path):
+    rows = "".join(f"P{i},1,M,1/1/1950,x\n" for i in range(40))
+    with pytest.raises(DatasetError) as info:
+        load_clinical(write(tmp_path, "ID,LABEL,GENDER,DOB,LYMPH_COUNT\n" + rows))
+    message = str(info.value)
+    assert "has 40 problems" in message and message.endswith("; and 10 more") and "line 31 (patient P29)" in message
+    assert "line 32 " not in message
+
+
+def test_blank_rows_and_quoted_line_breaks_keep_line_numbers(tmp_path):
+    p = write(tmp_path, 'ID,LABEL,GENDER,DOB,LYMPH_COUNT\n\n,,,,\n"P1",1,M,"1/1/1950",2\nP2,1,M,1/1/1950,"4\n5"\n')
+    with pytest.raises(DatasetError, match=r"line 5 \(patient P2\): LYMPH_COUNT '4\\n5' is not a number"):
+        load_clinical(p)
 
 
 def test_missing_csv(tmp_path):
