@@ -2,8 +2,11 @@
 
 Every command is equally usable from Python through the functions it calls
 (:func:`lympho_features.extract.extract`, :func:`lympho_features.model.fit_model`...).
-Errors in the user's input end the command with a one-line message and a
-non-zero exit code, never a traceback.
+Errors in the user's input or environment end the command with a one-line
+message on stderr and exit code 1 (a bad option value: 2), never a traceback;
+:class:`LymphoCommand` is the one place that does it. Each command checks that
+its output can be written before it starts work. Ctrl-C says what is kept and
+exits 130.
 """
 
 from __future__ import annotations
@@ -13,37 +16,102 @@ from datetime import date
 from pathlib import Path
 from typing import Annotated
 
+import click
 import typer
 from rich.console import Console
+from rich.markup import escape
+from typer.core import TyperCommand
 
-from .dataset import ClinicalColumns, DatasetError
-from .feature_sets import DEFAULT_FEATURE_SET, FEATURE_SETS, ModelError
+from . import __version__
+from ._io import check_output_file, check_output_folder, describe_os_error
+from .dataset import ClinicalColumns
+from .errors import DatasetError, LymphoError
+from .feature_sets import DEFAULT_FEATURE_SET, FEATURE_SETS
 
-app = typer.Typer(
-    help="lympho: reactive vs tumoral lymphocytosis from blood-smear lymphocyte crops and three clinical values.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-)
 console = Console(stderr=True, soft_wrap=True)
 
 
+def _error(message: str) -> None:
+    """The one way an error reaches the terminal: one line on stderr (never markup: messages quote user text)."""
+    console.print(f"[bold red]error:[/] {escape(' '.join(message.split()))}", highlight=False)
+
+
 def _fail(message: str, code: int = 2) -> None:
-    console.print(f"[bold red]error:[/] {message}", highlight=False)
+    """Stop on a bad option value (exit 2, as click does for usage errors)."""
+    _error(message)
     raise typer.Exit(code)
 
 
-def _guard(fn, *args, **kwargs):
-    try:
-        return fn(*args, **kwargs)
-    except (DatasetError, ModelError) as exc:
-        _fail(str(exc))
-    except PermissionError as exc:
-        _fail(f"permission denied: {exc.filename or exc}")
-    except OSError as exc:
-        if exc.errno == 28:  # ENOSPC
-            _fail(f"no space left on device while writing {exc.filename or 'output'}")
-        raise
+def _count_shards(folder: Path) -> int:
+    return len(list(folder.glob("*.parquet"))) if folder.is_dir() else 0
+
+
+def _interrupted(command: str, params: dict) -> str:
+    """What an interrupted command leaves behind, in one line (Ctrl-C)."""
+    out = params.get("out")
+    if command in ("extract", "embed"):
+        shards = Path(out) / ("cells" if command == "extract" else "embeddings")
+        return (
+            f"interrupted: {_count_shards(shards)} finished patient(s) are kept in {shards}; run the same command "
+            "again to resume (they are not computed again)"
+        )
+    if command == "demo":
+        return f"interrupted: what is finished is kept under {out}; run `lympho demo` again to resume the extraction"
+    # Every output is written to a temporary name and renamed at the end: nothing half-written is left.
+    return f"interrupted: nothing was written to {out}; run the command again"
+
+
+class LymphoCommand(TyperCommand):
+    """A lympho command: the one place that turns errors and Ctrl-C into a line on stderr and an exit code.
+
+    A :class:`~lympho_features.errors.LymphoError` (a problem with the input or the environment) and an
+    ``OSError`` (a path the system refuses) end the command with one line, exit 1; Ctrl-C says what is
+    kept, exit 130. Anything else is a bug in lympho and keeps its traceback.
+    """
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except LymphoError as exc:
+            _error(str(exc))
+        except OSError as exc:
+            _error(describe_os_error(exc))
+        except KeyboardInterrupt:
+            console.print(escape(_interrupted(ctx.info_name or "", ctx.params)), highlight=False)
+            raise typer.Exit(130) from None
+        raise typer.Exit(1)
+
+
+class _Lympho(typer.Typer):
+    """Typer whose commands are all :class:`LymphoCommand`."""
+
+    def command(self, *args, cls=None, **kwargs):
+        return super().command(*args, cls=cls or LymphoCommand, **kwargs)
+
+
+app = _Lympho(
+    help="lympho: reactive vs tumoral lymphocytosis from blood-smear lymphocyte crops and three clinical values.",
+    pretty_exceptions_enable=False,
+)
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        print(f"lympho {__version__}")
+        raise typer.Exit()
+
+
+@app.callback(invoke_without_command=True)
+def _root(
+    ctx: typer.Context,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_print_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    # `lympho` alone: the help, and success (asking for help is not an error).
+    if ctx.invoked_subcommand is None:
+        print(ctx.get_help())
+        raise typer.Exit()
 
 
 @app.command()
@@ -81,6 +149,7 @@ def extract(
     ] = None,
 ) -> None:
     """Segment every crop, measure each cell and aggregate per patient."""
+    from .dataset import check_data_dir, find_clinical_csv, load_clinical, patient_folder_names
     from .extract import ExtractSettings
     from .extract import extract as run_extract
 
@@ -89,11 +158,14 @@ def extract(
     except ValueError:
         _fail(f"--reference-date {reference_date!r} is not a date YYYY-MM-DD")
     cols = ClinicalColumns(id_column, label_column, gender_column, dob_column, count_column)
-    res = _guard(
-        run_extract,
+    check_output_folder(out)
+    # Every problem of the clinical CSV at once, with its rows that have no image folder, before any work.
+    csv_path = clinical or find_clinical_csv(check_data_dir(data_dir))
+    load_clinical(csv_path, cols, ref, patient_folders=patient_folder_names(data_dir))
+    res = run_extract(
         data_dir,
         out,
-        clinical,
+        csv_path,
         jobs,
         ExtractSettings(reference_date=ref),
         cols,
@@ -101,14 +173,60 @@ def extract(
         backend=backend,
         scheduler=scheduler,
     )
-    for w in res.warnings:
-        console.print(f"[yellow]warning:[/] {w}", highlight=False)
+    for line in _extract_notes(res, Path(out)):
+        console.print(f"[yellow]warning:[/] {escape(line)}", highlight=False)
     qc = ", ".join(f"{k} {v}" for k, v in res.qc_counts.items())
     console.print(
         f"{res.n_patients} patients, {res.n_cells} cells ({qc}), {res.n_skipped} file(s) skipped, "
-        f"{res.n_reused} patient(s) reused from an earlier run -> {out}",
+        f"{res.n_reused} patient(s) reused from an earlier run -> {escape(str(out))}",
         highlight=False,
     )
+
+
+#: Skipped files named one per line on the terminal; beyond that, manifest.json lists them.
+MAX_SKIPPED_SHOWN = 20
+
+#: Why extract measured a patient again, by the reason its earlier result was not reused.
+_REDONE_BECAUSE = {
+    "changed": "their crops or the settings changed since the last run",
+    "version": "their earlier results were written by another version of lympho",
+    "damaged": "their earlier results were damaged (truncated, unreadable or failing their checksum)",
+}
+
+
+def _redone_kind(reason: str) -> str:
+    if reason == "inputs or settings changed":
+        return "changed"
+    if reason.startswith(("older shard format", "schema differs")):
+        return "version"
+    return "damaged"
+
+
+def _extract_notes(res, out: Path) -> list[str]:
+    """The run's warnings in plain words, with the skipped files named (manifest.json has the details)."""
+    import json
+
+    try:
+        manifest = json.loads((out / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return list(res.warnings)
+    redone = manifest.get("recomputed_shards", [])
+    notes = [w for w in res.warnings if not (redone and w.startswith(f"{len(redone)} shard(s) recomputed"))]
+    by_kind: dict[str, list[str]] = {}
+    for r in redone:
+        by_kind.setdefault(_redone_kind(r["reason"]), []).append(r["patient_id"])
+    for kind, ids in by_kind.items():
+        notes.append(f"{len(ids)} patient(s) measured again because {_REDONE_BECAUSE[kind]}: {', '.join(ids)}")
+    gone = manifest.get("removed_stale_shards", [])
+    if gone:
+        notes.append(f"results of {len(gone)} patient(s) no longer in the data folder removed from {out / 'cells'}")
+    skipped = manifest.get("skipped", [])
+    notes += [f"skipped {s['image']}: {s['reason']}" for s in skipped[:MAX_SKIPPED_SHOWN]]
+    if len(skipped) > MAX_SKIPPED_SHOWN:
+        notes.append(
+            f"... and {len(skipped) - MAX_SKIPPED_SHOWN} more skipped file(s), all listed in {out / 'manifest.json'}"
+        )
+    return notes
 
 
 @app.command()
@@ -182,9 +300,9 @@ def fit(
         _fail("--refer-error-rate must be in (0, 1)")
     if not 0 <= refer_max_fraction <= 1:
         _fail("--refer-max-fraction must be in [0, 1]")
+    check_output_folder(out, "model folder")
     t0 = time.perf_counter()
-    model, cv = _guard(
-        fit_features_dir,
+    model, cv = fit_features_dir(
         features_dir,
         out,
         feature_set,
@@ -248,24 +366,22 @@ def predict(
         _fail("--explain cannot be combined with --kaggle (the submission format has fixed columns)")
     if explain_top < 1:
         _fail("--explain-top must be at least 1")
+    check_output_file(out, "predictions file")
     if explain:
-        from .report import ReportError, explain_predictions
+        from .report import explain_predictions
 
-        try:
-            preds = _guard(explain_predictions, model_dir, features_dir, explain_top, embeddings)
-        except ReportError as exc:
-            _fail(str(exc))
+        preds = explain_predictions(model_dir, features_dir, explain_top, embeddings)
     else:
-        preds = _guard(run_predict, model_dir, features_dir, embeddings)
+        preds = run_predict(model_dir, features_dir, embeddings)
     from .model import input_warnings, labelled_metrics, load_model, load_patients, training_patient_ids
 
-    meta, patients = _guard(load_model, model_dir)[1], _guard(load_patients, features_dir)
+    meta, patients = load_model(model_dir)[1], load_patients(features_dir)
     for line in input_warnings(meta, patients):
         console.print(f"warning: {line}", highlight=False, markup=False)
     scored = labelled_metrics(preds, patients, meta["threshold"], training_patient_ids(model_dir))
     if kaggle:
         preds = preds.rename(columns={"patient_id": "Id", "prediction": "Predicted"})[["Id", "Predicted"]]
-    _guard(write_csv, preds, out)
+    write_csv(preds, out)
     console.print(f"{len(preds)} patients -> {out}", highlight=False)
     if scored is not None:
         for line in _labelled_lines(scored, len(preds), meta["threshold"]):
@@ -316,19 +432,15 @@ def embed(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
     """CNN embedding of each nucleus-centred cell (optional learned features; needs the `cnn` extra)."""
-    from .embed import DEVICES, EmbedError
+    from .embed import DEVICES
     from .embed import embed as run_embed
 
     if device not in DEVICES:
         _fail(f"--device {device!r} is not one of {', '.join(DEVICES)}")
     if batch_size < 1:
         _fail("--batch-size must be at least 1")
-    try:
-        res = _guard(run_embed, data_dir, out, weights, device, batch_size, workers, progress=not quiet)
-    except EmbedError as exc:
-        from rich.markup import escape
-
-        _fail(escape(str(exc)))  # messages name extras like [cnn], which are not markup
+    check_output_folder(out)
+    res = run_embed(data_dir, out, weights, device, batch_size, workers, progress=not quiet)
     console.print(
         f"{res.n_patients} patients, {res.n_cells} cells embedded ({res.embedding_dim} dimensions, "
         f"weights {res.weights}, {res.device}), {res.n_skipped} file(s) skipped, "
@@ -355,14 +467,16 @@ def demo(
     from .model import DEFAULT_FEATURE_SET, fit_features_dir, format_ablation
     from .synthetic import make_cohort
 
+    check_output_folder(out)
+    check_output_folder(report_dir, "report folder")
     data = out / "data"
     console.print(f"generating {patients} synthetic patients in {data}", highlight=False)
     make_cohort(data, n_patients=patients, seed=seed)
-    res = _guard(run_extract, data, out / "features", None, jobs)
+    res = run_extract(data, out / "features", None, jobs)
     console.print(f"extracted {res.n_cells} cells of {res.n_patients} patients", highlight=False)
     # `lympho fit`'s defaults (3 x 3 CV for speed): the ablation table compares the other configurations.
     model_dir = out / "model"
-    model, cv = _guard(fit_features_dir, out / "features", model_dir, folds=3, repeats=3, seed=seed, n_jobs=jobs)
+    model, cv = fit_features_dir(out / "features", model_dir, folds=3, repeats=3, seed=seed, n_jobs=jobs)
     console.print(format_ablation(model.metadata["ablation"]), highlight=False, markup=False)
     s = cv.summary
     console.print(
@@ -370,18 +484,15 @@ def demo(
         f"± {s['balanced_accuracy_std']:.3f}, ROC AUC {s['roc_auc_mean']:.3f} ± {s['roc_auc_std']:.3f} -> {model_dir}",
         highlight=False,
     )
-    _write_report_or_fail(model_dir, out / "features", report_dir, data)
+    _write_report(model_dir, out / "features", report_dir, data)
 
 
-def _write_report_or_fail(model_dir: Path, features_dir: Path, out: Path, data_dir: Path | None):
-    from .report import ReportError, write_report
+def _write_report(model_dir: Path, features_dir: Path, out: Path, data_dir: Path | None):
+    from .report import write_report
 
-    try:
-        res = _guard(write_report, model_dir, features_dir, out, data_dir)
-    except ReportError as exc:
-        _fail(str(exc))
+    res = write_report(model_dir, features_dir, out, data_dir)
     for w in res.warnings:
-        console.print(f"[yellow]warning:[/] {w}", highlight=False)
+        console.print(f"[yellow]warning:[/] {escape(w)}", highlight=False)
     console.print(
         f"report of {res.n_patients} patients ({res.n_thumbnails} cell images, {res.size_bytes / 1e6:.1f} MB, "
         f"{res.seconds:.1f} s) -> {res.path}",
@@ -403,7 +514,12 @@ def report(
     ] = None,
 ) -> None:
     """Write a self-contained HTML report: cohort, CV performance, explanations, one page per patient."""
-    _write_report_or_fail(model_dir, features_dir, out, data_dir)
+    from .dataset import check_data_dir
+
+    check_output_folder(out, "report folder")
+    if data_dir is not None:
+        check_data_dir(data_dir)  # a missing crops folder would give a report without a single cell image
+    _write_report(model_dir, features_dir, out, data_dir)
 
 
 @app.command()
@@ -435,10 +551,11 @@ def inspect(
         _fail(f"--only must be 'flagged' or one of: {', '.join(QC_REASONS)}")
     if out.suffix.lower() != ".png":
         _fail(f"--out must be a .png file: {out}")
-    picture, rows = _guard(inspect_folder, data_dir, patient, n, seed, None, only, columns, image)
+    check_output_file(out, "montage")
+    picture, rows = inspect_folder(data_dir, patient, n, seed, None, only, columns, image)
     if not rows:
-        _fail(f"no crop to show in {data_dir}" + (f" for patient {patient}" if patient else ""))
-    _guard(write_png, picture, out)
+        raise DatasetError(f"no crop to show in {data_dir}" + (f" for patient {patient}" if patient else ""))
+    write_png(picture, out)
     n_ok = sum(r["qc_reason"] == "ok" for r in rows)
     console.print(f"{len(rows)} crops ({n_ok} passing QC) -> {out}", highlight=False)
 

@@ -47,3 +47,7 @@ class ReportError(LymphoError):
 
 class EmbedError(LymphoError):
     """A problem that stops ``lympho embed`` (missing torch, bad weights, no CUDA...); the message says why."""
+
+
+class OutputError(LymphoError):
+    """An output path that cannot be written (a file where a folder is expected, no permission...); checked before any work."""
