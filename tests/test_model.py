@@ -432,3 +432,13 @@ def test_train_fraction_fits_every_fold_on_a_stratified_share_and_scores_every_p
     # the share 1.0 is the plain CV
     last = curve[(curve["fraction"] == 1.0) & (curve["configuration"] == "clinical+morphology")].iloc[0]
     assert last["balanced_accuracy"] == pytest.approx(full.summary["balanced_accuracy_mean"])
+
+
+def test_load_model_refuses_incompatible_model_json(tmp_path):
+    from lympho_features.model import ModelError, load_model
+
+    meta = {"format": 2, "lympho_version": "0.9", "feature_set": "all", "features": ["age"], "threshold": 0.4}
+    (tmp_path / "model.json").write_text(json.dumps(meta | {"params": {}}))
+    (tmp_path / "model.txt").write_text("not read: model.json is checked first")
+    with pytest.raises(ModelError, match="model format 2 .* re-fit the model"):
+        load_model(tmp_path)
