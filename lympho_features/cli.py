@@ -56,7 +56,9 @@ def _interrupted(command: str, params: dict) -> str:
             "again to resume (they are not computed again)"
         )
     if command == "demo":
-        return f"interrupted: what is finished is kept under {out}; run `lympho demo` again to resume the extraction"
+        return f"interrupted: the demo under {out} is incomplete; run `lympho demo` again to redo it"
+    if command == "fit":
+        return f"interrupted: no model was saved to {out}; run `lympho fit` again"
     # Every output is written to a temporary name and renamed at the end: nothing half-written is left.
     return f"interrupted: nothing was written to {out}; run the command again"
 
