@@ -21,6 +21,7 @@ from lympho_features.model import PatientClassifier, fit_model, load_model, load
 from lympho_features.report import (
     ReportError,
     calibration_bins,
+    configuration_words,
     describe_feature,
     explain_predictions,
     feature_family,
@@ -29,6 +30,7 @@ from lympho_features.report import (
     select_gallery,
     shap_contributions,
     short_label,
+    waterfall,
     wilson_interval,
     write_report,
 )
@@ -181,15 +183,19 @@ def test_shap_contributions_add_up_to_the_model_probability(tiny_model, tiny_fea
     np.testing.assert_allclose(proba, booster.predict(X), rtol=1e-6, atol=1e-9)
 
 
-def test_waterfall_shows_the_probability_reached_after_each_input(tiny_model, tiny_features):
-    from lympho_features.report import _waterfall_html
-
+def test_waterfall_shows_the_probability_reached_after_each_input(tiny_model, tiny_features, tmp_path):
     inp = load_inputs(tiny_model, tiny_features)
     for i in range(len(inp.patients)):
-        html_ = _waterfall_html(inp, i, n_top=len(inp.features))  # every input shown: the last step is the model's
-        steps = [float(p) for p in re.findall(r"<span class='sub small'>p ([0-9.]+)</span></td>", html_)]
-        assert len(steps) == len(inp.features)
-        assert abs(steps[-1] - inp.proba[i]) < 0.006  # rounded to 2 decimals
+        wf = waterfall(inp, i, n_top=len(inp.features))  # every input shown: the last step is the model's
+        assert len(wf.steps) == len(inp.features)
+        assert np.isclose(wf.steps[-1].probability, inp.proba[i])
+        assert np.isclose(wf.final_probability, inp.proba[i])
+    # the page shows each of those probabilities, rounded to 2 decimals
+    doc = write_report(tiny_model, tiny_features, tmp_path).path.read_text()
+    page = _pages(doc)[inp.patients["patient_id"].iat[0]]
+    shown = [float(p) for p in re.findall(r"<span class='sub small'>p ([0-9.]+)</span></td>", page)]
+    expected = [s.probability for s in waterfall(inp, 0).steps]
+    assert np.allclose(shown, expected, atol=0.006) and len(shown) == len(expected)
 
 
 def test_predict_explain_adds_top_contributions_after_the_contract(tiny_model, tiny_features, tmp_path):
@@ -314,13 +320,11 @@ def test_ablation_table_of_lympho_fit_is_laid_out_for_reading(tiny_features, tmp
 
 
 def test_configuration_words_name_each_block_once():
-    from lympho_features.report import _configuration_words
-
-    assert _configuration_words("all") == "age, sex, lymphocyte count + number of crops + atypical-cell score"
+    assert configuration_words("all") == "age, sex, lymphocyte count + number of crops + atypical-cell score"
     # dropping the crop count removes the block it is the only input of
-    assert _configuration_words("all-n_cells") == "age, sex, lymphocyte count + atypical-cell score"
-    assert _configuration_words("image-n_cells") == "atypical-cell score"
-    assert _configuration_words("not+a+set") == ""
+    assert configuration_words("all-n_cells") == "age, sex, lymphocyte count + atypical-cell score"
+    assert configuration_words("image-n_cells") == "atypical-cell score"
+    assert configuration_words("not+a+set") == ""
 
 
 def test_gallery_picks_the_most_extreme_cells_of_the_driving_features(tiny_model, tiny_features):
@@ -658,13 +662,11 @@ def test_patient_pages_compare_with_the_training_patients(tiny_model, tiny_featu
     assert "few crops" in doc and "1 crop(s) passed QC, fewer than any training patient had" in doc
     assert "missing values" in doc and "lymphocyte count missing: the call rests on the other inputs" in doc
     # The model was given the training median for it, and the waterfall says so.
-    from lympho_features.report import _waterfall_html
-
     inp = load_inputs(tiny_model, few)
     k = meta["reference"]["percentiles"].index(50)
     j = inp.features.index("log_lymph_count")
     assert inp.X[0, j] == meta["reference"]["inputs"]["log_lymph_count"]["all"][k]
-    assert "missing (training median" in _waterfall_html(inp, 0, n_top=len(inp.features))
+    assert any(s.value.startswith("missing (training median") for s in waterfall(inp, 0, len(inp.features)).steps)
     assert "training medians: reactive" in doc
     # A model saved without reference ranges (older versions) still reports, against the report's patients.
     old = tmp_path / "old"
@@ -705,3 +707,43 @@ def test_report_states_the_fixed_threshold_and_other_operating_points(tiny_repor
     doc = tiny_report.read_text()
     assert "use the fixed threshold 0.500" in doc and "chosen on all out-of-fold probabilities" not in doc
     assert "Other operating points" in doc and "sensitivity at least 0.95" in doc
+
+
+def test_markup_in_patient_ids_and_file_names_is_escaped(tiny_model, tiny_features, tmp_path):
+    # Patient IDs and crop file names come from the user's folders: the page shows them as text, never as markup.
+    from html.parser import HTMLParser
+
+    feats = tmp_path / "feats"
+    shutil.copytree(tiny_features, feats)
+    patients = pd.read_parquet(feats / "patients.parquet")
+    cells = pd.read_parquet(feats / "cells.parquet")
+    evil = {"P0": "<script>alert(1)</script>", "P1": '"><img src=x onerror=alert(2)>'}
+    patients["patient_id"] = patients["patient_id"].replace(evil)
+    cells["patient_id"] = cells["patient_id"].replace(evil)
+    cells.loc[cells.index[0], "image"] = "P0/<b onmouseover=alert(3)>.jpg"  # a crop name with markup (not found)
+    patients.to_parquet(feats / "patients.parquet")
+    cells.to_parquet(feats / "cells.parquet")
+    doc = write_report(tiny_model, feats, tmp_path / "r").path.read_text()
+
+    class Page(HTMLParser):
+        def __init__(self):
+            super().__init__(convert_charrefs=True)
+            self.tags, self.text, self.attrs = [], [], []
+
+        def handle_starttag(self, tag, attrs):
+            self.tags.append(tag)
+            self.attrs += [(tag, k, v) for k, v in attrs]
+
+        def handle_data(self, data):
+            self.text.append(data)
+
+    page = Page()
+    page.feed(doc)
+    assert "script" not in page.tags and "<script" not in doc.lower()
+    assert not any(k.startswith("on") for _, k, _ in page.attrs)  # no event handler slipped in as an attribute
+    assert all(v.startswith("data:image/") for t, k, v in page.attrs if t == "img" and k == "src")
+    text = "".join(page.text)
+    for pid in evil.values():
+        assert f"Patient {pid}" in text  # shown as typed, as text
+    # the anchors stay plain identifiers
+    assert "id='p-_script_alert_1___script_'" in doc
