@@ -348,7 +348,9 @@ def predict(
         typer.Option(
             "--explain",
             help="Add each patient's strongest contributions (top{k}_feature, top{k}_value, top{k}_contribution "
-            "in log-odds, positive toward tumoral) after the contract columns.",
+            "in log-odds, positive toward tumoral) after the contract columns, then each one's name for a "
+            "clinician and value as a lab report writes it (top{k}_name 'lymphocyte count', top{k}_reading "
+            "'8.30 x10^9/L').",
         ),
     ] = False,
     explain_top: Annotated[int, typer.Option(help="How many contributions --explain adds per patient.")] = 3,
@@ -372,7 +374,7 @@ def predict(
     if explain:
         from .report import explain_predictions
 
-        preds = explain_predictions(model_dir, features_dir, explain_top, embeddings)
+        preds = _with_readings(explain_predictions(model_dir, features_dir, explain_top, embeddings))
     else:
         preds = run_predict(model_dir, features_dir, embeddings)
     from .model import input_warnings, labelled_metrics, load_model, load_patients, training_patient_ids
@@ -388,6 +390,22 @@ def predict(
     if scored is not None:
         for line in _labelled_lines(scored, len(preds), meta["threshold"]):
             console.print(line, highlight=False, markup=False)
+
+
+def _with_readings(explained):
+    """``--explain``'s table with ``top{k}_name`` and ``top{k}_reading`` after its columns (the model's inputs
+    are transformed, e.g. the log of the count: the reading is the value in clinical units, rounded as on a
+    lab report, in ASCII for spreadsheets)."""
+    from .glossary import clinician_name, format_input_value
+
+    out = explained.copy()
+    k = 1
+    while f"top{k}_feature" in out:
+        names, values = out[f"top{k}_feature"], out[f"top{k}_value"]
+        out[f"top{k}_name"] = [clinician_name(n) for n in names]
+        out[f"top{k}_reading"] = [format_input_value(n, v, ascii=True) for n, v in zip(names, values, strict=True)]
+        k += 1
+    return out
 
 
 def _labelled_lines(m: dict, n_patients: int, threshold: float) -> list[str]:

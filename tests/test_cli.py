@@ -340,3 +340,25 @@ def test_ctrl_c_says_what_is_kept_and_a_rerun_resumes(tmp_path):
     )
     r = run("extract", data, "--out", out, "-q")
     assert r.exit_code == 0 and f"{done} patient(s) reused" in r.output
+
+
+def test_explain_gives_clinical_values_in_clinical_units(tiny_features, tmp_path):
+    import math
+
+    r = run("fit", tiny_features, "--out", tmp_path / "m", "--feature-set", "clinical", "--folds", 3, "--repeats", 1)
+    assert r.exit_code == 0, r.output
+    r = run("predict", tmp_path / "m", tiny_features, "--out", tmp_path / "x.csv", "--explain")
+    assert r.exit_code == 0, r.output
+    ex = pd.read_csv(tmp_path / "x.csv")
+    assert list(ex.columns[-6:]) == [f"top{k}_{c}" for k in (1, 2, 3) for c in ("name", "reading")]
+    expected = {  # as a lab report writes them, from the value the model takes
+        "log_lymph_count": ("lymphocyte count", lambda v: f"{math.exp(v):.2f} x10^9/L"),
+        "age": ("age", lambda v: f"{math.floor(v)} years"),
+        "gender_male": ("sex", lambda v: "male" if v == 1 else "female"),
+    }
+    for k in (1, 2, 3):
+        for feature, value, name, reading in ex[
+            [f"top{k}_{c}" for c in ("feature", "value", "name", "reading")]
+        ].values:
+            assert (name, reading) == (expected[feature][0], expected[feature][1](value))
+    assert set(ex["top1_feature"]) | set(ex["top2_feature"]) | set(ex["top3_feature"]) == set(expected)
