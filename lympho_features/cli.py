@@ -24,6 +24,7 @@ from typer.core import TyperCommand
 
 from . import __version__
 from ._io import check_output_file, check_output_folder, describe_os_error
+from .cli_messages import extract_notes, interrupted_line, labelled_lines, with_readings
 from .dataset import ClinicalColumns
 from .errors import DatasetError, LymphoError
 from .feature_sets import DEFAULT_FEATURE_SET, FEATURE_SETS
@@ -42,27 +43,6 @@ def _fail(message: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
-def _count_shards(folder: Path) -> int:
-    return len(list(folder.glob("*.parquet"))) if folder.is_dir() else 0
-
-
-def _interrupted(command: str, params: dict) -> str:
-    """What an interrupted command leaves behind, in one line (Ctrl-C)."""
-    out = params.get("out")
-    if command in ("extract", "embed"):
-        shards = Path(out) / ("cells" if command == "extract" else "embeddings")
-        return (
-            f"interrupted: {_count_shards(shards)} finished patient(s) are kept in {shards}; run the same command "
-            "again to resume (they are not computed again)"
-        )
-    if command == "demo":
-        return f"interrupted: the demo under {out} is incomplete; run `lympho demo` again to redo it"
-    if command == "fit":
-        return f"interrupted: no model was saved to {out}; run `lympho fit` again"
-    # Every output is written to a temporary name and renamed at the end: nothing half-written is left.
-    return f"interrupted: nothing was written to {out}; run the command again"
-
-
 class LymphoCommand(TyperCommand):
     """A lympho command: the one place that turns errors and Ctrl-C into a line on stderr and an exit code.
 
@@ -79,7 +59,7 @@ class LymphoCommand(TyperCommand):
         except OSError as exc:
             _error(describe_os_error(exc))
         except KeyboardInterrupt:
-            console.print(escape(_interrupted(ctx.info_name or "", ctx.params)), highlight=False)
+            console.print(escape(interrupted_line(ctx.info_name or "", ctx.params)), highlight=False)
             raise typer.Exit(130) from None
         raise typer.Exit(1)
 
@@ -175,7 +155,7 @@ def extract(
         backend=backend,
         scheduler=scheduler,
     )
-    for line in _extract_notes(res, Path(out)):
+    for line in extract_notes(res, Path(out)):
         console.print(f"[yellow]warning:[/] {escape(line)}", highlight=False)
     qc = ", ".join(f"{k} {v}" for k, v in res.qc_counts.items())
     console.print(
@@ -183,52 +163,6 @@ def extract(
         f"{res.n_reused} patient(s) reused from an earlier run -> {escape(str(out))}",
         highlight=False,
     )
-
-
-#: Skipped files named one per line on the terminal; beyond that, manifest.json lists them.
-MAX_SKIPPED_SHOWN = 20
-
-#: Why extract measured a patient again, by the reason its earlier result was not reused.
-_REDONE_BECAUSE = {
-    "changed": "their crops or the settings changed since the last run",
-    "version": "their earlier results were written by another version of lympho",
-    "damaged": "their earlier results were damaged (truncated, unreadable or failing their checksum)",
-}
-
-
-def _redone_kind(reason: str) -> str:
-    if reason == "inputs or settings changed":
-        return "changed"
-    if reason.startswith(("older shard format", "schema differs")):
-        return "version"
-    return "damaged"
-
-
-def _extract_notes(res, out: Path) -> list[str]:
-    """The run's warnings in plain words, with the skipped files named (manifest.json has the details)."""
-    import json
-
-    try:
-        manifest = json.loads((out / "manifest.json").read_text())
-    except (OSError, ValueError):
-        return list(res.warnings)
-    redone = manifest.get("recomputed_shards", [])
-    notes = [w for w in res.warnings if not (redone and w.startswith(f"{len(redone)} shard(s) recomputed"))]
-    by_kind: dict[str, list[str]] = {}
-    for r in redone:
-        by_kind.setdefault(_redone_kind(r["reason"]), []).append(r["patient_id"])
-    for kind, ids in by_kind.items():
-        notes.append(f"{len(ids)} patient(s) measured again because {_REDONE_BECAUSE[kind]}: {', '.join(ids)}")
-    gone = manifest.get("removed_stale_shards", [])
-    if gone:
-        notes.append(f"results of {len(gone)} patient(s) no longer in the data folder removed from {out / 'cells'}")
-    skipped = manifest.get("skipped", [])
-    notes += [f"skipped {s['image']}: {s['reason']}" for s in skipped[:MAX_SKIPPED_SHOWN]]
-    if len(skipped) > MAX_SKIPPED_SHOWN:
-        notes.append(
-            f"... and {len(skipped) - MAX_SKIPPED_SHOWN} more skipped file(s), all listed in {out / 'manifest.json'}"
-        )
-    return notes
 
 
 @app.command()
@@ -374,7 +308,7 @@ def predict(
     if explain:
         from .report import explain_predictions
 
-        preds = _with_readings(explain_predictions(model_dir, features_dir, explain_top, embeddings))
+        preds = with_readings(explain_predictions(model_dir, features_dir, explain_top, embeddings))
     else:
         preds = run_predict(model_dir, features_dir, embeddings)
     from .model import input_warnings, labelled_metrics, load_model, load_patients, training_patient_ids
@@ -388,45 +322,8 @@ def predict(
     write_csv(preds, out)
     console.print(f"{len(preds)} patients -> {out}", highlight=False)
     if scored is not None:
-        for line in _labelled_lines(scored, len(preds), meta["threshold"]):
+        for line in labelled_lines(scored, len(preds), meta["threshold"]):
             console.print(line, highlight=False, markup=False)
-
-
-def _with_readings(explained):
-    """``--explain``'s table with ``top{k}_name`` and ``top{k}_reading`` after its columns (the model's inputs
-    are transformed, e.g. the log of the count: the reading is the value in clinical units, rounded as on a
-    lab report, in ASCII for spreadsheets)."""
-    from .glossary import clinician_name, format_input_value
-
-    out = explained.copy()
-    k = 1
-    while f"top{k}_feature" in out:
-        names, values = out[f"top{k}_feature"], out[f"top{k}_value"]
-        out[f"top{k}_name"] = [clinician_name(n) for n in names]
-        out[f"top{k}_reading"] = [format_input_value(n, v, ascii=True) for n, v in zip(names, values, strict=True)]
-        k += 1
-    return out
-
-
-def _labelled_lines(m: dict, n_patients: int, threshold: float) -> list[str]:
-    """What `predict` says when the features folder records labels (see model.labelled_metrics)."""
-
-    def f(x):
-        return "n/a" if x != x else f"{x:.3f}"  # NaN: a class is absent
-
-    lines = [
-        f"labels recorded for {m['n']} of {n_patients} patients ({m['n_tumoral']} tumoral, {m['n_reactive']} "
-        f"reactive): balanced accuracy {f(m['balanced_accuracy'])}, ROC AUC {f(m['roc_auc'])}, sensitivity "
-        f"{f(m['sensitivity'])}, specificity {f(m['specificity'])} at threshold {threshold:.3f}; "
-        f"{m['n_uncertain']} uncertain (refer), balanced accuracy {f(m['balanced_accuracy_confident'])} on the "
-        f"other {m['n'] - m['n_uncertain']}"
-    ]
-    if m.get("n_in_training"):
-        lines.append(
-            f"note: {m['n_in_training']} of these labelled patients trained the model: the figures above are "
-            "in-sample (optimistic); the cross-validated ones are in model.json"
-        )
-    return lines
 
 
 @app.command()

@@ -298,7 +298,7 @@ def test_skipped_files_and_measured_again_patients_are_named(tiny_cohort, tiny_f
 
 
 def test_many_skipped_files_are_summed_up_after_the_first(tiny_cohort, tmp_path):
-    from lympho_features.cli import MAX_SKIPPED_SHOWN
+    from lympho_features.cli_messages import MAX_SKIPPED_SHOWN
 
     data = tmp_path / "data"
     shutil.copytree(tiny_cohort, data)
