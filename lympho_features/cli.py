@@ -24,7 +24,7 @@ from typer.core import TyperCommand
 
 from . import __version__
 from ._io import check_output_file, check_output_folder, describe_os_error
-from .cli_messages import extract_notes, interrupted_line, labelled_lines, with_readings
+from .cli_messages import extract_notes, interrupted_line, labelled_lines, skipped_lines, with_readings
 from .dataset import ClinicalColumns
 from .errors import DatasetError, LymphoError
 from .feature_sets import DEFAULT_FEATURE_SET, FEATURE_SETS
@@ -358,6 +358,8 @@ def embed(
         _fail("--batch-size must be at least 1")
     check_output_folder(out)
     res = run_embed(data_dir, out, weights, device, batch_size, workers, progress=not quiet)
+    for line in skipped_lines(Path(out) / "embed_manifest.json"):
+        console.print(f"[yellow]warning:[/] {escape(line)}", highlight=False)
     console.print(
         f"{res.n_patients} patients, {res.n_cells} cells embedded ({res.embedding_dim} dimensions, "
         f"weights {res.weights}, {res.device}), {res.n_skipped} file(s) skipped, "

@@ -69,13 +69,19 @@ def extract_notes(res, out: Path) -> list[str]:
     gone = manifest.get("removed_stale_shards", [])
     if gone:
         notes.append(f"results of {len(gone)} patient(s) no longer in the data folder removed from {out / 'cells'}")
-    skipped = manifest.get("skipped", [])
-    notes += [f"skipped {s['image']}: {s['reason']}" for s in skipped[:MAX_SKIPPED_SHOWN]]
+    return notes + skipped_lines(out / "manifest.json")
+
+
+def skipped_lines(manifest_path: Path) -> list[str]:
+    """One line per file a run skipped (``skipped`` of its manifest), the first :data:`MAX_SKIPPED_SHOWN`."""
+    try:
+        skipped = json.loads(manifest_path.read_text()).get("skipped", [])
+    except (OSError, ValueError):
+        return []
+    lines = [f"skipped {s['image']}: {s['reason']}" for s in skipped[:MAX_SKIPPED_SHOWN]]
     if len(skipped) > MAX_SKIPPED_SHOWN:
-        notes.append(
-            f"... and {len(skipped) - MAX_SKIPPED_SHOWN} more skipped file(s), all listed in {out / 'manifest.json'}"
-        )
-    return notes
+        lines.append(f"... and {len(skipped) - MAX_SKIPPED_SHOWN} more skipped file(s), all listed in {manifest_path}")
+    return lines
 
 
 def with_readings(explained):

@@ -330,6 +330,7 @@ def test_unreadable_image_is_a_recorded_skip(tiny_cohort, tiny_weights, tmp_path
     assert "1 file(s) skipped" in r.output
     manifest = json.loads((tmp_path / "e" / "embed_manifest.json").read_text())
     assert manifest["skipped"][0]["image"] == "P1/broken.jpg"
+    assert f"skipped P1/broken.jpg: {manifest['skipped'][0]['reason']}" in r.output  # named on the terminal too
     emb = pd.read_parquet(tmp_path / "e" / "embeddings.parquet")
     assert "P1/broken.jpg" not in set(emb["image"])
 
