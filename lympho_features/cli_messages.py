@@ -8,6 +8,7 @@ function returns text or tables, printing is the command line's.
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -119,3 +120,40 @@ def labelled_lines(m: dict, n_patients: int, threshold: float) -> list[str]:
             "in-sample (optimistic); the cross-validated ones are in model.json"
         )
     return lines
+
+
+@contextmanager
+def progress_bar(console, label: str, unit: str, enabled: bool):
+    """A progress bar on ``console`` fed by a ``progress(done, total)`` callable (thread-safe), with time left.
+
+    Yields that callable, or None when ``enabled`` is False (``--quiet``, or output that is not a
+    terminal: a script or a log file wants the result lines, not a bar redrawn ten times a second).
+    """
+    if not enabled:
+        yield None
+        return
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    columns = (
+        TextColumn(label),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn(unit),
+        TimeElapsedColumn(),
+        TextColumn("left"),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=console, transient=False) as bar:
+        task = bar.add_task(label, total=None)
+
+        def progress(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        yield progress

@@ -362,3 +362,27 @@ def test_explain_gives_clinical_values_in_clinical_units(tiny_features, tmp_path
         ].values:
             assert (name, reading) == (expected[feature][0], expected[feature][1](value))
     assert set(ex["top1_feature"]) | set(ex["top2_feature"]) | set(ex["top3_feature"]) == set(expected)
+
+
+def test_progress_bar_shows_what_is_done_and_is_off_when_disabled():
+    import io
+    import threading
+
+    from rich.console import Console
+
+    from lympho_features.cli_messages import progress_bar
+
+    screen = io.StringIO()
+    console = Console(file=screen, force_terminal=True, width=120)
+    with progress_bar(console, "cross-validation", "fits", enabled=True) as progress:
+        # Called from the worker threads that fit the folds.
+        threads = [threading.Thread(target=progress, args=(done, 25)) for done in range(1, 8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        progress(12, 25)
+    text = screen.getvalue()
+    assert "cross-validation" in text and "12/25" in text and "fits" in text and "left" in text
+    with progress_bar(console, "cross-validation", "fits", enabled=False) as progress:
+        assert progress is None
