@@ -24,9 +24,9 @@ from typer.core import TyperCommand
 
 from . import __version__
 from ._io import check_output_file, check_output_folder, describe_os_error
-from .cli_messages import extract_notes, interrupted_line, labelled_lines, skipped_lines, with_readings
+from .cli_messages import extract_notes, interrupted_line, labelled_lines, progress_bar, skipped_lines, with_readings
 from .dataset import ClinicalColumns
-from .errors import DatasetError, LymphoError
+from .errors import DatasetError, LymphoError, ModelError
 from .feature_sets import DEFAULT_FEATURE_SET, FEATURE_SETS
 
 console = Console(stderr=True, soft_wrap=True)
@@ -220,39 +220,33 @@ def fit(
             "(LightGBM monotone constraints); --no-monotone: unconstrained, as models before.",
         ),
     ] = True,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
     """Cross-validate a patient-level classifier, then fit it on all labeled patients."""
     import time
 
-    from .model import fit_features_dir, format_ablation
+    from .model import FitSettings, fit_features_dir, format_ablation
 
-    if folds < 2 or repeats < 1:
-        _fail("--folds must be at least 2 and --repeats at least 1")
-    if min_sensitivity is not None and not 0 < min_sensitivity <= 1:
-        _fail("--min-sensitivity must be in (0, 1]")
-    if jobs < 1:
-        _fail("--jobs must be at least 1")
-    if not 0 < refer_error_rate < 1:
-        _fail("--refer-error-rate must be in (0, 1)")
-    if not 0 <= refer_max_fraction <= 1:
-        _fail("--refer-max-fraction must be in [0, 1]")
+    try:  # every option of the fit is checked by FitSettings; a bad value is a usage error
+        settings = FitSettings(
+            feature_set=feature_set,
+            folds=folds,
+            repeats=repeats,
+            seed=seed,
+            min_sensitivity=min_sensitivity,
+            ablation=ablation,
+            refer_error_rate=refer_error_rate,
+            refer_max_fraction=refer_max_fraction,
+            n_jobs=jobs,
+            monotone=monotone,
+            embeddings_dir=embeddings,
+        )
+    except ModelError as exc:
+        _fail(str(exc))
     check_output_folder(out, "model folder")
     t0 = time.perf_counter()
-    model, cv = fit_features_dir(
-        features_dir,
-        out,
-        feature_set,
-        folds,
-        repeats,
-        seed,
-        min_sensitivity,
-        embeddings_dir=embeddings,
-        ablation=ablation,
-        refer_error_rate=refer_error_rate,
-        refer_max_fraction=refer_max_fraction,
-        n_jobs=jobs,
-        monotone=monotone,
-    )
+    with _cv_progress(quiet) as progress:
+        model, cv = fit_features_dir(features_dir, out, settings, progress=progress)
     s = cv.summary
     if model.metadata.get("ablation"):
         console.print(format_ablation(model.metadata["ablation"]), highlight=False, markup=False)
@@ -267,6 +261,11 @@ def fit(
         f"errors) -> {out} ({time.perf_counter() - t0:.0f} s)",
         highlight=False,
     )
+
+
+def _cv_progress(quiet: bool):
+    """fit's cross-validation bar (outer folds of every repeat done, time left), on a terminal unless --quiet."""
+    return progress_bar(console, "cross-validation", "folds", enabled=not quiet and sys.stdout.isatty())
 
 
 @app.command()
@@ -383,7 +382,7 @@ def demo(
 ) -> None:
     """Generate a seeded synthetic cohort, run extract and fit on it, print the CV metrics, write a report."""
     from .extract import extract as run_extract
-    from .model import DEFAULT_FEATURE_SET, fit_features_dir, format_ablation
+    from .model import FitSettings, fit_features_dir, format_ablation
     from .synthetic import make_cohort
 
     check_output_folder(out)
@@ -395,11 +394,13 @@ def demo(
     console.print(f"extracted {res.n_cells} cells of {res.n_patients} patients", highlight=False)
     # `lympho fit`'s defaults (3 x 3 CV for speed): the ablation table compares the other configurations.
     model_dir = out / "model"
-    model, cv = fit_features_dir(out / "features", model_dir, folds=3, repeats=3, seed=seed, n_jobs=jobs)
+    settings = FitSettings(folds=3, repeats=3, seed=seed, n_jobs=jobs)
+    with _cv_progress(quiet=False) as progress:
+        model, cv = fit_features_dir(out / "features", model_dir, settings, progress=progress)
     console.print(format_ablation(model.metadata["ablation"]), highlight=False, markup=False)
     s = cv.summary
     console.print(
-        f"default model ({DEFAULT_FEATURE_SET}): balanced accuracy {s['balanced_accuracy_mean']:.3f} "
+        f"default model ({settings.feature_set}): balanced accuracy {s['balanced_accuracy_mean']:.3f} "
         f"± {s['balanced_accuracy_std']:.3f}, ROC AUC {s['roc_auc_mean']:.3f} ± {s['roc_auc_std']:.3f} -> {model_dir}",
         highlight=False,
     )

@@ -23,7 +23,7 @@ import math
 import re
 from dataclasses import dataclass
 
-from .cellscore import CELL_MODEL_BLOCKS, cell_model_block
+from .feature_sets import CELL_MODEL_BLOCKS, cell_model_block
 from .features import GRANULARITY_RADII, RADIAL_RINGS
 
 #: Unit of the lengths measured on the crops. Pixels of the 224×224 crops: the scans' pixel size is not

@@ -109,7 +109,6 @@ def test_mismatched_patients_are_listed(tiny_cohort, tmp_path):
         (("extract", "{cohort}", "--out", "{tmp}/o", "--clinical", "{tmp}/missing.csv"), "clinical CSV not found"),
         (("fit", "{tmp}", "--out", "{tmp}/m"), "patients.parquet not found"),
         (("predict", "{tmp}", "{tmp}", "--out", "{tmp}/p.csv"), "model.json not found"),
-        (("fit", "{tmp}", "--out", "{tmp}/m", "--feature-set", "bogus"), "patients.parquet not found"),
     ],
 )
 def test_errors_are_one_line_without_traceback(tiny_cohort, tmp_path, args, fragment):
@@ -118,6 +117,20 @@ def test_errors_are_one_line_without_traceback(tiny_cohort, tmp_path, args, frag
     assert r.exit_code == 1
     assert r.output.startswith("error: ") and fragment in r.output and r.output.count("\n") == 1
     assert "Traceback" not in r.output
+
+
+@pytest.mark.parametrize(
+    "option,fragment",
+    [
+        (("--feature-set", "bogus"), "unknown feature set 'bogus'"),
+        (("--folds", "1"), "--folds"),
+        (("--min-sensitivity", "0"), "--min-sensitivity"),
+    ],
+)
+def test_bad_fit_options_are_usage_errors_found_first(tmp_path, option, fragment):
+    r = run("fit", tmp_path, "--out", tmp_path / "m", *option)  # no features there: the option is checked first
+    assert r.exit_code == 2 and r.output.startswith("error: ") and fragment in r.output, r.output
+    assert "patients.parquet" not in r.output
 
 
 def test_missing_column_named(tiny_cohort, tmp_path):

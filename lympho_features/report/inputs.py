@@ -18,9 +18,8 @@ import numpy as np
 import pandas as pd
 
 from .._io import dataframe_fingerprint
-from ..cellscore import cell_model_block
-from ..cnn_aggregate import is_learned_feature
 from ..errors import ReportError
+from ..feature_sets import cell_model_block, is_learned_feature
 from ..model import (
     ModelError,
     cell_scores,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 
-from ..cellscore import CELL_MODEL_BLOCKS, cell_model_block
+from ..feature_sets import CELL_MODEL_BLOCKS, cell_model_block
 from ..features import describe_feature as describe_cell_feature
 from ..model import ModelError, parse_feature_set
 from ..segment import FLAG_DESCRIPTIONS

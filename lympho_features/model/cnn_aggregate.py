@@ -6,7 +6,7 @@ of the *training* patients only (inside each cross-validation fold, never on
 the patients a fold is scored on), then each patient's cells are summarised
 by the mean and spread of each component: ``cnn_pc1__mean``,
 ``cnn_pc1__std``... These columns are learned features, to be reported
-apart from the hand-made, explainable ones (:func:`is_learned_feature`).
+apart from the hand-made, explainable ones (:func:`lympho_features.feature_sets.is_learned_feature`).
 
 No torch here: the aggregator needs only numpy, and is saved as plain JSON.
 """
@@ -20,20 +20,13 @@ import numpy as np
 import pandas as pd
 from sklearn.base import BaseEstimator, TransformerMixin
 
-from ._io import write_json
-from .errors import AggregatorError  # noqa: F401 (re-exported)
-
-#: Prefix of the embedding columns of embeddings.parquet and of the learned features built here.
-EMBEDDING_PREFIX = "cnn_"
+from .._io import write_json
+from ..errors import AggregatorError
+from ..feature_sets import EMBEDDING_PREFIX
 
 AGGREGATOR_FORMAT = 1
 
 STATS = ("mean", "std")
-
-
-def is_learned_feature(name: str) -> bool:
-    """True for a column derived from CNN embeddings (to label it as learned, not explainable)."""
-    return name.startswith(EMBEDDING_PREFIX)
 
 
 def embedding_columns_of(cells: pd.DataFrame) -> list[str]:
