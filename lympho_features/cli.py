@@ -24,7 +24,15 @@ from typer.core import TyperCommand
 
 from . import __version__
 from ._io import check_output_file, check_output_folder, describe_os_error
-from .cli_messages import extract_notes, interrupted_line, labelled_lines, progress_bar, skipped_lines, with_readings
+from .cli_messages import (
+    cv_summary_line,
+    extract_notes,
+    interrupted_line,
+    labelled_lines,
+    progress_bar,
+    skipped_lines,
+    with_readings,
+)
 from .dataset import ClinicalColumns
 from .errors import DatasetError, LymphoError, ModelError
 from .feature_sets import DEFAULT_FEATURE_SET, FEATURE_SETS
@@ -165,6 +173,15 @@ def extract(
     )
 
 
+FEATURE_SET_HELP = (
+    f"Which inputs: {'|'.join(FEATURE_SETS)} (blocks clinical, crops, morphology, cellscore, cellmorph, "
+    "cellatyp, cnn joined by '+'; image = crops+cellatyp (images only), all = clinical+image; '-n_cells' "
+    "drops the crop count). cellscore/cellmorph: weakly supervised cell model on every per-cell feature / "
+    "without stain colour; cellatyp: cellmorph learned from the tumoral patients' atypical-looking cells "
+    "only; morphology: the ~565 per-patient aggregates; cnn: needs `lympho embed`."
+)
+
+
 @app.command()
 def fit(
     features_dir: Annotated[Path, typer.Argument(help="Folder written by `lympho extract`.")],
@@ -172,16 +189,7 @@ def fit(
     folds: Annotated[int, typer.Option(help="CV folds (patient-level, stratified).")] = 5,
     repeats: Annotated[int, typer.Option(help="CV repeats with different shuffles.")] = 5,
     seed: Annotated[int, typer.Option(help="Random seed (CV splits and model).")] = 0,
-    feature_set: Annotated[
-        str,
-        typer.Option(
-            help=f"Which inputs: {'|'.join(FEATURE_SETS)} (blocks clinical, crops, morphology, cellscore, cellmorph, "
-            "cellatyp, cnn joined by '+'; image = crops+cellatyp (images only), all = clinical+image; '-n_cells' "
-            "drops the crop count). cellscore/cellmorph: weakly supervised cell model on every per-cell feature / "
-            "without stain colour; cellatyp: cellmorph learned from the tumoral patients' atypical-looking cells "
-            "only; morphology: the ~565 per-patient aggregates; cnn: needs `lympho embed`."
-        ),
-    ] = DEFAULT_FEATURE_SET,
+    feature_set: Annotated[str, typer.Option(help=FEATURE_SET_HELP)] = DEFAULT_FEATURE_SET,
     min_sensitivity: Annotated[
         float | None, typer.Option(help="Pick the threshold keeping CV sensitivity at least this (e.g. 0.95).")
     ] = None,
@@ -245,27 +253,17 @@ def fit(
         _fail(str(exc))
     check_output_folder(out, "model folder")
     t0 = time.perf_counter()
-    with _cv_progress(quiet) as progress:
+    with _cv_progress(settings, quiet) as progress:
         model, cv = fit_features_dir(features_dir, out, settings, progress=progress)
-    s = cv.summary
     if model.metadata.get("ablation"):
         console.print(format_ablation(model.metadata["ablation"]), highlight=False, markup=False)
-    refer = model.metadata["refer"]
-    console.print(
-        f"CV ({folds}-fold x {repeats}, {s['n_patients']} patients, feature set {feature_set}, {len(model.features)} features): "
-        f"balanced accuracy {s['balanced_accuracy_mean']:.3f} ± {s['balanced_accuracy_std']:.3f}, "
-        f"ROC AUC {s['roc_auc_mean']:.3f} ± {s['roc_auc_std']:.3f}, "
-        f"sensitivity {s['sensitivity_mean']:.3f}, specificity {s['specificity_mean']:.3f}; "
-        f"threshold {model.threshold:.3f}, uncertain from -{refer['below']:.3f} to +{refer['above']:.3f} around it "
-        f"({refer['cv_fraction_referred']:.0%} of CV calls, {refer['cv_share_of_errors_referred'] or 0:.0%} of CV "
-        f"errors) -> {out} ({time.perf_counter() - t0:.0f} s)",
-        highlight=False,
-    )
+    console.print(cv_summary_line(model, cv, settings, out, time.perf_counter() - t0), highlight=False, markup=False)
 
 
-def _cv_progress(quiet: bool):
+def _cv_progress(settings, quiet: bool):
     """fit's cross-validation bar (outer folds of every repeat done, time left), on a terminal unless --quiet."""
-    return progress_bar(console, "cross-validation", "folds", enabled=not quiet and sys.stdout.isatty())
+    unit = f"folds ({settings.folds}-fold x {settings.repeats} repeats)"
+    return progress_bar(console, "cross-validation", unit, enabled=not quiet and sys.stdout.isatty())
 
 
 @app.command()
@@ -395,7 +393,7 @@ def demo(
     # `lympho fit`'s defaults (3 x 3 CV for speed): the ablation table compares the other configurations.
     model_dir = out / "model"
     settings = FitSettings(folds=3, repeats=3, seed=seed, n_jobs=jobs)
-    with _cv_progress(quiet=False) as progress:
+    with _cv_progress(settings, quiet=False) as progress:
         model, cv = fit_features_dir(out / "features", model_dir, settings, progress=progress)
     console.print(format_ablation(model.metadata["ablation"]), highlight=False, markup=False)
     s = cv.summary

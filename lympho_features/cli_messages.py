@@ -85,6 +85,21 @@ def skipped_lines(manifest_path: Path) -> list[str]:
     return lines
 
 
+def cv_summary_line(model, cv, settings, out: Path, seconds: float) -> str:
+    """What ``fit`` says at the end: the CV metrics, the threshold and the refer band, where it wrote, how long."""
+    s, refer = cv.summary, model.metadata["refer"]
+    return (
+        f"CV ({settings.folds}-fold x {settings.repeats}, {s['n_patients']} patients, feature set "
+        f"{settings.feature_set}, {len(model.features)} features): "
+        f"balanced accuracy {s['balanced_accuracy_mean']:.3f} ± {s['balanced_accuracy_std']:.3f}, "
+        f"ROC AUC {s['roc_auc_mean']:.3f} ± {s['roc_auc_std']:.3f}, "
+        f"sensitivity {s['sensitivity_mean']:.3f}, specificity {s['specificity_mean']:.3f}; "
+        f"threshold {model.threshold:.3f}, uncertain from -{refer['below']:.3f} to +{refer['above']:.3f} around it "
+        f"({refer['cv_fraction_referred']:.0%} of CV calls, {refer['cv_share_of_errors_referred'] or 0:.0%} of CV "
+        f"errors) -> {out} ({seconds:.0f} s)"
+    )
+
+
 def with_readings(explained):
     """``--explain``'s table with ``top{k}_name`` and ``top{k}_reading`` after its columns (the model's inputs
     are transformed, e.g. the log of the count: the reading is the value in clinical units, rounded as on a

@@ -49,6 +49,7 @@ def test_fit_and_predict(tiny_features, tmp_path):
     r = run("fit", tiny_features, "--out", tmp_path / "m", "--folds", 3, "--repeats", 2)
     assert r.exit_code == 0, r.output
     assert "balanced accuracy" in r.output
+    assert "cross-validation" not in r.output  # no progress bar when the output is not a terminal
     meta = json.loads((tmp_path / "m" / "model.json").read_text())
     assert meta["cv"]["folds"] == 3 and meta["cv"]["repeats"] == 2
     cvp = pd.read_csv(tmp_path / "m" / "cv_predictions.csv")
