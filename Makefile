@@ -30,6 +30,7 @@ venv: $(VENV)/.installed
 
 demo: $(VENV)/.installed
 	$(BIN)/lympho demo
+	@echo "lympho is installed in $(VENV)/: '. $(BIN)/activate' puts the lympho command on your PATH"
 
 test: $(VENV)/.installed-test
 	$(BIN)/python -m pytest -q

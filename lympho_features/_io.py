@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -15,7 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .errors import OutputLockedError  # noqa: F401 (re-exported)
+from .errors import OutputError, OutputLockedError  # noqa: F401 (re-exported)
 
 _PACKAGES = (
     "lympho-features",
@@ -193,6 +194,72 @@ def check_writable(folder: str | Path) -> None:
     finally:
         os.close(fd)
         os.unlink(tmp)
+
+
+def describe_os_error(exc: OSError) -> str:
+    """One line for an operating-system error: the path(s) it concerns and the system's reason."""
+    if exc.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", -1)):
+        reason = "no space left on device"
+    else:
+        reason = exc.strerror or " ".join(str(exc).split()) or type(exc).__name__
+    paths = [str(p) for p in (exc.filename, exc.filename2) if p is not None]
+    return f"{' -> '.join(paths)}: {reason}" if paths else reason
+
+
+def _nearest_existing(path: Path) -> Path:
+    """``path`` or its closest ancestor that exists (where the missing folders would be created)."""
+    for candidate in (path, *path.parents):
+        if candidate.exists():
+            return candidate
+    return Path(".")  # pragma: no cover - the root of a relative path always exists
+
+
+def check_output_folder(folder: str | Path, what: str = "output folder") -> Path:
+    """Check, before any work, that ``folder`` can be created (if missing) and written; creates nothing.
+
+    Returns
+    -------
+    Path
+        ``folder``.
+
+    Raises
+    ------
+    OutputError
+        One line naming the path: a file stands where the folder (or one above it) should be, or the
+        operating system refuses to write there (read-only, permissions).
+    """
+    folder = Path(folder)
+    existing = _nearest_existing(folder)
+    if not existing.is_dir():
+        where = "" if existing == folder else f" ({existing} is a file)"
+        raise OutputError(f"{what} {folder} cannot be created: a file is in the way{where}")
+    try:
+        check_writable(existing)
+    except OSError as exc:
+        where = "" if existing == folder else f" (cannot create it in {existing})"
+        raise OutputError(f"cannot write to {what} {folder}{where}: {exc.strerror or exc}") from None
+    return folder
+
+
+def check_output_file(path: str | Path, what: str = "output file") -> Path:
+    """Check, before any work, that the file ``path`` can be written (its folder created if missing).
+
+    Raises
+    ------
+    OutputError
+        One line naming the path: it is a folder, or its folder cannot be created or written.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise OutputError(f"{what} {path} is a folder: give a file name")
+    existing = _nearest_existing(path.parent)
+    if not existing.is_dir():
+        raise OutputError(f"cannot write {what} {path}: {existing} is a file, not a folder")
+    try:
+        check_writable(existing)
+    except OSError as exc:
+        raise OutputError(f"cannot write {what} {path}: {exc.strerror or exc} ({existing})") from None
+    return path
 
 
 def remove_stale_temporaries(folder: str | Path, names: list[str] | None = None) -> list[str]:

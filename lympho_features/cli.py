@@ -2,49 +2,106 @@
 
 Every command is equally usable from Python through the functions it calls
 (:func:`lympho_features.extract.extract`, :func:`lympho_features.model.fit_model`...).
-Errors in the user's input end the command with a one-line message and a
-non-zero exit code, never a traceback.
+Errors in the user's input or environment end the command with a one-line
+message on stderr and exit code 1 (a bad option value: 2), never a traceback;
+:class:`LymphoCommand` is the one place that does it. Each command checks that
+its output can be written before it starts work. Ctrl-C says what is kept and
+exits 130.
 """
 
 from __future__ import annotations
 
 import sys
-from contextlib import contextmanager
 from datetime import date
 from pathlib import Path
 from typing import Annotated
 
+import click
 import typer
 from rich.console import Console
+from rich.markup import escape
+from typer.core import TyperCommand
 
-from .dataset import ClinicalColumns, DatasetError
-from .feature_sets import DEFAULT_FEATURE_SET, FEATURE_SETS, ModelError
-
-app = typer.Typer(
-    help="lympho: reactive vs tumoral lymphocytosis from blood-smear lymphocyte crops and three clinical values.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
+from . import __version__
+from ._io import check_output_file, check_output_folder, describe_os_error
+from .cli_messages import (
+    cv_summary_line,
+    extract_notes,
+    interrupted_line,
+    labelled_lines,
+    progress_bar,
+    skipped_lines,
+    with_readings,
 )
+from .dataset import ClinicalColumns
+from .errors import DatasetError, LymphoError, ModelError
+from .feature_sets import DEFAULT_FEATURE_SET, FEATURE_SETS
+
 console = Console(stderr=True, soft_wrap=True)
 
 
+def _error(message: str) -> None:
+    """The one way an error reaches the terminal: one line on stderr (never markup: messages quote user text)."""
+    console.print(f"[bold red]error:[/] {escape(' '.join(message.split()))}", highlight=False)
+
+
 def _fail(message: str, code: int = 2) -> None:
-    console.print(f"[bold red]error:[/] {message}", highlight=False)
+    """Stop on a bad option value (exit 2, as click does for usage errors)."""
+    _error(message)
     raise typer.Exit(code)
 
 
-def _guard(fn, *args, **kwargs):
-    try:
-        return fn(*args, **kwargs)
-    except (DatasetError, ModelError) as exc:
-        _fail(str(exc))
-    except PermissionError as exc:
-        _fail(f"permission denied: {exc.filename or exc}")
-    except OSError as exc:
-        if exc.errno == 28:  # ENOSPC
-            _fail(f"no space left on device while writing {exc.filename or 'output'}")
-        raise
+class LymphoCommand(TyperCommand):
+    """A lympho command: the one place that turns errors and Ctrl-C into a line on stderr and an exit code.
+
+    A :class:`~lympho_features.errors.LymphoError` (a problem with the input or the environment) and an
+    ``OSError`` (a path the system refuses) end the command with one line, exit 1; Ctrl-C says what is
+    kept, exit 130. Anything else is a bug in lympho and keeps its traceback.
+    """
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except LymphoError as exc:
+            _error(str(exc))
+        except OSError as exc:
+            _error(describe_os_error(exc))
+        except KeyboardInterrupt:
+            console.print(escape(interrupted_line(ctx.info_name or "", ctx.params)), highlight=False)
+            raise typer.Exit(130) from None
+        raise typer.Exit(1)
+
+
+class _Lympho(typer.Typer):
+    """Typer whose commands are all :class:`LymphoCommand`."""
+
+    def command(self, *args, cls=None, **kwargs):
+        return super().command(*args, cls=cls or LymphoCommand, **kwargs)
+
+
+app = _Lympho(
+    help="lympho: reactive vs tumoral lymphocytosis from blood-smear lymphocyte crops and three clinical values.",
+    pretty_exceptions_enable=False,
+)
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        print(f"lympho {__version__}")
+        raise typer.Exit()
+
+
+@app.callback(invoke_without_command=True)
+def _root(
+    ctx: typer.Context,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_print_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    # `lympho` alone: the help, and success (asking for help is not an error).
+    if ctx.invoked_subcommand is None:
+        print(ctx.get_help())
+        raise typer.Exit()
 
 
 @app.command()
@@ -82,6 +139,7 @@ def extract(
     ] = None,
 ) -> None:
     """Segment every crop, measure each cell and aggregate per patient."""
+    from .dataset import check_data_dir, find_clinical_csv, load_clinical, patient_folder_names
     from .extract import ExtractSettings
     from .extract import extract as run_extract
 
@@ -90,11 +148,14 @@ def extract(
     except ValueError:
         _fail(f"--reference-date {reference_date!r} is not a date YYYY-MM-DD")
     cols = ClinicalColumns(id_column, label_column, gender_column, dob_column, count_column)
-    res = _guard(
-        run_extract,
+    check_output_folder(out)
+    # Every problem of the clinical CSV at once, with its rows that have no image folder, before any work.
+    csv_path = clinical or find_clinical_csv(check_data_dir(data_dir))
+    load_clinical(csv_path, cols, ref, patient_folders=patient_folder_names(data_dir))
+    res = run_extract(
         data_dir,
         out,
-        clinical,
+        csv_path,
         jobs,
         ExtractSettings(reference_date=ref),
         cols,
@@ -102,14 +163,23 @@ def extract(
         backend=backend,
         scheduler=scheduler,
     )
-    for w in res.warnings:
-        console.print(f"[yellow]warning:[/] {w}", highlight=False)
+    for line in extract_notes(res, Path(out)):
+        console.print(f"[yellow]warning:[/] {escape(line)}", highlight=False)
     qc = ", ".join(f"{k} {v}" for k, v in res.qc_counts.items())
     console.print(
         f"{res.n_patients} patients, {res.n_cells} cells ({qc}), {res.n_skipped} file(s) skipped, "
-        f"{res.n_reused} patient(s) reused from an earlier run -> {out}",
+        f"{res.n_reused} patient(s) reused from an earlier run -> {escape(str(out))}",
         highlight=False,
     )
+
+
+FEATURE_SET_HELP = (
+    f"Which inputs: {'|'.join(FEATURE_SETS)} (blocks clinical, crops, morphology, cellscore, cellmorph, "
+    "cellatyp, cnn joined by '+'; image = crops+cellatyp (images only), all = clinical+image; '-n_cells' "
+    "drops the crop count). cellscore/cellmorph: weakly supervised cell model on every per-cell feature / "
+    "without stain colour; cellatyp: cellmorph learned from the tumoral patients' atypical-looking cells "
+    "only; morphology: the ~565 per-patient aggregates; cnn: needs `lympho embed`."
+)
 
 
 @app.command()
@@ -119,16 +189,7 @@ def fit(
     folds: Annotated[int, typer.Option(help="CV folds (patient-level, stratified).")] = 5,
     repeats: Annotated[int, typer.Option(help="CV repeats with different shuffles.")] = 5,
     seed: Annotated[int, typer.Option(help="Random seed (CV splits and model).")] = 0,
-    feature_set: Annotated[
-        str,
-        typer.Option(
-            help=f"Which inputs: {'|'.join(FEATURE_SETS)} (blocks clinical, crops, morphology, cellscore, cellmorph, "
-            "cellatyp, cnn joined by '+'; image = crops+cellatyp (images only), all = clinical+image; '-n_cells' "
-            "drops the crop count). cellscore/cellmorph: weakly supervised cell model on every per-cell feature / "
-            "without stain colour; cellatyp: cellmorph learned from the tumoral patients' atypical-looking cells "
-            "only; morphology: the ~565 per-patient aggregates; cnn: needs `lympho embed`."
-        ),
-    ] = DEFAULT_FEATURE_SET,
+    feature_set: Annotated[str, typer.Option(help=FEATURE_SET_HELP)] = DEFAULT_FEATURE_SET,
     min_sensitivity: Annotated[
         float | None, typer.Option(help="Pick the threshold keeping CV sensitivity at least this (e.g. 0.95).")
     ] = None,
@@ -167,54 +228,42 @@ def fit(
             "(LightGBM monotone constraints); --no-monotone: unconstrained, as models before.",
         ),
     ] = True,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
     """Cross-validate a patient-level classifier, then fit it on all labeled patients."""
     import time
 
     from .model import FitSettings, fit_features_dir, format_ablation
 
-    settings = _guard(
-        FitSettings,
-        feature_set=feature_set,
-        folds=folds,
-        repeats=repeats,
-        seed=seed,
-        min_sensitivity=min_sensitivity,
-        ablation=ablation,
-        refer_error_rate=refer_error_rate,
-        refer_max_fraction=refer_max_fraction,
-        n_jobs=jobs,
-        monotone=monotone,
-        embeddings_dir=embeddings,
-    )
+    try:  # every option of the fit is checked by FitSettings; a bad value is a usage error
+        settings = FitSettings(
+            feature_set=feature_set,
+            folds=folds,
+            repeats=repeats,
+            seed=seed,
+            min_sensitivity=min_sensitivity,
+            ablation=ablation,
+            refer_error_rate=refer_error_rate,
+            refer_max_fraction=refer_max_fraction,
+            n_jobs=jobs,
+            monotone=monotone,
+            embeddings_dir=embeddings,
+        )
+    except ModelError as exc:
+        _fail(str(exc))
+    check_output_folder(out, "model folder")
     t0 = time.perf_counter()
-    with _cv_progress() as progress:
-        model, cv = _guard(fit_features_dir, features_dir, out, settings, progress=progress)
-    s = cv.summary
+    with _cv_progress(settings, quiet) as progress:
+        model, cv = fit_features_dir(features_dir, out, settings, progress=progress)
     if model.metadata.get("ablation"):
         console.print(format_ablation(model.metadata["ablation"]), highlight=False, markup=False)
-    refer = model.metadata["refer"]
-    console.print(
-        f"CV ({folds}-fold x {repeats}, {s['n_patients']} patients, feature set {feature_set}, {len(model.features)} features): "
-        f"balanced accuracy {s['balanced_accuracy_mean']:.3f} ± {s['balanced_accuracy_std']:.3f}, "
-        f"ROC AUC {s['roc_auc_mean']:.3f} ± {s['roc_auc_std']:.3f}, "
-        f"sensitivity {s['sensitivity_mean']:.3f}, specificity {s['specificity_mean']:.3f}; "
-        f"threshold {model.threshold:.3f}, uncertain from -{refer['below']:.3f} to +{refer['above']:.3f} around it "
-        f"({refer['cv_fraction_referred']:.0%} of CV calls, {refer['cv_share_of_errors_referred'] or 0:.0%} of CV "
-        f"errors) -> {out} ({time.perf_counter() - t0:.0f} s)",
-        highlight=False,
-    )
+    console.print(cv_summary_line(model, cv, settings, out, time.perf_counter() - t0), highlight=False, markup=False)
 
 
-@contextmanager
-def _cv_progress():
-    """A bar of the cross-validation's outer folds on a terminal (nothing otherwise): the ``progress`` fit takes."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    columns = (TextColumn("cross-validation"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=console, transient=True, disable=not console.is_terminal) as bar:
-        task = bar.add_task("folds", total=None)
-        yield lambda done, total: bar.update(task, completed=done, total=total)
+def _cv_progress(settings, quiet: bool):
+    """fit's cross-validation bar (outer folds of every repeat done, time left), on a terminal unless --quiet."""
+    unit = f"folds ({settings.folds}-fold x {settings.repeats} repeats)"
+    return progress_bar(console, "cross-validation", unit, enabled=not quiet and sys.stdout.isatty())
 
 
 @app.command()
@@ -230,7 +279,9 @@ def predict(
         typer.Option(
             "--explain",
             help="Add each patient's strongest contributions (top{k}_feature, top{k}_value, top{k}_contribution "
-            "in log-odds, positive toward tumoral) after the contract columns.",
+            "in log-odds, positive toward tumoral) after the contract columns, then each one's name for a "
+            "clinician and value as a lab report writes it (top{k}_name 'lymphocyte count', top{k}_reading "
+            "'8.30 x10^9/L').",
         ),
     ] = False,
     explain_top: Annotated[int, typer.Option(help="How many contributions --explain adds per patient.")] = 3,
@@ -251,21 +302,19 @@ def predict(
         _fail("--explain cannot be combined with --kaggle (the submission format has fixed columns)")
     if explain_top < 1:
         _fail("--explain-top must be at least 1")
+    check_output_file(out, "predictions file")
     if explain:
-        from .report import ReportError, explain_predictions
+        from .report import explain_predictions
 
-        try:
-            preds = _guard(explain_predictions, model_dir, features_dir, explain_top, embeddings)
-        except ReportError as exc:
-            _fail(str(exc))
+        preds = with_readings(explain_predictions(model_dir, features_dir, explain_top, embeddings))
     else:
-        preds = _guard(run_predict, model_dir, features_dir, embeddings)
+        preds = run_predict(model_dir, features_dir, embeddings)
     from .domain import check_settings, warning_lines
     from .model import input_warnings, labelled_metrics, load_model, load_patients, training_patient_ids
 
-    meta, patients = _guard(load_model, model_dir)[1], _guard(load_patients, features_dir)
+    meta, patients = load_model(model_dir)[1], load_patients(features_dir)
     # Settings that are the user's to choose (e.g. the reference date of ages): shown, not refused.
-    for line in _guard(check_settings, meta, features_dir, model_dir):
+    for line in check_settings(meta, features_dir, model_dir):
         console.print(f"note: {line}", highlight=False, markup=False)
     for line in input_warnings(meta, patients):
         console.print(f"warning: {line}", highlight=False, markup=False)
@@ -274,32 +323,11 @@ def predict(
     scored = labelled_metrics(preds, patients, meta["threshold"], training_patient_ids(model_dir))
     if kaggle:
         preds = preds.rename(columns={"patient_id": "Id", "prediction": "Predicted"})[["Id", "Predicted"]]
-    _guard(write_csv, preds, out)
+    write_csv(preds, out)
     console.print(f"{len(preds)} patients -> {out}", highlight=False)
     if scored is not None:
-        for line in _labelled_lines(scored, len(preds), meta["threshold"]):
+        for line in labelled_lines(scored, len(preds), meta["threshold"]):
             console.print(line, highlight=False, markup=False)
-
-
-def _labelled_lines(m: dict, n_patients: int, threshold: float) -> list[str]:
-    """What `predict` says when the features folder records labels (see model.labelled_metrics)."""
-
-    def f(x):
-        return "n/a" if x != x else f"{x:.3f}"  # NaN: a class is absent
-
-    lines = [
-        f"labels recorded for {m['n']} of {n_patients} patients ({m['n_tumoral']} tumoral, {m['n_reactive']} "
-        f"reactive): balanced accuracy {f(m['balanced_accuracy'])}, ROC AUC {f(m['roc_auc'])}, sensitivity "
-        f"{f(m['sensitivity'])}, specificity {f(m['specificity'])} at threshold {threshold:.3f}; "
-        f"{m['n_uncertain']} uncertain (refer), balanced accuracy {f(m['balanced_accuracy_confident'])} on the "
-        f"other {m['n'] - m['n_uncertain']}"
-    ]
-    if m.get("n_in_training"):
-        lines.append(
-            f"note: {m['n_in_training']} of these labelled patients trained the model: the figures above are "
-            "in-sample (optimistic); the cross-validated ones are in model.json"
-        )
-    return lines
 
 
 @app.command()
@@ -325,19 +353,17 @@ def embed(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
     """CNN embedding of each nucleus-centred cell (optional learned features; needs the `cnn` extra)."""
-    from .embed import DEVICES, EmbedError
+    from .embed import DEVICES
     from .embed import embed as run_embed
 
     if device not in DEVICES:
         _fail(f"--device {device!r} is not one of {', '.join(DEVICES)}")
     if batch_size < 1:
         _fail("--batch-size must be at least 1")
-    try:
-        res = _guard(run_embed, data_dir, out, weights, device, batch_size, workers, progress=not quiet)
-    except EmbedError as exc:
-        from rich.markup import escape
-
-        _fail(escape(str(exc)))  # messages name extras like [cnn], which are not markup
+    check_output_folder(out)
+    res = run_embed(data_dir, out, weights, device, batch_size, workers, progress=not quiet)
+    for line in skipped_lines(Path(out) / "embed_manifest.json"):
+        console.print(f"[yellow]warning:[/] {escape(line)}", highlight=False)
     console.print(
         f"{res.n_patients} patients, {res.n_cells} cells embedded ({res.embedding_dim} dimensions, "
         f"weights {res.weights}, {res.device}), {res.n_skipped} file(s) skipped, "
@@ -364,16 +390,18 @@ def demo(
     from .model import FitSettings, fit_features_dir, format_ablation
     from .synthetic import make_cohort
 
+    check_output_folder(out)
+    check_output_folder(report_dir, "report folder")
     data = out / "data"
     console.print(f"generating {patients} synthetic patients in {data}", highlight=False)
     make_cohort(data, n_patients=patients, seed=seed)
-    res = _guard(run_extract, data, out / "features", None, jobs)
+    res = run_extract(data, out / "features", None, jobs)
     console.print(f"extracted {res.n_cells} cells of {res.n_patients} patients", highlight=False)
     # `lympho fit`'s defaults (3 x 3 CV for speed): the ablation table compares the other configurations.
     model_dir = out / "model"
-    settings = _guard(FitSettings, folds=3, repeats=3, seed=seed, n_jobs=jobs)
-    with _cv_progress() as progress:
-        model, cv = _guard(fit_features_dir, out / "features", model_dir, settings, progress=progress)
+    settings = FitSettings(folds=3, repeats=3, seed=seed, n_jobs=jobs)
+    with _cv_progress(settings, quiet=False) as progress:
+        model, cv = fit_features_dir(out / "features", model_dir, settings, progress=progress)
     console.print(format_ablation(model.metadata["ablation"]), highlight=False, markup=False)
     s = cv.summary
     console.print(
@@ -381,18 +409,15 @@ def demo(
         f"± {s['balanced_accuracy_std']:.3f}, ROC AUC {s['roc_auc_mean']:.3f} ± {s['roc_auc_std']:.3f} -> {model_dir}",
         highlight=False,
     )
-    _write_report_or_fail(model_dir, out / "features", report_dir, data)
+    _write_report(model_dir, out / "features", report_dir, data)
 
 
-def _write_report_or_fail(model_dir: Path, features_dir: Path, out: Path, data_dir: Path | None):
-    from .report import ReportError, write_report
+def _write_report(model_dir: Path, features_dir: Path, out: Path, data_dir: Path | None):
+    from .report import write_report
 
-    try:
-        res = _guard(write_report, model_dir, features_dir, out, data_dir)
-    except ReportError as exc:
-        _fail(str(exc))
+    res = write_report(model_dir, features_dir, out, data_dir)
     for w in res.warnings:
-        console.print(f"[yellow]warning:[/] {w}", highlight=False)
+        console.print(f"[yellow]warning:[/] {escape(w)}", highlight=False)
     console.print(
         f"report of {res.n_patients} patients ({res.n_thumbnails} cell images, {res.size_bytes / 1e6:.1f} MB, "
         f"{res.seconds:.1f} s) -> {res.path}",
@@ -414,7 +439,12 @@ def report(
     ] = None,
 ) -> None:
     """Write a self-contained HTML report: cohort, CV performance, explanations, one page per patient."""
-    _write_report_or_fail(model_dir, features_dir, out, data_dir)
+    from .dataset import check_data_dir
+
+    check_output_folder(out, "report folder")
+    if data_dir is not None:
+        check_data_dir(data_dir)  # a missing crops folder would give a report without a single cell image
+    _write_report(model_dir, features_dir, out, data_dir)
 
 
 @app.command()
@@ -446,10 +476,11 @@ def inspect(
         _fail(f"--only must be 'flagged' or one of: {', '.join(QC_REASONS)}")
     if out.suffix.lower() != ".png":
         _fail(f"--out must be a .png file: {out}")
-    picture, rows = _guard(inspect_folder, data_dir, patient, n, seed, None, only, columns, image)
+    check_output_file(out, "montage")
+    picture, rows = inspect_folder(data_dir, patient, n, seed, None, only, columns, image)
     if not rows:
-        _fail(f"no crop to show in {data_dir}" + (f" for patient {patient}" if patient else ""))
-    _guard(write_png, picture, out)
+        raise DatasetError(f"no crop to show in {data_dir}" + (f" for patient {patient}" if patient else ""))
+    write_png(picture, out)
     n_ok = sum(r["qc_reason"] == "ok" for r in rows)
     console.print(f"{len(rows)} crops ({n_ok} passing QC) -> {out}", highlight=False)
 

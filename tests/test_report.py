@@ -210,7 +210,7 @@ def test_predict_explain_adds_top_contributions_after_the_contract(tiny_model, t
     assert list(ex.columns[:3]) == ["patient_id", "probability", "prediction"]
     assert list(ex.columns[: plain.shape[1]]) == list(plain.columns)
     top = [f"top{k}_{c}" for k in (1, 2, 3) for c in ("feature", "value", "contribution")]
-    assert list(ex.columns[plain.shape[1] :]) == top
+    assert list(ex.columns[plain.shape[1] : plain.shape[1] + len(top)]) == top  # then top{k}_name, top{k}_reading
     pd.testing.assert_frame_equal(ex[plain.columns], plain)
     assert (ex["top1_contribution"].abs() >= ex["top2_contribution"].abs()).all()
     assert (ex["top2_contribution"].abs() >= ex["top3_contribution"].abs()).all()
@@ -229,7 +229,7 @@ def test_report_cli_and_its_errors(tiny_model, tiny_features, tmp_path):
     assert r.exit_code == 0, r.output
     assert (tmp_path / "r" / "index.html").is_file() and "12 patients" in r.output
     r = runner.invoke(app, ["report", str(tmp_path / "nope"), str(tiny_features), "--out", str(tmp_path / "r2")])
-    assert r.exit_code == 2 and "model.json" in r.output and "Traceback" not in r.output
+    assert r.exit_code == 1 and "model.json" in r.output and "Traceback" not in r.output
     assert not (tmp_path / "r2" / "index.html").exists()
     # Features that do not match the model: one clear line.
     feats = tmp_path / "feats"
@@ -238,7 +238,7 @@ def test_report_cli_and_its_errors(tiny_model, tiny_features, tmp_path):
         feats / "patients.parquet"
     )
     r = runner.invoke(app, ["report", str(tiny_model), str(feats), "--out", str(tmp_path / "r3")])
-    assert r.exit_code == 2 and ("lack" in r.output or "do not match" in r.output) and "Traceback" not in r.output
+    assert r.exit_code == 1 and ("lack" in r.output or "do not match" in r.output) and "Traceback" not in r.output
 
 
 def test_report_without_crops_or_cv_file_still_renders(tiny_model, tiny_features, tmp_path):
