@@ -124,7 +124,7 @@ def test_predict_refuses_features_of_another_version_or_settings(flow, tmp_path)
     model_dir, feats = flow
     old = _with_settings(feats, tmp_path / "v", lambda s: s.update(features_version=FEATURES_VERSION - 1))
     r = CliRunner().invoke(app, ["predict", str(model_dir), str(old), "--out", str(tmp_path / "p.csv")])
-    assert r.exit_code == 2 and not (tmp_path / "p.csv").exists()
+    assert r.exit_code == 1 and not (tmp_path / "p.csv").exists()
     text = " ".join(r.output.split())
     assert (
         f"features version {FEATURES_VERSION - 1}, the model was fitted on version {FEATURES_VERSION}: "
@@ -132,7 +132,7 @@ def test_predict_refuses_features_of_another_version_or_settings(flow, tmp_path)
     ) in text
     other = _with_settings(feats, tmp_path / "s", lambda s: s["segmentation"].update(min_nucleus_area=123))
     r = CliRunner().invoke(app, ["predict", str(model_dir), str(other), "--out", str(tmp_path / "p.csv")])
-    assert r.exit_code == 2
+    assert r.exit_code == 1
     assert "segmentation.min_nucleus_area 123, the model's training features used 300" in " ".join(r.output.split())
     with pytest.raises(ReportError, match="min_nucleus_area 123"):
         write_report(model_dir, other, tmp_path / "report")
