@@ -94,7 +94,17 @@ _FORMATS = {
 
 # --------------------------------------------------------------- entries ----
 def _entries() -> dict[str, Term]:
-    g: dict[str, Term] = {
+    g = _named_entries()
+    g.update(_shape_entries())
+    g.update(_chromatin_entries())
+    g.update(_colour_entries())
+    g.update(_flag_entries())
+    return g
+
+
+def _named_entries() -> dict[str, Term]:
+    """The clinical values, crop counts and the per-cell measurements named one by one."""
+    return {
         # clinical values, as stored in patients.parquet and as the model takes them
         "age": Term("age", "years", "years"),
         "gender": Term("sex", "", "sex"),
@@ -120,6 +130,11 @@ def _entries() -> dict[str, Term]:
         "nucleoli_contrast": Term("paleness of the nucleoli", "", "ratio"),
         "color_cytoplasm_basophilia": Term("cytoplasm blueness (basophilia)", "", "ratio"),
     }
+
+
+def _shape_entries() -> dict[str, Term]:
+    """Size and shape of the nucleus and of the whole cell (``shape_nucleus_*``, ``shape_cell_*``)."""
+    g: dict[str, Term] = {}
     shape = {
         "area": ("area", AREA_UNIT, "measure"),
         "perimeter": ("perimeter", LENGTH_UNIT, "measure"),
@@ -140,6 +155,12 @@ def _entries() -> dict[str, Term]:
     for region in ("nucleus", "cell"):
         for k, (name, unit, kind) in shape.items():
             g[f"shape_{region}_{k}"] = Term(f"{region} {name}", unit, kind)
+    return g
+
+
+def _chromatin_entries() -> dict[str, Term]:
+    """Chromatin texture, micro-pattern, granularity and radial distribution of the nucleus."""
+    g: dict[str, Term] = {}
     texture = {
         "asm": "chromatin uniformity",
         "contrast": "chromatin clumping (contrast)",
@@ -168,6 +189,12 @@ def _entries() -> dict[str, Term]:
     for k in range(1, RADIAL_RINGS + 1):
         where = {1: "at the rim", RADIAL_RINGS: "in the core"}.get(k, f"in ring {k} from the rim")
         g[f"radial_nucleus_ring{k}"] = Term(f"chromatin density {where} of the nucleus", "", "ratio")
+    return g
+
+
+def _colour_entries() -> dict[str, Term]:
+    """Stain colour of nucleus and cytoplasm (optical density)."""
+    g: dict[str, Term] = {}
     for region in ("nucleus", "cytoplasm"):
         g[f"color_{region}_od_mean"] = Term(f"{region} stain density", "OD", "ratio")
         g[f"color_{region}_od_rbc_ratio"] = Term(f"{region} stain density vs red cells", "", "ratio")
@@ -175,6 +202,11 @@ def _entries() -> dict[str, Term]:
             g[f"color_{region}_od_{c}_mean"] = Term(f"{region} {c}-light absorption", "OD", "ratio")
             g[f"color_{region}_od_{c}_std"] = Term(f"{region} patchiness of {c}-light absorption", "OD", "ratio")
             g[f"color_{region}_od_{c}_fraction"] = Term(f"{region} share of absorption in {c} light", "", "share")
+    return g
+
+
+def _flag_entries() -> dict[str, Term]:
+    """Per-patient shares of quality-control and cell-type flags."""
     # per-patient shares of quality-control and cell-type flags (aggregate.py's frac_<flag>)
     flags = {
         "qc_ok": "crops passing quality control",
@@ -191,9 +223,7 @@ def _entries() -> dict[str, Term]:
         "is_smudge": "smudge cells",
         "qc_blur": "blurred crops",
     }
-    for flag, name in flags.items():
-        g[f"frac_{flag}"] = Term(f"share of {name}", "", "share")
-    return g
+    return {f"frac_{flag}": Term(f"share of {name}", "", "share") for flag, name in flags.items()}
 
 
 #: Every column a clinician may read about, by its name in cells.parquet / patients.parquet / the model.
