@@ -134,28 +134,30 @@ def _named_entries() -> dict[str, Term]:
 
 def _shape_entries() -> dict[str, Term]:
     """Size and shape of the nucleus and of the whole cell (``shape_nucleus_*``, ``shape_cell_*``)."""
-    g: dict[str, Term] = {}
-    shape = {
-        "area": ("area", AREA_UNIT, "measure"),
-        "perimeter": ("perimeter", LENGTH_UNIT, "measure"),
-        "equivalent_diameter": ("diameter", LENGTH_UNIT, "measure"),
-        "major_axis": ("length", LENGTH_UNIT, "measure"),
-        "minor_axis": ("width", LENGTH_UNIT, "measure"),
-        "eccentricity": ("elongation (0 round, 1 line)", "", "ratio"),
-        "solidity": ("fullness of the outline (below 1: notches)", "", "ratio"),
-        "convexity": ("smoothness of the outline", "", "ratio"),
-        "circularity": ("roundness (1: a disk)", "", "ratio"),
-        "feret_max": ("longest diameter", LENGTH_UNIT, "measure"),
-        "feret_min": ("shortest diameter", LENGTH_UNIT, "measure"),
-        "fourier_low": ("outline lobulation", "", "ratio"),
-        "fourier_high": ("outline raggedness (fine projections)", "", "ratio"),
-        "notch_depth": ("depth of the deepest notch", "", "ratio"),
-        "curvature_std": ("unevenness of the outline", "", "ratio"),
+    sizes = {  # measured in pixels (areas in pixels²), written to 3 significant digits
+        "area": "area",
+        "perimeter": "perimeter",
+        "equivalent_diameter": "diameter",
+        "major_axis": "length",
+        "minor_axis": "width",
+        "feret_max": "longest diameter",
+        "feret_min": "shortest diameter",
     }
-    for region in ("nucleus", "cell"):
-        for k, (name, unit, kind) in shape.items():
-            g[f"shape_{region}_{k}"] = Term(f"{region} {name}", unit, kind)
-    return g
+    shapes = {  # unitless ratios, written to 2 decimals
+        "eccentricity": "elongation (0 round, 1 line)",
+        "solidity": "fullness of the outline (below 1: notches)",
+        "convexity": "smoothness of the outline",
+        "circularity": "roundness (1: a disk)",
+        "fourier_low": "outline lobulation",
+        "fourier_high": "outline raggedness (fine projections)",
+        "notch_depth": "depth of the deepest notch",
+        "curvature_std": "unevenness of the outline",
+    }
+    regions = ("nucleus", "cell")
+    units = {k: AREA_UNIT if k == "area" else LENGTH_UNIT for k in sizes}
+    out = {f"shape_{r}_{k}": Term(f"{r} {name}", units[k]) for r in regions for k, name in sizes.items()}
+    out.update({f"shape_{r}_{k}": Term(f"{r} {name}", "", "ratio") for r in regions for k, name in shapes.items()})
+    return out
 
 
 def _chromatin_entries() -> dict[str, Term]:
