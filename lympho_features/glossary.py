@@ -116,19 +116,19 @@ def _named_entries() -> dict[str, Term]:
         # per-cell measurements (cells.parquet)
         "nucleus_area": Term("nucleus area", AREA_UNIT),
         "cell_area": Term("cell area", AREA_UNIT),
-        "nc_ratio": Term("N:C ratio (nucleus share of the cell)", "", "ratio"),
+        "nc_ratio": Term("N:C ratio", "", "ratio"),
         "nc_cytoplasm_area": Term("cytoplasm area", AREA_UNIT),
         "nc_rim_width": Term("cytoplasm rim, mean thickness", LENGTH_UNIT),
         "nc_rim_width_min": Term("thinnest cytoplasm rim", LENGTH_UNIT),
         "nc_rim_width_max": Term("thickest cytoplasm rim", LENGTH_UNIT),
-        "nc_nucleus_offset": Term("nucleus off-centre (share of the cell radius)", "", "ratio"),
+        "nc_nucleus_offset": Term("nucleus off-centre", "", "ratio"),
         "lbp_nucleus_nonuniform": Term("irregular fine chromatin pattern", "", "share"),
         "lbp_nucleus_entropy": Term("variety of fine chromatin patterns", "", "ratio"),
         "radial_nucleus_rim_centre": Term("chromatin at the rim vs the centre of the nucleus", "", "ratio"),
         "nucleoli_count": Term("nucleoli", "", "count"),
         "nucleoli_area_fraction": Term("nucleoli, share of the nucleus", "", "share"),
         "nucleoli_contrast": Term("paleness of the nucleoli", "", "ratio"),
-        "color_cytoplasm_basophilia": Term("cytoplasm blueness (basophilia)", "", "ratio"),
+        "color_cytoplasm_basophilia": Term("cytoplasm blueness", "", "ratio"),
     }
 
 
@@ -144,14 +144,14 @@ def _shape_entries() -> dict[str, Term]:
         "feret_min": "shortest diameter",
     }
     shapes = {  # unitless ratios, written to 2 decimals
-        "eccentricity": "elongation (0 round, 1 line)",
-        "solidity": "fullness of the outline (below 1: notches)",
-        "convexity": "smoothness of the outline",
-        "circularity": "roundness (1: a disk)",
+        "eccentricity": "elongation",
+        "solidity": "outline fullness",
+        "convexity": "outline smoothness",
+        "circularity": "roundness",
         "fourier_low": "outline lobulation",
-        "fourier_high": "outline raggedness (fine projections)",
+        "fourier_high": "outline raggedness",
         "notch_depth": "depth of the deepest notch",
-        "curvature_std": "unevenness of the outline",
+        "curvature_std": "outline unevenness",
     }
     regions = ("nucleus", "cell")
     units = {k: AREA_UNIT if k == "area" else LENGTH_UNIT for k in sizes}
@@ -165,7 +165,7 @@ def _chromatin_entries() -> dict[str, Term]:
     g: dict[str, Term] = {}
     texture = {
         "asm": "chromatin uniformity",
-        "contrast": "chromatin clumping (contrast)",
+        "contrast": "chromatin clumping",
         "correlation": "chromatin gradualness",
         "sum_of_squares": "chromatin spread",
         "idm": "chromatin smoothness",
@@ -175,8 +175,8 @@ def _chromatin_entries() -> dict[str, Term]:
         "entropy": "chromatin disorder",
         "difference_variance": "variability of chromatin contrast",
         "difference_entropy": "disorder of chromatin contrast",
-        "imc1": "chromatin structure (1st correlation)",
-        "imc2": "chromatin structure (2nd correlation)",
+        "imc1": "chromatin structure 1",
+        "imc2": "chromatin structure 2",
     }
     for d, scale in ((1, "fine"), (3, "coarse")):
         for k, name in texture.items():
