@@ -85,7 +85,7 @@ class ReportResult:
 
 
 def build_html(inp: ReportInputs, generated: str | None = None) -> tuple[str, int]:
-    """The whole report as one HTML string; also returns the number of cell thumbnails."""
+    """The whole report as one HTML string; also returns the number of cell thumbnails (galleries and strips)."""
     generated = generated or datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     context = report_context(inp, generated)
     thumbs = ThumbnailMaker(inp.data_dir, segmentation_settings(inp.manifest))
@@ -104,7 +104,7 @@ def build_html(inp: ReportInputs, generated: str | None = None) -> tuple[str, in
         provenance=provenance(inp, generated),
         **context,
     )
-    return doc, len([v for v in thumbs.cache.values() if v])
+    return doc, sum(1 for cache in (thumbs.cache, thumbs.strip_cache) for v in cache.values() if v)
 
 
 def write_report(

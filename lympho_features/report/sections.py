@@ -80,7 +80,7 @@ def caveats(inp: ReportInputs, imp: pd.DataFrame) -> dict:
     if total > 0:
         out["clinical_share"] = f"{imp.loc[imp['family'] == 'clinical', 'mean_abs_shap'].sum() / total:.0%}"
     acq = imp.reset_index().loc[lambda d: d["family"].isin(ACQUISITION_FAMILIES)].head(6)
-    out["acquisition"] = [(r["feature"], int(r["index"]) + 1) for _, r in acq.iterrows()]
+    out["acquisition"] = [(clinician_name(r["feature"]), r["feature"], int(r["index"]) + 1) for _, r in acq.iterrows()]
     out["other_patients"] = bool(
         inp.meta.get("training_data_fingerprint") and inp.reference is None and inp.in_sample is False
     )
