@@ -13,7 +13,7 @@ import pandas as pd
 from ..glossary import COUNT_UNIT, clinician_name, format_input_value
 from ..model import few_cells_warnings, missing_value_warnings, refer_limits
 from .explanations import waterfall
-from .gallery import all_cells, select_gallery
+from .gallery import all_cells, score_column, select_gallery
 from .inputs import ReportInputs
 from .performance import threshold_is_fixed
 from .thumbnails import ThumbnailMaker
@@ -185,6 +185,7 @@ def patient_page(inp: ReportInputs, i: int, oof, medians: dict[str, float], thum
         "waterfall": waterfall(inp, i),
         "gallery": gallery(inp, i, medians, thumbs),
         "all_cells": strip(inp, i, thumbs),
+        "strip_scored": inp.cells is not None and score_column(inp.cells) is not None,
     }
 
 
