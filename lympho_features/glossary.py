@@ -94,7 +94,17 @@ _FORMATS = {
 
 # --------------------------------------------------------------- entries ----
 def _entries() -> dict[str, Term]:
-    g: dict[str, Term] = {
+    g = _named_entries()
+    g.update(_shape_entries())
+    g.update(_chromatin_entries())
+    g.update(_colour_entries())
+    g.update(_flag_entries())
+    return g
+
+
+def _named_entries() -> dict[str, Term]:
+    """The clinical values, crop counts and the per-cell measurements named one by one."""
+    return {
         # clinical values, as stored in patients.parquet and as the model takes them
         "age": Term("age", "years", "years"),
         "gender": Term("sex", "", "sex"),
@@ -106,43 +116,56 @@ def _entries() -> dict[str, Term]:
         # per-cell measurements (cells.parquet)
         "nucleus_area": Term("nucleus area", AREA_UNIT),
         "cell_area": Term("cell area", AREA_UNIT),
-        "nc_ratio": Term("N:C ratio (nucleus share of the cell)", "", "ratio"),
+        "nc_ratio": Term("N:C ratio", "", "ratio"),
         "nc_cytoplasm_area": Term("cytoplasm area", AREA_UNIT),
         "nc_rim_width": Term("cytoplasm rim, mean thickness", LENGTH_UNIT),
         "nc_rim_width_min": Term("thinnest cytoplasm rim", LENGTH_UNIT),
         "nc_rim_width_max": Term("thickest cytoplasm rim", LENGTH_UNIT),
-        "nc_nucleus_offset": Term("nucleus off-centre (share of the cell radius)", "", "ratio"),
+        "nc_nucleus_offset": Term("nucleus off-centre", "", "ratio"),
         "lbp_nucleus_nonuniform": Term("irregular fine chromatin pattern", "", "share"),
         "lbp_nucleus_entropy": Term("variety of fine chromatin patterns", "", "ratio"),
         "radial_nucleus_rim_centre": Term("chromatin at the rim vs the centre of the nucleus", "", "ratio"),
         "nucleoli_count": Term("nucleoli", "", "count"),
         "nucleoli_area_fraction": Term("nucleoli, share of the nucleus", "", "share"),
         "nucleoli_contrast": Term("paleness of the nucleoli", "", "ratio"),
-        "color_cytoplasm_basophilia": Term("cytoplasm blueness (basophilia)", "", "ratio"),
+        "color_cytoplasm_basophilia": Term("cytoplasm blueness", "", "ratio"),
     }
-    shape = {
-        "area": ("area", AREA_UNIT, "measure"),
-        "perimeter": ("perimeter", LENGTH_UNIT, "measure"),
-        "equivalent_diameter": ("diameter", LENGTH_UNIT, "measure"),
-        "major_axis": ("length", LENGTH_UNIT, "measure"),
-        "minor_axis": ("width", LENGTH_UNIT, "measure"),
-        "eccentricity": ("elongation (0 round, 1 line)", "", "ratio"),
-        "solidity": ("fullness of the outline (below 1: notches)", "", "ratio"),
-        "convexity": ("smoothness of the outline", "", "ratio"),
-        "circularity": ("roundness (1: a disk)", "", "ratio"),
-        "feret_max": ("longest diameter", LENGTH_UNIT, "measure"),
-        "feret_min": ("shortest diameter", LENGTH_UNIT, "measure"),
-        "fourier_low": ("outline lobulation", "", "ratio"),
-        "fourier_high": ("outline raggedness (fine projections)", "", "ratio"),
-        "notch_depth": ("depth of the deepest notch", "", "ratio"),
-        "curvature_std": ("unevenness of the outline", "", "ratio"),
+
+
+def _shape_entries() -> dict[str, Term]:
+    """Size and shape of the nucleus and of the whole cell (``shape_nucleus_*``, ``shape_cell_*``)."""
+    sizes = {  # measured in pixels (areas in pixels²), written to 3 significant digits
+        "area": "area",
+        "perimeter": "perimeter",
+        "equivalent_diameter": "diameter",
+        "major_axis": "length",
+        "minor_axis": "width",
+        "feret_max": "longest diameter",
+        "feret_min": "shortest diameter",
     }
-    for region in ("nucleus", "cell"):
-        for k, (name, unit, kind) in shape.items():
-            g[f"shape_{region}_{k}"] = Term(f"{region} {name}", unit, kind)
+    shapes = {  # unitless ratios, written to 2 decimals
+        "eccentricity": "elongation",
+        "solidity": "outline fullness",
+        "convexity": "outline smoothness",
+        "circularity": "roundness",
+        "fourier_low": "outline lobulation",
+        "fourier_high": "outline raggedness",
+        "notch_depth": "depth of the deepest notch",
+        "curvature_std": "outline unevenness",
+    }
+    regions = ("nucleus", "cell")
+    units = {k: AREA_UNIT if k == "area" else LENGTH_UNIT for k in sizes}
+    out = {f"shape_{r}_{k}": Term(f"{r} {name}", units[k]) for r in regions for k, name in sizes.items()}
+    out.update({f"shape_{r}_{k}": Term(f"{r} {name}", "", "ratio") for r in regions for k, name in shapes.items()})
+    return out
+
+
+def _chromatin_entries() -> dict[str, Term]:
+    """Chromatin texture, micro-pattern, granularity and radial distribution of the nucleus."""
+    g: dict[str, Term] = {}
     texture = {
         "asm": "chromatin uniformity",
-        "contrast": "chromatin clumping (contrast)",
+        "contrast": "chromatin clumping",
         "correlation": "chromatin gradualness",
         "sum_of_squares": "chromatin spread",
         "idm": "chromatin smoothness",
@@ -152,8 +175,8 @@ def _entries() -> dict[str, Term]:
         "entropy": "chromatin disorder",
         "difference_variance": "variability of chromatin contrast",
         "difference_entropy": "disorder of chromatin contrast",
-        "imc1": "chromatin structure (1st correlation)",
-        "imc2": "chromatin structure (2nd correlation)",
+        "imc1": "chromatin structure 1",
+        "imc2": "chromatin structure 2",
     }
     for d, scale in ((1, "fine"), (3, "coarse")):
         for k, name in texture.items():
@@ -168,6 +191,12 @@ def _entries() -> dict[str, Term]:
     for k in range(1, RADIAL_RINGS + 1):
         where = {1: "at the rim", RADIAL_RINGS: "in the core"}.get(k, f"in ring {k} from the rim")
         g[f"radial_nucleus_ring{k}"] = Term(f"chromatin density {where} of the nucleus", "", "ratio")
+    return g
+
+
+def _colour_entries() -> dict[str, Term]:
+    """Stain colour of nucleus and cytoplasm (optical density)."""
+    g: dict[str, Term] = {}
     for region in ("nucleus", "cytoplasm"):
         g[f"color_{region}_od_mean"] = Term(f"{region} stain density", "OD", "ratio")
         g[f"color_{region}_od_rbc_ratio"] = Term(f"{region} stain density vs red cells", "", "ratio")
@@ -175,6 +204,11 @@ def _entries() -> dict[str, Term]:
             g[f"color_{region}_od_{c}_mean"] = Term(f"{region} {c}-light absorption", "OD", "ratio")
             g[f"color_{region}_od_{c}_std"] = Term(f"{region} patchiness of {c}-light absorption", "OD", "ratio")
             g[f"color_{region}_od_{c}_fraction"] = Term(f"{region} share of absorption in {c} light", "", "share")
+    return g
+
+
+def _flag_entries() -> dict[str, Term]:
+    """Per-patient shares of quality-control and cell-type flags."""
     # per-patient shares of quality-control and cell-type flags (aggregate.py's frac_<flag>)
     flags = {
         "qc_ok": "crops passing quality control",
@@ -191,9 +225,7 @@ def _entries() -> dict[str, Term]:
         "is_smudge": "smudge cells",
         "qc_blur": "blurred crops",
     }
-    for flag, name in flags.items():
-        g[f"frac_{flag}"] = Term(f"share of {name}", "", "share")
-    return g
+    return {f"frac_{flag}": Term(f"share of {name}", "", "share") for flag, name in flags.items()}
 
 
 #: Every column a clinician may read about, by its name in cells.parquet / patients.parquet / the model.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import json
 import os
 import re
@@ -277,7 +278,9 @@ def test_ablation_and_cell_score_are_shown_when_present(tiny_model, tiny_feature
     cells.to_parquet(feats / "cells.parquet")
     doc = write_report(model, feats, tmp_path / "r").path.read_text()
     assert "Ablation" in doc and "0.871" in doc and "[-0.010, 0.050]" in doc
-    assert doc.count("Most tumoral-looking cells by the cell-level model") == 12
+    # cell scores in cells.parquet: every patient page shows the cells on each side of the neutral score
+    assert doc.count("<h4>Cells pushing toward tumoral</h4>") == 12
+    assert doc.count("<h4>Cells pushing toward reactive</h4>") == 12
 
 
 def test_ablation_table_of_lympho_fit_is_laid_out_for_reading(tiny_features, tmp_path):
@@ -574,8 +577,34 @@ def test_report_renders_in_chromium_with_every_image_and_no_console_error(browse
     browser.screenshot(shot)
     assert shot.stat().st_size > 20_000 and shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     browser.screenshot(tmp_path / "patient.png", element_id="p-P0")
+    # On screen: gallery cells large enough to read the chromatin; the strip of every crop folded.
+    size = "(s) => Array.from(document.querySelectorAll(s)).map(e => e.getBoundingClientRect().width)"
+    assert min(browser.evaluate(f"({size})('.gallery .cell img')")) >= 120
+    assert browser.evaluate("Array.from(document.querySelectorAll('details.allcells')).every(d => !d.open)")
+    assert browser.evaluate("document.querySelector('.wf tr.axis .ticks span') !== null")
     # Printing: each of the 12 patient pages starts a new sheet.
     assert browser.pdf_pages() >= 12 + 3
+
+
+def test_printed_patient_pages_keep_to_eight_cells_a_group(browser, tiny_model, tiny_features, tmp_path):
+    # With cell scores, up to 12 cells a side on screen; on paper the thumbnails shrink, 8 a group at most,
+    # and the folded strip of every crop stays out, so a patient keeps to its page.
+    feats = _with_cell_scores(tiny_features, tmp_path, 0.55)
+    cells = pd.read_parquet(feats / "cells.parquet")  # twice as many cells (the copies' crops are not found)
+    copies = cells.assign(image=cells["image"].str.replace(".", "_copy.", regex=False))
+    pd.concat([cells, copies], ignore_index=True).to_parquet(feats / "cells.parquet")
+    doc = write_report(tiny_model, feats, tmp_path / "r").path
+    browser.open(doc.resolve().as_uri())
+    size = "(s) => Array.from(document.querySelectorAll(s)).map(e => e.getBoundingClientRect().width)"
+    shown = (
+        "Array.from(document.querySelectorAll('.gallery')).map(g => Array.from(g.children)"
+        ".filter(c => getComputedStyle(c).display !== 'none').length)"
+    )
+    assert max(browser.evaluate(shown)) > 8  # on screen
+    browser.send("Emulation.setEmulatedMedia", {"media": "print"})
+    assert max(browser.evaluate(f"({size})('.gallery .cell img')")) <= 80
+    assert max(browser.evaluate(shown)) == 8
+    assert browser.evaluate("getComputedStyle(document.querySelector('details.allcells')).display") == "none"
 
 
 def test_browser_check_catches_broken_images_and_blocked_requests(browser, tmp_path):
@@ -601,15 +630,14 @@ def test_report_of_a_model_whose_inputs_come_from_a_cell_model(tiny_features, tm
     assert any(f.startswith("cellscore_atyp") for f in model.features)
     save_model(model, cv, tmp_path / "model")
     doc = write_report(tmp_path / "model", tiny_features, tmp_path / "r").path.read_text()
-    assert "Most tumoral-looking cells by the cell-level model" in doc
-    # Each of those cells says which of its measurements raised its score (the cell model's SHAP values).
-    assert "the measurements that raised its score most" in doc
+    assert "Cells pushing toward tumoral" in doc and "Cells pushing toward reactive" in doc
     inp = load_inputs(tmp_path / "model", tiny_features)
     assert inp.cell_contrib is not None and set(inp.cell_contrib.index) <= set(inp.cells.index)
     # 12 synthetic patients are too few for the cell model's trees to split (every contribution 0, no
-    # reason given): plant contributions to check what the captions say.
+    # reason given): plant scores and contributions to check what the captions say.
     pid = inp.patients["patient_id"].iat[0]
     mine = [ix for ix in inp.cells.index[inp.cells["patient_id"] == pid] if ix in inp.cell_contrib.index]
+    inp.cells.loc[mine, "cell_score"] = np.linspace(0.9, 0.6, len(mine))  # all look tumoral
     planted = inp.cell_contrib * 0.0
     planted.loc[mine, "shape_nucleus_area"] = 0.8
     planted.loc[mine, "nc_ratio"] = 0.3
@@ -617,20 +645,24 @@ def test_report_of_a_model_whose_inputs_come_from_a_cell_model(tiny_features, tm
     inp.cell_contrib = planted
     # High or low against the cell model's typical (median) training cell: plant the medians too.
     inp.cell_medians = {"shape_nucleus_area": 0.0, "nc_ratio": 2.0}
-    group = select_gallery(inp, 0, {})[0]
-    assert group.title.startswith("Most tumoral-looking")
-    for _, caption in group.cells:
+    groups = {g.direction: g for g in select_gallery(inp, 0, {})}
+    tumoral = groups["tumoral"]
+    assert tumoral.title == "Cells pushing toward tumoral" and tumoral.cells
+    assert not groups["reactive"].cells and "None of the patient's" in groups["reactive"].note
+    # In a clinician's words, with units, no column names and no log-odds.
+    for _, caption in tumoral.cells:
         assert re.fullmatch(
-            r"score [0-9.]+; why: large nucleus \(nucleus area [0-9.,]+, \+0\.80\), "
-            r"low N:C ratio \(nc ratio [0-9.]+, \+0\.30\)",
-            caption,
+            r"cell score 0\.\d\d\nlarge nucleus \([0-9.,]+ px²\)\nlow N:C ratio \(0\.\d\d\)", caption
         ), caption
-    # A feature without a plain reading says "high" or "low".
+    # A feature without a plain reading says "high" or "low", with its glossary name.
     planted.loc[mine, "nc_ratio"] = 0.0
     planted.loc[mine, "lbp_nucleus_u4"] = 0.3
     inp.cell_medians["lbp_nucleus_u4"] = -1.0
-    for _, caption in select_gallery(inp, 0, {})[0].cells:
-        assert re.search(r", high lbp nucleus u4 [0-9.]+ \(\+0\.30\)$", caption), caption
+    tumoral = next(g for g in select_gallery(inp, 0, {}) if g.direction == "tumoral")
+    assert tumoral.cells
+    for _, caption in tumoral.cells:
+        assert re.search(r"\nhigh chromatin edges \([0-9.]+%\)$", caption), caption
+        assert "_" not in caption and "lbp" not in caption
 
 
 def test_patient_pages_compare_with_the_training_patients(tiny_model, tiny_features, tmp_path):
@@ -747,3 +779,125 @@ def test_markup_in_patient_ids_and_file_names_is_escaped(tiny_model, tiny_featur
         assert f"Patient {pid}" in text  # shown as typed, as text
     # the anchors stay plain identifiers
     assert "id='p-_script_alert_1___script_'" in doc
+
+
+# ------------------------------------------------ what a clinician reads ----
+def _with_cell_scores(tiny_features, tmp_path, low: float = 0.0, high: float = 1.0) -> Path:
+    """A copy of the tiny features whose cells carry a cell score (as a model with a cell model gives them)."""
+    feats = tmp_path / "scored"
+    shutil.copytree(tiny_features, feats)
+    cells = pd.read_parquet(feats / "cells.parquet")
+    cells["cell_score"] = np.random.default_rng(0).uniform(low, high, len(cells)).round(3)
+    cells.to_parquet(feats / "cells.parquet")
+    return feats
+
+
+def test_gallery_shows_the_cells_pushing_each_way_the_call_first(tiny_model, tiny_features, tmp_path):
+    feats = _with_cell_scores(tiny_features, tmp_path)
+    inp = load_inputs(tiny_model, feats)
+    for i in range(len(inp.patients)):
+        groups = select_gallery(inp, i, {}, per_direction=3)
+        called_tumoral = inp.proba[i] >= inp.threshold
+        directions = [g.direction for g in groups if g.direction]
+        assert directions == (["tumoral", "reactive"] if called_tumoral else ["reactive", "tumoral"])
+        pc = inp.cells[inp.cells["patient_id"] == inp.patients["patient_id"].iat[i]].set_index("image")
+        for g in groups[:2]:
+            shown = pc.loc[[im for im, _ in g.cells], "cell_score"]
+            side = pc["cell_score"][pc["cell_score"] > 0.5 if g.direction == "tumoral" else pc["cell_score"] < 0.5]
+            assert len(shown) == min(3, len(side))  # capped, and every side shows what it has
+            if g.direction == "tumoral":  # the most tumoral-looking first, and the highest of the patient
+                assert shown.is_monotonic_decreasing and (not len(shown) or shown.min() >= side.nlargest(3).min())
+            else:
+                assert shown.is_monotonic_increasing and (not len(shown) or shown.max() <= side.nsmallest(3).max())
+            assert g.title == f"Cells pushing toward {g.direction}"
+    # on the page: a reactive call's gallery never opens on the tumoral side, and 12 a side by default
+    doc = write_report(tiny_model, feats, tmp_path / "r").path.read_text()
+    for pid, page in _pages(doc).items():
+        i = int(np.flatnonzero(inp.patients["patient_id"] == pid)[0])
+        first = re.search(r"<h4>Cells pushing toward (\w+)</h4>", page).group(1)
+        assert first == ("tumoral" if inp.proba[i] >= inp.threshold else "reactive"), pid
+    assert select_gallery(inp, 0, {})[0].cells and len(select_gallery(inp, 0, {})[0].cells) <= 12
+
+
+def test_every_crop_is_in_a_folded_strip(tiny_report, tiny_features):
+    doc = tiny_report.read_text()
+    cells = pd.read_parquet(tiny_features / "cells.parquet")
+    for pid, page in _pages(doc).items():
+        n = int((cells["patient_id"] == pid).sum())
+        strip = re.search(
+            r"<details class='allcells'><summary>All (\d+) crops of this patient.*?</details>", page, re.S
+        )
+        assert strip and int(strip.group(1)) == n, pid
+        assert strip.group(0).count("<div class='mini'>") == n and strip.group(0).count("data:image/jpeg") == n
+
+
+def test_waterfall_has_a_probability_axis_a_start_said_once_and_each_meaning_once(tiny_model, tiny_features, tmp_path):
+    from lympho_features.report.language import input_meaning
+
+    inp = load_inputs(tiny_model, tiny_features)
+    for i in range(len(inp.patients)):
+        wf = waterfall(inp, i, n_top=len(inp.features))
+        positions, labels = zip(*wf.ticks, strict=True)
+        assert list(positions) == sorted(positions) and [float(x) for x in labels] == sorted(float(x) for x in labels)
+        assert "0.5" in labels and all(0 <= x <= 100 for x in positions)
+        # the threshold (0.5) sits at the 0.5 tick
+        assert np.isclose(positions[labels.index("0.5")], wf.threshold_left)
+        keys = [input_meaning(s.input)[0] for s in wf.steps if s.meaning]
+        assert len(keys) == len(set(keys))  # a meaning shared by several inputs is said once
+        later = [s for s in wf.steps if s.input and not s.meaning and feature_family(s.input) != "clinical"]
+        assert later  # ... so the later inputs of a measurement carry only their name
+        assert all(input_meaning(s.input)[0] in keys for s in later)
+    doc = write_report(tiny_model, tiny_features, tmp_path).path.read_text()
+    page = html.unescape(next(iter(_pages(doc).values())))
+    assert page.count("Start: the model's average score over its 12 training patients") == 1
+    assert page.count("<tr class='axis'>") == 2
+
+
+def test_patient_table_rows_are_red_where_the_shown_call_disagrees(tiny_model, tiny_features, tmp_path):
+    from lympho_features.model import predict
+
+    doc = write_report(tiny_model, tiny_features, tmp_path / "r").path.read_text()
+    calls = predict(tiny_model, tiny_features).set_index("patient_id")["prediction"]
+    labels = load_patients(tiny_features).set_index("patient_id")["label"]
+    rows = {m.group(1): m.group(0) for m in re.finditer(r"<tr[^>]*><td><a href='#p-([^']+)'>.*?</tr>", doc)}
+    assert set(rows) == set(calls.index)
+    for pid, row in rows.items():
+        assert row.startswith("<tr class='miss'>") == (calls[pid] != labels[pid]), pid
+        call = "tumoral" if calls[pid] else "reactive"
+        assert re.search(rf"<td><span class=\"tag {call[0]}\">{call}</span>", row), pid
+
+
+def test_qc_table_has_one_row_per_check(tiny_model, tiny_features, tmp_path):
+    feats = tmp_path / "f"
+    shutil.copytree(tiny_features, feats)
+    cells = pd.read_parquet(feats / "cells.parquet")
+    # smudge cells flagged behind an earlier check only: the smudge row still counts them
+    behind = cells.index[cells["qc_reason"] != "smudge"][:3]
+    cells.loc[behind, "is_smudge"] = True
+    cells.to_parquet(feats / "cells.parquet")
+    doc = write_report(tiny_model, feats, tmp_path / "r").path.read_text()
+    section = doc[doc.index("<h3>Quality control of the crops</h3>") :]
+    section = section[: section.index("</table>")]
+    rows = [re.findall(r"<td>(.*?)</td>", tr) for tr in re.findall(r"<tr>(.*?)</tr>", section.split("<tbody>")[1])]
+    outcomes = [r[0] for r in rows]
+    assert len(outcomes) == len(set(outcomes)) and not {"is_smudge", "is_not_lymphocyte"} & set(outcomes)
+    smudge = next(r for r in rows if r[0] == "smudge")
+    assert int(smudge[1].replace(",", "")) == int((cells["qc_reason"] == "smudge").sum())
+    assert int(smudge[3].replace(",", "")) == int(cells["is_smudge"].sum()) >= 3
+    total = sum(int(r[1].replace(",", "")) for r in rows)
+    assert total == len(cells)  # each crop counted once in the first-failed-check column
+
+
+def test_strongest_inputs_heading_says_how_many_are_listed(tiny_report, tiny_features, tmp_path):
+    def listed(doc):
+        head = re.search(r"<h3>((?:The|All) \d+ [^<]*)</h3>\s*<table", doc)
+        table = doc[head.end() : doc.index("</table>", head.end())]
+        return head.group(1), table.count("<tr>") - 1  # the header row
+
+    title, n = listed(tiny_report.read_text())
+    assert title == "The 15 strongest inputs" and n == 15
+    patients = load_patients(tiny_features)
+    model, cv = fit_model(patients, "clinical", folds=3, repeats=1, seed=0)
+    save_model(model, cv, tmp_path / "m")
+    title, n = listed(write_report(tmp_path / "m", tiny_features, tmp_path / "r").path.read_text())
+    assert n == len(model.features) == 3 and title == "All 3 inputs, strongest first"

@@ -6,18 +6,18 @@ templates decide how it looks.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from ..glossary import clinician_name, format_input_value
 from ..model import CLINICAL_FEATURES, load_model, load_patients, model_matrix
 from ..model import predict as model_predict
 from .inputs import ReportInputs, design_matrix, logit, shap_contributions, sigmoid
-from .language import describe_feature, feature_family, short_label
-from .numbers import ordinal, short_num
+from .language import feature_family, input_meaning
+from .numbers import ordinal
 
 
 def explain_predictions(
@@ -75,19 +75,6 @@ def global_importance(inp: ReportInputs) -> pd.DataFrame:
 
 
 # ------------------------------------------------------------ waterfall ----
-def display_value(name: str, value: float) -> str:
-    """A model input's value as a reader expects it (clinical inputs in their units)."""
-    if not np.isfinite(value):
-        return "missing"
-    if name == "log_lymph_count":
-        return f"{math.exp(value):.2f} ×10⁹/L"
-    if name == "gender_male":
-        return "male" if value >= 0.5 else "female"
-    if name == "age":
-        return f"{value:.0f} y"
-    return short_num(value)
-
-
 def percentiles(inp: ReportInputs, i: int) -> dict[str, float]:
     """Percentile of each of patient ``i``'s inputs (see :attr:`ReportInputs.percentile_ranks`)."""
     ranks = inp.percentile_ranks
@@ -99,7 +86,7 @@ def reference_medians(inp: ReportInputs, name: str) -> tuple[str, str] | None:
     entry = (inp.reference or {}).get("inputs", {}).get(name)
     if not entry or name == "gender_male" or not entry.get("reactive") or not entry.get("tumoral"):
         return None
-    return display_value(name, entry["reactive"][1]), display_value(name, entry["tumoral"][1])
+    return format_input_value(name, entry["reactive"][1]), format_input_value(name, entry["tumoral"][1])
 
 
 @dataclass
@@ -121,8 +108,9 @@ class WaterfallStep:
     bar: Bar
     value: str | None = None  #: the patient's value, None for the row of the other inputs
     percentile: str = ""  #: ", 21st pct" or ""
-    meaning: str = ""
+    meaning: str = ""  #: what the input measures, said on the first row of inputs that share it only
     medians: tuple[str, str] | None = None  #: training medians (reactive, tumoral)
+    input: str | None = None  #: the model input's name, None for the row of the other inputs
 
 
 @dataclass
@@ -135,6 +123,7 @@ class Waterfall:
     threshold_left: float  #: the decision threshold on the track, percent
     base_bar: Bar
     final_bar: Bar
+    ticks: list[tuple[float, str]]  #: the probability axis: (position on the track in percent, label)
 
     @property
     def base_probability(self) -> float:
@@ -143,6 +132,21 @@ class Waterfall:
     @property
     def final_probability(self) -> float:
         return float(sigmoid(self.final))
+
+
+#: Candidate ticks of the probability axis of a waterfall (the track is linear in log-odds).
+PROBABILITY_TICKS = (0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99, 0.999)
+
+
+def probability_ticks(lo: float, hi: float, min_gap: float = 9.0) -> list[tuple[float, str]]:
+    """Ticks of a probability axis over a log-odds track ``[lo, hi]``: ``(percent, label)``, at least
+    ``min_gap`` percent apart (0.5 always kept when it is on the track)."""
+    on_track = [(p, (logit(p) - lo) / (hi - lo) * 100) for p in PROBABILITY_TICKS if lo <= logit(p) <= hi]
+    chosen: list[tuple[float, float]] = [t for t in on_track if t[0] == 0.5]
+    for p, x in sorted(on_track, key=lambda t: abs(t[0] - 0.5)):
+        if all(abs(x - y) >= min_gap for _, y in chosen):
+            chosen.append((p, x))
+    return [(x, f"{p:g}") for p, x in sorted(chosen, key=lambda t: t[1])]
 
 
 def waterfall(inp: ReportInputs, i: int, n_top: int = 10) -> Waterfall:
@@ -171,19 +175,39 @@ def waterfall(inp: ReportInputs, i: int, n_top: int = 10) -> Waterfall:
         return Bar(pos(min(a, b)), max(abs(pos(b) - pos(a)), 0.8), kind)
 
     pct = percentiles(inp, i)
+    said: set[str] = set()
     steps = []
     for k, (name, v) in enumerate(moves):
-        a, b = cum[k], cum[k + 1]
-        step = WaterfallStep(name, v, float(sigmoid(b)), bar(a, b, "up" if v > 0 else "down"))
+        step = WaterfallStep(name, v, float(sigmoid(cum[k + 1])), bar(cum[k], cum[k + 1], "up" if v > 0 else "down"))
         if k < len(top):
-            val = display_value(name, float(inp.X[i, top[k]]))
+            val = format_input_value(name, float(inp.X[i, top[k]]))
             step.value = f"missing (training median {val} used)" if name in raw_missing else val
             p = pct.get(name)
-            step.percentile = f", {ordinal(p)} pct" if p is not None and feature_family(name) != "clinical" else ""
-            step.label, step.meaning = short_label(name), describe_feature(name)
+            clinical = feature_family(name) == "clinical"
+            step.percentile = f", {ordinal(p)} pct" if p is not None and not clinical else ""
+            step.label, step.input = clinician_name(name), name
+            key, meaning = input_meaning(name)
+            if key not in said and not clinical:  # said once for all the summaries of one measurement
+                said.add(key)
+                step.meaning = meaning
             step.medians = reference_medians(inp, name)
         steps.append(step)
-    return Waterfall(base, cum[-1], steps, pos(thr), bar(base, base, "base"), bar(cum[-1], cum[-1], "base"))
+    ticks = probability_ticks(lo, hi)
+    return Waterfall(base, cum[-1], steps, pos(thr), bar(base, base, "base"), bar(cum[-1], cum[-1], "base"), ticks)
+
+
+def start_note(inp: ReportInputs) -> str:
+    """What the start of a waterfall is, in one line."""
+    cv = inp.meta.get("cv") if isinstance(inp.meta.get("cv"), dict) else {}
+    n = inp.meta.get("n_training_patients", cv.get("n_patients"))
+    n_t, n_r = cv.get("n_tumoral"), cv.get("n_reactive")
+    who = f"its {n} training patients" if n else "the patients it was trained on"
+    mix = f" ({n_t} tumoral, {n_r} reactive)" if n_t is not None and n_r is not None else ""
+    return (
+        f"Start: the model's average score over {who}{mix}, p={sigmoid(float(inp.base[0])):.2f}: a reference "
+        "point, not this patient's prior chance (weighing both classes equally sets the threshold, not this average)."
+        " Each row adds one input's push; the last row is this patient's score."
+    )
 
 
 def percentile_note(inp: ReportInputs) -> str:

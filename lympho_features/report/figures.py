@@ -13,8 +13,9 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 from sklearn.metrics import roc_auc_score, roc_curve
 
+from ..glossary import clinician_name
 from .inputs import ReportInputs
-from .language import FAMILY_TITLE, short_label
+from .language import FAMILY_TITLE
 from .metrics import calibration_bins
 from .style import REACTIVE_COLOUR, TUMORAL_COLOUR, UNKNOWN_COLOUR
 
@@ -148,7 +149,8 @@ def family_figure(fam: pd.DataFrame) -> str:
     ax1.barh(names, fam["gain_share"].to_numpy()[::-1] * 100, color="#777")
     ax1.set_xlabel("share of gain (%)", fontsize=9)
     total = fam["mean_abs_shap"].sum()
-    ax2.barh(names, (fam["mean_abs_shap"].to_numpy()[::-1] / total * 100) if total > 0 else 0, color="#4a6fa5")
+    # grey, not blue: blue means "toward reactive" everywhere else in the report
+    ax2.barh(names, (fam["mean_abs_shap"].to_numpy()[::-1] / total * 100) if total > 0 else 0, color="#555")
     ax2.set_xlabel("share of mean |SHAP| (%)", fontsize=9)
     for a in (ax1, ax2):
         a.tick_params(labelsize=8.5)
@@ -172,7 +174,7 @@ def dependence_figure(inp: ReportInputs, top: pd.DataFrame) -> str:
             _plain_log_ticks(ax.xaxis)
         ax.scatter(x, s, c=colours, s=12, alpha=0.75, lw=0)
         ax.axhline(0, color="#999", lw=0.8)
-        ax.set_title(short_label(r["feature"]), fontsize=9)
+        ax.set_title(clinician_name(r["feature"]), fontsize=8.5)
         ax.set_ylabel("contribution", fontsize=8)
         ax.tick_params(labelsize=7.5)
     for ax in axes[n:]:

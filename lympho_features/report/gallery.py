@@ -1,54 +1,76 @@
-"""Which cells of a patient to show, and what to say under each."""
+"""Which cells of a patient to show, and what to say under each, in a clinician's words.
+
+With a cell model, the cells that push the patient's score toward tumoral (the
+cell model scores them above its neutral 0.5: they look like tumoral patients'
+cells) and those that push it toward reactive, up to 12 each, the patient's call
+first. Without one, the cells most extreme on the image inputs that moved the
+score, each group labelled by the direction it pushed. Then flagged cells.
+Captions name measurements with the glossary (:mod:`lympho_features.glossary`),
+in their units.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 
 from ..features import CELL_FINDINGS
+from ..glossary import clinician_name, format_value
 from .inputs import ReportInputs
-from .language import short_label, split_aggregate
-from .numbers import short_num
+from .language import split_aggregate
+
+#: A cell model weighs both classes equally: a cell scored above this looks like a tumoral patient's cell.
+CELL_NEUTRAL_SCORE = 0.5
+#: Cells shown per direction (toward tumoral, toward reactive).
+CELLS_PER_DIRECTION = 12
+#: Cells of a group a printed page keeps (static/report.css, ``@media print``), so a patient fits one A4 page.
+PRINTED_PER_GROUP = 8
 
 
 @dataclass
 class GalleryGroup:
-    """A titled row of cells of one patient."""
+    """A titled row of cells of one patient.
+
+    ``cells`` are ``(image path relative to the data folder, caption)``; a caption's lines are
+    separated by newlines (the page shows each on its own line).
+    """
 
     title: str
     note: str
-    cells: list[tuple[str, str]]  # (image path relative to the data folder, caption)
+    cells: list[tuple[str, str]] = field(default_factory=list)
     feature: str | None = None  #: the cells.parquet column the cells were chosen on
     side: str | None = None  #: "highest", "lowest" or "lowest and highest"
+    direction: str | None = None  #: "tumoral" or "reactive": where these cells push the patient's score
 
 
-def _cell_reasons(inp: ReportInputs, index, top: int = 2) -> str:
-    """The cell model's strongest reasons to call one cell tumoral, for its caption (empty without them)."""
-    if inp.cell_contrib is None or index not in inp.cell_contrib.index:
-        return ""
-    row = inp.cell_contrib.loc[index]
-    up = row[row > 0].sort_values(ascending=False, kind="stable")[:top]
-    if up.empty:
-        return ""
+def _reading(inp: ReportInputs, index, name: str) -> str | None:
+    """One measurement of a cell in words: ``"scant cytoplasm all round (6.6 px)"``, ``"high nucleoli (2)"``."""
     cells = inp.cells
-    parts = []
-    for name, v in up.items():
-        value = cells.at[index, name] if cells is not None and name in cells.columns else np.nan
-        shown = f" {short_num(value)}" if np.isfinite(value) else ""
-        typical = inp.cell_medians.get(name)
-        if typical is None or not np.isfinite(value):
-            parts.append(f"{short_label(name)}{shown} (+{v:.2f})")
-            continue
-        # High or low against a typical training cell, in words where the feature has a plain reading.
-        high = value > typical
-        finding = CELL_FINDINGS.get(name)
-        if finding is not None:
-            parts.append(f"{finding[0] if high else finding[1]} ({short_label(name)}{shown}, +{v:.2f})")
-        else:
-            parts.append(f"{'high' if high else 'low'} {short_label(name)}{shown} (+{v:.2f})")
-    return "; why: " + ", ".join(parts)
+    value = cells.at[index, name] if cells is not None and name in cells.columns else np.nan
+    if not np.isfinite(value):
+        return None
+    shown = format_value(name, value)
+    typical = inp.cell_medians.get(name)
+    if typical is None or not np.isfinite(typical):
+        return f"{clinician_name(name)} {shown}"
+    # High or low against a typical training cell, in words where the feature has a plain reading.
+    high = value > typical
+    finding = CELL_FINDINGS.get(name)
+    if finding is not None:
+        return f"{finding[0] if high else finding[1]} ({shown})"
+    return f"{'high' if high else 'low'} {clinician_name(name)} ({shown})"
+
+
+def cell_reasons(inp: ReportInputs, index, direction: str = "tumoral", top: int = 2) -> list[str]:
+    """The cell model's strongest reasons to score one cell toward ``direction``, in words (none without them)."""
+    if inp.cell_contrib is None or index not in inp.cell_contrib.index:
+        return []
+    row = inp.cell_contrib.loc[index]
+    pushes = row[row > 0] if direction == "tumoral" else -row[row < 0]
+    out = [_reading(inp, index, name) for name in pushes.sort_values(ascending=False, kind="stable").index[:top]]
+    return [r for r in out if r]
 
 
 def _patient_cells(inp: ReportInputs, i: int) -> pd.DataFrame | None:
@@ -60,24 +82,46 @@ def _patient_cells(inp: ReportInputs, i: int) -> pd.DataFrame | None:
     return None if pc.empty else pc
 
 
-def _score_group(inp: ReportInputs, pc: pd.DataFrame, per_group: int) -> GalleryGroup | None:
-    """The patient's highest cell-level scores, each with the cell model's reasons (None without scores)."""
-    score_col = next((c for c in ("cell_score", "cell_score_tumoral", "cellscore") if c in pc.columns), None)
-    if score_col is None or not pd.api.types.is_numeric_dtype(pc[score_col]):
-        return None
-    s = pc[score_col].dropna().sort_values(ascending=False, kind="stable")
+def score_column(pc: pd.DataFrame) -> str | None:
+    """The column of cells.parquet holding each cell's score by a cell model, if any."""
+    col = next((c for c in ("cell_score", "cell_score_tumoral", "cellscore") if c in pc.columns), None)
+    return col if col is not None and pd.api.types.is_numeric_dtype(pc[col]) else None
+
+
+def _direction_groups(inp: ReportInputs, i: int, pc: pd.DataFrame, per_group: int) -> list[GalleryGroup]:
+    """The cells pushing toward tumoral and toward reactive by their cell score, the patient's call first."""
+    col = score_column(pc)
+    if col is None:
+        return []
+    s = pc[col].dropna()
     if not len(s):
-        return None
-    caps = [
-        (str(pc.at[ix, "image"]), f"score {short_num(pc.at[ix, score_col])}{_cell_reasons(inp, ix)}")
-        for ix in s.index[:per_group]
-    ]
-    note = (
-        "Under each cell, the measurements that raised its score most (SHAP, log-odds of the cell model)."
-        if inp.cell_contrib is not None
-        else ""
-    )
-    return GalleryGroup("Most tumoral-looking cells by the cell-level model", note, caps)
+        return []
+    why = inp.cell_contrib is not None
+    groups = []
+    for direction in ("tumoral", "reactive"):
+        up = direction == "tumoral"
+        side = s[s > CELL_NEUTRAL_SCORE] if up else s[s < CELL_NEUTRAL_SCORE]
+        side = side.sort_values(ascending=not up, kind="stable")
+        above = "above" if up else "below"
+        caps = [
+            (str(pc.at[ix, "image"]), "\n".join([f"cell score {v:.2f}", *cell_reasons(inp, ix, direction)]))
+            for ix, v in side.iloc[:per_group].items()
+        ]
+        shown = f"the {len(caps)} {'highest' if up else 'lowest'}" if len(side) > len(caps) else "all"
+        if len(caps) > PRINTED_PER_GROUP:
+            shown += f" (the first {PRINTED_PER_GROUP} on paper)"
+        note = (
+            f"{len(side)} of the patient's {len(s)} scored cells score {above} {CELL_NEUTRAL_SCORE} "
+            f"(the cell model's neutral point): they look like cells of {direction} patients; {shown} shown."
+            if len(side)
+            else f"None of the patient's {len(s)} scored cells scores {above} {CELL_NEUTRAL_SCORE}."
+        )
+        if why and caps:
+            note += f" Under each, its score and what {'raised' if up else 'lowered'} it most."
+        groups.append(GalleryGroup(f"Cells pushing toward {direction}", note, caps, col, direction=direction))
+    if inp.proba[i] < inp.threshold:
+        groups.reverse()  # the direction of the call first
+    return groups
 
 
 def _extremes(vals: pd.Series, stat: str, high: bool, per_group: int) -> tuple[list, str]:
@@ -112,16 +156,17 @@ def _driver_groups(
         push = "tumoral" if inp.contrib[i, j] > 0 else "reactive"
         high = not np.isfinite(cohort_medians.get(name, np.nan)) or value >= cohort_medians[name]
         chosen, which = _extremes(vals, stat, high, per_group)
-        captions = [(str(ok.at[ix, "image"]), f"{short_num(ok.at[ix, base])}") for ix in chosen]
+        captions = [(str(ok.at[ix, "image"]), format_value(base, ok.at[ix, base])) for ix in chosen]
         used.update(c for c, _ in captions)
         groups.append(
             GalleryGroup(
-                f"{short_label(name)}: pushes toward {push} ({inp.contrib[i, j]:+.2f})",
-                f"cells with the {which} {short_label(base)} of this patient (patient value {short_num(value)}, "
-                f"cohort median {short_num(cohort_medians.get(name, np.nan))})",
+                f"{clinician_name(name)}: pushes toward {push}",
+                f"cells with the {which} {clinician_name(base)} of this patient (patient value "
+                f"{format_value(name, value)}, cohort median {format_value(name, cohort_medians.get(name, np.nan))})",
                 captions,
                 base,
                 which,
+                push,
             )
         )
     return groups
@@ -137,7 +182,7 @@ def _sample_group(ok: pd.DataFrame, n: int, used: set) -> GalleryGroup | None:
         return None
     picks = pool.iloc[np.unique(np.linspace(0, len(pool) - 1, n).round().astype(int))]
     caps = [
-        (str(im), f"nucleus {short_num(a)}" if key else "")
+        (str(im), f"nucleus {format_value(key, a)}" if key else "")
         for im, a in zip(picks["image"], picks[key] if key else picks["image"], strict=True)
     ]
     return GalleryGroup(
@@ -185,35 +230,56 @@ def select_gallery(
     i: int,
     cohort_medians: dict[str, float],
     n_drivers: int = 3,
-    per_group: int = 4,
+    per_group: int = 6,
     n_flagged: int = 4,
+    per_direction: int = CELLS_PER_DIRECTION,
 ) -> list[GalleryGroup]:
     """The cells worth looking at for patient row ``i``.
 
-    First the highest cell-level scores when cells.parquet has a ``cell_score``
-    column. Then, for each of the ``n_drivers`` image inputs (one fewer after
-    a cell-score row) that moved this patient's score most (and that summarise a per-cell measurement), the
-    patient's cells most extreme on that measurement, on the side where the
-    patient stands relative to the cohort (both extremes for a spread); when
-    fewer such inputs matter (and no cell score exists), a sample spanning the
-    patient's nucleus sizes. Last, flagged cells (smudge, not a lymphocyte,
-    other QC failures). A cell appears at most once.
+    With cell scores (a model with a cell model, or a ``cell_score`` column in
+    cells.parquet): the cells pushing toward tumoral (score above 0.5, highest
+    first) and those pushing toward reactive (below 0.5, lowest first), up to
+    ``per_direction`` each, the direction of the patient's call first. Without:
+    for each of the ``n_drivers`` image inputs that moved this patient's score
+    most (and that summarise a per-cell measurement), the patient's cells most
+    extreme on that measurement, on the side where the patient stands relative
+    to the cohort (both extremes for a spread), labelled by the direction the
+    input pushed; when fewer such inputs matter, a sample spanning the patient's
+    nucleus sizes. Last, flagged cells (smudge, not a lymphocyte, other QC
+    failures). A cell appears at most once.
     """
     pc = _patient_cells(inp, i)
     if pc is None:
         return []
     ok = pc[pc["qc_ok"].astype(bool)] if "qc_ok" in pc else pc
-    used: set[str] = set()
-    score = _score_group(inp, pc, per_group)
-    groups = [score] if score else []
-    used.update(c for c, _ in (score.cells if score else []))
-    # a cell-score row takes a driver's place
-    groups += _driver_groups(inp, i, ok, cohort_medians, n_drivers - len(groups), per_group, used)
-    if score is None and len(groups) < n_drivers and len(ok):
-        # Few image inputs moved this patient's score: show a sample spanning its range of nucleus sizes instead.
-        sample = _sample_group(ok, min(per_group * (n_drivers - len(groups)), 8), used)
-        if sample:
-            used.update(c for c, _ in sample.cells)
-            groups.append(sample)
+    groups = _direction_groups(inp, i, pc, per_direction)
+    used: set[str] = {c for g in groups for c, _ in g.cells}
+    if not groups:
+        groups = _driver_groups(inp, i, ok, cohort_medians, n_drivers, per_group, used)
+        if len(groups) < n_drivers and len(ok):
+            # Few image inputs moved this patient's score: show a sample spanning its range of nucleus sizes instead.
+            sample = _sample_group(ok, min(per_group * (n_drivers - len(groups)), 8), used)
+            if sample:
+                used.update(c for c, _ in sample.cells)
+                groups.append(sample)
     flagged = _flagged_group(pc, len(ok), n_flagged, used)
     return groups + ([flagged] if flagged else [])
+
+
+def all_cells(inp: ReportInputs, i: int) -> list[tuple[str, str]]:
+    """Every crop of patient ``i`` as ``(image, caption)``: its cell score, or its failed check, in crop order."""
+    pc = _patient_cells(inp, i)
+    if pc is None:
+        return []
+    col = score_column(pc)
+    out = []
+    for ix in pc.sort_values("image", kind="stable").index:
+        reason = str(pc.at[ix, "qc_reason"]) if "qc_reason" in pc else "ok"
+        if reason != "ok":
+            caption = reason.replace("_", " ")
+        elif col is not None and np.isfinite(pc.at[ix, col]):
+            caption = f"{pc.at[ix, col]:.2f}"
+        else:
+            caption = ""
+        out.append((str(pc.at[ix, "image"]), caption))
+    return out

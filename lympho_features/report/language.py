@@ -142,7 +142,8 @@ def _score_cutoff(stat: str | None) -> str | None:
     return f"0.{m.group(1)}" if m else None
 
 
-def _stat_words(stat: str | None) -> str:
+def stat_words(stat: str | None) -> str:
+    """What a per-patient statistic (``mean``, ``q90``, ``frac_gt50``...) summarises, in words ("" for None)."""
     if stat is None:
         return ""
     if stat in _STATS:
@@ -176,7 +177,7 @@ def _external_description(name: str) -> str | None:
         text = describe_cell_feature(candidate)
         if text:
             if candidate != name:
-                stat = _stat_words(split_aggregate(name)[1])
+                stat = stat_words(split_aggregate(name)[1])
                 return f"{text}; {stat}" if stat else text
             return text
     return None
@@ -194,7 +195,20 @@ def describe_feature(name: str) -> str:
     base, stat = split_aggregate(name)
     block = cell_model_block(name)
     meaning = CELL_MODEL_BLOCKS[block].meaning if block else _base_meaning(base)
-    return f"{meaning}; {_stat_words(stat)}" if stat else meaning
+    return f"{meaning}; {stat_words(stat)}" if stat else meaning
+
+
+def input_meaning(name: str) -> tuple[str, str]:
+    """``(key, meaning)``: what an input measures, without its statistic.
+
+    Inputs with the same key (the summaries of one cell measurement, of one cell
+    model's scores) share the meaning, so a list of them can say it once.
+    """
+    block = cell_model_block(name)
+    if block:
+        return block, CELL_MODEL_BLOCKS[block].meaning
+    base, _ = split_aggregate(name)
+    return base, describe_cell_feature(base) or _base_meaning(base)
 
 
 def short_label(name: str) -> str:

@@ -10,11 +10,11 @@ import re
 import numpy as np
 import pandas as pd
 
+from ..glossary import COUNT_UNIT, clinician_name, format_input_value
 from ..model import few_cells_warnings, missing_value_warnings, refer_limits
 from .explanations import waterfall
-from .gallery import select_gallery
+from .gallery import all_cells, score_column, select_gallery
 from .inputs import ReportInputs
-from .numbers import fmt
 from .performance import threshold_is_fixed
 from .thumbnails import ThumbnailMaker
 
@@ -45,18 +45,21 @@ def cv_by_patient(inp: ReportInputs) -> pd.DataFrame | None:
 
 
 def table_row(inp: ReportInputs, i: int, oof) -> dict:
-    """A patient's row of the summary table; ``miss``: its call disagrees with the recorded class."""
+    """A patient's row of the summary table.
+
+    ``miss``: the model's call, as shown in the row, disagrees with the recorded class (the row is shaded red).
+    ``cv_miss``: for a training patient, its cross-validated call disagrees (its CV probability is marked).
+    """
     r = inp.patients.iloc[i]
     prob = float(inp.proba[i])
     decision = int(prob >= inp.threshold)
     label = r["label"]
-    if oof is not None:  # a training patient: its cross-validated call is the honest one
-        miss = pd.notna(label) and "pred" in oof and round(float(oof["pred"])) != int(label)
-    else:
-        miss = pd.notna(label) and decision != int(label)
+    known = pd.notna(label)
+    cv_miss = known and oof is not None and "pred" in oof and round(float(oof["pred"])) != int(label)
     pid = str(r["patient_id"])
     return {
-        "miss": bool(miss),
+        "miss": bool(known and decision != int(label)),
+        "cv_miss": bool(cv_miss),
         "pid": pid,
         "anchor": patient_anchor(pid),
         "label": class_kind(label),
@@ -64,8 +67,10 @@ def table_row(inp: ReportInputs, i: int, oof) -> dict:
         "uncertain": bool(inp.uncertain[i]),
         "probability": f"{prob:.2f}",
         "cv_probability": f"{oof['mean']:.2f}" if oof is not None else "–",
-        "count": fmt(float(r["lymph_count"]), 2) if "lymph_count" in r and pd.notna(r["lymph_count"]) else "–",
-        "age": f"{float(r['age']):.0f}" if "age" in r and pd.notna(r["age"]) else "–",
+        "count": format_input_value("lymph_count", r["lymph_count"]).removesuffix(" " + COUNT_UNIT)
+        if "lymph_count" in r and pd.notna(r["lymph_count"])
+        else "–",
+        "age": format_input_value("age", r["age"]).removesuffix(" years") if "age" in r and pd.notna(r["age"]) else "–",
         "crops": str(int(r["n_cells"])) if "n_cells" in r else "–",
     }
 
@@ -92,14 +97,12 @@ def threshold_rule(meta: dict) -> str:
 
 
 def clinical_values(p: pd.Series) -> list[tuple[str, str]]:
-    """The patient's clinical values and crop counts, as (what, value) pairs."""
-    out = []
-    if "age" in p and pd.notna(p["age"]):
-        out.append(("age", f"{float(p['age']):.0f} years"))
-    if "gender" in p and pd.notna(p["gender"]):
-        out.append(("sex", {"M": "male", "F": "female"}.get(str(p["gender"]), str(p["gender"]))))
-    if "lymph_count" in p and pd.notna(p["lymph_count"]):
-        out.append(("lymphocyte count", f"{float(p['lymph_count']):.2f} ×10⁹/L"))
+    """The patient's clinical values (named and written by the glossary) and crop counts, as (what, value) pairs."""
+    out = [
+        (clinician_name(col), format_input_value(col, p[col]))
+        for col in ("age", "gender", "lymph_count")
+        if col in p and pd.notna(p[col])
+    ]
     if "n_cells" in p:
         ok = f", {int(p['n_cells_ok'])} pass QC" if "n_cells_ok" in p and pd.notna(p["n_cells_ok"]) else ""
         out.append(("crops", f"{int(p['n_cells'])}{ok}"))
@@ -159,10 +162,16 @@ def gallery(inp: ReportInputs, i: int, medians: dict[str, float], thumbs: Thumbn
         {
             "title": g.title,
             "note": g.note,
+            "direction": g.direction,
             "cells": [{"image": image, "uri": thumbs(image), "caption": caption} for image, caption in g.cells],
         }
         for g in select_gallery(inp, i, medians)
     ]
+
+
+def strip(inp: ReportInputs, i: int, thumbs: ThumbnailMaker) -> list[dict]:
+    """Every crop of patient ``i``, small, for the folded "all cells" strip."""
+    return [{"image": im, "uri": thumbs.strip(im), "caption": cap} for im, cap in all_cells(inp, i)]
 
 
 def patient_page(inp: ReportInputs, i: int, oof, medians: dict[str, float], thumbs: ThumbnailMaker) -> dict:
@@ -178,6 +187,8 @@ def patient_page(inp: ReportInputs, i: int, oof, medians: dict[str, float], thum
         "clinical": clinical_values(r),
         "waterfall": waterfall(inp, i),
         "gallery": gallery(inp, i, medians, thumbs),
+        "all_cells": strip(inp, i, thumbs),
+        "strip_scored": inp.cells is not None and score_column(inp.cells) is not None,
     }
 
 

@@ -20,11 +20,11 @@ from markupsafe import Markup
 from .._io import atomic_path
 from ..errors import ReportError
 from . import style
-from .explanations import global_importance, percentile_note
+from .explanations import global_importance, percentile_note, start_note
 from .inputs import ReportInputs, load_inputs, segmentation_settings
 from .patient import patients
 from .performance import performance
-from .sections import N_STRONGEST, caveats, cohort, explanation, provenance, report_context
+from .sections import caveats, cohort, explanation, provenance, report_context
 from .thumbnails import ThumbnailMaker
 
 #: The page may load nothing and run nothing: images are inline, styles inline, no script.
@@ -63,6 +63,15 @@ def render(template: str, **context) -> str:
     return environment().get_template(template).render(colours=COLOURS, **context)
 
 
+def page_notes(inp: ReportInputs) -> dict[str, str]:
+    """The notes every patient page repeats: what the waterfall starts from, what percentiles compare with."""
+    return {
+        "start_note": start_note(inp),
+        "percentile_note": percentile_note(inp),
+        "threshold": f"{inp.threshold:.3f}",
+    }
+
+
 @dataclass
 class ReportResult:
     """What :func:`write_report` wrote."""
@@ -76,7 +85,7 @@ class ReportResult:
 
 
 def build_html(inp: ReportInputs, generated: str | None = None) -> tuple[str, int]:
-    """The whole report as one HTML string; also returns the number of cell thumbnails."""
+    """The whole report as one HTML string; also returns the number of cell thumbnails (galleries and strips)."""
     generated = generated or datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     context = report_context(inp, generated)
     thumbs = ThumbnailMaker(inp.data_dir, segmentation_settings(inp.manifest))
@@ -88,16 +97,14 @@ def build_html(inp: ReportInputs, generated: str | None = None) -> tuple[str, in
         csp=Markup(CSP),  # a constant: its quotes stay quotes
         css=Markup(stylesheet()),  # package data, not user input
         css_variables=style.CSS_VARIABLES,
-        n_strongest=N_STRONGEST,
         perf=performance(inp),
-        threshold=f"{inp.threshold:.3f}",
         patient_rows=rows,
         pages=pages,
-        percentile_note=percentile_note(inp),
+        **page_notes(inp),
         provenance=provenance(inp, generated),
         **context,
     )
-    return doc, len([v for v in thumbs.cache.values() if v])
+    return doc, sum(1 for cache in (thumbs.cache, thumbs.strip_cache) for v in cache.values() if v)
 
 
 def write_report(
@@ -156,15 +163,15 @@ def section_performance(inp: ReportInputs) -> str:
 def section_explanation(inp: ReportInputs, imp=None) -> str:
     """Section 3 (what the model looks at) as HTML."""
     x = explanation(inp, global_importance(inp) if imp is None else imp)
-    return render("explanation.html.j2", explanation=x, n_strongest=N_STRONGEST)
+    return render("explanation.html.j2", explanation=x)
 
 
 def section_patients(inp: ReportInputs, thumbs: ThumbnailMaker) -> tuple[str, str]:
     """Section 4 as HTML: the patient table, and the patient pages."""
     rows, pages = patients(inp, thumbs)
     table = render("patients_table.html.j2", patient_rows=rows, threshold=f"{inp.threshold:.3f}")
-    note = percentile_note(inp)
-    return table, "".join(render("patient.html.j2", page=p, percentile_note=note) for p in pages)
+    notes = page_notes(inp)
+    return table, "".join(render("patient.html.j2", page=p, **notes) for p in pages)
 
 
 def section_provenance(inp: ReportInputs, generated: str) -> str:

@@ -12,12 +12,22 @@ import pandas as pd
 
 from .. import __version__
 from .._io import library_versions
+from ..glossary import clinician_name
 from ..model import refer_limits
-from ..segment import FLAG_DESCRIPTIONS
 from .explanations import global_importance
 from .figures import cohort_figure, dependence_figure, family_figure
 from .inputs import ReportInputs
-from .language import ACQUISITION_FAMILIES, FAMILY_MEANING, FAMILY_TITLE, QC_REASON, describe_feature, direction_words
+from .language import (
+    ACQUISITION_FAMILIES,
+    FAMILY_MEANING,
+    FAMILY_TITLE,
+    QC_REASON,
+    describe_feature,
+    direction_words,
+    input_meaning,
+    split_aggregate,
+    stat_words,
+)
 from .metrics import wilson_interval
 from .numbers import fmt, median_iqr, plus_minus
 
@@ -70,7 +80,7 @@ def caveats(inp: ReportInputs, imp: pd.DataFrame) -> dict:
     if total > 0:
         out["clinical_share"] = f"{imp.loc[imp['family'] == 'clinical', 'mean_abs_shap'].sum() / total:.0%}"
     acq = imp.reset_index().loc[lambda d: d["family"].isin(ACQUISITION_FAMILIES)].head(6)
-    out["acquisition"] = [(r["feature"], int(r["index"]) + 1) for _, r in acq.iterrows()]
+    out["acquisition"] = [(clinician_name(r["feature"]), r["feature"], int(r["index"]) + 1) for _, r in acq.iterrows()]
     out["other_patients"] = bool(
         inp.meta.get("training_data_fingerprint") and inp.reference is None and inp.in_sample is False
     )
@@ -112,17 +122,25 @@ def cohort(inp: ReportInputs) -> dict:
     }
 
 
+#: The cell-type checks whose flag is also counted on crops that failed an earlier check first.
+_TYPE_FLAGS = {"smudge": "is_smudge", "not_lymphocyte": "is_not_lymphocyte"}
+
+
 def _qc_rows(cells: pd.DataFrame | None) -> list[list[str]] | None:
-    """Rows of the quality-control table: each first failed check, then the cell-type flags over all crops."""
+    """Rows of the quality-control table, one per outcome: crops whose first failed check it is, their share,
+    and for a cell-type check every crop it flags (also those that failed an earlier check first)."""
     if cells is None or "qc_reason" not in cells:
         return None
     vc = cells["qc_reason"].value_counts()
     total = max(int(vc.sum()), 1)
-    rows = [[r, f"{int(c):,}", f"{c / total:.1%}", QC_REASON.get(r, "")] for r, c in vc.items()]
-    for f in ("is_smudge", "is_not_lymphocyte"):
-        if f in cells:
-            c = int(cells[f].sum())
-            rows.append([f, f"{c:,}", f"{c / total:.1%}", FLAG_DESCRIPTIONS[f]])
+    for reason, flag in _TYPE_FLAGS.items():  # a flag raised only behind earlier checks still gets its row
+        if flag in cells and cells[flag].any() and reason not in vc:
+            vc[reason] = 0
+    rows = []
+    for r, c in vc.items():
+        flag = _TYPE_FLAGS.get(r)
+        flagged = f"{int(cells[flag].sum()):,}" if flag in cells else "–"
+        rows.append([r, f"{int(c):,}", f"{c / total:.1%}", flagged, QC_REASON.get(r, "")])
     return rows
 
 
@@ -144,23 +162,36 @@ def explanation(inp: ReportInputs, imp: pd.DataFrame) -> dict:
         ]
         for k, r in fam.iterrows()
     ]
-    strongest = [
-        {
-            "rank": str(i + 1),
-            "feature": r["feature"],
-            "acquisition": r["family"] in ACQUISITION_FAMILIES,
-            "meaning": describe_feature(r["feature"]),
-            "direction": direction_words(r["direction"]),
-            "shap": f"{r['mean_abs_shap']:.3f}",
-            "gain": f"{r['gain_share']:.1%}",
-        }
-        for i, r in imp.head(N_STRONGEST).iterrows()
-    ]
+    n_shown = min(N_STRONGEST, len(imp))
+    strongest, first_rank = [], {}
+    for i, r in imp.head(n_shown).iterrows():
+        key, _ = input_meaning(r["feature"])
+        if key in first_rank:  # a meaning shared by several inputs is said once, on the strongest of them
+            stat = stat_words(split_aggregate(r["feature"])[1])
+            meaning = f"as #{first_rank[key]}" + (f"; {stat}" if stat else "")
+        else:
+            first_rank[key] = i + 1
+            meaning = describe_feature(r["feature"])
+        strongest.append(
+            {
+                "rank": str(i + 1),
+                "feature": r["feature"],
+                "name": clinician_name(r["feature"]),
+                "acquisition": r["family"] in ACQUISITION_FAMILIES,
+                "meaning": meaning,
+                "direction": direction_words(r["direction"]),
+                "shap": f"{r['mean_abs_shap']:.3f}",
+                "gain": f"{r['gain_share']:.1%}",
+            }
+        )
     return {
         "n_patients": len(inp.patients),
         "family_figure": family_figure(fam),
         "families": families,
         "strongest": strongest,
+        "strongest_title": f"The {n_shown} strongest inputs"
+        if n_shown < len(imp)
+        else f"All {n_shown} inputs, strongest first",
         "dependence_figure": dependence_figure(inp, imp.head(6)),
     }
 
