@@ -14,8 +14,11 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-#: Columns of cells.parquet that are not cell measurements.
-CELL_META_COLUMNS = ("patient_id", "image", "qc_ok", "qc_reason", "image_sha256")
+#: Columns of cells.parquet that are not cell measurements (the pixel scale describes the acquisition, not the
+#: cell: never a model input).
+CELL_META_COLUMNS = (
+    "patient_id", "image", "qc_ok", "qc_reason", "image_sha256", "um_per_px", "scale_source", "scale_flag",
+)  # fmt: skip
 
 #: Clinical columns of patients.parquet.
 CLINICAL_COLUMNS = ("label", "age", "gender", "lymph_count")
@@ -42,8 +45,17 @@ def cell_feature_columns(cells: pd.DataFrame) -> list[str]:
 
 
 def flag_columns(cells: pd.DataFrame) -> list[str]:
-    """Boolean QC and cell-type flag columns (``qc_*``, ``is_*``) other than ``qc_ok``."""
-    return [c for c in cells.columns if c.startswith(("qc_", "is_")) and c not in ("qc_ok", "qc_reason")]
+    """Boolean QC and cell-type flag columns (``qc_*``, ``is_*``) other than ``qc_ok``.
+
+    QC measurements (e.g. ``qc_sharpness``, a number) are neither flags nor features.
+    """
+    return [
+        c
+        for c in cells.columns
+        if c.startswith(("qc_", "is_"))
+        and c not in ("qc_ok", "qc_reason")
+        and not pd.api.types.is_float_dtype(cells[c])
+    ]
 
 
 def _stat_name(q: float) -> str:
