@@ -74,7 +74,8 @@ def aggregate_cells(cells: pd.DataFrame, settings: AggregateSettings = Aggregate
     -------
     DataFrame
         One row per patient: ``patient_id``, ``n_cells`` (readable crops),
-        ``n_cells_ok``, ``frac_qc_ok``, ``frac_{flag}`` for each flag (e.g.
+        ``n_cells_ok``, ``frac_qc_ok``, ``um_per_px``, ``scale_source`` and
+        ``scale_flag`` when the cells have them, ``frac_{flag}`` for each flag (e.g.
         ``frac_is_smudge``) and ``{feature}__{stat}`` for each feature and
         statistic (mean, std, quantiles) over the ``qc_ok`` cells.
     """
@@ -85,6 +86,11 @@ def aggregate_cells(cells: pd.DataFrame, settings: AggregateSettings = Aggregate
     ok = cells[cells["qc_ok"].astype(bool)]
     out["n_cells_ok"] = ok.groupby("patient_id").size().reindex(out.index).fillna(0).astype(int)
     out["frac_qc_ok"] = out["n_cells_ok"] / out["n_cells"]
+    # The patient's pixel scale and its provenance: the same on every crop of a patient (extract measures a
+    # patient at one scale).
+    for c in ("um_per_px", "scale_source", "scale_flag"):
+        if c in cells.columns:
+            out[c] = grouped_all[c].first()
     for f in flags:
         out[f"frac_{f}"] = grouped_all[f].mean().astype(float)
     if feats:

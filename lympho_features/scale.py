@@ -325,3 +325,31 @@ def to_canonical(
     # The side is rounded to whole pixels: the scale actually reached, per axis, averaged.
     reached = um_per_px * 0.5 * (w / nw + h / nh)
     return out, float(reached)
+
+
+#: Shape measurements that are lengths (``shape_{nucleus,cell}_{name}``).
+_SHAPE_LENGTHS = ("perimeter", "equivalent_diameter", "major_axis", "minor_axis", "feret_max", "feret_min")
+
+#: Per-cell columns that are lengths: um in cells.parquet (pixels times the crop's um/px).
+LENGTH_COLUMNS = (
+    *(f"shape_{r}_{n}" for r in ("nucleus", "cell") for n in _SHAPE_LENGTHS),
+    "nc_rim_width",
+    "nc_rim_width_min",
+    "nc_rim_width_max",
+)
+
+#: Per-cell columns that are areas: um^2 in cells.parquet. Every other column is free of the pixel scale
+#: (ratios, shape indices) or measured at the canonical scale (texture, colour).
+AREA_COLUMNS = ("nucleus_area", "cell_area", "nc_cytoplasm_area", "shape_nucleus_area", "shape_cell_area")
+
+
+def to_physical(row: dict, um_per_px: float) -> dict:
+    """Convert the size columns of one measured crop from pixels to um and um^2, in place; returns ``row``."""
+    k2 = um_per_px * um_per_px
+    for name in LENGTH_COLUMNS:
+        if name in row:
+            row[name] = row[name] * um_per_px
+    for name in AREA_COLUMNS:
+        if name in row:
+            row[name] = row[name] * k2
+    return row
