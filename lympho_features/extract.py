@@ -147,7 +147,7 @@ def measure_crop(
     The row holds ``qc_ok``, ``qc_reason``, every QC and cell-type flag
     (``qc_*``, ``is_*``, see :data:`lympho_features.segment.FLAG_DESCRIPTIONS`),
     ``qc_sharpness`` (for the patient-level blur check, :func:`apply_patient_blur`;
-    NaN when not measured), ``um_per_px`` (the crop's own scale) and every
+    NaN when not measured; alone, ``qc_blur`` is its floor test), ``um_per_px`` (the crop's own scale) and every
     feature. Flagged cells are measured too (their features are kept, but the
     per-patient morphology aggregates use ``qc_ok`` cells only).
 
@@ -170,6 +170,9 @@ def measure_crop(
     row["qc_sharpness"] = float(diag["sharpness"]) if "sharpness" in diag and not dense else float("nan")
     row["um_per_px"] = um
     row.update(to_physical(cell_features(crop, seg, settings.features), um_measured))
+    # Alone, a crop is judged as in a patient of one crop (the floor only); process_patient re-judges it
+    # against the patient's other crops.
+    apply_patient_blur([row], settings.segmentation)
     return row
 
 
