@@ -115,6 +115,11 @@ def extract(
     )
     for w in res.warnings:
         console.print(f"[yellow]warning:[/] {w}", highlight=False)
+    if res.scale:
+        run_scale = res.scale.get("run_red_cell_um_per_px")
+        sources = ", ".join(f"{k} {v}" for k, v in res.scale["sources"].items())
+        red = f"; red cells of the run: {run_scale:.4f} um/px" if run_scale else ""
+        console.print(f"pixel scale (patients per source): {sources}{red}", highlight=False)
     qc = ", ".join(f"{k} {v}" for k, v in res.qc_counts.items())
     console.print(
         f"{res.n_patients} patients, {res.n_cells} cells ({qc}), {res.n_skipped} file(s) skipped, "

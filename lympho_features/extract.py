@@ -126,6 +126,8 @@ class ExtractResult:
     qc_counts: dict[str, int]
     warnings: list[str]
     n_recomputed: int = 0  #: shards found truncated, corrupt or stale and recomputed
+    #: ``manifest.json``'s ``scale`` without the per-patient list: run scale, patients per source and flag
+    scale: dict = field(default_factory=dict)
 
 
 @lru_cache(maxsize=8)
@@ -553,7 +555,7 @@ def _extract_locked(
         raise DatasetError(f"{_os_error_message(exc, out_dir / 'manifest.json')}; free space and re-run") from None
     return ExtractResult(
         out_dir, len(table), n_images, cells_summary["n_cells"], len(skipped), reused, cells_summary["qc_counts"],
-        warnings, len(recomputed),
+        warnings, len(recomputed), {k: v for k, v in scale_summary.items() if k != "patients"},
     )  # fmt: skip
 
 
