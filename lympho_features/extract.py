@@ -104,7 +104,9 @@ class ExtractSettings:
     pixel_size_um: float | None = None
     canonical_um_per_px: float = CANONICAL_UM_PER_PX  #: the scale segmentation and QC run at
     resample_tolerance: float = RESAMPLE_TOLERANCE  #: crops this close to the canonical scale are not resampled
-    ruler_crops: int = 16  #: crops per patient (evenly spread) whose red cells measure its scale
+    #: crops per patient (evenly spread) whose red cells measure its scale: 12 give 26 red cells in the median
+    #: on the challenge's patients, for about 6 % of the extraction's time
+    ruler_crops: int = 12
 
     def to_dict(self) -> dict:
         d = asdict(self)
