@@ -47,3 +47,7 @@ class ReportError(LymphoError):
 
 class EmbedError(LymphoError):
     """A problem that stops ``lympho embed`` (missing torch, bad weights, no CUDA...); the message says why."""
+
+
+class SettingsError(LymphoError, ValueError):
+    """A setting outside what it can mean (a negative area, a fraction above 1...); the message names the setting."""

@@ -39,6 +39,7 @@ from ._io import (
     sha256_of,
     write_json,
 )
+from ._validate import SettingsCheck
 from .aggregate import AggregateSettings
 from .dataset import (
     DEFAULT_REFERENCE_DATE,
@@ -107,6 +108,19 @@ class ExtractSettings:
     #: crops per patient (evenly spread) whose red cells measure its scale: 12 give 26 red cells in the median
     #: on the challenge's patients, for about 6 % of the extraction's time
     ruler_crops: int = 12
+
+    def __post_init__(self) -> None:
+        """Refuse a value that cannot mean what its setting says (raises :class:`~lympho_features.errors.SettingsError`)."""
+        check = SettingsCheck(self)
+        check.instance("segmentation", SegmentationSettings)
+        check.instance("features", FeatureSettings)
+        check.instance("aggregate", AggregateSettings)
+        check.instance("reference_date", date)
+        check.integer("max_pixels", 1)
+        check.number("pixel_size_um", 0.005, 5.0, optional=True)
+        check.number("canonical_um_per_px", 0, low_open=True)
+        check.number("resample_tolerance", 0, 1)
+        check.integer("ruler_crops", 1)
 
     def to_dict(self) -> dict:
         d = asdict(self)

@@ -31,7 +31,7 @@ from ..segment import (  # noqa: F401  (names this module had before the split)
     optical_density,
     optical_density_channels,
 )
-from .cell import _box_moments, _roi_od_sum, cell_features
+from .cell import _roi_od_sum, box_moments, cell_features
 from .color import _COLOR_COLUMNS, background_reference, color_features
 from .describe import _HARALICK_WORDS, _SHAPE_WORDS, CELL_FINDINGS, FEATURE_DESCRIPTIONS, describe_feature
 from .granularity import _GRANULARITY_COLUMNS, GRANULARITY_RADII, granularity_features
@@ -61,12 +61,16 @@ from .lbp import (
     _lbp_table,
     lbp_features,
 )
-from .masks import _largest_contour, _pad1, _u8
+from .masks import _pad1, _u8, largest_contour
 from .nc import nc_features
 from .nucleoli import _mean_std, nucleoli_features
 from .radial import _RADIAL_COLUMNS, RADIAL_RINGS, radial_features
 from .settings import FeatureSettings
 from .shape import _ARANGE64, _SHAPE_COLUMNS, SHAPE_NAMES, contour_irregularity, shape_features
+
+# The names before they became public (benchmarks/profile_crop.py, older callers).
+_largest_contour = largest_contour
+_box_moments = box_moments
 
 __all__ = [
     "CELL_FINDINGS",
@@ -78,6 +82,7 @@ __all__ = [
     "SHAPE_NAMES",
     "FeatureSettings",
     "background_reference",
+    "box_moments",
     "cell_features",
     "color_features",
     "contour_irregularity",
@@ -87,6 +92,7 @@ __all__ = [
     "haralick_features",
     "haralick_from_glcm",
     "haralick_from_glcms",
+    "largest_contour",
     "lbp_features",
     "masked_glcm",
     "nc_features",

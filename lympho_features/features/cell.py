@@ -10,7 +10,7 @@ from .color import background_reference, color_features
 from .granularity import granularity_features
 from .haralick import haralick_features, quantize
 from .lbp import lbp_features
-from .masks import _largest_contour, _u8
+from .masks import _u8, largest_contour
 from .nc import nc_features
 from .nucleoli import nucleoli_features
 from .radial import radial_features
@@ -18,12 +18,22 @@ from .settings import FeatureSettings
 from .shape import shape_features
 
 
-def _box_moments(raw: tuple[float, ...], x0: int, y0: int) -> dict[str, float]:
+def box_moments(raw: tuple[float, ...], x0: int, y0: int) -> dict[str, float]:
     """``cv2.moments(mask[y0:, x0:], binaryImage=True)`` from the raw moments of ``mask``.
 
     ``raw`` is ``(m00, m10, m01, m20, m11, m02)``: integer sums, exact after the
     shift of origin; the central moments follow with OpenCV's own arithmetic.
     Only the moments the features read are returned.
+
+    Examples
+    --------
+    >>> import cv2, numpy as np
+    >>> mask = np.zeros((6, 6), np.uint8)
+    >>> mask[2:4, 1:3] = 1
+    >>> m = cv2.moments(mask, binaryImage=True)
+    >>> raw = tuple(m[k] for k in ("m00", "m10", "m01", "m20", "m11", "m02"))
+    >>> box_moments(raw, 1, 2) == {k: cv2.moments(mask[2:, 1:], binaryImage=True)[k] for k in box_moments(raw, 1, 2)}
+    True
     """
     m00, m10, m01, m20, m11, m02 = raw
     m20 = m20 - 2 * x0 * m10 + x0 * x0 * m00
@@ -64,6 +74,16 @@ def cell_features(
     Features are computed on the bounding box of the cell (the background and
     red-cell references come from the segmentation, measured on the whole
     crop), which keeps the cost independent of how many red cells surround it.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from lympho_features.segment import segment_cell
+    >>> from lympho_features.synthetic import synthetic_crop
+    >>> crop = synthetic_crop(np.random.default_rng(0))
+    >>> f = cell_features(crop.rgb, segment_cell(crop.rgb))
+    >>> len(f), f["nucleus_area"], round(f["nc_ratio"], 3)
+    (110, 2198.0, 0.59)
     """
     out: dict[str, float] = {}
     nucleus, cell = seg.nucleus_mask, seg.cell_mask
@@ -83,11 +103,11 @@ def cell_features(
     if seg.nucleus_contour is not None and seg.nucleus_moments is not None and y1 > y0:
         # The segmentation's own trace of the nucleus and its moments, moved to the box.
         n_contour = seg.nucleus_contour - np.array((x0, y0), np.int32)
-        mn = _box_moments(seg.nucleus_moments, x0, y0)
+        mn = box_moments(seg.nucleus_moments, x0, y0)
     else:
-        n_contour = _largest_contour(n_box)
+        n_contour = largest_contour(n_box)
         mn = cv2.moments(_u8(n_box), binaryImage=True)
-    c_contour = _largest_contour(c_box)
+    c_contour = largest_contour(c_box)
     mc = cv2.moments(_u8(c_box), binaryImage=True)
     out.update(nc_features(n_box, c_box, n_contour, (mn, mc)))
     out.update(shape_features(n_box, "nucleus", n_contour, mn))

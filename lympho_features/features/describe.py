@@ -131,6 +131,15 @@ def describe_feature(name: str) -> str | None:
 
     ``haralick_contrast_d5`` (a distance not in the table) is described from
     its base feature.
+
+    Examples
+    --------
+    >>> describe_feature("nc_ratio")
+    'share of the cell occupied by the nucleus (N:C ratio)'
+    >>> describe_feature("haralick_contrast_d5")
+    'chromatin contrast: how clumped the nucleus looks (5-pixel scale)'
+    >>> describe_feature("no_such_column") is None
+    True
     """
     if name in FEATURE_DESCRIPTIONS:
         return FEATURE_DESCRIPTIONS[name]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from .masks import _largest_contour, _pad1, _u8
+from .masks import _pad1, _u8, largest_contour
 
 
 def nc_features(
@@ -24,6 +24,19 @@ def nc_features(
     divided by the cell's equivalent radius. ``nucleus_contour`` and
     ``moments`` (binary-image moments of nucleus and cell) may be passed when
     already known.
+
+    Examples
+    --------
+    A nucleus of radius 20 centred in a cell of radius 28:
+
+    >>> import cv2, numpy as np
+    >>> nucleus = cv2.circle(np.zeros((64, 64), np.uint8), (32, 32), 20, 1, -1).astype(bool)
+    >>> cell = cv2.circle(np.zeros((64, 64), np.uint8), (32, 32), 28, 1, -1).astype(bool)
+    >>> f = nc_features(nucleus, cell)
+    >>> f["nucleus_area"], f["cell_area"], round(f["nc_ratio"], 3), f["nc_nucleus_offset"]
+    (1257.0, 2453.0, 0.512, 0.0)
+    >>> round(f["nc_rim_width"], 2), f["nc_rim_width_max"]
+    (7.94, 8.0)
     """
     names = (
         "nucleus_area",
@@ -51,7 +64,7 @@ def nc_features(
     r_cell = np.sqrt(c_area / np.pi)
     # Distance to the cell outline, read on the nucleus outline.
     dist = cv2.distanceTransform(_pad1(c8), cv2.DIST_L2, cv2.DIST_MASK_5)[1:-1, 1:-1]
-    contour = _largest_contour(n8) if nucleus_contour is None else nucleus_contour
+    contour = largest_contour(n8) if nucleus_contour is None else nucleus_contour
     pts = contour.reshape(-1, 2) if contour is not None else np.zeros((0, 2), int)
     rim = dist[pts[:, 1], pts[:, 0]] - 1.0 if len(pts) else np.array([0.0])
     return {

@@ -8,6 +8,7 @@ import numpy as np
 from .masks import _pad1, _u8
 
 RADIAL_RINGS = 4
+_RADIAL_COLUMNS = tuple([f"radial_nucleus_ring{k + 1}" for k in range(RADIAL_RINGS)] + ["radial_nucleus_rim_centre"])
 
 
 def radial_features(od: np.ndarray, mask: np.ndarray) -> dict[str, float]:
@@ -17,8 +18,20 @@ def radial_features(od: np.ndarray, mask: np.ndarray) -> dict[str, float]:
     (distance to the outline divided by its maximum); ``radial_nucleus_ring{k}``
     is the mean OD of ring ``k`` (1 = rim) divided by the nucleus mean, and
     ``radial_nucleus_rim_centre`` the rim's mean over the centre's.
+
+    Examples
+    --------
+    A nucleus twice as dense at its rim as at its centre:
+
+    >>> import numpy as np
+    >>> yy, xx = np.mgrid[:41, :41]
+    >>> r = np.hypot(yy - 20, xx - 20)
+    >>> od = np.where(r > 12, 2.0, 1.0).astype(np.float32)
+    >>> f = radial_features(od, r <= 18)
+    >>> f["radial_nucleus_rim_centre"], round(f["radial_nucleus_ring1"], 2)
+    (2.0, 1.28)
     """
-    names = [f"radial_nucleus_ring{k + 1}" for k in range(RADIAL_RINGS)] + ["radial_nucleus_rim_centre"]
+    names = _RADIAL_COLUMNS
     m8 = _u8(mask)
     if cv2.countNonZero(m8) < 16:
         return dict.fromkeys(names, float("nan"))
@@ -33,7 +46,4 @@ def radial_features(od: np.ndarray, mask: np.ndarray) -> dict[str, float]:
     means = [sm / c if c > 0 else nan for sm, c in zip(sums, counts, strict=True)]
     values = [v / mean if mean > 0 else nan for v in means]
     values.append(means[0] / means[-1] if means[-1] > 0 else nan)
-    return dict(zip(_RADIAL_COLUMNS, values, strict=True))
-
-
-_RADIAL_COLUMNS = tuple([f"radial_nucleus_ring{k + 1}" for k in range(RADIAL_RINGS)] + ["radial_nucleus_rim_centre"])
+    return dict(zip(names, values, strict=True))

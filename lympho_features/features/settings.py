@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .._validate import SettingsCheck
+
 
 @dataclass(frozen=True)
 class FeatureSettings:
@@ -17,3 +19,13 @@ class FeatureSettings:
     nucleoli_radius: int = 4  #: largest radius of a pale spot counted as a nucleolus
     nucleoli_depth: float = 0.9  #: a nucleolus is paler than its surroundings by this many nucleus OD std
     nucleoli_min_depth: float = 0.3  #: ... and by at least this much OD (no spots in a flat, noisy nucleus)
+
+    def __post_init__(self) -> None:
+        """Refuse a value that cannot mean what its setting says (raises :class:`~lympho_features.errors.SettingsError`)."""
+        check = SettingsCheck(self)
+        check.integer("haralick_levels", 2)
+        check.numbers("haralick_distances", 1, None, whole=True)
+        check.number("background_od")
+        check.integer("nucleoli_radius", 1)
+        check.number("nucleoli_depth", 0)
+        check.number("nucleoli_min_depth", 0)

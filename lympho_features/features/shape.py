@@ -7,7 +7,7 @@ import math
 import cv2
 import numpy as np
 
-from .masks import _largest_contour, _u8
+from .masks import _u8, largest_contour
 
 SHAPE_NAMES = (
     "area",
@@ -43,6 +43,17 @@ def contour_irregularity(contour: np.ndarray) -> dict[str, float]:
         projections, a hairy or crenated outline); ``curvature_std``: spread
         of the turning angle along the outline smoothed over 5 points
         (radians per point).
+
+    Examples
+    --------
+    A disk's outline has almost no energy beyond the first harmonic:
+
+    >>> import cv2, numpy as np
+    >>> disk = cv2.circle(np.zeros((64, 64), np.uint8), (32, 32), 20, 1, -1)
+    >>> contours, _ = cv2.findContours(disk, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    >>> irr = contour_irregularity(contours[0])
+    >>> irr["fourier_low"] < 0.01, irr["fourier_high"] < 0.02
+    (True, True)
     """
     pts = contour.reshape(-1, 2)
     n = len(pts)
@@ -101,6 +112,17 @@ def shape_features(
         irregularity (low and high harmonics), depth of the deepest notch
         (relative to the equivalent radius) and curvature spread. NaN when the
         mask is empty.
+
+    Examples
+    --------
+    >>> import cv2, numpy as np
+    >>> disk = np.zeros((64, 64), np.uint8)
+    >>> disk = cv2.circle(disk, (32, 32), 20, 1, -1).astype(bool)
+    >>> f = shape_features(disk, "nucleus")
+    >>> f["shape_nucleus_area"], f["shape_nucleus_eccentricity"], f["shape_nucleus_circularity"]
+    (1257.0, 0.0, 1.0)
+    >>> round(f["shape_nucleus_equivalent_diameter"], 2)
+    40.01
     """
     names = _SHAPE_COLUMNS.get(prefix)
     if names is None:
@@ -109,7 +131,7 @@ def shape_features(
     # The pixel count: m00 of binary-image moments, exactly.
     area = float(moments["m00"]) if moments is not None else float(cv2.countNonZero(m8))
     if contour is None:
-        contour = _largest_contour(m8)
+        contour = largest_contour(m8)
     if area == 0 or contour is None or len(contour) < 5:
         return dict.fromkeys(names, float("nan"))
     perimeter = cv2.arcLength(contour, closed=True)
@@ -117,26 +139,10 @@ def shape_features(
     hull = contour[hull_idx[:, 0]]
     hull_area = cv2.contourArea(hull)
     hull_perimeter = cv2.arcLength(hull, closed=True)
-    m = cv2.moments(m8, binaryImage=True) if moments is None else moments
-    m00 = m["m00"]
-    mu20, mu02, mu11 = m["mu20"] / m00, m["mu02"] / m00, m["mu11"] / m00
-    common = math.sqrt(((mu20 - mu02) / 2) ** 2 + mu11**2)
-    l1, l2 = (mu20 + mu02) / 2 + common, max((mu20 + mu02) / 2 - common, 0.0)
-    # Largest distance between hull points: integer coordinates, so the squared distances are
-    # exact in any type; the root is taken in float32 as before.
-    hp = hull[:, 0].astype(np.int32)
-    d = hp[:, None, :] - hp[None, :, :]
-    feret_max = float(np.sqrt(np.float32(np.einsum("ijk,ijk->ij", d, d).max())))
-    (_, _), (rw, rh), _ = cv2.minAreaRect(hull)  # the same rectangle: it is computed on the hull
+    l1, l2 = _inertia_eigenvalues(cv2.moments(m8, binaryImage=True) if moments is None else moments)
+    feret_max, feret_min = _feret_diameters(hull)
     r_eq = math.sqrt(area / math.pi)
-    notch = 0.0
-    if len(hull_idx) > 3:
-        try:
-            defects = cv2.convexityDefects(contour, hull_idx)
-        except cv2.error:  # self-intersecting outlines: no defect measure
-            defects = None
-        if defects is not None and len(defects):
-            notch = float(defects.reshape(-1, 4)[:, 3].max()) / 256.0 / r_eq
+    notch = _deepest_notch(contour, hull_idx) / r_eq
     irr = contour_irregularity(contour)
     nan = float("nan")
     return dict(
@@ -153,8 +159,8 @@ def shape_features(
                 min(1.0, hull_perimeter / perimeter) if perimeter > 0 else nan,
                 # 4*pi*A/P^2 with the hull perimeter: 1 for a disk, robust to pixel staircase.
                 min(1.0, 4 * math.pi * area / hull_perimeter**2) if hull_perimeter > 0 else nan,
-                feret_max + 1.0,
-                min(rw, rh) + 1.0,
+                feret_max,
+                feret_min,
                 irr["fourier_low"],
                 irr["fourier_high"],
                 notch,
@@ -163,3 +169,34 @@ def shape_features(
             strict=True,
         )
     )
+
+
+def _inertia_eigenvalues(m: dict) -> tuple[float, float]:
+    """Eigenvalues ``(l1, l2)``, ``l1 >= l2 >= 0``, of a region's inertia matrix from its binary-image moments."""
+    m00 = m["m00"]
+    mu20, mu02, mu11 = m["mu20"] / m00, m["mu02"] / m00, m["mu11"] / m00
+    common = math.sqrt(((mu20 - mu02) / 2) ** 2 + mu11**2)
+    return (mu20 + mu02) / 2 + common, max((mu20 + mu02) / 2 - common, 0.0)
+
+
+def _feret_diameters(hull: np.ndarray) -> tuple[float, float]:
+    """Largest and smallest caliper diameters of a convex hull (OpenCV points), counted in pixels (+1)."""
+    # Largest distance between hull points: integer coordinates, so the squared distances are
+    # exact in any type; the root is taken in float32 as before.
+    hp = hull[:, 0].astype(np.int32)
+    d = hp[:, None, :] - hp[None, :, :]
+    feret_max = float(np.sqrt(np.float32(np.einsum("ijk,ijk->ij", d, d).max())))
+    (_, _), (rw, rh), _ = cv2.minAreaRect(hull)  # the same rectangle: it is computed on the hull
+    return feret_max + 1.0, min(rw, rh) + 1.0
+
+
+def _deepest_notch(contour: np.ndarray, hull_idx: np.ndarray) -> float:
+    """Depth in pixels of the deepest convexity defect of an outline (0 without one)."""
+    if len(hull_idx) > 3:
+        try:
+            defects = cv2.convexityDefects(contour, hull_idx)
+        except cv2.error:  # self-intersecting outlines: no defect measure
+            defects = None
+        if defects is not None and len(defects):
+            return float(defects.reshape(-1, 4)[:, 3].max()) / 256.0
+    return 0.0

@@ -32,9 +32,9 @@ from .morphology import (
     _central_window,
     _contour_centroid,
     _disk,
-    _in_window,
     _window,
     fill_holes,
+    in_window,
 )
 from .nucleus import (
     _TRIU,
@@ -69,7 +69,9 @@ from .qc import nucleus_box_moments, patient_blur, quality_control
 from .result import Segmentation, empty_segmentation
 from .settings import _DEFAULT_SETTINGS, _QC_ORDER, FLAG_DESCRIPTIONS, QC_REASONS, SegmentationSettings
 
-_empty = empty_segmentation  # the name before the split into a package
+# The names before the split into a package.
+_empty = empty_segmentation
+_in_window = in_window
 
 __all__ = [
     "FLAG_DESCRIPTIONS",
@@ -87,6 +89,7 @@ __all__ = [
     "fill_holes",
     "find_cell",
     "find_nucleus",
+    "in_window",
     "multi_otsu3",
     "nucleus_box_moments",
     "nucleus_thresholds",

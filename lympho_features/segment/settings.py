@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
+
+from .._validate import SettingsCheck
 
 #: Reasons a crop can fail quality control, in the order they are checked.
 QC_REASONS = (
@@ -100,10 +103,60 @@ class SegmentationSettings:
     #: of the magnification (a tight crop is small, not coarse) and the pixel settings hold as they are.
     scale_with_side: bool = True
 
+    def __post_init__(self) -> None:
+        """Refuse a value that cannot mean what its setting says (raises :class:`~lympho_features.errors.SettingsError`)."""
+        check = SettingsCheck(self)
+        for name in ("central_fraction", "max_centre_offset"):
+            check.number(name, 0, 1, low_open=True)
+        for name in ("min_nucleus_area", "max_nucleus_area"):
+            check.integer(name, 1)
+        if self.max_nucleus_area < self.min_nucleus_area:
+            check.fail("max_nucleus_area", f"at least min_nucleus_area ({self.min_nucleus_area})")
+        check.number("purple_min", 0, 255)
+        for name in ("roi_margin", "lobe_erosion", "min_lobe_area", "min_merged_nucleus_area", "lobe_gap"):
+            check.integer(name, 0)
+        for name in ("open_radius", "close_radius"):
+            check.integer(name, 0)
+        for name in (
+            "max_touch_fraction",
+            "lobulated_max_solidity",
+            "lobe_erosion_fraction",
+            "merged_max_solidity",
+            "smudge_max_cytoplasm",
+            "monocyte_max_solidity",
+        ):
+            check.number(name, 0, 1)
+        for name in (
+            "od_background",
+            "pale_min_od",
+            "pale_max_rbc_od",
+            "blur_threshold",
+            "smudge_max_od",
+            "pyknotic_max_od_sd",
+            "monocyte_min_diameter",
+        ):
+            check.number(name, 0)
+        # Margins and references that may be negative, or infinite to switch a test off.
+        for name in ("cytoplasm_margin", "max_rbc_blueness", "pale_chroma_margin", "pyknotic_min_od"):
+            check.number(name)
+        check.number("cytoplasm_chroma_margin", optional=True)
+        check.number("blur_patient_ratio", 0, 1)
+        check.number("blur_floor", 0)
+        check.integer("blur_min_crops", 1)
+
+    # Cached: segment_cell asks for every crop, and building (and checking) the settings costs more than a look-up.
+    @lru_cache(maxsize=64)  # noqa: B019  (settings are small, immutable and few)
     def scaled(self, side: int) -> SegmentationSettings:
         """Return settings whose lengths and areas are rescaled from a 224-pixel crop to ``side``.
 
         Unchanged when ``scale_with_side`` is False.
+
+        Examples
+        --------
+        >>> s = SegmentationSettings()
+        >>> half = s.scaled(112)  # a crop half as wide: areas a quarter, lengths a half
+        >>> half.min_nucleus_area, half.roi_margin, s.scaled(224) == s
+        (75, 28, True)
         """
         if side == 224 or not self.scale_with_side:
             return self
