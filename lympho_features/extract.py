@@ -153,7 +153,7 @@ def _at_canonical(settings: SegmentationSettings) -> SegmentationSettings:
 
 
 def measure_crop(
-    rgb: np.ndarray, settings: ExtractSettings = ExtractSettings(), um_per_px: float | None = None
+    rgb: np.ndarray, settings: ExtractSettings = ExtractSettings(), *, um_per_px: float | None = None
 ) -> dict:
     """Segment one crop and measure it: one row of cells.parquet (without its keys).
 
@@ -301,7 +301,7 @@ def process_patient(
             skipped.append({"image": rel, "reason": str(exc)})
             continue
         try:
-            measured = measure_crop(rgb, settings, scale.um_per_px)
+            measured = measure_crop(rgb, settings, um_per_px=scale.um_per_px)
         except Exception as exc:  # one odd crop must not stop a run of thousands
             skipped.append({"image": rel, "reason": f"measurement failed ({_one_line(exc)})"})
             continue
