@@ -34,7 +34,7 @@ from .cli_messages import (
     with_readings,
 )
 from .dataset import ClinicalColumns
-from .errors import DatasetError, LymphoError, ModelError
+from .errors import DatasetError, LymphoError, ModelError, SettingsError
 from .feature_sets import DEFAULT_FEATURE_SET, FEATURE_SETS
 
 console = Console(stderr=True, soft_wrap=True)
@@ -122,6 +122,18 @@ def extract(
     dob_column: Annotated[str, typer.Option(help="CSV column with the date of birth.")] = "DOB",
     count_column: Annotated[str, typer.Option(help="CSV column with the lymphocyte count (10^9/L).")] = "LYMPH_COUNT",
     reference_date: Annotated[str, typer.Option(help="Date at which ages are computed (YYYY-MM-DD).")] = "2020-01-01",
+    pixel_size: Annotated[
+        float | None,
+        typer.Option(
+            "--pixel-size",
+            metavar="UM_PER_PX",
+            help="Micrometres per pixel of every crop (default: the clinical CSV's pixel-size column for the "
+            "patients that have one, else measured on the red cells of each patient's crops).",
+        ),
+    ] = None,
+    pixel_size_column: Annotated[
+        str, typer.Option(help="Optional CSV column with a patient's micrometres per pixel.")
+    ] = "PIXEL_SIZE_UM",
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
     backend: Annotated[
         str,
@@ -147,7 +159,11 @@ def extract(
         ref = date.fromisoformat(reference_date)
     except ValueError:
         _fail(f"--reference-date {reference_date!r} is not a date YYYY-MM-DD")
-    cols = ClinicalColumns(id_column, label_column, gender_column, dob_column, count_column)
+    cols = ClinicalColumns(id_column, label_column, gender_column, dob_column, count_column, pixel_size_column)
+    try:
+        settings = ExtractSettings(reference_date=ref, pixel_size_um=pixel_size)
+    except SettingsError:
+        _fail(f"--pixel-size {pixel_size} is not a pixel size in micrometres per pixel (0.005 to 5)")
     check_output_folder(out)
     # Every problem of the clinical CSV at once, with its rows that have no image folder, before any work.
     csv_path = clinical or find_clinical_csv(check_data_dir(data_dir))
@@ -157,7 +173,7 @@ def extract(
         out,
         csv_path,
         jobs,
-        ExtractSettings(reference_date=ref),
+        settings,
         cols,
         progress=not quiet,
         backend=backend,
@@ -165,6 +181,11 @@ def extract(
     )
     for line in extract_notes(res, Path(out)):
         console.print(f"[yellow]warning:[/] {escape(line)}", highlight=False)
+    if res.scale:
+        run_scale = res.scale.get("run_red_cell_um_per_px")
+        sources = ", ".join(f"{k} {v}" for k, v in res.scale["sources"].items())
+        red = f"; red cells of the run: {run_scale:.4f} um/px" if run_scale else ""
+        console.print(f"pixel scale (patients per source): {sources}{red}", highlight=False)
     qc = ", ".join(f"{k} {v}" for k, v in res.qc_counts.items())
     console.print(
         f"{res.n_patients} patients, {res.n_cells} cells ({qc}), {res.n_skipped} file(s) skipped, "

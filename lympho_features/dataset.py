@@ -37,6 +37,8 @@ class ClinicalColumns:
     gender: str = "GENDER"
     dob: str = "DOB"
     lymph_count: str = "LYMPH_COUNT"
+    #: optional: um per pixel of the patient's crops (another magnification than the rest of the run)
+    pixel_size: str = "PIXEL_SIZE_UM"
 
 
 #: Ages are computed at this date unless told otherwise, so that the same
@@ -180,7 +182,10 @@ def load_clinical(
         ]
     if problems:
         raise DatasetError(_problems_message(path, sorted(problems, key=lambda p: p[0])))
-    df = pd.DataFrame([r for _, r in rows], columns=["patient_id", "label", "gender", "dob", "age", "lymph_count"])
+    names = ["patient_id", "label", "gender", "dob", "age", "lymph_count"]
+    if columns.pixel_size in header:
+        names.append("pixel_size_um")
+    df = pd.DataFrame([r for _, r in rows], columns=names)
     df["label"] = df["label"].astype("Int64")
     df.attrs["warnings"] = warnings
     return df
@@ -244,11 +249,12 @@ def _parse_records(
             ("gender", normalise_gender, columns.gender),
             ("dob", parse_dob, columns.dob),
             ("lymph_count", _parse_valid_count, columns.lymph_count),
+            ("pixel_size_um", _parse_pixel_size, columns.pixel_size),
         ):
             try:
                 parsed[key] = parse(value[name]) if name in value else None
             except ValueError as exc:
-                problems.append((line, f"{where}: {name} {exc}" if key == "lymph_count" else f"{where}: {exc}"))
+                problems.append((line, f"{where}: {name} {exc}" if key in ("lymph_count", "pixel_size_um") else f"{where}: {exc}"))
         dob = parsed.get("dob")
         rows.append(
             (
@@ -260,10 +266,23 @@ def _parse_records(
                     "dob": dob.isoformat() if dob else None,
                     "age": age_at(dob, reference_date),
                     "lymph_count": parsed.get("lymph_count", float("nan")),
-                },
+                }
+                | ({"pixel_size_um": parsed.get("pixel_size_um", float("nan"))} if columns.pixel_size in value else {}),
             )
         )
     return rows, problems
+
+
+def _parse_pixel_size(text: str) -> float:
+    """A pixel size in um (empty: NaN, the scale then comes from elsewhere); refuses what cannot be one."""
+    shown = repr(str(text).strip())
+    try:
+        size = parse_count(text)
+    except ValueError:
+        size = -1.0
+    if not np.isnan(size) and not (np.isfinite(size) and 0.005 <= size <= 5.0):
+        raise ValueError(f"{shown} is not a pixel size in um (0.005 to 5)")
+    return size
 
 
 def _parse_valid_count(text: str) -> float:

@@ -40,7 +40,8 @@ _NEEDS = {
 }
 
 #: Columns of patients.parquet that are never model inputs.
-NON_FEATURE_COLUMNS = ("patient_id", "label", "gender", "lymph_count", "dob")
+#: ``um_per_px`` (the acquisition's pixel size) and its provenance describe the scanner, not the patient.
+NON_FEATURE_COLUMNS = ("patient_id", "label", "gender", "lymph_count", "dob", "um_per_px", "n_red_cells")
 
 
 def model_matrix(patients: pd.DataFrame) -> pd.DataFrame:
