@@ -50,6 +50,7 @@ from .dataset import (
     ImageError,
     find_clinical_csv,
     load_clinical,
+    read_crop,
     read_image_data,
     safe_path,
     scan_data_dir,
@@ -355,7 +356,7 @@ def _ruler_patient(data_dir: Path, patient_id: str, images: list[str], settings:
     diameters = []
     for rel in ruler_sample(images, settings.ruler_crops):
         try:
-            rgb, _ = read_image(safe_path(data_dir, rel), settings.max_pixels)
+            rgb = read_crop(data_dir, rel, settings.max_pixels)
         except ImageError:
             continue  # recorded as skipped when the crops are measured
         diameters.append(red_cell_diameters(rgb))
