@@ -26,11 +26,11 @@ from dataclasses import dataclass
 from .feature_sets import CELL_MODEL_BLOCKS, cell_model_block
 from .features import GRANULARITY_RADII, RADIAL_RINGS
 
-#: Unit of the lengths measured on the crops. Pixels of the 224×224 crops: the scans' pixel size is not
-#: documented. Once crops carry a physical scale, this (and AREA_UNIT) is the one place to change.
-LENGTH_UNIT = "px"
-#: Unit of the areas measured on the crops.
-AREA_UNIT = "px²"
+#: Unit of the lengths measured on the crops: micrometres since features version 5 (every crop carries its
+#: pixel scale, :mod:`lympho_features.scale`; the columns converted are ``scale.LENGTH_COLUMNS``).
+LENGTH_UNIT = "µm"
+#: Unit of the areas measured on the crops (``scale.AREA_COLUMNS``).
+AREA_UNIT = "µm²"
 #: Unit of the blood lymphocyte count.
 COUNT_UNIT = "×10⁹/L"
 
@@ -134,7 +134,7 @@ def _named_entries() -> dict[str, Term]:
 
 def _shape_entries() -> dict[str, Term]:
     """Size and shape of the nucleus and of the whole cell (``shape_nucleus_*``, ``shape_cell_*``)."""
-    sizes = {  # measured in pixels (areas in pixels²), written to 3 significant digits
+    sizes = {  # in µm (areas in µm²), written to 3 significant digits
         "area": "area",
         "perimeter": "perimeter",
         "equivalent_diameter": "diameter",
