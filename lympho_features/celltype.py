@@ -191,10 +191,11 @@ def type_cells(table: pd.DataFrame, gate: CellTypeGate | None = None) -> pd.Data
     return out
 
 
-def apply_gate(rows: list[dict], gate: CellTypeGate | None = None) -> None:
+def apply_gate(rows: list[dict], gate: CellTypeGate | None = None, flag: bool = True) -> None:
     """Type measured rows in place: set ``cell_type``, ``cell_type_prob``, ``is_not_lymphocyte``, the QC reason.
 
-    The gate's own inputs (``gate_*``) are removed from the rows afterwards:
+    With ``flag`` False only ``cell_type`` and ``cell_type_prob`` are set (``is_not_lymphocyte`` stays the
+    segmentation rules' and the QC reason is untouched). The gate's own inputs (``gate_*``) are removed from the rows afterwards:
     they serve the gate, not the reactive / tumoral model. The QC reason is
     re-derived from the flags in their usual order, so a crop the gate calls a
     non-lymphocyte fails with ``not_lymphocyte`` (unless an earlier check
@@ -206,9 +207,12 @@ def apply_gate(rows: list[dict], gate: CellTypeGate | None = None) -> None:
         return
     typed = type_cells(pd.DataFrame(rows), gate)
     for r, (cell_type, prob, flagged) in zip(rows, typed.itertuples(index=False, name=None), strict=True):
-        r["cell_type"], r["cell_type_prob"], r["is_not_lymphocyte"] = str(cell_type), float(prob), bool(flagged)
+        r["cell_type"], r["cell_type_prob"] = str(cell_type), float(prob)
         for k in [k for k in r if k.startswith("gate_")]:
             del r[k]
+        if not flag:
+            continue
+        r["is_not_lymphocyte"] = bool(flagged)
         if r.get("qc_reason") in _NO_CELL_REASONS:
             continue
         r["qc_reason"] = next((reason for reason, flag in _QC_ORDER if r.get(flag)), "ok")

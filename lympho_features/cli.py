@@ -76,6 +76,14 @@ def extract(
     pixel_size_column: Annotated[
         str, typer.Option(help="Optional CSV column with a patient's micrometres per pixel.")
     ] = "PIXEL_SIZE_UM",
+    cell_type_gate: Annotated[
+        bool,
+        typer.Option(
+            "--cell-type-gate/--no-cell-type-gate",
+            help="Fail crops the cell-type gate calls non-lymphocytes (QC reason not_lymphocyte); without it, the "
+            "segmentation's lobe rules do. cell_type and cell_type_prob are written either way.",
+        ),
+    ] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
     backend: Annotated[
         str,
@@ -107,7 +115,7 @@ def extract(
         out,
         clinical,
         jobs,
-        ExtractSettings(reference_date=ref, pixel_size_um=pixel_size),
+        ExtractSettings(reference_date=ref, pixel_size_um=pixel_size, cell_type_gate=cell_type_gate),
         cols,
         progress=not quiet,
         backend=backend,
@@ -432,7 +440,9 @@ def inspect(
     only: Annotated[
         str | None,
         typer.Option(
-            "--only", help="Only crops with this QC reason (e.g. touching_cells), or 'flagged' for any failure."
+            "--only",
+            help="Only crops with this QC reason (e.g. touching_cells), 'flagged' for any failure, or "
+            "cell_type=TYPE for the crops the cell-type gate calls TYPE (e.g. cell_type=neutrophil).",
         ),
     ] = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the random sample of crops.")] = 0,
@@ -446,10 +456,15 @@ def inspect(
 ) -> None:
     """Draw a montage of segmented crops (nucleus and cell outlines, QC flags) to check the segmentation by eye."""
     from .montage import inspect_folder, write_png
+    from .celltype import CELL_TYPES, UNKNOWN
     from .segment import QC_REASONS
 
-    if only is not None and only != "flagged" and only not in QC_REASONS:
-        _fail(f"--only must be 'flagged' or one of: {', '.join(QC_REASONS)}")
+    types = (*CELL_TYPES, UNKNOWN)
+    if only is not None and only.startswith("cell_type="):
+        if only.split("=", 1)[1] not in types:
+            _fail(f"--only cell_type= must name one of: {', '.join(types)}")
+    elif only is not None and only != "flagged" and only not in QC_REASONS:
+        _fail(f"--only must be 'flagged', cell_type=TYPE or one of: {', '.join(QC_REASONS)}")
     if out.suffix.lower() != ".png":
         _fail(f"--out must be a .png file: {out}")
     picture, rows = _guard(inspect_folder, data_dir, patient, n, seed, None, only, columns, image)

@@ -134,7 +134,11 @@ def _image_columns(X: pd.DataFrame) -> list[str]:
     return [
         c
         for c in X.columns
-        if c not in NON_FEATURE_COLUMNS and c not in CLINICAL_FEATURES and pd.api.types.is_numeric_dtype(X[c])
+        if c not in NON_FEATURE_COLUMNS
+        and c not in CLINICAL_FEATURES
+        # share_<type>: the cell-type gate's shares of other cells, a QC signal of the lab's pre-classifier
+        and not c.startswith("share_")
+        and pd.api.types.is_numeric_dtype(X[c])
     ]
 
 

@@ -12,18 +12,21 @@ import pytest
 from lympho_features import celltype
 from lympho_features.aggregate import SHARE_TYPES, aggregate_cells, cell_feature_columns
 from lympho_features.celltype import CELL_TYPES, UNKNOWN, apply_gate, default_gate, gate_measurements, type_cells
-from lympho_features.extract import measure_cell, measure_crop
+from lympho_features.extract import ExtractSettings, measure_cell, measure_crop
 from lympho_features.segment import segment_cell
 from lympho_features.synthetic import synthetic_crop
 
 PBC = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "pbc"
 
-#: Synthetic cells of each kind (synthetic.py): lymphocytes, then non-lymphocytes drawn after their textbook look.
+#: Synthetic cells of each kind (synthetic.py): lymphocytes at real sizes (nucleus about 10 um across, as the
+#: trainset's median; synthetic.py's defaults draw them smaller, which the gate calls erythroblasts), then
+#: non-lymphocytes drawn after their textbook look.
 LYMPHOCYTES = {
-    "small": {},
-    "large reactive, wide cytoplasm": {"nucleus_radius": 30, "cell_radius": 46},
-    "small mature, clumped chromatin": {"nucleus_radius": 22, "cell_radius": 25, "chromatin_contrast": 28},
+    "lymphocyte": {"nucleus_radius": 31, "cell_radius": 36},
+    "oval nucleus": {"nucleus_radius": 31, "cell_radius": 36, "elongation": 1.3},
+    "large reactive, wide cytoplasm": {"nucleus_radius": 33, "cell_radius": 48, "chromatin_contrast": 14},
 }
+GATED = ExtractSettings(cell_type_gate=True)
 OTHERS = {
     "neutrophil-like: 3 lobes, fine lilac granules": {
         "lobes": 3, "nucleus_radius": 30, "cell_radius": 42, "granules": 0.3, "granule_colour": (190, 140, 190),
@@ -38,7 +41,7 @@ OTHERS = {
 
 
 def _rows(kwargs: dict, n: int = 4) -> list[dict]:
-    return [measure_crop(synthetic_crop(np.random.default_rng(seed), **kwargs).rgb) for seed in range(n)]
+    return [measure_crop(synthetic_crop(np.random.default_rng(seed), **kwargs).rgb, GATED) for seed in range(n)]
 
 
 def test_shipped_gate_loads_with_its_provenance():
@@ -85,8 +88,17 @@ def test_granules_raise_the_ring_granularity():
     assert g1["gate_ring_granularity"] > g0["gate_ring_granularity"]
 
 
+def test_without_the_gate_the_rules_decide_and_the_type_is_still_written():
+    kwargs = OTHERS["monocyte-like: large pale cell, kidney nucleus"]
+    crop = synthetic_crop(np.random.default_rng(0), **kwargs).rgb
+    plain, gated = measure_crop(crop), measure_crop(crop, GATED)
+    assert plain["cell_type"] == gated["cell_type"] and plain["cell_type_prob"] == gated["cell_type_prob"]
+    rules = plain["is_granulocyte"] or plain["is_monocyte"] or plain["is_pyknotic"]
+    assert plain["is_not_lymphocyte"] == rules
+
+
 def test_no_nucleus_is_unknown_and_not_flagged():
-    row = measure_crop(np.full((224, 224, 3), 240, np.uint8))
+    row = measure_crop(np.full((224, 224, 3), 240, np.uint8), GATED)
     assert row["qc_reason"] == "no_nucleus" and row["cell_type"] == UNKNOWN
     assert not row["is_not_lymphocyte"] and np.isnan(row["cell_type_prob"])
     assert not [k for k in row if k.startswith("gate_")]  # the gate's own inputs never reach cells.parquet
@@ -160,7 +172,7 @@ def test_pbc_neutrophils_and_lymphocytes_sorted():
     um = default_gate().meta["training"]["pbc"]["scale"]["run_red_cell_um_per_px"]
     for folder in ("lymphocyte", "neutrophil"):
         files = sorted((PBC / folder).glob("*.jpg"))[:12]
-        rows = [measure_crop(read_image(f)[0], um_per_px=um) for f in files]
+        rows = [measure_crop(read_image(f)[0], GATED, um_per_px=um) for f in files]
         out[folder] = np.mean([r["is_not_lymphocyte"] for r in rows])
     assert out["lymphocyte"] <= 1 / 12 and out["neutrophil"] >= 11 / 12
 
