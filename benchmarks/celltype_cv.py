@@ -88,14 +88,18 @@ def main(argv=None) -> int:
     print("\nPBC confusion matrix (cross-validated, argmax type):")
     print(conf.to_string())
     flagged = P[:, 0] < th
-    print("\nPBC per type (cross-validated): recall of the type (argmax), share flagged not-lymphocyte at the threshold")
+    print(
+        "\nPBC per type (cross-validated): recall of the type (argmax), share flagged not-lymphocyte at the threshold"
+    )
     for i, t in enumerate(CELL_TYPES):
         m = y == i
         print(f"  {t:22s} n={m.sum():3d}  recall {(P[m].argmax(1) == i).mean():.3f}  flagged {flagged[m].mean():.3f}")
     lym = y == 0
     print(f"PBC lymphocytes kept {1 - flagged[lym].mean():.3f}; other cells flagged {flagged[~lym].mean():.3f}")
     rule = pbc["is_not_lymphocyte"].astype(bool).to_numpy()
-    print(f"  (segmentation rules: lymphocytes kept {1 - rule[lym].mean():.3f}, other cells flagged {rule[~lym].mean():.3f})")
+    print(
+        f"  (segmentation rules: lymphocytes kept {1 - rule[lym].mean():.3f}, other cells flagged {rule[~lym].mean():.3f})"
+    )
 
     measured = train["nucleus_area"].notna().to_numpy()
     gated = (Pt < th) & measured

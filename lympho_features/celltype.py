@@ -139,8 +139,10 @@ def read_gate(txt: str | Path, meta_json: str | Path) -> CellTypeGate:
     if meta.get("format") != GATE_FORMAT:
         raise CellTypeGateError(f"{meta_json}: gate format {meta.get('format')!r}, expected {GATE_FORMAT}")
     classes, inputs = tuple(meta.get("classes", ())), tuple(meta.get("inputs", ()))
-    if classes != CELL_TYPES or tuple(booster.feature_name()) != inputs or booster.num_model_per_iteration() != len(
-        classes
+    if (
+        classes != CELL_TYPES
+        or tuple(booster.feature_name()) != inputs
+        or booster.num_model_per_iteration() != len(classes)
     ):
         raise CellTypeGateError(f"{meta_json}: classes or inputs do not match the booster in {txt}")
     return CellTypeGate(booster, classes, inputs, float(meta["threshold"]), meta)
@@ -275,7 +277,9 @@ def gate_measurements(rgb: np.ndarray, seg: Segmentation) -> dict[str, float]:
     n8 = nucleus[y0:y1, x0:x1].astype(np.uint8)
     tables = od_tables(seg.background)
     red, green, blue = cv2.split(np.ascontiguousarray(rgb))
-    od_r, od_g, od_b = (cv2.LUT(np.ascontiguousarray(ch[y0:y1, x0:x1]), t) for ch, t in zip((red, green, blue), tables, strict=True))
+    od_r, od_g, od_b = (
+        cv2.LUT(np.ascontiguousarray(ch[y0:y1, x0:x1]), t) for ch, t in zip((red, green, blue), tables, strict=True)
+    )
     od_sum = od_r + od_g + od_b
     # The red cells' reference (every fourth pixel of the crop, nuclei left out), as the segmentation measures it.
     dark = np.zeros((h, w), np.uint8)

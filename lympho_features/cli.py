@@ -455,8 +455,8 @@ def inspect(
     ] = None,
 ) -> None:
     """Draw a montage of segmented crops (nucleus and cell outlines, QC flags) to check the segmentation by eye."""
-    from .montage import inspect_folder, write_png
     from .celltype import CELL_TYPES, UNKNOWN
+    from .montage import inspect_folder, write_png
     from .segment import QC_REASONS
 
     types = (*CELL_TYPES, UNKNOWN)

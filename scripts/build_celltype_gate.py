@@ -108,7 +108,9 @@ def _measure_patient(data_dir: Path, pid: str, images: list[str], um: float, set
     return rows
 
 
-def measure_folder(data_dir: Path, jobs: int = 2, settings: ExtractSettings = ExtractSettings()) -> tuple[pd.DataFrame, dict]:
+def measure_folder(
+    data_dir: Path, jobs: int = 2, settings: ExtractSettings = ExtractSettings()
+) -> tuple[pd.DataFrame, dict]:
     """Every crop of a data folder measured as ``lympho extract`` would, before the gate: rows and the scale summary."""
     from joblib import Parallel, delayed
 
@@ -116,13 +118,16 @@ def measure_folder(data_dir: Path, jobs: int = 2, settings: ExtractSettings = Ex
     clinical = pd.DataFrame({"patient_id": list(patients)})
     scales, summary = patient_scales(data_dir, patients, clinical, settings, jobs=jobs)
     parts = Parallel(n_jobs=jobs)(
-        delayed(_measure_patient)(data_dir, pid, imgs, scales[pid].um_per_px, settings) for pid, imgs in patients.items()
+        delayed(_measure_patient)(data_dir, pid, imgs, scales[pid].um_per_px, settings)
+        for pid, imgs in patients.items()
     )
     table = pd.DataFrame([r for part in parts for r in part])
     return table, {"run_red_cell_um_per_px": summary["run_red_cell_um_per_px"], "sources": summary["sources"]}
 
 
-def training_tables(pbc: Path, trainset: Path, cache: Path | None, jobs: int = 2) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+def training_tables(
+    pbc: Path, trainset: Path, cache: Path | None, jobs: int = 2
+) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
     """PBC's and the trainset's measured rows (read from ``cache`` when they were measured with the same inputs)."""
     info: dict = {}
     out = []
@@ -229,7 +234,10 @@ def main(argv=None) -> int:
         "training": {
             **info,
             "pbc_citation": "Acevedo et al., Data in Brief 30, 2020 (CC BY 4.0)",
-            "pbc_crops_per_type": pbc[pbc["nucleus_area"].notna()]["cell_type_true"].value_counts().sort_index().to_dict(),
+            "pbc_crops_per_type": pbc[pbc["nucleus_area"].notna()]["cell_type_true"]
+            .value_counts()
+            .sort_index()
+            .to_dict(),
             "trainset_lymphocytes": int(lym.sum()),
             "trainset_patients": int(train.loc[lym, "patient_id"].nunique()),
             "trainset_rule": "qc_ok, not flagged by the segmentation's lobe / monocyte / pyknotic rules, and kept by "
