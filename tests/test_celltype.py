@@ -181,3 +181,44 @@ def test_type_cells_empty_table():
     gate = default_gate()
     empty = pd.DataFrame(columns=list(gate.inputs))
     assert type_cells(empty, gate).empty
+
+
+def test_extract_with_the_gate_writes_types_shares_and_excludes_other_cells(tiny_cohort, tmp_path):
+    from lympho_features.extract import extract
+
+    extract(tiny_cohort, tmp_path / "out", jobs=1, progress=False, settings=ExtractSettings(cell_type_gate=True))
+    cells = pd.read_parquet(tmp_path / "out" / "cells.parquet")
+    patients = pd.read_parquet(tmp_path / "out" / "patients.parquet").set_index("patient_id")
+    assert set(cells["cell_type"]) <= {*CELL_TYPES, UNKNOWN}
+    typed = cells["cell_type"] != UNKNOWN
+    assert cells.loc[typed, "cell_type_prob"].between(0, 1).all()
+    # is_not_lymphocyte is the gate's call, and such a crop never passes QC
+    assert (cells.loc[typed, "is_not_lymphocyte"] == (cells.loc[typed, "cell_type"] != "lymphocyte")).all()
+    assert not (cells["qc_ok"] & cells["is_not_lymphocyte"]).any()
+    flagged = cells["is_not_lymphocyte"] & ~cells["qc_reason"].isin(
+        ["nucleus_off_centre", "nucleus_at_border", "nucleus_too_small", "nucleus_too_large", "touching_cells"]
+    )
+    assert (cells.loc[flagged, "qc_reason"] == "not_lymphocyte").all()
+    for t in SHARE_TYPES:
+        expected = (cells["cell_type"] == t).groupby(cells["patient_id"]).mean()
+        assert np.allclose(patients.loc[expected.index, f"share_{t}"], expected)
+    assert not [c for c in cells.columns if c.startswith("gate_")]
+
+
+def test_inspect_shows_one_cell_type(tiny_cohort, tmp_path):
+    from lympho_features.montage import inspect_folder
+
+    _, rows = inspect_folder(tiny_cohort, n=4, only="cell_type=lymphocyte")
+    assert rows and all(r["cell_type"] == "lymphocyte" for r in rows)
+
+
+def test_inspect_cli_refuses_an_unknown_cell_type(tiny_cohort, tmp_path):
+    from typer.testing import CliRunner
+
+    from lympho_features.cli import app
+
+    r = CliRunner().invoke(
+        app, ["inspect", str(tiny_cohort), "--out", str(tmp_path / "m.png"), "--only", "cell_type=blast"]
+    )
+    assert r.exit_code == 1 and "cell_type= must name one of" in r.output
+    assert not (tmp_path / "m.png").exists()
