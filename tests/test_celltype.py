@@ -220,5 +220,5 @@ def test_inspect_cli_refuses_an_unknown_cell_type(tiny_cohort, tmp_path):
     r = CliRunner().invoke(
         app, ["inspect", str(tiny_cohort), "--out", str(tmp_path / "m.png"), "--only", "cell_type=blast"]
     )
-    assert r.exit_code == 1 and "cell_type= must name one of" in r.output
+    assert r.exit_code == 2 and "cell_type= must name one of" in r.output
     assert not (tmp_path / "m.png").exists()
