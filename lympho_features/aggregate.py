@@ -20,7 +20,12 @@ from ._validate import SettingsCheck
 #: cell: never a model input).
 CELL_META_COLUMNS = (
     "patient_id", "image", "qc_ok", "qc_reason", "image_sha256", "um_per_px", "scale_source", "scale_flag",
+    "cell_type", "cell_type_prob",
 )  # fmt: skip
+
+#: The cell types whose share of a patient's crops patients.parquet reports (``share_<type>``): every type the
+#: cell-type gate knows but the lymphocyte. A QC signal of the lab's pre-classifier, not a model input.
+SHARE_TYPES = ("neutrophil", "eosinophil", "basophil", "monocyte", "immature_granulocyte", "erythroblast", "platelet")
 
 #: Clinical columns of patients.parquet.
 CLINICAL_COLUMNS = ("label", "age", "gender", "lymph_count")
@@ -89,7 +94,8 @@ def aggregate_cells(cells: pd.DataFrame, settings: AggregateSettings = Aggregate
         One row per patient: ``patient_id``, ``n_cells`` (readable crops),
         ``n_cells_ok``, ``frac_qc_ok``, ``um_per_px``, ``scale_source`` and
         ``scale_flag`` when the cells have them, ``frac_{flag}`` for each flag (e.g.
-        ``frac_is_smudge``) and ``{feature}__{stat}`` for each feature and
+        ``frac_is_smudge``), ``share_{type}`` for each type of :data:`SHARE_TYPES` when the
+        cells have a ``cell_type`` (share of the readable crops), ``{feature}__{stat}`` for each feature and
         statistic (mean, std, quantiles) over the ``qc_ok`` cells, and the
         median of each acquisition measurement ``acq_*`` over all the
         patient's crops (same name; the scan, not the cell, so QC-failed crops
@@ -112,6 +118,12 @@ def aggregate_cells(cells: pd.DataFrame, settings: AggregateSettings = Aggregate
     acquisition = [c for c in cells.columns if c.startswith(ACQUISITION_PREFIX)]
     if acquisition:
         out = pd.concat([out, grouped_all[acquisition].median().astype(float)], axis=1)
+    if "cell_type" in cells.columns:
+        # Share of the patient's readable crops the cell-type gate calls each other type.
+        counts = pd.crosstab(cells["patient_id"], cells["cell_type"]).reindex(out.index).fillna(0)
+        for t in SHARE_TYPES:
+            col = counts[t] if t in counts.columns else 0.0
+            out[f"share_{t}"] = (col / out["n_cells"]).astype(float)
     if feats:
         g = ok.groupby("patient_id")[feats]
         blocks = [g.mean().add_suffix("__mean"), g.std(ddof=0).add_suffix("__std")]

@@ -134,6 +134,14 @@ def extract(
     pixel_size_column: Annotated[
         str, typer.Option(help="Optional CSV column with a patient's micrometres per pixel.")
     ] = "PIXEL_SIZE_UM",
+    cell_type_gate: Annotated[
+        bool,
+        typer.Option(
+            "--cell-type-gate/--no-cell-type-gate",
+            help="Fail crops the cell-type gate calls non-lymphocytes (QC reason not_lymphocyte); without it, the "
+            "segmentation's lobe rules do. cell_type and cell_type_prob are written either way.",
+        ),
+    ] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
     backend: Annotated[
         str,
@@ -161,7 +169,7 @@ def extract(
         _fail(f"--reference-date {reference_date!r} is not a date YYYY-MM-DD")
     cols = ClinicalColumns(id_column, label_column, gender_column, dob_column, count_column, pixel_size_column)
     try:
-        settings = ExtractSettings(reference_date=ref, pixel_size_um=pixel_size)
+        settings = ExtractSettings(reference_date=ref, pixel_size_um=pixel_size, cell_type_gate=cell_type_gate)
     except SettingsError:
         _fail(f"--pixel-size {pixel_size} is not a pixel size in micrometres per pixel (0.005 to 5)")
     check_output_folder(out)
@@ -477,7 +485,9 @@ def inspect(
     only: Annotated[
         str | None,
         typer.Option(
-            "--only", help="Only crops with this QC reason (e.g. touching_cells), or 'flagged' for any failure."
+            "--only",
+            help="Only crops with this QC reason (e.g. touching_cells), 'flagged' for any failure, or "
+            "cell_type=TYPE for the crops the cell-type gate calls TYPE (e.g. cell_type=neutrophil).",
         ),
     ] = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the random sample of crops.")] = 0,
@@ -490,11 +500,16 @@ def inspect(
     ] = None,
 ) -> None:
     """Draw a montage of segmented crops (nucleus and cell outlines, QC flags) to check the segmentation by eye."""
+    from .celltype import CELL_TYPES, UNKNOWN
     from .montage import inspect_folder, write_png
     from .segment import QC_REASONS
 
-    if only is not None and only != "flagged" and only not in QC_REASONS:
-        _fail(f"--only must be 'flagged' or one of: {', '.join(QC_REASONS)}")
+    types = (*CELL_TYPES, UNKNOWN)
+    if only is not None and only.startswith("cell_type="):
+        if only.split("=", 1)[1] not in types:
+            _fail(f"--only cell_type= must name one of: {', '.join(types)}")
+    elif only is not None and only != "flagged" and only not in QC_REASONS:
+        _fail(f"--only must be 'flagged', cell_type=TYPE or one of: {', '.join(QC_REASONS)}")
     if out.suffix.lower() != ".png":
         _fail(f"--out must be a .png file: {out}")
     check_output_file(out, "montage")

@@ -42,6 +42,7 @@ from ._io import (
 from ._validate import SettingsCheck
 from .acquisition import crop_acquisition
 from .aggregate import AggregateSettings
+from .celltype import apply_gate, gate_measurements
 from .dataset import (
     DEFAULT_REFERENCE_DATE,
     MAX_PIXELS,
@@ -91,7 +92,8 @@ _build_tables = build_tables  # the name before the shards moved to their own mo
 #: Bump when a change to the code changes the features for the same settings,
 #: so that shards from older code are recomputed rather than reused.
 #: 5: sizes in um and um^2 (crops resampled to the canonical scale), blur judged against the patient's crops.
-FEATURES_VERSION = 5
+#: 6: cell-type gate (cell_type, cell_type_prob; is_not_lymphocyte and the QC reason not_lymphocyte from it).
+FEATURES_VERSION = 6
 
 
 @dataclass(frozen=True)
@@ -110,6 +112,11 @@ class ExtractSettings:
     #: crops per patient (evenly spread) whose red cells measure its scale: 12 give 26 red cells in the median
     #: on the challenge's patients, for about 6 % of the extraction's time
     ruler_crops: int = 12
+    #: is_not_lymphocyte (QC reason not_lymphocyte) from the cell-type gate (True) or from the segmentation's lobe,
+    #: monocyte and pyknotic rules (False). ``cell_type`` / ``cell_type_prob`` are written either way. Off by
+    #: default until the synthetic crops of the tests and demo are drawn at real lymphocyte sizes: the gate,
+    #: learned on real crops, calls most of today's (too small, smooth) synthetic lymphocytes erythroblasts.
+    cell_type_gate: bool = False
 
     def __post_init__(self) -> None:
         """Refuse a value that cannot mean what its setting says (raises :class:`~lympho_features.errors.SettingsError`)."""
@@ -154,29 +161,27 @@ def _at_canonical(settings: SegmentationSettings) -> SegmentationSettings:
     return replace(settings, scale_with_side=False)
 
 
-def measure_crop(
+def measure_cell(
     rgb: np.ndarray,
     settings: ExtractSettings = ExtractSettings(),
     data: bytes | None = None,
     *,
     um_per_px: float | None = None,
 ) -> dict:
-    """Segment one crop and measure it: one row of cells.parquet (without its keys).
+    """Segment one crop and measure it, before the cell-type gate and the patient-level blur check.
 
     The crop is first resampled to the canonical scale
     (:func:`lympho_features.scale.to_canonical`; not when within the
     tolerance), so segmentation, QC and texture see the same pixels at any
-    magnification; sizes are then converted to um and um^2.
-
-    The row holds ``qc_ok``, ``qc_reason``, every QC and cell-type flag
-    (``qc_*``, ``is_*``, see :data:`lympho_features.segment.FLAG_DESCRIPTIONS`),
-    ``qc_sharpness`` (for the patient-level blur check, :func:`apply_patient_blur`;
-    NaN when not measured; alone, ``qc_blur`` is its floor test), ``um_per_px`` (the crop's own scale),
-    every feature and the acquisition measurements ``acq_*``
+    magnification; sizes are then converted to um and um^2. The row also
+    holds the cell-type gate's own measurements (``gate_*``,
+    :func:`lympho_features.celltype.gate_measurements`), which
+    :func:`lympho_features.celltype.apply_gate` reads and removes; its
+    ``is_not_lymphocyte`` is still the segmentation's lobe rules'.
+    ``scripts/build_celltype_gate.py`` learns the gate from such rows. It
+    also holds the acquisition measurements ``acq_*``
     (:data:`lympho_features.acquisition.ACQUISITION_COLUMNS`; the JPEG quality
-    from ``data``, the crop file's bytes, NaN without them). Flagged cells are
-    measured too (their features are kept, but the per-patient morphology
-    aggregates use ``qc_ok`` cells only).
+    from ``data``, the crop file's bytes, NaN without them).
 
     Parameters
     ----------
@@ -199,9 +204,47 @@ def measure_crop(
     row["qc_sharpness"] = float(diag["sharpness"]) if "sharpness" in diag and not dense else float("nan")
     row["um_per_px"] = um
     row.update(to_physical(cell_features(crop, seg, settings.features), um_measured))
+    row.update(gate_measurements(crop, seg))
+    row.update(crop_acquisition(seg, data, crop))
+    return row
+
+
+def measure_crop(
+    rgb: np.ndarray,
+    settings: ExtractSettings = ExtractSettings(),
+    data: bytes | None = None,
+    *,
+    um_per_px: float | None = None,
+) -> dict:
+    """Segment one crop, measure it and type it: one row of cells.parquet (without its keys).
+
+    :func:`measure_cell`, then the cell-type gate
+    (:func:`lympho_features.celltype.apply_gate`: ``cell_type``,
+    ``cell_type_prob``, and with ``settings.cell_type_gate`` also
+    ``is_not_lymphocyte`` and the QC reason ``not_lymphocyte``), then the blur
+    check of a crop alone.
+
+    The row holds ``qc_ok``, ``qc_reason``, every QC and cell-type flag
+    (``qc_*``, ``is_*``, see :data:`lympho_features.segment.FLAG_DESCRIPTIONS`),
+    ``cell_type`` and ``cell_type_prob``,
+    ``qc_sharpness`` (for the patient-level blur check, :func:`apply_patient_blur`;
+    NaN when not measured; alone, ``qc_blur`` is its floor test), ``um_per_px`` (the crop's own scale), every
+    feature and the acquisition measurements ``acq_*``. Flagged cells are measured too (their features are
+    kept, but the per-patient morphology aggregates use ``qc_ok`` cells only).
+
+    Parameters
+    ----------
+    rgb : ndarray (H, W, 3) uint8
+    settings : ExtractSettings
+    data : bytes, optional
+        The crop file's bytes (their header tells the JPEG quality).
+    um_per_px : float, optional
+        The crop's scale; None or NaN: the canonical scale is assumed.
+    """
+    row = measure_cell(rgb, settings, data, um_per_px=um_per_px)
+    apply_gate([row], flag=settings.cell_type_gate)
     # Alone, a crop is judged as in a patient of one crop (the floor only); process_patient re-judges it
     # against the patient's other crops.
-    row.update(crop_acquisition(seg, data, crop))
     apply_patient_blur([row], settings.segmentation)
     return row
 
@@ -313,7 +356,7 @@ def process_patient(
             skipped.append({"image": rel, "reason": str(exc)})
             continue
         try:
-            measured = measure_crop(rgb, settings, data, um_per_px=scale.um_per_px)
+            measured = measure_cell(rgb, settings, data, um_per_px=scale.um_per_px)
         except Exception as exc:  # one odd crop must not stop a run of thousands
             skipped.append({"image": rel, "reason": f"measurement failed ({_one_line(exc)})"})
             continue
@@ -321,6 +364,8 @@ def process_patient(
         row.update(measured)
         row["scale_source"], row["scale_flag"] = scale.source, scale.flag
         rows.append(row)
+    # The cell-type gate once for the patient's crops (one LightGBM call), then blur against its crops.
+    apply_gate(rows, flag=settings.cell_type_gate)
     apply_patient_blur(rows, settings.segmentation)
     return rows, skipped
 

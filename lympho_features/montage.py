@@ -42,6 +42,27 @@ def qc_label(seg: Segmentation) -> str:
     return seg.qc_reason + (" +" + ",".join(others) if others else "")
 
 
+def row_label(row: dict) -> str:
+    """Short text for a tile from a measured row: QC outcome, and the cell type when not a lymphocyte."""
+    raised = [k.split("_", 1)[1] for k, v in row.items() if k.startswith(("qc_", "is_")) and v is True and k != "qc_ok"]
+    if row["qc_ok"]:
+        return "ok" + (" " + ",".join(raised) if raised else "")
+    reason = row["qc_reason"]
+    if row.get("is_not_lymphocyte") and reason == "not_lymphocyte":
+        return f"{row['cell_type']} {row['cell_type_prob']:.2f}"
+    others = [r for r in raised if r not in reason]
+    return reason + (" +" + ",".join(others) if others else "")
+
+
+def _selected(row: dict, only: str) -> bool:
+    """Whether a measured row passes ``--only``: ``flagged``, a QC reason, or ``cell_type=TYPE``."""
+    if only == "flagged":
+        return not row["qc_ok"]
+    if only.startswith("cell_type="):
+        return row["cell_type"] == only.split("=", 1)[1]
+    return row["qc_reason"] == only
+
+
 def montage(
     tiles: list[np.ndarray],
     captions: list[str] | None = None,
@@ -118,8 +139,10 @@ def inspect_folder(
     seed : int
         Seed of the sample, so the same call shows the same crops.
     only : str, optional
-        Keep only crops whose QC reason is this (e.g. ``touching_cells``), or
-        ``"flagged"`` for every crop failing QC.
+        Keep only crops whose QC reason is this (e.g. ``touching_cells``),
+        ``"flagged"`` for every crop failing QC, or ``"cell_type=TYPE"`` for the
+        crops the cell-type gate calls ``TYPE`` (e.g. ``cell_type=neutrophil``;
+        :data:`lympho_features.celltype.CELL_TYPES` or ``unknown``).
     images : list of str, optional
         Show exactly these crops, in this order (paths relative to ``data_dir``
         as in ``cells.parquet``'s ``image`` column, e.g. ``P42/000016.jpg``):
@@ -130,7 +153,7 @@ def inspect_folder(
     -------
     image : ndarray (H, W, 3) uint8
     rows : list of dict
-        ``image``, ``qc_reason`` and raised flags of each tile, in tile order.
+        ``image``, ``qc_reason``, ``cell_type``, ``cell_type_prob`` and raised flags of each tile, in tile order.
 
     Raises
     ------
@@ -154,10 +177,12 @@ def inspect_folder(
 
 
 def _draw(data_dir, candidates: list[str], n: int, only: str | None, settings, columns: int, strict: bool = False):
-    """Segment ``candidates`` in order until ``n`` tiles are kept (by ``only``); their montage and rows.
+    """Segment and measure ``candidates`` in order until ``n`` tiles are kept (by ``only``); their montage and rows.
 
     An unreadable crop is passed over in a sample, and is an error (naming it) when ``strict``.
     """
+    from .extract import measure_crop  # here: extract imports the whole pipeline
+
     tiles, captions, oks, rows = [], [], [], []
     for rel in candidates:
         if len(tiles) >= n:
@@ -169,14 +194,24 @@ def _draw(data_dir, candidates: list[str], n: int, only: str | None, settings, c
                 raise DatasetError(f"crop {rel} cannot be read: {exc}") from None
             continue
         seg = segment_cell(rgb, settings)
-        if only is not None and not (
-            (only == "flagged" and not seg.qc_ok) or (only not in ("flagged",) and seg.qc_reason == only)
-        ):
+        # QC and cell type as `lympho extract` decides them (the cell-type gate; the crop's scale taken as the
+        # canonical one): the outlines come from the segmentation alone.
+        row = measure_crop(rgb)
+        if only is not None and not _selected(row, only):
             continue
         tiles.append(draw_outlines(rgb, seg))
-        captions.append(qc_label(seg))
-        oks.append(seg.qc_ok)
-        rows.append({"image": rel, "qc_reason": seg.qc_reason, **{k: v for k, v in seg.flags.items() if v}})
+        captions.append(row_label(row))
+        oks.append(bool(row["qc_ok"]))
+        flags = {k: v for k, v in row.items() if k.startswith(("qc_", "is_")) and v is True and k != "qc_ok"}
+        rows.append(
+            {
+                "image": rel,
+                "qc_reason": row["qc_reason"],
+                "cell_type": row["cell_type"],
+                "cell_type_prob": row["cell_type_prob"],
+                **flags,
+            }
+        )
     return montage(tiles, captions, columns=columns, ok=oks), rows
 
 

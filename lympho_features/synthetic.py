@@ -68,6 +68,11 @@ def synthetic_crop(
     smudge: bool = False,
     red_cell_colour: tuple[float, float, float] | None = None,
     red_cell_radius: tuple[float, float] = (21.0, 25.0),
+    granules: float = 0.0,
+    granule_colour: tuple[float, float, float] = (205, 95, 85),
+    notch: float = 0.0,
+    cytoplasm_colour: tuple[float, float, float] | None = None,
+    nucleus_shift: float = 0.35,
 ) -> SyntheticCrop:
     """Draw one crop with a central lymphocyte.
 
@@ -103,6 +108,20 @@ def synthetic_crop(
         Range of the red cells' radii (pixels for a 224 crop; scaled with ``size``). The default puts them at
         the challenge crops' 46 px diameter, so that the red-cell ruler (:mod:`lympho_features.scale`) reads a
         224 crop at the canonical scale.
+    granules : float
+        Share of the cytoplasm covered by small dark granules (0: clear cytoplasm, as a lymphocyte's; an
+        eosinophil's orange granules fill it, about 0.35).
+    granule_colour : (r, g, b)
+        Colour of the granules (default orange-red, eosinophilic; lilac for a neutrophil, dark purple for a
+        basophil).
+    notch : float
+        Depth of a notch cut into the nucleus, as a fraction of its radius (a monocyte's kidney-shaped nucleus
+        is about 0.6).
+    cytoplasm_colour : (r, g, b), optional
+        Colour of the cytoplasm (default :data:`CYTOPLASM`, pale blue; a monocyte's is grey-blue).
+    nucleus_shift : float
+        How far the nucleus sits off the cell's centre, as a fraction of the cytoplasm rim (1: it touches the
+        outline on one side, as in most real lymphocytes).
     """
     k = size / 224.0
     shape = (size, size)
@@ -110,19 +129,22 @@ def synthetic_crop(
     img[:] = BACKGROUND + rng.normal(0, 2.0, 3)
     cx, cy = (size - 1) / 2 + offset[0] * k, (size - 1) / 2 + offset[1] * k
     rn, rc = nucleus_radius * k, max(cell_radius, nucleus_radius * 1.02) * k
-    cell, nucleus = _lymphocyte_masks(rng, shape, k, (cx, cy), rn, rc, elongation, lobes)
+    cell, nucleus = _lymphocyte_masks(rng, shape, k, (cx, cy), rn, rc, elongation, lobes, notch, nucleus_shift)
     if smudge:
         # A broken cell: the nucleus spread flat, no cytoplasm left around it.
         cell = nucleus.copy()
     _draw_red_cells(rng, img, cell, n_red_cells, k, red_cell_colour, red_cell_radius)
     if neighbour:
         _draw_neighbour(rng, img, (cx, cy), rn, rc, cell)
-    cyto_colour = CYTOPLASM * (0.78 if dark_cytoplasm else 1.0) + rng.normal(0, 3, 3)
+    base = CYTOPLASM if cytoplasm_colour is None else np.asarray(cytoplasm_colour, np.float32)
+    cyto_colour = base * (0.78 if dark_cytoplasm else 1.0) + rng.normal(0, 3, 3)
     if dark_cytoplasm:
         cyto_colour = cyto_colour + np.array([-25, -10, 0])
     if pale_cytoplasm:
         cyto_colour = cyto_colour * 0.4 + BACKGROUND * 0.6
     img[cell] = cyto_colour
+    if granules > 0:
+        _draw_granules(rng, img, cell & ~nucleus, granules, granule_colour, k)
     nuc_colour = NUCLEUS + rng.normal(0, 4, 3)
     if pale_nucleus:
         nuc_colour = nuc_colour * 0.55 + np.array([150, 130, 190]) * 0.45
@@ -135,13 +157,15 @@ def synthetic_crop(
     return SyntheticCrop(rgb, nucleus, cell)
 
 
-def _lymphocyte_masks(rng, shape, k: float, centre, rn: float, rc: float, elongation: float, lobes: int):
+def _lymphocyte_masks(
+    rng, shape, k: float, centre, rn: float, rc: float, elongation: float, lobes: int, notch=0.0, nucleus_shift=0.35
+):
     """Masks ``(cell, nucleus)`` of the central cell: an elliptic cell, its nucleus eccentric in it (or lobed)."""
     cx, cy = centre
     angle = float(rng.uniform(0, 180))
     cell = _ellipse_mask(shape, (cx, cy), (rc * 1.05, rc / 1.05), angle)
     # Nucleus eccentric within its cell, as in real lymphocytes.
-    shift = (rc - rn) * 0.35
+    shift = (rc - rn) * nucleus_shift
     th = rng.uniform(0, 2 * np.pi)
     ncx, ncy = cx + shift * np.cos(th), cy + shift * np.sin(th)
     if lobes > 1:
@@ -159,7 +183,20 @@ def _lymphocyte_masks(rng, shape, k: float, centre, rn: float, rc: float, elonga
     else:
         axes = (rn * np.sqrt(elongation), rn / np.sqrt(elongation))
         nucleus = _ellipse_mask(shape, (ncx, ncy), axes, angle + rng.uniform(-30, 30)) & cell
+    if notch > 0 and lobes <= 1:
+        # Kidney shape: a disc bites into the nucleus from one side.
+        phi = rng.uniform(0, 2 * np.pi)
+        d = rn * (1.6 - notch)
+        nucleus &= ~_ellipse_mask(shape, (ncx + d * np.cos(phi), ncy + d * np.sin(phi)), (rn * 0.7, rn * 0.7), 0)
     return cell, nucleus
+
+
+def _draw_granules(rng, img: np.ndarray, cytoplasm: np.ndarray, granules: float, colour, k: float) -> None:
+    """Granules on ``img``: specks of 1-2 pixels (0.2-0.3 um at the canonical scale) over a share of the cytoplasm."""
+    specks = cv2.GaussianBlur(rng.random(cytoplasm.shape).astype(np.float32), (0, 0), 0.8 * k)
+    cut = np.quantile(specks[cytoplasm], 1.0 - granules) if cytoplasm.any() else 1.0
+    grain = cytoplasm & (specks > cut)
+    img[grain] = np.asarray(colour, np.float32) + rng.normal(0, 6, (int(grain.sum()), 3))
 
 
 def _draw_red_cells(

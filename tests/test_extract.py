@@ -271,7 +271,8 @@ def test_bad_inputs_are_skipped_with_reasons_and_the_run_kept(tmp_path):
 
 def test_a_crop_whose_measurement_fails_is_skipped_not_fatal(tmp_path, cohort, monkeypatch):
 
-    real = extract_mod.measure_crop
+    # process_patient measures each crop with measure_cell (the cell-type gate then runs once per patient)
+    real = extract_mod.measure_cell
     victim = sorted((cohort / "P5").iterdir())[0]
     victim_rgb, _ = read_image(victim)
 
@@ -280,7 +281,7 @@ def test_a_crop_whose_measurement_fails_is_skipped_not_fatal(tmp_path, cohort, m
             raise FloatingPointError("overflow in a\nmulti-line message")
         return real(rgb, *args, **kwargs)
 
-    monkeypatch.setattr(extract_mod, "measure_crop", fragile)
+    monkeypatch.setattr(extract_mod, "measure_cell", fragile)
     res = extract(cohort, tmp_path / "out", jobs=1, progress=False)
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
     assert res.n_skipped == 1 and res.n_patients == 24

@@ -64,6 +64,8 @@ def _image_columns(X: pd.DataFrame) -> list[str]:
         if c not in NON_FEATURE_COLUMNS
         and c not in CLINICAL_FEATURES
         and not c.startswith(ACQUISITION_PREFIX)
+        # share_<type>: the cell-type gate's shares of other cells, a QC signal of the lab's pre-classifier
+        and not c.startswith("share_")
         and pd.api.types.is_numeric_dtype(X[c])
     ]
 

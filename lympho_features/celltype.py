@@ -1,0 +1,323 @@
+"""Cell-type gate: which crops are lymphocytes, and what the others are.
+
+A lab's "lymphocyte" crops come from an automatic pre-classifier and carry
+other white cells (neutrophils, eosinophils, monocytes...), a few nucleated
+red cells and platelet clumps. Left in, they move a patient's morphology
+summaries for reasons that have nothing to do with the lymphocytosis. The
+gate gives every measured crop a ``cell_type`` (one of :data:`CELL_TYPES`, or
+``"unknown"`` when no nucleus was found) with its probability
+``cell_type_prob``; ``is_not_lymphocyte`` is set when the gate's probability
+of a lymphocyte is below the threshold stored with it.
+
+What it looks at (:data:`GATE_INPUTS`): the per-cell features of
+:mod:`lympho_features.features` that describe shape, size, N:C ratio,
+chromatin texture and granularity (no absolute stain colour, which moves
+from lab to lab), the segmentation's own measurements (nucleus lobes,
+solidity, density relative to the red cells) and a few measurements made for
+the gate alone (:func:`gate_measurements`): the granularity and the hue of a
+ring just outside the nucleus, measured against the crop's red cells (an
+internal standard of the same slide and stain), which tells an eosinophil's
+orange granules, a basophil's dark ones and a neutrophil's fine lilac ones
+from a lymphocyte's clear blue cytoplasm even where the segmentation found
+no cytoplasm at all.
+
+The model is a multiclass LightGBM fitted by ``scripts/build_celltype_gate.py``
+on the PBC crops of another lab (Acevedo et al., Data in Brief 30, 2020;
+8 types) resized to the lymphocytosis crops' scale, plus lymphocytes of the
+lymphocytosis trainset. It ships in the package as LightGBM text
+(``data/celltype_gate.txt``) and JSON (``data/celltype_gate.json``: inputs,
+classes, threshold, training fingerprint, library versions, cross-validated
+recall); never pickled.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+
+from .errors import LymphoError
+from .segment import Segmentation, _disk, _red_cell_reference, od_tables
+from .segment.settings import _QC_ORDER
+
+#: The types the gate tells apart (PBC's eight folders, ``ig`` spelled out).
+CELL_TYPES = (
+    "lymphocyte",
+    "neutrophil",
+    "eosinophil",
+    "basophil",
+    "monocyte",
+    "immature_granulocyte",
+    "erythroblast",
+    "platelet",
+)
+#: ``cell_type`` of a crop the gate cannot judge (no nucleus found, unreadable measurements).
+UNKNOWN = "unknown"
+#: PBC folder name -> cell type.
+PBC_FOLDERS = {
+    "lymphocyte": "lymphocyte",
+    "neutrophil": "neutrophil",
+    "eosinophil": "eosinophil",
+    "basophil": "basophil",
+    "monocyte": "monocyte",
+    "ig": "immature_granulocyte",
+    "erythroblast": "erythroblast",
+    "platelet": "platelet",
+}
+#: Width (pixels at the canonical scale, 0.163 um) of the ring outside the nucleus whose granules and hue are measured.
+RING_WIDTH = 6
+
+
+#: Format of the gate's JSON (bump when its keys change meaning).
+GATE_FORMAT = 1
+#: The shipped gate: LightGBM text + JSON, package data.
+GATE_FILES = ("celltype_gate.txt", "celltype_gate.json")
+#: QC reasons decided before any flag is checked: such crops have no measured cell to type.
+_NO_CELL_REASONS = ("bad_image", "no_nucleus")
+
+
+class CellTypeGateError(LymphoError):
+    """A saved cell-type gate that cannot be used; the message says why."""
+
+
+@dataclass(frozen=True)
+class CellTypeGate:
+    """A fitted cell-type gate: a multiclass LightGBM over :attr:`inputs`.
+
+    Attributes
+    ----------
+    booster : lightgbm.Booster
+        Class ``i`` of its output is ``classes[i]``.
+    classes : tuple of str
+        :data:`CELL_TYPES`, in the booster's order (``lymphocyte`` first).
+    inputs : tuple of str
+        Columns of a measured row the booster reads, in order.
+    threshold : float
+        A crop is a lymphocyte when the gate's probability of it is at least this.
+    meta : dict
+        The whole JSON (training fingerprint, settings, cross-validated recall).
+    """
+
+    booster: object
+    classes: tuple[str, ...]
+    inputs: tuple[str, ...]
+    threshold: float
+    meta: dict
+
+    def probabilities(self, table: pd.DataFrame) -> np.ndarray:
+        """Probability of each class (columns in :attr:`classes` order) for each row of ``table``."""
+        missing = [c for c in self.inputs if c not in table.columns]
+        if missing:
+            raise CellTypeGateError(f"the cell-type gate needs columns {', '.join(missing[:5])}: not measured")
+        X = table[list(self.inputs)].to_numpy(np.float64)
+        p = np.asarray(self.booster.predict(X), np.float64)
+        return p.reshape(len(table), len(self.classes))
+
+
+def read_gate(txt: str | Path, meta_json: str | Path) -> CellTypeGate:
+    """Load a gate from its LightGBM text file and its JSON.
+
+    Raises
+    ------
+    CellTypeGateError
+        Missing or unreadable files, another format, classes or inputs that do not match the booster.
+    """
+    import lightgbm as lgb
+
+    try:
+        meta = json.loads(Path(meta_json).read_text())
+        booster = lgb.Booster(model_str=Path(txt).read_text())
+    except (OSError, ValueError, lgb.basic.LightGBMError) as exc:
+        raise CellTypeGateError(f"cannot read the cell-type gate {txt}: {exc}") from None
+    if meta.get("format") != GATE_FORMAT:
+        raise CellTypeGateError(f"{meta_json}: gate format {meta.get('format')!r}, expected {GATE_FORMAT}")
+    classes, inputs = tuple(meta.get("classes", ())), tuple(meta.get("inputs", ()))
+    if (
+        classes != CELL_TYPES
+        or tuple(booster.feature_name()) != inputs
+        or booster.num_model_per_iteration() != len(classes)
+    ):
+        raise CellTypeGateError(f"{meta_json}: classes or inputs do not match the booster in {txt}")
+    return CellTypeGate(booster, classes, inputs, float(meta["threshold"]), meta)
+
+
+@lru_cache(maxsize=1)
+def default_gate() -> CellTypeGate:
+    """The gate shipped with the package (built by ``scripts/build_celltype_gate.py``), loaded once a process."""
+    root = resources.files("lympho_features") / "data"
+    with resources.as_file(root / GATE_FILES[0]) as txt, resources.as_file(root / GATE_FILES[1]) as js:
+        return read_gate(txt, js)
+
+
+def type_cells(table: pd.DataFrame, gate: CellTypeGate | None = None) -> pd.DataFrame:
+    """The gate's call on each measured row: ``cell_type``, ``cell_type_prob``, ``is_not_lymphocyte``.
+
+    A row is a lymphocyte when the gate's probability of one reaches the
+    gate's threshold (``cell_type_prob`` is then that probability); otherwise
+    it is the most probable other type, with that type's probability. Rows
+    without a nucleus (QC reason ``bad_image`` or ``no_nucleus``, or unmeasured
+    inputs) are ``unknown`` with a NaN probability and are not flagged (their
+    QC reason already excludes them).
+    """
+    gate = gate or default_gate()
+    n = len(table)
+    out = pd.DataFrame(
+        {"cell_type": np.full(n, UNKNOWN, object), "cell_type_prob": np.full(n, np.nan), "is_not_lymphocyte": False},
+        index=table.index,
+    )
+    if n == 0:
+        return out
+    measured = ~table[list(gate.inputs)].isna().all(axis=1).to_numpy()
+    if "qc_reason" in table.columns:
+        measured &= ~table["qc_reason"].isin(_NO_CELL_REASONS).to_numpy()
+    if not measured.any():
+        return out
+    p = gate.probabilities(table[measured])
+    lymph = gate.classes.index("lymphocyte")
+    is_lymph = p[:, lymph] >= gate.threshold
+    others = p.copy()
+    others[:, lymph] = -1.0
+    best = others.argmax(axis=1)
+    names = np.where(is_lymph, "lymphocyte", np.asarray(gate.classes, object)[best])
+    probs = np.where(is_lymph, p[:, lymph], others[np.arange(len(p)), best])
+    out.loc[measured, "cell_type"] = names
+    out.loc[measured, "cell_type_prob"] = probs
+    out.loc[measured, "is_not_lymphocyte"] = ~is_lymph
+    return out
+
+
+def apply_gate(rows: list[dict], gate: CellTypeGate | None = None, flag: bool = True) -> None:
+    """Type measured rows in place: set ``cell_type``, ``cell_type_prob``, ``is_not_lymphocyte``, the QC reason.
+
+    With ``flag`` False only ``cell_type`` and ``cell_type_prob`` are set (``is_not_lymphocyte`` stays the
+    segmentation rules' and the QC reason is untouched). The gate's own inputs (``gate_*``) are removed from the rows afterwards:
+    they serve the gate, not the reactive / tumoral model. The QC reason is
+    re-derived from the flags in their usual order, so a crop the gate calls a
+    non-lymphocyte fails with ``not_lymphocyte`` (unless an earlier check
+    failed) and a crop the segmentation's lobe rules flagged but the gate
+    calls a lymphocyte no longer fails for it. Reasons that come before any
+    flag (``bad_image``, ``no_nucleus``) stay.
+    """
+    if not rows:
+        return
+    typed = type_cells(pd.DataFrame(rows), gate)
+    for r, (cell_type, prob, flagged) in zip(rows, typed.itertuples(index=False, name=None), strict=True):
+        r["cell_type"], r["cell_type_prob"] = str(cell_type), float(prob)
+        for k in [k for k in r if k.startswith("gate_")]:
+            del r[k]
+        if not flag:
+            continue
+        r["is_not_lymphocyte"] = bool(flagged)
+        if r.get("qc_reason") in _NO_CELL_REASONS:
+            continue
+        r["qc_reason"] = next((reason for reason, flag in _QC_ORDER if r.get(flag)), "ok")
+        r["qc_ok"] = r["qc_reason"] == "ok"
+
+
+def gate_measurements(rgb: np.ndarray, seg: Segmentation) -> dict[str, float]:
+    """Measurements made for the cell-type gate alone, on one segmented crop.
+
+    Parameters
+    ----------
+    rgb : ndarray, shape (H, W, 3), uint8
+        The crop at the canonical scale (:data:`lympho_features.scale.CANONICAL_UM_PER_PX`), as the
+        segmentation saw it.
+    seg : Segmentation
+        Its segmentation (:func:`lympho_features.segment.segment_cell`).
+
+    Returns
+    -------
+    dict of str to float
+        ``gate_*`` values (NaN when no nucleus was found):
+
+        - ``gate_n_lobes``, ``gate_nucleus_od_rbc``, ``gate_nucleus_od_sd``:
+          the segmentation's lobe count, nucleus density relative to the red
+          cells' and its spread (dense, structureless: erythroblast).
+        - ``gate_ring_od_rbc``: density of a ring of :data:`RING_WIDTH` pixels
+          just outside the nucleus, relative to the red cells' (granules
+          darken it; a lymphocyte's clear cytoplasm or the glass do not).
+        - ``gate_ring_chroma``: the ring's blue chroma
+          ``(OD_red - OD_blue) / OD_sum`` minus the red cells' (blue
+          cytoplasm above 0, orange eosinophil granules below).
+        - ``gate_ring_purple``: the ring's ``(OD_green - OD_red) / OD_sum``
+          minus the red cells' (dark purple basophil granules).
+        - ``gate_ring_granularity``, ``gate_cyto_granularity``: mean black
+          top-hat (radius 2) of the OD in the ring and in the segmented
+          cytoplasm, over the red cells' mean OD: small dark specks.
+        - ``gate_ring_texture``: coefficient of variation of the ring's OD.
+    """
+    keys = (
+        "gate_n_lobes",
+        "gate_nucleus_od_rbc",
+        "gate_nucleus_od_sd",
+        "gate_ring_od_rbc",
+        "gate_ring_chroma",
+        "gate_ring_purple",
+        "gate_ring_granularity",
+        "gate_cyto_granularity",
+        "gate_ring_texture",
+    )
+    out = dict.fromkeys(keys, math.nan)
+    nucleus = seg.nucleus_mask
+    if seg.background is None or not nucleus.any():
+        return out
+    h, w = nucleus.shape
+    ring_w = RING_WIDTH  # the crop is at the canonical scale (extract resamples it): pixels mean the same everywhere
+    ys, xs = np.nonzero(seg.cell_mask | nucleus)
+    m = ring_w + 4  # the ring may reach past the cell's outline
+    y0, y1 = max(0, ys.min() - m), min(h, ys.max() + m + 1)
+    x0, x1 = max(0, xs.min() - m), min(w, xs.max() + m + 1)
+    n8 = nucleus[y0:y1, x0:x1].astype(np.uint8)
+    tables = od_tables(seg.background)
+    red, green, blue = cv2.split(np.ascontiguousarray(rgb))
+    od_r, od_g, od_b = (
+        cv2.LUT(np.ascontiguousarray(ch[y0:y1, x0:x1]), t) for ch, t in zip((red, green, blue), tables, strict=True)
+    )
+    od_sum = od_r + od_g + od_b
+    # The red cells' reference (every fourth pixel of the crop, nuclei left out), as the segmentation measures it.
+    dark = np.zeros((h, w), np.uint8)
+    dark[nucleus] = 255
+    _, rbc_od, rbc_chroma = _red_cell_reference(
+        *(cv2.LUT(np.ascontiguousarray(ch[::4, ::4]), t) for ch, t in zip((red, green, blue), tables, strict=True)),
+        dark,
+        0.15,
+    )
+    if not math.isfinite(rbc_od) or rbc_od <= 0:
+        rbc_od = float(np.mean(od_sum))  # no red cells: the region's own mean keeps the ratios finite
+    stained = od_sum > 0.15
+    rbc_purple = 0.0
+    sub = [cv2.LUT(np.ascontiguousarray(ch[::4, ::4]), t) for ch, t in zip((red, green, blue), tables, strict=True)]
+    ssum = sub[0] + sub[1] + sub[2]
+    sm = (ssum > 0.15) & ~nucleus[::4, ::4]
+    if sm.sum() >= 10:
+        rbc_purple = float(np.median((sub[1][sm] - sub[0][sm]) / ssum[sm]))
+    ring = (cv2.dilate(n8, _disk(ring_w)) > 0) & (n8 == 0)
+    nod = od_sum[n8 > 0]
+    out["gate_n_lobes"] = float(seg.diagnostics.get("n_lobes", math.nan))
+    out["gate_nucleus_od_rbc"] = float(nod.mean() / rbc_od)
+    out["gate_nucleus_od_sd"] = float(nod.std() / max(nod.mean(), 1e-3))
+    # Granules are dark specks: high OD. A white top-hat of the OD (the OD minus its opening by a radius-2
+    # disk) keeps what is narrower than the disk.
+    tophat = cv2.morphologyEx(od_sum, cv2.MORPH_TOPHAT, _disk(2))
+    if ring.any():
+        r_od = od_sum[ring]
+        st = ring & stained
+        out["gate_ring_od_rbc"] = float(r_od.mean() / rbc_od)
+        out["gate_ring_texture"] = float(r_od.std() / max(r_od.mean(), 0.05))
+        out["gate_ring_granularity"] = float(tophat[ring].mean() / rbc_od)
+        if st.sum() >= 5:
+            s_sum = od_sum[st]
+            out["gate_ring_chroma"] = float(np.median((od_r[st] - od_b[st]) / s_sum) - rbc_chroma)
+            out["gate_ring_purple"] = float(np.median((od_g[st] - od_r[st]) / s_sum) - rbc_purple)
+        else:  # nothing stained around the nucleus (bare nucleus on glass): no hue to read
+            out["gate_ring_chroma"] = out["gate_ring_purple"] = 0.0
+    cyto = seg.cell_mask[y0:y1, x0:x1] & (n8 == 0)
+    out["gate_cyto_granularity"] = float(tophat[cyto].mean() / rbc_od) if cyto.sum() >= 5 else 0.0
+    return out

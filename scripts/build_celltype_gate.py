@@ -1,0 +1,260 @@
+"""Rebuild the cell-type gate shipped in the package (lympho_features/data/celltype_gate.{txt,json}).
+
+    python scripts/build_celltype_gate.py [--pbc ../shared/data/pbc] \
+        [--trainset ../shared/data/lymphocytosis/trainset] [--cache DIR] [--jobs 2]
+
+What it learns from:
+
+* the PBC crops of another lab (Acevedo et al., "A dataset of microscopic peripheral blood cell images for
+  development of automatic recognition systems", Data in Brief 30, 2020; CC BY 4.0): 200 crops of each of 8 cell
+  types, the type being the folder. Each folder is read as one "patient" of one run, so the pipeline's own scale
+  handling applies: the red cells pooled over the run give the um per pixel, and every crop is resampled to the
+  canonical scale before it is measured (:func:`lympho_features.extract.measure_cell`), as ``lympho extract``
+  does;
+* the lymphocytosis trainset as extra lymphocytes: PBC's are healthy donors' only, while the gate must keep large
+  reactive lymphocytes with wide cytoplasm, small CLL cells and cleaved nuclei. Every crop of the trainset that
+  passes the segmentation's QC and that its lobe / monocyte / pyknotic rules do not flag is taken as a lymphocyte
+  (the trainset is about 99 % lymphocytes); together they weigh as much as PBC's 200 lymphocytes, each patient the
+  same, so the 115 patients' cells teach the variety of lymphocytes without drowning the other classes.
+
+The JSON records the inputs, classes, threshold, LightGBM parameters, the training data's fingerprint (the
+SHA-256 of every file used), the scale, the library versions and FEATURES_VERSION. Cross-validated recall is
+measured by ``benchmarks/celltype_cv.py`` (same data, same fit) and recorded in benchmarks/celltype_results.md.
+Never pickled.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from lympho_features._io import atomic_path, library_versions, write_json  # noqa: E402
+from lympho_features.celltype import CELL_TYPES, GATE_FILES, GATE_FORMAT, PBC_FOLDERS  # noqa: E402
+from lympho_features.dataset import read_image, safe_path, scan_data_dir  # noqa: E402
+from lympho_features.extract import FEATURES_VERSION, ExtractSettings, measure_cell, patient_scales  # noqa: E402
+
+#: The gate's inputs: shape and size in um, N:C, lobes, outline roughness, chromatin granularity and radial
+#: profile, the granularity and density of the ring outside the nucleus. No stain colour or hue: on the data
+#: they separate PBC's classes but shift most between the two labs (benchmarks/celltype_results.md).
+SHAPE_PREFIXES = ("shape_", "nc_")
+GATE_INPUT_EXTRA = (
+    "nucleus_area",
+    "cell_area",
+    "granularity_nucleus_r2",
+    "granularity_nucleus_r3",
+    "granularity_nucleus_r4",
+    "gate_n_lobes",
+    "gate_nucleus_od_sd",
+    "gate_ring_od_rbc",
+    "gate_ring_texture",
+    "gate_ring_granularity",
+    "gate_cyto_granularity",
+)
+#: Inputs measured but left out by default (stain-dependent); ``--with-hue`` adds them (for the comparison).
+HUE_INPUTS = ("gate_ring_chroma", "gate_ring_purple")
+
+PARAMS = {
+    "objective": "multiclass",
+    "num_class": len(CELL_TYPES),
+    "learning_rate": 0.08,
+    "num_leaves": 15,
+    "min_data_in_leaf": 10,
+    "bagging_fraction": 0.8,
+    "bagging_freq": 1,
+    "feature_fraction": 0.5,
+    "lambda_l2": 1.0,
+    "seed": 0,
+    "deterministic": True,
+    "num_threads": 1,  # one thread: deterministic, and no OpenMP spinning on a shared machine
+    "verbose": -1,
+}
+NUM_ROUNDS = 150
+#: A crop is a lymphocyte when the gate gives it at least this probability (benchmarks/celltype_results.md:
+#: PBC lymphocytes kept and other cells flagged >= 0.95 both ways, trainset crops gated out <= 2 %).
+THRESHOLD = 0.3
+#: Total weight of the trainset's lymphocytes, in PBC crops (PBC's lymphocytes weigh 200).
+TRAINSET_WEIGHT = 200.0
+
+
+def gate_inputs(columns, with_hue: bool = False) -> list[str]:
+    """The gate's input columns found among ``columns`` (order: as measured)."""
+    extra = set(GATE_INPUT_EXTRA) | (set(HUE_INPUTS) if with_hue else set())
+    return [c for c in columns if c.startswith(SHAPE_PREFIXES) or c in extra]
+
+
+def fingerprint(data_dir: Path, images: list[str]) -> str:
+    """SHA-256 over the sorted (path, SHA-256 of the bytes) of every file used."""
+    h = hashlib.sha256()
+    for rel in sorted(images):
+        h.update(rel.encode())
+        h.update(hashlib.sha256(safe_path(data_dir, rel).read_bytes()).digest())
+    return h.hexdigest()
+
+
+def _measure_patient(data_dir: Path, pid: str, images: list[str], um: float, settings: ExtractSettings) -> list[dict]:
+    rows = []
+    for rel in images:
+        rgb, _ = read_image(safe_path(data_dir, rel), settings.max_pixels)
+        rows.append({"patient_id": pid, "image": rel, **measure_cell(rgb, settings, um)})
+    return rows
+
+
+def measure_folder(
+    data_dir: Path, jobs: int = 2, settings: ExtractSettings = ExtractSettings()
+) -> tuple[pd.DataFrame, dict]:
+    """Every crop of a data folder measured as ``lympho extract`` would, before the gate: rows and the scale summary."""
+    from joblib import Parallel, delayed
+
+    patients, _ = scan_data_dir(data_dir)
+    clinical = pd.DataFrame({"patient_id": list(patients)})
+    scales, summary = patient_scales(data_dir, patients, clinical, settings, jobs=jobs)
+    parts = Parallel(n_jobs=jobs)(
+        delayed(_measure_patient)(data_dir, pid, imgs, scales[pid].um_per_px, settings)
+        for pid, imgs in patients.items()
+    )
+    table = pd.DataFrame([r for part in parts for r in part])
+    return table, {"run_red_cell_um_per_px": summary["run_red_cell_um_per_px"], "sources": summary["sources"]}
+
+
+def training_tables(
+    pbc: Path, trainset: Path, cache: Path | None, jobs: int = 2
+) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+    """PBC's and the trainset's measured rows (read from ``cache`` when they were measured with the same inputs)."""
+    info: dict = {}
+    out = []
+    for name, folder in (("pbc", pbc), ("trainset", trainset)):
+        patients, _ = scan_data_dir(folder)
+        images = [rel for imgs in patients.values() for rel in imgs]
+        fp = fingerprint(folder, images)
+        key = f"{name}-{fp[:16]}-v{FEATURES_VERSION}"
+        path = cache / f"{key}.parquet" if cache else None
+        if path is not None and path.exists():
+            table = pd.read_parquet(path)
+            scale = json.loads(path.with_suffix(".json").read_text())
+        else:
+            table, scale = measure_folder(folder, jobs)
+            if path is not None:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                with atomic_path(path) as tmp:
+                    table.to_parquet(tmp)
+                write_json(scale, path.with_suffix(".json"))
+        info[name] = {"folder": folder.name, "n_files": len(images), "sha256": fp, "scale": scale}
+        out.append(table)
+    pbc_t, train_t = out
+    pbc_t = pbc_t.assign(cell_type_true=pbc_t["patient_id"].map(PBC_FOLDERS))
+    return pbc_t, train_t, info
+
+
+def trainset_lymphocytes(train: pd.DataFrame) -> pd.Series:
+    """Trainset crops taken as lymphocytes: QC passed and not flagged by the segmentation's cell-type rules."""
+    return train["qc_ok"].astype(bool) & ~train["is_not_lymphocyte"].astype(bool)
+
+
+def fit_gate(
+    pbc: pd.DataFrame,
+    train: pd.DataFrame,
+    inputs: list[str],
+    rounds: int = NUM_ROUNDS,
+    params=None,
+    taught: pd.Series | None = None,
+):
+    """Fit the multiclass booster on PBC's rows (all types) and the trainset's lymphocytes (weighted).
+
+    PBC rows without a nucleus are left out. The trainset rows taught as lymphocytes are ``taught`` (default:
+    :func:`trainset_lymphocytes`). Each trainset patient weighs the same, and together they weigh
+    :data:`TRAINSET_WEIGHT` PBC crops.
+    """
+    import lightgbm as lgb
+
+    pbc = pbc[pbc["nucleus_area"].notna()]
+    lym = train[trainset_lymphocytes(train) if taught is None else taught]
+    per_patient = lym.groupby("patient_id")["image"].transform("size").to_numpy(float)
+    w_train = TRAINSET_WEIGHT / lym["patient_id"].nunique() / per_patient
+    X = pd.concat([pbc[inputs], lym[inputs]]).to_numpy(np.float64)
+    y = np.r_[pbc["cell_type_true"].map(CELL_TYPES.index).to_numpy(int), np.zeros(len(lym), int)]
+    w = np.r_[np.ones(len(pbc)), w_train]
+    data = lgb.Dataset(X, y, weight=w, feature_name=list(inputs), free_raw_data=False)
+    return lgb.train(dict(params or PARAMS), data, num_boost_round=rounds)
+
+
+def patient_folds(patient_ids: pd.Series, folds: int, seed: int = 0) -> np.ndarray:
+    """Fold of each row, by patient (patients shuffled with ``seed``, dealt round-robin)."""
+    patients = np.array(sorted(patient_ids.unique()))
+    fold_of = {p: i % folds for i, p in enumerate(np.random.default_rng(seed).permutation(patients))}
+    return patient_ids.map(fold_of).to_numpy()
+
+
+def clean_lymphocytes(pbc: pd.DataFrame, train: pd.DataFrame, inputs: list[str], folds: int = 5) -> pd.Series:
+    """The trainset crops to teach as lymphocytes: :func:`trainset_lymphocytes` minus those the gate rejects.
+
+    Some patients' crops are not lymphocytes at all (on the trainset, one tumoral patient's crops are nearly all
+    neutrophils that the lobe rules miss), and taught as lymphocytes they would teach the gate to keep such
+    cells. Each crop is judged by a gate fitted without its patient (patient folds); those under the
+    threshold are left out.
+    """
+    fold = patient_folds(train["patient_id"], folds)
+    p = np.full(len(train), np.nan)
+    for k in range(folds):
+        booster = fit_gate(pbc, train[fold != k], inputs)
+        held = fold == k
+        p[held] = booster.predict(train.loc[held, inputs].to_numpy(np.float64))[:, 0]
+    return trainset_lymphocytes(train) & pd.Series(p >= THRESHOLD, index=train.index)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--pbc", type=Path, default=ROOT.parent / "shared" / "data" / "pbc")
+    ap.add_argument("--trainset", type=Path, default=ROOT.parent / "shared" / "data" / "lymphocytosis" / "trainset")
+    ap.add_argument("--cache", type=Path, default=None, help="keep the measured tables here (reused when unchanged)")
+    ap.add_argument("--out", type=Path, default=ROOT / "lympho_features" / "data")
+    ap.add_argument("--jobs", type=int, default=2)
+    args = ap.parse_args(argv)
+    pbc, train, info = training_tables(args.pbc, args.trainset, args.cache, args.jobs)
+    inputs = gate_inputs(pbc.columns)
+    lym = clean_lymphocytes(pbc, train, inputs)
+    booster = fit_gate(pbc, train, inputs, taught=lym)
+    n_rule = int(trainset_lymphocytes(train).sum())
+    meta = {
+        "format": GATE_FORMAT,
+        "classes": list(CELL_TYPES),
+        "inputs": inputs,
+        "threshold": THRESHOLD,
+        "params": PARAMS,
+        "num_boost_round": NUM_ROUNDS,
+        "features_version": FEATURES_VERSION,
+        "training": {
+            **info,
+            "pbc_citation": "Acevedo et al., Data in Brief 30, 2020 (CC BY 4.0)",
+            "pbc_crops_per_type": pbc[pbc["nucleus_area"].notna()]["cell_type_true"]
+            .value_counts()
+            .sort_index()
+            .to_dict(),
+            "trainset_lymphocytes": int(lym.sum()),
+            "trainset_patients": int(train.loc[lym, "patient_id"].nunique()),
+            "trainset_rule": "qc_ok, not flagged by the segmentation's lobe / monocyte / pyknotic rules, and kept by "
+            "a gate fitted without the crop's patient (5 patient folds)",
+            "trainset_rejected_by_gate": n_rule - int(lym.sum()),
+            "trainset_weight": TRAINSET_WEIGHT,
+        },
+        "library_versions": library_versions(),
+        "cv": "benchmarks/celltype_results.md (benchmarks/celltype_cv.py)",
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    with atomic_path(args.out / GATE_FILES[0]) as tmp:
+        booster.save_model(str(tmp))
+    write_json(meta, args.out / GATE_FILES[1])
+    print(f"gate: {len(inputs)} inputs, {len(pbc)} PBC crops, {int(lym.sum())} trainset lymphocytes -> {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,224 @@
+"""The cell-type gate: its measurements, the shipped model, and how extract, aggregate and inspect use it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from lympho_features import celltype
+from lympho_features.aggregate import SHARE_TYPES, aggregate_cells, cell_feature_columns
+from lympho_features.celltype import CELL_TYPES, UNKNOWN, apply_gate, default_gate, gate_measurements, type_cells
+from lympho_features.extract import ExtractSettings, measure_cell, measure_crop
+from lympho_features.segment import segment_cell
+from lympho_features.synthetic import synthetic_crop
+
+PBC = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "pbc"
+
+#: Synthetic cells of each kind (synthetic.py): lymphocytes at real sizes (nucleus about 10 um across, as the
+#: trainset's median; synthetic.py's defaults draw them smaller, which the gate calls erythroblasts), then
+#: non-lymphocytes drawn after their textbook look.
+LYMPHOCYTES = {
+    "lymphocyte": {"nucleus_radius": 31, "cell_radius": 36},
+    "oval nucleus": {"nucleus_radius": 31, "cell_radius": 36, "elongation": 1.3},
+    "large reactive, wide cytoplasm": {"nucleus_radius": 33, "cell_radius": 48, "chromatin_contrast": 14},
+}
+GATED = ExtractSettings(cell_type_gate=True)
+OTHERS = {
+    "neutrophil-like: 3 lobes, fine lilac granules": {
+        "lobes": 3, "nucleus_radius": 30, "cell_radius": 42, "granules": 0.3, "granule_colour": (190, 140, 190),
+    },
+    "eosinophil-like: 2 lobes, dense orange granules": {
+        "lobes": 2, "nucleus_radius": 30, "cell_radius": 44, "granules": 0.45, "granule_colour": (215, 110, 80),
+    },
+    "monocyte-like: large pale cell, kidney nucleus": {
+        "nucleus_radius": 34, "cell_radius": 60, "notch": 0.6, "cytoplasm_colour": (200, 195, 215),
+    },
+}  # fmt: skip
+
+
+def _rows(kwargs: dict, n: int = 4) -> list[dict]:
+    return [measure_crop(synthetic_crop(np.random.default_rng(seed), **kwargs).rgb, GATED) for seed in range(n)]
+
+
+def test_shipped_gate_loads_with_its_provenance():
+    gate = default_gate()
+    assert gate.classes == CELL_TYPES
+    assert 0 < gate.threshold < 1
+    meta = gate.meta
+    assert meta["training"]["pbc"]["sha256"] and meta["training"]["trainset"]["sha256"]
+    assert "lightgbm" in meta["library_versions"]
+    # Stain colour stays out of the inputs: it moves from lab to lab.
+    assert not [c for c in gate.inputs if c.startswith("color_")]
+    # Package data, not a pickle.
+    root = Path(celltype.__file__).parent / "data"
+    assert (root / "celltype_gate.txt").read_text().startswith("tree")
+    assert json.loads((root / "celltype_gate.json").read_text())["inputs"] == list(gate.inputs)
+
+
+def test_synthetic_lymphocytes_are_kept():
+    for name, kwargs in LYMPHOCYTES.items():
+        rows = _rows(kwargs)
+        kept = [r["cell_type"] == "lymphocyte" and not r["is_not_lymphocyte"] for r in rows]
+        assert sum(kept) >= 3, (name, [(r["cell_type"], round(r["cell_type_prob"], 2)) for r in rows])
+
+
+def test_synthetic_other_cells_are_gated_out_with_their_reason():
+    for name, kwargs in OTHERS.items():
+        rows = _rows(kwargs)
+        flagged = [r for r in rows if r["is_not_lymphocyte"]]
+        assert len(flagged) >= 3, (name, [(r["cell_type"], round(r["cell_type_prob"], 2)) for r in rows])
+        for r in flagged:
+            assert r["cell_type"] in CELL_TYPES[1:] and 0 < r["cell_type_prob"] <= 1
+            # not_lymphocyte unless an earlier check (off centre, border, size, touching) failed first
+            assert r["qc_reason"] in ("not_lymphocyte", "nucleus_off_centre", "nucleus_at_border",
+                                      "nucleus_too_small", "nucleus_too_large", "touching_cells")  # fmt: skip
+            assert not r["qc_ok"]
+
+
+def test_granules_raise_the_ring_granularity():
+    clear = synthetic_crop(np.random.default_rng(3), nucleus_radius=28, cell_radius=42)
+    grainy = synthetic_crop(np.random.default_rng(3), nucleus_radius=28, cell_radius=42, granules=0.4)
+    g0 = gate_measurements(clear.rgb, segment_cell(clear.rgb))
+    g1 = gate_measurements(grainy.rgb, segment_cell(grainy.rgb))
+    assert g1["gate_cyto_granularity"] > 1.5 * g0["gate_cyto_granularity"]
+    assert g1["gate_ring_granularity"] > g0["gate_ring_granularity"]
+
+
+def test_without_the_gate_the_rules_decide_and_the_type_is_still_written():
+    kwargs = OTHERS["monocyte-like: large pale cell, kidney nucleus"]
+    crop = synthetic_crop(np.random.default_rng(0), **kwargs).rgb
+    plain, gated = measure_crop(crop), measure_crop(crop, GATED)
+    assert plain["cell_type"] == gated["cell_type"] and plain["cell_type_prob"] == gated["cell_type_prob"]
+    rules = plain["is_granulocyte"] or plain["is_monocyte"] or plain["is_pyknotic"]
+    assert plain["is_not_lymphocyte"] == rules
+
+
+def test_no_nucleus_is_unknown_and_not_flagged():
+    row = measure_crop(np.full((224, 224, 3), 240, np.uint8), GATED)
+    assert row["qc_reason"] == "no_nucleus" and row["cell_type"] == UNKNOWN
+    assert not row["is_not_lymphocyte"] and np.isnan(row["cell_type_prob"])
+    assert not [k for k in row if k.startswith("gate_")]  # the gate's own inputs never reach cells.parquet
+
+
+def test_gate_decides_the_reason_and_the_lymphocyte_threshold():
+    gate = default_gate()
+    row = measure_cell(synthetic_crop(np.random.default_rng(0)).rgb)
+    p = gate.probabilities(pd.DataFrame([row]))[0]
+    assert p.sum() == pytest.approx(1.0)
+    strict = celltype.CellTypeGate(gate.booster, gate.classes, gate.inputs, float(p[0]) + 1e-6, gate.meta)
+    lenient = celltype.CellTypeGate(gate.booster, gate.classes, gate.inputs, float(p[0]) - 1e-6, gate.meta)
+    a, b = dict(row), dict(row)
+    apply_gate([a], strict)
+    apply_gate([b], lenient)
+    assert a["is_not_lymphocyte"] and a["qc_reason"] == "not_lymphocyte" and a["cell_type"] != "lymphocyte"
+    assert a["cell_type_prob"] == pytest.approx(np.delete(p, 0).max())
+    assert not b["is_not_lymphocyte"] and b["cell_type"] == "lymphocyte" and b["cell_type_prob"] == pytest.approx(p[0])
+    # the segmentation's lobe rule alone no longer fails a cell the gate keeps
+    c = dict(row, is_not_lymphocyte=True, qc_reason="not_lymphocyte", qc_ok=False)
+    apply_gate([c], lenient)
+    assert c["qc_reason"] in ("ok", "smudge", "blur") and c["qc_ok"] == (c["qc_reason"] == "ok")
+
+
+def test_missing_inputs_are_named():
+    with pytest.raises(celltype.CellTypeGateError, match="needs columns"):
+        default_gate().probabilities(pd.DataFrame({"nucleus_area": [30.0]}))
+
+
+def test_shares_per_patient_and_cell_type_kept_out_of_features():
+    cells = pd.DataFrame(
+        {
+            "patient_id": ["A"] * 4 + ["B"] * 2,
+            "image": [f"{i}.jpg" for i in range(6)],
+            "qc_ok": [True, False, False, True, True, True],
+            "qc_reason": ["ok", "not_lymphocyte", "not_lymphocyte", "ok", "ok", "ok"],
+            "is_not_lymphocyte": [False, True, True, False, False, False],
+            "cell_type": ["lymphocyte", "neutrophil", "monocyte", "lymphocyte", "lymphocyte", "lymphocyte"],
+            "cell_type_prob": [0.9, 0.8, 0.7, 0.95, 0.9, 0.9],
+            "nucleus_area": [30.0, 40.0, 50.0, 32.0, 31.0, 29.0],
+        }
+    )
+    assert "cell_type_prob" not in cell_feature_columns(cells)
+    p = aggregate_cells(cells).set_index("patient_id")
+    assert p.loc["A", "share_neutrophil"] == pytest.approx(0.25)
+    assert p.loc["A", "share_monocyte"] == pytest.approx(0.25)
+    assert p.loc["B", [f"share_{t}" for t in SHARE_TYPES]].sum() == 0
+    # morphology over qc_ok cells only: the neutrophil and the monocyte do not enter
+    assert p.loc["A", "nucleus_area__mean"] == pytest.approx(31.0)
+    assert "cell_type_prob__mean" not in p.columns
+
+
+def test_share_columns_are_not_model_inputs():
+    from lympho_features.model import feature_columns
+
+    patients = pd.DataFrame(
+        {"patient_id": ["A", "B"], "label": [0, 1], "age": [50.0, 70.0], "gender": ["M", "F"],
+         "lymph_count": [5.0, 20.0], "n_cells": [10, 20], "share_neutrophil": [0.1, 0.0],
+         "nucleus_area__mean": [30.0, 31.0]}
+    )  # fmt: skip
+    cols = feature_columns(patients, "clinical+morphology")
+    assert "nucleus_area__mean" in cols and "share_neutrophil" not in cols
+
+
+@pytest.mark.skipif(not (PBC / "neutrophil").is_dir(), reason="../shared/data/pbc is absent")
+def test_pbc_neutrophils_and_lymphocytes_sorted():
+    """In-sample on PBC (the gate trained on these crops): a check that extract's path reproduces the training rows."""
+    from lympho_features.dataset import read_image
+
+    out = {}
+    um = default_gate().meta["training"]["pbc"]["scale"]["run_red_cell_um_per_px"]
+    for folder in ("lymphocyte", "neutrophil"):
+        files = sorted((PBC / folder).glob("*.jpg"))[:12]
+        rows = [measure_crop(read_image(f)[0], GATED, um_per_px=um) for f in files]
+        out[folder] = np.mean([r["is_not_lymphocyte"] for r in rows])
+    assert out["lymphocyte"] <= 1 / 12 and out["neutrophil"] >= 11 / 12
+
+
+def test_type_cells_empty_table():
+    gate = default_gate()
+    empty = pd.DataFrame(columns=list(gate.inputs))
+    assert type_cells(empty, gate).empty
+
+
+def test_extract_with_the_gate_writes_types_shares_and_excludes_other_cells(tiny_cohort, tmp_path):
+    from lympho_features.extract import extract
+
+    extract(tiny_cohort, tmp_path / "out", jobs=1, progress=False, settings=ExtractSettings(cell_type_gate=True))
+    cells = pd.read_parquet(tmp_path / "out" / "cells.parquet")
+    patients = pd.read_parquet(tmp_path / "out" / "patients.parquet").set_index("patient_id")
+    assert set(cells["cell_type"]) <= {*CELL_TYPES, UNKNOWN}
+    typed = cells["cell_type"] != UNKNOWN
+    assert cells.loc[typed, "cell_type_prob"].between(0, 1).all()
+    # is_not_lymphocyte is the gate's call, and such a crop never passes QC
+    assert (cells.loc[typed, "is_not_lymphocyte"] == (cells.loc[typed, "cell_type"] != "lymphocyte")).all()
+    assert not (cells["qc_ok"] & cells["is_not_lymphocyte"]).any()
+    flagged = cells["is_not_lymphocyte"] & ~cells["qc_reason"].isin(
+        ["nucleus_off_centre", "nucleus_at_border", "nucleus_too_small", "nucleus_too_large", "touching_cells"]
+    )
+    assert (cells.loc[flagged, "qc_reason"] == "not_lymphocyte").all()
+    for t in SHARE_TYPES:
+        expected = (cells["cell_type"] == t).groupby(cells["patient_id"]).mean()
+        assert np.allclose(patients.loc[expected.index, f"share_{t}"], expected)
+    assert not [c for c in cells.columns if c.startswith("gate_")]
+
+
+def test_inspect_shows_one_cell_type(tiny_cohort, tmp_path):
+    from lympho_features.montage import inspect_folder
+
+    _, rows = inspect_folder(tiny_cohort, n=4, only="cell_type=lymphocyte")
+    assert rows and all(r["cell_type"] == "lymphocyte" for r in rows)
+
+
+def test_inspect_cli_refuses_an_unknown_cell_type(tiny_cohort, tmp_path):
+    from typer.testing import CliRunner
+
+    from lympho_features.cli import app
+
+    r = CliRunner().invoke(
+        app, ["inspect", str(tiny_cohort), "--out", str(tmp_path / "m.png"), "--only", "cell_type=blast"]
+    )
+    assert r.exit_code == 2 and "cell_type= must name one of" in r.output
+    assert not (tmp_path / "m.png").exists()
