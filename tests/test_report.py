@@ -652,7 +652,7 @@ def test_report_of_a_model_whose_inputs_come_from_a_cell_model(tiny_features, tm
     # In a clinician's words, with units, no column names and no log-odds.
     for _, caption in tumoral.cells:
         assert re.fullmatch(
-            r"cell score 0\.\d\d\nlarge nucleus \([0-9.,]+ px²\)\nlow N:C ratio \(0\.\d\d\)", caption
+            r"cell score 0\.\d\d\nlarge nucleus \([0-9.,]+ µm²\)\nlow N:C ratio \(0\.\d\d\)", caption
         ), caption
     # A feature without a plain reading says "high" or "low", with its glossary name.
     planted.loc[mine, "nc_ratio"] = 0.0
