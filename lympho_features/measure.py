@@ -1,0 +1,331 @@
+"""What one crop and one patient are measured with: the extraction settings, each patient's pixel
+scale, and one crop's segmentation, features, cell type and acquisition.
+
+:func:`measure_crop` is the whole per-crop step (``lympho inspect`` and the
+report call it); :func:`lympho_features.extract.extract` runs
+:func:`measure_cell` over a patient's crops, then the cell-type gate and the
+blur check against the patient's own crops, and :func:`patient_scales` before
+that, so that every crop is measured at its patient's scale.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, replace
+from datetime import date
+from functools import lru_cache
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+
+from ._validate import SettingsCheck
+from .acquisition import crop_acquisition
+from .aggregate import AggregateSettings
+from .celltype import apply_gate, gate_measurements
+from .dataset import (
+    DEFAULT_REFERENCE_DATE,
+    MAX_PIXELS,
+    ImageError,
+    read_crop,
+)
+from .features import FeatureSettings, cell_features
+from .scale import (
+    CANONICAL_UM_PER_PX,
+    RED_CELL_DIAMETER_UM,
+    RESAMPLE_TOLERANCE,
+    RUN_AGREEMENT,
+    SCALE_FLAGS,
+    PatientScale,
+    ScaleEstimate,
+    estimate_from_diameters,
+    pool_run,
+    red_cell_diameters,
+    to_canonical,
+    to_physical,
+)
+from .segment import SegmentationSettings, patient_blur, segment_cell
+from .workers import parallel
+
+#: Bump when a change to the code changes the features for the same settings,
+#: so that shards from older code are recomputed rather than reused.
+#: 5: sizes in um and um^2 (crops resampled to the canonical scale), blur judged against the patient's crops.
+#: 6: cell-type gate (cell_type, cell_type_prob; is_not_lymphocyte and the QC reason not_lymphocyte from it).
+FEATURES_VERSION = 6
+
+
+@dataclass(frozen=True)
+class ExtractSettings:
+    """Every setting that changes the tables ``lympho extract`` writes."""
+
+    segmentation: SegmentationSettings = field(default_factory=SegmentationSettings)
+    features: FeatureSettings = field(default_factory=FeatureSettings)
+    aggregate: AggregateSettings = field(default_factory=AggregateSettings)
+    reference_date: date = DEFAULT_REFERENCE_DATE
+    max_pixels: int = MAX_PIXELS
+    #: um per pixel of every crop of the run (``--pixel-size``); None: the clinical CSV's column, else red cells
+    pixel_size_um: float | None = None
+    canonical_um_per_px: float = CANONICAL_UM_PER_PX  #: the scale segmentation and QC run at
+    resample_tolerance: float = RESAMPLE_TOLERANCE  #: crops this close to the canonical scale are not resampled
+    #: crops per patient (evenly spread) whose red cells measure its scale: 12 give 26 red cells in the median
+    #: on the challenge's patients, for about 6 % of the extraction's time
+    ruler_crops: int = 12
+    #: is_not_lymphocyte (QC reason not_lymphocyte) from the cell-type gate (True) or from the segmentation's lobe,
+    #: monocyte and pyknotic rules (False). ``cell_type`` / ``cell_type_prob`` are written either way. Off by
+    #: default until the synthetic crops of the tests and demo are drawn at real lymphocyte sizes: the gate,
+    #: learned on real crops, calls most of today's (too small, smooth) synthetic lymphocytes erythroblasts.
+    cell_type_gate: bool = False
+
+    def __post_init__(self) -> None:
+        """Refuse a value that cannot mean what its setting says (raises :class:`~lympho_features.errors.SettingsError`)."""
+        check = SettingsCheck(self)
+        check.instance("segmentation", SegmentationSettings)
+        check.instance("features", FeatureSettings)
+        check.instance("aggregate", AggregateSettings)
+        check.instance("reference_date", date)
+        check.integer("max_pixels", 1)
+        check.number("pixel_size_um", 0.005, 5.0, optional=True)
+        check.number("canonical_um_per_px", 0, low_open=True)
+        check.number("resample_tolerance", 0, 1)
+        check.integer("ruler_crops", 1)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["reference_date"] = self.reference_date.isoformat()
+        d["features_version"] = FEATURES_VERSION
+        return d
+
+
+@lru_cache(maxsize=8)
+def _at_canonical(settings: SegmentationSettings) -> SegmentationSettings:
+    """The segmentation settings for a crop already at the canonical scale: pixel settings as they are."""
+    return replace(settings, scale_with_side=False)
+
+
+def measure_cell(
+    rgb: np.ndarray,
+    settings: ExtractSettings = ExtractSettings(),
+    data: bytes | None = None,
+    *,
+    um_per_px: float | None = None,
+) -> dict:
+    """Segment one crop and measure it, before the cell-type gate and the patient-level blur check.
+
+    The crop is first resampled to the canonical scale
+    (:func:`lympho_features.scale.to_canonical`; not when within the
+    tolerance), so segmentation, QC and texture see the same pixels at any
+    magnification; sizes are then converted to um and um^2. The row also
+    holds the cell-type gate's own measurements (``gate_*``,
+    :func:`lympho_features.celltype.gate_measurements`), which
+    :func:`lympho_features.celltype.apply_gate` reads and removes; its
+    ``is_not_lymphocyte`` is still the segmentation's lobe rules'.
+    ``scripts/build_celltype_gate.py`` learns the gate from such rows. It
+    also holds the acquisition measurements ``acq_*``
+    (:data:`lympho_features.acquisition.ACQUISITION_COLUMNS`; the JPEG quality
+    from ``data``, the crop file's bytes, NaN without them).
+
+    Parameters
+    ----------
+    rgb : ndarray (H, W, 3) uint8
+    settings : ExtractSettings
+    data : bytes, optional
+        The crop file's bytes (their header tells the JPEG quality).
+    um_per_px : float, optional
+        The crop's scale; None or NaN: the canonical scale is assumed.
+    """
+    canonical = settings.canonical_um_per_px
+    um = float(um_per_px) if um_per_px is not None and math.isfinite(um_per_px) and um_per_px > 0 else canonical
+    crop, um_measured = to_canonical(rgb, um, canonical, settings.resample_tolerance)
+    seg = segment_cell(crop, _at_canonical(settings.segmentation))
+    row: dict = {"qc_ok": bool(seg.qc_ok), "qc_reason": seg.qc_reason}
+    row.update({k: bool(v) for k, v in seg.flags.items()})
+    diag = seg.diagnostics or {}
+    # A dense (pyknotic-looking) nucleus has no texture to judge focus by: never blur, so not measured.
+    dense = diag.get("nucleus_od", 0.0) > settings.segmentation.pyknotic_min_od
+    row["qc_sharpness"] = float(diag["sharpness"]) if "sharpness" in diag and not dense else float("nan")
+    row["um_per_px"] = um
+    row.update(to_physical(cell_features(crop, seg, settings.features), um_measured))
+    row.update(gate_measurements(crop, seg))
+    row.update(crop_acquisition(seg, data, crop))
+    return row
+
+
+def measure_crop(
+    rgb: np.ndarray,
+    settings: ExtractSettings = ExtractSettings(),
+    data: bytes | None = None,
+    *,
+    um_per_px: float | None = None,
+) -> dict:
+    """Segment one crop, measure it and type it: one row of cells.parquet (without its keys).
+
+    :func:`measure_cell`, then the cell-type gate
+    (:func:`lympho_features.celltype.apply_gate`: ``cell_type``,
+    ``cell_type_prob``, and with ``settings.cell_type_gate`` also
+    ``is_not_lymphocyte`` and the QC reason ``not_lymphocyte``), then the blur
+    check of a crop alone.
+
+    The row holds ``qc_ok``, ``qc_reason``, every QC and cell-type flag
+    (``qc_*``, ``is_*``, see :data:`lympho_features.segment.FLAG_DESCRIPTIONS`),
+    ``cell_type`` and ``cell_type_prob``,
+    ``qc_sharpness`` (for the patient-level blur check, :func:`apply_patient_blur`;
+    NaN when not measured; alone, ``qc_blur`` is its floor test), ``um_per_px`` (the crop's own scale), every
+    feature and the acquisition measurements ``acq_*``. Flagged cells are measured too (their features are
+    kept, but the per-patient morphology aggregates use ``qc_ok`` cells only).
+
+    Parameters
+    ----------
+    rgb : ndarray (H, W, 3) uint8
+    settings : ExtractSettings
+    data : bytes, optional
+        The crop file's bytes (their header tells the JPEG quality).
+    um_per_px : float, optional
+        The crop's scale; None or NaN: the canonical scale is assumed.
+    """
+    row = measure_cell(rgb, settings, data, um_per_px=um_per_px)
+    apply_gate([row], flag=settings.cell_type_gate)
+    # Alone, a crop is judged as in a patient of one crop (the floor only); process_patient re-judges it
+    # against the patient's other crops.
+    apply_patient_blur([row], settings.segmentation)
+    return row
+
+
+def apply_patient_blur(rows: list[dict], settings: SegmentationSettings) -> None:
+    """Re-judge ``qc_blur`` of one patient's rows against the patient's own crops, in place.
+
+    :func:`lympho_features.segment.patient_blur` on the rows' ``qc_sharpness``;
+    a crop whose only failed check was blur passes, a crop that passed every
+    other check and is blur fails with reason ``blur`` (the last check).
+    """
+    if not rows:
+        return
+    blur = patient_blur([r.get("qc_sharpness", float("nan")) for r in rows], settings)
+    for r, b in zip(rows, blur.tolist(), strict=True):
+        if "qc_blur" not in r:
+            continue
+        r["qc_blur"] = b
+        if r["qc_reason"] == "blur" and not b:
+            r["qc_reason"], r["qc_ok"] = "ok", True
+        elif r["qc_reason"] == "ok" and b:
+            r["qc_reason"], r["qc_ok"] = "blur", False
+
+
+def ruler_sample(images: list[str], n: int) -> list[str]:
+    """Up to ``n`` of a patient's crops, evenly spread over its (sorted) list: those the red-cell ruler reads."""
+    if len(images) <= n:
+        return list(images)
+    return [images[i] for i in np.linspace(0, len(images) - 1, n).round().astype(int).tolist()]
+
+
+def _ruler_patient(data_dir: Path, patient_id: str, images: list[str], settings: ExtractSettings, threads):
+    """One task: the red-cell ruler's estimate of one patient's scale, from a sample of its crops."""
+    if threads is not None:
+        cv2.setNumThreads(threads)
+    diameters = []
+    for rel in ruler_sample(images, settings.ruler_crops):
+        try:
+            rgb = read_crop(data_dir, rel, settings.max_pixels)
+        except ImageError:
+            continue  # recorded as skipped when the crops are measured
+        diameters.append(red_cell_diameters(rgb))
+    return patient_id, estimate_from_diameters(np.concatenate(diameters) if diameters else [])
+
+
+def patient_scales(
+    data_dir: Path,
+    patients: dict[str, list[str]],
+    clinical: pd.DataFrame,
+    settings: ExtractSettings,
+    jobs: int = 1,
+    backend: str = "local",
+    scheduler: str | None = None,
+) -> tuple[dict[str, PatientScale], dict]:
+    """The scale (um per pixel) each patient's crops are measured at, and its provenance.
+
+    ``settings.pixel_size_um`` (``--pixel-size``) for the whole run, else
+    the clinical CSV's ``pixel_size_um`` (its ``PIXEL_SIZE_UM`` column) for
+    the patients that have one, else the red cells of a sample of each
+    patient's crops, pooled over the run (:func:`lympho_features.scale.pool_run`).
+
+    Returns
+    -------
+    scales : dict of str to PatientScale
+    summary : dict
+        For ``manifest.json``: the run's red-cell scale, the count of patients
+        per source and flag, and every patient's scale.
+    """
+    scales: dict[str, PatientScale] = {}
+    run_scale = float("nan")
+    if settings.pixel_size_um is not None:
+        scales = {pid: PatientScale(float(settings.pixel_size_um), "option") for pid in patients}
+    else:
+        given = {}
+        if "pixel_size_um" in clinical.columns:
+            given = {
+                pid: float(v)
+                for pid, v in zip(clinical["patient_id"], clinical["pixel_size_um"], strict=True)
+                if pd.notna(v)
+            }
+        scales = {pid: PatientScale(given[pid], "csv") for pid in patients if pid in given}
+        todo = [(pid, images) for pid, images in patients.items() if pid not in given]
+        if todo:
+            estimates: dict[str, ScaleEstimate] = {}
+            from joblib import delayed
+
+            with parallel(jobs, backend, scheduler) as (runner, threads):
+                tasks = (delayed(_ruler_patient)(data_dir, pid, imgs, settings, threads) for pid, imgs in todo)
+                for pid, est in runner(tasks):
+                    estimates[pid] = est
+            run_scale, pooled = pool_run(estimates, RUN_AGREEMENT, settings.canonical_um_per_px)
+            scales.update(pooled)
+    scales = dict(sorted(scales.items()))
+    summary = {
+        "canonical_um_per_px": settings.canonical_um_per_px,
+        "red_cell_diameter_um": RED_CELL_DIAMETER_UM,
+        "run_red_cell_um_per_px": None if not math.isfinite(run_scale) else run_scale,
+        "sources": _count(s.source for s in scales.values()),
+        "flags": {f: n for f, n in _count(s.flag for s in scales.values()).items() if f},
+        "flag_meanings": {f: m for f, m in SCALE_FLAGS.items() if f},
+        "patients": {
+            pid: {
+                "um_per_px": s.um_per_px,
+                "source": s.source,
+                "flag": s.flag,
+                "red_cell_um_per_px": None if not math.isfinite(s.own_um_per_px) else s.own_um_per_px,
+                "n_red_cells": s.n_red_cells,
+            }
+            for pid, s in scales.items()
+        },
+    }
+    return scales, summary
+
+
+def _count(values) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for v in values:
+        out[v] = out.get(v, 0) + 1
+    return dict(sorted(out.items()))
+
+
+#: Units of the per-cell columns, as ``manifest.json`` records them (per-patient aggregates keep their feature's).
+UNITS = {
+    "um_per_px": "micrometres per pixel of the crop as read (before resampling to the canonical scale)",
+    "lengths": "um: nc_rim_width*, shape_{nucleus,cell}_{perimeter,equivalent_diameter,major_axis,minor_axis,"
+    "feret_max,feret_min}",
+    "areas": "um^2: nucleus_area, cell_area, nc_cytoplasm_area, shape_{nucleus,cell}_area",
+    "texture": "measured on the crop resampled to the canonical scale (canonical_um_per_px); distances and radii "
+    "in its pixels",
+    "other": "dimensionless (ratios, shape indices, optical density)",
+}
+
+
+def _scale_warnings(summary: dict, warnings: list[str]) -> None:
+    """One warning per scale flag raised, naming the patients (a guess is never silent)."""
+    by_flag: dict[str, list[str]] = {}
+    for pid, p in summary["patients"].items():
+        if p["flag"]:
+            by_flag.setdefault(p["flag"], []).append(pid)
+    for flag, pids in sorted(by_flag.items()):
+        shown = ", ".join(pids[:20]) + (f" and {len(pids) - 20} more" if len(pids) > 20 else "")
+        warnings.append(f"scale {flag} for {len(pids)} patient(s) ({SCALE_FLAGS[flag]}): {shown}")
