@@ -47,3 +47,7 @@ class ReportError(LymphoError):
 
 class EmbedError(LymphoError):
     """A problem that stops ``lympho embed`` (missing torch, bad weights, no CUDA...); the message says why."""
+
+
+class AcquisitionError(LymphoError, ValueError):
+    """A re-acquisition shift that cannot be applied (unknown step, bad value, not an RGB crop)."""
