@@ -103,8 +103,8 @@ def load_other(root: Path):
     import importlib.util
 
     pkg = root.resolve() / "lympho_features"
-    if not (pkg / "features.py").is_file():
-        sys.exit(f"{root}: no lympho_features/features.py there")
+    if not ((pkg / "features.py").is_file() or (pkg / "features" / "__init__.py").is_file()):
+        sys.exit(f"{root}: no lympho_features/features (module or package) there")
     spec = importlib.util.spec_from_file_location(
         "lympho_against", pkg / "__init__.py", submodule_search_locations=[str(pkg)]
     )

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from ._validate import SettingsCheck
+
 #: Columns of cells.parquet that are not cell measurements.
 CELL_META_COLUMNS = ("patient_id", "image", "qc_ok", "qc_reason", "image_sha256")
 
@@ -27,6 +29,12 @@ class AggregateSettings:
 
     quantiles: tuple[float, ...] = (0.1, 0.5, 0.9)
     min_cells: int = 1  #: below this many qc_ok cells, morphology aggregates are NaN
+
+    def __post_init__(self) -> None:
+        """Refuse a value that cannot mean what its setting says (raises :class:`~lympho_features.errors.SettingsError`)."""
+        check = SettingsCheck(self)
+        check.numbers("quantiles", 0, 1, non_empty=False)
+        check.integer("min_cells", 0)
 
 
 def cell_feature_columns(cells: pd.DataFrame) -> list[str]:

@@ -49,5 +49,9 @@ class EmbedError(LymphoError):
     """A problem that stops ``lympho embed`` (missing torch, bad weights, no CUDA...); the message says why."""
 
 
+class SettingsError(LymphoError, ValueError):
+    """A setting outside what it can mean (a negative area, a fraction above 1...); the message names the setting."""
+
+
 class AcquisitionError(LymphoError, ValueError):
     """A re-acquisition shift that cannot be applied (unknown step, bad value, not an RGB crop)."""

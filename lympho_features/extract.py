@@ -10,20 +10,17 @@ recomputes any shard that is truncated, corrupt or stale, and a killed run
 loses at most the patients in flight. Patients run in local worker processes
 or on a Dask cluster (through joblib). The final tables are written
 atomically, streaming the shards so that memory does not grow with the cohort.
-One run at a time may write an output folder (a lock file).
+One run at a time may write an output folder (a lock file). The shard format
+and the final tables built from the shards are in :mod:`lympho_features.shards`.
 """
 
 from __future__ import annotations
 
 import errno
-import hashlib
-import json
 import os
-import re
 from contextlib import ExitStack, closing, contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import date
-from operator import itemgetter
 from pathlib import Path
 
 import cv2
@@ -33,23 +30,21 @@ import pandas as pd
 from . import __version__
 from ._io import (
     OutputLockedError,
-    atomic_path,
     check_writable,
     library_versions,
     output_lock,
     remove_stale_temporaries,
     sha256_of,
     write_json,
-    write_table,
 )
-from .aggregate import AggregateSettings, build_patient_table
+from ._validate import SettingsCheck
+from .aggregate import AggregateSettings
 from .dataset import (
     DEFAULT_REFERENCE_DATE,
     MAX_PIXELS,
     ClinicalColumns,
     DatasetError,
     ImageError,
-    file_stamp,
     find_clinical_csv,
     load_clinical,
     read_image,
@@ -58,6 +53,22 @@ from .dataset import (
 )
 from .features import FeatureSettings, cell_features
 from .segment import SegmentationSettings, segment_cell
+from .shards import (  # noqa: F401  (re-exported: callers import them from here)
+    SHARD_FORMAT,
+    _one_line,
+    _shard_name,
+    build_tables,
+    combine_patient_rows,
+    inputs_key,
+    patient_rows,
+    read_shard_meta,
+    rows_to_table,
+    table_checksum,
+    verify_shard,
+    write_shard,
+)
+
+_build_tables = build_tables  # the name before the shards moved to their own module
 
 #: Bump when a change to the code changes the features for the same settings,
 #: so that shards from older code are recomputed rather than reused.
@@ -73,6 +84,15 @@ class ExtractSettings:
     aggregate: AggregateSettings = field(default_factory=AggregateSettings)
     reference_date: date = DEFAULT_REFERENCE_DATE
     max_pixels: int = MAX_PIXELS
+
+    def __post_init__(self) -> None:
+        """Refuse a value that cannot mean what its setting says (raises :class:`~lympho_features.errors.SettingsError`)."""
+        check = SettingsCheck(self)
+        check.instance("segmentation", SegmentationSettings)
+        check.instance("features", FeatureSettings)
+        check.instance("aggregate", AggregateSettings)
+        check.instance("reference_date", date)
+        check.integer("max_pixels", 1)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -117,34 +137,11 @@ BACKENDS = ("local", "dask")
 #: Columns of every shard and of cells.parquet before the measurements.
 KEY_COLUMNS = ("patient_id", "image", "image_sha256")
 
-#: Version of the shard layout (schema + metadata); older shards are recomputed.
-SHARD_FORMAT = 3
-
 #: Memory for this run's patient tables kept to build the final tables (beyond it, shards are read back).
 FRESH_TABLES_BYTES = 256 * 2**20
 
 #: Files of OUT_DIR that `extract` writes (other commands may write next to them).
 _OUTPUT_FILES = ["cells.parquet", "patients.parquet", "manifest.json", "write-test"]
-
-
-def _shard_name(patient_id: str) -> str:
-    safe = re.sub(r"[^A-Za-z0-9._-]", "_", patient_id)
-    return f"{safe}-{sha256_of(patient_id)[:8]}.parquet"
-
-
-def inputs_key(data_dir: Path, images: list[str], **what) -> str:
-    """Hash of a patient's images (names, sizes, mtimes) and of ``what`` (settings, weights...).
-
-    A shard whose recorded key differs from this is stale and recomputed.
-    """
-    stamps = []
-    base = os.fspath(data_dir)  # string joins: pathlib's cost a third of a second per 10,000 crops
-    for rel in images:
-        try:
-            stamps.append((rel, file_stamp(os.path.join(base, rel))))
-        except OSError:
-            stamps.append((rel, "missing"))
-    return sha256_of({**what, "images": stamps})
 
 
 def _patient_key(data_dir: Path, images: list[str], settings: ExtractSettings) -> str:
@@ -183,78 +180,6 @@ def cell_schema(settings: ExtractSettings = ExtractSettings()):
     fields = [pa.field(c, pa.large_string()) for c in KEY_COLUMNS]
     fields += [pa.field(name, kind) for name, kind in kinds.items()]
     return pa.schema(fields)
-
-
-def rows_to_table(rows: list[dict], schema):
-    """One patient's rows as an Arrow table with exactly the columns and types of ``schema``, sorted by image.
-
-    Built column by column from the rows (no pandas round trip). A missing
-    flag is False, a missing or non-numeric measurement is null, a missing
-    string is null. Returns the table and the names of keys that are not in
-    the schema (dropped; reported as a warning).
-    """
-    import pyarrow as pa
-
-    names = set(schema.names)
-    extra = sorted({k for r in rows for k in r} - names)
-    rows = sorted(rows, key=lambda r: r["image"])
-    floats = [f.name for f in schema if pa.types.is_floating(f.type)]
-    matrix = None
-    if rows and len(floats) > 1:
-        try:  # every measurement of every row in one go (one C-level lookup per row)
-            get = itemgetter(*floats)
-            matrix = np.array([get(r) for r in rows], dtype=np.float64)
-        except (KeyError, TypeError, ValueError):  # a missing key or an odd value: column by column below
-            matrix = None
-    float_index = {name: j for j, name in enumerate(floats)}
-    arrays = []
-    for f in schema:
-        if pa.types.is_floating(f.type):
-            if matrix is not None:
-                col = np.ascontiguousarray(matrix[:, float_index[f.name]])
-            else:
-                values = [r.get(f.name) for r in rows]
-                try:
-                    col = np.array(values, dtype=np.float64)
-                except (TypeError, ValueError):  # a string or other odd value among the numbers
-                    col = pd.to_numeric(pd.Series(values, dtype=object), errors="coerce").to_numpy(np.float64)
-            arrays.append(pa.array(col, f.type, from_pandas=True))  # NaN is stored as null
-            continue
-        values = [r.get(f.name) for r in rows]
-        if pa.types.is_boolean(f.type):
-            arrays.append(pa.array([bool(v) and v == v for v in values], pa.bool_()))
-        else:
-            arrays.append(pa.array([None if v is None or v != v else str(v) for v in values], f.type))
-    return pa.Table.from_arrays(arrays, schema=schema), extra
-
-
-def table_checksum(table) -> str:
-    """SHA-256 of an Arrow table's content: column names, then each column's values and nulls in row order.
-
-    Independent of how the table is chunked or was stored, so a shard read
-    back from Parquet has the checksum it was written with.
-    """
-    import pyarrow as pa
-
-    h = hashlib.sha256("\0".join(table.column_names).encode())
-    for col in table.columns:
-        arr = col.combine_chunks() if col.num_chunks != 1 else col.chunk(0)
-        if arr.null_count:
-            h.update(b"N")
-            h.update(np.packbits(arr.is_valid().to_numpy(zero_copy_only=False)).tobytes())
-        if pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type):
-            h.update("\0".join("" if v is None else v for v in arr.to_pylist()).encode())
-        elif pa.types.is_boolean(arr.type):
-            h.update(np.packbits(arr.fill_null(False).to_numpy(zero_copy_only=False)).tobytes())
-        else:
-            h.update(arr.to_numpy(zero_copy_only=False).tobytes())
-        h.update(b"|")
-    return h.hexdigest()
-
-
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return f"{type(exc).__name__}: {text}"[:300]
 
 
 def process_patient(
@@ -304,73 +229,6 @@ def _run_patient(data_dir: Path, patient_id: str, images: list[str], settings: E
     table, extra = rows_to_table(rows, schema)
     # The checksum is computed here, in parallel, rather than by the process that writes the shards.
     return patient_id, table, table_checksum(table), skipped, extra, len(images)
-
-
-def read_shard_meta(path: Path) -> dict | None:
-    """The lympho metadata of a shard, or None if the shard is unreadable or truncated."""
-    import pyarrow.parquet as pq
-
-    try:
-        meta = pq.read_schema(path).metadata or {}
-        return json.loads(meta[b"lympho"])
-    except Exception:
-        return None
-
-
-def write_shard(path: Path, table, meta: dict, checksum: str | None = None) -> None:
-    """Write one patient's shard (an Arrow table) atomically, with its row count and content checksum.
-
-    ``checksum`` is :func:`table_checksum` of ``table`` when the caller has it already.
-    """
-    checksum = checksum or table_checksum(table)
-    meta = {**meta, "format": SHARD_FORMAT, "n_rows": table.num_rows, "sha256": checksum}
-    # Compact: dictionaries and statistics of a hundred float columns took half of the write, in the one
-    # process that writes every shard.
-    write_table(table, path, meta, compact_numbers=True)
-
-
-def verify_shard(path: Path, patient_id: str, key: str, schema, checksum: bool = True):
-    """Read a shard and check it is complete, current and intact.
-
-    ``checksum=False`` skips only the content hash (for a shard verified or
-    written moments before by this run).
-
-    Returns
-    -------
-    (table, meta, problem)
-        ``table`` (without metadata) and ``meta`` when the shard can be used,
-        else None and ``problem`` saying why (missing, unreadable or truncated,
-        stale inputs or settings, other schema, checksum mismatch).
-    """
-    import pyarrow.parquet as pq
-
-    if not path.exists():
-        return None, None, "missing"
-    try:
-        # One open for the metadata and the data; ParquetFile.read is several times cheaper than
-        # read_table (no dataset discovery) on these small files.
-        shard = pq.ParquetFile(path)
-    except Exception:
-        return None, None, "unreadable or truncated"
-    with closing(shard):
-        try:
-            meta = json.loads((shard.schema_arrow.metadata or {})[b"lympho"])
-        except Exception:
-            return None, None, "unreadable or truncated"
-        if meta.get("patient_id") != patient_id or meta.get("key") != key:
-            return None, None, "inputs or settings changed"
-        if meta.get("format") != SHARD_FORMAT:
-            return None, None, f"older shard format {meta.get('format')}"
-        try:
-            table = shard.read(use_threads=False)
-        except Exception as exc:
-            return None, None, f"unreadable ({_one_line(exc)})"
-    table = table.replace_schema_metadata(None)
-    if not table.schema.equals(schema):
-        return None, None, "schema differs from this lympho's"
-    if table.num_rows != meta.get("n_rows") or (checksum and table_checksum(table) != meta.get("sha256")):
-        return None, None, "checksum mismatch"
-    return table, meta, None
 
 
 def _cores() -> int:
@@ -466,12 +324,56 @@ def _extract_locked(
     data_dir, out_dir, csv_path, clinical, patients, refused, warnings, jobs, settings, progress, backend, scheduler,
     chunk_cells,
 ) -> ExtractResult:  # fmt: skip
+    """The extraction proper, with the output folder locked: plan, measure, build the tables, write the manifest."""
     shard_dir = out_dir / "cells"
     # Temporary files of a run that was killed while writing: nobody else can be using them (we hold the lock).
     leftovers = remove_stale_temporaries(shard_dir) + remove_stale_temporaries(out_dir, _OUTPUT_FILES)
     if leftovers:
         warnings.append(f"removed {len(leftovers)} temporary file(s) left by an interrupted run")
+    clinical = _reconcile_clinical(clinical, patients, refused, csv_path, warnings)
+    schema = cell_schema(settings)
+    todo, keys, recomputed, stale = _plan_shards(data_dir, shard_dir, patients, settings, schema, warnings)
+    reused = len(patients) - len(todo)
+    run = (data_dir, todo, settings, schema, jobs, progress, backend, scheduler)
+    fresh = _measure_and_write(run, shard_dir, keys, reused, warnings)
+    try:
+        cells_summary, table, skipped = build_tables(
+            out_dir, shard_dir, patients, keys, schema, clinical, settings, chunk_cells, fresh
+        )
+    except OSError as exc:
+        raise DatasetError(
+            f"{_os_error_message(exc, exc.filename or out_dir)}; every patient's shard is kept in {shard_dir}: "
+            "free space and re-run (finished patients are reused)"
+        ) from None
+    skipped = [dict(r) for r in refused] + skipped
+    skipped.sort(key=lambda r: (r["patient_id"], r["image"]))
+    n_images = sum(len(v) for v in patients.values())
+    counts = {
+        "patients": len(table),
+        "patient_folders": len(patients),
+        "images": n_images,
+        "cells": cells_summary["n_cells"],
+        "cells_qc_ok": cells_summary["n_ok"],
+        "skipped": len(skipped),
+        "patients_reused": reused,
+        "shards_recomputed": len(recomputed),
+    }
+    manifest = _manifest(data_dir, csv_path, clinical, settings, backend, scheduler, cells_summary, counts)
+    manifest.update(
+        {"skipped": skipped, "recomputed_shards": recomputed, "removed_stale_shards": stale, "warnings": warnings}
+    )
+    try:
+        write_json(manifest, out_dir / "manifest.json")
+    except OSError as exc:
+        raise DatasetError(f"{_os_error_message(exc, out_dir / 'manifest.json')}; free space and re-run") from None
+    return ExtractResult(
+        out_dir, len(table), n_images, cells_summary["n_cells"], len(skipped), reused, cells_summary["qc_counts"],
+        warnings, len(recomputed),
+    )  # fmt: skip
 
+
+def _reconcile_clinical(clinical, patients, refused, csv_path, warnings: list[str]) -> pd.DataFrame:
+    """The clinical table with a row for every patient folder; warnings for what does not match."""
     ids_csv = set(clinical["patient_id"])
     no_row = sorted(set(patients) - ids_csv)
     no_folder = sorted(ids_csv - set(patients))
@@ -490,8 +392,16 @@ def _extract_locked(
         warnings.append(f"{len(empty)} patient folder(s) with no image: {', '.join(empty)}")
     if refused:
         warnings.append(f"{len(refused)} file(s) refused (outside DATA_DIR or not regular files), listed under skipped")
+    return clinical
 
-    schema = cell_schema(settings)
+
+def _plan_shards(data_dir, shard_dir, patients, settings, schema, warnings: list[str]):
+    """Which patients to measure: those without a complete, current, intact shard.
+
+    Returns the patients to do (``(patient_id, images)``), every patient's
+    shard key, the shards recomputed (with why) and the names of stale shards
+    (of patients no longer in the data folder), which are removed.
+    """
     todo, keys, recomputed = [], {}, []
     for pid, images in patients.items():
         key = _patient_key(data_dir, images, settings)
@@ -502,20 +412,26 @@ def _extract_locked(
             todo.append((pid, images))
             if problem != "missing":
                 recomputed.append({"patient_id": pid, "reason": problem})
-    reused = len(patients) - len(todo)
     if recomputed:
         warnings.append(f"{len(recomputed)} shard(s) recomputed (truncated, corrupt or stale), listed in the manifest")
     expected = {_shard_name(pid) for pid in patients}
     stale = sorted(p.name for p in shard_dir.glob("*.parquet") if p.name not in expected)
     for name in stale:
         (shard_dir / name).unlink(missing_ok=True)
+    return todo, keys, recomputed, stale
 
+
+def _measure_and_write(run: tuple, shard_dir, keys, reused: int, warnings: list[str]) -> dict[str, tuple]:
+    """Run the patients' tasks (``run``: the arguments of :func:`_run_all`) and write each shard as it finishes.
+
+    Returns this run's tables (``patient_id -> (table, meta)``), kept for
+    building the final tables up to :data:`FRESH_TABLES_BYTES` rather than read back.
+    """
     n_done = 0
     extra_keys: set[str] = set()
-    # This run's tables are kept for building the final tables (up to a memory cap) rather than read back.
     fresh: dict[str, tuple] = {}
     fresh_bytes = 0
-    with closing(_run_all(data_dir, todo, settings, schema, jobs, progress, backend, scheduler)) as results:
+    with closing(_run_all(*run)) as results:
         for pid, cells, checksum, _skipped, extra, meta in results:
             extra_keys.update(extra)
             shard = shard_dir / _shard_name(pid)
@@ -532,28 +448,18 @@ def _extract_locked(
                 fresh_bytes += cells.nbytes
     if extra_keys:
         warnings.append(f"measurements not in the cell schema were dropped: {', '.join(sorted(extra_keys))}")
+    return fresh
 
-    try:
-        cells_summary, table, skipped = _build_tables(
-            out_dir, shard_dir, patients, keys, schema, clinical, settings, chunk_cells, fresh
-        )
-    except OSError as exc:
-        raise DatasetError(
-            f"{_os_error_message(exc, exc.filename or out_dir)}; every patient's shard is kept in {shard_dir}: "
-            "free space and re-run (finished patients are reused)"
-        ) from None
-    skipped = [dict(r) for r in refused] + skipped
-    skipped.sort(key=lambda r: (r["patient_id"], r["image"]))
 
-    qc_counts = cells_summary["qc_counts"]
-    n_images = sum(len(v) for v in patients.values())
+def _manifest(data_dir, csv_path, clinical, settings, backend, scheduler, cells_summary, counts) -> dict:
+    """The head of ``manifest.json``: versions, inputs and their fingerprint, settings, counts."""
     fingerprint = sha256_of(
         {
             "images": cells_summary["images_sha256"],
             "clinical": clinical.sort_values("patient_id").astype(str).values.tolist(),
         }
     )
-    manifest = {
+    return {
         "lympho_version": __version__,
         "command": "extract",
         "data_dir": str(data_dir.resolve()),
@@ -564,127 +470,9 @@ def _extract_locked(
         "backend": backend if backend == "local" else f"dask ({scheduler or 'local'})",
         "cells_dataset": "cells/",
         "shard_format": SHARD_FORMAT,
-        "counts": {
-            "patients": len(table),
-            "patient_folders": len(patients),
-            "images": n_images,
-            "cells": cells_summary["n_cells"],
-            "cells_qc_ok": cells_summary["n_ok"],
-            "skipped": len(skipped),
-            "patients_reused": reused,
-            "shards_recomputed": len(recomputed),
-        },
-        "qc_counts": qc_counts,
-        "skipped": skipped,
-        "recomputed_shards": recomputed,
-        "removed_stale_shards": stale,
-        "warnings": warnings,
+        "counts": counts,
+        "qc_counts": cells_summary["qc_counts"],
     }
-    try:
-        write_json(manifest, out_dir / "manifest.json")
-    except OSError as exc:
-        raise DatasetError(f"{_os_error_message(exc, out_dir / 'manifest.json')}; free space and re-run") from None
-    return ExtractResult(
-        out_dir, len(table), n_images, cells_summary["n_cells"], len(skipped), reused, qc_counts, warnings,
-        len(recomputed),
-    )  # fmt: skip
-
-
-def _build_tables(out_dir, shard_dir, patients, keys, schema, clinical, settings, chunk_cells, fresh=None):
-    """Stream the shards into ``cells.parquet`` and the per-patient table, ``chunk_cells`` cells at a time.
-
-    ``fresh`` maps patients written by this run to their ``(table, meta)``,
-    used instead of reading their shard back.
-
-    Memory holds one chunk of cells plus the per-patient table, whatever the
-    size of the cohort. Returns a summary of the cells, ``patients.parquet``'s
-    table and the skipped crops.
-    """
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    summary = {"n_cells": 0, "n_ok": 0, "qc_counts": {}}
-    images_hash = hashlib.sha256()  # of every (image, its sha256), in table order: streamed, not held
-    parts: list[pd.DataFrame] = []
-    skipped: list[dict] = []
-    chunk_tables, chunk_ids, chunk_rows = [], [], 0
-
-    def flush(writer):
-        nonlocal chunk_tables, chunk_ids, chunk_rows
-        if not chunk_ids:
-            return
-        tables = pa.concat_tables(chunk_tables) if chunk_tables else schema.empty_table()
-        writer.write_table(tables)
-        cells = tables.to_pandas()
-        parts.append(patient_rows(clinical, chunk_ids, cells, settings.aggregate))
-        summary["n_cells"] += len(cells)
-        if len(cells):
-            summary["n_ok"] += int(cells["qc_ok"].sum())
-            for k, v in cells["qc_reason"].value_counts().items():
-                summary["qc_counts"][str(k)] = summary["qc_counts"].get(str(k), 0) + int(v)
-            for image, digest in zip(cells["image"], cells["image_sha256"], strict=True):
-                images_hash.update(f"{image}\0{digest}\n".encode())
-        chunk_tables, chunk_ids, chunk_rows = [], [], 0
-
-    with atomic_path(out_dir / "cells.parquet") as tmp:
-        with pq.ParquetWriter(tmp, schema) as writer:
-            for pid in sorted(patients):
-                shard = shard_dir / _shard_name(pid)
-                if pid in fresh:
-                    table, meta = fresh.pop(pid)
-                else:
-                    table, meta, problem = verify_shard(shard, pid, keys[pid], schema, checksum=False)
-                    if table is None:
-                        raise DatasetError(f"shard for patient {pid} is {problem} after extraction: {shard}")
-                skipped.extend({"patient_id": pid, **s} for s in meta.get("skipped", []))
-                chunk_tables.append(table)
-                chunk_ids.append(pid)
-                chunk_rows += table.num_rows
-                if chunk_rows >= chunk_cells:
-                    flush(writer)
-            flush(writer)
-    no_folder = sorted(set(clinical["patient_id"]) - set(patients))
-    if no_folder:
-        parts.append(patient_rows(clinical, no_folder, schema.empty_table().to_pandas(), settings.aggregate))
-    table = combine_patient_rows(parts)
-    from ._io import write_parquet
-
-    write_parquet(table, out_dir / "patients.parquet")
-    summary["qc_counts"] = dict(sorted(summary["qc_counts"].items()))
-    summary["images_sha256"] = images_hash.hexdigest()
-    return summary, table, skipped
-
-
-def patient_rows(
-    clinical: pd.DataFrame, patient_ids: list[str], cells: pd.DataFrame, settings: AggregateSettings
-) -> pd.DataFrame:
-    """Rows of ``patients.parquet`` for some patients, from their cells only."""
-    sub = clinical[clinical["patient_id"].isin(set(patient_ids))]
-    return build_patient_table(sub, cells, settings)
-
-
-def combine_patient_rows(parts: list[pd.DataFrame]) -> pd.DataFrame:
-    """Concatenate :func:`patient_rows` of disjoint groups into the table :func:`build_patient_table` gives at once.
-
-    Columns follow the part with the most columns (a group without any cell
-    lacks the aggregates); patients are sorted by ID.
-    """
-    parts = [p for p in parts if len(p)]
-    if not parts:
-        return build_patient_table(
-            pd.DataFrame({"patient_id": pd.Series(dtype=str), "label": pd.Series(dtype="Int64")}).assign(
-                age=np.nan, gender=None, lymph_count=np.nan
-            ),
-            pd.DataFrame(),
-        )
-    order = max(parts, key=lambda p: len(p.columns)).columns
-    columns = list(dict.fromkeys([*order, *(c for p in parts for c in p.columns)]))
-    table = pd.concat([p.reindex(columns=columns) for p in parts], ignore_index=True)
-    for c in ("n_cells", "n_cells_ok"):
-        if c in table:
-            table[c] = table[c].fillna(0).astype(int)
-    table["label"] = table["label"].astype("Int64")
-    return table.sort_values("patient_id", kind="stable").reset_index(drop=True)
 
 
 @contextmanager

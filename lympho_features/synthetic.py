@@ -105,6 +105,34 @@ def synthetic_crop(
     img[:] = BACKGROUND + rng.normal(0, 2.0, 3)
     cx, cy = (size - 1) / 2 + offset[0] * k, (size - 1) / 2 + offset[1] * k
     rn, rc = nucleus_radius * k, max(cell_radius, nucleus_radius * 1.02) * k
+    cell, nucleus = _lymphocyte_masks(rng, shape, k, (cx, cy), rn, rc, elongation, lobes)
+    if smudge:
+        # A broken cell: the nucleus spread flat, no cytoplasm left around it.
+        cell = nucleus.copy()
+    _draw_red_cells(rng, img, cell, n_red_cells, k, red_cell_colour)
+    if neighbour:
+        _draw_neighbour(rng, img, (cx, cy), rn, rc, cell)
+    cyto_colour = CYTOPLASM * (0.78 if dark_cytoplasm else 1.0) + rng.normal(0, 3, 3)
+    if dark_cytoplasm:
+        cyto_colour = cyto_colour + np.array([-25, -10, 0])
+    if pale_cytoplasm:
+        cyto_colour = cyto_colour * 0.4 + BACKGROUND * 0.6
+    img[cell] = cyto_colour
+    nuc_colour = NUCLEUS + rng.normal(0, 4, 3)
+    if pale_nucleus:
+        nuc_colour = nuc_colour * 0.55 + np.array([150, 130, 190]) * 0.45
+    if smudge:
+        nuc_colour = nuc_colour * 0.45 + np.array([170, 150, 200]) * 0.55
+    img[nucleus] = nuc_colour + _chromatin(rng, shape, k, chromatin_contrast)[nucleus][:, None]
+    img = cv2.GaussianBlur(img, (0, 0), 0.5 + blur)
+    img += rng.normal(0, 2.5, img.shape).astype(np.float32)
+    rgb = np.clip(img, 0, 255).astype(np.uint8)
+    return SyntheticCrop(rgb, nucleus, cell)
+
+
+def _lymphocyte_masks(rng, shape, k: float, centre, rn: float, rc: float, elongation: float, lobes: int):
+    """Masks ``(cell, nucleus)`` of the central cell: an elliptic cell, its nucleus eccentric in it (or lobed)."""
+    cx, cy = centre
     angle = float(rng.uniform(0, 180))
     cell = _ellipse_mask(shape, (cx, cy), (rc * 1.05, rc / 1.05), angle)
     # Nucleus eccentric within its cell, as in real lymphocytes.
@@ -124,17 +152,14 @@ def synthetic_crop(
             cv2.line(strands, (int(a[0]), int(a[1])), (int(b[0]), int(b[1])), 1, max(2, int(round(4 * k))))
         nucleus = (nucleus | strands.astype(bool)) & cell
     else:
-        nucleus = (
-            _ellipse_mask(
-                shape, (ncx, ncy), (rn * np.sqrt(elongation), rn / np.sqrt(elongation)), angle + rng.uniform(-30, 30)
-            )
-            & cell
-        )
-    if smudge:
-        # A broken cell: the nucleus spread flat, no cytoplasm left around it.
-        cell = nucleus.copy()
+        axes = (rn * np.sqrt(elongation), rn / np.sqrt(elongation))
+        nucleus = _ellipse_mask(shape, (ncx, ncy), axes, angle + rng.uniform(-30, 30)) & cell
+    return cell, nucleus
 
-    # Red cells: discs with a paler centre, avoiding the lymphocyte (but may touch it).
+
+def _draw_red_cells(rng, img: np.ndarray, cell: np.ndarray, n_red_cells: int, k: float, red_cell_colour) -> None:
+    """Red cells on ``img``: discs with a paler centre, avoiding the lymphocyte (but they may touch it)."""
+    size = img.shape[0]
     yy, xx = np.mgrid[0:size, 0:size]
     occupied = cell.copy()
     for _ in range(n_red_cells):
@@ -154,38 +179,26 @@ def synthetic_crop(
         img[disc] = (colour * (1 - pale) + BACKGROUND * pale)[disc]
         occupied |= disc
 
-    if neighbour:
-        # A second lymphocyte touching the first, on a random side.
-        phi = rng.uniform(0, 2 * np.pi)
-        d = rc * 2.0
-        ox, oy = cx + d * np.cos(phi), cy + d * np.sin(phi)
-        ncell = _ellipse_mask(shape, (ox, oy), (rc, rc), 0) & ~cell
-        nnuc = _ellipse_mask(shape, (ox, oy), (rn * 0.9, rn * 0.9), 0) & ncell
-        img[ncell] = CYTOPLASM
-        img[nnuc] = NUCLEUS
 
-    cyto_colour = CYTOPLASM * (0.78 if dark_cytoplasm else 1.0) + rng.normal(0, 3, 3)
-    if dark_cytoplasm:
-        cyto_colour = cyto_colour + np.array([-25, -10, 0])
-    if pale_cytoplasm:
-        cyto_colour = cyto_colour * 0.4 + BACKGROUND * 0.6
-    img[cell] = cyto_colour
-    nuc_colour = NUCLEUS + rng.normal(0, 4, 3)
-    if pale_nucleus:
-        nuc_colour = nuc_colour * 0.55 + np.array([150, 130, 190]) * 0.45
-    if smudge:
-        nuc_colour = nuc_colour * 0.45 + np.array([170, 150, 200]) * 0.55
-    # Chromatin: coarse clumps plus fine grain, as in real nuclei.
+def _draw_neighbour(rng, img: np.ndarray, centre, rn: float, rc: float, cell: np.ndarray) -> None:
+    """A second lymphocyte on ``img``, touching the central one on a random side."""
+    cx, cy = centre
+    shape = img.shape[:2]
+    phi = rng.uniform(0, 2 * np.pi)
+    d = rc * 2.0
+    ox, oy = cx + d * np.cos(phi), cy + d * np.sin(phi)
+    ncell = _ellipse_mask(shape, (ox, oy), (rc, rc), 0) & ~cell
+    nnuc = _ellipse_mask(shape, (ox, oy), (rn * 0.9, rn * 0.9), 0) & ncell
+    img[ncell] = CYTOPLASM
+    img[nnuc] = NUCLEUS
+
+
+def _chromatin(rng, shape, k: float, contrast: float) -> np.ndarray:
+    """Texture of the nucleus: coarse clumps plus fine grain, as in real nuclei, of standard deviation ``contrast``."""
     coarse = cv2.GaussianBlur(rng.normal(0, 1, shape).astype(np.float32), (0, 0), 1.5 * k)
     fine = cv2.GaussianBlur(rng.normal(0, 1, shape).astype(np.float32), (0, 0), 0.6)
     texture = coarse / (coarse.std() + 1e-6) + 0.8 * fine / (fine.std() + 1e-6)
-    texture = texture / (texture.std() + 1e-6) * chromatin_contrast
-    img[nucleus] = nuc_colour + texture[nucleus][:, None]
-
-    img = cv2.GaussianBlur(img, (0, 0), 0.5 + blur)
-    img += rng.normal(0, 2.5, img.shape).astype(np.float32)
-    rgb = np.clip(img, 0, 255).astype(np.uint8)
-    return SyntheticCrop(rgb, nucleus, cell)
+    return texture / (texture.std() + 1e-6) * contrast
 
 
 #: The kinds of crop in :func:`varied_set`, each a set of :func:`synthetic_crop` arguments.

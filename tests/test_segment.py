@@ -235,24 +235,24 @@ def test_segmentation_hands_over_the_nucleus_trace_and_moments():
     # The features reuse them instead of tracing the nucleus mask again: they must be what tracing gives.
     import cv2
 
-    from lympho_features.features import _box_moments, _largest_contour
+    from lympho_features.features import box_moments, largest_contour
 
     for seed in range(3):
         crop = synthetic_crop(np.random.default_rng(seed))
         seg = segment_cell(crop.rgb)
         y0, y1, x0, x1 = seg.box
         n_box = seg.nucleus_mask[y0:y1, x0:x1]
-        traced = _largest_contour(n_box)
+        traced = largest_contour(n_box)
         assert np.array_equal(seg.nucleus_contour - np.array((x0, y0), np.int32), traced)
         expected = cv2.moments(n_box.view(np.uint8), binaryImage=True)
-        got = _box_moments(seg.nucleus_moments, x0, y0)
+        got = box_moments(seg.nucleus_moments, x0, y0)
         assert all(got[k] == expected[k] for k in got)
 
 
 def test_lobe_split_in_a_window_equals_the_whole_image():
     import cv2
 
-    from lympho_features.segment import _in_window, split_lobes, split_merged
+    from lympho_features.segment import in_window, split_lobes, split_merged
 
     merged = np.zeros((120, 140), np.uint8)
     cv2.circle(merged, (50, 60), 18, 255, -1)
@@ -269,7 +269,7 @@ def test_lobe_split_in_a_window_equals_the_whole_image():
         (lobed, split_merged, (40,), 3),
     ):
         n_full, lab_full = split(img, *args)
-        n_win, lab_win = _in_window(split, img, win, *args)
+        n_win, lab_win = in_window(split, img, win, *args)
         assert n_full == n_win == pieces and np.array_equal(lab_full, lab_win)
 
 

@@ -1,0 +1,23 @@
+"""Mask helpers shared by the feature families."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+
+def _u8(mask: np.ndarray) -> np.ndarray:
+    """A boolean mask as uint8 0/1 without copying (OpenCV takes any non-zero as set)."""
+    return mask.view(np.uint8) if mask.dtype == bool else mask.astype(np.uint8)
+
+
+def _pad1(m8: np.ndarray) -> np.ndarray:
+    """``np.pad(m8, 1)`` (zeros around), by OpenCV: the same array at a fraction of the cost."""
+    return cv2.copyMakeBorder(m8, 1, 1, 1, 1, cv2.BORDER_CONSTANT, value=0)
+
+
+def largest_contour(mask: np.ndarray) -> np.ndarray | None:
+    contours, _ = cv2.findContours(_u8(mask), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    if not contours:
+        return None
+    return max(contours, key=cv2.contourArea)

@@ -1,0 +1,105 @@
+"""Segmentation of the central lymphocyte of a blood-smear crop.
+
+Each crop of the challenge layout is centred on one lymphocyte surrounded by
+red blood cells on a pale background. :func:`segment_cell` returns the mask of
+its nucleus and of the whole cell (nucleus + cytoplasm), quality-control flags
+and a cell-type guess, and never raises on image content: a crop it cannot
+segment comes back with ``qc_ok=False`` and a named reason, so a long
+extraction never stops on one odd cell.
+
+The stages, one module each:
+
+* :mod:`.settings`: :class:`SegmentationSettings`, :data:`QC_REASONS`,
+  :data:`FLAG_DESCRIPTIONS`; :mod:`.result`: :class:`Segmentation`.
+* :mod:`.optical_density`: background reference and optical density
+  (``OD_c = log(I_ref,c / I_c)`` against the brightest pixels, the glass), and
+  the red-cell reference.
+* :mod:`.nucleus` (phase 1): darkest class of the green channel with a purple
+  hue; the piece at the crop centre; merged nuclei split, lobes gathered.
+* :mod:`.cytoplasm` (phase 2): cytoplasm bluer than the crop's red cells (or
+  pale with a blue hue), the region holding the nucleus, split from a touching
+  neighbour.
+* :mod:`.qc` (phase 3): quality-control and cell-type flags, diagnostics.
+* :mod:`.pipeline`: :func:`segment_cell` chaining the three phases;
+  :mod:`.morphology`: small shared helpers.
+"""
+
+# ruff: noqa: F401  (re-exports: the names callers import from here, and those of the module this package replaced)
+
+from .cytoplasm import CellFound, cell_from_region, cytoplasm_mask, find_cell, pale_cytoplasm
+from .morphology import (
+    _box_gap,
+    _central_window,
+    _contour_centroid,
+    _disk,
+    _window,
+    fill_holes,
+    in_window,
+)
+from .nucleus import (
+    _TRIU,
+    NucleusFound,
+    _central_piece,
+    _multi_otsu3_bins,
+    _split_by_seeds,
+    _triu,
+    dark_pieces,
+    find_nucleus,
+    multi_otsu3,
+    nucleus_thresholds,
+    split_lobes,
+    split_merged,
+)
+from .optical_density import (
+    _OD_LUT,
+    _hist_quantile,
+    _masked_mean_u8,
+    _red_cell_reference,
+    _reference_od,
+    _subsample,
+    background_rgb,
+    background_rgb_fast,
+    od_tables,
+    optical_density,
+    optical_density_channels,
+    red_cell_reference,
+)
+from .pipeline import segment_cell
+from .qc import nucleus_box_moments, quality_control
+from .result import Segmentation, empty_segmentation
+from .settings import _DEFAULT_SETTINGS, _QC_ORDER, FLAG_DESCRIPTIONS, QC_REASONS, SegmentationSettings
+
+# The names before the split into a package.
+_empty = empty_segmentation
+_in_window = in_window
+
+__all__ = [
+    "FLAG_DESCRIPTIONS",
+    "QC_REASONS",
+    "CellFound",
+    "NucleusFound",
+    "Segmentation",
+    "SegmentationSettings",
+    "background_rgb",
+    "background_rgb_fast",
+    "cell_from_region",
+    "cytoplasm_mask",
+    "dark_pieces",
+    "empty_segmentation",
+    "fill_holes",
+    "find_cell",
+    "find_nucleus",
+    "in_window",
+    "multi_otsu3",
+    "nucleus_box_moments",
+    "nucleus_thresholds",
+    "od_tables",
+    "optical_density",
+    "optical_density_channels",
+    "pale_cytoplasm",
+    "quality_control",
+    "red_cell_reference",
+    "segment_cell",
+    "split_lobes",
+    "split_merged",
+]

@@ -1,0 +1,140 @@
+"""Phase 3 of the segmentation: quality control and cell type of the segmented cell.
+
+Every check of :data:`~.settings.FLAG_DESCRIPTIONS` is computed (so a crop
+failing several is counted in each); the first failed one, in the order of
+:data:`~.settings.QC_REASONS`, is the crop's ``qc_reason``.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+from .cytoplasm import CellFound
+from .morphology import _disk
+from .nucleus import NucleusFound
+from .result import Segmentation
+from .settings import _QC_ORDER, FLAG_DESCRIPTIONS, SegmentationSettings
+
+
+def quality_control(
+    shape: tuple[int, int], found: NucleusFound, cell: CellFound, s: SegmentationSettings
+) -> Segmentation:
+    """Flags, QC reason and diagnostics of a segmented cell, and the :class:`Segmentation` of the crop."""
+    h, w = shape
+    cy, cx = (h - 1) / 2.0, (w - 1) / 2.0
+    nucleus, y0, y1, x0, x1 = found.nucleus, *found.roi
+    n_area = cv2.countNonZero(nucleus)
+    nb, (ncy, ncx), nucleus_moments = nucleus_box_moments(nucleus, y0, x0)
+    flags = dict.fromkeys(FLAG_DESCRIPTIONS, False)
+    flags["qc_off_centre"] = float(np.hypot(ncy - cy, ncx - cx)) / min(h, w) > s.max_centre_offset
+    flags["qc_at_border"] = bool(
+        nb[1].start + x0 == 0 or nb[0].start + y0 == 0 or nb[1].stop + x0 >= w or nb[0].stop + y0 >= h
+    )
+    flags["qc_too_small"] = n_area < s.min_nucleus_area
+    flags["qc_too_large"] = n_area > s.max_nucleus_area
+    flags["qc_neighbour_split"] = cell.split or found.merged_split
+    flags["qc_touching"] = cell.touch_fraction > s.max_touch_fraction
+    shape_diag = _cell_type_flags(flags, found, cell, n_area, s)
+    density = _density_flags(flags, cell.od_sum, nucleus, nb, cv2.countNonZero(cell.cell), n_area, s)
+    flags = {k: bool(v) for k, v in flags.items()}
+    reason = next((r for r, k in _QC_ORDER if flags[k]), "ok")
+    # Box of the whole cell (for the features), with a 2-pixel margin.
+    cbx, cby, cbw, cbh = cv2.boundingRect(cell.cell)
+    box = (max(0, cby + y0 - 2), min(h, cby + cbh + y0 + 2), max(0, cbx + x0 - 2), min(w, cbx + cbw + x0 + 2))
+    diagnostics = {
+        **density,
+        "touch_fraction": cell.touch_fraction,
+        **shape_diag,
+        "rbc_od": cell.rbc_od,
+    }
+    nucleus_mask = np.zeros((h, w), bool)
+    cell_mask = np.zeros((h, w), bool)
+    np.greater(nucleus, 0, out=nucleus_mask[y0:y1, x0:x1])
+    np.greater(cell.cell, 0, out=cell_mask[y0:y1, x0:x1])
+    ncont = cell.nucleus_contours
+    largest = ncont[0] if len(ncont) == 1 else max(ncont, key=cv2.contourArea)
+    return Segmentation(
+        nucleus_mask,
+        cell_mask,
+        reason == "ok",
+        reason,
+        flags,
+        box,
+        cell.background,
+        diagnostics,
+        (y0, y1, x0, x1),
+        cell.od_sum,
+        largest + np.array((x0, y0), np.int32),
+        nucleus_moments,
+    )
+
+
+def nucleus_box_moments(nucleus: np.ndarray, y0: int, x0: int):
+    """The nucleus' own box in the ROI, its centroid and raw moments in crop coordinates.
+
+    ``(y0, x0)`` is the ROI's origin in the crop. Returns the box as slices of
+    the ROI, the centroid ``(y, x)`` in the crop and the raw moments ``(m00,
+    m10, m01, m20, m11, m02)`` in crop coordinates (integer sums: exact after
+    the shift).
+    """
+    nbx, nby, nbw, nbh = cv2.boundingRect(nucleus)
+    nb = (slice(nby, nby + nbh), slice(nbx, nbx + nbw))  # the nucleus' own box
+    mom = cv2.moments(nucleus[nb], binaryImage=True)  # on its box: same centroid, fewer pixels
+    ncy, ncx = mom["m01"] / mom["m00"] + nby + y0, mom["m10"] / mom["m00"] + nbx + x0
+    ox, oy = nbx + x0, nby + y0
+    m00, m10, m01 = mom["m00"], mom["m10"], mom["m01"]
+    moments = (
+        m00,
+        m10 + ox * m00,
+        m01 + oy * m00,
+        mom["m20"] + 2 * ox * m10 + ox * ox * m00,
+        mom["m11"] + oy * m10 + ox * m01 + ox * oy * m00,
+        mom["m02"] + 2 * oy * m01 + oy * oy * m00,
+    )
+    return nb, (ncy, ncx), moments
+
+
+def _cell_type_flags(flags: dict, found: NucleusFound, cell: CellFound, n_area: int, s: SegmentationSettings) -> dict:
+    """Set ``is_granulocyte`` (thick-stranded lobes too) and ``is_monocyte``; return the shape diagnostics."""
+    nucleus = found.nucleus
+    is_granulocyte, n_lobes = found.is_granulocyte, found.n_lobes
+    ncont = cell.nucleus_contours
+    c_area = cv2.countNonZero(cell.cell)
+    hull_area = cv2.contourArea(cv2.convexHull(np.concatenate(ncont))) if ncont else 0.0
+    solidity = n_area / hull_area if hull_area > 0 else 1.0
+    cell_diameter = float(np.sqrt(4 * c_area / np.pi))
+    if not is_granulocyte and not found.merged_split and solidity < s.lobulated_max_solidity:
+        # Thick strands: erode in proportion to the nucleus size and count the lobes left.
+        r = max(s.lobe_erosion, int(round(s.lobe_erosion_fraction * np.sqrt(4 * n_area / np.pi))))
+        pieces, _ = cv2.findContours(cv2.erode(nucleus, _disk(r)), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+        n_big = sum(cv2.contourArea(c) >= s.min_lobe_area for c in pieces)
+        if n_big >= 2:
+            is_granulocyte = True
+            n_lobes = max(n_lobes, n_big)
+    flags["is_granulocyte"] = is_granulocyte
+    flags["is_monocyte"] = bool(
+        not is_granulocyte
+        and cell_diameter > s.monocyte_min_diameter
+        and solidity < s.monocyte_max_solidity
+        and n_area < 0.6 * c_area
+    )
+    return {"solidity": solidity, "n_lobes": float(n_lobes), "cell_diameter": cell_diameter}
+
+
+def _density_flags(flags: dict, od_sum, nucleus, nb, c_area: int, n_area: int, s: SegmentationSettings) -> dict:
+    """Set the flags read on the nucleus' density (pyknotic, smudge, blur, not a lymphocyte); return its diagnostics."""
+    nucleus_od, nucleus_od_sd = (float(v[0, 0]) for v in cv2.meanStdDev(od_sum[nb], mask=nucleus[nb]))
+    lap = cv2.Laplacian(od_sum[nb], cv2.CV_32F, ksize=1)
+    inner = cv2.erode(nucleus[nb], _disk(2))
+    if cv2.countNonZero(inner) < 20:
+        inner = np.ascontiguousarray(nucleus[nb])
+    # Sharpness: fine (Laplacian) over overall variation of the chromatin, so it
+    # does not depend on how contrasted the chromatin is.
+    sharp = float(cv2.meanStdDev(lap, mask=inner)[1][0, 0]) / max(nucleus_od_sd, 1e-3)
+    dense = nucleus_od > s.pyknotic_min_od
+    flags["is_pyknotic"] = dense and nucleus_od_sd < s.pyknotic_max_od_sd
+    flags["is_not_lymphocyte"] = flags["is_granulocyte"] or flags["is_monocyte"] or flags["is_pyknotic"]
+    flags["is_smudge"] = nucleus_od < s.smudge_max_od and (c_area - n_area) < s.smudge_max_cytoplasm * c_area
+    flags["qc_blur"] = sharp < s.blur_threshold and not dense
+    return {"nucleus_od": nucleus_od, "nucleus_od_sd": nucleus_od_sd, "sharpness": sharp}
