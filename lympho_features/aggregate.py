@@ -16,8 +16,11 @@ import pandas as pd
 
 from ._validate import SettingsCheck
 
-#: Columns of cells.parquet that are not cell measurements.
-CELL_META_COLUMNS = ("patient_id", "image", "qc_ok", "qc_reason", "image_sha256")
+#: Columns of cells.parquet that are not cell measurements (the pixel scale describes the acquisition, not the
+#: cell: never a model input).
+CELL_META_COLUMNS = (
+    "patient_id", "image", "qc_ok", "qc_reason", "image_sha256", "um_per_px", "scale_source", "scale_flag",
+)  # fmt: skip
 
 #: Clinical columns of patients.parquet.
 CLINICAL_COLUMNS = ("label", "age", "gender", "lymph_count")
@@ -50,8 +53,17 @@ def cell_feature_columns(cells: pd.DataFrame) -> list[str]:
 
 
 def flag_columns(cells: pd.DataFrame) -> list[str]:
-    """Boolean QC and cell-type flag columns (``qc_*``, ``is_*``) other than ``qc_ok``."""
-    return [c for c in cells.columns if c.startswith(("qc_", "is_")) and c not in ("qc_ok", "qc_reason")]
+    """Boolean QC and cell-type flag columns (``qc_*``, ``is_*``) other than ``qc_ok``.
+
+    QC measurements (e.g. ``qc_sharpness``, a number) are neither flags nor features.
+    """
+    return [
+        c
+        for c in cells.columns
+        if c.startswith(("qc_", "is_"))
+        and c not in ("qc_ok", "qc_reason")
+        and not pd.api.types.is_float_dtype(cells[c])
+    ]
 
 
 def _stat_name(q: float) -> str:
@@ -70,7 +82,8 @@ def aggregate_cells(cells: pd.DataFrame, settings: AggregateSettings = Aggregate
     -------
     DataFrame
         One row per patient: ``patient_id``, ``n_cells`` (readable crops),
-        ``n_cells_ok``, ``frac_qc_ok``, ``frac_{flag}`` for each flag (e.g.
+        ``n_cells_ok``, ``frac_qc_ok``, ``um_per_px``, ``scale_source`` and
+        ``scale_flag`` when the cells have them, ``frac_{flag}`` for each flag (e.g.
         ``frac_is_smudge``) and ``{feature}__{stat}`` for each feature and
         statistic (mean, std, quantiles) over the ``qc_ok`` cells.
     """
@@ -81,6 +94,11 @@ def aggregate_cells(cells: pd.DataFrame, settings: AggregateSettings = Aggregate
     ok = cells[cells["qc_ok"].astype(bool)]
     out["n_cells_ok"] = ok.groupby("patient_id").size().reindex(out.index).fillna(0).astype(int)
     out["frac_qc_ok"] = out["n_cells_ok"] / out["n_cells"]
+    # The patient's pixel scale and its provenance: the same on every crop of a patient (extract measures a
+    # patient at one scale).
+    for c in ("um_per_px", "scale_source", "scale_flag"):
+        if c in cells.columns:
+            out[c] = grouped_all[c].first()
     for f in flags:
         out[f"frac_{f}"] = grouped_all[f].mean().astype(float)
     if feats:

@@ -64,6 +64,18 @@ def extract(
     dob_column: Annotated[str, typer.Option(help="CSV column with the date of birth.")] = "DOB",
     count_column: Annotated[str, typer.Option(help="CSV column with the lymphocyte count (10^9/L).")] = "LYMPH_COUNT",
     reference_date: Annotated[str, typer.Option(help="Date at which ages are computed (YYYY-MM-DD).")] = "2020-01-01",
+    pixel_size: Annotated[
+        float | None,
+        typer.Option(
+            "--pixel-size",
+            metavar="UM_PER_PX",
+            help="Micrometres per pixel of every crop (default: the clinical CSV's pixel-size column for the "
+            "patients that have one, else measured on the red cells of each patient's crops).",
+        ),
+    ] = None,
+    pixel_size_column: Annotated[
+        str, typer.Option(help="Optional CSV column with a patient's micrometres per pixel.")
+    ] = "PIXEL_SIZE_UM",
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
     backend: Annotated[
         str,
@@ -88,14 +100,14 @@ def extract(
         ref = date.fromisoformat(reference_date)
     except ValueError:
         _fail(f"--reference-date {reference_date!r} is not a date YYYY-MM-DD")
-    cols = ClinicalColumns(id_column, label_column, gender_column, dob_column, count_column)
+    cols = ClinicalColumns(id_column, label_column, gender_column, dob_column, count_column, pixel_size_column)
     res = _guard(
         run_extract,
         data_dir,
         out,
         clinical,
         jobs,
-        ExtractSettings(reference_date=ref),
+        ExtractSettings(reference_date=ref, pixel_size_um=pixel_size),
         cols,
         progress=not quiet,
         backend=backend,

@@ -40,6 +40,8 @@ class ClinicalColumns:
     gender: str = "GENDER"
     dob: str = "DOB"
     lymph_count: str = "LYMPH_COUNT"
+    #: optional: um per pixel of the patient's crops (another magnification than the rest of the run)
+    pixel_size: str = "PIXEL_SIZE_UM"
 
 
 #: Ages are computed at this date unless told otherwise, so that the same
@@ -137,7 +139,9 @@ def load_clinical(
     DataFrame
         Indexed by nothing, columns ``patient_id`` (str), ``label`` (Int64,
         nullable), ``gender`` ('M'/'F'/None), ``dob`` (ISO string), ``age``
-        (float years at ``reference_date``), ``lymph_count`` (float, 10^9/L).
+        (float years at ``reference_date``), ``lymph_count`` (float, 10^9/L),
+        and ``pixel_size_um`` (float, NaN when empty) only when the CSV has the
+        optional ``columns.pixel_size`` column.
 
     Raises
     ------
@@ -187,17 +191,31 @@ def load_clinical(
             raise DatasetError(
                 f"{path}, line {line} (patient {_shown(pid)}): {columns.lymph_count} {count_text!r} is not a valid count"
             )
-        rows.append(
-            {
-                "patient_id": pid,
-                "label": label,
-                "gender": gender,
-                "dob": dob.isoformat() if dob else None,
-                "age": age_at(dob, reference_date),
-                "lymph_count": count,
-            }
-        )
-    df = pd.DataFrame(rows, columns=["patient_id", "label", "gender", "dob", "age", "lymph_count"])
+        row = {
+            "patient_id": pid,
+            "label": label,
+            "gender": gender,
+            "dob": dob.isoformat() if dob else None,
+            "age": age_at(dob, reference_date),
+            "lymph_count": count,
+        }
+        if columns.pixel_size in raw.columns:
+            px_text = str(r[columns.pixel_size]).strip()
+            try:
+                px = parse_count(px_text)
+            except ValueError:
+                px = -1.0
+            if not np.isnan(px) and not (np.isfinite(px) and 0.005 <= px <= 5.0):
+                raise DatasetError(
+                    f"{path}, line {line} (patient {_shown(pid)}): {columns.pixel_size} {px_text!r} is not a pixel "
+                    "size in um (0.005 to 5)"
+                )
+            row["pixel_size_um"] = px
+        rows.append(row)
+    names = ["patient_id", "label", "gender", "dob", "age", "lymph_count"]
+    if columns.pixel_size in raw.columns:
+        names.append("pixel_size_um")
+    df = pd.DataFrame(rows, columns=names)
     dup = df["patient_id"][df["patient_id"].duplicated()].unique().tolist()
     if dup:
         raise DatasetError(f"clinical CSV {path} has duplicate patient ID(s): {', '.join(map(_shown, dup))}")

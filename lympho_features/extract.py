@@ -17,10 +17,12 @@ and the final tables built from the shards are in :mod:`lympho_features.shards`.
 from __future__ import annotations
 
 import errno
+import math
 import os
 from contextlib import ExitStack, closing, contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import date
+from functools import lru_cache
 from pathlib import Path
 
 import cv2
@@ -52,7 +54,21 @@ from .dataset import (
     scan_data_dir,
 )
 from .features import FeatureSettings, cell_features
-from .segment import SegmentationSettings, segment_cell
+from .scale import (
+    CANONICAL_UM_PER_PX,
+    RED_CELL_DIAMETER_UM,
+    RESAMPLE_TOLERANCE,
+    RUN_AGREEMENT,
+    SCALE_FLAGS,
+    PatientScale,
+    ScaleEstimate,
+    estimate_from_diameters,
+    pool_run,
+    red_cell_diameters,
+    to_canonical,
+    to_physical,
+)
+from .segment import SegmentationSettings, patient_blur, segment_cell
 from .shards import (  # noqa: F401  (re-exported: callers import them from here)
     SHARD_FORMAT,
     _one_line,
@@ -72,7 +88,8 @@ _build_tables = build_tables  # the name before the shards moved to their own mo
 
 #: Bump when a change to the code changes the features for the same settings,
 #: so that shards from older code are recomputed rather than reused.
-FEATURES_VERSION = 4
+#: 5: sizes in um and um^2 (crops resampled to the canonical scale), blur judged against the patient's crops.
+FEATURES_VERSION = 5
 
 
 @dataclass(frozen=True)
@@ -84,6 +101,11 @@ class ExtractSettings:
     aggregate: AggregateSettings = field(default_factory=AggregateSettings)
     reference_date: date = DEFAULT_REFERENCE_DATE
     max_pixels: int = MAX_PIXELS
+    #: um per pixel of every crop of the run (``--pixel-size``); None: the clinical CSV's column, else red cells
+    pixel_size_um: float | None = None
+    canonical_um_per_px: float = CANONICAL_UM_PER_PX  #: the scale segmentation and QC run at
+    resample_tolerance: float = RESAMPLE_TOLERANCE  #: crops this close to the canonical scale are not resampled
+    ruler_crops: int = 16  #: crops per patient (evenly spread) whose red cells measure its scale
 
     def __post_init__(self) -> None:
         """Refuse a value that cannot mean what its setting says (raises :class:`~lympho_features.errors.SettingsError`)."""
@@ -116,19 +138,69 @@ class ExtractResult:
     n_recomputed: int = 0  #: shards found truncated, corrupt or stale and recomputed
 
 
-def measure_crop(rgb: np.ndarray, settings: ExtractSettings = ExtractSettings()) -> dict:
+@lru_cache(maxsize=8)
+def _at_canonical(settings: SegmentationSettings) -> SegmentationSettings:
+    """The segmentation settings for a crop already at the canonical scale: pixel settings as they are."""
+    return replace(settings, scale_with_side=False)
+
+
+def measure_crop(
+    rgb: np.ndarray, settings: ExtractSettings = ExtractSettings(), um_per_px: float | None = None
+) -> dict:
     """Segment one crop and measure it: one row of cells.parquet (without its keys).
 
+    The crop is first resampled to the canonical scale
+    (:func:`lympho_features.scale.to_canonical`; not when within the
+    tolerance), so segmentation, QC and texture see the same pixels at any
+    magnification; sizes are then converted to um and um^2.
+
     The row holds ``qc_ok``, ``qc_reason``, every QC and cell-type flag
-    (``qc_*``, ``is_*``, see :data:`lympho_features.segment.FLAG_DESCRIPTIONS`)
-    and every feature. Flagged cells are measured too (their features are
-    kept, but the per-patient morphology aggregates use ``qc_ok`` cells only).
+    (``qc_*``, ``is_*``, see :data:`lympho_features.segment.FLAG_DESCRIPTIONS`),
+    ``qc_sharpness`` (for the patient-level blur check, :func:`apply_patient_blur`;
+    NaN when not measured), ``um_per_px`` (the crop's own scale) and every
+    feature. Flagged cells are measured too (their features are kept, but the
+    per-patient morphology aggregates use ``qc_ok`` cells only).
+
+    Parameters
+    ----------
+    rgb : ndarray (H, W, 3) uint8
+    settings : ExtractSettings
+    um_per_px : float, optional
+        The crop's scale; None or NaN: the canonical scale is assumed.
     """
-    seg = segment_cell(rgb, settings.segmentation)
+    canonical = settings.canonical_um_per_px
+    um = float(um_per_px) if um_per_px is not None and math.isfinite(um_per_px) and um_per_px > 0 else canonical
+    crop, um_measured = to_canonical(rgb, um, canonical, settings.resample_tolerance)
+    seg = segment_cell(crop, _at_canonical(settings.segmentation))
     row: dict = {"qc_ok": bool(seg.qc_ok), "qc_reason": seg.qc_reason}
     row.update({k: bool(v) for k, v in seg.flags.items()})
-    row.update(cell_features(rgb, seg, settings.features))
+    diag = seg.diagnostics or {}
+    # A dense (pyknotic-looking) nucleus has no texture to judge focus by: never blur, so not measured.
+    dense = diag.get("nucleus_od", 0.0) > settings.segmentation.pyknotic_min_od
+    row["qc_sharpness"] = float(diag["sharpness"]) if "sharpness" in diag and not dense else float("nan")
+    row["um_per_px"] = um
+    row.update(to_physical(cell_features(crop, seg, settings.features), um_measured))
     return row
+
+
+def apply_patient_blur(rows: list[dict], settings: SegmentationSettings) -> None:
+    """Re-judge ``qc_blur`` of one patient's rows against the patient's own crops, in place.
+
+    :func:`lympho_features.segment.patient_blur` on the rows' ``qc_sharpness``;
+    a crop whose only failed check was blur passes, a crop that passed every
+    other check and is blur fails with reason ``blur`` (the last check).
+    """
+    if not rows:
+        return
+    blur = patient_blur([r.get("qc_sharpness", float("nan")) for r in rows], settings)
+    for r, b in zip(rows, blur.tolist(), strict=True):
+        if "qc_blur" not in r:
+            continue
+        r["qc_blur"] = b
+        if r["qc_reason"] == "blur" and not b:
+            r["qc_reason"], r["qc_ok"] = "ok", True
+        elif r["qc_reason"] == "ok" and b:
+            r["qc_reason"], r["qc_ok"] = "blur", False
 
 
 #: Ways to run the per-patient tasks: local worker processes, or a Dask cluster.
@@ -144,8 +216,15 @@ FRESH_TABLES_BYTES = 256 * 2**20
 _OUTPUT_FILES = ["cells.parquet", "patients.parquet", "manifest.json", "write-test"]
 
 
-def _patient_key(data_dir: Path, images: list[str], settings: ExtractSettings) -> str:
-    return inputs_key(data_dir, images, settings=settings.to_dict())
+def _patient_key(
+    data_dir: Path, images: list[str], settings: ExtractSettings, scale: PatientScale | None = None
+) -> str:
+    if scale is None:
+        return inputs_key(data_dir, images, settings=settings.to_dict())
+    # The scale the patient is measured at: another one (a new pixel size, a run's red cells that moved) recomputes.
+    return inputs_key(
+        data_dir, images, settings=settings.to_dict(), scale=[repr(scale.um_per_px), scale.source, scale.flag]
+    )
 
 
 def cell_schema(settings: ExtractSettings = ExtractSettings()):
@@ -179,16 +258,19 @@ def cell_schema(settings: ExtractSettings = ExtractSettings()):
                 kinds.setdefault(name, pa.float64())
     fields = [pa.field(c, pa.large_string()) for c in KEY_COLUMNS]
     fields += [pa.field(name, kind) for name, kind in kinds.items()]
+    # Where the crop's scale came from, and its patient's scale flag (set by process_patient).
+    fields += [pa.field("scale_source", pa.large_string()), pa.field("scale_flag", pa.large_string())]
     return pa.schema(fields)
 
 
 def process_patient(
-    data_dir: Path, patient_id: str, images: list[str], settings: ExtractSettings
+    data_dir: Path, patient_id: str, images: list[str], settings: ExtractSettings, scale: PatientScale | None = None
 ) -> tuple[list[dict], list[dict]]:
-    """Measure every crop of one patient.
+    """Measure every crop of one patient at its scale, then judge blur against the patient's crops.
 
     A crop that cannot be read, or whose measurement fails, is skipped with
-    its reason; it never stops the patient or the run.
+    its reason; it never stops the patient or the run. Without ``scale`` the
+    canonical scale is assumed (``scale_source`` ``canonical_assumed``).
 
     Returns
     -------
@@ -198,6 +280,8 @@ def process_patient(
     skipped : list of dict
         ``{"image", "reason"}`` for each crop that could not be read or measured.
     """
+    if scale is None:
+        scale = PatientScale(settings.canonical_um_per_px, "canonical_assumed", "no_scale")
     rows, skipped = [], []
     for rel in images:
         try:
@@ -206,29 +290,130 @@ def process_patient(
             skipped.append({"image": rel, "reason": str(exc)})
             continue
         try:
-            measured = measure_crop(rgb, settings)
+            measured = measure_crop(rgb, settings, scale.um_per_px)
         except Exception as exc:  # one odd crop must not stop a run of thousands
             skipped.append({"image": rel, "reason": f"measurement failed ({_one_line(exc)})"})
             continue
         row = {"patient_id": patient_id, "image": rel, "image_sha256": digest}
         row.update(measured)
+        row["scale_source"], row["scale_flag"] = scale.source, scale.flag
         rows.append(row)
+    apply_patient_blur(rows, settings.segmentation)
     return rows, skipped
 
 
-def _run_patient(data_dir: Path, patient_id: str, images: list[str], settings: ExtractSettings, schema, threads):
+def _run_patient(
+    data_dir: Path, patient_id: str, images: list[str], settings: ExtractSettings, schema, threads, scale=None
+):
     """One task: runs in a worker process (local or Dask) and returns the patient's table and its checksum."""
     if threads is None:
-        rows, skipped = process_patient(data_dir, patient_id, images, settings)
+        rows, skipped = process_patient(data_dir, patient_id, images, settings, scale)
     else:
         from threadpoolctl import threadpool_limits
 
         cv2.setNumThreads(threads)
         with threadpool_limits(threads):
-            rows, skipped = process_patient(data_dir, patient_id, images, settings)
+            rows, skipped = process_patient(data_dir, patient_id, images, settings, scale)
     table, extra = rows_to_table(rows, schema)
     # The checksum is computed here, in parallel, rather than by the process that writes the shards.
     return patient_id, table, table_checksum(table), skipped, extra, len(images)
+
+
+def ruler_sample(images: list[str], n: int) -> list[str]:
+    """Up to ``n`` of a patient's crops, evenly spread over its (sorted) list: those the red-cell ruler reads."""
+    if len(images) <= n:
+        return list(images)
+    return [images[i] for i in np.linspace(0, len(images) - 1, n).round().astype(int).tolist()]
+
+
+def _ruler_patient(data_dir: Path, patient_id: str, images: list[str], settings: ExtractSettings, threads):
+    """One task: the red-cell ruler's estimate of one patient's scale, from a sample of its crops."""
+    if threads is not None:
+        cv2.setNumThreads(threads)
+    diameters = []
+    for rel in ruler_sample(images, settings.ruler_crops):
+        try:
+            rgb, _ = read_image(safe_path(data_dir, rel), settings.max_pixels)
+        except ImageError:
+            continue  # recorded as skipped when the crops are measured
+        diameters.append(red_cell_diameters(rgb))
+    return patient_id, estimate_from_diameters(np.concatenate(diameters) if diameters else [])
+
+
+def patient_scales(
+    data_dir: Path,
+    patients: dict[str, list[str]],
+    clinical: pd.DataFrame,
+    settings: ExtractSettings,
+    jobs: int = 1,
+    backend: str = "local",
+    scheduler: str | None = None,
+) -> tuple[dict[str, PatientScale], dict]:
+    """The scale (um per pixel) each patient's crops are measured at, and its provenance.
+
+    ``settings.pixel_size_um`` (``--pixel-size``) for the whole run, else
+    the clinical CSV's ``pixel_size_um`` (its ``PIXEL_SIZE_UM`` column) for
+    the patients that have one, else the red cells of a sample of each
+    patient's crops, pooled over the run (:func:`lympho_features.scale.pool_run`).
+
+    Returns
+    -------
+    scales : dict of str to PatientScale
+    summary : dict
+        For ``manifest.json``: the run's red-cell scale, the count of patients
+        per source and flag, and every patient's scale.
+    """
+    scales: dict[str, PatientScale] = {}
+    run_scale = float("nan")
+    if settings.pixel_size_um is not None:
+        scales = {pid: PatientScale(float(settings.pixel_size_um), "option") for pid in patients}
+    else:
+        given = {}
+        if "pixel_size_um" in clinical.columns:
+            given = {
+                pid: float(v)
+                for pid, v in zip(clinical["patient_id"], clinical["pixel_size_um"], strict=True)
+                if pd.notna(v)
+            }
+        scales = {pid: PatientScale(given[pid], "csv") for pid in patients if pid in given}
+        todo = [(pid, images) for pid, images in patients.items() if pid not in given]
+        if todo:
+            estimates: dict[str, ScaleEstimate] = {}
+            from joblib import delayed
+
+            with _parallel(jobs, backend, scheduler) as (runner, threads):
+                tasks = (delayed(_ruler_patient)(data_dir, pid, imgs, settings, threads) for pid, imgs in todo)
+                for pid, est in runner(tasks):
+                    estimates[pid] = est
+            run_scale, pooled = pool_run(estimates, RUN_AGREEMENT, settings.canonical_um_per_px)
+            scales.update(pooled)
+    scales = dict(sorted(scales.items()))
+    summary = {
+        "canonical_um_per_px": settings.canonical_um_per_px,
+        "red_cell_diameter_um": RED_CELL_DIAMETER_UM,
+        "run_red_cell_um_per_px": None if not math.isfinite(run_scale) else run_scale,
+        "sources": _count(s.source for s in scales.values()),
+        "flags": {f: n for f, n in _count(s.flag for s in scales.values()).items() if f},
+        "flag_meanings": {f: m for f, m in SCALE_FLAGS.items() if f},
+        "patients": {
+            pid: {
+                "um_per_px": s.um_per_px,
+                "source": s.source,
+                "flag": s.flag,
+                "red_cell_um_per_px": None if not math.isfinite(s.own_um_per_px) else s.own_um_per_px,
+                "n_red_cells": s.n_red_cells,
+            }
+            for pid, s in scales.items()
+        },
+    }
+    return scales, summary
+
+
+def _count(values) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for v in values:
+        out[v] = out.get(v, 0) + 1
+    return dict(sorted(out.items()))
 
 
 def _cores() -> int:
@@ -296,6 +481,9 @@ def extract(
         raise DatasetError("jobs must be a positive number of workers, or -1 for every core")
     if scheduler is not None and backend != "dask":
         raise DatasetError("a scheduler address needs backend 'dask' (--backend dask)")
+    px = settings.pixel_size_um
+    if px is not None and not (math.isfinite(px) and 0.005 <= px <= 5.0):
+        raise DatasetError(f"pixel size {px} um is not plausible for a blood-smear crop (0.005 to 5 um per pixel)")
     patients, refused = scan_data_dir(data_dir)
     csv_path = Path(clinical_csv) if clinical_csv else find_clinical_csv(data_dir)
     clinical = load_clinical(csv_path, columns, settings.reference_date)
@@ -331,10 +519,12 @@ def _extract_locked(
     if leftovers:
         warnings.append(f"removed {len(leftovers)} temporary file(s) left by an interrupted run")
     clinical = _reconcile_clinical(clinical, patients, refused, csv_path, warnings)
+    scales, scale_summary = patient_scales(data_dir, patients, clinical, settings, jobs, backend, scheduler)
+    _scale_warnings(scale_summary, warnings)
     schema = cell_schema(settings)
-    todo, keys, recomputed, stale = _plan_shards(data_dir, shard_dir, patients, settings, schema, warnings)
+    todo, keys, recomputed, stale = _plan_shards(data_dir, shard_dir, patients, settings, schema, warnings, scales)
     reused = len(patients) - len(todo)
-    run = (data_dir, todo, settings, schema, jobs, progress, backend, scheduler)
+    run = (data_dir, todo, settings, schema, jobs, progress, backend, scheduler, scales)
     fresh = _measure_and_write(run, shard_dir, keys, reused, warnings)
     try:
         cells_summary, table, skipped = build_tables(
@@ -359,6 +549,8 @@ def _extract_locked(
         "shards_recomputed": len(recomputed),
     }
     manifest = _manifest(data_dir, csv_path, clinical, settings, backend, scheduler, cells_summary, counts)
+    manifest["scale"] = scale_summary
+    manifest["units"] = UNITS
     manifest.update(
         {"skipped": skipped, "recomputed_shards": recomputed, "removed_stale_shards": stale, "warnings": warnings}
     )
@@ -370,6 +562,29 @@ def _extract_locked(
         out_dir, len(table), n_images, cells_summary["n_cells"], len(skipped), reused, cells_summary["qc_counts"],
         warnings, len(recomputed),
     )  # fmt: skip
+
+
+#: Units of the per-cell columns, as ``manifest.json`` records them (per-patient aggregates keep their feature's).
+UNITS = {
+    "um_per_px": "micrometres per pixel of the crop as read (before resampling to the canonical scale)",
+    "lengths": "um: nc_rim_width*, shape_{nucleus,cell}_{perimeter,equivalent_diameter,major_axis,minor_axis,"
+    "feret_max,feret_min}",
+    "areas": "um^2: nucleus_area, cell_area, nc_cytoplasm_area, shape_{nucleus,cell}_area",
+    "texture": "measured on the crop resampled to the canonical scale (canonical_um_per_px); distances and radii "
+    "in its pixels",
+    "other": "dimensionless (ratios, shape indices, optical density)",
+}
+
+
+def _scale_warnings(summary: dict, warnings: list[str]) -> None:
+    """One warning per scale flag raised, naming the patients (a guess is never silent)."""
+    by_flag: dict[str, list[str]] = {}
+    for pid, p in summary["patients"].items():
+        if p["flag"]:
+            by_flag.setdefault(p["flag"], []).append(pid)
+    for flag, pids in sorted(by_flag.items()):
+        shown = ", ".join(pids[:20]) + (f" and {len(pids) - 20} more" if len(pids) > 20 else "")
+        warnings.append(f"scale {flag} for {len(pids)} patient(s) ({SCALE_FLAGS[flag]}): {shown}")
 
 
 def _reconcile_clinical(clinical, patients, refused, csv_path, warnings: list[str]) -> pd.DataFrame:
@@ -395,7 +610,7 @@ def _reconcile_clinical(clinical, patients, refused, csv_path, warnings: list[st
     return clinical
 
 
-def _plan_shards(data_dir, shard_dir, patients, settings, schema, warnings: list[str]):
+def _plan_shards(data_dir, shard_dir, patients, settings, schema, warnings: list[str], scales=None):
     """Which patients to measure: those without a complete, current, intact shard.
 
     Returns the patients to do (``(patient_id, images)``), every patient's
@@ -404,7 +619,7 @@ def _plan_shards(data_dir, shard_dir, patients, settings, schema, warnings: list
     """
     todo, keys, recomputed = [], {}, []
     for pid, images in patients.items():
-        key = _patient_key(data_dir, images, settings)
+        key = _patient_key(data_dir, images, settings, (scales or {}).get(pid))
         keys[pid] = key
         shard = shard_dir / _shard_name(pid)
         table, _meta, problem = verify_shard(shard, pid, key, schema)
@@ -509,7 +724,7 @@ def _parallel(jobs: int, backend: str, scheduler: str | None):
         yield Parallel(n_jobs=-1, return_as="generator_unordered"), 1
 
 
-def _run_all(data_dir, todo, settings, schema, jobs, progress, backend, scheduler):
+def _run_all(data_dir, todo, settings, schema, jobs, progress, backend, scheduler, scales=None):
     """Run the patients' tasks; yield ``(patient_id, table, checksum, skipped, extra_keys, meta)`` as each one finishes."""
     from joblib import delayed
     from rich.progress import (
@@ -537,7 +752,11 @@ def _run_all(data_dir, todo, settings, schema, jobs, progress, backend, schedule
         TimeRemainingColumn(),
     )
     with _parallel(jobs, backend, scheduler) as (runner, threads):
-        tasks = (delayed(_run_patient)(data_dir, pid, images, settings, schema, threads) for pid, images in todo)
+        scales = scales or {}
+        tasks = (
+            delayed(_run_patient)(data_dir, pid, images, settings, schema, threads, scales.get(pid))
+            for pid, images in todo
+        )
         with Progress(*columns, disable=not progress, transient=False) as bar:
             t = bar.add_task("extract", total=n_images, rate="")
             for pid, cells, checksum, skipped, extra, n in runner(tasks):

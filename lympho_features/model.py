@@ -83,7 +83,8 @@ NESTED_CANDIDATES = ("clinical", "clinical+cellscore", "clinical+cellmorph", "al
 CLINICAL_FEATURES = ("age", "gender_male", "log_lymph_count")
 
 #: Columns of patients.parquet that are never model inputs.
-NON_FEATURE_COLUMNS = ("patient_id", "label", "gender", "lymph_count", "dob")
+#: ``um_per_px`` (the acquisition's pixel size) and its provenance describe the scanner, not the patient.
+NON_FEATURE_COLUMNS = ("patient_id", "label", "gender", "lymph_count", "dob", "um_per_px", "n_red_cells")
 
 MODEL_FORMAT = 1
 

@@ -67,6 +67,7 @@ def synthetic_crop(
     lobes: int = 1,
     smudge: bool = False,
     red_cell_colour: tuple[float, float, float] | None = None,
+    red_cell_radius: tuple[float, float] = (21.0, 25.0),
 ) -> SyntheticCrop:
     """Draw one crop with a central lymphocyte.
 
@@ -98,6 +99,10 @@ def synthetic_crop(
         Draw a smudge cell: a pale nucleus with no cytoplasm (use with ``pale_nucleus``).
     red_cell_colour : (r, g, b), optional
         Mean colour of the red cells (default :data:`RED_CELL`, pink; real smears are often mauve).
+    red_cell_radius : (low, high)
+        Range of the red cells' radii (pixels for a 224 crop; scaled with ``size``). The default puts them at
+        the challenge crops' 46 px diameter, so that the red-cell ruler (:mod:`lympho_features.scale`) reads a
+        224 crop at the canonical scale.
     """
     k = size / 224.0
     shape = (size, size)
@@ -163,7 +168,7 @@ def _draw_red_cells(rng, img: np.ndarray, cell: np.ndarray, n_red_cells: int, k:
     yy, xx = np.mgrid[0:size, 0:size]
     occupied = cell.copy()
     for _ in range(n_red_cells):
-        r = rng.uniform(15, 19) * k
+        r = rng.uniform(*red_cell_radius) * k
         for _try in range(20):
             x, y = rng.uniform(-r, size + r), rng.uniform(-r, size + r)
             disc = (xx - x) ** 2 + (yy - y) ** 2 <= r * r

@@ -326,10 +326,10 @@ def test_a_crop_whose_measurement_fails_is_skipped_not_fatal(tmp_path, cohort, m
     victim = sorted((cohort / "P5").iterdir())[0]
     victim_rgb, _ = read_image(victim)
 
-    def fragile(rgb, settings):
+    def fragile(rgb, settings, *scale):
         if np.array_equal(rgb, victim_rgb):
             raise FloatingPointError("overflow in a\nmulti-line message")
-        return real(rgb, settings)
+        return real(rgb, settings, *scale)
 
     monkeypatch.setattr(extract_mod, "measure_crop", fragile)
     res = extract(cohort, tmp_path / "out", jobs=1, progress=False)

@@ -55,8 +55,12 @@ _QC_ORDER = (
 class SegmentationSettings:
     """All tunable parameters of the segmentation, in one place.
 
-    Distances and areas are for the 224x224 challenge crops; they scale with
-    the crop size (see :meth:`scaled`).
+    Distances and areas are pixels of the canonical scale
+    (:data:`lympho_features.scale.CANONICAL_UM_PER_PX`, the 224x224 challenge
+    crops'): ``lympho extract`` resamples every crop to that scale, so they
+    hold at any magnification. Called on its own, :func:`segment_cell` scales
+    them with the crop side instead (see :meth:`scaled`), unless
+    ``scale_with_side`` is False.
     """
 
     central_fraction: float = 0.7  #: side of the central window used for thresholds
@@ -81,7 +85,12 @@ class SegmentationSettings:
     lobe_erosion_fraction: float = 0.14  #: ... by an erosion of this fraction of its equivalent diameter
     merged_max_solidity: float = 0.9  #: a large nucleus less solid than this may be two merged nuclei
     lobe_gap: int = 12  #: separate pieces this close to the nucleus may be its lobes
-    blur_threshold: float = 1.0  #: std of the Laplacian of nucleus OD over its std below this is blur
+    blur_threshold: float = 1.0  #: std of the Laplacian of nucleus OD over its std below this is blur (one crop alone)
+    #: ``lympho extract`` judges blur against the crop's own patient: sharpness below this fraction of the
+    #: median of the patient's crops (a soft slide is a property of the slide, not of a crop) ...
+    blur_patient_ratio: float = 0.5
+    blur_floor: float = 0.4  #: ... or below this at any rate (canonical scale; Gaussian blur of 2 px gives 0.3)
+    blur_min_crops: int = 5  #: with fewer measurable crops, only ``blur_floor`` applies
     smudge_max_od: float = 2.4  #: mean nucleus OD (above background) below this looks washed out
     smudge_max_cytoplasm: float = 0.15  #: ... and cytoplasm below this fraction of the cell
     pyknotic_min_od: float = 3.9  #: a nucleus denser than this and structureless (OD std
@@ -90,6 +99,9 @@ class SegmentationSettings:
     monocyte_max_solidity: float = 0.88
     open_radius: int = 2
     close_radius: int = 3
+    #: False when the crop is already at the canonical scale (``lympho extract``): then its side says nothing
+    #: of the magnification (a tight crop is small, not coarse) and the pixel settings hold as they are.
+    scale_with_side: bool = True
 
     def __post_init__(self) -> None:
         """Refuse a value that cannot mean what its setting says (raises :class:`~lympho_features.errors.SettingsError`)."""
@@ -132,8 +144,11 @@ class SegmentationSettings:
     # Cached: segment_cell asks for every crop, and building (and checking) the settings costs more than a look-up.
     @lru_cache(maxsize=64)  # noqa: B019  (settings are small, immutable and few)
     def scaled(self, side: int) -> SegmentationSettings:
-        """Return settings whose lengths and areas are rescaled from a 224-pixel crop to ``side``."""
-        if side == 224:
+        """Return settings whose lengths and areas are rescaled from a 224-pixel crop to ``side``.
+
+        Unchanged when ``scale_with_side`` is False.
+        """
+        if side == 224 or not self.scale_with_side:
             return self
         k = side / 224.0
         d = dict(self.__dict__)

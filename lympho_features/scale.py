@@ -1,0 +1,355 @@
+"""Physical pixel scale: the red cells of a crop used as a ruler, and resampling to one canonical scale.
+
+lympho measures cells in micrometres so that a lab scanning at another
+magnification gets the same numbers. The scale (um per pixel) of a run comes,
+in this order of precedence, from ``lympho extract --pixel-size``, from an
+optional column of the clinical CSV (``PIXEL_SIZE_UM``, per patient), or from
+the red cells around each lymphocyte: a normal red cell on a dried smear is
+about 7.5 um across (:data:`RED_CELL_DIAMETER_UM`).
+
+The ruler (:func:`red_cell_diameters`) keeps only isolated, round, convex red
+cells (overlapping pairs, red cells cut by the crop edge and the lymphocyte
+itself are left out), and a patient's estimate is the median of many such
+diameters (:func:`estimate_from_diameters`), so a few abnormal red cells
+(schistocytes, spherocytes) do not move it. A patient's own red cells vary
+with its red-cell disorders (micro- or macrocytes of an anaemia move the
+median diameter by 10-20 %), so :func:`pool_run` gives every patient of a run
+the run's pooled scale when the patient's red cells agree with it within what
+red-cell size disorders explain, and the patient's own estimate, flagged,
+when they do not (another acquisition mixed into the run). A patient without
+enough red cells, or whose diameters spread too much, gets a named flag and
+the run's scale, never a silent guess.
+
+Segmentation and QC run at one canonical scale (:data:`CANONICAL_UM_PER_PX`,
+the scale of the lymphocytosis challenge's crops): :func:`to_canonical`
+resamples a crop to it, unless it is already within
+:data:`RESAMPLE_TOLERANCE`, so every pixel setting of the segmentation holds
+at any magnification.
+
+Everything here is a pure function of arrays: no file is read.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+#: Diameter of a normal red cell on a dried, stained smear (um): the ruler's length.
+RED_CELL_DIAMETER_UM = 7.5
+
+#: Median diameter, in pixels, that :func:`red_cell_diameters` measures on the red cells of the lymphocytosis
+#: challenge's 224x224 crops (trainset, 115 patients, 16 crops each: median of the patients' medians 46.1 px,
+#: 5-95 % of patients 43.4-49.7 px; see docs/features.md).
+CHALLENGE_RED_CELL_DIAMETER_PX = 46.1
+
+#: The scale (um per pixel) at which segmentation and QC run: the challenge crops' own, so that their pixel
+#: settings keep their meaning and those crops are not resampled.
+CANONICAL_UM_PER_PX = round(RED_CELL_DIAMETER_UM / CHALLENGE_RED_CELL_DIAMETER_PX, 4)
+
+#: A crop whose scale is within this relative distance of the canonical one is not resampled: the
+#: segmentation's thresholds do not notice a few per cent, and sizes are converted with the crop's own scale.
+RESAMPLE_TOLERANCE = 0.04
+
+#: A patient needs at least this many ruler red cells for its own estimate to count (their diameters' spread,
+#: about 6 % of the median, puts the median of 15 within about 2 %).
+MIN_RED_CELLS = 15
+
+#: ... and their diameters' interquartile range below this fraction of the median (measured: 0.05-0.12 on the
+#: challenge's patients; overlapping or crenated red cells that pass the shape tests widen it).
+MAX_RED_CELL_SPREAD = 0.25
+
+#: A patient whose red cells give a scale within this relative distance of the run's gets the run's scale
+#: (red-cell size disorders move the median diameter by up to about 15-20 %); farther, its own (flagged).
+RUN_AGREEMENT = 0.2
+
+#: Where a patient's um/px came from (``scale_source`` of cells.parquet and patients.parquet).
+SCALE_SOURCES = ("option", "csv", "red_cells_run", "red_cells_patient", "canonical_assumed")
+
+#: Named flags of a patient's scale (``scale_flag``; empty string when none).
+SCALE_FLAGS = {
+    "": "scale given, or the patient's red cells agree with the run's",
+    "few_red_cells": "too few isolated round red cells to measure the patient's scale: the run's scale is used",
+    "red_cells_spread": "the patient's red cells vary too much in size to measure its scale: the run's scale is used",
+    "differs_from_run": "the patient's red cells disagree with the run's by more than red-cell disorders explain: "
+    "its own scale is used (another magnification?)",
+    "no_scale": "no scale given and no reliable red cells in the whole run: the canonical scale is assumed",
+}
+
+
+@dataclass(frozen=True)
+class RulerSettings:
+    """Thresholds of :func:`red_cell_diameters` (scale-free: fractions and shape ratios, no pixel lengths)."""
+
+    min_solidity: float = 0.95  #: area / convex-hull area: overlapping red cells make notched outlines
+    min_roundness: float = 0.85  #: 4 pi area / hull perimeter^2 (1 for a disk)
+    min_axis_ratio: float = 0.8  #: minor / major axis of the second moments (a pair side by side is elongated)
+    min_area_fraction: float = 0.004  #: smallest red cell, as a fraction of the crop's area (platelets, debris)
+    max_area_fraction: float = 0.15  #: largest, as a fraction of the crop's area (clumps)
+    max_nuclear_fraction: float = 0.01  #: share of nucleus-dark pixels above which a region is not a red cell
+
+
+_DEFAULT_RULER = RulerSettings()
+
+
+def _otsu3(values: np.ndarray) -> tuple[float, float]:
+    """Two thresholds of a three-class Otsu on uint8 values (64 bins): nucleus / red cells / glass."""
+    hist = cv2.calcHist([np.ascontiguousarray(values)], [0], None, [64], [0, 256]).ravel().astype(np.float64)
+    total = hist.sum()
+    if total <= 0:
+        return 0.0, 0.0
+    p = hist / total
+    w = np.cumsum(p)
+    m = np.cumsum(p * np.arange(64))
+    # 64 bins: the 2,000 pairs in a vectorised sweep.
+    i, j = np.triu_indices(63, k=1)
+    w0, w1, w2 = w[i], w[j] - w[i], 1.0 - w[j]
+    m0, m1, m2 = m[i], m[j] - m[i], m[-1] - m[j]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        var = np.where(w0 > 0, m0 * m0 / w0, 0) + np.where(w1 > 0, m1 * m1 / w1, 0) + np.where(w2 > 0, m2 * m2 / w2, 0)
+    k = int(np.argmax(var))
+    return float((int(i[k]) + 1) * 4 - 1), float((int(j[k]) + 1) * 4 - 1)
+
+
+def red_cell_diameters(rgb: np.ndarray, settings: RulerSettings = _DEFAULT_RULER) -> np.ndarray:
+    """Equivalent diameters (pixels) of the isolated, round red cells of one crop.
+
+    Stained regions are the darker classes of a three-class Otsu of the green
+    channel; the pale centre of each red cell is filled. A region counts as
+    one red cell when it does not touch the crop edge, holds no nucleus-dark
+    pixel (the lymphocyte, a platelet clump), is convex, round and not
+    elongated (:class:`RulerSettings`): overlapping red cells, pairs side by
+    side and cut red cells are left out. Never raises on image content.
+
+    Parameters
+    ----------
+    rgb : ndarray, shape (H, W, 3), uint8
+        The crop, RGB order.
+    settings : RulerSettings, optional
+        Shape and size tests.
+
+    Returns
+    -------
+    ndarray of float64
+        ``sqrt(4 area / pi)`` of each red cell kept (possibly empty).
+    """
+    if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8 or min(rgb.shape[:2]) < 32:
+        return np.zeros(0)
+    h, w = rgb.shape[:2]
+    green = np.ascontiguousarray(rgb[:, :, 1])
+    t1, t2 = _otsu3(green[::2, ::2])
+    if t2 - t1 < 12:  # no three classes (blank crop, or no glass between cells): no ruler
+        return np.zeros(0)
+    stained = cv2.compare(green, t2, cv2.CMP_LE)
+    nuclear = cv2.compare(green, t1, cv2.CMP_LE)
+    # Fill the pale centres: holes of the stained mask that do not reach the edge.
+    padded = np.zeros((h + 2, w + 2), np.uint8)
+    padded[1:-1, 1:-1] = stained
+    cv2.floodFill(padded, None, (0, 0), 128)
+    filled = np.where(padded[1:-1, 1:-1] == 128, 0, 255).astype(np.uint8)
+    # A light opening (1 px) cuts the one-pixel bridges of JPEG noise between neighbours.
+    filled = cv2.morphologyEx(filled, cv2.MORPH_OPEN, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (3, 3)))
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(filled, connectivity=8)
+    if n <= 1:
+        return np.zeros(0)
+    nuclear_counts = np.bincount(labels[nuclear > 0], minlength=n)
+    min_area, max_area = settings.min_area_fraction * h * w, settings.max_area_fraction * h * w
+    out = []
+    for k in range(1, n):
+        x, y, bw, bh, area = stats[k].tolist()
+        if area < min_area or area > max_area or x == 0 or y == 0 or x + bw >= w or y + bh >= h:
+            continue
+        if nuclear_counts[k] > settings.max_nuclear_fraction * area:
+            continue
+        comp = (labels[y : y + bh, x : x + bw] == k).astype(np.uint8)
+        contours, _ = cv2.findContours(comp, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+        if not contours:
+            continue
+        hull = cv2.convexHull(max(contours, key=cv2.contourArea))
+        hull_area, hull_perimeter = cv2.contourArea(hull), cv2.arcLength(hull, True)
+        if hull_area <= 0 or hull_perimeter <= 0:
+            continue
+        if area / hull_area < settings.min_solidity or 4 * math.pi * area / hull_perimeter**2 < settings.min_roundness:
+            continue
+        mom = cv2.moments(comp, binaryImage=True)
+        mu20, mu02, mu11 = mom["mu20"] / area, mom["mu02"] / area, mom["mu11"] / area
+        common = math.sqrt(((mu20 - mu02) / 2) ** 2 + mu11**2)
+        l1, l2 = (mu20 + mu02) / 2 + common, (mu20 + mu02) / 2 - common
+        if l1 <= 0 or l2 <= 0 or math.sqrt(l2 / l1) < settings.min_axis_ratio:
+            continue
+        out.append(math.sqrt(4.0 * area / math.pi))
+    return np.asarray(out, np.float64)
+
+
+@dataclass(frozen=True)
+class ScaleEstimate:
+    """The red-cell ruler's reading of one patient (or one run).
+
+    Attributes
+    ----------
+    um_per_px : float
+        ``RED_CELL_DIAMETER_UM / median diameter``; NaN without any red cell.
+    n_red_cells : int
+        Red cells measured.
+    spread : float
+        Interquartile range of the diameters over their median (NaN without red cells).
+    flag : str
+        ``""`` when reliable, else ``"few_red_cells"`` or ``"red_cells_spread"`` (:data:`SCALE_FLAGS`).
+    """
+
+    um_per_px: float
+    n_red_cells: int
+    spread: float
+    flag: str
+
+    @property
+    def reliable(self) -> bool:
+        """True when the estimate may be used as it is."""
+        return self.flag == "" and math.isfinite(self.um_per_px)
+
+
+def estimate_from_diameters(
+    diameters_px,
+    min_red_cells: int = MIN_RED_CELLS,
+    max_spread: float = MAX_RED_CELL_SPREAD,
+    red_cell_um: float = RED_CELL_DIAMETER_UM,
+) -> ScaleEstimate:
+    """Robust scale of one patient from its red cells' diameters (pixels, from :func:`red_cell_diameters`).
+
+    The median diameter is the ruler (a few abnormal red cells do not move
+    it); its reliability is judged by the count and the relative
+    interquartile range of the diameters.
+    """
+    d = np.asarray(diameters_px, np.float64)
+    d = d[np.isfinite(d) & (d > 0)]
+    if d.size == 0:
+        return ScaleEstimate(float("nan"), 0, float("nan"), "few_red_cells")
+    q25, med, q75 = np.percentile(d, [25, 50, 75])
+    spread = float((q75 - q25) / med)
+    flag = "few_red_cells" if d.size < min_red_cells else ("red_cells_spread" if spread > max_spread else "")
+    return ScaleEstimate(float(red_cell_um / med), int(d.size), spread, flag)
+
+
+@dataclass(frozen=True)
+class PatientScale:
+    """The scale a patient's crops are measured at, and why (one row per patient in the outputs)."""
+
+    um_per_px: float
+    source: str  #: one of :data:`SCALE_SOURCES`
+    flag: str = ""  #: one of :data:`SCALE_FLAGS`
+    own_um_per_px: float = float("nan")  #: the patient's own red-cell estimate (NaN when not measured)
+    n_red_cells: int = 0
+
+
+def pool_run(
+    estimates: dict[str, ScaleEstimate], agreement: float = RUN_AGREEMENT, canonical: float = CANONICAL_UM_PER_PX
+) -> tuple[float, dict[str, PatientScale]]:
+    """The run's pooled red-cell scale and the scale each patient is measured at.
+
+    The run's scale is the median of the reliable patients' estimates (each
+    patient weighing the same, however many crops it has). A reliable patient
+    within ``agreement`` (relative) of it gets the run's scale: one lab, one
+    scanner, and the patient's red cells are merely small or large (anaemia).
+    A reliable patient farther away keeps its own estimate, flagged
+    ``differs_from_run``. An unreliable patient gets the run's scale with its
+    own flag. Without any reliable patient, every patient gets ``canonical``,
+    flagged ``no_scale``.
+
+    Returns
+    -------
+    run_um_per_px : float
+        NaN when no patient is reliable.
+    scales : dict of str to PatientScale
+    """
+    good = [e.um_per_px for e in estimates.values() if e.reliable]
+    if not good:
+        run = float("nan")
+    else:
+        # Median of the agreeing majority: the median of all, then of those within ``agreement`` of it, so that
+        # a block of patients from another lab pulls the run's scale less.
+        run = float(np.median(good))
+        close = [g for g in good if abs(g / run - 1) <= agreement]
+        run = float(np.median(close)) if close else run
+    out = {}
+    for pid, e in estimates.items():
+        if not math.isfinite(run):
+            out[pid] = PatientScale(canonical, "canonical_assumed", "no_scale", e.um_per_px, e.n_red_cells)
+        elif not e.reliable:
+            out[pid] = PatientScale(run, "red_cells_run", e.flag, e.um_per_px, e.n_red_cells)
+        elif abs(e.um_per_px / run - 1) > agreement:
+            out[pid] = PatientScale(e.um_per_px, "red_cells_patient", "differs_from_run", e.um_per_px, e.n_red_cells)
+        else:
+            out[pid] = PatientScale(run, "red_cells_run", "", e.um_per_px, e.n_red_cells)
+    return run, out
+
+
+def resample_factor(
+    um_per_px: float, canonical: float = CANONICAL_UM_PER_PX, tolerance: float = RESAMPLE_TOLERANCE
+) -> float:
+    """Zoom that brings a crop of ``um_per_px`` to the canonical scale; 1.0 within ``tolerance`` (no resampling)."""
+    if not (math.isfinite(um_per_px) and um_per_px > 0):
+        return 1.0
+    factor = um_per_px / canonical
+    return 1.0 if abs(factor - 1.0) <= tolerance else factor
+
+
+def to_canonical(
+    rgb: np.ndarray,
+    um_per_px: float,
+    canonical: float = CANONICAL_UM_PER_PX,
+    tolerance: float = RESAMPLE_TOLERANCE,
+) -> tuple[np.ndarray, float]:
+    """Resample a crop to the canonical scale.
+
+    Shrinking uses area averaging (no aliasing of the chromatin's fine
+    texture), enlarging bicubic interpolation. Within ``tolerance`` the crop
+    is returned as it is.
+
+    Returns
+    -------
+    rgb : ndarray
+        The crop at (or within ``tolerance`` of) the canonical scale.
+    um_per_px : float
+        The scale of the returned crop: ``canonical`` if resampled (up to the
+        rounding of its side), else the crop's own.
+    """
+    factor = resample_factor(um_per_px, canonical, tolerance)
+    if factor == 1.0 or rgb.ndim != 3 or min(rgb.shape[:2]) < 1:
+        return rgb, float(um_per_px) if math.isfinite(um_per_px) and um_per_px > 0 else canonical
+    h, w = rgb.shape[:2]
+    nh, nw = max(1, int(round(h * factor))), max(1, int(round(w * factor)))
+    interp = cv2.INTER_AREA if factor < 1 else cv2.INTER_CUBIC
+    out = cv2.resize(np.ascontiguousarray(rgb), (nw, nh), interpolation=interp)
+    # The side is rounded to whole pixels: the scale actually reached, per axis, averaged.
+    reached = um_per_px * 0.5 * (w / nw + h / nh)
+    return out, float(reached)
+
+
+#: Shape measurements that are lengths (``shape_{nucleus,cell}_{name}``).
+_SHAPE_LENGTHS = ("perimeter", "equivalent_diameter", "major_axis", "minor_axis", "feret_max", "feret_min")
+
+#: Per-cell columns that are lengths: um in cells.parquet (pixels times the crop's um/px).
+LENGTH_COLUMNS = (
+    *(f"shape_{r}_{n}" for r in ("nucleus", "cell") for n in _SHAPE_LENGTHS),
+    "nc_rim_width",
+    "nc_rim_width_min",
+    "nc_rim_width_max",
+)
+
+#: Per-cell columns that are areas: um^2 in cells.parquet. Every other column is free of the pixel scale
+#: (ratios, shape indices) or measured at the canonical scale (texture, colour).
+AREA_COLUMNS = ("nucleus_area", "cell_area", "nc_cytoplasm_area", "shape_nucleus_area", "shape_cell_area")
+
+
+def to_physical(row: dict, um_per_px: float) -> dict:
+    """Convert the size columns of one measured crop from pixels to um and um^2, in place; returns ``row``."""
+    k2 = um_per_px * um_per_px
+    for name in LENGTH_COLUMNS:
+        if name in row:
+            row[name] = row[name] * um_per_px
+    for name in AREA_COLUMNS:
+        if name in row:
+            row[name] = row[name] * k2
+    return row

@@ -1,0 +1,141 @@
+"""The red-cell ruler, the per-patient and per-run scale, and resampling to the canonical scale."""
+
+from __future__ import annotations
+
+import math
+
+import cv2
+import numpy as np
+import pytest
+
+from lympho_features.scale import (
+    CANONICAL_UM_PER_PX,
+    RED_CELL_DIAMETER_UM,
+    RESAMPLE_TOLERANCE,
+    ScaleEstimate,
+    estimate_from_diameters,
+    pool_run,
+    red_cell_diameters,
+    resample_factor,
+    to_canonical,
+)
+from lympho_features.synthetic import synthetic_crop
+
+
+def _jpeg(rgb: np.ndarray, quality: int) -> np.ndarray:
+    ok, enc = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, quality])
+    assert ok
+    return cv2.cvtColor(cv2.imdecode(enc, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+
+
+def _rescaled(rgb: np.ndarray, factor: float) -> np.ndarray:
+    side = int(round(rgb.shape[0] * factor))
+    return cv2.resize(rgb, (side, side), interpolation=cv2.INTER_AREA if factor < 1 else cv2.INTER_CUBIC)
+
+
+@pytest.fixture(scope="module")
+def fine_crops():
+    """Synthetic crops drawn at 1.6x the challenge's magnification (358 px for its 224)."""
+    rng = np.random.default_rng(7)
+    return [synthetic_crop(rng, size=358).rgb for _ in range(8)]
+
+
+def test_ruler_reads_the_challenge_scale_on_synthetic_crops():
+    rng = np.random.default_rng(3)
+    d = np.concatenate([red_cell_diameters(synthetic_crop(rng).rgb) for _ in range(10)])
+    assert d.size >= 15
+    est = estimate_from_diameters(d)
+    assert est.reliable
+    # Synthetic red cells are drawn 42-50 px across on a 224 crop, as the challenge's.
+    assert est.um_per_px == pytest.approx(CANONICAL_UM_PER_PX, rel=0.05)
+
+
+@pytest.mark.parametrize("factor", [1 / 1.6, 0.75 / 1.6, 1.25 / 1.6])
+@pytest.mark.parametrize("quality", [60, 95])
+def test_ruler_follows_the_magnification(fine_crops, factor, quality):
+    """The same smear at another magnification and JPEG quality: the median diameter scales with it."""
+    ref = np.median(np.concatenate([red_cell_diameters(c) for c in fine_crops]))
+    other = np.median(np.concatenate([red_cell_diameters(_jpeg(_rescaled(c, factor), quality)) for c in fine_crops]))
+    assert other / ref == pytest.approx(factor, rel=0.03)
+
+
+def test_ruler_ignores_the_lymphocyte_overlaps_and_cut_red_cells():
+    # A crop with only the lymphocyte: no red cell to measure (a tight crop of another lab).
+    rng = np.random.default_rng(1)
+    lonely = synthetic_crop(rng, n_red_cells=0).rgb
+    assert red_cell_diameters(lonely).size == 0
+    # Two red cells overlapping are one notched region: not a ruler cell; a round one is.
+    img = np.full((224, 224, 3), 240, np.uint8)
+    cv2.circle(img, (60, 60), 22, (200, 150, 170), -1)
+    cv2.circle(img, (90, 60), 22, (200, 150, 170), -1)
+    cv2.circle(img, (150, 160), 23, (200, 150, 170), -1)
+    cv2.circle(img, (220, 120), 23, (200, 150, 170), -1)  # cut by the edge
+    d = red_cell_diameters(img)
+    assert d.size == 1 and d[0] == pytest.approx(46, abs=2)
+
+
+@pytest.mark.parametrize(
+    "bad", [np.zeros((2, 2, 3), np.uint8), np.full((64, 64, 3), 255, np.uint8), np.zeros((64, 64))]
+)
+def test_ruler_never_raises(bad):
+    assert red_cell_diameters(bad).size == 0
+
+
+def test_estimate_is_robust_to_abnormal_red_cells_and_flags_unreliable_patients():
+    rng = np.random.default_rng(0)
+    normal = rng.normal(46, 2.5, 80)
+    # A fifth of the red cells abnormal (spherocytes, fragments, a few macrocytes): the median barely moves.
+    abnormal = np.concatenate([normal, rng.uniform(20, 32, 12), rng.uniform(60, 70, 8)])
+    clean, noisy = estimate_from_diameters(normal), estimate_from_diameters(abnormal)
+    assert clean.reliable and noisy.reliable
+    assert noisy.um_per_px == pytest.approx(clean.um_per_px, rel=0.03)
+    assert clean.um_per_px == pytest.approx(RED_CELL_DIAMETER_UM / np.median(normal))
+    assert estimate_from_diameters(normal[:5]).flag == "few_red_cells"
+    assert estimate_from_diameters([]).flag == "few_red_cells"
+    assert math.isnan(estimate_from_diameters([]).um_per_px)
+    assert estimate_from_diameters(rng.uniform(20, 70, 60)).flag == "red_cells_spread"
+
+
+def _est(d: float, n: int = 60, flag: str = "") -> ScaleEstimate:
+    return ScaleEstimate(RED_CELL_DIAMETER_UM / d, n, 0.08, flag)
+
+
+def test_run_pooling_keeps_anaemic_patients_at_the_run_scale_and_flags_other_acquisitions():
+    estimates = {f"P{i}": _est(d) for i, d in enumerate([45, 46, 46, 47, 45.5, 46.5])}
+    estimates["micro"] = _est(40)  # microcytic anaemia: 13 % smaller red cells, same scanner
+    estimates["macro"] = _est(53)  # macrocytes
+    estimates["other_lab"] = _est(73)  # 1.6x the pixels
+    estimates["few"] = _est(46, n=4, flag="few_red_cells")
+    run, scales = pool_run(estimates)
+    assert run == pytest.approx(RED_CELL_DIAMETER_UM / 46, rel=0.01)
+    for pid in ("P0", "micro", "macro"):
+        assert scales[pid].um_per_px == run and scales[pid].source == "red_cells_run" and scales[pid].flag == ""
+    assert scales["micro"].own_um_per_px == pytest.approx(RED_CELL_DIAMETER_UM / 40)
+    assert scales["other_lab"].source == "red_cells_patient" and scales["other_lab"].flag == "differs_from_run"
+    assert scales["other_lab"].um_per_px == pytest.approx(RED_CELL_DIAMETER_UM / 73)
+    assert scales["few"].um_per_px == run and scales["few"].flag == "few_red_cells"
+
+
+def test_run_pooling_without_any_ruler_assumes_the_canonical_scale_and_says_so():
+    run, scales = pool_run(
+        {"A": _est(46, n=3, flag="few_red_cells"), "B": ScaleEstimate(float("nan"), 0, float("nan"), "few_red_cells")}
+    )
+    assert math.isnan(run)
+    assert {s.flag for s in scales.values()} == {"no_scale"}
+    assert {s.um_per_px for s in scales.values()} == {CANONICAL_UM_PER_PX}
+
+
+def test_to_canonical_resamples_only_beyond_the_tolerance():
+    rgb = synthetic_crop(np.random.default_rng(0)).rgb
+    near = CANONICAL_UM_PER_PX * (1 + RESAMPLE_TOLERANCE / 2)
+    same, um = to_canonical(rgb, near)
+    assert same is rgb and um == near
+    assert resample_factor(near) == 1.0
+    fine = CANONICAL_UM_PER_PX / 1.6  # 1.6x the pixels: shrunk to 224
+    out, um = to_canonical(_rescaled(rgb, 1.6), fine)
+    assert out.shape == (224, 224, 3) and um == pytest.approx(CANONICAL_UM_PER_PX, rel=0.005)
+    coarse = CANONICAL_UM_PER_PX / 0.75
+    out, um = to_canonical(_rescaled(rgb, 0.75), coarse)
+    assert out.shape == (224, 224, 3) and um == pytest.approx(CANONICAL_UM_PER_PX, rel=0.005)
+    # An unknown scale leaves the crop alone (the canonical one is assumed).
+    assert to_canonical(rgb, float("nan"))[0] is rgb
