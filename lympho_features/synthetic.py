@@ -114,7 +114,7 @@ def synthetic_crop(
     if smudge:
         # A broken cell: the nucleus spread flat, no cytoplasm left around it.
         cell = nucleus.copy()
-    _draw_red_cells(rng, img, cell, n_red_cells, k, red_cell_colour)
+    _draw_red_cells(rng, img, cell, n_red_cells, k, red_cell_colour, red_cell_radius)
     if neighbour:
         _draw_neighbour(rng, img, (cx, cy), rn, rc, cell)
     cyto_colour = CYTOPLASM * (0.78 if dark_cytoplasm else 1.0) + rng.normal(0, 3, 3)
@@ -162,7 +162,9 @@ def _lymphocyte_masks(rng, shape, k: float, centre, rn: float, rc: float, elonga
     return cell, nucleus
 
 
-def _draw_red_cells(rng, img: np.ndarray, cell: np.ndarray, n_red_cells: int, k: float, red_cell_colour) -> None:
+def _draw_red_cells(
+    rng, img: np.ndarray, cell: np.ndarray, n_red_cells: int, k: float, red_cell_colour, red_cell_radius=(21.0, 25.0)
+) -> None:
     """Red cells on ``img``: discs with a paler centre, avoiding the lymphocyte (but they may touch it)."""
     size = img.shape[0]
     yy, xx = np.mgrid[0:size, 0:size]
