@@ -35,6 +35,7 @@ import json
 import shutil
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -127,11 +128,19 @@ def _reacquire_patient(src: Path, dst: Path, shift: str, files: list[str]) -> in
     return n
 
 
-def _stamp() -> dict:
-    return {"features_version": FEATURES_VERSION, "settings": json.dumps(ExtractSettings().to_dict(), default=str)}
+def _stamp(settings: ExtractSettings) -> dict:
+    return {"features_version": FEATURES_VERSION, "settings": json.dumps(settings.to_dict(), default=str)}
 
 
-def shifted_features(data: Path, scratch: Path, shift: str, jobs: int, keep_images: bool, per_patient: int = 0) -> Path:
+def shifted_features(
+    data: Path,
+    scratch: Path,
+    shift: str,
+    jobs: int,
+    keep_images: bool,
+    per_patient: int = 0,
+    settings: ExtractSettings = ExtractSettings(),
+) -> Path:
     """Features folder of the trainset re-acquired by ``shift`` (extracted once, reused while the code matches).
 
     ``"none"`` extracts the original folder (every crop). Otherwise ``per_patient`` > 0 re-acquires that many
@@ -144,7 +153,7 @@ def shifted_features(data: Path, scratch: Path, shift: str, jobs: int, keep_imag
         per_patient = 0
     feat = scratch / "features" / (slug(shift) + (f"-n{per_patient}" if per_patient else ""))
     marker = feat / "shift.json"
-    want = {"shift": shift, "per_patient": per_patient, **_stamp()}
+    want = {"shift": shift, "per_patient": per_patient, **_stamp(settings)}
     if marker.is_file() and json.loads(marker.read_text()) == want and (feat / "patients.parquet").is_file():
         return feat
     t0 = time.perf_counter()
@@ -161,7 +170,7 @@ def shifted_features(data: Path, scratch: Path, shift: str, jobs: int, keep_imag
         Parallel(n_jobs=jobs)(delayed(_reacquire_patient)(data / p, src / p, shift, f) for p, f in subset.items())
     if feat.exists():
         shutil.rmtree(feat)
-    extract(src, feat, jobs=jobs, progress=False)
+    extract(src, feat, jobs=jobs, settings=settings, progress=False)
     marker.write_text(json.dumps(want))
     if shift != "none" and not keep_images:
         shutil.rmtree(src)
@@ -174,9 +183,9 @@ def _cells(feat: Path) -> pd.DataFrame:
     return cells.assign(crop=cells["image"].str.rsplit(".", n=1).str[0])
 
 
-def _fold(base: Cohort, shifted: dict, y, tr, te, sets, blocks, clf, state):
+def _fold(base: Cohort, shifted: dict, y, tr, te, sets, blocks, clf, state, cell_params=None):
     ids = base.ids
-    ff = FoldFeatures(blocks, (), None, 16, state).fit(base.subset(ids[tr]), y[tr])
+    ff = FoldFeatures(blocks, (), cell_params, 16, state).fit(base.subset(ids[tr]), y[tr])
     Xtr = ff.train_features_
     from sklearn.base import clone
 
@@ -192,7 +201,7 @@ def _fold(base: Cohort, shifted: dict, y, tr, te, sets, blocks, clf, state):
     return te, out
 
 
-def cross_validate_shifts(base, shifted, y, sets, folds, repeats, seed, jobs) -> pd.DataFrame:
+def cross_validate_shifts(base, shifted, y, sets, folds, repeats, seed, jobs, cell_params=None) -> pd.DataFrame:
     """Held-out probabilities of every (shift, configuration): ``repeat, shift, configuration, patient_id, ...``."""
     from joblib import Parallel, delayed
     from sklearn.model_selection import StratifiedKFold
@@ -208,7 +217,8 @@ def cross_validate_shifts(base, shifted, y, sets, folds, repeats, seed, jobs) ->
         for f, (tr, te) in enumerate(StratifiedKFold(folds, shuffle=True, random_state=seed + r).split(y, y))
     ]
     res = Parallel(n_jobs=jobs, backend="threading")(
-        delayed(_fold)(base, shifted, y, tr, te, sets, blocks, clf, seed + 1000 * r + f) for r, f, tr, te in splits
+        delayed(_fold)(base, shifted, y, tr, te, sets, blocks, clf, seed + 1000 * r + f, cell_params)
+        for r, f, tr, te in splits
     )
     rows = []
     for (r, f, _, _), (te, out) in zip(splits, res, strict=True):
@@ -311,6 +321,17 @@ def main() -> None:
         default=0,
         help="re-acquire only this many crops of each patient (0: all); training always uses every original crop",
     )
+    ap.add_argument(
+        "--texture-sigma",
+        type=float,
+        default=None,
+        help="extract with this FeatureSettings.texture_sigma (default: the package's); use its own --scratch",
+    )
+    ap.add_argument(
+        "--exclude",
+        default="",
+        help="comma-separated per-cell feature prefixes every cell model also leaves out (e.g. lbp_,radial_)",
+    )
     ap.add_argument("--keep-images", action="store_true", help="keep the re-acquired crops after extraction")
     ap.add_argument("--moved", action="store_true", help="also print how far each feature family moved")
     args = ap.parse_args()
@@ -319,9 +340,12 @@ def main() -> None:
     for s in shifts:
         parse_shift(s)  # fail early on a typo
     sets = [s for s in args.sets.split(",") if s]
+    settings = ExtractSettings()
+    if args.texture_sigma is not None:
+        settings = replace(settings, features=replace(settings.features, texture_sigma=args.texture_sigma))
     t0 = time.perf_counter()
     feats = {
-        s: shifted_features(args.data, args.scratch, s, args.jobs, args.keep_images, args.crops_per_patient)
+        s: shifted_features(args.data, args.scratch, s, args.jobs, args.keep_images, args.crops_per_patient, settings)
         for s in ["none", *shifts]
     }
     t_extract = time.perf_counter() - t0
@@ -340,7 +364,9 @@ def main() -> None:
     y = train.patients["label"].astype(int).to_numpy()
     qc = {s: (float(c["qc_ok"].mean()), float((c["qc_reason"] == "blur").mean())) for s, c in cells.items()}
     t1 = time.perf_counter()
-    pred = cross_validate_shifts(train, cohorts, y, sets, args.folds, args.repeats, args.seed, args.jobs)
+    excl = tuple(p for p in args.exclude.split(",") if p)
+    cell_params = {"exclude_prefixes": excl} if excl else None
+    pred = cross_validate_shifts(train, cohorts, y, sets, args.folds, args.repeats, args.seed, args.jobs, cell_params)
     t_cv = time.perf_counter() - t1
     args.scratch.mkdir(parents=True, exist_ok=True)
     pred.to_csv(args.scratch / "predictions.csv", index=False)
