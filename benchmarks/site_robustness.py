@@ -43,7 +43,7 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lympho_features.acquisition import apply_shift, parse_shift  # noqa: E402
+from lympho_features.acquisition import apply_shift, parse_shift, random_shift  # noqa: E402
 from lympho_features.extract import FEATURES_VERSION, ExtractSettings, extract  # noqa: E402
 from lympho_features.model import (  # noqa: E402
     BALANCED_THRESHOLD,
@@ -115,11 +115,15 @@ def _reacquire_patient(src: Path, dst: Path, shift: str, files: list[str]) -> in
     from lympho_features.dataset import read_image
 
     dst.mkdir(parents=True, exist_ok=True)
-    steps = parse_shift(shift)
+    augment = shift.startswith("random:")
+    steps = () if augment else parse_shift(shift)
     n = 0
-    for name in files:
+    for i, name in enumerate(files):
         f = src / name
         rgb, _ = read_image(f)
+        if augment:  # a laboratory of its own for each crop, drawn within the target's ranges
+            seed = [int(shift.split(":")[1]), int.from_bytes(src.name.encode()[:8], "little"), i]
+            steps = parse_shift(random_shift(np.random.default_rng(seed)))
         out = apply_shift(rgb, steps)
         tmp = dst / f".{f.stem}.png"
         cv2.imwrite(str(tmp), cv2.cvtColor(out, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_PNG_COMPRESSION, 1])
@@ -332,6 +336,12 @@ def main() -> None:
         default="",
         help="comma-separated per-cell feature prefixes every cell model also leaves out (e.g. lbp_,radial_)",
     )
+    ap.add_argument(
+        "--augment",
+        type=int,
+        default=0,
+        help="train the cell models also on this many re-acquired copies per patient (random shift per crop)",
+    )
     ap.add_argument("--keep-images", action="store_true", help="keep the re-acquired crops after extraction")
     ap.add_argument("--moved", action="store_true", help="also print how far each feature family moved")
     args = ap.parse_args()
@@ -355,7 +365,14 @@ def main() -> None:
     patients = load_patients(feats["none"])
     labeled = patients[patients["label"].notna()].reset_index(drop=True)
     cells = {s: _cells(f) for s, f in feats.items()}
-    train = Cohort.from_tables(labeled, cells["none"])
+    train_cells = cells["none"]
+    if args.augment:
+        # Augmentation: the cell models also learn from re-acquired copies of the training patients' crops
+        # (a random laboratory per crop); held-out patients never contribute theirs (FoldFeatures sees the
+        # training patients' rows only).
+        aug = _cells(shifted_features(args.data, args.scratch, "random:0", args.jobs, False, args.augment, settings))
+        train_cells = pd.concat([train_cells, aug.assign(image="aug/" + aug["image"])], ignore_index=True)
+    train = Cohort.from_tables(labeled, train_cells)
     if shifts and args.crops_per_patient:
         kept = pd.MultiIndex.from_frame(cells[shifts[0]][["patient_id", "crop"]])
         c = cells["none"]
