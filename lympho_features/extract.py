@@ -89,7 +89,9 @@ _build_tables = build_tables  # the name before the shards moved to their own mo
 #: Bump when a change to the code changes the features for the same settings,
 #: so that shards from older code are recomputed rather than reused.
 #: 5: sizes in um and um^2 (crops resampled to the canonical scale), blur judged against the patient's crops.
-FEATURES_VERSION = 5
+#: 6: chromatin texture (Haralick, LBP, granularity, nucleoli) measured on the nucleus smoothed by 1 px
+#: (FeatureSettings.texture_sigma), so that focus and JPEG compression move it less.
+FEATURES_VERSION = 6
 
 
 @dataclass(frozen=True)

@@ -64,6 +64,10 @@ def cell_features(
     Features are computed on the bounding box of the cell (the background and
     red-cell references come from the segmentation, measured on the whole
     crop), which keeps the cost independent of how many red cells surround it.
+    The chromatin-texture families (Haralick, LBP, granularity, nucleoli) see the
+    nucleus smoothed inside its mask by ``settings.texture_sigma`` pixels
+    (:func:`~lympho_features.features.masks.smooth_inside`), the radial profile
+    its raw optical density.
     """
     out: dict[str, float] = {}
     nucleus, cell = seg.nucleus_mask, seg.cell_mask
