@@ -17,6 +17,7 @@ import typer
 from rich.console import Console
 
 from .dataset import ClinicalColumns, DatasetError
+from .errors import SettingsError
 from .feature_sets import DEFAULT_FEATURE_SET, FEATURE_SETS, ModelError
 
 app = typer.Typer(
@@ -101,13 +102,17 @@ def extract(
     except ValueError:
         _fail(f"--reference-date {reference_date!r} is not a date YYYY-MM-DD")
     cols = ClinicalColumns(id_column, label_column, gender_column, dob_column, count_column, pixel_size_column)
+    try:
+        settings = ExtractSettings(reference_date=ref, pixel_size_um=pixel_size)
+    except SettingsError:
+        _fail(f"--pixel-size {pixel_size} is not a pixel size in micrometres per pixel (0.005 to 5)")
     res = _guard(
         run_extract,
         data_dir,
         out,
         clinical,
         jobs,
-        ExtractSettings(reference_date=ref, pixel_size_um=pixel_size),
+        settings,
         cols,
         progress=not quiet,
         backend=backend,
@@ -115,6 +120,11 @@ def extract(
     )
     for w in res.warnings:
         console.print(f"[yellow]warning:[/] {w}", highlight=False)
+    if res.scale:
+        run_scale = res.scale.get("run_red_cell_um_per_px")
+        sources = ", ".join(f"{k} {v}" for k, v in res.scale["sources"].items())
+        red = f"; red cells of the run: {run_scale:.4f} um/px" if run_scale else ""
+        console.print(f"pixel scale (patients per source): {sources}{red}", highlight=False)
     qc = ", ".join(f"{k} {v}" for k, v in res.qc_counts.items())
     console.print(
         f"{res.n_patients} patients, {res.n_cells} cells ({qc}), {res.n_skipped} file(s) skipped, "

@@ -94,6 +94,9 @@ class RulerSettings:
 _DEFAULT_RULER = RulerSettings()
 
 
+_PAIRS = np.triu_indices(63, k=1)  #: the (t1, t2) bin pairs of a 64-bin three-class Otsu, computed once
+
+
 def _otsu3(values: np.ndarray) -> tuple[float, float]:
     """Two thresholds of a three-class Otsu on uint8 values (64 bins): nucleus / red cells / glass."""
     hist = cv2.calcHist([np.ascontiguousarray(values)], [0], None, [64], [0, 256]).ravel().astype(np.float64)
@@ -104,7 +107,7 @@ def _otsu3(values: np.ndarray) -> tuple[float, float]:
     w = np.cumsum(p)
     m = np.cumsum(p * np.arange(64))
     # 64 bins: the 2,000 pairs in a vectorised sweep.
-    i, j = np.triu_indices(63, k=1)
+    i, j = _PAIRS
     w0, w1, w2 = w[i], w[j] - w[i], 1.0 - w[j]
     m0, m1, m2 = m[i], m[j] - m[i], m[-1] - m[j]
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -156,13 +159,24 @@ def red_cell_diameters(rgb: np.ndarray, settings: RulerSettings = _DEFAULT_RULER
         return np.zeros(0)
     nuclear_counts = np.bincount(labels[nuclear > 0], minlength=n)
     min_area, max_area = settings.min_area_fraction * h * w, settings.max_area_fraction * h * w
+    x, y, bw, bh, area = (stats[:, c] for c in range(5))
+    # Cheap tests on the components' boxes first: a disk fills pi/4 of its square box; the outline tests
+    # below run on the few candidates left.
+    candidate = (
+        (area >= min_area)
+        & (area <= max_area)
+        & (x > 0)
+        & (y > 0)
+        & (x + bw < w)
+        & (y + bh < h)
+        & (nuclear_counts <= settings.max_nuclear_fraction * area)
+        & (np.minimum(bw, bh) >= settings.min_axis_ratio * 0.9 * np.maximum(bw, bh))
+        & (area >= 0.6 * bw * bh)
+    )
+    candidate[0] = False
     out = []
-    for k in range(1, n):
+    for k in np.flatnonzero(candidate).tolist():
         x, y, bw, bh, area = stats[k].tolist()
-        if area < min_area or area > max_area or x == 0 or y == 0 or x + bw >= w or y + bh >= h:
-            continue
-        if nuclear_counts[k] > settings.max_nuclear_fraction * area:
-            continue
         comp = (labels[y : y + bh, x : x + bw] == k).astype(np.uint8)
         contours, _ = cv2.findContours(comp, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
         if not contours:

@@ -139,3 +139,79 @@ def test_to_canonical_resamples_only_beyond_the_tolerance():
     assert out.shape == (224, 224, 3) and um == pytest.approx(CANONICAL_UM_PER_PX, rel=0.005)
     # An unknown scale leaves the crop alone (the canonical one is assumed).
     assert to_canonical(rgb, float("nan"))[0] is rgb
+
+
+# ------------------------------------------------------------ through extract
+
+
+def _measure_at(big: np.ndarray, factor: float, quality: int) -> dict:
+    """``measure_crop`` of a crop drawn at 1.6x, shown at ``factor`` x the challenge's magnification."""
+    from lympho_features.extract import measure_crop
+
+    img = big if factor == 1.6 else _rescaled(big, factor / 1.6)
+    return measure_crop(_jpeg(img, quality), um_per_px=CANONICAL_UM_PER_PX / factor)
+
+
+SIZE_TOLERANCE = {  # stated in docs/features.md: the same cell at x0.75-x1.6 and JPEG quality 75-95
+    "nucleus_area": 0.05,
+    "cell_area": 0.05,
+    "shape_nucleus_equivalent_diameter": 0.025,
+    "shape_cell_equivalent_diameter": 0.025,
+    "shape_nucleus_perimeter": 0.05,
+    "nc_rim_width": 0.15,
+}
+
+
+@pytest.mark.parametrize(
+    "case",
+    [{}, {"dark_cytoplasm": True}, {"nucleus_radius": 18, "cell_radius": 22}, {"neighbour": True}, {"lobes": 3}],
+    ids=["plain", "dark-cytoplasm", "small", "neighbour", "granulocyte"],
+)
+def test_same_cell_at_any_magnification_gets_the_same_qc_and_sizes(case):
+    big = synthetic_crop(np.random.default_rng(5), size=358, **case).rgb
+    rows = {(f, q): _measure_at(big, f, q) for f in (0.75, 1.0, 1.25, 1.6) for q in (75, 95)}
+    ref = rows[(1.0, 95)]
+    assert {r["qc_reason"] for r in rows.values()} == {ref["qc_reason"]}
+    assert ref["qc_reason"] == ("not_lymphocyte" if case.get("lobes") else "ok")
+    for (f, q), r in rows.items():
+        assert r["um_per_px"] == pytest.approx(CANONICAL_UM_PER_PX / f)
+        if not ref["qc_ok"]:
+            continue  # a granulocyte's thin strands are not measured alike at 0.75x: only its QC must agree
+        for col, tol in SIZE_TOLERANCE.items():
+            assert r[col] == pytest.approx(ref[col], rel=tol), (f, q, col)
+        assert r["nc_ratio"] == pytest.approx(ref["nc_ratio"], abs=0.03)
+
+
+def test_sizes_are_micrometres():
+    """A drawn nucleus of known radius measures its physical size whatever the pixels."""
+    from lympho_features.extract import measure_crop
+
+    rng = np.random.default_rng(2)
+    crop = synthetic_crop(rng, size=358, nucleus_radius=24, cell_radius=34, elongation=1.0)
+    true_um2 = crop.nucleus_mask.sum() * (CANONICAL_UM_PER_PX / 1.6) ** 2
+    row = measure_crop(crop.rgb, um_per_px=CANONICAL_UM_PER_PX / 1.6)
+    assert row["nucleus_area"] == pytest.approx(true_um2, rel=0.05)
+    assert row["shape_nucleus_equivalent_diameter"] == pytest.approx(2 * math.sqrt(true_um2 / math.pi), rel=0.03)
+
+
+def test_blur_is_judged_against_the_patients_own_crops():
+    from lympho_features.extract import ExtractSettings, apply_patient_blur, measure_crop
+
+    settings = ExtractSettings()
+    rng = np.random.default_rng(4)
+    sharp = [measure_crop(synthetic_crop(rng).rgb) for _ in range(7)]
+    blurred = measure_crop(synthetic_crop(rng, blur=1.5).rgb)
+    # Alone, the blurred crop is above the floor: only its patient's other crops show it is out of focus.
+    assert blurred["qc_ok"] and not blurred["qc_blur"]
+    rows = [*sharp, blurred]
+    apply_patient_blur(rows, settings.segmentation)
+    assert [r["qc_reason"] for r in rows] == ["ok"] * 7 + ["blur"]
+    assert rows[-1]["qc_blur"] and not rows[-1]["qc_ok"]
+    # A soft slide (every crop blurred by 1 px more): the same crops pass, none rejected wholesale.
+    soft = [measure_crop(synthetic_crop(rng, blur=1.0).rgb) for _ in range(8)]
+    apply_patient_blur(soft, settings.segmentation)
+    assert all(r["qc_ok"] for r in soft)
+    # A slide out of focus throughout (the scanned image blurred by 3 px): below the floor, rejected.
+    fog = [measure_crop(cv2.GaussianBlur(synthetic_crop(rng).rgb, (0, 0), 3.0)) for _ in range(6)]
+    apply_patient_blur(fog, settings.segmentation)
+    assert [r["qc_reason"] for r in fog] == ["blur"] * 6

@@ -24,6 +24,16 @@ def box_moments(raw: tuple[float, ...], x0: int, y0: int) -> dict[str, float]:
     ``raw`` is ``(m00, m10, m01, m20, m11, m02)``: integer sums, exact after the
     shift of origin; the central moments follow with OpenCV's own arithmetic.
     Only the moments the features read are returned.
+
+    Examples
+    --------
+    >>> import cv2, numpy as np
+    >>> mask = np.zeros((6, 6), np.uint8)
+    >>> mask[2:4, 1:3] = 1
+    >>> m = cv2.moments(mask, binaryImage=True)
+    >>> raw = tuple(m[k] for k in ("m00", "m10", "m01", "m20", "m11", "m02"))
+    >>> box_moments(raw, 1, 2) == {k: cv2.moments(mask[2:, 1:], binaryImage=True)[k] for k in box_moments(raw, 1, 2)}
+    True
     """
     m00, m10, m01, m20, m11, m02 = raw
     m20 = m20 - 2 * x0 * m10 + x0 * x0 * m00
@@ -68,6 +78,16 @@ def cell_features(
     nucleus smoothed inside its mask by ``settings.texture_sigma`` pixels
     (:func:`~lympho_features.features.masks.smooth_inside`), the radial profile
     its raw optical density.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from lympho_features.segment import segment_cell
+    >>> from lympho_features.synthetic import synthetic_crop
+    >>> crop = synthetic_crop(np.random.default_rng(0))
+    >>> f = cell_features(crop.rgb, segment_cell(crop.rgb))
+    >>> len(f), f["nucleus_area"], round(f["nc_ratio"], 3)
+    (110, 2198.0, 0.59)
     """
     out: dict[str, float] = {}
     nucleus, cell = seg.nucleus_mask, seg.cell_mask

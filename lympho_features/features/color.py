@@ -11,7 +11,14 @@ from .settings import FeatureSettings
 
 
 def background_reference(rgb: np.ndarray, settings: FeatureSettings = FeatureSettings()) -> np.ndarray:
-    """Per-channel intensity of the unstained background (95th percentile of each channel)."""
+    """Per-channel intensity of the unstained background (95th percentile of each channel).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> background_reference(np.full((8, 8, 3), 240, np.uint8)).tolist()
+    [240.0, 240.0, 240.0]
+    """
     return background_rgb_fast(rgb)
 
 
@@ -40,6 +47,22 @@ def color_features(
         RGB of the background (default: :func:`background_reference` of ``rgb``).
     rbc_od : float, optional
         Mean total OD of the crop's red cells (from the segmentation); NaN ratios without it.
+
+    Examples
+    --------
+    A purple nucleus in a pale blue cytoplasm, on grey glass:
+
+    >>> import numpy as np
+    >>> yy, xx = np.mgrid[:40, :40]
+    >>> r = np.hypot(yy - 20, xx - 20)
+    >>> rgb = np.full((40, 40, 3), 240, np.uint8)
+    >>> rgb[r <= 15] = (180, 170, 220)
+    >>> rgb[r <= 9] = (100, 50, 140)
+    >>> f = color_features(rgb, r <= 9, r <= 15, background=np.array([240.0, 240.0, 240.0]), rbc_od=1.0)
+    >>> round(f["color_nucleus_od_mean"], 3), round(f["color_nucleus_od_green_fraction"], 3)
+    (2.959, 0.525)
+    >>> round(f["color_cytoplasm_basophilia"], 3)  # OD red - OD blue: a blue cytoplasm
+    0.2
     """
     ref = background_reference(rgb, settings) if background is None else background
     od = optical_density(rgb, ref)

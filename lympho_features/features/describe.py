@@ -9,17 +9,17 @@ from .granularity import GRANULARITY_RADII
 from .radial import RADIAL_RINGS
 
 _SHAPE_WORDS = {
-    "area": "size (area in pixels)",
-    "perimeter": "outline length",
-    "equivalent_diameter": "diameter of the disk of the same area",
-    "major_axis": "length",
-    "minor_axis": "width",
+    "area": "size (area in um²)",
+    "perimeter": "outline length (um)",
+    "equivalent_diameter": "diameter of the disk of the same area (um)",
+    "major_axis": "length (um)",
+    "minor_axis": "width (um)",
     "eccentricity": "elongation (0 round, 1 line-like)",
     "solidity": "fullness of the outline: below 1 with notches or clefts",
     "convexity": "smoothness of the outline: below 1 with indentations or projections",
     "circularity": "roundness (1 for a disk)",
-    "feret_max": "largest caliper diameter",
-    "feret_min": "smallest caliper diameter",
+    "feret_max": "largest caliper diameter (um)",
+    "feret_min": "smallest caliper diameter (um)",
     "fourier_low": "irregularity of the outline at large scale (lobes, clefts, kidney shape; 0 for a circle)",
     "fourier_high": "irregularity of the outline at fine scale (small projections, hairy or crenated outline)",
     "notch_depth": "depth of the deepest notch or cleft, relative to the radius",
@@ -43,13 +43,13 @@ _HARALICK_WORDS = {
 
 #: Plain-language meaning of every per-cell feature column (base names, before the per-patient statistic).
 FEATURE_DESCRIPTIONS: dict[str, str] = {
-    "nucleus_area": "nucleus size (area in pixels)",
-    "cell_area": "cell size (area in pixels)",
+    "nucleus_area": "nucleus size (area in um²)",
+    "cell_area": "cell size (area in um²)",
     "nc_ratio": "share of the cell occupied by the nucleus (N:C ratio)",
-    "nc_cytoplasm_area": "amount of cytoplasm (area in pixels)",
-    "nc_rim_width": "mean thickness of the cytoplasm rim around the nucleus",
-    "nc_rim_width_min": "thinnest cytoplasm between nucleus and cell outline",
-    "nc_rim_width_max": "thickest cytoplasm between nucleus and cell outline",
+    "nc_cytoplasm_area": "amount of cytoplasm (area in um²)",
+    "nc_rim_width": "mean thickness of the cytoplasm rim around the nucleus (um)",
+    "nc_rim_width_min": "thinnest cytoplasm between nucleus and cell outline (um)",
+    "nc_rim_width_max": "thickest cytoplasm between nucleus and cell outline (um)",
     "nc_nucleus_offset": "how far the nucleus sits from the centre of the cell",
     "lbp_nucleus_nonuniform": "share of irregular fine chromatin patterns (not spots, edges or flat areas)",
     "lbp_nucleus_entropy": "variety of fine chromatin patterns",
@@ -131,6 +131,15 @@ def describe_feature(name: str) -> str | None:
 
     ``haralick_contrast_d5`` (a distance not in the table) is described from
     its base feature.
+
+    Examples
+    --------
+    >>> describe_feature("nc_ratio")
+    'share of the cell occupied by the nucleus (N:C ratio)'
+    >>> describe_feature("haralick_contrast_d5")
+    'chromatin contrast: how clumped the nucleus looks (5-pixel scale)'
+    >>> describe_feature("no_such_column") is None
+    True
     """
     if name in FEATURE_DESCRIPTIONS:
         return FEATURE_DESCRIPTIONS[name]

@@ -45,6 +45,16 @@ def glcm_counts(levels_img: np.ndarray, mask: np.ndarray, distances: tuple[int, 
     -------
     ndarray of float32, shape (n_distances * 4, levels, levels)
         Distance-major, angles in :data:`_ANGLES` order.
+
+    Examples
+    --------
+    On a checkerboard every horizontal neighbour has the other level:
+
+    >>> import numpy as np
+    >>> board = (np.indices((8, 8)).sum(0) % 2).astype(np.uint8)
+    >>> counts = glcm_counts(board, np.ones((8, 8), bool), (1,), 2)
+    >>> counts.shape, counts[0].tolist()
+    ((4, 2, 2), [[0.0, 28.0], [28.0, 0.0]])
     """
     h, w = levels_img.shape
     side = levels + 1
@@ -100,6 +110,14 @@ def masked_glcm(levels_img: np.ndarray, mask: np.ndarray, distance: int | tuple[
     -------
     ndarray, shape (n_distances * n_angles, levels, levels)
         Distance-major: the 4 angles of the first distance, then of the next.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> board = (np.indices((8, 8)).sum(0) % 2).astype(np.uint8)
+    >>> p = masked_glcm(board, np.ones((8, 8), bool), 1, 2)
+    >>> p.shape, p[0].tolist()
+    ((4, 2, 2), [[0.0, 0.5], [0.5, 0.0]])
     """
     distances = (distance,) if np.isscalar(distance) else tuple(distance)
     counts = glcm_counts(np.asarray(levels_img), np.asarray(mask, bool), distances, levels).astype(np.float64)
@@ -160,6 +178,16 @@ def haralick_from_glcms(p: np.ndarray) -> np.ndarray:
     Returns
     -------
     ndarray, shape (n, 13), in :data:`HARALICK_NAMES` order.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> p = np.array([[[0.0, 0.5], [0.5, 0.0]], [[0.5, 0.0], [0.0, 0.5]]])  # alternating; uniform patches
+    >>> f = haralick_from_glcms(p)
+    >>> f.shape
+    (2, 13)
+    >>> [round(float(v), 3) for v in f[:, HARALICK_NAMES.index("contrast")]]
+    [1.0, 0.0]
     """
     eps = 1e-12
     m, n = p.shape[0], p.shape[-1]
@@ -208,7 +236,15 @@ def haralick_from_glcms(p: np.ndarray) -> np.ndarray:
 
 
 def haralick_from_glcm(p: np.ndarray) -> np.ndarray:
-    """The 13 Haralick features of one normalised GLCM, in :data:`HARALICK_NAMES` order."""
+    """The 13 Haralick features of one normalised GLCM, in :data:`HARALICK_NAMES` order.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> f = haralick_from_glcm(np.array([[0.0, 0.5], [0.5, 0.0]]))
+    >>> {n: round(float(v), 3) for n, v in zip(HARALICK_NAMES, f) if n in ("asm", "contrast", "correlation")}
+    {'asm': 0.5, 'contrast': 1.0, 'correlation': -1.0}
+    """
     return haralick_from_glcms(p[None])[0]
 
 
@@ -220,6 +256,14 @@ def quantize(grey: np.ndarray, mask: np.ndarray, levels: int) -> np.ndarray:
     """Grey levels ``0..levels-1`` between the 1st and 99th percentile of the masked pixels.
 
     A uint8 image gives a uint8 result (through a 256-entry table), any other an int64 one.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> grey = np.arange(100, dtype=np.uint8).reshape(10, 10)
+    >>> q = quantize(grey, np.ones((10, 10), bool), 4)
+    >>> q.dtype, q.min(), q.max(), np.bincount(q.ravel()).tolist()
+    (dtype('uint8'), np.uint8(0), np.uint8(3), [25, 24, 25, 26])
     """
     if grey.dtype == np.uint8:
         hist = cv2.calcHist([np.ascontiguousarray(grey)], [0], _u8(mask), [256], [0, 256]).ravel()
@@ -259,6 +303,15 @@ def haralick_features(
     dict
         ``haralick_{name}_d{distance}`` for each of the 13 features and each
         distance in ``settings.haralick_distances``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from lympho_features.features import FeatureSettings
+    >>> board = (np.indices((8, 8)).sum(0) % 2 * 200).astype(np.uint8)
+    >>> f = haralick_features(board, np.ones((8, 8), bool), FeatureSettings(haralick_levels=2, haralick_distances=(1,)))
+    >>> len(f), round(f["haralick_contrast_d1"], 3), round(f["haralick_asm_d1"], 3)
+    (13, 0.5, 0.5)
     """
     levels = settings.haralick_levels
     distances = tuple(settings.haralick_distances)

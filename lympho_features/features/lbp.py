@@ -36,6 +36,15 @@ def lbp_features(grey: np.ndarray, mask: np.ndarray) -> dict[str, float]:
     by their number of brighter neighbours (``lbp_nucleus_u0`` dark spot ...
     ``lbp_nucleus_u8`` bright spot, ``u4`` an edge), the rest in
     ``lbp_nucleus_nonuniform``. Also ``lbp_nucleus_entropy`` of the histogram.
+
+    Examples
+    --------
+    In a flat patch every neighbour is "at least as bright": all pixels are bright spots (``u8``).
+
+    >>> import numpy as np
+    >>> f = lbp_features(np.full((16, 16), 100, np.uint8), np.ones((16, 16), bool))
+    >>> f["lbp_nucleus_u8"], f["lbp_nucleus_nonuniform"], f["lbp_nucleus_entropy"] == 0
+    (1.0, 0.0, True)
     """
     names = _LBP_COLUMNS
     g = grey if grey.dtype == np.uint8 else np.asarray(grey, np.float64)  # types OpenCV compares exactly

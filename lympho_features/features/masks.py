@@ -17,6 +17,19 @@ def _pad1(m8: np.ndarray) -> np.ndarray:
 
 
 def largest_contour(mask: np.ndarray) -> np.ndarray | None:
+    """Outer contour (all points, ``cv2.CHAIN_APPROX_NONE``) of the largest piece of ``mask``; None when empty.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> mask = np.zeros((10, 10), bool)
+    >>> mask[2:5, 2:5] = True  # a 3x3 square ...
+    >>> mask[7, 7] = True  # ... and a single pixel
+    >>> largest_contour(mask).reshape(-1, 2).min(0).tolist(), len(largest_contour(mask))
+    ([2, 2], 8)
+    >>> largest_contour(np.zeros((4, 4), bool)) is None
+    True
+    """
     contours, _ = cv2.findContours(_u8(mask), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
     if not contours:
         return None

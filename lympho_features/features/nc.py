@@ -24,6 +24,19 @@ def nc_features(
     divided by the cell's equivalent radius. ``nucleus_contour`` and
     ``moments`` (binary-image moments of nucleus and cell) may be passed when
     already known.
+
+    Examples
+    --------
+    A nucleus of radius 20 centred in a cell of radius 28:
+
+    >>> import cv2, numpy as np
+    >>> nucleus = cv2.circle(np.zeros((64, 64), np.uint8), (32, 32), 20, 1, -1).astype(bool)
+    >>> cell = cv2.circle(np.zeros((64, 64), np.uint8), (32, 32), 28, 1, -1).astype(bool)
+    >>> f = nc_features(nucleus, cell)
+    >>> f["nucleus_area"], f["cell_area"], round(f["nc_ratio"], 3), f["nc_nucleus_offset"]
+    (1257.0, 2453.0, 0.512, 0.0)
+    >>> round(f["nc_rim_width"], 2), f["nc_rim_width_max"]
+    (7.94, 8.0)
     """
     names = (
         "nucleus_area",

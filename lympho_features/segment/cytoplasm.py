@@ -42,6 +42,18 @@ def pale_cytoplasm(
     pixels fainter than ``min_od`` (the glass) or denser than ``max_od`` (a
     bluish, polychromatic red cell, a platelet) are left out. Isolated specks
     do no harm: the caller keeps only the region connected to the nucleus.
+
+    Examples
+    --------
+    Two faint halves of the same density, the left one blue (chroma 0.5), the right one not:
+
+    >>> import numpy as np
+    >>> od_sum = np.full((20, 20), 0.3, np.float32)
+    >>> blueness = np.zeros((20, 20), np.float32)
+    >>> blueness[:, :10] = 0.15
+    >>> pale = pale_cytoplasm(blueness, od_sum, 0.05, 0.08, 1.0, 0.12)
+    >>> int(np.count_nonzero(pale[:, :10])), int(np.count_nonzero(pale[:, 10:]))
+    (200, 0)
     """
     faint = cv2.bitwise_and(cv2.compare(od_sum, min_od, cv2.CMP_GT), cv2.compare(od_sum, max_od, cv2.CMP_LT))
     h, w = od_sum.shape
@@ -73,6 +85,20 @@ def cell_from_region(region: np.ndarray, nucleus: np.ndarray, others: np.ndarray
         Whether the region was shared with a neighbour.
     touch_fraction : float
         Share of the cell outline that is a cut through the shared region (0 without a split).
+
+    Examples
+    --------
+    A stained band holding this nucleus and a neighbour's is split between them:
+
+    >>> import cv2, numpy as np
+    >>> region = cv2.rectangle(np.zeros((30, 60), np.uint8), (2, 5), (57, 24), 255, -1)
+    >>> nucleus = cv2.circle(np.zeros_like(region), (15, 15), 6, 255, -1)
+    >>> neighbour = cv2.circle(np.zeros_like(region), (45, 15), 6, 255, -1)
+    >>> cell, split, touch = cell_from_region(region, nucleus, neighbour)
+    >>> split, round(touch, 3), int(np.count_nonzero(cell))
+    (True, 0.213, 580)
+    >>> cell_from_region(region, nucleus, np.zeros_like(region))[1:]
+    (False, 0.0)
     """
     split = bool(cv2.countNonZero(cv2.bitwise_and(region, others)))
     if split:
@@ -130,6 +156,8 @@ def find_cell(rgb: np.ndarray, channels, dark, t2: float, found: NucleusFound, s
 
     ``channels`` are the crop's R, G, B planes, ``dark`` and ``t2`` the dark
     mask and background threshold of :func:`~.nucleus.dark_pieces`.
+
+    The phases are shown one by one in :mod:`lympho_features.segment.pipeline`.
     """
     green = channels[1]
     # Background: mean colour of the brightest class of the three-class Otsu.
@@ -159,6 +187,8 @@ def cytoplasm_mask(channels, roi, dark, bg, s: SegmentationSettings) -> tuple[np
     Stained and bluer than the red cells (``OD_red - OD_blue`` and, unless
     ``cytoplasm_chroma_margin`` is None, blue chroma), or pale but of a blue
     hue (:func:`pale_cytoplasm`).
+
+    The phases are shown one by one in :mod:`lympho_features.segment.pipeline`.
     """
     red, green, blue = channels
     y0, y1, x0, x1 = roi

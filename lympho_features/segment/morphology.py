@@ -14,7 +14,15 @@ def _disk(radius: int) -> np.ndarray:
 
 
 def fill_holes(mask: np.ndarray) -> np.ndarray:
-    """Fill the holes of a binary mask (uint8 0/255) by flood-filling the outside."""
+    """Fill the holes of a binary mask (uint8 0/255) by flood-filling the outside.
+
+    Examples
+    --------
+    >>> import cv2, numpy as np
+    >>> ring = cv2.circle(np.zeros((20, 20), np.uint8), (10, 10), 7, 255, 2)
+    >>> int(np.count_nonzero(ring)), int(np.count_nonzero(fill_holes(ring)))
+    (128, 217)
+    """
     h, w = mask.shape
     padded = np.zeros((h + 2, w + 2), np.uint8)
     padded[1:-1, 1:-1] = mask
@@ -42,6 +50,17 @@ def in_window(split, nucleus: np.ndarray, win: tuple[slice, slice], *args) -> tu
     ``win`` holds the nucleus with a margin wider than any erosion used, so the
     erosions, distance maps and components are those of the whole image: the
     labels are pasted back into an image of the nucleus' size.
+
+    Examples
+    --------
+    >>> import cv2, numpy as np
+    >>> from lympho_features.segment import split_merged
+    >>> two = np.zeros((60, 90), np.uint8)
+    >>> _ = cv2.circle(two, (30, 30), 18, 255, -1)
+    >>> _ = cv2.circle(two, (60, 30), 18, 255, -1)
+    >>> n, labels = in_window(split_merged, two, (slice(5, 55), slice(5, 85)), 40)
+    >>> n, np.array_equal(labels, split_merged(two, 40)[1])
+    (2, True)
     """
     n, lab = split(np.ascontiguousarray(nucleus[win]), *args)
     out = np.zeros(nucleus.shape, np.int32)

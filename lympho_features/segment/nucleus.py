@@ -56,6 +56,13 @@ def multi_otsu3(values: np.ndarray, bins: int = 64) -> tuple[float, float]:
 
     The histogram is reduced to ``bins`` bins; thresholds are returned in the
     original 0-255 scale (a value ``<= t1`` is in the lowest class).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> values = np.repeat(np.array([20, 120, 230], np.uint8), 100)
+    >>> multi_otsu3(values)
+    (23.0, 123.0)
     """
     step = 256 // bins
     hist = cv2.calcHist([np.ascontiguousarray(values)], [0], None, [bins], [0, 256]).ravel().astype(np.float64)
@@ -83,6 +90,20 @@ def split_lobes(nucleus: np.ndarray, erosion: int, min_area: int) -> tuple[int, 
         Number of pieces (1 for a round or notched nucleus).
     labels : ndarray int32
         Every nucleus pixel labelled ``1..n_lobes`` by its nearest piece (0 outside).
+
+    Examples
+    --------
+    Three lobes joined by thin strands:
+
+    >>> import cv2, numpy as np
+    >>> lobed = np.zeros((120, 140), np.uint8)
+    >>> for c in ((45, 50), (75, 50), (60, 85)):
+    ...     _ = cv2.circle(lobed, c, 9, 255, -1)
+    >>> _ = cv2.line(lobed, (45, 50), (75, 50), 255, 2)
+    >>> _ = cv2.line(lobed, (75, 50), (60, 85), 255, 2)
+    >>> n, labels = split_lobes(lobed, 4, 40)
+    >>> n, sorted(np.unique(labels).tolist())
+    (3, [0, 1, 2, 3])
     """
     return _split_by_seeds(nucleus, cv2.erode(nucleus, _disk(erosion)), min_area)
 
@@ -93,6 +114,17 @@ def split_merged(nucleus: np.ndarray, min_area: int, level: float = 0.55) -> tup
     The cores of the pieces are where the distance to the outline exceeds
     ``level`` times its maximum; every pixel goes to its nearest core.
     Returns ``(n_pieces, labels)`` as :func:`split_lobes`.
+
+    Examples
+    --------
+    Two round nuclei pressed together:
+
+    >>> import cv2, numpy as np
+    >>> two = np.zeros((60, 90), np.uint8)
+    >>> _ = cv2.circle(two, (30, 30), 18, 255, -1)
+    >>> _ = cv2.circle(two, (60, 30), 18, 255, -1)
+    >>> split_merged(two, 40)[0], split_lobes(two, 4, 40)[0]  # the wide neck is no strand
+    (2, 1)
     """
     dt = cv2.distanceTransform(nucleus, cv2.DIST_L2, 3)
     cores = cv2.compare(dt, level * float(dt.max()), cv2.CMP_GT)
@@ -128,6 +160,16 @@ def nucleus_thresholds(green: np.ndarray, win: tuple[slice, slice]) -> tuple[flo
     thresholds closer than 12 grey levels, or a class under 0.5 % of the
     pixels) both thresholds are the two-class Otsu threshold. A value ``<= t1``
     is nuclear; ``> t2`` is background.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> green = np.full((40, 40), 220, np.uint8)  # glass
+    >>> green[15:25, 15:25] = 60  # a nucleus
+    >>> green[30:38, 30:38] = 150  # a red cell
+    >>> green[::2, :5] = 150
+    >>> nucleus_thresholds(green, (slice(0, 40), slice(0, 40)))
+    (63.0, 151.0)
     """
     sample = np.ascontiguousarray(green[win][::2, ::2])
     # multi_otsu3(sample), keeping its histogram: the thresholds fall on bin edges, so the
@@ -189,6 +231,18 @@ def dark_pieces(channels, s: SegmentationSettings) -> tuple[list, np.ndarray, fl
 
     Returns the contours, the mask of dark pixels (green ``<= t1``, 0/255) and
     ``t2``, the green threshold above which a pixel is background.
+
+    Examples
+    --------
+    >>> import cv2, numpy as np
+    >>> from lympho_features.segment import SegmentationSettings
+    >>> from lympho_features.synthetic import synthetic_crop
+    >>> crop = synthetic_crop(np.random.default_rng(0))
+    >>> s = SegmentationSettings()
+    >>> channels = cv2.split(crop.rgb)
+    >>> contours, dark, t2 = dark_pieces(channels, s)
+    >>> len(contours), dark.shape, t2
+    (1, (224, 224), 199.0)
     """
     red, green, blue = channels
     win = _central_window(green.shape, s.central_fraction)
@@ -204,6 +258,8 @@ def find_nucleus(contours, shape: tuple[int, int], s: SegmentationSettings) -> N
     """The nucleus of the cell at the crop centre, from the dark pieces of :func:`dark_pieces`.
 
     None when no piece is large enough (``no_nucleus``).
+
+    The phases are shown one by one in :mod:`lympho_features.segment.pipeline`.
     """
     h, w = shape
     cy, cx = (h - 1) / 2.0, (w - 1) / 2.0

@@ -29,6 +29,15 @@ def optical_density(rgb: np.ndarray, reference: np.ndarray | None = None) -> np.
     ``log(256 / (I + 1))``, minus that of ``reference`` (an RGB triple, e.g. the
     background from :func:`background_rgb`) when given: 0 on unstained glass,
     positive where the stain absorbs.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> rgb = np.full((1, 2, 3), 255, np.uint8)
+    >>> rgb[0, 0] = 127  # a pixel that lets half the light through
+    >>> od = optical_density(rgb, [255, 255, 255])
+    >>> od.dtype, [round(float(v), 3) for v in od[0, 0]], od[0, 1].tolist()
+    (dtype('float32'), [0.693, 0.693, 0.693], [0.0, 0.0, 0.0])
     """
     rgb = np.ascontiguousarray(rgb)
     if reference is None:
@@ -39,19 +48,43 @@ def optical_density(rgb: np.ndarray, reference: np.ndarray | None = None) -> np.
 
 
 def optical_density_channels(rgb: np.ndarray, reference: np.ndarray) -> list[np.ndarray]:
-    """:func:`optical_density` against ``reference``, as three single-channel float32 images (R, G, B)."""
+    """:func:`optical_density` against ``reference``, as three single-channel float32 images (R, G, B).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> red, green, blue = optical_density_channels(np.full((2, 2, 3), 127, np.uint8), [255, 255, 255])
+    >>> red.shape, red.dtype, round(float(red[0, 0]), 3)
+    ((2, 2), dtype('float32'), 0.693)
+    """
     rgb = np.ascontiguousarray(rgb)
     return [cv2.LUT(ch, t) for ch, t in zip(cv2.split(rgb), od_tables(reference), strict=True)]
 
 
 def od_tables(reference) -> list[np.ndarray]:
-    """The three float32 tables (R, G, B) of :func:`optical_density_channels`: OD of each level minus the reference's."""
+    """The three float32 tables (R, G, B) of :func:`optical_density_channels`: OD of each level minus the reference's.
+
+    Examples
+    --------
+    >>> tables = od_tables([255, 255, 255])
+    >>> len(tables), tables[0].shape, float(tables[0][255])
+    (3, (256,), 0.0)
+    """
     # One subtraction for the three (float32 table minus float32 value, as per channel).
     return list(_OD_LUT[None, :] - _reference_od(reference)[:, None])
 
 
 def background_rgb(rgb: np.ndarray, percentile: float = 95.0) -> np.ndarray:
-    """RGB of the unstained background: a high percentile of each channel (subsampled)."""
+    """RGB of the unstained background: a high percentile of each channel (subsampled).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> rgb = np.full((30, 30, 3), (250, 227, 212), np.uint8)
+    >>> rgb[10:20, 10:20] = (100, 50, 140)  # a nucleus does not move the 95th percentile
+    >>> background_rgb(rgb).tolist()
+    [250.0, 227.0, 212.0]
+    """
     sample = rgb[::3, ::3].reshape(-1, 3)
     return np.percentile(sample, percentile, axis=0).astype(np.float32)
 
@@ -66,7 +99,16 @@ def _hist_quantile(hist: np.ndarray, q: float, lo: float, hi: float) -> float:
 
 
 def background_rgb_fast(rgb: np.ndarray, q: float = 0.95) -> np.ndarray:
-    """Like :func:`background_rgb` (quantile ``q`` per channel), from OpenCV histograms."""
+    """Like :func:`background_rgb` (quantile ``q`` per channel), from OpenCV histograms.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from lympho_features.synthetic import synthetic_crop
+    >>> rgb = synthetic_crop(np.random.default_rng(0)).rgb
+    >>> background_rgb_fast(rgb).tolist(), background_rgb(rgb).tolist()
+    ([249.0, 227.0, 212.0], [249.0, 227.0, 212.0])
+    """
     sub = np.ascontiguousarray(rgb[::3, ::3])
     return np.array(
         [_hist_quantile(cv2.calcHist([sub], [c], None, [256], [0, 256]), q, 0, 256) - 0.5 for c in range(3)],
@@ -88,6 +130,16 @@ def red_cell_reference(
     Computed on every fourth pixel (in each direction) of the whole crop, where red cells
     outnumber any cytoplasm, so a large lymphocyte does not bias it. Returns
     ``(0.0, nan)`` when the crop has almost no stained pixel.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from lympho_features.segment import background_rgb
+    >>> from lympho_features.synthetic import synthetic_crop
+    >>> rgb = synthetic_crop(np.random.default_rng(0)).rgb
+    >>> blueness, density = red_cell_reference(rgb, background_rgb(rgb), np.zeros(rgb.shape[:2], np.uint8), 0.15)
+    >>> round(blueness, 3), round(density, 2)
+    (-0.015, 0.83)
     """
     sub = _subsample(rgb, 4)
     od_r, od_g, od_b = optical_density_channels(sub, background)

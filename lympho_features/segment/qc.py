@@ -20,7 +20,10 @@ from .settings import _QC_ORDER, FLAG_DESCRIPTIONS, SegmentationSettings
 def quality_control(
     shape: tuple[int, int], found: NucleusFound, cell: CellFound, s: SegmentationSettings
 ) -> Segmentation:
-    """Flags, QC reason and diagnostics of a segmented cell, and the :class:`Segmentation` of the crop."""
+    """Flags, QC reason and diagnostics of a segmented cell, and the :class:`Segmentation` of the crop.
+
+    The phases are shown one by one in :mod:`lympho_features.segment.pipeline`.
+    """
     h, w = shape
     cy, cx = (h - 1) / 2.0, (w - 1) / 2.0
     nucleus, y0, y1, x0, x1 = found.nucleus, *found.roi
@@ -77,6 +80,15 @@ def nucleus_box_moments(nucleus: np.ndarray, y0: int, x0: int):
     the ROI, the centroid ``(y, x)`` in the crop and the raw moments ``(m00,
     m10, m01, m20, m11, m02)`` in crop coordinates (integer sums: exact after
     the shift).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> nucleus = np.zeros((10, 10), np.uint8)
+    >>> nucleus[2:4, 3:7] = 255
+    >>> box, (y, x), moments = nucleus_box_moments(nucleus, 100, 50)  # the ROI starts at row 100, column 50
+    >>> box, (y, x), moments[:3]
+    ((slice(2, 4, None), slice(3, 7, None)), (102.5, 54.5), (8.0, 436.0, 820.0))
     """
     nbx, nby, nbw, nbh = cv2.boundingRect(nucleus)
     nb = (slice(nby, nby + nbh), slice(nbx, nbx + nbw))  # the nucleus' own box

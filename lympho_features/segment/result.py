@@ -62,7 +62,14 @@ class Segmentation:
 
 
 def empty_segmentation(shape: tuple[int, int], reason: str) -> Segmentation:
-    """A failed segmentation: empty masks, every flag False, ``qc_reason`` set to ``reason``."""
+    """A failed segmentation: empty masks, every flag False, ``qc_reason`` set to ``reason``.
+
+    Examples
+    --------
+    >>> seg = empty_segmentation((4, 4), "no_nucleus")
+    >>> seg.qc_ok, seg.qc_reason, seg.nucleus_mask.shape, any(seg.flags.values())
+    (False, 'no_nucleus', (4, 4), False)
+    """
     z = np.zeros(shape, bool)
     flags = dict.fromkeys(FLAG_DESCRIPTIONS, False)
     return Segmentation(z, z.copy(), False, reason, flags)

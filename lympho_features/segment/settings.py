@@ -140,6 +140,9 @@ class SegmentationSettings:
         for name in ("cytoplasm_margin", "max_rbc_blueness", "pale_chroma_margin", "pyknotic_min_od"):
             check.number(name)
         check.number("cytoplasm_chroma_margin", optional=True)
+        check.number("blur_patient_ratio", 0, 1)
+        check.number("blur_floor", 0)
+        check.integer("blur_min_crops", 1)
 
     # Cached: segment_cell asks for every crop, and building (and checking) the settings costs more than a look-up.
     @lru_cache(maxsize=64)  # noqa: B019  (settings are small, immutable and few)
@@ -147,6 +150,13 @@ class SegmentationSettings:
         """Return settings whose lengths and areas are rescaled from a 224-pixel crop to ``side``.
 
         Unchanged when ``scale_with_side`` is False.
+
+        Examples
+        --------
+        >>> s = SegmentationSettings()
+        >>> half = s.scaled(112)  # a crop half as wide: areas a quarter, lengths a half
+        >>> half.min_nucleus_area, half.roi_margin, s.scaled(224) == s
+        (75, 28, True)
         """
         if side == 224 or not self.scale_with_side:
             return self
