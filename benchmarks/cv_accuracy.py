@@ -48,7 +48,7 @@ from lympho_features.model import (  # noqa: E402
     load_cohort_tables,
     load_patients,
     nested_selection,
-    parse_feature_set,
+    sets_with_inputs,
 )
 
 
@@ -95,13 +95,9 @@ def main() -> None:
     patients = load_patients(args.features)
     sets = [s for s in args.sets.split(",") if s]
     cells, emb = load_cohort_tables(args.features, sets, args.embeddings, optional=True)
-    kept = []
-    for fs in sets:
-        blocks, _ = parse_feature_set(fs)
-        if ("cellscore" in blocks and cells is None) or ("cnn" in blocks and emb is None):
-            print(f"skipping {fs}: its inputs are missing", file=sys.stderr)
-            continue
-        kept.append(fs)
+    kept = sets_with_inputs(sets, cells, emb)
+    for fs in (fs for fs in sets if fs not in kept):
+        print(f"skipping {fs}: its inputs are missing", file=sys.stderr)
     labeled = patients[patients["label"].notna()].reset_index(drop=True)
     cohort = Cohort.from_tables(labeled, cells, emb)
     y = labeled["label"].astype(int).to_numpy()

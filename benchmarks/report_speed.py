@@ -17,7 +17,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lympho_features.extract import extract  # noqa: E402
-from lympho_features.model import fit_model, load_patients, save_model  # noqa: E402
+from lympho_features.model import fit_features_dir  # noqa: E402
 from lympho_features.report import write_report  # noqa: E402
 
 
@@ -32,8 +32,7 @@ def main() -> None:
     if not (args.features / "patients.parquet").is_file():
         extract(args.data, args.features, jobs=args.jobs, progress=True)
     if not (args.model / "model.json").is_file():
-        model, cv = fit_model(load_patients(args.features))
-        save_model(model, cv, args.model)
+        fit_features_dir(args.features, args.model, n_jobs=args.jobs)
     t0 = time.perf_counter()
     res = write_report(args.model, args.features, args.out)
     wall = time.perf_counter() - t0

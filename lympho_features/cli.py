@@ -9,6 +9,7 @@ non-zero exit code, never a traceback.
 from __future__ import annotations
 
 import sys
+from contextlib import contextmanager
 from datetime import date
 from pathlib import Path
 from typing import Annotated
@@ -192,35 +193,25 @@ def fit(
     """Cross-validate a patient-level classifier, then fit it on all labeled patients."""
     import time
 
-    from .model import fit_features_dir, format_ablation
+    from .model import FitSettings, fit_features_dir, format_ablation
 
-    if folds < 2 or repeats < 1:
-        _fail("--folds must be at least 2 and --repeats at least 1")
-    if min_sensitivity is not None and not 0 < min_sensitivity <= 1:
-        _fail("--min-sensitivity must be in (0, 1]")
-    if jobs < 1:
-        _fail("--jobs must be at least 1")
-    if not 0 < refer_error_rate < 1:
-        _fail("--refer-error-rate must be in (0, 1)")
-    if not 0 <= refer_max_fraction <= 1:
-        _fail("--refer-max-fraction must be in [0, 1]")
-    t0 = time.perf_counter()
-    model, cv = _guard(
-        fit_features_dir,
-        features_dir,
-        out,
-        feature_set,
-        folds,
-        repeats,
-        seed,
-        min_sensitivity,
-        embeddings_dir=embeddings,
+    settings = _guard(
+        FitSettings,
+        feature_set=feature_set,
+        folds=folds,
+        repeats=repeats,
+        seed=seed,
+        min_sensitivity=min_sensitivity,
         ablation=ablation,
         refer_error_rate=refer_error_rate,
         refer_max_fraction=refer_max_fraction,
         n_jobs=jobs,
         monotone=monotone,
+        embeddings_dir=embeddings,
     )
+    t0 = time.perf_counter()
+    with _cv_progress() as progress:
+        model, cv = _guard(fit_features_dir, features_dir, out, settings, progress=progress)
     s = cv.summary
     if model.metadata.get("ablation"):
         console.print(format_ablation(model.metadata["ablation"]), highlight=False, markup=False)
@@ -235,6 +226,17 @@ def fit(
         f"errors) -> {out} ({time.perf_counter() - t0:.0f} s)",
         highlight=False,
     )
+
+
+@contextmanager
+def _cv_progress():
+    """A bar of the cross-validation's outer folds on a terminal (nothing otherwise): the ``progress`` fit takes."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    columns = (TextColumn("cross-validation"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=console, transient=True, disable=not console.is_terminal) as bar:
+        task = bar.add_task("folds", total=None)
+        yield lambda done, total: bar.update(task, completed=done, total=total)
 
 
 @app.command()
@@ -374,7 +376,7 @@ def demo(
 ) -> None:
     """Generate a seeded synthetic cohort, run extract and fit on it, print the CV metrics, write a report."""
     from .extract import extract as run_extract
-    from .model import DEFAULT_FEATURE_SET, fit_features_dir, format_ablation
+    from .model import FitSettings, fit_features_dir, format_ablation
     from .synthetic import make_cohort
 
     data = out / "data"
@@ -384,11 +386,13 @@ def demo(
     console.print(f"extracted {res.n_cells} cells of {res.n_patients} patients", highlight=False)
     # `lympho fit`'s defaults (3 x 3 CV for speed): the ablation table compares the other configurations.
     model_dir = out / "model"
-    model, cv = _guard(fit_features_dir, out / "features", model_dir, folds=3, repeats=3, seed=seed, n_jobs=jobs)
+    settings = _guard(FitSettings, folds=3, repeats=3, seed=seed, n_jobs=jobs)
+    with _cv_progress() as progress:
+        model, cv = _guard(fit_features_dir, out / "features", model_dir, settings, progress=progress)
     console.print(format_ablation(model.metadata["ablation"]), highlight=False, markup=False)
     s = cv.summary
     console.print(
-        f"default model ({DEFAULT_FEATURE_SET}): balanced accuracy {s['balanced_accuracy_mean']:.3f} "
+        f"default model ({settings.feature_set}): balanced accuracy {s['balanced_accuracy_mean']:.3f} "
         f"± {s['balanced_accuracy_std']:.3f}, ROC AUC {s['roc_auc_mean']:.3f} ± {s['roc_auc_std']:.3f} -> {model_dir}",
         highlight=False,
     )

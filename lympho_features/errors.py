@@ -37,7 +37,17 @@ class ModelError(LymphoError):
     """A model folder or a features table that cannot be used; the message says why."""
 
 
-class ModelMetadataError(ModelError):
+class FeaturesFolderError(ModelError):
+    """A features folder (written by ``lympho extract`` / ``lympho embed``) lacks a file or has an unreadable one;
+    the message names the file (:class:`lympho_features.folders.FeaturesFolder`)."""
+
+
+class ModelFolderError(ModelError):
+    """A model folder (written by ``lympho fit``) lacks a file or has an unreadable one; the message names the
+    file (:class:`lympho_features.folders.ModelFolder`)."""
+
+
+class ModelMetadataError(ModelFolderError):
     """model.json does not follow the schema; the message names the file and the key."""
 
 

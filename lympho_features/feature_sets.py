@@ -1,18 +1,20 @@
-"""Names of ``lympho fit``'s feature sets, and the model stage's error.
+"""The catalogue of ``lympho fit``'s model inputs: blocks, feature sets, and the column names each block makes.
 
-What the command line needs from :mod:`lympho_features.model` without
-importing the learning libraries (scikit-learn and LightGBM take about a
-second to import, which every ``lympho extract`` would otherwise pay).
-:mod:`lympho_features.model` re-exports all of it.
+What the command line and the readers of a model folder need to know about feature sets without
+importing the learning libraries (scikit-learn and LightGBM take about a second to import, which every
+``lympho extract`` would otherwise pay): plain names and data, no pandas. :mod:`lympho_features.model`
+re-exports all of it.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 from .errors import ModelError  # noqa: F401 (re-exported)
 
 #: Blocks of model inputs; the cell-model blocks and ``cnn`` are fitted on data (inside each CV fold).
 BLOCKS = ("clinical", "crops", "morphology", "cellscore", "cellmorph", "cellatyp", "cnn")
-#: Blocks made of a cell model's score summaries (:data:`lympho_features.cellscore.CELL_MODEL_BLOCKS`).
+#: Blocks made of a cell model's score summaries (:data:`CELL_MODEL_BLOCKS`).
 CELL_SCORE_BLOCKS = ("cellscore", "cellmorph", "cellatyp")
 FITTED_BLOCKS = (*CELL_SCORE_BLOCKS, "cnn")
 
@@ -41,9 +43,153 @@ FEATURE_SETS = (
     "clinical+morphology+cnn",
 )
 
-#: `lympho fit`'s default: clinical values + the summaries of the cell model without stain colour. Chosen
-#: (benchmarks/cv_accuracy_results.md) because it ties ``clinical+cellscore`` in balanced accuracy (paired
-#: difference [-0.019, +0.017], 10 repeats) with a better AUC, Brier score and spread, because the nested
-#: selection picks it most often, and because stain colour depends on the stain and scanner of new patients.
+#: `lympho fit`'s default (and :class:`~lympho_features.model.FitSettings`'): clinical values + the summaries
+#: of the cell model without stain colour. Chosen (benchmarks/cv_accuracy_results.md) because it ties
+#: ``clinical+cellscore`` in balanced accuracy (paired difference [-0.019, +0.017], 10 repeats) with a better
+#: AUC, Brier score and spread, because the nested selection picks it most often, and because stain colour
+#: depends on the stain and scanner of new patients.
 DEFAULT_FEATURE_SET = "clinical+cellmorph"
 
+#: Model inputs derived from the clinical values (see :func:`lympho_features.model.model_matrix`).
+CLINICAL_FEATURES = ("age", "gender_male", "log_lymph_count")
+
+
+def parse_feature_set(feature_set: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """Blocks of a feature set and the columns it drops.
+
+    ``"clinical+morphology+cellscore"`` -> ``(("clinical", "morphology", "cellscore"), ())``;
+    ``"all-n_cells"`` -> ``(("clinical", "crops", "cellatyp"), ("n_cells",))``.
+
+    Raises
+    ------
+    ModelError
+        For a name that is neither a block nor a shorthand.
+    """
+    if not isinstance(feature_set, str) or not feature_set:
+        raise ModelError(f"unknown feature set {feature_set!r} (choose from {', '.join(FEATURE_SETS)})")
+    base, drop = feature_set, ()
+    if base.endswith("-n_cells"):
+        base, drop = base[: -len("-n_cells")], ("n_cells",)
+    blocks: set[str] = set()
+    for token in base.split("+"):
+        if token in ALIASES:
+            blocks |= set(ALIASES[token])
+        elif token in BLOCKS:
+            blocks.add(token)
+        else:
+            raise ModelError(
+                f"unknown feature set {feature_set!r} (choose from {', '.join(FEATURE_SETS)}, "
+                f"or join blocks {', '.join((*BLOCKS, *ALIASES))} with '+')"
+            )
+    return tuple(b for b in BLOCKS if b in blocks), drop
+
+
+def blocks_of(feature_sets) -> tuple[str, ...]:
+    """The union of the blocks of several feature sets, in the order of :data:`BLOCKS`."""
+    blocks: set[str] = set()
+    for fs in feature_sets:
+        blocks |= set(parse_feature_set(fs)[0])
+    return tuple(b for b in BLOCKS if b in blocks)
+
+
+# ---------------------------------------------------------------- the cell-model blocks
+
+#: Prefix of the per-patient cell-score features.
+CELLSCORE_PREFIX = "cellscore__"
+
+#: Prefix of the per-patient summaries of the morphology-only cell model (block ``cellmorph``).
+MORPH_PREFIX = "cellscore_morph__"
+
+#: Per-cell feature families the morphology-only cell model leaves out: stain colour (optical density),
+#: which varies with the staining and the scanner more than with the cell.
+MORPH_EXCLUDE = ("color_",)
+
+#: Prefix of the per-patient summaries of the atypical-cell model (block ``cellatyp``).
+ATYP_PREFIX = "cellscore_atyp__"
+
+#: Positive selection of the atypical-cell model (see :class:`~lympho_features.model.CellScorer`'s
+#: ``positive_quantile``): the tumoral patients' cells scoring above 90 % of the reactive cells. Chosen from a
+#: sweep of the cell scores' patient AUC on the same 115 patients (0.85-0.98 all within 0.01 there: little room
+#: for selection optimism), before any patient-level run; benchmarks/cv_accuracy_results.md has the sweep and
+#: 0.8 / 0.9 / 0.95 at patient level. Choosing q by inner CV instead (nested, 0.75-0.95) scores `image` the
+#: same (0.839 BA against 0.837).
+ATYP_POSITIVE_QUANTILE = 0.9
+
+
+@dataclass(frozen=True)
+class CellModelBlock:
+    """A block of patient inputs made of one cell model's score summaries.
+
+    Attributes
+    ----------
+    prefix : str
+        Prefix of its per-patient columns.
+    exclude_prefixes : tuple of str
+        Per-cell feature columns its cell model leaves out.
+    positive_quantile : float or None
+        Positive selection of its cell model (:class:`~lympho_features.model.CellScorer`).
+    model_file, meta_file : str
+        Its cell model's files in a model folder (LightGBM text, JSON).
+    label, meaning : str
+        A short name and a plain-language meaning of its scores, for reports.
+    """
+
+    prefix: str
+    exclude_prefixes: tuple[str, ...]
+    positive_quantile: float | None
+    model_file: str
+    meta_file: str
+    label: str
+    meaning: str
+
+
+#: The cell-model blocks, by name, in the order their models are fitted and their columns joined.
+#: ``cellscore``: every per-cell feature; ``cellmorph``: no stain colour; ``cellatyp``: no stain colour, and
+#: learned from the tumoral patients' atypical-looking cells only (positive selection).
+CELL_MODEL_BLOCKS = {
+    "cellscore": CellModelBlock(
+        CELLSCORE_PREFIX,
+        (),
+        None,
+        "cell_model.txt",
+        "cell_model.json",
+        "cell score (all measurements)",
+        "how tumoral each cell looks to a cell-level model trained on every measurement, stain colour included",
+    ),
+    "cellmorph": CellModelBlock(
+        MORPH_PREFIX,
+        MORPH_EXCLUDE,
+        None,
+        "cellmorph_model.txt",
+        "cellmorph_model.json",
+        "cell score (no colour)",
+        "how tumoral each cell looks to a cell-level model trained on size, shape, chromatin and cytoplasm "
+        "(stain colour left out)",
+    ),
+    "cellatyp": CellModelBlock(
+        ATYP_PREFIX,
+        MORPH_EXCLUDE,
+        ATYP_POSITIVE_QUANTILE,
+        "cellatyp_model.txt",
+        "cellatyp_model.json",
+        "atypical-cell score",
+        "how much each cell looks like the atypical cells of tumoral patients (a cell-level model trained on "
+        "those cells against every reactive patient's cells; stain colour left out)",
+    ),
+}
+
+
+def cell_model_block(column: str) -> str | None:
+    """The cell-model block whose summaries include ``column`` (by prefix), or None."""
+    return next((b for b, spec in CELL_MODEL_BLOCKS.items() if column.startswith(spec.prefix)), None)
+
+
+# ---------------------------------------------------------------- the learned (CNN) block
+
+#: Prefix of the embedding columns of embeddings.parquet and of the learned features built from them.
+EMBEDDING_PREFIX = "cnn_"
+
+
+def is_learned_feature(name: str) -> bool:
+    """True for a column derived from CNN embeddings (to label it as learned, not explainable)."""
+    return name.startswith(EMBEDDING_PREFIX)

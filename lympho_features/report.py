@@ -221,7 +221,7 @@ def describe_feature(name: str) -> str:
     Uses the descriptions of :mod:`lympho_features.features` when it has them,
     else a mapping by family and feature name.
     """
-    from .cellscore import CELL_MODEL_BLOCKS, cell_model_block
+    from .feature_sets import CELL_MODEL_BLOCKS, cell_model_block
 
     ext = _external_description(name)
     if ext:
@@ -234,7 +234,7 @@ def describe_feature(name: str) -> str:
 
 def short_label(name: str) -> str:
     """A compact readable label for plots: ``nucleus circularity · median``."""
-    from .cellscore import CELL_MODEL_BLOCKS, cell_model_block
+    from .feature_sets import CELL_MODEL_BLOCKS, cell_model_block
 
     base, stat = split_aggregate(name)
     block = cell_model_block(name)
@@ -295,8 +295,7 @@ def _design_matrix(
     meta: dict | None = None,
     embeddings_dir: str | Path | None = None,
 ) -> pd.DataFrame:
-    from .cellscore import cell_model_block
-    from .cnn_aggregate import is_learned_feature
+    from .feature_sets import cell_model_block, is_learned_feature
     from .model import ModelError, fill_missing_inputs, model_inputs, model_matrix
 
     X = model_matrix(patients)
@@ -1120,7 +1119,7 @@ _BLOCK_WORDS = {
 
 def _configuration_words(name: str) -> str:
     """What a configuration of the ablation feeds the model, in plain words ("" when the name is not a feature set)."""
-    from .cellscore import CELL_MODEL_BLOCKS
+    from .feature_sets import CELL_MODEL_BLOCKS
     from .model import ModelError, parse_feature_set
 
     try:

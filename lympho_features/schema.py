@@ -2,10 +2,12 @@
 
 A model folder may come from another machine, another lympho version or an
 untrusted source. Nothing in it is executed (LightGBM's text format and JSON,
-no pickle), and its metadata is checked against the schema below before
-:func:`lympho_features.model.load_model` uses it: a missing or mistyped key,
-a model format this lympho cannot read or an absurd value gives one clear
-error naming the file and the key.
+no pickle), and its metadata is checked against the schema below when
+:class:`lympho_features.folders.ModelFolder` reads it, before anything uses
+it: a missing or mistyped key, a model format this lympho cannot read or an
+absurd value gives one clear error naming the file and the key.
+
+No pandas, no learning library: the folder readers import it cheaply.
 """
 
 from __future__ import annotations
@@ -14,7 +16,9 @@ import math
 from pathlib import Path
 
 from .errors import ModelMetadataError  # noqa: F401 (re-exported)
-from .model import MODEL_FORMAT
+
+#: Version of the layout of a model folder (model.json and its files) that this lympho writes and reads.
+MODEL_FORMAT = 1
 
 #: Longest string and list accepted in model.json (a guard against absurd files).
 MAX_STRING = 10_000
@@ -114,7 +118,7 @@ def validate_model_metadata(meta: dict, path: str | Path) -> dict:
     Raises
     ------
     ModelMetadataError
-        (a :class:`~lympho_features.model.ModelError`) naming the file and the
+        (a :class:`~lympho_features.errors.ModelError`) naming the file and the
         first key that does not follow the schema.
     """
     if not isinstance(meta, dict):

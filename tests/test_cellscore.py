@@ -5,14 +5,9 @@ import pandas as pd
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from lympho_features.cellscore import (
-    CellScoreAggregator,
-    CellScoreError,
-    CellScorer,
-    cell_weights,
-    load_cells,
-)
-from lympho_features.model import Cohort, cross_validate_sets
+from lympho_features.errors import CellScoreError, FeaturesFolderError
+from lympho_features.folders import load_cells
+from lympho_features.model import CellScoreAggregator, CellScorer, Cohort, cell_weights, cross_validate_sets
 
 
 def synthetic_cells(n_patients=24, seed=0, shift=1.5, patient_code=False, truth=False):
@@ -59,11 +54,11 @@ def test_load_cells_reads_a_file_a_features_folder_or_shards(tmp_path):
     from_shards = load_cells(tmp_path / "sharded")  # no cells.parquet there: the shards are read
     assert len(from_shards) == len(cells) and set(from_shards["patient_id"]) == set(cells["patient_id"])
     assert len(load_cells(shards)) == len(cells)
-    with pytest.raises(CellScoreError, match="not found"):
+    with pytest.raises(FeaturesFolderError, match="not found"):
         load_cells(tmp_path / "nope")
     (tmp_path / "bad").mkdir()
     (tmp_path / "bad" / "cells.parquet").write_text("not parquet")
-    with pytest.raises(CellScoreError, match="cells.parquet"):
+    with pytest.raises(FeaturesFolderError, match="cells.parquet"):
         load_cells(tmp_path / "bad")
 
 
@@ -299,9 +294,8 @@ def test_cross_validation_does_not_depend_on_parallel_jobs():
 
 
 def test_cell_model_blocks_are_the_feature_sets_cell_score_blocks():
-    # The names live in feature_sets (no scikit-learn import for the command line), the rest in cellscore.
-    from lympho_features.cellscore import CELL_MODEL_BLOCKS, cell_model_block
-    from lympho_features.feature_sets import BLOCKS, CELL_SCORE_BLOCKS
+    # The names live in feature_sets (no scikit-learn import for the command line), the models in model.cellscore.
+    from lympho_features.feature_sets import BLOCKS, CELL_MODEL_BLOCKS, CELL_SCORE_BLOCKS, cell_model_block
 
     assert tuple(CELL_MODEL_BLOCKS) == CELL_SCORE_BLOCKS and set(CELL_SCORE_BLOCKS) <= set(BLOCKS)
     prefixes = [spec.prefix for spec in CELL_MODEL_BLOCKS.values()]

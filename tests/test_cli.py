@@ -100,7 +100,7 @@ def test_mismatched_patients_are_listed(tiny_cohort, tmp_path):
         (("extract", "{cohort}", "--out", "{tmp}/o", "--clinical", "{tmp}/missing.csv"), "clinical CSV not found"),
         (("fit", "{tmp}", "--out", "{tmp}/m"), "patients.parquet not found"),
         (("predict", "{tmp}", "{tmp}", "--out", "{tmp}/p.csv"), "model.json not found"),
-        (("fit", "{tmp}", "--out", "{tmp}/m", "--feature-set", "bogus"), "patients.parquet not found"),
+        (("fit", "{tmp}", "--out", "{tmp}/m", "--feature-set", "bogus"), "unknown feature set 'bogus'"),
     ],
 )
 def test_errors_are_one_line_without_traceback(tiny_cohort, tmp_path, args, fragment):

@@ -19,8 +19,8 @@ import pytest
 from typer.testing import CliRunner
 
 from lympho_features.cli import app
-from lympho_features.cnn_aggregate import AggregatorError, EmbeddingAggregator, fold_features, is_learned_feature
 from lympho_features.embed import EmbedSettings, cell_window, centred_window, nucleus_centre
+from lympho_features.model import AggregatorError, EmbeddingAggregator, fold_features, is_learned_feature
 from lympho_features.synthetic import synthetic_crop
 
 runner = CliRunner()
@@ -36,7 +36,7 @@ def run(*args):
 def test_base_install_never_imports_torch():
     code = (
         "import sys\n"
-        "import lympho_features.cli, lympho_features.embed, lympho_features.cnn_aggregate, lympho_features.extract\n"
+        "import lympho_features.cli, lympho_features.embed, lympho_features.model.cnn_aggregate, lympho_features.extract\n"
         "import lympho_features.model, lympho_features.aggregate\n"
         "assert 'torch' not in sys.modules, 'torch imported at module import'\n"
     )

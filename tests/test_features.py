@@ -330,7 +330,7 @@ def test_cell_findings_are_documented():
 def test_cell_models_are_documented_with_their_report_names():
     from pathlib import Path
 
-    from lympho_features.cellscore import CELL_MODEL_BLOCKS
+    from lympho_features.feature_sets import CELL_MODEL_BLOCKS
 
     doc = (Path(__file__).resolve().parents[1] / "docs" / "features.md").read_text()
     for block, spec in CELL_MODEL_BLOCKS.items():

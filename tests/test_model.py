@@ -5,10 +5,11 @@ import pandas as pd
 import pytest
 
 from lympho_features.model import (
+    Cohort,
     ModelError,
     PatientClassifier,
     choose_threshold,
-    cross_validate,
+    cross_validate_sets,
     feature_columns,
     few_cells_warnings,
     fill_missing_inputs,
@@ -75,11 +76,18 @@ def test_feature_sets():
         feature_columns(t, "everything")
 
 
+def morphology_cv(table, columns, **options):
+    """The CV of a patient model on some columns of a table only (as the ``morphology`` block)."""
+    cohort = Cohort.from_tables(table[["patient_id", "label", *columns]])
+    y = table["label"].astype(int).to_numpy()
+    return cross_validate_sets(cohort, y, ["morphology"], **options)["morphology"]
+
+
 def test_cv_finds_real_signal_and_not_noise():
     t = patients_table(n=80)
-    y = t["label"].astype(int).to_numpy()
-    good = cross_validate(t[["nc_ratio__mean"]].to_numpy(), y, t["patient_id"], folds=4, repeats=2)
-    noise = cross_validate(t[["noise__mean"]].to_numpy(), y, t["patient_id"], folds=4, repeats=2)
+    good = morphology_cv(t, ["nc_ratio__mean"], folds=4, repeats=2)
+    noise = morphology_cv(t, ["noise__mean"], folds=4, repeats=2)
+    assert good.summary["n_features"] == noise.summary["n_features"] == 1
     assert good.summary["roc_auc_mean"] > 0.8
     assert noise.summary["roc_auc_mean"] < 0.7
     # Every patient is predicted exactly once per repeat.
@@ -381,16 +389,17 @@ def test_nested_selection_picks_inside_each_outer_fold():
 
 
 def test_balanced_operating_point_is_fixed_and_min_sensitivity_is_chosen_in_cv():
-    from lympho_features.model import BALANCED_THRESHOLD, cross_validate
+    from lympho_features.model import BALANCED_THRESHOLD
 
     rng = np.random.default_rng(0)
     y = np.repeat([0, 1], 20)
-    X = np.c_[y + rng.normal(0, 0.8, 40), rng.normal(size=40)]
-    ids = [f"P{i}" for i in range(40)]
-    balanced = cross_validate(X, y, ids, folds=4, repeats=1)
+    t = pd.DataFrame(
+        {"patient_id": [f"P{i}" for i in range(40)], "label": y, "signal": y + rng.normal(0, 0.8, 40)}
+    ).assign(noise=rng.normal(size=40))
+    balanced = morphology_cv(t, ["signal", "noise"], folds=4, repeats=1)
     # Nothing tuned for the balanced point: every fold uses the neutral threshold of a class-balanced model.
     assert (balanced.predictions["threshold"] == BALANCED_THRESHOLD).all()
-    sensitive = cross_validate(X, y, ids, folds=4, repeats=1, min_sensitivity=0.95)
+    sensitive = morphology_cv(t, ["signal", "noise"], folds=4, repeats=1, min_sensitivity=0.95)
     # A sensitivity floor is met by thresholds chosen on each fold's training patients: lower, and fold-specific.
     thresholds = sensitive.predictions.groupby("fold")["threshold"].first()
     assert (thresholds < BALANCED_THRESHOLD).all() and thresholds.nunique() > 1
@@ -432,3 +441,53 @@ def test_train_fraction_fits_every_fold_on_a_stratified_share_and_scores_every_p
     # the share 1.0 is the plain CV
     last = curve[(curve["fraction"] == 1.0) & (curve["configuration"] == "clinical+morphology")].iloc[0]
     assert last["balanced_accuracy"] == pytest.approx(full.summary["balanced_accuracy_mean"])
+
+
+def test_fit_settings_are_checked_once_and_name_the_bad_option():
+    import dataclasses
+
+    from lympho_features.model import DEFAULT_FEATURE_SET, FitSettings, sets_with_inputs
+
+    assert FitSettings().feature_set == DEFAULT_FEATURE_SET and FitSettings().ablation is True
+    bad = [
+        ("folds", 1, "--folds"),
+        ("repeats", 0, "--repeats"),
+        ("min_sensitivity", 0.0, "--min-sensitivity"),
+        ("refer_error_rate", 1.0, "--refer-error-rate"),
+        ("refer_max_fraction", 1.5, "--refer-max-fraction"),
+        ("n_jobs", 0, "--jobs"),
+        ("n_boot", 0, "n_boot"),
+        ("feature_set", "everything", "unknown feature set 'everything'"),
+        ("ablation", ("clinical", "nothing"), "unknown feature set 'nothing'"),
+    ]
+    for option, value, named in bad:
+        with pytest.raises(ModelError, match=named):
+            FitSettings(**{option: value})
+    s = FitSettings.build("clinical", folds=3, ablation=["clinical+morphology"])
+    assert (s.feature_set, s.folds, s.ablation) == ("clinical", 3, ("clinical+morphology",))
+    assert FitSettings.build(s, seed=4) == dataclasses.replace(s, seed=4)
+    with pytest.raises(TypeError, match="fold"):
+        FitSettings.build(fold=3)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        s.folds = 4
+    # the ablation keeps the configurations whose inputs are given
+    cells, embeddings = pd.DataFrame({"patient_id": ["P0"]}), pd.DataFrame({"patient_id": ["P0"]})
+    assert sets_with_inputs(["clinical", "cellmorph", "clinical+cnn"], None, None) == ["clinical"]
+    assert sets_with_inputs(["clinical", "image", "clinical+cnn"], cells, None) == ["clinical", "image"]
+    assert FitSettings().ablation_sets(None, embeddings) == ["clinical", "morphology", "clinical+morphology"] + [
+        "clinical+cnn",
+        "clinical+morphology+cnn",
+    ]
+    assert FitSettings(ablation=False).ablation_sets(cells, embeddings) == []
+    # fit_model and lympho fit share the default feature set: it needs the per-cell table
+    with pytest.raises(ModelError, match="per-cell table"):
+        fit_model(patients_table())
+
+
+def test_cross_validation_reports_its_progress_after_each_fold():
+    calls = []
+    cv = morphology_cv(
+        patients_table(n=40), ["nc_ratio__mean"], folds=4, repeats=2, n_jobs=2, progress=lambda *a: calls.append(a)
+    )
+    assert calls == [(done, 8) for done in range(9)]  # (0, 8) first: a bar knows its length
+    assert (cv.predictions.groupby("repeat")["patient_id"].nunique() == 40).all()

@@ -339,3 +339,12 @@ def test_report_scores_cells_with_the_models_cell_model(default_model, tiny_feat
     scored = inp.cells["cell_score"].notna()
     assert (scored == inp.cells["qc_ok"]).all()
     assert inp.cells.loc[scored, "cell_score"].between(0, 1).all()
+
+
+def test_fit_refuses_bad_options_in_one_line_naming_the_option(tiny_features, tmp_path):
+    for option, value in (("--folds", 1), ("--min-sensitivity", 1.5), ("--refer-error-rate", 0), ("--jobs", 0)):
+        r = run("fit", tiny_features, "--out", tmp_path / "m", option, value)
+        assert r.exit_code == 2 and option in r.output and "Traceback" not in r.output, r.output
+    r = run("fit", tiny_features, "--out", tmp_path / "m", "--feature-set", "everything")
+    assert r.exit_code == 2 and "unknown feature set 'everything'" in " ".join(r.output.split())
+    assert not (tmp_path / "m").exists()  # refused before anything is read or written

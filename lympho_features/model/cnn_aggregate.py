@@ -6,34 +6,28 @@ of the *training* patients only (inside each cross-validation fold, never on
 the patients a fold is scored on), then each patient's cells are summarised
 by the mean and spread of each component: ``cnn_pc1__mean``,
 ``cnn_pc1__std``... These columns are learned features, to be reported
-apart from the hand-made, explainable ones (:func:`is_learned_feature`).
+apart from the hand-made, explainable ones (:func:`lympho_features.feature_sets.is_learned_feature`).
 
 No torch here: the aggregator needs only numpy, and is saved as plain JSON.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from sklearn.base import BaseEstimator, TransformerMixin
 
-from ._io import write_json
-from .errors import AggregatorError  # noqa: F401 (re-exported)
-
-#: Prefix of the embedding columns of embeddings.parquet and of the learned features built here.
-EMBEDDING_PREFIX = "cnn_"
+from .._io import write_json
+from ..errors import AggregatorError
+from ..feature_sets import EMBEDDING_PREFIX
+from ..folders import read_json
+from .estimators import store_params
 
 AGGREGATOR_FORMAT = 1
 
 STATS = ("mean", "std")
-
-
-def is_learned_feature(name: str) -> bool:
-    """True for a column derived from CNN embeddings (to label it as learned, not explainable)."""
-    return name.startswith(EMBEDDING_PREFIX)
 
 
 def embedding_columns_of(cells: pd.DataFrame) -> list[str]:
@@ -72,11 +66,7 @@ class EmbeddingAggregator(TransformerMixin, BaseEstimator):
     """
 
     def __init__(self, n_components=16, stats=STATS, standardize=False, qc_only=False, random_state=0):
-        self.n_components = n_components
-        self.stats = stats
-        self.standardize = standardize
-        self.qc_only = qc_only
-        self.random_state = random_state
+        store_params(self, locals())
 
     def _cells(self, embeddings: pd.DataFrame) -> pd.DataFrame:
         if "patient_id" not in embeddings.columns:
@@ -226,13 +216,7 @@ class EmbeddingAggregator(TransformerMixin, BaseEstimator):
     @classmethod
     def load(cls, path: str | Path) -> EmbeddingAggregator:
         """Read an aggregator written by :meth:`save`."""
-        path = Path(path)
-        try:
-            d = json.loads(path.read_text())
-        except OSError as exc:
-            raise AggregatorError(f"cannot read {path}: {exc.strerror}") from None
-        except ValueError as exc:
-            raise AggregatorError(f"{path} is not valid JSON: {exc}") from None
+        d = read_json(path, AggregatorError)
         try:
             return cls.from_dict(d)
         except AggregatorError as exc:

@@ -20,8 +20,6 @@ is saved in LightGBM's text format with JSON metadata: no pickle.
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -29,145 +27,14 @@ import pandas as pd
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.model_selection import StratifiedGroupKFold
 
-from ._io import atomic_path, write_json
-from .aggregate import cell_feature_columns
-from .errors import CellScoreError  # noqa: F401 (re-exported)
-
-#: Prefix of the per-patient cell-score features.
-CELLSCORE_PREFIX = "cellscore__"
-
-#: Prefix of the per-patient summaries of the morphology-only cell model (block ``cellmorph``).
-MORPH_PREFIX = "cellscore_morph__"
-
-#: Per-cell feature families the morphology-only cell model leaves out: stain colour (optical density),
-#: which varies with the staining and the scanner more than with the cell.
-MORPH_EXCLUDE = ("color_",)
-
-#: Prefix of the per-patient summaries of the atypical-cell model (block ``cellatyp``).
-ATYP_PREFIX = "cellscore_atyp__"
-
-#: Positive selection of the atypical-cell model (see :class:`CellScorer`'s ``positive_quantile``): the tumoral
-#: patients' cells scoring above 90 % of the reactive cells. Chosen from a sweep of the cell scores' patient AUC
-#: on the same 115 patients (0.85-0.98 all within 0.01 there: little room for selection optimism), before any
-#: patient-level run; benchmarks/cv_accuracy_results.md has the sweep and 0.8 / 0.9 / 0.95 at patient level.
-#: Choosing q by inner CV instead (nested, 0.75-0.95) scores `image` the same (0.839 BA against 0.837).
-ATYP_POSITIVE_QUANTILE = 0.9
+from .._io import atomic_path, write_json
+from ..aggregate import cell_feature_columns
+from ..errors import CellScoreError
+from ..feature_sets import CELLSCORE_PREFIX
+from ..folders import read_json, read_lightgbm
+from .estimators import lightgbm_params, store_params
 
 CELLSCORE_FORMAT = 1
-
-
-@dataclass(frozen=True)
-class CellModelBlock:
-    """A block of patient inputs made of one cell model's score summaries.
-
-    Attributes
-    ----------
-    prefix : str
-        Prefix of its per-patient columns.
-    exclude_prefixes : tuple of str
-        Per-cell feature columns its cell model leaves out.
-    positive_quantile : float or None
-        Positive selection of its cell model (:class:`CellScorer`).
-    model_file, meta_file : str
-        Its cell model's files in a model folder (LightGBM text, JSON).
-    label, meaning : str
-        A short name and a plain-language meaning of its scores, for reports.
-    """
-
-    prefix: str
-    exclude_prefixes: tuple[str, ...]
-    positive_quantile: float | None
-    model_file: str
-    meta_file: str
-    label: str
-    meaning: str
-
-
-#: The cell-model blocks, by name, in the order their models are fitted and their columns joined.
-#: ``cellscore``: every per-cell feature; ``cellmorph``: no stain colour; ``cellatyp``: no stain colour, and
-#: learned from the tumoral patients' atypical-looking cells only (positive selection).
-CELL_MODEL_BLOCKS = {
-    "cellscore": CellModelBlock(
-        CELLSCORE_PREFIX,
-        (),
-        None,
-        "cell_model.txt",
-        "cell_model.json",
-        "cell score (all measurements)",
-        "how tumoral each cell looks to a cell-level model trained on every measurement, stain colour included",
-    ),
-    "cellmorph": CellModelBlock(
-        MORPH_PREFIX,
-        MORPH_EXCLUDE,
-        None,
-        "cellmorph_model.txt",
-        "cellmorph_model.json",
-        "cell score (no colour)",
-        "how tumoral each cell looks to a cell-level model trained on size, shape, chromatin and cytoplasm "
-        "(stain colour left out)",
-    ),
-    "cellatyp": CellModelBlock(
-        ATYP_PREFIX,
-        MORPH_EXCLUDE,
-        ATYP_POSITIVE_QUANTILE,
-        "cellatyp_model.txt",
-        "cellatyp_model.json",
-        "atypical-cell score",
-        "how much each cell looks like the atypical cells of tumoral patients (a cell-level model trained on "
-        "those cells against every reactive patient's cells; stain colour left out)",
-    ),
-}
-
-
-def cell_model_block(column: str) -> str | None:
-    """The cell-model block whose summaries include ``column`` (by prefix), or None."""
-    return next((b for b, spec in CELL_MODEL_BLOCKS.items() if column.startswith(spec.prefix)), None)
-
-
-def load_cells(path: str | Path) -> pd.DataFrame:
-    """Read the per-cell table written by ``lympho extract``.
-
-    Parameters
-    ----------
-    path : str or Path
-        A features folder (``cells.parquet`` in it, else its ``cells/`` shards),
-        a single Parquet file, or a folder of Parquet shards.
-
-    Returns
-    -------
-    DataFrame
-        One row per cell; ``patient_id`` as strings.
-    """
-    path = Path(path)
-    if path.is_dir() and (path / "cells.parquet").is_file():
-        path = path / "cells.parquet"
-    elif path.is_dir() and (path / "cells").is_dir():
-        path = path / "cells"
-    elif path.is_dir() and (path / "patients.parquet").is_file():
-        raise CellScoreError(f"{path} has neither cells.parquet nor cells/ shards: re-run `lympho extract`")
-    if path.is_file():
-        try:
-            cells = pd.read_parquet(path)
-        except Exception as exc:
-            raise CellScoreError(f"{path} is not a readable Parquet file: {exc}") from None
-    elif path.is_dir():
-        shards = sorted(p for p in path.glob("*.parquet") if not p.name.startswith("."))
-        if not shards:
-            raise CellScoreError(f"{path} has no cells.parquet and no Parquet shard: run `lympho extract` first")
-        frames = []
-        for shard in shards:
-            try:
-                frames.append(pd.read_parquet(shard))
-            except Exception as exc:
-                raise CellScoreError(f"cell shard {shard} is unreadable: {exc}") from None
-        frames = [f for f in frames if len(f)]
-        cells = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["patient_id"])
-    else:
-        raise CellScoreError(f"{path} not found: no per-cell table (run `lympho extract` first)")
-    if "patient_id" not in cells.columns:
-        raise CellScoreError(f"{path} has no patient_id column")
-    cells["patient_id"] = cells["patient_id"].astype(str)
-    return cells
 
 
 def usable_cells(cells: pd.DataFrame, qc_only: bool = True) -> pd.DataFrame:
@@ -250,37 +117,10 @@ class CellScorer(BaseEstimator):
         positive_quantile=None,
         random_state=0,
     ):
-        self.n_estimators = n_estimators
-        self.learning_rate = learning_rate
-        self.num_leaves = num_leaves
-        self.min_child_samples = min_child_samples
-        self.subsample = subsample
-        self.colsample_bytree = colsample_bytree
-        self.reg_lambda = reg_lambda
-        self.max_bin = max_bin
-        self.inner_folds = inner_folds
-        self.qc_only = qc_only
-        self.exclude_prefixes = exclude_prefixes
-        self.positive_quantile = positive_quantile
-        self.random_state = random_state
+        store_params(self, locals())
 
     def _lgb_params(self, seed: int) -> dict:
-        return {
-            "objective": "binary",
-            "learning_rate": self.learning_rate,
-            "num_leaves": self.num_leaves,
-            "min_data_in_leaf": self.min_child_samples,
-            "bagging_fraction": self.subsample,
-            "bagging_freq": 1,
-            "feature_fraction": self.colsample_bytree,
-            "lambda_l2": self.reg_lambda,
-            "max_bin": self.max_bin,
-            "seed": seed,
-            "deterministic": True,
-            "force_row_wise": True,
-            "num_threads": 1,
-            "verbosity": -1,
-        }
+        return {"objective": "binary", **lightgbm_params(self, seed), "max_bin": self.max_bin}
 
     def _train(self, data, seed):
         import lightgbm as lgb
@@ -336,10 +176,8 @@ class CellScorer(BaseEstimator):
         k = min(int(self.inner_folds), n_pat_min)
         import lightgbm as lgb
 
-        # One binning of the training cells (unsupervised), shared by the inner models. One thread, like every
-        # LightGBM call here: LightGBM keeps its thread count in a process-wide setting that each call resets, so
-        # a call with another count in a parallel CV fold resized the bin buffers under a concurrent binning
-        # (segfault in SparseBin::Push).
+        # One binning of the training cells (unsupervised), shared by the inner models; one thread (see
+        # lightgbm_params).
         data = lgb.Dataset(
             X,
             label=y,
@@ -453,16 +291,11 @@ class CellScorer(BaseEstimator):
     @classmethod
     def load(cls, model_path: str | Path, meta_path: str | Path) -> CellScorer:
         """Read a cell model written by :meth:`save`."""
-        import lightgbm as lgb
-
         model_path, meta_path = Path(model_path), Path(meta_path)
         for p in (model_path, meta_path):
             if not p.is_file():
                 raise CellScoreError(f"{p} not found: the model folder lacks its cell model")
-        try:
-            meta = json.loads(meta_path.read_text())
-        except (OSError, ValueError) as exc:
-            raise CellScoreError(f"{meta_path} is not valid JSON: {exc}") from None
+        meta = read_json(meta_path, CellScoreError)
         if not isinstance(meta, dict) or meta.get("kind") != "CellScorer" or meta.get("format") != CELLSCORE_FORMAT:
             raise CellScoreError(f"{meta_path} is not a cell-model description of format {CELLSCORE_FORMAT}")
         try:
@@ -475,10 +308,7 @@ class CellScorer(BaseEstimator):
             scorer.feature_medians_ = {f: v for f, v in dict(medians).items() if isinstance(v, int | float)}
         except (KeyError, TypeError, ValueError) as exc:
             raise CellScoreError(f"{meta_path} is incomplete: {exc!r}") from None
-        try:
-            scorer.booster_ = lgb.Booster(model_file=str(model_path))
-        except Exception as exc:
-            raise CellScoreError(f"{model_path} is not a LightGBM model: {exc}") from None
+        scorer.booster_ = read_lightgbm(model_path, CellScoreError)
         if scorer.booster_.num_feature() != len(scorer.features_):
             raise CellScoreError(f"{model_path} does not match {meta_path} (feature count)")
         scorer.patient_ids_ = []
@@ -497,13 +327,11 @@ class CellScoreAggregator(TransformerMixin, BaseEstimator):
         Shares of cells whose score is above each cut-off: ``cellscore__frac_gt50`` for 0.5.
     prefix : str
         Prefix of the output columns (one per cell model, e.g. ``cellscore_morph__`` for the model of
-        :data:`MORPH_PREFIX`).
+        :data:`~lympho_features.feature_sets.MORPH_PREFIX`).
     """
 
     def __init__(self, quantiles=(0.1, 0.25, 0.5, 0.75, 0.9), cutoffs=(0.5, 0.7), prefix=CELLSCORE_PREFIX):
-        self.quantiles = quantiles
-        self.cutoffs = cutoffs
-        self.prefix = prefix
+        store_params(self, locals())
 
     def fit(self, scores=None, y=None):
         return self
