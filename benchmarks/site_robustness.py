@@ -26,6 +26,16 @@ family moved per shift: for the crops passing QC both times, the median over
 cells of ``|shifted - original|`` divided by the feature's interquartile range
 over the original cells, then the median over the family's features (and the
 most-moved features in ``SCRATCH/moved.csv``).
+
+To save time, ``--crops-per-patient N`` re-acquires N crops of each patient (the
+held-out patients are then scored on those N crops, as acquired and re-acquired;
+training always uses every crop). Experiments: ``--texture-sigma S`` extracts
+with another :attr:`FeatureSettings.texture_sigma` (give it its own
+``--scratch``), ``--exclude lbp_,radial_`` makes every cell model also leave
+those families out, ``--augment N`` adds N re-acquired copies of each training
+patient's crops (a random laboratory per crop,
+:func:`lympho_features.acquisition.random_shift`) to the cell models' training
+cells. Results: ``benchmarks/site_robustness_results.md``.
 """
 
 from __future__ import annotations
