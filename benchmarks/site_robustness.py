@@ -3,7 +3,7 @@
     python benchmarks/site_robustness.py --data ../shared/data/lymphocytosis/trainset \
         --scratch /work/scratch-robust/site [--shifts default] [--repeats 1] [--jobs 2] [--moved]
 
-For every shift (a text of :mod:`lympho_features.acquisition`: ``mag:0.8``,
+For every shift (a text of :mod:`lympho_features.reacquire`: ``mag:0.8``,
 ``jpeg:60``, ``blur:0.7``, ``hema:1.3``...), every crop of the trainset is
 re-acquired (written as a lossless PNG under ``SCRATCH/images/SHIFT``) and
 extracted once with ``lympho extract`` (``SCRATCH/features/SHIFT``, kept and
@@ -34,7 +34,7 @@ with another :attr:`FeatureSettings.texture_sigma` (give it its own
 ``--scratch``), ``--exclude lbp_,radial_`` makes every cell model also leave
 those families out, ``--augment N`` adds N re-acquired copies of each training
 patient's crops (a random laboratory per crop,
-:func:`lympho_features.acquisition.random_shift`) to the cell models' training
+:func:`lympho_features.reacquire.random_shift`) to the cell models' training
 cells. Results: ``benchmarks/site_robustness_results.md``.
 """
 
@@ -53,7 +53,7 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lympho_features.acquisition import apply_shift, parse_shift, random_shift  # noqa: E402
+from lympho_features.reacquire import apply_shift, parse_shift, random_shift  # noqa: E402
 from lympho_features.extract import FEATURES_VERSION, ExtractSettings, extract  # noqa: E402
 from lympho_features.model import (  # noqa: E402
     BALANCED_THRESHOLD,

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from lympho_features.acquisition import apply_shift
+from lympho_features.reacquire import apply_shift
 from lympho_features.features import FeatureSettings, cell_features
 from lympho_features.features.masks import smooth_inside
 from lympho_features.segment import segment_cell

@@ -1,10 +1,10 @@
-"""Re-acquisition of crops (lympho_features.acquisition): what each step does to a drawn crop."""
+"""Re-acquisition of crops (lympho_features.reacquire): what each step does to a drawn crop."""
 
 import cv2
 import numpy as np
 import pytest
 
-from lympho_features import acquisition as A
+from lympho_features import reacquire as A
 from lympho_features.errors import AcquisitionError, LymphoError
 
 
