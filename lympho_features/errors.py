@@ -70,3 +70,7 @@ class SettingsError(LymphoError, ValueError):
 
 class OutputError(LymphoError):
     """An output path that cannot be written (a file where a folder is expected, no permission...); checked before any work."""
+
+
+class AcquisitionError(LymphoError, ValueError):
+    """A re-acquisition shift that cannot be applied (unknown step, bad value, not an RGB crop)."""

@@ -104,6 +104,15 @@ MORPH_PREFIX = "cellscore_morph__"
 #: which varies with the staining and the scanner more than with the cell.
 MORPH_EXCLUDE = ("color_",)
 
+#: Per-cell feature families the morphology-only and atypical-cell models also leave out because another
+#: laboratory's acquisition moves them more than cells differ: local binary patterns (a pixel against its 8
+#: neighbours; still 0.3-1.7 interquartile ranges after a JPEG re-save at 50 or a soft focus of 1 px, with the
+#: texture smoothing) and the radial profile (the rim's density mixes with the cytoplasm's under any blur: 0.3-1.1
+#: IQR). Leaving them out cut the default's mean probability change under re-acquisition by a fifth to a third
+#: and kept its unshifted CV accuracy (0.876 / 0.946 -> 0.883 / 0.948 BA / AUC, 5x5;
+#: benchmarks/site_robustness_results.md). They stay in cells.parquet, the ``cellscore`` model and the reports.
+ACQUISITION_FRAGILE = ("lbp_", "radial_")
+
 #: Prefix of the per-patient summaries of the atypical-cell model (block ``cellatyp``).
 ATYP_PREFIX = "cellscore_atyp__"
 
@@ -144,7 +153,8 @@ class CellModelBlock:
 
 
 #: The cell-model blocks, by name, in the order their models are fitted and their columns joined.
-#: ``cellscore``: every per-cell feature; ``cellmorph``: no stain colour; ``cellatyp``: no stain colour, and
+#: ``cellscore``: every per-cell feature; ``cellmorph``: no stain colour (nor :data:`ACQUISITION_FRAGILE`);
+#: ``cellatyp``: the same inputs, and
 #: learned from the tumoral patients' atypical-looking cells only (positive selection).
 CELL_MODEL_BLOCKS = {
     "cellscore": CellModelBlock(
@@ -158,7 +168,7 @@ CELL_MODEL_BLOCKS = {
     ),
     "cellmorph": CellModelBlock(
         MORPH_PREFIX,
-        MORPH_EXCLUDE,
+        MORPH_EXCLUDE + ACQUISITION_FRAGILE,
         None,
         "cellmorph_model.txt",
         "cellmorph_model.json",
@@ -168,7 +178,7 @@ CELL_MODEL_BLOCKS = {
     ),
     "cellatyp": CellModelBlock(
         ATYP_PREFIX,
-        MORPH_EXCLUDE,
+        MORPH_EXCLUDE + ACQUISITION_FRAGILE,
         ATYP_POSITIVE_QUANTILE,
         "cellatyp_model.txt",
         "cellatyp_model.json",

@@ -52,7 +52,9 @@ from .workers import parallel
 #: so that shards from older code are recomputed rather than reused.
 #: 5: sizes in um and um^2 (crops resampled to the canonical scale), blur judged against the patient's crops.
 #: 6: cell-type gate (cell_type, cell_type_prob; is_not_lymphocyte and the QC reason not_lymphocyte from it).
-FEATURES_VERSION = 6
+#: 7: chromatin texture (Haralick, LBP, granularity, nucleoli) measured on the nucleus smoothed by 1 px
+#: (FeatureSettings.texture_sigma), so that focus and JPEG compression move it less.
+FEATURES_VERSION = 7
 
 
 @dataclass(frozen=True)

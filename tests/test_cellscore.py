@@ -303,3 +303,36 @@ def test_cell_model_blocks_are_the_feature_sets_cell_score_blocks():
     for block, spec in CELL_MODEL_BLOCKS.items():
         assert cell_model_block(f"{spec.prefix}mean") == block
     assert cell_model_block("nc_ratio__mean") is None and cell_model_block("cnn_pc0__mean") is None
+
+
+def test_default_and_image_cell_models_leave_acquisition_fragile_families_out():
+    """The cell models of the default and image configurations never read LBP or radial columns (another lab's
+    focus and compression move them), nor colour; the all-measurement model still does."""
+    from lympho_features.model import FoldFeatures
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for p in range(16):
+        for _ in range(12):
+            rows.append(
+                {
+                    "patient_id": f"P{p}",
+                    "qc_ok": True,
+                    "shape_nucleus_area": rng.normal(p % 2, 1),
+                    "lbp_nucleus_u4": rng.normal(),
+                    "radial_nucleus_ring1": rng.normal(),
+                    "color_nucleus_od_mean": rng.normal(),
+                    "haralick_contrast_d1": rng.normal(),
+                }
+            )
+    cells = pd.DataFrame(rows)
+    labels = pd.Series({f"P{p}": p % 2 for p in range(16)})
+    ff = FoldFeatures(("cellscore", "cellmorph", "cellatyp"), random_state=0)
+    scorers = {
+        b: ff._cell_scorer(b).set_params(n_estimators=10, inner_folds=3).fit(cells, labels)
+        for b in ("cellscore", "cellmorph", "cellatyp")
+    }
+    for b in ("cellmorph", "cellatyp"):
+        assert not [f for f in scorers[b].features_ if f.startswith(("lbp_", "radial_", "color_"))], b
+        assert {"shape_nucleus_area", "haralick_contrast_d1"} <= set(scorers[b].features_)
+    assert {"lbp_nucleus_u4", "radial_nucleus_ring1"} <= set(scorers["cellscore"].features_)

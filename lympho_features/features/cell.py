@@ -10,7 +10,7 @@ from .color import background_reference, color_features
 from .granularity import granularity_features
 from .haralick import haralick_features, quantize
 from .lbp import lbp_features
-from .masks import _u8, largest_contour
+from .masks import _u8, largest_contour, smooth_inside
 from .nc import nc_features
 from .nucleoli import nucleoli_features
 from .radial import radial_features
@@ -74,6 +74,10 @@ def cell_features(
     Features are computed on the bounding box of the cell (the background and
     red-cell references come from the segmentation, measured on the whole
     crop), which keeps the cost independent of how many red cells surround it.
+    The chromatin-texture families (Haralick, LBP, granularity, nucleoli) see the
+    nucleus smoothed inside its mask by ``settings.texture_sigma`` pixels
+    (:func:`~lympho_features.features.masks.smooth_inside`), the radial profile
+    its raw optical density.
 
     Examples
     --------
@@ -126,15 +130,20 @@ def cell_features(
         if od_sum is None or seg.background is not bg:
             od_r, od_g, od_b = optical_density_channels(rgb_n, bg)
             od_sum = cv2.add(cv2.add(od_r, od_g), od_b)
+        od_texture = od_sum
+        if settings.texture_sigma > 0:
+            grey_f = smooth_inside(grey, n_nuc, settings.texture_sigma)
+            grey = np.clip(np.rint(grey_f), 0, 255).astype(np.uint8)  # uint8: the fast quantisation path
+            od_texture = smooth_inside(od_sum, n_nuc, settings.texture_sigma)
         q = quantize(grey, n_nuc, settings.haralick_levels)
     else:
-        grey = od_sum = np.zeros((1, 1), np.float32)
+        grey = od_sum = od_texture = np.zeros((1, 1), np.float32)
         n_nuc = np.zeros((1, 1), bool)
         q = None
     out.update(haralick_features(grey, n_nuc, settings, q=q))
     out.update(lbp_features(grey, n_nuc))
-    out.update(granularity_features(od_sum, n_nuc))
+    out.update(granularity_features(od_texture, n_nuc))
     out.update(radial_features(od_sum, n_nuc))
-    out.update(nucleoli_features(od_sum, n_nuc, settings))
+    out.update(nucleoli_features(od_texture, n_nuc, settings))
     out.update(color_features(rgb_box, n_box, c_box, settings, bg, rbc_od))
     return out

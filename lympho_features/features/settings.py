@@ -19,6 +19,13 @@ class FeatureSettings:
     nucleoli_radius: int = 4  #: largest radius of a pale spot counted as a nucleolus
     nucleoli_depth: float = 0.9  #: a nucleolus is paler than its surroundings by this many nucleus OD std
     nucleoli_min_depth: float = 0.3  #: ... and by at least this much OD (no spots in a flat, noisy nucleus)
+    #: Gaussian sigma (pixels) by which the nucleus' grey level and optical density are smoothed, inside the
+    #: nucleus only, before the chromatin-texture families (Haralick, LBP, granularity, nucleoli) measure them:
+    #: texture measured at a scale coarser than what focus, optics and JPEG's 8-pixel blocks move (0: raw
+    #: pixels, features version 5 and before). 1 px halved how far these families move under a JPEG re-save at
+    #: 50, a soft focus or a round trip through another magnification, with unshifted CV accuracy unchanged
+    #: (benchmarks/site_robustness_results.md).
+    texture_sigma: float = 1.0
 
     def __post_init__(self) -> None:
         """Refuse a value that cannot mean what its setting says (raises :class:`~lympho_features.errors.SettingsError`)."""
@@ -29,3 +36,4 @@ class FeatureSettings:
         check.integer("nucleoli_radius", 1)
         check.number("nucleoli_depth", 0)
         check.number("nucleoli_min_depth", 0)
+        check.number("texture_sigma", 0)
