@@ -25,7 +25,7 @@ import pandas as pd
 from .errors import DatasetError, ImageError  # noqa: F401 (re-exported)
 from .images import MAX_FILE_BYTES, MAX_PIXELS, decode_image, image_header, read_image, read_image_data  # noqa: F401 (re-exported)
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp")  # .bmp: a common export of other scanners
 
 
 @dataclass(frozen=True)

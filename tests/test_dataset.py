@@ -264,3 +264,16 @@ def test_load_clinical_returns_a_table_or_a_one_line_error(tmp_path_factory, row
     assert df["patient_id"].is_unique and len(df) == sum(any(c.strip() for c in r) for r in rows)
     assert set(df["gender"].dropna()) <= {"M", "F"} and set(df["label"].dropna()) <= {0, 1}
     assert (df["lymph_count"].dropna() >= 0).all()
+
+
+def test_bmp_crops_of_other_scanners_are_found_and_read(tmp_path):
+    import cv2
+
+    from lympho_features.dataset import read_crop
+
+    (tmp_path / "P1").mkdir()
+    rgb = np.zeros((20, 24, 3), np.uint8)
+    rgb[..., 0] = 200  # red, to check the channel order survives the BMP round trip
+    assert cv2.imwrite(str(tmp_path / "P1" / "cell.bmp"), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    assert discover_patients(tmp_path) == {"P1": ["P1/cell.bmp"]}
+    assert np.array_equal(read_crop(tmp_path, "P1/cell.bmp"), rgb)
