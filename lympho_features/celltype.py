@@ -253,52 +253,20 @@ def gate_measurements(rgb: np.ndarray, seg: Segmentation) -> dict[str, float]:
           cytoplasm, over the red cells' mean OD: small dark specks.
         - ``gate_ring_texture``: coefficient of variation of the ring's OD.
     """
-    keys = (
-        "gate_n_lobes",
-        "gate_nucleus_od_rbc",
-        "gate_nucleus_od_sd",
-        "gate_ring_od_rbc",
-        "gate_ring_chroma",
-        "gate_ring_purple",
-        "gate_ring_granularity",
-        "gate_cyto_granularity",
-        "gate_ring_texture",
-    )
-    out = dict.fromkeys(keys, math.nan)
+    out = dict.fromkeys(GATE_KEYS, math.nan)
     nucleus = seg.nucleus_mask
     if seg.background is None or not nucleus.any():
         return out
-    h, w = nucleus.shape
-    ring_w = RING_WIDTH  # the crop is at the canonical scale (extract resamples it): pixels mean the same everywhere
-    ys, xs = np.nonzero(seg.cell_mask | nucleus)
-    m = ring_w + 4  # the ring may reach past the cell's outline
-    y0, y1 = max(0, ys.min() - m), min(h, ys.max() + m + 1)
-    x0, x1 = max(0, xs.min() - m), min(w, xs.max() + m + 1)
-    n8 = nucleus[y0:y1, x0:x1].astype(np.uint8)
+    # The crop is at the canonical scale (extract resamples it): RING_WIDTH pixels mean the same everywhere.
+    box = _cell_box(seg, RING_WIDTH + 4)  # the ring may reach past the cell's outline
+    n8 = nucleus[box].astype(np.uint8)
     tables = od_tables(seg.background)
-    red, green, blue = cv2.split(np.ascontiguousarray(rgb))
-    od_r, od_g, od_b = (
-        cv2.LUT(np.ascontiguousarray(ch[y0:y1, x0:x1]), t) for ch, t in zip((red, green, blue), tables, strict=True)
-    )
+    channels = cv2.split(np.ascontiguousarray(rgb))
+    od_r, od_g, od_b = (cv2.LUT(np.ascontiguousarray(ch[box]), t) for ch, t in zip(channels, tables, strict=True))
     od_sum = od_r + od_g + od_b
-    # The red cells' reference (every fourth pixel of the crop, nuclei left out), as the segmentation measures it.
-    dark = np.zeros((h, w), np.uint8)
-    dark[nucleus] = 255
-    _, rbc_od, rbc_chroma = _red_cell_reference(
-        *(cv2.LUT(np.ascontiguousarray(ch[::4, ::4]), t) for ch, t in zip((red, green, blue), tables, strict=True)),
-        dark,
-        0.15,
-    )
+    rbc_od, rbc_chroma, rbc_purple = _red_cell_references(channels, tables, nucleus)
     if not math.isfinite(rbc_od) or rbc_od <= 0:
         rbc_od = float(np.mean(od_sum))  # no red cells: the region's own mean keeps the ratios finite
-    stained = od_sum > 0.15
-    rbc_purple = 0.0
-    sub = [cv2.LUT(np.ascontiguousarray(ch[::4, ::4]), t) for ch, t in zip((red, green, blue), tables, strict=True)]
-    ssum = sub[0] + sub[1] + sub[2]
-    sm = (ssum > 0.15) & ~nucleus[::4, ::4]
-    if sm.sum() >= 10:
-        rbc_purple = float(np.median((sub[1][sm] - sub[0][sm]) / ssum[sm]))
-    ring = (cv2.dilate(n8, _disk(ring_w)) > 0) & (n8 == 0)
     nod = od_sum[n8 > 0]
     out["gate_n_lobes"] = float(seg.diagnostics.get("n_lobes", math.nan))
     out["gate_nucleus_od_rbc"] = float(nod.mean() / rbc_od)
@@ -306,18 +274,66 @@ def gate_measurements(rgb: np.ndarray, seg: Segmentation) -> dict[str, float]:
     # Granules are dark specks: high OD. A white top-hat of the OD (the OD minus its opening by a radius-2
     # disk) keeps what is narrower than the disk.
     tophat = cv2.morphologyEx(od_sum, cv2.MORPH_TOPHAT, _disk(2))
+    ring = (cv2.dilate(n8, _disk(RING_WIDTH)) > 0) & (n8 == 0)
     if ring.any():
-        r_od = od_sum[ring]
-        st = ring & stained
-        out["gate_ring_od_rbc"] = float(r_od.mean() / rbc_od)
-        out["gate_ring_texture"] = float(r_od.std() / max(r_od.mean(), 0.05))
-        out["gate_ring_granularity"] = float(tophat[ring].mean() / rbc_od)
-        if st.sum() >= 5:
-            s_sum = od_sum[st]
-            out["gate_ring_chroma"] = float(np.median((od_r[st] - od_b[st]) / s_sum) - rbc_chroma)
-            out["gate_ring_purple"] = float(np.median((od_g[st] - od_r[st]) / s_sum) - rbc_purple)
-        else:  # nothing stained around the nucleus (bare nucleus on glass): no hue to read
-            out["gate_ring_chroma"] = out["gate_ring_purple"] = 0.0
-    cyto = seg.cell_mask[y0:y1, x0:x1] & (n8 == 0)
+        out.update(_ring_measures(ring, (od_r, od_g, od_b), tophat, (rbc_od, rbc_chroma, rbc_purple)))
+    cyto = seg.cell_mask[box] & (n8 == 0)
     out["gate_cyto_granularity"] = float(tophat[cyto].mean() / rbc_od) if cyto.sum() >= 5 else 0.0
+    return out
+
+
+#: The columns :func:`gate_measurements` returns.
+GATE_KEYS = (
+    "gate_n_lobes",
+    "gate_nucleus_od_rbc",
+    "gate_nucleus_od_sd",
+    "gate_ring_od_rbc",
+    "gate_ring_chroma",
+    "gate_ring_purple",
+    "gate_ring_granularity",
+    "gate_cyto_granularity",
+    "gate_ring_texture",
+)
+
+
+def _cell_box(seg: Segmentation, margin: int) -> tuple[slice, slice]:
+    """The box around the cell (and its nucleus), ``margin`` pixels wider on each side, within the crop."""
+    h, w = seg.nucleus_mask.shape
+    ys, xs = np.nonzero(seg.cell_mask | seg.nucleus_mask)
+    return (
+        slice(max(0, ys.min() - margin), min(h, ys.max() + margin + 1)),
+        slice(max(0, xs.min() - margin), min(w, xs.max() + margin + 1)),
+    )
+
+
+def _red_cell_references(channels, tables, nucleus: np.ndarray) -> tuple[float, float, float]:
+    """The red cells' OD, blue chroma and purple hue (every fourth pixel of the crop, nuclei left out)."""
+    sub = [cv2.LUT(np.ascontiguousarray(ch[::4, ::4]), t) for ch, t in zip(channels, tables, strict=True)]
+    dark = np.zeros(nucleus.shape, np.uint8)
+    dark[nucleus] = 255
+    _, rbc_od, rbc_chroma = _red_cell_reference(*sub, dark, 0.15)  # as the segmentation measures them
+    ssum = sub[0] + sub[1] + sub[2]
+    sm = (ssum > 0.15) & ~nucleus[::4, ::4]
+    rbc_purple = float(np.median((sub[1][sm] - sub[0][sm]) / ssum[sm])) if sm.sum() >= 10 else 0.0
+    return rbc_od, rbc_chroma, rbc_purple
+
+
+def _ring_measures(ring: np.ndarray, od_rgb, tophat: np.ndarray, references) -> dict[str, float]:
+    """Density, texture, granularity and hue of the ring around the nucleus, relative to the red cells."""
+    od_r, od_g, od_b = od_rgb
+    rbc_od, rbc_chroma, rbc_purple = references
+    od_sum = od_r + od_g + od_b
+    r_od = od_sum[ring]
+    out = {
+        "gate_ring_od_rbc": float(r_od.mean() / rbc_od),
+        "gate_ring_texture": float(r_od.std() / max(r_od.mean(), 0.05)),
+        "gate_ring_granularity": float(tophat[ring].mean() / rbc_od),
+    }
+    st = ring & (od_sum > 0.15)
+    if st.sum() >= 5:
+        s_sum = od_sum[st]
+        out["gate_ring_chroma"] = float(np.median((od_r[st] - od_b[st]) / s_sum) - rbc_chroma)
+        out["gate_ring_purple"] = float(np.median((od_g[st] - od_r[st]) / s_sum) - rbc_purple)
+    else:  # nothing stained around the nucleus (bare nucleus on glass): no hue to read
+        out["gate_ring_chroma"] = out["gate_ring_purple"] = 0.0
     return out

@@ -136,25 +136,35 @@ def synthetic_crop(
     _draw_red_cells(rng, img, cell, n_red_cells, k, red_cell_colour, red_cell_radius)
     if neighbour:
         _draw_neighbour(rng, img, (cx, cy), rn, rc, cell)
-    base = CYTOPLASM if cytoplasm_colour is None else np.asarray(cytoplasm_colour, np.float32)
-    cyto_colour = base * (0.78 if dark_cytoplasm else 1.0) + rng.normal(0, 3, 3)
-    if dark_cytoplasm:
-        cyto_colour = cyto_colour + np.array([-25, -10, 0])
-    if pale_cytoplasm:
-        cyto_colour = cyto_colour * 0.4 + BACKGROUND * 0.6
-    img[cell] = cyto_colour
+    _paint_cytoplasm(rng, img, cell, cytoplasm_colour, dark_cytoplasm, pale_cytoplasm)
     if granules > 0:
         _draw_granules(rng, img, cell & ~nucleus, granules, granule_colour, k)
-    nuc_colour = NUCLEUS + rng.normal(0, 4, 3)
-    if pale_nucleus:
-        nuc_colour = nuc_colour * 0.55 + np.array([150, 130, 190]) * 0.45
-    if smudge:
-        nuc_colour = nuc_colour * 0.45 + np.array([170, 150, 200]) * 0.55
-    img[nucleus] = nuc_colour + _chromatin(rng, shape, k, chromatin_contrast)[nucleus][:, None]
+    _paint_nucleus(rng, img, nucleus, k, chromatin_contrast, pale_nucleus, smudge)
     img = cv2.GaussianBlur(img, (0, 0), 0.5 + blur)
     img += rng.normal(0, 2.5, img.shape).astype(np.float32)
     rgb = np.clip(img, 0, 255).astype(np.uint8)
     return SyntheticCrop(rgb, nucleus, cell)
+
+
+def _paint_cytoplasm(rng, img: np.ndarray, cell: np.ndarray, colour, dark: bool, pale: bool) -> None:
+    """The cell's cytoplasm on ``img``: pale blue (or ``colour``), deeply basophilic when ``dark``, faint when ``pale``."""
+    base = CYTOPLASM if colour is None else np.asarray(colour, np.float32)
+    cyto_colour = base * (0.78 if dark else 1.0) + rng.normal(0, 3, 3)
+    if dark:
+        cyto_colour = cyto_colour + np.array([-25, -10, 0])
+    if pale:
+        cyto_colour = cyto_colour * 0.4 + BACKGROUND * 0.6
+    img[cell] = cyto_colour
+
+
+def _paint_nucleus(rng, img: np.ndarray, nucleus: np.ndarray, k: float, contrast: float, pale: bool, smudge: bool):
+    """The nucleus on ``img``: purple with chromatin texture, lighter when ``pale``, washed out when a smudge."""
+    nuc_colour = NUCLEUS + rng.normal(0, 4, 3)
+    if pale:
+        nuc_colour = nuc_colour * 0.55 + np.array([150, 130, 190]) * 0.45
+    if smudge:
+        nuc_colour = nuc_colour * 0.45 + np.array([170, 150, 200]) * 0.55
+    img[nucleus] = nuc_colour + _chromatin(rng, img.shape[:2], k, contrast)[nucleus][:, None]
 
 
 def _lymphocyte_masks(
