@@ -278,3 +278,23 @@ def remove_stale_temporaries(folder: str | Path, names: list[str] | None = None)
                 p.unlink(missing_ok=True)
                 removed.append(p.name)
     return sorted(removed)
+
+
+def progress_columns(label: str, unit: str, remaining: str = "left", rate: bool = False) -> tuple:
+    """The columns of lympho's rich progress bars: ``label [bar] done/total unit [rate] elapsed remaining``.
+
+    With ``rate``, a text column shows the task's ``rate`` field (the caller keeps it up to date).
+    """
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    middle = (TextColumn("{task.fields[rate]}"),) if rate else ()
+    return (
+        TextColumn(label),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn(unit),
+        *middle,
+        TimeElapsedColumn(),
+        TextColumn(remaining),
+        TimeRemainingColumn(),
+    )

@@ -147,24 +147,11 @@ def progress_bar(console, label: str, unit: str, enabled: bool):
     if not enabled:
         yield None
         return
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
+    from rich.progress import Progress
 
-    columns = (
-        TextColumn(label),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn(unit),
-        TimeElapsedColumn(),
-        TextColumn("left"),
-        TimeRemainingColumn(),
-    )
+    from ._io import progress_columns
+
+    columns = progress_columns(label, unit)
     with Progress(*columns, console=console, transient=False) as bar:
         task = bar.add_task(label, total=None)
 

@@ -32,6 +32,7 @@ from ._io import (
     check_writable,
     library_versions,
     output_lock,
+    progress_columns,
     remove_stale_temporaries,
     sha256_of,
     write_json,
@@ -463,30 +464,14 @@ def _manifest(data_dir, csv_path, clinical, settings, backend, scheduler, cells_
 def _run_all(data_dir, todo, settings, schema, jobs, progress, backend, scheduler, scales=None):
     """Run the patients' tasks; yield ``(patient_id, table, checksum, skipped, extra_keys, meta)`` as each one finishes."""
     from joblib import delayed
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
+    from rich.progress import Progress
 
     if not todo:
         return
     # Largest patients first: better load balance across workers.
     todo = sorted(todo, key=lambda t: -len(t[1]))
     n_images = sum(len(t[1]) for t in todo)
-    columns = (
-        TextColumn("extract"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("crops"),
-        TextColumn("{task.fields[rate]}"),
-        TimeElapsedColumn(),
-        TextColumn("ETA"),
-        TimeRemainingColumn(),
-    )
+    columns = progress_columns("extract", "crops", remaining="ETA", rate=True)
     with _parallel(jobs, backend, scheduler) as (runner, threads):
         scales = scales or {}
         tasks = (

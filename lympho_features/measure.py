@@ -176,14 +176,7 @@ def measure_crop(
     feature and the acquisition measurements ``acq_*``. Flagged cells are measured too (their features are
     kept, but the per-patient morphology aggregates use ``qc_ok`` cells only).
 
-    Parameters
-    ----------
-    rgb : ndarray (H, W, 3) uint8
-    settings : ExtractSettings
-    data : bytes, optional
-        The crop file's bytes (their header tells the JPEG quality).
-    um_per_px : float, optional
-        The crop's scale; None or NaN: the canonical scale is assumed.
+    Parameters are those of :func:`measure_cell`.
     """
     row = measure_cell(rgb, settings, data, um_per_px=um_per_px)
     apply_gate([row], flag=settings.cell_type_gate)
