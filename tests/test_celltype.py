@@ -222,3 +222,11 @@ def test_inspect_cli_refuses_an_unknown_cell_type(tiny_cohort, tmp_path):
     )
     assert r.exit_code == 2 and "cell_type= must name one of" in r.output
     assert not (tmp_path / "m.png").exists()
+
+
+def test_the_shipped_gate_was_learned_from_features_of_this_version():
+    # The gate reads per-cell features (sizes, granularity): a change of how they are measured
+    # (FEATURES_VERSION) must come with a gate rebuilt by scripts/build_celltype_gate.py.
+    from lympho_features.extract import FEATURES_VERSION
+
+    assert default_gate().meta["features_version"] == FEATURES_VERSION
