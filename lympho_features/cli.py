@@ -27,6 +27,7 @@ from ._io import check_output_file, check_output_folder, describe_os_error
 from .cli_messages import (
     cv_summary_line,
     extract_notes,
+    extract_summary_lines,
     interrupted_line,
     labelled_lines,
     progress_bar,
@@ -189,17 +190,8 @@ def extract(
     )
     for line in extract_notes(res, Path(out)):
         console.print(f"[yellow]warning:[/] {escape(line)}", highlight=False)
-    if res.scale:
-        run_scale = res.scale.get("run_red_cell_um_per_px")
-        sources = ", ".join(f"{k} {v}" for k, v in res.scale["sources"].items())
-        red = f"; red cells of the run: {run_scale:.4f} um/px" if run_scale else ""
-        console.print(f"pixel scale (patients per source): {sources}{red}", highlight=False)
-    qc = ", ".join(f"{k} {v}" for k, v in res.qc_counts.items())
-    console.print(
-        f"{res.n_patients} patients, {res.n_cells} cells ({qc}), {res.n_skipped} file(s) skipped, "
-        f"{res.n_reused} patient(s) reused from an earlier run -> {escape(str(out))}",
-        highlight=False,
-    )
+    for line in extract_summary_lines(res, Path(out)):
+        console.print(line, highlight=False, markup=False)
 
 
 FEATURE_SET_HELP = (

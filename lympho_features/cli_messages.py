@@ -159,3 +159,19 @@ def progress_bar(console, label: str, unit: str, enabled: bool):
             bar.update(task, completed=done, total=total)
 
         yield progress
+
+
+def extract_summary_lines(res, out: Path) -> list[str]:
+    """What ``extract`` says when it is done: the pixel scale's sources, then the counts and where they went."""
+    lines = []
+    if res.scale:
+        run_scale = res.scale.get("run_red_cell_um_per_px")
+        sources = ", ".join(f"{k} {v}" for k, v in res.scale["sources"].items())
+        red = f"; red cells of the run: {run_scale:.4f} um/px" if run_scale else ""
+        lines.append(f"pixel scale (patients per source): {sources}{red}")
+    qc = ", ".join(f"{k} {v}" for k, v in res.qc_counts.items())
+    lines.append(
+        f"{res.n_patients} patients, {res.n_cells} cells ({qc}), {res.n_skipped} file(s) skipped, "
+        f"{res.n_reused} patient(s) reused from an earlier run -> {out}"
+    )
+    return lines
