@@ -48,6 +48,7 @@ from .cnn_runtime import (  # noqa: F401 (re-exported: the public names of `lymp
 from .dataset import MAX_PIXELS, DatasetError, ImageError, discover_patients, read_crop_hashed
 from .errors import EmbedError  # noqa: F401 (re-exported)
 from .extract import _shard_name, inputs_key, read_shard_meta
+from .folders import FeaturesFolder
 from .segment import SegmentationSettings, segment_cell
 
 #: Bump when a code change alters embeddings (or their shards' layout) for the same settings and weights.
@@ -487,7 +488,4 @@ def _batch_row(batch: dict, j: int, patient_id: str, rel: str) -> dict:
 
 def load_embeddings(features_dir: str | Path) -> pd.DataFrame:
     """Read ``FEATURES_DIR/embeddings.parquet`` (written by ``lympho embed``) with a clear error when absent."""
-    path = Path(features_dir) / "embeddings.parquet"
-    if not path.is_file():
-        raise DatasetError(f"{path} not found: CNN features need `lympho embed DATA_DIR --out {features_dir}` first")
-    return pd.read_parquet(path)
+    return FeaturesFolder(features_dir).embeddings()

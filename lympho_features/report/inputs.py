@@ -19,8 +19,9 @@ import pandas as pd
 
 from .._io import dataframe_fingerprint
 from ..domain import check_settings
-from ..errors import ReportError
+from ..errors import FeaturesFolderError, ReportError
 from ..feature_sets import cell_model_block, is_learned_feature
+from ..folders import FeaturesFolder
 from ..model import (
     ModelError,
     cell_scores,
@@ -175,15 +176,11 @@ def _natural_key(text: str):
 
 def _read_cells(features_dir: Path, model_dir: Path, meta: dict, warnings: list[str]):
     """cells.parquet, scored by the model's cell model when it has one: ``(cells, contributions, medians)``."""
-    cells = None
-    cells_path = features_dir / "cells.parquet"
-    if cells_path.is_file():
-        try:
-            cells = pd.read_parquet(cells_path)
-        except Exception as exc:
-            warnings.append(f"{cells_path} unreadable ({exc}): cell sections left out")
-    else:
-        warnings.append(f"{cells_path} not found: cell counts and galleries left out")
+    try:
+        cells = FeaturesFolder(features_dir).cells()
+    except FeaturesFolderError as exc:
+        cells = None
+        warnings.append(f"{exc}: cell counts and galleries left out")
     cell_contrib, cell_medians = None, {}
     if cells is not None and "cell_score" not in cells.columns:
         try:  # a model with a cell model scores each cell (galleries of the most tumoral-looking cells)
