@@ -160,7 +160,6 @@ def extract(
     ] = None,
 ) -> None:
     """Segment every crop, measure each cell and aggregate per patient."""
-    from .dataset import check_data_dir, find_clinical_csv, load_clinical, patient_folder_names
     from .extract import ExtractSettings
     from .extract import extract as run_extract
 
@@ -174,13 +173,10 @@ def extract(
     except SettingsError:
         _fail(f"--pixel-size {pixel_size} is not a pixel size in micrometres per pixel (0.005 to 5)")
     check_output_folder(out)
-    # Every problem of the clinical CSV at once, with its rows that have no image folder, before any work.
-    csv_path = clinical or find_clinical_csv(check_data_dir(data_dir))
-    load_clinical(csv_path, cols, ref, patient_folders=patient_folder_names(data_dir))
     res = run_extract(
         data_dir,
         out,
-        csv_path,
+        clinical,
         jobs,
         settings,
         cols,

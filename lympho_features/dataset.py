@@ -387,12 +387,6 @@ def check_data_dir(data_dir: str | Path) -> Path:
     raise DatasetError(f"data folder not found: {root}")
 
 
-def patient_folder_names(data_dir: str | Path) -> list[str]:
-    """Names of the patient sub-folders of ``data_dir`` (hidden ones left out), sorted; cheap: no file listed."""
-    with os.scandir(check_data_dir(data_dir)) as it:
-        return sorted(e.name for e in it if not e.name.startswith(".") and e.is_dir())
-
-
 def scan_data_dir(data_dir: str | Path) -> tuple[dict[str, list[str]], list[dict]]:
     """Patient folders of ``data_dir`` and the entries refused for safety.
 

@@ -17,7 +17,6 @@ and the final tables built from the shards are in :mod:`lympho_features.shards`.
 from __future__ import annotations
 
 import errno
-import math
 from contextlib import ExitStack, closing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -275,12 +274,10 @@ def extract(
         raise DatasetError("jobs must be a positive number of workers, or -1 for every core")
     if scheduler is not None and backend != "dask":
         raise DatasetError("a scheduler address needs backend 'dask' (--backend dask)")
-    px = settings.pixel_size_um
-    if px is not None and not (math.isfinite(px) and 0.005 <= px <= 5.0):
-        raise DatasetError(f"pixel size {px} um is not plausible for a blood-smear crop (0.005 to 5 um per pixel)")
     patients, refused = scan_data_dir(data_dir)
     csv_path = Path(clinical_csv) if clinical_csv else find_clinical_csv(data_dir)
-    clinical = load_clinical(csv_path, columns, settings.reference_date)
+    # Every problem of the clinical CSV at once, with its rows that have no image folder, before any work.
+    clinical = load_clinical(csv_path, columns, settings.reference_date, patient_folders=list(patients))
     warnings = list(clinical.attrs.get("warnings", []))
     shard_dir = out_dir / "cells"
     lock = ExitStack()
