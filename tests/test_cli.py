@@ -6,19 +6,15 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
-from pathlib import Path
 
 import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
 from lympho_features.cli import app
+from tests.processes import CHECKOUT_ENV, wait_for_shards
 
 runner = CliRunner()
-
-#: Processes started by the tests run the package of this checkout, whatever their working folder.
-CHECKOUT_ENV = {**os.environ, "COLUMNS": "300", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
 
 
 def run(*args):
@@ -335,12 +331,8 @@ def test_ctrl_c_says_what_is_kept_and_a_rerun_resumes(tmp_path):
         cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path, env=CHECKOUT_ENV,
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )  # fmt: skip
-    deadline = time.monotonic() + 120
     try:
-        while len(list((out / "cells").glob("*.parquet"))) < 2:
-            assert proc.poll() is None, f"extraction ended before it was interrupted: {proc.stderr.read()!r}"
-            assert time.monotonic() < deadline, "no shard written in time"
-            time.sleep(0.005)
+        wait_for_shards(proc, out, 2)
         proc.send_signal(signal.SIGINT)  # Ctrl-C
         _, err = proc.communicate(timeout=60)
     finally:

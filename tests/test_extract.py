@@ -10,7 +10,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import cv2
@@ -25,6 +24,7 @@ from lympho_features.aggregate import build_patient_table
 from lympho_features.dataset import DatasetError, load_clinical, read_image
 from lympho_features.extract import extract
 from lympho_features.synthetic import make_cohort
+from tests.processes import CHECKOUT_ENV, wait_for_shards
 from tests.test_images import png_bomb
 
 
@@ -141,14 +141,9 @@ def test_changed_image_recomputes_only_that_patient(reference, cohort, tmp_path)
 def test_kill_9_then_rerun_gives_the_uninterrupted_tables(cohort, reference, tmp_path):
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "lympho_features.cli", "extract", str(cohort), "--out", str(out), "-q"]
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}  # this checkout's package
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=tmp_path, env=env)
-    deadline = time.monotonic() + 120
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=tmp_path, env=CHECKOUT_ENV)
     try:
-        while len(list((out / "cells").glob("*.parquet"))) < 3:
-            assert proc.poll() is None, f"extraction ended before it was interrupted: {proc.stderr.read()!r}"
-            assert time.monotonic() < deadline, "no shard written in time"
-            time.sleep(0.005)
+        wait_for_shards(proc, out, 3)
     finally:
         proc.kill()  # SIGKILL: no cleanup handler runs
         proc.wait()
