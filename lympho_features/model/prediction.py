@@ -117,12 +117,20 @@ _CELL_BLOCKS = ("crops", "morphology", *CELL_SCORE_BLOCKS, "cnn")
 
 
 def few_cells_warnings(meta: dict, patients: pd.DataFrame) -> list[str]:
-    """Warnings for patients with fewer crops passing QC than any training patient had.
+    """Warnings for patients with fewer crops passing QC than any training patient had: ``"PID: why"``.
+
+    One line per patient of :func:`few_cells_reasons`.
+    """
+    return [f"{pid}: {text}" for pid, text in few_cells_reasons(meta, patients)]
+
+
+def few_cells_reasons(meta: dict, patients: pd.DataFrame) -> list[tuple[str, str]]:
+    """``(patient_id, why)`` for each patient with fewer crops passing QC than any training patient had.
 
     A model whose inputs come from the cells (cell-score summaries, morphology aggregates) has
     only seen patients with at least ``meta["training_cells_ok"]["min"]`` QC-passing crops; a
-    summary over fewer cells is noisier than anything it learned from. One line per such
-    patient; none for clinical-only models or models saved without the training counts.
+    summary over fewer cells is noisier than anything it learned from. None for clinical-only
+    models or models saved without the training counts.
     """
     ref = meta.get("training_cells_ok")
     if not ref or "n_cells_ok" not in patients or not set(model_blocks(meta)[0]) & set(_CELL_BLOCKS):
@@ -134,8 +142,11 @@ def few_cells_warnings(meta: dict, patients: pd.DataFrame) -> list[str]:
                 "its cell-based inputs could not be measured" if n == 0 else "its cell-based inputs rest on few cells"
             )
             out.append(
-                f"{pid}: {int(n)} crop(s) passed QC, fewer than any training patient had (at least "
-                f"{ref['min']:.0f}; median {ref['median']:.0f}): {rest}; treat its call as uncertain"
+                (
+                    str(pid),
+                    f"{int(n)} crop(s) passed QC, fewer than any training patient had (at least "
+                    f"{ref['min']:.0f}; median {ref['median']:.0f}): {rest}; treat its call as uncertain",
+                )
             )
     return out
 
@@ -145,7 +156,12 @@ _CLINICAL_WORDS = {"age": "age (date of birth)", "gender_male": "sex", "log_lymp
 
 
 def missing_value_warnings(meta: dict, patients: pd.DataFrame) -> list[str]:
-    """Patients missing a clinical input the model uses: one line each.
+    """Patients missing a clinical input the model uses: one line each, ``"PID: why"`` (:func:`missing_value_reasons`)."""
+    return [f"{pid}: {text}" for pid, text in missing_value_reasons(meta, patients)]
+
+
+def missing_value_reasons(meta: dict, patients: pd.DataFrame) -> list[tuple[str, str]]:
+    """``(patient_id, why)`` for each patient missing a clinical input the model uses.
 
     The model then takes the training median for it (:func:`fill_missing_inputs`):
     the call rests on the other inputs.
@@ -159,7 +175,7 @@ def missing_value_warnings(meta: dict, patients: pd.DataFrame) -> list[str]:
         missing = [_CLINICAL_WORDS[c] for c, v in zip(used, row, strict=True) if not np.isfinite(v)]
         if missing:
             out.append(
-                f"{pid}: {', '.join(missing)} missing: the call rests on the other inputs; treat it as uncertain"
+                (str(pid), f"{', '.join(missing)} missing: the call rests on the other inputs; treat it as uncertain")
             )
     return out
 

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from ..glossary import COUNT_UNIT, clinician_name, format_input_value
-from ..model import few_cells_warnings, missing_value_warnings, refer_limits
+from ..model import few_cells_reasons, missing_value_reasons, refer_limits
 from .explanations import waterfall
 from .gallery import all_cells, score_column, select_gallery
 from .inputs import ReportInputs
@@ -109,18 +109,14 @@ def clinical_values(p: pd.Series) -> list[tuple[str, str]]:
     return out
 
 
-def _warnings_of(pid: str, lines: list[str]) -> list[str]:
-    """The model's warning lines about one patient, without the ``"PID: "`` they start with (the card names it)."""
-    return [line.removeprefix(f"{pid}: ") for line in lines]
-
-
 def decision(inp: ReportInputs, i: int) -> dict:
     """The decision box of patient ``i``'s card: probability, call, flags and the notes that qualify it."""
     pid = str(inp.patients["patient_id"].iat[i])
     prob, thr = float(inp.proba[i]), inp.threshold
     one = inp.patients.iloc[[i]]
-    missing = _warnings_of(pid, missing_value_warnings(inp.meta, one))
-    few = _warnings_of(pid, few_cells_warnings(inp.meta, one))
+    # The card names the patient: the model's reasons, without the "PID: " of predict's warning lines.
+    missing = [text for _, text in missing_value_reasons(inp.meta, one)]
+    few = [text for _, text in few_cells_reasons(inp.meta, one)]
     notes = missing + few
     outside = [r["text"] for r in inp.domain_reasons.get(pid, [])]
     if refer_limits(inp.meta) is not None:
