@@ -44,7 +44,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import LymphoError
-from .segment import Segmentation, _disk, _red_cell_reference, od_tables
+from .segment import Segmentation, _disk, _red_cell_reference, _subsample, od_tables
 from .segment.settings import _QC_ORDER
 
 #: The types the gate tells apart (PBC's eight folders, ``ig`` spelled out).
@@ -179,7 +179,15 @@ def type_cells(table: pd.DataFrame, gate: CellTypeGate | None = None) -> pd.Data
         measured &= ~table["qc_reason"].isin(_NO_CELL_REASONS).to_numpy()
     if not measured.any():
         return out
-    p = gate.probabilities(table[measured])
+    names, probs, is_lymph = _calls(gate.probabilities(table[measured]), gate)
+    out.loc[measured, "cell_type"] = names
+    out.loc[measured, "cell_type_prob"] = probs
+    out.loc[measured, "is_not_lymphocyte"] = ~is_lymph
+    return out
+
+
+def _calls(p: np.ndarray, gate: CellTypeGate) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each row's call from the gate's class probabilities ``p``: type name, its probability, is a lymphocyte."""
     lymph = gate.classes.index("lymphocyte")
     is_lymph = p[:, lymph] >= gate.threshold
     others = p.copy()
@@ -187,10 +195,35 @@ def type_cells(table: pd.DataFrame, gate: CellTypeGate | None = None) -> pd.Data
     best = others.argmax(axis=1)
     names = np.where(is_lymph, "lymphocyte", np.asarray(gate.classes, object)[best])
     probs = np.where(is_lymph, p[:, lymph], others[np.arange(len(p)), best])
-    out.loc[measured, "cell_type"] = names
-    out.loc[measured, "cell_type_prob"] = probs
-    out.loc[measured, "is_not_lymphocyte"] = ~is_lymph
-    return out
+    return names, probs, is_lymph
+
+
+def _row_calls(rows: list[dict], gate: CellTypeGate) -> list[tuple[str, float, bool]]:
+    """:func:`type_cells` on measured rows, without building a table of every column.
+
+    The gate's inputs are read straight from the rows into the matrix
+    :meth:`CellTypeGate.probabilities` would build (a missing value is NaN),
+    so the calls are the same; a pandas table of the rows' ~250 columns cost
+    more than the gate itself.
+
+    Returns
+    -------
+    list of (cell_type, cell_type_prob, is_not_lymphocyte)
+    """
+    missing = [c for c in gate.inputs if not any(c in r for r in rows)]
+    if missing:
+        raise CellTypeGateError(f"the cell-type gate needs columns {', '.join(missing[:5])}: not measured")
+    X = np.array([[r.get(c) for c in gate.inputs] for r in rows], np.float64)  # None -> NaN, as pandas
+    measured = ~np.isnan(X).all(axis=1)
+    measured &= np.array([r.get("qc_reason") not in _NO_CELL_REASONS for r in rows])
+    calls = [(UNKNOWN, math.nan, False)] * len(rows)
+    if not measured.any():
+        return calls
+    p = np.asarray(gate.booster.predict(X[measured]), np.float64).reshape(int(measured.sum()), len(gate.classes))
+    names, probs, is_lymph = _calls(p, gate)
+    for i, name, prob, lymph in zip(np.flatnonzero(measured).tolist(), names, probs.tolist(), is_lymph.tolist()):
+        calls[i] = (str(name), prob, not lymph)
+    return calls
 
 
 def apply_gate(rows: list[dict], gate: CellTypeGate | None = None, flag: bool = True) -> None:
@@ -207,9 +240,8 @@ def apply_gate(rows: list[dict], gate: CellTypeGate | None = None, flag: bool = 
     """
     if not rows:
         return
-    typed = type_cells(pd.DataFrame(rows), gate)
-    for r, (cell_type, prob, flagged) in zip(rows, typed.itertuples(index=False, name=None), strict=True):
-        r["cell_type"], r["cell_type_prob"] = str(cell_type), float(prob)
+    for r, (cell_type, prob, flagged) in zip(rows, _row_calls(rows, gate or default_gate()), strict=True):
+        r["cell_type"], r["cell_type_prob"] = cell_type, prob
         for k in [k for k in r if k.startswith("gate_")]:
             del r[k]
         if not flag:
@@ -261,10 +293,10 @@ def gate_measurements(rgb: np.ndarray, seg: Segmentation) -> dict[str, float]:
     box = _cell_box(seg, RING_WIDTH + 4)  # the ring may reach past the cell's outline
     n8 = nucleus[box].astype(np.uint8)
     tables = od_tables(seg.background)
-    channels = cv2.split(np.ascontiguousarray(rgb))
-    od_r, od_g, od_b = (cv2.LUT(np.ascontiguousarray(ch[box]), t) for ch, t in zip(channels, tables, strict=True))
+    # Only the box and every fourth pixel are looked up: splitting the whole crop cost more than both.
+    od_r, od_g, od_b = (cv2.LUT(ch, t) for ch, t in zip(cv2.split(np.ascontiguousarray(rgb[box])), tables, strict=True))
     od_sum = od_r + od_g + od_b
-    rbc_od, rbc_chroma, rbc_purple = _red_cell_references(channels, tables, nucleus)
+    rbc_od, rbc_chroma, rbc_purple = _red_cell_references(rgb, tables, nucleus)
     if not math.isfinite(rbc_od) or rbc_od <= 0:
         rbc_od = float(np.mean(od_sum))  # no red cells: the region's own mean keeps the ratios finite
     nod = od_sum[n8 > 0]
@@ -274,9 +306,9 @@ def gate_measurements(rgb: np.ndarray, seg: Segmentation) -> dict[str, float]:
     # Granules are dark specks: high OD. A white top-hat of the OD (the OD minus its opening by a radius-2
     # disk) keeps what is narrower than the disk.
     tophat = cv2.morphologyEx(od_sum, cv2.MORPH_TOPHAT, _disk(2))
-    ring = (cv2.dilate(n8, _disk(RING_WIDTH)) > 0) & (n8 == 0)
+    ring = _ring(n8, RING_WIDTH)
     if ring.any():
-        out.update(_ring_measures(ring, (od_r, od_g, od_b), tophat, (rbc_od, rbc_chroma, rbc_purple)))
+        out.update(_ring_measures(ring, (od_r, od_g, od_b, od_sum), tophat, (rbc_od, rbc_chroma, rbc_purple)))
     cyto = seg.cell_mask[box] & (n8 == 0)
     out["gate_cyto_granularity"] = float(tophat[cyto].mean() / rbc_od) if cyto.sum() >= 5 else 0.0
     return out
@@ -299,30 +331,68 @@ GATE_KEYS = (
 def _cell_box(seg: Segmentation, margin: int) -> tuple[slice, slice]:
     """The box around the cell (and its nucleus), ``margin`` pixels wider on each side, within the crop."""
     h, w = seg.nucleus_mask.shape
-    ys, xs = np.nonzero(seg.cell_mask | seg.nucleus_mask)
+    # The bounding rectangle of the set pixels: the extremes of np.nonzero, without listing every pixel.
+    x, y, bw, bh = cv2.boundingRect((seg.cell_mask | seg.nucleus_mask).view(np.uint8))
     return (
-        slice(max(0, ys.min() - margin), min(h, ys.max() + margin + 1)),
-        slice(max(0, xs.min() - margin), min(w, xs.max() + margin + 1)),
+        slice(max(0, y - margin), min(h, y + bh - 1 + margin + 1)),
+        slice(max(0, x - margin), min(w, x + bw - 1 + margin + 1)),
     )
 
 
-def _red_cell_references(channels, tables, nucleus: np.ndarray) -> tuple[float, float, float]:
+def _ring(n8: np.ndarray, width: int) -> np.ndarray:
+    """Pixels within a disk of radius ``width`` (:func:`~lympho_features.segment._disk`) of the nucleus ``n8``, not in it.
+
+    The dilation runs on the nucleus' own box grown by ``width`` (the disk reaches no farther), not on the
+    whole cell's: the same pixels for about half the cost.
+    """
+    x, y, bw, bh = cv2.boundingRect(n8)
+    h, w = n8.shape
+    win = (slice(max(0, y - width), min(h, y + bh + width)), slice(max(0, x - width), min(w, x + bw + width)))
+    sub = n8[win]
+    ring = np.zeros(n8.shape, bool)
+    ring[win] = (cv2.dilate(sub, _disk(width)) > 0) & (sub == 0)
+    return ring
+
+
+def _median(values: np.ndarray) -> np.floating:
+    """``np.median(values)`` of a 1-D float array, with the same arithmetic and without its overhead.
+
+    The middle order statistic (odd size) or the mean of the two middle ones (even size), a scalar of the
+    array's own precision as :func:`numpy.median` returns; NaN when any value is NaN.
+    """
+    n = values.size
+    k = n // 2
+    if n % 2:
+        part = np.partition(values, [k, n - 1])
+        middle = part[k]
+    else:
+        part = np.partition(values, [k - 1, k, n - 1])
+        middle = (part[k - 1] + part[k]) / 2
+    return part[-1] if np.isnan(part[-1]) else middle
+
+
+def _red_cell_references(rgb: np.ndarray, tables, nucleus: np.ndarray) -> tuple[float, float, float]:
     """The red cells' OD, blue chroma and purple hue (every fourth pixel of the crop, nuclei left out)."""
-    sub = [cv2.LUT(np.ascontiguousarray(ch[::4, ::4]), t) for ch, t in zip(channels, tables, strict=True)]
+    sub = [cv2.LUT(ch, t) for ch, t in zip(cv2.split(_subsample(rgb, 4)), tables, strict=True)]
+    nucleus_sub = nucleus[::4, ::4]
+    # _red_cell_reference reads only every fourth pixel of the dark mask: the others may stay 0.
     dark = np.zeros(nucleus.shape, np.uint8)
-    dark[nucleus] = 255
+    dark[::4, ::4] = nucleus_sub.view(np.uint8) * np.uint8(255)
     _, rbc_od, rbc_chroma = _red_cell_reference(*sub, dark, 0.15)  # as the segmentation measures them
     ssum = sub[0] + sub[1] + sub[2]
-    sm = (ssum > 0.15) & ~nucleus[::4, ::4]
-    rbc_purple = float(np.median((sub[1][sm] - sub[0][sm]) / ssum[sm])) if sm.sum() >= 10 else 0.0
+    sm = (ssum > 0.15) & ~nucleus_sub
+    rbc_purple = float(_median((sub[1][sm] - sub[0][sm]) / ssum[sm])) if sm.sum() >= 10 else 0.0
     return rbc_od, rbc_chroma, rbc_purple
 
 
-def _ring_measures(ring: np.ndarray, od_rgb, tophat: np.ndarray, references) -> dict[str, float]:
-    """Density, texture, granularity and hue of the ring around the nucleus, relative to the red cells."""
-    od_r, od_g, od_b = od_rgb
+def _ring_measures(ring: np.ndarray, od, tophat: np.ndarray, references) -> dict[str, float]:
+    """Density, texture, granularity and hue of the ring around the nucleus, relative to the red cells.
+
+    ``od`` holds the box's OD channels red, green, blue and their sum; ``references`` the red cells' OD,
+    chroma and purple hue (:func:`_red_cell_references`).
+    """
+    od_r, od_g, od_b, od_sum = od
     rbc_od, rbc_chroma, rbc_purple = references
-    od_sum = od_r + od_g + od_b
     r_od = od_sum[ring]
     out = {
         "gate_ring_od_rbc": float(r_od.mean() / rbc_od),
@@ -332,8 +402,8 @@ def _ring_measures(ring: np.ndarray, od_rgb, tophat: np.ndarray, references) -> 
     st = ring & (od_sum > 0.15)
     if st.sum() >= 5:
         s_sum = od_sum[st]
-        out["gate_ring_chroma"] = float(np.median((od_r[st] - od_b[st]) / s_sum) - rbc_chroma)
-        out["gate_ring_purple"] = float(np.median((od_g[st] - od_r[st]) / s_sum) - rbc_purple)
+        out["gate_ring_chroma"] = float(_median((od_r[st] - od_b[st]) / s_sum) - rbc_chroma)
+        out["gate_ring_purple"] = float(_median((od_g[st] - od_r[st]) / s_sum) - rbc_purple)
     else:  # nothing stained around the nucleus (bare nucleus on glass): no hue to read
         out["gate_ring_chroma"] = out["gate_ring_purple"] = 0.0
     return out
