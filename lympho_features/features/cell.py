@@ -10,7 +10,7 @@ from .color import background_reference, color_features
 from .granularity import granularity_features
 from .haralick import haralick_features, quantize
 from .lbp import lbp_features
-from .masks import _u8, largest_contour, smooth_inside
+from .masks import _u8, largest_contour, smooth_inside_all
 from .nc import nc_features
 from .nucleoli import nucleoli_features
 from .radial import radial_features
@@ -132,9 +132,8 @@ def cell_features(
             od_sum = cv2.add(cv2.add(od_r, od_g), od_b)
         od_texture = od_sum
         if settings.texture_sigma > 0:
-            grey_f = smooth_inside(grey, n_nuc, settings.texture_sigma)
+            grey_f, od_texture = smooth_inside_all([grey, od_sum], n_nuc, settings.texture_sigma)
             grey = np.clip(np.rint(grey_f), 0, 255).astype(np.uint8)  # uint8: the fast quantisation path
-            od_texture = smooth_inside(od_sum, n_nuc, settings.texture_sigma)
         q = quantize(grey, n_nuc, settings.haralick_levels)
     else:
         grey = od_sum = od_texture = np.zeros((1, 1), np.float32)
