@@ -253,7 +253,7 @@ def apply_gate(rows: list[dict], gate: CellTypeGate | None = None, flag: bool = 
         r["qc_ok"] = r["qc_reason"] == "ok"
 
 
-def gate_measurements(rgb: np.ndarray, seg: Segmentation) -> dict[str, float]:
+def gate_measurements(rgb: np.ndarray, seg: Segmentation, hue: bool = True) -> dict[str, float]:
     """Measurements made for the cell-type gate alone, on one segmented crop.
 
     Parameters
@@ -263,6 +263,9 @@ def gate_measurements(rgb: np.ndarray, seg: Segmentation) -> dict[str, float]:
         segmentation saw it.
     seg : Segmentation
         Its segmentation (:func:`lympho_features.segment.segment_cell`).
+    hue : bool, optional
+        Measure ``gate_ring_chroma`` and ``gate_ring_purple`` (:data:`HUE_KEYS`); False leaves them NaN,
+        for a gate that does not read them (:func:`gate_reads_hue`): about a quarter of the cost.
 
     Returns
     -------
@@ -296,7 +299,7 @@ def gate_measurements(rgb: np.ndarray, seg: Segmentation) -> dict[str, float]:
     # Only the box and every fourth pixel are looked up: splitting the whole crop cost more than both.
     od_r, od_g, od_b = (cv2.LUT(ch, t) for ch, t in zip(cv2.split(np.ascontiguousarray(rgb[box])), tables, strict=True))
     od_sum = od_r + od_g + od_b
-    rbc_od, rbc_chroma, rbc_purple = _red_cell_references(rgb, tables, nucleus)
+    rbc_od, rbc_chroma, rbc_purple = _red_cell_references(rgb, tables, nucleus, hue)
     if not math.isfinite(rbc_od) or rbc_od <= 0:
         rbc_od = float(np.mean(od_sum))  # no red cells: the region's own mean keeps the ratios finite
     nod = od_sum[n8 > 0]
@@ -308,7 +311,7 @@ def gate_measurements(rgb: np.ndarray, seg: Segmentation) -> dict[str, float]:
     tophat = cv2.morphologyEx(od_sum, cv2.MORPH_TOPHAT, _disk(2))
     ring = _ring(n8, RING_WIDTH)
     if ring.any():
-        out.update(_ring_measures(ring, (od_r, od_g, od_b, od_sum), tophat, (rbc_od, rbc_chroma, rbc_purple)))
+        out.update(_ring_measures(ring, (od_r, od_g, od_b, od_sum), tophat, (rbc_od, rbc_chroma, rbc_purple), hue))
     cyto = seg.cell_mask[box] & (n8 == 0)
     out["gate_cyto_granularity"] = float(tophat[cyto].mean() / rbc_od) if cyto.sum() >= 5 else 0.0
     return out
@@ -326,6 +329,16 @@ GATE_KEYS = (
     "gate_cyto_granularity",
     "gate_ring_texture",
 )
+
+
+#: The gate's measurements of the hue around the nucleus (stain-dependent: the shipped gate leaves them out).
+HUE_KEYS = ("gate_ring_chroma", "gate_ring_purple")
+
+
+def gate_reads_hue(gate: CellTypeGate | None = None) -> bool:
+    """Whether ``gate`` (default: the shipped one) reads any of :data:`HUE_KEYS`."""
+    gate = gate or default_gate()
+    return any(k in gate.inputs for k in HUE_KEYS)
 
 
 def _cell_box(seg: Segmentation, margin: int) -> tuple[slice, slice]:
@@ -371,25 +384,30 @@ def _median(values: np.ndarray) -> np.floating:
     return part[-1] if np.isnan(part[-1]) else middle
 
 
-def _red_cell_references(rgb: np.ndarray, tables, nucleus: np.ndarray) -> tuple[float, float, float]:
-    """The red cells' OD, blue chroma and purple hue (every fourth pixel of the crop, nuclei left out)."""
+def _red_cell_references(rgb: np.ndarray, tables, nucleus: np.ndarray, hue: bool = True) -> tuple[float, float, float]:
+    """The red cells' OD, blue chroma and purple hue (every fourth pixel of the crop, nuclei left out).
+
+    Without ``hue`` the purple hue is not measured (NaN).
+    """
     sub = [cv2.LUT(ch, t) for ch, t in zip(cv2.split(_subsample(rgb, 4)), tables, strict=True)]
     nucleus_sub = nucleus[::4, ::4]
     # _red_cell_reference reads only every fourth pixel of the dark mask: the others may stay 0.
     dark = np.zeros(nucleus.shape, np.uint8)
     dark[::4, ::4] = nucleus_sub.view(np.uint8) * np.uint8(255)
     _, rbc_od, rbc_chroma = _red_cell_reference(*sub, dark, 0.15)  # as the segmentation measures them
+    if not hue:
+        return rbc_od, rbc_chroma, math.nan
     ssum = sub[0] + sub[1] + sub[2]
     sm = (ssum > 0.15) & ~nucleus_sub
     rbc_purple = float(_median((sub[1][sm] - sub[0][sm]) / ssum[sm])) if sm.sum() >= 10 else 0.0
     return rbc_od, rbc_chroma, rbc_purple
 
 
-def _ring_measures(ring: np.ndarray, od, tophat: np.ndarray, references) -> dict[str, float]:
+def _ring_measures(ring: np.ndarray, od, tophat: np.ndarray, references, hue: bool = True) -> dict[str, float]:
     """Density, texture, granularity and hue of the ring around the nucleus, relative to the red cells.
 
     ``od`` holds the box's OD channels red, green, blue and their sum; ``references`` the red cells' OD,
-    chroma and purple hue (:func:`_red_cell_references`).
+    chroma and purple hue (:func:`_red_cell_references`). Without ``hue`` the hue keys are left out.
     """
     od_r, od_g, od_b, od_sum = od
     rbc_od, rbc_chroma, rbc_purple = references
@@ -399,6 +417,8 @@ def _ring_measures(ring: np.ndarray, od, tophat: np.ndarray, references) -> dict
         "gate_ring_texture": float(r_od.std() / max(r_od.mean(), 0.05)),
         "gate_ring_granularity": float(tophat[ring].mean() / rbc_od),
     }
+    if not hue:
+        return out
     st = ring & (od_sum > 0.15)
     if st.sum() >= 5:
         s_sum = od_sum[st]

@@ -23,7 +23,7 @@ import pandas as pd
 from ._validate import SettingsCheck
 from .acquisition import crop_acquisition
 from .aggregate import AggregateSettings
-from .celltype import apply_gate, gate_measurements
+from .celltype import CellTypeGateError, apply_gate, gate_measurements, gate_reads_hue
 from .dataset import (
     DEFAULT_REFERENCE_DATE,
     MAX_PIXELS,
@@ -111,6 +111,7 @@ def measure_cell(
     data: bytes | None = None,
     *,
     um_per_px: float | None = None,
+    gate_hue: bool | None = None,
 ) -> dict:
     """Segment one crop and measure it, before the cell-type gate and the patient-level blur check.
 
@@ -135,6 +136,10 @@ def measure_cell(
         The crop file's bytes (their header tells the JPEG quality).
     um_per_px : float, optional
         The crop's scale; None or NaN: the canonical scale is assumed.
+    gate_hue : bool, optional
+        Measure the gate's hue keys (:data:`lympho_features.celltype.HUE_KEYS`; NaN when not). None:
+        when the shipped gate reads them (:func:`lympho_features.celltype.gate_reads_hue`), so that
+        ``lympho extract`` skips what no model uses. ``scripts/build_celltype_gate.py`` measures them.
     """
     canonical = settings.canonical_um_per_px
     um = float(um_per_px) if um_per_px is not None and math.isfinite(um_per_px) and um_per_px > 0 else canonical
@@ -148,9 +153,18 @@ def measure_cell(
     row["qc_sharpness"] = float(diag["sharpness"]) if "sharpness" in diag and not dense else float("nan")
     row["um_per_px"] = um
     row.update(to_physical(cell_features(crop, seg, settings.features), um_measured))
-    row.update(gate_measurements(crop, seg))
+    row.update(gate_measurements(crop, seg, hue=_gate_hue() if gate_hue is None else gate_hue))
     row.update(crop_acquisition(seg, data, crop))
     return row
+
+
+@lru_cache(maxsize=1)
+def _gate_hue() -> bool:
+    """Whether the shipped cell-type gate reads the hue keys (True when it cannot be read: measure everything)."""
+    try:
+        return gate_reads_hue()
+    except CellTypeGateError:
+        return True
 
 
 def measure_crop(

@@ -104,7 +104,7 @@ def _measure_patient(data_dir: Path, pid: str, images: list[str], um: float, set
     rows = []
     for rel in images:
         rgb, _ = read_image(safe_path(data_dir, rel), settings.max_pixels)
-        rows.append({"patient_id": pid, "image": rel, **measure_cell(rgb, settings, um_per_px=um)})
+        rows.append({"patient_id": pid, "image": rel, **measure_cell(rgb, settings, um_per_px=um, gate_hue=True)})
     return rows
 
 
