@@ -44,7 +44,9 @@ import numpy as np
 import pandas as pd
 
 from .errors import LymphoError
+from .features.cell import _roi_od_sum
 from .segment import Segmentation, _disk, _red_cell_reference, _subsample, od_tables
+from .segment.optical_density import _stained_pixels
 from .segment.settings import _QC_ORDER
 
 #: The types the gate tells apart (PBC's eight folders, ``ig`` spelled out).
@@ -296,9 +298,14 @@ def gate_measurements(rgb: np.ndarray, seg: Segmentation, hue: bool = True) -> d
     box = _cell_box(seg, RING_WIDTH + 4)  # the ring may reach past the cell's outline
     n8 = nucleus[box].astype(np.uint8)
     tables = od_tables(seg.background)
-    # Only the box and every fourth pixel are looked up: splitting the whole crop cost more than both.
-    od_r, od_g, od_b = (cv2.LUT(ch, t) for ch, t in zip(cv2.split(np.ascontiguousarray(rgb[box])), tables, strict=True))
-    od_sum = od_r + od_g + od_b
+    # Without hue only the total OD is needed: the segmentation's, when its region holds the box.
+    od_sum = None if hue else _roi_od_sum(seg, (box[0].start, box[0].stop, box[1].start), box[1].stop - box[1].start)
+    od_r = od_g = od_b = None
+    if od_sum is None:
+        # Only the box and every fourth pixel are looked up: splitting the whole crop cost more than both.
+        split = cv2.split(np.ascontiguousarray(rgb[box]))
+        od_r, od_g, od_b = (cv2.LUT(ch, t) for ch, t in zip(split, tables, strict=True))
+        od_sum = od_r + od_g + od_b  # as the segmentation adds them
     rbc_od, rbc_chroma, rbc_purple = _red_cell_references(rgb, tables, nucleus, hue)
     if not math.isfinite(rbc_od) or rbc_od <= 0:
         rbc_od = float(np.mean(od_sum))  # no red cells: the region's own mean keeps the ratios finite
@@ -387,16 +394,20 @@ def _median(values: np.ndarray) -> np.floating:
 def _red_cell_references(rgb: np.ndarray, tables, nucleus: np.ndarray, hue: bool = True) -> tuple[float, float, float]:
     """The red cells' OD, blue chroma and purple hue (every fourth pixel of the crop, nuclei left out).
 
-    Without ``hue`` the purple hue is not measured (NaN).
+    Without ``hue`` only the OD is measured (chroma and purple hue NaN).
     """
     sub = [cv2.LUT(ch, t) for ch, t in zip(cv2.split(_subsample(rgb, 4)), tables, strict=True)]
     nucleus_sub = nucleus[::4, ::4]
+    dark_sub = nucleus_sub.view(np.uint8) * np.uint8(255)
+    if not hue:
+        # _red_cell_reference's mean OD alone, with the same operations.
+        ssum = cv2.add(cv2.add(sub[0], sub[1]), sub[2])
+        stained = _stained_pixels(ssum, dark_sub, 0.15)
+        return (math.nan if stained is None else float(cv2.mean(ssum, mask=stained)[0])), math.nan, math.nan
     # _red_cell_reference reads only every fourth pixel of the dark mask: the others may stay 0.
     dark = np.zeros(nucleus.shape, np.uint8)
-    dark[::4, ::4] = nucleus_sub.view(np.uint8) * np.uint8(255)
+    dark[::4, ::4] = dark_sub
     _, rbc_od, rbc_chroma = _red_cell_reference(*sub, dark, 0.15)  # as the segmentation measures them
-    if not hue:
-        return rbc_od, rbc_chroma, math.nan
     ssum = sub[0] + sub[1] + sub[2]
     sm = (ssum > 0.15) & ~nucleus_sub
     rbc_purple = float(_median((sub[1][sm] - sub[0][sm]) / ssum[sm])) if sm.sum() >= 10 else 0.0

@@ -156,9 +156,8 @@ def _red_cell_reference(
     whatever their density.
     """
     od_sum = cv2.add(cv2.add(od_r, od_g), od_b)
-    stained = cv2.compare(od_sum, od_background, cv2.CMP_GT)
-    stained = cv2.bitwise_and(stained, cv2.bitwise_not(np.ascontiguousarray(dark[::4, ::4])))
-    if cv2.countNonZero(stained) < 10:
+    stained = _stained_pixels(od_sum, dark[::4, ::4], od_background)
+    if stained is None:
         return 0.0, float("nan"), 0.0
     blueness = cv2.subtract(od_r, od_b)
     med = _hist_quantile(cv2.calcHist([blueness], [0], stained, [200], [-1.0, 1.0]), 0.5, -1.0, 1.0)
@@ -166,6 +165,17 @@ def _red_cell_reference(
     chroma = cv2.divide(blueness, cv2.max(od_sum, od_background))
     chroma_med = _hist_quantile(cv2.calcHist([chroma], [0], stained, [200], [-1.0, 1.0]), 0.5, -1.0, 1.0)
     return med, float(cv2.mean(od_sum, mask=stained)[0]), chroma_med
+
+
+def _stained_pixels(od_sum: np.ndarray, dark_sub: np.ndarray, od_background: float) -> np.ndarray | None:
+    """Pixels of ``od_sum`` above ``od_background`` and not dark in ``dark_sub`` (uint8 0/255, the same shape).
+
+    None when fewer than 10: :func:`_red_cell_reference`'s red-cell pixels, given the dark mask already
+    taken at every fourth pixel.
+    """
+    stained = cv2.compare(od_sum, od_background, cv2.CMP_GT)
+    stained = cv2.bitwise_and(stained, cv2.bitwise_not(np.ascontiguousarray(dark_sub)))
+    return stained if cv2.countNonZero(stained) >= 10 else None
 
 
 def _masked_mean_u8(img: np.ndarray, mask: np.ndarray) -> np.ndarray:
