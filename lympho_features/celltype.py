@@ -223,7 +223,8 @@ def _row_calls(rows: list[dict], gate: CellTypeGate) -> list[tuple[str, float, b
         return calls
     p = np.asarray(gate.booster.predict(X[measured]), np.float64).reshape(int(measured.sum()), len(gate.classes))
     names, probs, is_lymph = _calls(p, gate)
-    for i, name, prob, lymph in zip(np.flatnonzero(measured).tolist(), names, probs.tolist(), is_lymph.tolist()):
+    rows_measured = np.flatnonzero(measured).tolist()
+    for i, name, prob, lymph in zip(rows_measured, names, probs.tolist(), is_lymph.tolist(), strict=True):
         calls[i] = (str(name), prob, not lymph)
     return calls
 
