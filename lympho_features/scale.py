@@ -151,10 +151,12 @@ def red_cell_diameters(rgb: np.ndarray, settings: RulerSettings = _DEFAULT_RULER
     padded = np.zeros((h + 2, w + 2), np.uint8)
     padded[1:-1, 1:-1] = stained
     cv2.floodFill(padded, None, (0, 0), 128)
-    filled = np.where(padded[1:-1, 1:-1] == 128, 0, 255).astype(np.uint8)
+    filled = cv2.compare(padded[1:-1, 1:-1], 128, cv2.CMP_NE)  # 255 but where the flood reached (0)
     # A light opening (1 px) cuts the one-pixel bridges of JPEG noise between neighbours.
     filled = cv2.morphologyEx(filled, cv2.MORPH_OPEN, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (3, 3)))
-    n, labels, stats, _ = cv2.connectedComponentsWithStats(filled, connectivity=8)
+    # 16-bit labels (the same labelling, a third faster) when even a checkerboard of isolated pixels fits.
+    ltype = cv2.CV_16U if ((h + 1) // 2) * ((w + 1) // 2) < 2**16 - 1 else cv2.CV_32S
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(filled, connectivity=8, ltype=ltype)
     if n <= 1:
         return np.zeros(0)
     nuclear_counts = np.bincount(labels[nuclear > 0], minlength=n)
