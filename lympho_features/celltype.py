@@ -45,6 +45,7 @@ import pandas as pd
 
 from .errors import LymphoError
 from .features.cell import _roi_od_sum
+from .lightgbm_native import booster_from_text
 from .segment import Segmentation, _disk, _red_cell_reference, _subsample, od_tables
 from .segment.optical_density import _stained_pixels
 from .segment.settings import _QC_ORDER
@@ -95,8 +96,8 @@ class CellTypeGate:
 
     Attributes
     ----------
-    booster : lightgbm.Booster
-        Class ``i`` of its output is ``classes[i]``.
+    booster : lightgbm.Booster or lympho_features.lightgbm_native.NativeBooster
+        Class ``i`` of its output is ``classes[i]`` (the same predictions either way).
     classes : tuple of str
         :data:`CELL_TYPES`, in the booster's order (``lymphocyte`` first).
     inputs : tuple of str
@@ -131,12 +132,11 @@ def read_gate(txt: str | Path, meta_json: str | Path) -> CellTypeGate:
     CellTypeGateError
         Missing or unreadable files, another format, classes or inputs that do not match the booster.
     """
-    import lightgbm as lgb
-
     try:
         meta = json.loads(Path(meta_json).read_text())
-        booster = lgb.Booster(model_str=Path(txt).read_text())
-    except (OSError, ValueError, lgb.basic.LightGBMError) as exc:
+        # The C library's own predictions without importing lightgbm (and scikit-learn) in every worker.
+        booster = booster_from_text(Path(txt).read_text())
+    except (OSError, ValueError) as exc:
         raise CellTypeGateError(f"cannot read the cell-type gate {txt}: {exc}") from None
     if meta.get("format") != GATE_FORMAT:
         raise CellTypeGateError(f"{meta_json}: gate format {meta.get('format')!r}, expected {GATE_FORMAT}")

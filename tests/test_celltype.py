@@ -230,3 +230,84 @@ def test_the_shipped_gate_was_learned_from_features_of_this_version():
     from lympho_features.extract import FEATURES_VERSION
 
     assert default_gate().meta["features_version"] == FEATURES_VERSION
+
+
+def _gate_crops():
+    """Synthetic crops of every kind, and a blank one (no nucleus)."""
+    kinds = [*LYMPHOCYTES.values(), *OTHERS.values()]
+    crops = [synthetic_crop(np.random.default_rng(i), **kw).rgb for i, kw in enumerate(kinds)]
+    return [*crops, np.full((224, 224, 3), 240, np.uint8)]
+
+
+def test_the_gate_predicts_as_lightgbm_itself():
+    lightgbm = pytest.importorskip("lightgbm")
+    from importlib import resources
+
+    gate = default_gate()
+    text = (resources.files("lympho_features") / "data" / celltype.GATE_FILES[0]).read_text()
+    reference = lightgbm.Booster(model_str=text)
+    X = np.random.default_rng(0).normal(size=(200, len(gate.inputs))) * 20
+    X[np.random.default_rng(1).random(X.shape) < 0.1] = np.nan  # missing values take the trees' default side
+    assert np.array_equal(gate.booster.predict(X), reference.predict(X))
+    assert np.array_equal(gate.booster.predict(X[:1]), reference.predict(X[:1]))
+    assert list(gate.booster.feature_name()) == reference.feature_name() == list(gate.inputs)
+
+
+def test_loading_the_gate_does_not_import_lightgbm():
+    # lightgbm imports scikit-learn: ~1.5 s of CPU in every extraction worker (lightgbm_native.py).
+    import subprocess
+    import sys
+
+    from lympho_features.lightgbm_native import native_library
+
+    if native_library() is None:
+        pytest.skip("LightGBM's library is not usable here: the gate falls back to lightgbm.Booster")
+    code = (
+        "import sys, numpy as np; from lympho_features.celltype import default_gate; g = default_gate(); "
+        "g.booster.predict(np.zeros((2, len(g.inputs)))); print('lightgbm' in sys.modules, 'sklearn' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "False"]
+
+
+def test_apply_gate_calls_as_type_cells():
+    rows = [measure_cell(rgb) for rgb in _gate_crops()]
+    typed = type_cells(pd.DataFrame(rows))
+    apply_gate(rows, flag=False)
+    assert [r["cell_type"] for r in rows] == typed["cell_type"].tolist()
+    np.testing.assert_array_equal([r["cell_type_prob"] for r in rows], typed["cell_type_prob"].to_numpy(float))
+    assert rows[-1]["cell_type"] == UNKNOWN
+
+
+def test_apply_gate_names_inputs_missing_from_every_row():
+    with pytest.raises(celltype.CellTypeGateError, match="needs columns"):
+        apply_gate([{"nucleus_area": 30.0, "qc_reason": "ok"}])
+
+
+def test_gate_without_hue_measures_the_rest_alike():
+    assert not celltype.gate_reads_hue()  # the shipped gate: no stain hue (scripts/build_celltype_gate.py)
+    for rgb in _gate_crops():
+        seg = segment_cell(rgb)
+        full, lean = gate_measurements(rgb, seg), gate_measurements(rgb, seg, hue=False)
+        for key in celltype.GATE_KEYS:
+            if key in celltype.HUE_KEYS:
+                assert np.isnan(lean[key])
+            else:
+                assert lean[key] == full[key] or (np.isnan(lean[key]) and np.isnan(full[key])), key
+    crop = _gate_crops()[3]
+    assert np.isnan(measure_cell(crop)["gate_ring_chroma"])
+    assert np.isfinite(measure_cell(crop, gate_hue=True)["gate_ring_chroma"])
+
+
+def test_cell_box_and_median_helpers_match_numpy():
+    for rgb in _gate_crops()[:-1]:
+        seg = segment_cell(rgb)
+        ys, xs = np.nonzero(seg.cell_mask | seg.nucleus_mask)
+        box = celltype._cell_box(seg, 10)
+        assert (box[0].start, box[0].stop) == (max(0, ys.min() - 10), min(224, ys.max() + 11))
+        assert (box[1].start, box[1].stop) == (max(0, xs.min() - 10), min(224, xs.max() + 11))
+    rng = np.random.default_rng(0)
+    for n in (1, 2, 3, 10, 11, 500):
+        values = rng.normal(size=n).astype(np.float32)
+        assert celltype._median(values) == np.median(values) and celltype._median(values).dtype == np.float32
+    assert np.isnan(celltype._median(np.array([1.0, np.nan, 2.0], np.float32)))
