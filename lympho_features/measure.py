@@ -134,18 +134,23 @@ def measure_cell(
     data : bytes, optional
         The crop file's bytes (their header tells the JPEG quality).
     um_per_px : float, optional
-        The crop's scale; None or NaN: the canonical scale is assumed.
+        The crop's scale; None or NaN: not known, the canonical scale is
+        assumed, and a tight crop (``qc_tight_crop``: cut close around its
+        cell, no red cells) fails QC with reason ``tight_crop``.
     """
     canonical = settings.canonical_um_per_px
-    um = float(um_per_px) if um_per_px is not None and math.isfinite(um_per_px) and um_per_px > 0 else canonical
+    scale_known = um_per_px is not None and math.isfinite(um_per_px) and um_per_px > 0
+    um = float(um_per_px) if scale_known else canonical
     crop, um_measured = to_canonical(rgb, um, canonical, settings.resample_tolerance)
     seg = segment_cell(crop, _at_canonical(settings.segmentation))
     row: dict = {"qc_ok": bool(seg.qc_ok), "qc_reason": seg.qc_reason}
     row.update({k: bool(v) for k, v in seg.flags.items()})
+    if seg.flags.get("qc_tight_crop") and not scale_known:
+        # Cut close around the cell, with no scale given: no red cell to measure the scale by and no glass
+        # around the cell, so its sizes (and the size checks) would rest on an assumed scale.
+        row["qc_ok"], row["qc_reason"] = False, "tight_crop"
     diag = seg.diagnostics or {}
-    # A dense (pyknotic-looking) nucleus has no texture to judge focus by: never blur, so not measured.
-    dense = diag.get("nucleus_od", 0.0) > settings.segmentation.pyknotic_min_od
-    row["qc_sharpness"] = float(diag["sharpness"]) if "sharpness" in diag and not dense else float("nan")
+    row["qc_sharpness"] = float(diag.get("focus_sharpness", float("nan")))
     row["um_per_px"] = um
     row.update(to_physical(cell_features(crop, seg, settings.features), um_measured))
     row.update(gate_measurements(crop, seg))
