@@ -54,7 +54,9 @@ from .workers import parallel
 #: 6: cell-type gate (cell_type, cell_type_prob; is_not_lymphocyte and the QC reason not_lymphocyte from it).
 #: 7: chromatin texture (Haralick, LBP, granularity, nucleoli) measured on the nucleus smoothed by 1 px
 #: (FeatureSettings.texture_sigma), so that focus and JPEG compression move it less.
-FEATURES_VERSION = 7
+#: 8: tight crops (cut close around the cell, no red cells) segmented without red-cell references (qc_tight_crop;
+#: QC reason tight_crop without a pixel size); the challenge's crops are measured as in 7.
+FEATURES_VERSION = 8
 
 
 @dataclass(frozen=True)

@@ -78,9 +78,10 @@ def segment_cell(rgb: np.ndarray, settings: SegmentationSettings | None = None) 
     # found may be too small to tell the crop is tight (or a piece of chromatin passes for the nucleus). Crops
     # that failed, whose cell fills much of them, or that are narrow, are segmented again as tight crops (2 % of
     # the challenge's crops, for 1 % more time), and are tight when that cell fills the crop and is one convex
-    # cell: in an ordinary crop of a clump of large cells the tight segmentation, without red cells to refer
-    # to, runs into the neighbours and red cells. The decision is free of the scale, so a crop whose scale is
-    # unknown is told apart as well.
+    # cell with a nucleus not too large: in an ordinary crop of a clump of large cells the tight segmentation,
+    # without red cells to refer to, runs into the neighbours and red cells, or takes the clump's nuclei for one
+    # (trainset, patient P42). The decision is free of the scale, so a crop whose scale is unknown is told
+    # apart as well.
     area = shape[0] * shape[1]
     if (
         seg.qc_reason != "ok"
@@ -91,6 +92,7 @@ def segment_cell(rgb: np.ndarray, settings: SegmentationSettings | None = None) 
         cell_area = int(tight.cell_mask.sum())
         if (
             tight.qc_reason != "no_nucleus"
+            and not tight.flags["qc_too_large"]
             and area < s.tight_crop_area_ratio * cell_area
             and solidity(tight.cell_mask) >= s.tight_crop_min_solidity
         ):
