@@ -20,7 +20,9 @@ The stages, one module each:
   pale with a blue hue), the region holding the nucleus, split from a touching
   neighbour.
 * :mod:`.qc` (phase 3): quality-control and cell-type flags, diagnostics.
-* :mod:`.pipeline`: :func:`segment_cell` chaining the three phases;
+* :mod:`.pipeline`: :func:`segment_cell` chaining the three phases, and
+  again without red cells for a crop cut close around its cell
+  (``qc_tight_crop``: another lab's tight export);
   :mod:`.morphology`: small shared helpers.
 """
 
