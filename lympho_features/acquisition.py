@@ -219,6 +219,8 @@ def crop_acquisition(seg, data: bytes | None = None, rgb: np.ndarray | None = No
         "acq_background_blue": nan,
         "acq_rbc_od": float(diag.get("rbc_od", nan)),
         "acq_rbc_chroma": float(diag.get("rbc_chroma", nan)) if math.isfinite(diag.get("rbc_od", nan)) else nan,
+        # The segmentation's one sharpness measure; qc_sharpness is the same number, but NaN for a dense nucleus
+        # (no texture to judge focus by), which still describes the acquisition here.
         "acq_sharpness": float(diag.get("sharpness", nan)),
     }
     if bg is None and rgb is not None and rgb.ndim == 3 and rgb.shape[2] == 3 and rgb.size:

@@ -48,7 +48,7 @@ from .features.cell import _roi_od_sum
 from .lightgbm_native import booster_from_text
 from .segment import Segmentation, _disk, _red_cell_reference, _subsample, od_tables
 from .segment.optical_density import _stained_pixels
-from .segment.settings import _QC_ORDER
+from .segment.settings import _QC_ORDER, QC_REASONS_BEFORE_FLAGS
 
 #: The types the gate tells apart (PBC's eight folders, ``ig`` spelled out).
 CELL_TYPES = (
@@ -239,7 +239,7 @@ def apply_gate(rows: list[dict], gate: CellTypeGate | None = None, flag: bool = 
     non-lymphocyte fails with ``not_lymphocyte`` (unless an earlier check
     failed) and a crop the segmentation's lobe rules flagged but the gate
     calls a lymphocyte no longer fails for it. Reasons that come before any
-    flag (``bad_image``, ``no_nucleus``) stay.
+    flag (``bad_image``, ``no_nucleus``, ``tight_crop``) stay.
     """
     if not rows:
         return
@@ -250,7 +250,7 @@ def apply_gate(rows: list[dict], gate: CellTypeGate | None = None, flag: bool = 
         if not flag:
             continue
         r["is_not_lymphocyte"] = bool(flagged)
-        if r.get("qc_reason") in _NO_CELL_REASONS:
+        if r.get("qc_reason") in QC_REASONS_BEFORE_FLAGS:
             continue
         r["qc_reason"] = next((reason for reason, flag in _QC_ORDER if r.get(flag)), "ok")
         r["qc_ok"] = r["qc_reason"] == "ok"

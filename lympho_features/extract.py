@@ -185,7 +185,9 @@ def process_patient(
             skipped.append({"image": rel, "reason": str(exc)})
             continue
         try:
-            measured = measure_cell(rgb, settings, data, um_per_px=scale.um_per_px)
+            # An assumed scale is no scale: measure_cell then fails the crops that cannot be judged without one.
+            known = None if scale.source == "canonical_assumed" else scale.um_per_px
+            measured = measure_cell(rgb, settings, data, um_per_px=known)
         except Exception as exc:  # one odd crop must not stop a run of thousands
             skipped.append({"image": rel, "reason": f"measurement failed ({_one_line(exc)})"})
             continue

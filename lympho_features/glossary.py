@@ -224,6 +224,7 @@ def _flag_entries() -> dict[str, Term]:
         "is_not_lymphocyte": "cells that are not lymphocytes",
         "is_smudge": "smudge cells",
         "qc_blur": "blurred crops",
+        "qc_tight_crop": "crops cut close around the cell (no red cells, little glass)",
     }
     return {f"frac_{flag}": Term(f"share of {name}", "", "share") for flag, name in flags.items()}
 

@@ -54,7 +54,9 @@ from .workers import parallel
 #: 6: cell-type gate (cell_type, cell_type_prob; is_not_lymphocyte and the QC reason not_lymphocyte from it).
 #: 7: chromatin texture (Haralick, LBP, granularity, nucleoli) measured on the nucleus smoothed by 1 px
 #: (FeatureSettings.texture_sigma), so that focus and JPEG compression move it less.
-FEATURES_VERSION = 7
+#: 8: tight crops (cut close around the cell, no red cells) segmented without red-cell references (qc_tight_crop;
+#: QC reason tight_crop without a pixel size); the challenge's crops are measured as in 7.
+FEATURES_VERSION = 8
 
 
 @dataclass(frozen=True)
@@ -135,22 +137,27 @@ def measure_cell(
     data : bytes, optional
         The crop file's bytes (their header tells the JPEG quality).
     um_per_px : float, optional
-        The crop's scale; None or NaN: the canonical scale is assumed.
+        The crop's scale; None or NaN: not known, the canonical scale is
+        assumed, and a tight crop (``qc_tight_crop``: cut close around its
+        cell, no red cells) fails QC with reason ``tight_crop``.
     gate_hue : bool, optional
         Measure the gate's hue keys (:data:`lympho_features.celltype.HUE_KEYS`; NaN when not). None:
         when the shipped gate reads them (:func:`lympho_features.celltype.gate_reads_hue`), so that
         ``lympho extract`` skips what no model uses. ``scripts/build_celltype_gate.py`` measures them.
     """
     canonical = settings.canonical_um_per_px
-    um = float(um_per_px) if um_per_px is not None and math.isfinite(um_per_px) and um_per_px > 0 else canonical
+    scale_known = um_per_px is not None and math.isfinite(um_per_px) and um_per_px > 0
+    um = float(um_per_px) if scale_known else canonical
     crop, um_measured = to_canonical(rgb, um, canonical, settings.resample_tolerance)
     seg = segment_cell(crop, _at_canonical(settings.segmentation))
     row: dict = {"qc_ok": bool(seg.qc_ok), "qc_reason": seg.qc_reason}
     row.update({k: bool(v) for k, v in seg.flags.items()})
+    if seg.flags.get("qc_tight_crop") and not scale_known:
+        # Cut close around the cell, with no scale given: no red cell to measure the scale by and no glass
+        # around the cell, so its sizes (and the size checks) would rest on an assumed scale.
+        row["qc_ok"], row["qc_reason"] = False, "tight_crop"
     diag = seg.diagnostics or {}
-    # A dense (pyknotic-looking) nucleus has no texture to judge focus by: never blur, so not measured.
-    dense = diag.get("nucleus_od", 0.0) > settings.segmentation.pyknotic_min_od
-    row["qc_sharpness"] = float(diag["sharpness"]) if "sharpness" in diag and not dense else float("nan")
+    row["qc_sharpness"] = float(diag.get("focus_sharpness", float("nan")))
     row["um_per_px"] = um
     row.update(to_physical(cell_features(crop, seg, settings.features), um_measured))
     row.update(gate_measurements(crop, seg, hue=_gate_hue() if gate_hue is None else gate_hue))

@@ -119,3 +119,18 @@ def test_blank_crop_keeps_its_glass_colour_and_nothing_else():
         (240, 230, 220), abs=1
     )
     assert math.isnan(acq["acq_sharpness"]) and math.isnan(acq["acq_rbc_od"]) and math.isnan(acq["acq_rbc_chroma"])
+
+
+def test_qc_and_acquisition_sharpness_are_one_measure():
+    # The segmentation measures the nucleus sharpness once: qc_sharpness (what the blur check judges) and
+    # acq_sharpness (how the crop was acquired) are that number, except that a dense nucleus, which has no
+    # texture to judge focus by, has no qc_sharpness and keeps its acq_sharpness.
+    from lympho_features.measure import ExtractSettings, measure_crop
+    from lympho_features.segment import SegmentationSettings
+
+    rgb = synthetic_crop(np.random.default_rng(4)).rgb
+    row = measure_crop(rgb)
+    assert row["qc_sharpness"] == row["acq_sharpness"] > 0
+    every_nucleus_dense = ExtractSettings(segmentation=SegmentationSettings(pyknotic_min_od=0.0))
+    dense = measure_crop(rgb, every_nucleus_dense)
+    assert math.isnan(dense["qc_sharpness"]) and dense["acq_sharpness"] == row["acq_sharpness"]

@@ -106,6 +106,8 @@ QC_REASON = {
     "ok": "passing quality control",
     "bad_image": "unreadable or too small image",
     "no_nucleus": "no nucleus found",
+    "tight_crop": "crop cut close around the cell, without a pixel size: no red cells or glass around it to judge "
+    "its scale and focus by (give --pixel-size)",
     "nucleus_off_centre": "nucleus off centre: probably not the cell the crop was taken for",
     "nucleus_at_border": "nucleus cut by the crop border",
     "nucleus_too_small": "nucleus too small to measure",

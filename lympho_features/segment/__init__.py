@@ -20,7 +20,9 @@ The stages, one module each:
   pale with a blue hue), the region holding the nucleus, split from a touching
   neighbour.
 * :mod:`.qc` (phase 3): quality-control and cell-type flags, diagnostics.
-* :mod:`.pipeline`: :func:`segment_cell` chaining the three phases;
+* :mod:`.pipeline`: :func:`segment_cell` chaining the three phases, and
+  again without red cells for a crop cut close around its cell
+  (``qc_tight_crop``: another lab's tight export);
   :mod:`.morphology`: small shared helpers.
 """
 
@@ -35,6 +37,7 @@ from .morphology import (
     _window,
     fill_holes,
     in_window,
+    solidity,
 )
 from .nucleus import (
     _TRIU,
@@ -49,6 +52,7 @@ from .nucleus import (
     nucleus_thresholds,
     split_lobes,
     split_merged,
+    tight_crop_thresholds,
 )
 from .optical_density import (
     _OD_LUT,
@@ -67,7 +71,14 @@ from .optical_density import (
 from .pipeline import segment_cell
 from .qc import nucleus_box_moments, patient_blur, quality_control
 from .result import Segmentation, empty_segmentation
-from .settings import _DEFAULT_SETTINGS, _QC_ORDER, FLAG_DESCRIPTIONS, QC_REASONS, SegmentationSettings
+from .settings import (
+    _DEFAULT_SETTINGS,
+    _QC_ORDER,
+    FLAG_DESCRIPTIONS,
+    QC_REASONS,
+    QC_REASONS_BEFORE_FLAGS,
+    SegmentationSettings,
+)
 
 # The names before the split into a package.
 _empty = empty_segmentation
@@ -76,6 +87,7 @@ _in_window = in_window
 __all__ = [
     "FLAG_DESCRIPTIONS",
     "QC_REASONS",
+    "QC_REASONS_BEFORE_FLAGS",
     "CellFound",
     "NucleusFound",
     "Segmentation",
@@ -101,6 +113,8 @@ __all__ = [
     "quality_control",
     "red_cell_reference",
     "segment_cell",
+    "solidity",
     "split_lobes",
     "split_merged",
+    "tight_crop_thresholds",
 ]

@@ -155,11 +155,15 @@ class CellFound:
     rbc_chroma: float = math.nan
 
 
-def find_cell(rgb: np.ndarray, channels, dark, t2: float, found: NucleusFound, s: SegmentationSettings) -> CellFound:
+def find_cell(
+    rgb: np.ndarray, channels, dark, t2: float, found: NucleusFound, s: SegmentationSettings, tight: bool = False
+) -> CellFound:
     """The cell around ``found``'s nucleus: cytoplasm by OD chroma against the red-cell reference.
 
     ``channels`` are the crop's R, G, B planes, ``dark`` and ``t2`` the dark
-    mask and background threshold of :func:`~.nucleus.dark_pieces`.
+    mask and background threshold of :func:`~.nucleus.dark_pieces`; ``tight``:
+    the crop is cut close around its cell, so it has no red cells to refer to
+    (:func:`cytoplasm_mask`).
 
     The phases are shown one by one in :mod:`lympho_features.segment.pipeline`.
     """
@@ -167,7 +171,7 @@ def find_cell(rgb: np.ndarray, channels, dark, t2: float, found: NucleusFound, s
     # Background: mean colour of the brightest class of the three-class Otsu.
     bright = cv2.compare(green, t2, cv2.CMP_GT)
     bg = _masked_mean_u8(rgb, bright) if cv2.countNonZero(bright) > 50 else background_rgb_fast(rgb)
-    cyto, od_sum, rbc_od, rbc_chroma = cytoplasm_mask(channels, found.roi, dark, bg, s)
+    cyto, od_sum, rbc_od, rbc_chroma = cytoplasm_mask(channels, found.roi, dark, bg, s, tight)
     nucleus = found.nucleus
     cyto = cv2.bitwise_or(cyto, cv2.bitwise_or(nucleus, found.others))
     cyto = cv2.morphologyEx(cyto, cv2.MORPH_OPEN, _disk(1))
@@ -185,12 +189,17 @@ def find_cell(rgb: np.ndarray, channels, dark, t2: float, found: NucleusFound, s
     return CellFound(cell, split, touch_fraction, bg, od_sum, rbc_od, ncont, rbc_chroma)
 
 
-def cytoplasm_mask(channels, roi, dark, bg, s: SegmentationSettings) -> tuple[np.ndarray, np.ndarray, float, float]:
+def cytoplasm_mask(
+    channels, roi, dark, bg, s: SegmentationSettings, tight: bool = False
+) -> tuple[np.ndarray, np.ndarray, float, float]:
     """Stained cytoplasm pixels of the ROI (uint8 0/255), the ROI's total OD, the red cells' mean OD and median chroma.
 
     Stained and bluer than the red cells (``OD_red - OD_blue`` and, unless
     ``cytoplasm_chroma_margin`` is None, blue chroma), or pale but of a blue
-    hue (:func:`pale_cytoplasm`).
+    hue (:func:`pale_cytoplasm`). With ``tight`` (a crop cut close around its
+    cell) the crop's stained pixels are this cell's own cytoplasm, not red
+    cells: no reference is taken from them (as in a crop without red cells;
+    the red cells' OD and chroma are NaN).
 
     The phases are shown one by one in :mod:`lympho_features.segment.pipeline`.
     """
@@ -203,11 +212,14 @@ def cytoplasm_mask(channels, roi, dark, bg, s: SegmentationSettings) -> tuple[np
     blueness = cv2.subtract(od_r, od_b)  # OD_red - OD_blue: positive for blue cytoplasm
     stained = cv2.compare(od_sum, s.od_background, cv2.CMP_GT)
     # The red-cell reference, on every fourth pixel of the whole crop.
-    ref, rbc_od, chroma_ref = _red_cell_reference(
-        *(cv2.LUT(np.ascontiguousarray(ch[::4, ::4]), t) for ch, t in zip((red, green, blue), tables, strict=True)),
-        dark,
-        s.od_background,
-    )
+    if tight:
+        ref, rbc_od, chroma_ref = 0.0, math.nan, math.nan
+    else:
+        ref, rbc_od, chroma_ref = _red_cell_reference(
+            *(cv2.LUT(np.ascontiguousarray(ch[::4, ::4]), t) for ch, t in zip((red, green, blue), tables, strict=True)),
+            dark,
+            s.od_background,
+        )
     # Without red cells the "reference" is the cytoplasm itself: cap it above any red cell's.
     ref = min(ref, s.max_rbc_blueness)
     cyto = cv2.bitwise_and(stained, cv2.compare(blueness, ref + s.cytoplasm_margin, cv2.CMP_GT))

@@ -188,6 +188,36 @@ def nucleus_thresholds(green: np.ndarray, win: tuple[slice, slice]) -> tuple[flo
     return t1, t2
 
 
+def tight_crop_thresholds(green: np.ndarray, win: tuple[slice, slice]) -> tuple[float, float]:
+    """:func:`nucleus_thresholds` for a crop cut close around its cell (no red cells, a little glass).
+
+    Its pixels are nucleus, cytoplasm and a little glass: a three-class Otsu
+    then splits the chromatin itself (dark clumps from pale chromatin) and
+    the nucleus comes out in pieces. The nucleus is instead the darker class
+    of a two-class Otsu of the central window (nucleus against the pale
+    cytoplasm and glass), and the glass the brighter class of a two-class
+    Otsu of the crop's outer ring of 2 pixels, where the glass is (a crop cut
+    to the cell's box meets the cell in four short arcs). On the 200 PBC
+    lymphocytes cut to their cell's box, the nucleus area is then that of the
+    whole crop within 1 % (median).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> green = np.full((40, 40), 225, np.uint8)  # glass in the corners
+    >>> yy, xx = np.mgrid[:40, :40]
+    >>> green[(yy - 20) ** 2 + (xx - 20) ** 2 < 20**2] = 170  # pale cytoplasm filling the crop
+    >>> green[(yy - 20) ** 2 + (xx - 20) ** 2 < 14**2] = 70  # the nucleus
+    >>> green[(yy - 20) ** 2 + (xx - 20) ** 2 < 5**2] = 40  # a dark chromatin clump
+    >>> tight_crop_thresholds(green, (slice(6, 34), slice(6, 34)))
+    (70.0, 170.0)
+    """
+    t1 = float(cv2.threshold(np.ascontiguousarray(green[win]), 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)[0])
+    ring = np.concatenate([green[:2].ravel(), green[-2:].ravel(), green[2:-2, :2].ravel(), green[2:-2, -2:].ravel()])
+    t2 = float(cv2.threshold(np.ascontiguousarray(ring[:, None]), 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)[0])
+    return t1, max(t1, t2)
+
+
 def _central_piece(contours, areas: list[float], min_area: float, cx: float, cy: float) -> int | None:
     """Index of the piece holding the crop centre ``(cx, cy)`` among those of at least ``min_area``,
     else of the one whose centroid is nearest; None when no piece is that large."""
@@ -226,11 +256,12 @@ class NucleusFound:
     merged_split: bool
 
 
-def dark_pieces(channels, s: SegmentationSettings) -> tuple[list, np.ndarray, float]:
+def dark_pieces(channels, s: SegmentationSettings, tight: bool = False) -> tuple[list, np.ndarray, float]:
     """Outer contours of the dark, purple pieces of a crop (``channels``: its R, G, B uint8 planes).
 
     Returns the contours, the mask of dark pixels (green ``<= t1``, 0/255) and
-    ``t2``, the green threshold above which a pixel is background.
+    ``t2``, the green threshold above which a pixel is background. ``tight``:
+    the crop is cut close around its cell (:func:`tight_crop_thresholds`).
 
     Examples
     --------
@@ -246,7 +277,7 @@ def dark_pieces(channels, s: SegmentationSettings) -> tuple[list, np.ndarray, fl
     """
     red, green, blue = channels
     win = _central_window(green.shape, s.central_fraction)
-    t1, t2 = nucleus_thresholds(green, win)
+    t1, t2 = (tight_crop_thresholds if tight else nucleus_thresholds)(green, win)
     dark = cv2.compare(green, t1, cv2.CMP_LE)
     purple = cv2.compare(cv2.subtract(blue, green), s.purple_min, cv2.CMP_GT)
     nuc = cv2.morphologyEx(cv2.bitwise_and(dark, purple), cv2.MORPH_OPEN, _disk(s.open_radius))

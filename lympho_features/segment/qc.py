@@ -150,7 +150,15 @@ def _density_flags(flags: dict, od_sum, nucleus, nb, c_area: int, n_area: int, s
     flags["is_not_lymphocyte"] = flags["is_granulocyte"] or flags["is_monocyte"] or flags["is_pyknotic"]
     flags["is_smudge"] = nucleus_od < s.smudge_max_od and (c_area - n_area) < s.smudge_max_cytoplasm * c_area
     flags["qc_blur"] = sharp < s.blur_threshold and not dense
-    return {"nucleus_od": nucleus_od, "nucleus_od_sd": nucleus_od_sd, "sharpness": sharp}
+    # Two readings of one measure: "sharpness" describes the acquisition (acq_sharpness: every nucleus), and
+    # "focus_sharpness" is what the blur check judges (qc_sharpness): NaN for a dense nucleus, which has no
+    # texture to judge focus by and is never blur.
+    return {
+        "nucleus_od": nucleus_od,
+        "nucleus_od_sd": nucleus_od_sd,
+        "sharpness": sharp,
+        "focus_sharpness": float("nan") if dense else sharp,
+    }
 
 
 def patient_blur(sharpness, settings: SegmentationSettings) -> np.ndarray:

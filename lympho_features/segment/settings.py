@@ -12,6 +12,7 @@ QC_REASONS = (
     "ok",
     "bad_image",
     "no_nucleus",
+    "tight_crop",
     "nucleus_off_centre",
     "nucleus_at_border",
     "nucleus_too_small",
@@ -36,7 +37,14 @@ FLAG_DESCRIPTIONS = {
     "is_not_lymphocyte": "not a lymphocyte: granulocyte, monocyte or pyknotic cell (with --cell-type-gate: any type the cell-type gate names)",
     "is_smudge": "smudge (broken) cell: pale, spread nucleus without cytoplasm",
     "qc_blur": "nucleus out of focus",
+    "qc_tight_crop": "crop cut close around the cell: little glass and no red cells around it (segmented without "
+    "them; without a pixel size its scale and focus cannot be judged: QC reason tight_crop)",
 }
+
+#: Reasons decided before (or apart from) the flags of :data:`_QC_ORDER`, kept when the QC reason is derived
+#: again from the flags (the cell-type gate): no cell found, or a tight crop whose scale is unknown
+#: (:func:`lympho_features.measure.measure_cell` knows the scale, the segmentation does not).
+QC_REASONS_BEFORE_FLAGS = ("bad_image", "no_nucleus", "tight_crop")
 
 #: The checks behind each QC reason, in the order of :data:`QC_REASONS` (the first failed one is reported).
 _QC_ORDER = (
@@ -91,6 +99,20 @@ class SegmentationSettings:
     blur_patient_ratio: float = 0.5
     blur_floor: float = 0.4  #: ... or below this at any rate (canonical scale; Gaussian blur of 2 px gives 0.3)
     blur_min_crops: int = 5  #: with fewer measurable crops, only ``blur_floor`` applies
+    #: a crop that failed QC, or whose area is less than this many times its cell's, or narrower than
+    #: ``tight_crop_check_side``, is segmented again as a tight crop (cut close around the cell: no red cells,
+    #: little glass; :func:`~.pipeline.segment_cell`) ...
+    tight_crop_check_ratio: float = 5.0
+    #: (pixels; 26 um at the canonical scale: room for a large lymphocyte and little else. Not scaled by
+    #: :meth:`scaled`: a crop checked costs a second segmentation, the decision below is free of the scale)
+    tight_crop_check_side: int = 160
+    #: ... and is tight when its area is less than this many times the cell found then: the challenge's 224 px
+    #: crops hold 2.8 to 40 times their cell (trainset, 9,501 crops), a crop cut to the cell's box 1.3 to 1.8 times
+    tight_crop_area_ratio: float = 2.5
+    #: ... and the cell found then is convex (area over convex hull area): lymphocytes cut tight 0.84 and above
+    #: (PBC), clumps of large cells with red cells in an ordinary crop, which a segmentation without red cells
+    #: runs together, 0.81 and below (trainset)
+    tight_crop_min_solidity: float = 0.82
     smudge_max_od: float = 2.4  #: mean nucleus OD (above background) below this looks washed out
     smudge_max_cytoplasm: float = 0.15  #: ... and cytoplasm below this fraction of the cell
     pyknotic_min_od: float = 3.9  #: a nucleus denser than this and structureless (OD std
@@ -143,6 +165,10 @@ class SegmentationSettings:
         check.number("blur_patient_ratio", 0, 1)
         check.number("blur_floor", 0)
         check.integer("blur_min_crops", 1)
+        check.number("tight_crop_area_ratio", 0)
+        check.number("tight_crop_check_ratio", 0)
+        check.integer("tight_crop_check_side", 0)
+        check.number("tight_crop_min_solidity", 0, 1)
 
     # Cached: segment_cell asks for every crop, and building (and checking) the settings costs more than a look-up.
     @lru_cache(maxsize=64)  # noqa: B019  (settings are small, immutable and few)
