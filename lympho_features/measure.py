@@ -45,7 +45,7 @@ from .scale import (
     to_canonical,
     to_physical,
 )
-from .segment import SegmentationSettings, patient_blur, segment_cell
+from .segment import SegmentationSettings, patient_blur, patient_smudge, segment_cell
 from .workers import parallel
 
 #: Bump when a change to the code changes the features for the same settings,
@@ -54,7 +54,10 @@ from .workers import parallel
 #: 6: cell-type gate (cell_type, cell_type_prob; is_not_lymphocyte and the QC reason not_lymphocyte from it).
 #: 7: chromatin texture (Haralick, LBP, granularity, nucleoli) measured on the nucleus smoothed by 1 px
 #: (FeatureSettings.texture_sigma), so that focus and JPEG compression move it less.
-FEATURES_VERSION = 7
+#: 8: Haralick texture read on the nucleus' optical density (was its grey level), so that a stain's strength
+#: and a camera's gamma cancel; smudge cells' paleness judged against the patient's own crops (``qc_nucleus_od``,
+#: ``qc_cytoplasm_fraction``).
+FEATURES_VERSION = 8
 
 
 @dataclass(frozen=True)
@@ -146,6 +149,9 @@ def measure_cell(
     # A dense (pyknotic-looking) nucleus has no texture to judge focus by: never blur, so not measured.
     dense = diag.get("nucleus_od", 0.0) > settings.segmentation.pyknotic_min_od
     row["qc_sharpness"] = float(diag["sharpness"]) if "sharpness" in diag and not dense else float("nan")
+    # For the patient-level smudge check (paleness against the patient's crops, apply_patient_smudge).
+    row["qc_nucleus_od"] = float(diag.get("nucleus_od", float("nan")))
+    row["qc_cytoplasm_fraction"] = float(diag.get("cytoplasm_fraction", float("nan")))
     row["um_per_px"] = um
     row.update(to_physical(cell_features(crop, seg, settings.features), um_measured))
     row.update(gate_measurements(crop, seg))
@@ -172,7 +178,9 @@ def measure_crop(
     (``qc_*``, ``is_*``, see :data:`lympho_features.segment.FLAG_DESCRIPTIONS`),
     ``cell_type`` and ``cell_type_prob``,
     ``qc_sharpness`` (for the patient-level blur check, :func:`apply_patient_blur`;
-    NaN when not measured; alone, ``qc_blur`` is its floor test), ``um_per_px`` (the crop's own scale), every
+    NaN when not measured; alone, ``qc_blur`` is its floor test), ``qc_nucleus_od`` and
+    ``qc_cytoplasm_fraction`` (for the patient-level smudge check, :func:`apply_patient_smudge`; alone,
+    ``is_smudge`` uses the fixed limit), ``um_per_px`` (the crop's own scale), every
     feature and the acquisition measurements ``acq_*``. Flagged cells are measured too (their features are
     kept, but the per-patient morphology aggregates use ``qc_ok`` cells only).
 
@@ -180,10 +188,47 @@ def measure_crop(
     """
     row = measure_cell(rgb, settings, data, um_per_px=um_per_px)
     apply_gate([row], flag=settings.cell_type_gate)
-    # Alone, a crop is judged as in a patient of one crop (the floor only); process_patient re-judges it
+    # Alone, a crop is judged as in a patient of one crop (the fixed limits); process_patient re-judges it
     # against the patient's other crops.
-    apply_patient_blur([row], settings.segmentation)
+    apply_patient_qc([row], settings.segmentation)
     return row
+
+
+def apply_patient_qc(rows: list[dict], settings: SegmentationSettings) -> None:
+    """The QC checks judged against the patient's own crops, in place: blur, then smudge.
+
+    :func:`apply_patient_blur` and :func:`apply_patient_smudge`. A crop's
+    ``qc_reason`` stays the first failed check of
+    :data:`lympho_features.segment.QC_REASONS` (smudge before blur).
+    """
+    apply_patient_blur(rows, settings)
+    apply_patient_smudge(rows, settings)
+
+
+def apply_patient_smudge(rows: list[dict], settings: SegmentationSettings) -> None:
+    """Re-judge ``is_smudge`` of one patient's rows against the patient's own crops, in place.
+
+    :func:`lympho_features.segment.patient_smudge` on the rows' ``qc_nucleus_od``
+    and ``qc_cytoplasm_fraction``. A crop whose reason was ``smudge`` and no
+    longer is one takes the next check's (``blur`` if ``qc_blur``, else
+    ``ok``); a crop that was ``ok`` or ``blur`` and is now a smudge cell fails
+    with reason ``smudge``. Earlier reasons are kept.
+    """
+    if not rows:
+        return
+    nan = float("nan")
+    smudge = patient_smudge(
+        [r.get("qc_nucleus_od", nan) for r in rows], [r.get("qc_cytoplasm_fraction", nan) for r in rows], settings
+    )
+    for r, sm in zip(rows, smudge.tolist(), strict=True):
+        if "is_smudge" not in r or "qc_nucleus_od" not in r:
+            continue
+        r["is_smudge"] = sm
+        if r["qc_reason"] == "smudge" and not sm:
+            r["qc_reason"] = "blur" if r.get("qc_blur") else "ok"
+        elif r["qc_reason"] in ("ok", "blur") and sm:
+            r["qc_reason"] = "smudge"
+        r["qc_ok"] = r["qc_reason"] == "ok"
 
 
 def apply_patient_blur(rows: list[dict], settings: SegmentationSettings) -> None:

@@ -215,3 +215,25 @@ def test_blur_is_judged_against_the_patients_own_crops():
     fog = [measure_crop(cv2.GaussianBlur(synthetic_crop(rng).rgb, (0, 0), 3.0)) for _ in range(6)]
     apply_patient_blur(fog, settings.segmentation)
     assert [r["qc_reason"] for r in fog] == ["blur"] * 6
+
+
+def test_smudge_paleness_is_judged_against_the_patients_own_crops():
+    from lympho_features.extract import ExtractSettings, apply_patient_qc, measure_crop
+    from lympho_features.reacquire import stain_strength
+
+    settings = ExtractSettings()
+    rng = np.random.default_rng(6)
+    # Intact lymphocytes with scant cytoplasm, on a slide whose nuclear stain is 30 % weaker than the trainset's.
+    intact = [synthetic_crop(rng, cell_radius=27.0).rgb for _ in range(7)]
+    broken = synthetic_crop(rng, smudge=True).rgb
+    for stain in (1.0, 0.7):
+        rows = [measure_crop(stain_strength(rgb, haematoxylin=stain)) for rgb in [*intact, broken]]
+        alone = [r["qc_reason"] for r in rows]
+        apply_patient_qc(rows, settings.segmentation)
+        assert [r["qc_reason"] for r in rows] == ["ok"] * 7 + ["smudge"], stain
+        assert [r["is_smudge"] for r in rows] == [False] * 7 + [True]
+        assert all(r["qc_ok"] for r in rows[:7]) and not rows[-1]["qc_ok"]
+        if stain < 1:
+            # Alone, the weaker stain's intact cells look washed out against the fixed limit: the patient's
+            # other crops show that the slide is pale, not the cells broken.
+            assert alone == ["smudge"] * 8

@@ -91,7 +91,11 @@ class SegmentationSettings:
     blur_patient_ratio: float = 0.5
     blur_floor: float = 0.4  #: ... or below this at any rate (canonical scale; Gaussian blur of 2 px gives 0.3)
     blur_min_crops: int = 5  #: with fewer measurable crops, only ``blur_floor`` applies
-    smudge_max_od: float = 2.4  #: mean nucleus OD (above background) below this looks washed out
+    smudge_max_od: float = 2.4  #: mean nucleus OD (above background) below this looks washed out (one crop alone)
+    #: ``lympho extract`` judges paleness against the crop's own patient (a stain's strength is the slide's):
+    #: nucleus OD below this fraction of the median of the patient's crops (2.4 / 3.23, the trainset's median) ...
+    smudge_patient_ratio: float = 0.74
+    smudge_floor_od: float = 1.2  #: ... or below this at any rate (with fewer than ``blur_min_crops``: ``smudge_max_od``)
     smudge_max_cytoplasm: float = 0.15  #: ... and cytoplasm below this fraction of the cell
     pyknotic_min_od: float = 3.9  #: a nucleus denser than this and structureless (OD std
     pyknotic_max_od_sd: float = 0.38  #: below this) is pyknotic: nucleated red cell or dying cell
@@ -143,6 +147,8 @@ class SegmentationSettings:
         check.number("blur_patient_ratio", 0, 1)
         check.number("blur_floor", 0)
         check.integer("blur_min_crops", 1)
+        check.number("smudge_patient_ratio", 0, 1)
+        check.number("smudge_floor_od", 0)
 
     # Cached: segment_cell asks for every crop, and building (and checking) the settings costs more than a look-up.
     @lru_cache(maxsize=64)  # noqa: B019  (settings are small, immutable and few)
