@@ -269,7 +269,8 @@ def _ruler_patient(data_dir: Path, patient_id: str, images: list[str], settings:
         except ImageError:
             continue  # recorded as skipped when the crops are measured
         diameters.append(red_cell_diameters(rgb))
-    return patient_id, estimate_from_diameters(np.concatenate(diameters) if diameters else [])
+    d = np.concatenate(diameters) if diameters else np.zeros(0)
+    return patient_id, estimate_from_diameters(d), d
 
 
 def patient_scales(
@@ -311,13 +312,17 @@ def patient_scales(
         todo = [(pid, images) for pid, images in patients.items() if pid not in given]
         if todo:
             estimates: dict[str, ScaleEstimate] = {}
+            every_diameter = []
             from joblib import delayed
 
             with parallel(jobs, backend, scheduler) as (runner, threads):
                 tasks = (delayed(_ruler_patient)(data_dir, pid, imgs, settings, threads) for pid, imgs in todo)
-                for pid, est in runner(tasks):
+                for pid, est, diameters in runner(tasks):
                     estimates[pid] = est
-            run_scale, pooled = pool_run(estimates, RUN_AGREEMENT, settings.canonical_um_per_px)
+                    every_diameter.append(diameters)
+            # The run's red cells read together: the ruler when no patient has enough of its own.
+            run_estimate = estimate_from_diameters(np.concatenate(every_diameter) if every_diameter else [])
+            run_scale, pooled = pool_run(estimates, RUN_AGREEMENT, settings.canonical_um_per_px, run_estimate)
             scales.update(pooled)
     scales = dict(sorted(scales.items()))
     summary = {

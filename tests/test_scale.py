@@ -125,6 +125,20 @@ def test_run_pooling_without_any_ruler_assumes_the_canonical_scale_and_says_so()
     assert {s.um_per_px for s in scales.values()} == {CANONICAL_UM_PER_PX}
 
 
+def test_run_pooling_reads_the_runs_red_cells_together_when_no_patient_has_enough():
+    # At a high magnification a crop holds few whole red cells: no patient reaches MIN_RED_CELLS on its own,
+    # but the run's red cells together are a reliable ruler (one lab, one scanner).
+    rng = np.random.default_rng(2)
+    few = {f"P{i}": _est(73, n=3, flag="few_red_cells") for i in range(8)}
+    together = estimate_from_diameters(rng.normal(73, 3, 24))
+    run, scales = pool_run(few, run_estimate=together)
+    assert run == pytest.approx(RED_CELL_DIAMETER_UM / 73, rel=0.03)
+    assert {(s.um_per_px, s.source, s.flag) for s in scales.values()} == {(run, "red_cells_run", "few_red_cells")}
+    # Too few even together: the canonical scale, flagged, as without any red cell.
+    run, scales = pool_run(few, run_estimate=estimate_from_diameters(rng.normal(73, 3, 5)))
+    assert math.isnan(run) and {s.flag for s in scales.values()} == {"no_scale"}
+
+
 def test_to_canonical_resamples_only_beyond_the_tolerance():
     rgb = synthetic_crop(np.random.default_rng(0)).rgb
     near = CANONICAL_UM_PER_PX * (1 + RESAMPLE_TOLERANCE / 2)
