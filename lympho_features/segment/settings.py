@@ -95,7 +95,8 @@ class SegmentationSettings:
     #: ``lympho extract`` judges paleness against the crop's own patient (a stain's strength is the slide's):
     #: nucleus OD below this fraction of the median of the patient's crops (2.4 / 3.23, the trainset's median) ...
     smudge_patient_ratio: float = 0.74
-    smudge_floor_od: float = 1.2  #: ... or below this at any rate (with fewer than ``blur_min_crops``: ``smudge_max_od``)
+    #: ... or below this at any rate (with fewer than ``blur_min_crops`` measured crops: ``smudge_max_od``)
+    smudge_floor_od: float = 1.2
     smudge_max_cytoplasm: float = 0.15  #: ... and cytoplasm below this fraction of the cell
     pyknotic_min_od: float = 3.9  #: a nucleus denser than this and structureless (OD std
     pyknotic_max_od_sd: float = 0.38  #: below this) is pyknotic: nucleated red cell or dying cell
