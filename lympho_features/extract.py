@@ -53,6 +53,8 @@ from .measure import (  # noqa: F401  (re-exported: callers import them from her
     ExtractSettings,
     _scale_warnings,
     apply_patient_blur,
+    apply_patient_qc,
+    apply_patient_smudge,
     measure_cell,
     measure_crop,
     patient_scales,
@@ -195,9 +197,9 @@ def process_patient(
         row.update(measured)
         row["scale_source"], row["scale_flag"] = scale.source, scale.flag
         rows.append(row)
-    # The cell-type gate once for the patient's crops (one LightGBM call), then blur against its crops.
+    # The cell-type gate once for the patient's crops (one LightGBM call), then blur and smudge against its crops.
     apply_gate(rows, flag=settings.cell_type_gate)
-    apply_patient_blur(rows, settings.segmentation)
+    apply_patient_qc(rows, settings.segmentation)
     return rows, skipped
 
 

@@ -169,7 +169,7 @@ def _chromatin_entries() -> dict[str, Term]:
         "correlation": "chromatin gradualness",
         "sum_of_squares": "chromatin spread",
         "idm": "chromatin smoothness",
-        "sum_average": "chromatin brightness",
+        "sum_average": "chromatin density",
         "sum_variance": "chromatin unevenness",
         "sum_entropy": "chromatin disorder of pairs",
         "entropy": "chromatin disorder",

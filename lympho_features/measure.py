@@ -45,7 +45,7 @@ from .scale import (
     to_canonical,
     to_physical,
 )
-from .segment import SegmentationSettings, patient_blur, segment_cell
+from .segment import SegmentationSettings, patient_blur, patient_smudge, segment_cell
 from .workers import parallel
 
 #: Bump when a change to the code changes the features for the same settings,
@@ -55,7 +55,9 @@ from .workers import parallel
 #: 7: chromatin texture (Haralick, LBP, granularity, nucleoli) measured on the nucleus smoothed by 1 px
 #: (FeatureSettings.texture_sigma), so that focus and JPEG compression move it less.
 #: 8: tight crops (cut close around the cell, no red cells) segmented without red-cell references (qc_tight_crop;
-#: QC reason tight_crop without a pixel size); the challenge's crops are measured as in 7.
+#: QC reason tight_crop without a pixel size); Haralick texture read on the nucleus' optical density (was its grey level), so that a stain's strength
+#: and a camera's gamma cancel; smudge cells' paleness judged against the patient's own crops (``qc_nucleus_od``,
+#: ``qc_cytoplasm_fraction``).
 FEATURES_VERSION = 8
 
 
@@ -158,6 +160,9 @@ def measure_cell(
         row["qc_ok"], row["qc_reason"] = False, "tight_crop"
     diag = seg.diagnostics or {}
     row["qc_sharpness"] = float(diag.get("focus_sharpness", float("nan")))
+    # For the patient-level smudge check (paleness against the patient's crops, apply_patient_smudge).
+    row["qc_nucleus_od"] = float(diag.get("nucleus_od", float("nan")))
+    row["qc_cytoplasm_fraction"] = float(diag.get("cytoplasm_fraction", float("nan")))
     row["um_per_px"] = um
     row.update(to_physical(cell_features(crop, seg, settings.features), um_measured))
     row.update(gate_measurements(crop, seg, hue=_gate_hue() if gate_hue is None else gate_hue))
@@ -193,7 +198,9 @@ def measure_crop(
     (``qc_*``, ``is_*``, see :data:`lympho_features.segment.FLAG_DESCRIPTIONS`),
     ``cell_type`` and ``cell_type_prob``,
     ``qc_sharpness`` (for the patient-level blur check, :func:`apply_patient_blur`;
-    NaN when not measured; alone, ``qc_blur`` is its floor test), ``um_per_px`` (the crop's own scale), every
+    NaN when not measured; alone, ``qc_blur`` is its floor test), ``qc_nucleus_od`` and
+    ``qc_cytoplasm_fraction`` (for the patient-level smudge check, :func:`apply_patient_smudge`; alone,
+    ``is_smudge`` uses the fixed limit), ``um_per_px`` (the crop's own scale), every
     feature and the acquisition measurements ``acq_*``. Flagged cells are measured too (their features are
     kept, but the per-patient morphology aggregates use ``qc_ok`` cells only).
 
@@ -201,10 +208,47 @@ def measure_crop(
     """
     row = measure_cell(rgb, settings, data, um_per_px=um_per_px)
     apply_gate([row], flag=settings.cell_type_gate)
-    # Alone, a crop is judged as in a patient of one crop (the floor only); process_patient re-judges it
+    # Alone, a crop is judged as in a patient of one crop (the fixed limits); process_patient re-judges it
     # against the patient's other crops.
-    apply_patient_blur([row], settings.segmentation)
+    apply_patient_qc([row], settings.segmentation)
     return row
+
+
+def apply_patient_qc(rows: list[dict], settings: SegmentationSettings) -> None:
+    """The QC checks judged against the patient's own crops, in place: blur, then smudge.
+
+    :func:`apply_patient_blur` and :func:`apply_patient_smudge`. A crop's
+    ``qc_reason`` stays the first failed check of
+    :data:`lympho_features.segment.QC_REASONS` (smudge before blur).
+    """
+    apply_patient_blur(rows, settings)
+    apply_patient_smudge(rows, settings)
+
+
+def apply_patient_smudge(rows: list[dict], settings: SegmentationSettings) -> None:
+    """Re-judge ``is_smudge`` of one patient's rows against the patient's own crops, in place.
+
+    :func:`lympho_features.segment.patient_smudge` on the rows' ``qc_nucleus_od``
+    and ``qc_cytoplasm_fraction``. A crop whose reason was ``smudge`` and no
+    longer is one takes the next check's (``blur`` if ``qc_blur``, else
+    ``ok``); a crop that was ``ok`` or ``blur`` and is now a smudge cell fails
+    with reason ``smudge``. Earlier reasons are kept.
+    """
+    if not rows:
+        return
+    nan = float("nan")
+    smudge = patient_smudge(
+        [r.get("qc_nucleus_od", nan) for r in rows], [r.get("qc_cytoplasm_fraction", nan) for r in rows], settings
+    )
+    for r, sm in zip(rows, smudge.tolist(), strict=True):
+        if "is_smudge" not in r or "qc_nucleus_od" not in r:
+            continue
+        r["is_smudge"] = sm
+        if r["qc_reason"] == "smudge" and not sm:
+            r["qc_reason"] = "blur" if r.get("qc_blur") else "ok"
+        elif r["qc_reason"] in ("ok", "blur") and sm:
+            r["qc_reason"] = "smudge"
+        r["qc_ok"] = r["qc_reason"] == "ok"
 
 
 def apply_patient_blur(rows: list[dict], settings: SegmentationSettings) -> None:
@@ -245,7 +289,8 @@ def _ruler_patient(data_dir: Path, patient_id: str, images: list[str], settings:
         except ImageError:
             continue  # recorded as skipped when the crops are measured
         diameters.append(red_cell_diameters(rgb))
-    return patient_id, estimate_from_diameters(np.concatenate(diameters) if diameters else [])
+    d = np.concatenate(diameters) if diameters else np.zeros(0)
+    return patient_id, estimate_from_diameters(d), d
 
 
 def patient_scales(
@@ -287,13 +332,17 @@ def patient_scales(
         todo = [(pid, images) for pid, images in patients.items() if pid not in given]
         if todo:
             estimates: dict[str, ScaleEstimate] = {}
+            every_diameter = []
             from joblib import delayed
 
             with parallel(jobs, backend, scheduler) as (runner, threads):
                 tasks = (delayed(_ruler_patient)(data_dir, pid, imgs, settings, threads) for pid, imgs in todo)
-                for pid, est in runner(tasks):
+                for pid, est, diameters in runner(tasks):
                     estimates[pid] = est
-            run_scale, pooled = pool_run(estimates, RUN_AGREEMENT, settings.canonical_um_per_px)
+                    every_diameter.append(diameters)
+            # The run's red cells read together: the ruler when no patient has enough of its own.
+            run_estimate = estimate_from_diameters(np.concatenate(every_diameter) if every_diameter else [])
+            run_scale, pooled = pool_run(estimates, RUN_AGREEMENT, settings.canonical_um_per_px, run_estimate)
             scales.update(pooled)
     scales = dict(sorted(scales.items()))
     summary = {

@@ -306,8 +306,8 @@ def test_cell_model_blocks_are_the_feature_sets_cell_score_blocks():
 
 
 def test_default_and_image_cell_models_leave_acquisition_fragile_families_out():
-    """The cell models of the default and image configurations never read LBP or radial columns (another lab's
-    focus and compression move them), nor colour; the all-measurement model still does."""
+    """The cell models of the default and image configurations never read LBP, radial or the finest granularity
+    columns (another lab's focus and compression move them), nor colour; the all-measurement model still does."""
     from lympho_features.model import FoldFeatures
 
     rng = np.random.default_rng(0)
@@ -321,6 +321,9 @@ def test_default_and_image_cell_models_leave_acquisition_fragile_families_out():
                     "shape_nucleus_area": rng.normal(p % 2, 1),
                     "lbp_nucleus_u4": rng.normal(),
                     "radial_nucleus_ring1": rng.normal(),
+                    "granularity_nucleus_r1": rng.normal(),
+                    "granularity_nucleus_r2": rng.normal(),
+                    "granularity_nucleus_r3": rng.normal(),
                     "color_nucleus_od_mean": rng.normal(),
                     "haralick_contrast_d1": rng.normal(),
                 }
@@ -333,6 +336,7 @@ def test_default_and_image_cell_models_leave_acquisition_fragile_families_out():
         for b in ("cellscore", "cellmorph", "cellatyp")
     }
     for b in ("cellmorph", "cellatyp"):
-        assert not [f for f in scorers[b].features_ if f.startswith(("lbp_", "radial_", "color_"))], b
-        assert {"shape_nucleus_area", "haralick_contrast_d1"} <= set(scorers[b].features_)
-    assert {"lbp_nucleus_u4", "radial_nucleus_ring1"} <= set(scorers["cellscore"].features_)
+        fragile = ("lbp_", "radial_", "color_", "granularity_nucleus_r1", "granularity_nucleus_r2")
+        assert not [f for f in scorers[b].features_ if f.startswith(fragile)], b
+        assert {"shape_nucleus_area", "haralick_contrast_d1", "granularity_nucleus_r3"} <= set(scorers[b].features_)
+    assert {"lbp_nucleus_u4", "radial_nucleus_ring1", "granularity_nucleus_r1"} <= set(scorers["cellscore"].features_)

@@ -125,6 +125,20 @@ def test_run_pooling_without_any_ruler_assumes_the_canonical_scale_and_says_so()
     assert {s.um_per_px for s in scales.values()} == {CANONICAL_UM_PER_PX}
 
 
+def test_run_pooling_reads_the_runs_red_cells_together_when_no_patient_has_enough():
+    # At a high magnification a crop holds few whole red cells: no patient reaches MIN_RED_CELLS on its own,
+    # but the run's red cells together are a reliable ruler (one lab, one scanner).
+    rng = np.random.default_rng(2)
+    few = {f"P{i}": _est(73, n=3, flag="few_red_cells") for i in range(8)}
+    together = estimate_from_diameters(rng.normal(73, 3, 24))
+    run, scales = pool_run(few, run_estimate=together)
+    assert run == pytest.approx(RED_CELL_DIAMETER_UM / 73, rel=0.03)
+    assert {(s.um_per_px, s.source, s.flag) for s in scales.values()} == {(run, "red_cells_run", "few_red_cells")}
+    # Too few even together: the canonical scale, flagged, as without any red cell.
+    run, scales = pool_run(few, run_estimate=estimate_from_diameters(rng.normal(73, 3, 5)))
+    assert math.isnan(run) and {s.flag for s in scales.values()} == {"no_scale"}
+
+
 def test_to_canonical_resamples_only_beyond_the_tolerance():
     rgb = synthetic_crop(np.random.default_rng(0)).rgb
     near = CANONICAL_UM_PER_PX * (1 + RESAMPLE_TOLERANCE / 2)
@@ -215,3 +229,25 @@ def test_blur_is_judged_against_the_patients_own_crops():
     fog = [measure_crop(cv2.GaussianBlur(synthetic_crop(rng).rgb, (0, 0), 3.0)) for _ in range(6)]
     apply_patient_blur(fog, settings.segmentation)
     assert [r["qc_reason"] for r in fog] == ["blur"] * 6
+
+
+def test_smudge_paleness_is_judged_against_the_patients_own_crops():
+    from lympho_features.extract import ExtractSettings, apply_patient_qc, measure_crop
+    from lympho_features.reacquire import stain_strength
+
+    settings = ExtractSettings()
+    rng = np.random.default_rng(6)
+    # Intact lymphocytes with scant cytoplasm, on a slide whose nuclear stain is 30 % weaker than the trainset's.
+    intact = [synthetic_crop(rng, cell_radius=27.0).rgb for _ in range(7)]
+    broken = synthetic_crop(rng, smudge=True).rgb
+    for stain in (1.0, 0.7):
+        rows = [measure_crop(stain_strength(rgb, haematoxylin=stain)) for rgb in [*intact, broken]]
+        alone = [r["qc_reason"] for r in rows]
+        apply_patient_qc(rows, settings.segmentation)
+        assert [r["qc_reason"] for r in rows] == ["ok"] * 7 + ["smudge"], stain
+        assert [r["is_smudge"] for r in rows] == [False] * 7 + [True]
+        assert all(r["qc_ok"] for r in rows[:7]) and not rows[-1]["qc_ok"]
+        if stain < 1:
+            # Alone, the weaker stain's intact cells look washed out against the fixed limit: the patient's
+            # other crops show that the slide is pale, not the cells broken.
+            assert alone == ["smudge"] * 8

@@ -53,3 +53,31 @@ def test_texture_sigma_changes_the_texture_families_only():
     smooth = cell_features(rgb, seg, FeatureSettings(texture_sigma=1.0))
     assert any(raw[k] != smooth[k] for k in raw if k.startswith(TEXTURE))
     assert all(raw[k] == smooth[k] for k in raw if not k.startswith(TEXTURE))
+
+
+def _grey_haralick(rgb, seg):
+    """Haralick of the nucleus' smoothed grey level (what features version 7 and before read)."""
+    import cv2
+
+    from lympho_features.features.haralick import haralick_features
+
+    grey = np.clip(np.rint(smooth_inside(cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY), seg.nucleus_mask, 1.0)), 0, 255)
+    return haralick_features(grey.astype(np.uint8), seg.nucleus_mask)
+
+
+@pytest.mark.parametrize("shift", ["gamma:1.25", "hema:0.7"])
+def test_haralick_on_optical_density_cancels_stain_strength_and_gamma(shift):
+    """A camera's gamma and a nuclear stain's strength scale the nucleus' optical density, which the
+    percentile-rescaled levels cancel; they bend its grey levels, which they do not."""
+    moved = {"od": [], "grey": []}
+    for s in range(6):
+        rgb = synthetic_crop(np.random.default_rng(s)).rgb
+        other = apply_shift(rgb, shift)
+        seg, seg2 = segment_cell(rgb), segment_cell(other)
+        od0, od1 = cell_features(rgb, seg), cell_features(other, seg2)
+        g0, g1 = _grey_haralick(rgb, seg), _grey_haralick(other, seg2)
+        for name in g0:
+            scale = abs(g0[name]) + 1e-6
+            moved["od"].append(abs(od1[name] - od0[name]) / scale)
+            moved["grey"].append(abs(g1[name] - g0[name]) / scale)
+    assert np.median(moved["od"]) < 0.5 * np.median(moved["grey"])

@@ -134,7 +134,9 @@ def cell_features(
         if settings.texture_sigma > 0:
             grey_f, od_texture = smooth_inside_all([grey, od_sum], n_nuc, settings.texture_sigma)
             grey = np.clip(np.rint(grey_f), 0, 255).astype(np.uint8)  # uint8: the fast quantisation path
-        q = quantize(grey, n_nuc, settings.haralick_levels)
+        # Haralick reads the nucleus' optical density, not its grey level: OD scales with the stain's strength
+        # and a camera's gamma (grey levels bend with them), so its percentile-rescaled levels cancel both.
+        q = quantize(od_texture, n_nuc, settings.haralick_levels)
     else:
         grey = od_sum = od_texture = np.zeros((1, 1), np.float32)
         n_nuc = np.zeros((1, 1), bool)

@@ -69,7 +69,7 @@ from .optical_density import (
     red_cell_reference,
 )
 from .pipeline import segment_cell
-from .qc import nucleus_box_moments, patient_blur, quality_control
+from .qc import nucleus_box_moments, patient_blur, patient_smudge, quality_control
 from .result import Segmentation, empty_segmentation
 from .settings import (
     _DEFAULT_SETTINGS,
@@ -110,6 +110,7 @@ __all__ = [
     "optical_density_channels",
     "pale_cytoplasm",
     "patient_blur",
+    "patient_smudge",
     "quality_control",
     "red_cell_reference",
     "segment_cell",

@@ -113,7 +113,12 @@ class SegmentationSettings:
     #: (PBC), clumps of large cells with red cells in an ordinary crop, which a segmentation without red cells
     #: runs together, 0.81 and below (trainset)
     tight_crop_min_solidity: float = 0.82
-    smudge_max_od: float = 2.4  #: mean nucleus OD (above background) below this looks washed out
+    smudge_max_od: float = 2.4  #: mean nucleus OD (above background) below this looks washed out (one crop alone)
+    #: ``lympho extract`` judges paleness against the crop's own patient (a stain's strength is the slide's):
+    #: nucleus OD below this fraction of the median of the patient's crops (2.4 / 3.23, the trainset's median) ...
+    smudge_patient_ratio: float = 0.74
+    #: ... or below this at any rate (with fewer than ``blur_min_crops`` measured crops: ``smudge_max_od``)
+    smudge_floor_od: float = 1.2
     smudge_max_cytoplasm: float = 0.15  #: ... and cytoplasm below this fraction of the cell
     pyknotic_min_od: float = 3.9  #: a nucleus denser than this and structureless (OD std
     pyknotic_max_od_sd: float = 0.38  #: below this) is pyknotic: nucleated red cell or dying cell
@@ -169,6 +174,8 @@ class SegmentationSettings:
         check.number("tight_crop_check_ratio", 0)
         check.integer("tight_crop_check_side", 0)
         check.number("tight_crop_min_solidity", 0, 1)
+        check.number("smudge_patient_ratio", 0, 1)
+        check.number("smudge_floor_od", 0)
 
     # Cached: segment_cell asks for every crop, and building (and checking) the settings costs more than a look-up.
     @lru_cache(maxsize=64)  # noqa: B019  (settings are small, immutable and few)
