@@ -14,17 +14,20 @@ from lympho_features.aggregate import SHARE_TYPES, aggregate_cells, cell_feature
 from lympho_features.celltype import CELL_TYPES, UNKNOWN, apply_gate, default_gate, gate_measurements, type_cells
 from lympho_features.extract import ExtractSettings, measure_cell, measure_crop
 from lympho_features.segment import segment_cell
-from lympho_features.synthetic import synthetic_crop
+from lympho_features.synthetic import patient_crops, synthetic_crop
 
 PBC = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "pbc"
 
-#: Synthetic cells of each kind (synthetic.py): lymphocytes at real sizes (nucleus about 10 um across, as the
-#: trainset's median; synthetic.py's defaults draw them smaller, which the gate calls erythroblasts), then
-#: non-lymphocytes drawn after their textbook look.
+#: Synthetic cells of each kind (synthetic.py, which draws lymphocytes at real sizes relative to the red cells:
+#: a nucleus about 10 um across by default), then non-lymphocytes drawn after their textbook look.
 LYMPHOCYTES = {
-    "lymphocyte": {"nucleus_radius": 31, "cell_radius": 36},
-    "oval nucleus": {"nucleus_radius": 31, "cell_radius": 36, "elongation": 1.3},
+    "lymphocyte (synthetic.py's default)": {},
+    "oval nucleus": {"elongation": 1.3},
+    "small mature, CLL-like: thin rim, dense chromatin": {
+        "nucleus_radius": 26, "cell_radius": 29, "chromatin_contrast": 24,
+    },
     "large reactive, wide cytoplasm": {"nucleus_radius": 33, "cell_radius": 48, "chromatin_contrast": 14},
+    "notched (cleaved) nucleus": {"nucleus_radius": 31, "cell_radius": 38, "notch": 0.3},
 }
 GATED = ExtractSettings(cell_type_gate=True)
 OTHERS = {
@@ -33,6 +36,9 @@ OTHERS = {
     },
     "eosinophil-like: 2 lobes, dense orange granules": {
         "lobes": 2, "nucleus_radius": 30, "cell_radius": 44, "granules": 0.45, "granule_colour": (215, 110, 80),
+    },
+    "basophil-like: 2 lobes under dark purple granules": {
+        "lobes": 2, "nucleus_radius": 28, "cell_radius": 40, "granules": 0.5, "granule_colour": (80, 40, 110),
     },
     "monocyte-like: large pale cell, kidney nucleus": {
         "nucleus_radius": 34, "cell_radius": 60, "notch": 0.6, "cytoplasm_colour": (200, 195, 215),
@@ -64,6 +70,17 @@ def test_synthetic_lymphocytes_are_kept():
         rows = _rows(kwargs)
         kept = [r["cell_type"] == "lymphocyte" and not r["is_not_lymphocyte"] for r in rows]
         assert sum(kept) >= 3, (name, [(r["cell_type"], round(r["cell_type_prob"], 2)) for r in rows])
+
+
+def test_synthetic_patients_cells_are_lymphocytes_to_the_gate():
+    # The crops of `lympho demo` and of the tests' cohorts: were they drawn too small or too smooth, the gate
+    # (learned on real crops) would gate them out and leave the demo's patients without cells.
+    rng = np.random.default_rng(7)
+    for tumoral in (False, True):
+        crops = [c for _ in range(3) for c in patient_crops(rng, tumoral, 8)]
+        rows = [measure_crop(c.rgb, GATED) for c in crops]
+        kept = np.mean([r["cell_type"] == "lymphocyte" for r in rows])
+        assert kept >= 0.85, (tumoral, kept, [r["cell_type"] for r in rows])
 
 
 def test_synthetic_other_cells_are_gated_out_with_their_reason():
