@@ -16,7 +16,7 @@ The phases one by one, as :func:`segment_cell` chains them:
 ((21, 192, 24, 200), 1, False, 2915)
 >>> cell = find_cell(crop.rgb, channels, dark, t2, found, s)  # phase 2: cytoplasm, whole cell
 >>> cell.split, cv2.countNonZero(cell.cell), int(crop.cell_mask.sum()), round(cell.rbc_od, 3)
-(False, 3728, 3723, 0.393)
+(False, 4445, 4409, 0.389)
 >>> seg = quality_control(crop.rgb.shape[:2], found, cell, s)  # phase 3: flags, QC reason
 >>> seg.qc_reason, [flag for flag, on in seg.flags.items() if on], seg.box
 ('ok', [], (78, 147, 74, 151))
