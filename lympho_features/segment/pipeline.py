@@ -19,7 +19,7 @@ The phases one by one, as :func:`segment_cell` chains them:
 (False, 4445, 4409, 0.389)
 >>> seg = quality_control(crop.rgb.shape[:2], found, cell, s)  # phase 3: flags, QC reason
 >>> seg.qc_reason, [flag for flag, on in seg.flags.items() if on], seg.box
-('ok', [], (78, 147, 74, 151))
+('ok', [], (74, 149, 69, 157))
 >>> np.array_equal(seg.cell_mask, segment_cell(crop.rgb).cell_mask)
 True
 """
