@@ -74,10 +74,9 @@ class ExtractSettings:
     #: on the challenge's patients, for about 6 % of the extraction's time
     ruler_crops: int = 12
     #: is_not_lymphocyte (QC reason not_lymphocyte) from the cell-type gate (True) or from the segmentation's lobe,
-    #: monocyte and pyknotic rules (False). ``cell_type`` / ``cell_type_prob`` are written either way. Off by
-    #: default until the synthetic crops of the tests and demo are drawn at real lymphocyte sizes: the gate,
-    #: learned on real crops, calls most of today's (too small, smooth) synthetic lymphocytes erythroblasts.
-    cell_type_gate: bool = False
+    #: monocyte and pyknotic rules (False). ``cell_type`` / ``cell_type_prob`` are written either way. Part of
+    #: the settings a model records: ``predict`` refuses features typed otherwise than the model's.
+    cell_type_gate: bool = True
 
     def __post_init__(self) -> None:
         """Refuse a value that cannot mean what its setting says (raises :class:`~lympho_features.errors.SettingsError`)."""
@@ -91,6 +90,7 @@ class ExtractSettings:
         check.number("canonical_um_per_px", 0, low_open=True)
         check.number("resample_tolerance", 0, 1)
         check.integer("ruler_crops", 1)
+        check.instance("cell_type_gate", bool)
 
     def to_dict(self) -> dict:
         d = asdict(self)

@@ -24,7 +24,9 @@ LYMPHOCYTES = {
     "lymphocyte (synthetic.py's default)": {},
     "oval nucleus": {"elongation": 1.3},
     "small mature, CLL-like: thin rim, dense chromatin": {
-        "nucleus_radius": 26, "cell_radius": 29, "chromatin_contrast": 24,
+        "nucleus_radius": 26,
+        "cell_radius": 29,
+        "chromatin_contrast": 24,
     },
     "large reactive, wide cytoplasm": {"nucleus_radius": 33, "cell_radius": 48, "chromatin_contrast": 14},
     "notched (cleaved) nucleus": {"nucleus_radius": 31, "cell_radius": 38, "notch": 0.3},
@@ -105,10 +107,21 @@ def test_granules_raise_the_ring_granularity():
     assert g1["gate_ring_granularity"] > g0["gate_ring_granularity"]
 
 
+def test_the_gate_decides_by_default():
+    assert ExtractSettings().cell_type_gate is True
+    kwargs = OTHERS["monocyte-like: large pale cell, kidney nucleus"]
+    crop = synthetic_crop(np.random.default_rng(0), **kwargs).rgb
+    default, gated = measure_crop(crop), measure_crop(crop, GATED)
+    assert gated["is_not_lymphocyte"] and gated["qc_reason"] == "not_lymphocyte"
+    assert {k: default[k] for k in ("cell_type", "is_not_lymphocyte", "qc_reason", "qc_ok")} == {
+        k: gated[k] for k in ("cell_type", "is_not_lymphocyte", "qc_reason", "qc_ok")
+    }
+
+
 def test_without_the_gate_the_rules_decide_and_the_type_is_still_written():
     kwargs = OTHERS["monocyte-like: large pale cell, kidney nucleus"]
     crop = synthetic_crop(np.random.default_rng(0), **kwargs).rgb
-    plain, gated = measure_crop(crop), measure_crop(crop, GATED)
+    plain, gated = measure_crop(crop, ExtractSettings(cell_type_gate=False)), measure_crop(crop, GATED)
     assert plain["cell_type"] == gated["cell_type"] and plain["cell_type_prob"] == gated["cell_type_prob"]
     rules = plain["is_granulocyte"] or plain["is_monocyte"] or plain["is_pyknotic"]
     assert plain["is_not_lymphocyte"] == rules
@@ -247,3 +260,60 @@ def test_the_shipped_gate_was_learned_from_features_of_this_version():
     from lympho_features.extract import FEATURES_VERSION
 
     assert default_gate().meta["features_version"] == FEATURES_VERSION
+
+
+@pytest.mark.parametrize(("option", "expected"), [([], True), (["--cell-type-gate"], True),
+                                                  (["--no-cell-type-gate"], False)])  # fmt: skip
+def test_extract_cli_gate_option(option, expected, tmp_path, monkeypatch):
+    # The gate is on by default; the old spelling --cell-type-gate still works, --no-cell-type-gate turns it off.
+    from typer.testing import CliRunner
+
+    import lympho_features.extract as extract_mod
+    from lympho_features.cli import app
+
+    seen = {}
+
+    def record(data_dir, out, clinical, jobs, settings, *args, **kwargs):
+        seen["settings"] = settings
+        raise SystemExit(0)
+
+    monkeypatch.setattr(extract_mod, "extract", record)
+    (tmp_path / "data").mkdir()
+    r = CliRunner().invoke(app, ["extract", str(tmp_path / "data"), "--out", str(tmp_path / "f"), *option])
+    assert r.exit_code == 0, r.output
+    assert seen["settings"].cell_type_gate is expected
+
+
+def test_a_model_refuses_features_typed_otherwise():
+    # Features extracted with the gate off keep the other cells in the aggregates: not what the model saw.
+    from lympho_features.domain import compare_settings
+
+    with_gate = json.loads(json.dumps(ExtractSettings().to_dict()))
+    without = json.loads(json.dumps(ExtractSettings(cell_type_gate=False).to_dict()))
+    refused, notes = compare_settings(with_gate, without)
+    assert refused == ["cell_type_gate false, the model's training features used true"] and notes == []
+
+
+def test_cnn_embeddings_keep_lymphocytes_only():
+    from lympho_features.model.inputs import Cohort, lymphocyte_embeddings
+
+    cells = pd.DataFrame(
+        {"patient_id": ["A", "A", "B", "B"], "image": ["1.jpg", "2.jpg", "1.jpg", "2.jpg"],
+         "is_not_lymphocyte": [False, True, False, False]}
+    )  # fmt: skip
+    emb = pd.DataFrame(
+        {"patient_id": ["A", "A", "B", "B", "B"], "image": ["1.jpg", "2.jpg", "1.jpg", "2.jpg", "3.jpg"],
+         "cnn_0": [0.1, 0.2, 0.3, 0.4, 0.5]}
+    )  # fmt: skip
+    kept = lymphocyte_embeddings(emb, cells)
+    # A's crop 2 is another cell type; B's crop 3 is not in cells.parquet and stays
+    assert list(zip(kept["patient_id"], kept["image"], strict=True)) == [
+        ("A", "1.jpg"), ("B", "1.jpg"), ("B", "2.jpg"), ("B", "3.jpg")
+    ]  # fmt: skip
+    patients = pd.DataFrame({"patient_id": ["A", "B"], "gender": ["M", "F"], "lymph_count": [5.0, 9.0]})
+    cohort = Cohort.from_tables(patients, cells, emb)
+    assert len(cohort.embeddings) == 4 and "2.jpg" not in set(
+        cohort.embeddings.loc[cohort.embeddings.patient_id == "A", "image"]
+    )
+    # without the column (older cells tables) nothing is dropped
+    assert len(lymphocyte_embeddings(emb, cells.drop(columns="is_not_lymphocyte"))) == 5
