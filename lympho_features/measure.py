@@ -54,7 +54,9 @@ from .workers import parallel
 #: 6: cell-type gate (cell_type, cell_type_prob; is_not_lymphocyte and the QC reason not_lymphocyte from it).
 #: 7: chromatin texture (Haralick, LBP, granularity, nucleoli) measured on the nucleus smoothed by 1 px
 #: (FeatureSettings.texture_sigma), so that focus and JPEG compression move it less.
-FEATURES_VERSION = 7
+#: 8: cell-type gate rebuilt (nucleoli contrast among its inputs, threshold chosen out of fold) and on by default:
+#: cell_type, cell_type_prob, is_not_lymphocyte and the QC reason not_lymphocyte change for the same crops.
+FEATURES_VERSION = 8
 
 
 @dataclass(frozen=True)

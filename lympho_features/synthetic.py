@@ -343,7 +343,8 @@ def patient_crops(rng: np.random.Generator, tumoral: bool, n: int, size: int = 2
     """The crops of one synthetic patient, with class-dependent morphology."""
     crops = []
     # Each patient has its own typical cell; tumoral clones vary less, with denser chromatin (the texture's
-    # contrast stays within the trainset's range: 11-20 gives a nucleus' density spread of 0.15-0.27).
+    # contrast stays within the trainset's range: 11-19 gives a nucleus' density spread of 0.15-0.26; denser,
+    # a small round nucleus looks like an erythroblast's to the cell-type gate).
     # Nucleus radii in pixels of a 224 crop (0.163 um): 30 px is a nucleus of 9.8 um, 75 um^2; real nuclei are
     # slightly oval (the trainset's median eccentricity is 0.6).
     base_rn = rng.normal(30, 1.5) if tumoral else rng.normal(31, 2.5)
@@ -351,7 +352,7 @@ def patient_crops(rng: np.random.Generator, tumoral: bool, n: int, size: int = 2
         if tumoral:
             rn = base_rn + rng.normal(0, 1.0)
             rc = rn * rng.uniform(1.1, 1.22)
-            elong, contrast = rng.uniform(1.1, 1.35), rng.uniform(16, 20)
+            elong, contrast = rng.uniform(1.1, 1.35), rng.uniform(15, 19)
         else:
             rn = base_rn + rng.normal(0, 2.5)
             rc = rn * rng.uniform(1.2, 1.55)

@@ -26,7 +26,7 @@ LYMPHOCYTES = {
     "small mature, CLL-like: thin rim, dense chromatin": {
         "nucleus_radius": 26,
         "cell_radius": 29,
-        "chromatin_contrast": 24,
+        "chromatin_contrast": 18,
     },
     "large reactive, wide cytoplasm": {"nucleus_radius": 33, "cell_radius": 48, "chromatin_contrast": 14},
     "notched (cleaved) nucleus": {"nucleus_radius": 31, "cell_radius": 38, "notch": 0.3},
