@@ -6,7 +6,8 @@ The same data and fit as ``scripts/build_celltype_gate.py``. In fold k the gate 
 PBC (stratified by type, seed 0) and on the trainset lymphocytes of the patients outside patient fold k (cleaned
 as the build cleans them, within those patients only), then
 scores PBC's fold k and every crop of the trainset's fold-k patients. Printed: PBC's confusion matrix (argmax
-type), each type's share flagged not-lymphocyte at the shipped threshold (the lymphocytes' share kept), and the
+type), each type's share flagged not-lymphocyte at the threshold the build's rule chooses inside each fold (the
+lymphocytes' share kept), and the
 share of the trainset's crops gated out, among all crops and among those the segmentation's QC passes, in
 reactive and in tumoral patients, with the segmentation rules' flag beside it.
 
