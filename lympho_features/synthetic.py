@@ -347,7 +347,7 @@ def patient_crops(rng: np.random.Generator, tumoral: bool, n: int, size: int = 2
     # a small round nucleus looks like an erythroblast's to the cell-type gate).
     # Nucleus radii in pixels of a 224 crop (0.163 um): 30 px is a nucleus of 9.8 um, 75 um^2; real nuclei are
     # slightly oval (the trainset's median eccentricity is 0.6).
-    base_rn = rng.normal(30, 1.5) if tumoral else rng.normal(31, 2.5)
+    base_rn = rng.normal(30, 1.5) if tumoral else rng.normal(31, 2.0)
     for _ in range(n):
         if tumoral:
             rn = base_rn + rng.normal(0, 1.0)
