@@ -6,7 +6,8 @@ The same data and fit as ``scripts/build_celltype_gate.py``. In fold k the gate 
 PBC (stratified by type, seed 0) and on the trainset lymphocytes of the patients outside patient fold k (cleaned
 as the build cleans them, within those patients only), then
 scores PBC's fold k and every crop of the trainset's fold-k patients. Printed: PBC's confusion matrix (argmax
-type), each type's share flagged not-lymphocyte at the shipped threshold (the lymphocytes' share kept), and the
+type), each type's share flagged not-lymphocyte at the threshold the build's rule chooses inside each fold (the
+lymphocytes' share kept), and the
 share of the trainset's crops gated out, among all crops and among those the segmentation's QC passes, in
 reactive and in tumoral patients, with the segmentation rules' flag beside it.
 
@@ -49,7 +50,7 @@ def main(argv=None) -> int:
     ap.add_argument("--folds", type=int, default=5)
     ap.add_argument("--with-hue", action="store_true", help="add the ring's hue against the red cells to the inputs")
     ap.add_argument("--no-clean", action="store_true", help="teach every rule-passing trainset crop as a lymphocyte")
-    ap.add_argument("--threshold", type=float, default=b.THRESHOLD)
+    ap.add_argument("--threshold", type=float, default=None, help="fixed threshold (default: chosen in each fold)")
     ap.add_argument("--save", type=Path, default=None, help="write the trainset's out-of-fold probabilities here")
     ap.add_argument("--jobs", type=int, default=2)
     args = ap.parse_args(argv)
@@ -64,19 +65,21 @@ def main(argv=None) -> int:
     tfold = b.patient_folds(train["patient_id"], args.folds)
     P = np.zeros((len(pbc), len(CELL_TYPES)))
     Pt = np.full(len(train), np.nan)
+    th_pbc, th_train = np.zeros(len(pbc)), np.zeros(len(train))
     skf = StratifiedKFold(args.folds, shuffle=True, random_state=0)
     for k, (tr, te) in enumerate(skf.split(pbc, y)):
-        # As the build does, inside the training folds only: their crops the gate rejects are not taught.
+        # As the build does, inside the training folds only: the crops taught as lymphocytes and the threshold.
         inner = train[tfold != k]
-        taught = b.clean_lymphocytes(pbc.iloc[tr], inner, inputs) if not args.no_clean else None
-        booster = b.fit_gate(pbc.iloc[tr], inner, inputs, taught=taught)
+        taught, threshold = b.prepare(pbc.iloc[tr], inner, inputs)
+        booster = b.fit_gate(pbc.iloc[tr], inner, inputs, taught=None if args.no_clean else taught)
+        th_pbc[te] = threshold if args.threshold is None else args.threshold
         P[te] = booster.predict(pbc.iloc[te][inputs].to_numpy(np.float64))
         held = tfold == k
+        th_train[held] = threshold if args.threshold is None else args.threshold
         Pt[held] = booster.predict(train.loc[held, inputs].to_numpy(np.float64))[:, 0]
-        print(f"fold {k + 1}/{args.folds} done", flush=True)
+        print(f"fold {k + 1}/{args.folds} done: threshold {th_pbc[te][0]}", flush=True)
 
-    th = args.threshold
-    print(f"\ninputs: {len(inputs)}{' (with hue)' if args.with_hue else ''}; threshold {th}")
+    print(f"\ninputs: {len(inputs)}{' (with hue)' if args.with_hue else ''}")
     print(f"PBC scale: {info['pbc']['scale']}; trainset scale: {info['trainset']['scale']}")
     conf = pd.crosstab(
         pd.Categorical(pbc["cell_type_true"], CELL_TYPES),
@@ -87,7 +90,7 @@ def main(argv=None) -> int:
     )
     print("\nPBC confusion matrix (cross-validated, argmax type):")
     print(conf.to_string())
-    flagged = P[:, 0] < th
+    flagged = P[:, 0] < th_pbc
     print(
         "\nPBC per type (cross-validated): recall of the type (argmax), share flagged not-lymphocyte at the threshold"
     )
@@ -102,7 +105,7 @@ def main(argv=None) -> int:
     )
 
     measured = train["nucleus_area"].notna().to_numpy()
-    gated = (Pt < th) & measured
+    gated = (Pt < th_train) & measured
     qc = train["qc_ok"].astype(bool).to_numpy() | (train["qc_reason"] == "not_lymphocyte").to_numpy()
     print("\nTrainset crops gated out (out-of-fold by patient):")
     for lab, name in ((0, "reactive"), (1, "tumoral")):
@@ -113,6 +116,10 @@ def main(argv=None) -> int:
             f" {gated[m & qc].mean():.4f} of those passing the other QC checks;"
             f" worst patient {per_patient.max():.3f}; rules flagged {train.loc[m, 'is_not_lymphocyte'].mean():.4f}"
         )
+        if name == "tumoral":
+            worst = per_patient.idxmax()
+            other = m & (train["patient_id"] != worst).to_numpy()
+            print(f"  tumoral without {worst}: gated {gated[other].mean():.4f} of all")
     if args.save is not None:
         out = train[["patient_id", "image", "label", "qc_ok", "qc_reason", "is_not_lymphocyte"]].copy()
         out["p_lymphocyte"] = Pt

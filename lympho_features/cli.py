@@ -139,10 +139,11 @@ def extract(
         bool,
         typer.Option(
             "--cell-type-gate/--no-cell-type-gate",
-            help="Fail crops the cell-type gate calls non-lymphocytes (QC reason not_lymphocyte); without it, the "
+            help="Fail crops the cell-type gate calls non-lymphocytes (QC reason not_lymphocyte), so that "
+            "aggregates, cell scores and the model use lymphocytes only (default); with --no-cell-type-gate the "
             "segmentation's lobe rules do. cell_type and cell_type_prob are written either way.",
         ),
-    ] = False,
+    ] = True,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
     backend: Annotated[
         str,

@@ -55,9 +55,10 @@ from .workers import parallel
 #: 7: chromatin texture (Haralick, LBP, granularity, nucleoli) measured on the nucleus smoothed by 1 px
 #: (FeatureSettings.texture_sigma), so that focus and JPEG compression move it less.
 #: 8: tight crops (cut close around the cell, no red cells) segmented without red-cell references (qc_tight_crop;
-#: QC reason tight_crop without a pixel size); Haralick texture read on the nucleus' optical density (was its grey level), so that a stain's strength
-#: and a camera's gamma cancel; smudge cells' paleness judged against the patient's own crops (``qc_nucleus_od``,
-#: ``qc_cytoplasm_fraction``).
+#: QC reason tight_crop without a pixel size); Haralick texture read on the nucleus' optical density (was its grey
+#: level), so that a stain's strength and a camera's gamma cancel; smudge cells' paleness judged against the
+#: patient's own crops (``qc_nucleus_od``, ``qc_cytoplasm_fraction``); cell-type gate rebuilt (nucleoli contrast
+#: among its inputs, threshold chosen out of fold) and on by default.
 FEATURES_VERSION = 8
 
 
@@ -78,10 +79,9 @@ class ExtractSettings:
     #: on the challenge's patients, for about 6 % of the extraction's time
     ruler_crops: int = 12
     #: is_not_lymphocyte (QC reason not_lymphocyte) from the cell-type gate (True) or from the segmentation's lobe,
-    #: monocyte and pyknotic rules (False). ``cell_type`` / ``cell_type_prob`` are written either way. Off by
-    #: default until the synthetic crops of the tests and demo are drawn at real lymphocyte sizes: the gate,
-    #: learned on real crops, calls most of today's (too small, smooth) synthetic lymphocytes erythroblasts.
-    cell_type_gate: bool = False
+    #: monocyte and pyknotic rules (False). ``cell_type`` / ``cell_type_prob`` are written either way. Part of
+    #: the settings a model records: ``predict`` refuses features typed otherwise than the model's.
+    cell_type_gate: bool = True
 
     def __post_init__(self) -> None:
         """Refuse a value that cannot mean what its setting says (raises :class:`~lympho_features.errors.SettingsError`)."""
@@ -95,6 +95,7 @@ class ExtractSettings:
         check.number("canonical_um_per_px", 0, low_open=True)
         check.number("resample_tolerance", 0, 1)
         check.integer("ruler_crops", 1)
+        check.instance("cell_type_gate", bool)
 
     def to_dict(self) -> dict:
         d = asdict(self)

@@ -5,8 +5,18 @@ data. Each crop has a cream background, pale pink red cells with a paler
 centre, and a central lymphocyte: a purple, textured nucleus inside pale blue
 cytoplasm. The true nucleus and cell masks come with every crop.
 
+Sizes are the real ones relative to the red cells: at the default 224 px a red
+cell is about 46 px across (7.5 um, the challenge crops' canonical
+0.1627 um/px), a lymphocyte's nucleus about 60 px (10 um, the trainset's median
+nucleus area is about 80 um^2) and the cell about 72 px, with the nucleus
+touching the outline on one side. Outlines are not perfect ellipses: red cells
+press on a real lymphocyte and its nucleus is slightly irregular
+(``roughness``), and the cytoplasm is faintly mottled. Drawn smaller or
+smoother, the cells look to the cell-type gate (learned on real crops) like
+erythroblasts or platelets.
+
 Class-dependent morphology follows the textbook picture: tumoral (e.g. CLL)
-lymphocytes are small, round, monomorphic, with a high N:C ratio and dense
+lymphocytes are round, monomorphic, with a high N:C ratio and dense
 chromatin; reactive ones are larger, more varied, with more cytoplasm. Tumoral
 patients are older with higher lymphocyte counts.
 """
@@ -53,8 +63,8 @@ def _ellipse_mask(shape, centre, axes, angle) -> np.ndarray:
 def synthetic_crop(
     rng: np.random.Generator,
     size: int = 224,
-    nucleus_radius: float = 26.0,
-    cell_radius: float = 34.0,
+    nucleus_radius: float = 30.0,
+    cell_radius: float = 37.0,
     offset: tuple[float, float] = (0.0, 0.0),
     elongation: float = 1.1,
     pale_nucleus: bool = False,
@@ -72,7 +82,9 @@ def synthetic_crop(
     granule_colour: tuple[float, float, float] = (205, 95, 85),
     notch: float = 0.0,
     cytoplasm_colour: tuple[float, float, float] | None = None,
-    nucleus_shift: float = 0.35,
+    nucleus_shift: float = 0.8,
+    roughness: float = 0.04,
+    cytoplasm_mottle: float = 5.0,
 ) -> SyntheticCrop:
     """Draw one crop with a central lymphocyte.
 
@@ -122,6 +134,10 @@ def synthetic_crop(
     nucleus_shift : float
         How far the nucleus sits off the cell's centre, as a fraction of the cytoplasm rim (1: it touches the
         outline on one side, as in most real lymphocytes).
+    roughness : float
+        Relative amplitude of the smooth bumps of the cell's and the nucleus' outlines (0: perfect ellipses).
+    cytoplasm_mottle : float
+        Standard deviation (grey levels) of the cytoplasm's faint, fine mottling (0: flat colour).
     """
     k = size / 224.0
     shape = (size, size)
@@ -129,7 +145,9 @@ def synthetic_crop(
     img[:] = BACKGROUND + rng.normal(0, 2.0, 3)
     cx, cy = (size - 1) / 2 + offset[0] * k, (size - 1) / 2 + offset[1] * k
     rn, rc = nucleus_radius * k, max(cell_radius, nucleus_radius * 1.02) * k
-    cell, nucleus = _lymphocyte_masks(rng, shape, k, (cx, cy), rn, rc, elongation, lobes, notch, nucleus_shift)
+    cell, nucleus = _lymphocyte_masks(
+        rng, shape, k, (cx, cy), rn, rc, elongation, lobes, notch, nucleus_shift, roughness
+    )
     if smudge:
         # A broken cell: the nucleus spread flat, no cytoplasm left around it.
         cell = nucleus.copy()
@@ -137,6 +155,10 @@ def synthetic_crop(
     if neighbour:
         _draw_neighbour(rng, img, (cx, cy), rn, rc, cell)
     _paint_cytoplasm(rng, img, cell, cytoplasm_colour, dark_cytoplasm, pale_cytoplasm)
+    if cytoplasm_mottle > 0:
+        # Real cytoplasm is never flat: fine, faint darker and lighter spots (ribosomes, a few azurophil granules).
+        mottle = cv2.GaussianBlur(rng.normal(0, 1, shape).astype(np.float32), (0, 0), 0.8 * k)
+        img[cell] += (mottle / (mottle.std() + 1e-6) * cytoplasm_mottle)[cell][:, None]
     if granules > 0:
         _draw_granules(rng, img, cell & ~nucleus, granules, granule_colour, k)
     _paint_nucleus(rng, img, nucleus, k, chromatin_contrast, pale_nucleus, smudge)
@@ -167,13 +189,41 @@ def _paint_nucleus(rng, img: np.ndarray, nucleus: np.ndarray, k: float, contrast
     img[nucleus] = nuc_colour + _chromatin(rng, img.shape[:2], k, contrast)[nucleus][:, None]
 
 
+def _irregular_mask(rng, shape, centre, axes, angle: float, roughness: float) -> np.ndarray:
+    """An ellipse whose radius is modulated by a few smooth bumps (harmonics 2 to 6, of relative amplitude
+    ``roughness`` falling as 1/harmonic), as a cell pressed by its neighbours: a plain ellipse at 0."""
+    if roughness <= 0:
+        return _ellipse_mask(shape, centre, axes, angle)
+    t = np.linspace(0, 2 * np.pi, 180, endpoint=False)
+    harmonics = np.arange(2, 7)
+    amps = roughness * rng.normal(1.0, 0.3, harmonics.size) * 2.0 / harmonics
+    phases = rng.uniform(0, 2 * np.pi, harmonics.size)
+    bump = 1.0 + (amps[:, None] * np.cos(harmonics[:, None] * t + phases[:, None])).sum(0)
+    a = np.deg2rad(angle)
+    x, y = axes[0] * np.cos(t) * bump, axes[1] * np.sin(t) * bump
+    pts = np.stack([centre[0] + x * np.cos(a) - y * np.sin(a), centre[1] + x * np.sin(a) + y * np.cos(a)], 1)
+    m = np.zeros(shape, np.uint8)
+    cv2.fillPoly(m, [np.round(pts).astype(np.int32)], 1)
+    return m.astype(bool)
+
+
 def _lymphocyte_masks(
-    rng, shape, k: float, centre, rn: float, rc: float, elongation: float, lobes: int, notch=0.0, nucleus_shift=0.35
+    rng,
+    shape,
+    k: float,
+    centre,
+    rn: float,
+    rc: float,
+    elongation: float,
+    lobes: int,
+    notch=0.0,
+    nucleus_shift=0.8,
+    roughness=0.0,
 ):
-    """Masks ``(cell, nucleus)`` of the central cell: an elliptic cell, its nucleus eccentric in it (or lobed)."""
+    """Masks ``(cell, nucleus)`` of the central cell: a cell, its nucleus eccentric in it (or lobed)."""
     cx, cy = centre
     angle = float(rng.uniform(0, 180))
-    cell = _ellipse_mask(shape, (cx, cy), (rc * 1.05, rc / 1.05), angle)
+    cell = _irregular_mask(rng, shape, (cx, cy), (rc * 1.05, rc / 1.05), angle, roughness)
     # Nucleus eccentric within its cell, as in real lymphocytes.
     shift = (rc - rn) * nucleus_shift
     th = rng.uniform(0, 2 * np.pi)
@@ -192,7 +242,7 @@ def _lymphocyte_masks(
         nucleus = (nucleus | strands.astype(bool)) & cell
     else:
         axes = (rn * np.sqrt(elongation), rn / np.sqrt(elongation))
-        nucleus = _ellipse_mask(shape, (ncx, ncy), axes, angle + rng.uniform(-30, 30)) & cell
+        nucleus = _irregular_mask(rng, shape, (ncx, ncy), axes, angle + rng.uniform(-30, 30), roughness * 0.6) & cell
     if notch > 0 and lobes <= 1:
         # Kidney shape: a disc bites into the nucleus from one side.
         phi = rng.uniform(0, 2 * np.pi)
@@ -255,20 +305,23 @@ def _chromatin(rng, shape, k: float, contrast: float) -> np.ndarray:
     return texture / (texture.std() + 1e-6) * contrast
 
 
+#: Smallest nucleus radius (pixels of a 224 crop) :func:`patient_crops` draws: 8.3 um across.
+MIN_LYMPHOCYTE_NUCLEUS_RADIUS = 25.5
+
 #: The kinds of crop in :func:`varied_set`, each a set of :func:`synthetic_crop` arguments.
 VARIED_CASES = (
     {},
     {"pale_nucleus": True},
     {"dark_cytoplasm": True},
-    {"pale_cytoplasm": True, "nucleus_radius": 24, "cell_radius": 44},
+    {"pale_cytoplasm": True, "nucleus_radius": 28, "cell_radius": 46},
     {"offset": (12.0, -10.0)},
     {"offset": (-9.0, 14.0), "elongation": 1.3},
-    {"nucleus_radius": 18, "cell_radius": 22},
-    {"nucleus_radius": 34, "cell_radius": 50},
+    {"nucleus_radius": 26, "cell_radius": 30},
+    {"nucleus_radius": 36, "cell_radius": 52},
     {"elongation": 1.5},
     {"neighbour": True},
-    {"neighbour": True, "nucleus_radius": 22, "cell_radius": 30},
-    {"chromatin_contrast": 28},
+    {"neighbour": True, "nucleus_radius": 27, "cell_radius": 33},
+    {"chromatin_contrast": 22},
 )
 
 
@@ -289,17 +342,24 @@ def varied_set(seed: int = 0, repeats: int = 2, size: int = 224) -> list[tuple[d
 def patient_crops(rng: np.random.Generator, tumoral: bool, n: int, size: int = 224) -> list[SyntheticCrop]:
     """The crops of one synthetic patient, with class-dependent morphology."""
     crops = []
-    # Each patient has its own typical cell; tumoral clones vary less.
-    base_rn = rng.normal(23, 1.5) if tumoral else rng.normal(27, 2.5)
+    # Each patient has its own typical cell; tumoral clones vary less, with denser chromatin (the texture's
+    # contrast stays within the trainset's range: 11-19 gives a nucleus' density spread of 0.15-0.26; denser,
+    # a small round nucleus looks like an erythroblast's to the cell-type gate).
+    # Nucleus radii in pixels of a 224 crop (0.163 um): 30 px is a nucleus of 9.8 um, 75 um^2; real nuclei are
+    # slightly oval (the trainset's median eccentricity is 0.6).
+    base_rn = rng.normal(30, 1.5) if tumoral else rng.normal(31, 2.0)
     for _ in range(n):
         if tumoral:
             rn = base_rn + rng.normal(0, 1.0)
-            rc = rn * rng.uniform(1.12, 1.25)
-            elong, contrast = rng.uniform(1.0, 1.15), rng.uniform(22, 28)
+            rc = rn * rng.uniform(1.1, 1.22)
+            elong, contrast = rng.uniform(1.1, 1.35), rng.uniform(15, 19)
         else:
-            rn = base_rn + rng.normal(0, 3.0)
-            rc = rn * rng.uniform(1.25, 1.6)
-            elong, contrast = rng.uniform(1.0, 1.5), rng.uniform(10, 20)
+            rn = base_rn + rng.normal(0, 2.5)
+            rc = rn * rng.uniform(1.2, 1.55)
+            elong, contrast = rng.uniform(1.1, 1.5), rng.uniform(11, 16)
+        # No nucleus under 8.3 um (54 um^2; the trainset's 10th percentile is 56 um^2): smaller round
+        # nuclei are erythroblasts' and platelets' sizes.
+        rn = max(rn, MIN_LYMPHOCYTE_NUCLEUS_RADIUS)
         crops.append(
             synthetic_crop(
                 rng,

@@ -14,17 +14,22 @@ from lympho_features.aggregate import SHARE_TYPES, aggregate_cells, cell_feature
 from lympho_features.celltype import CELL_TYPES, UNKNOWN, apply_gate, default_gate, gate_measurements, type_cells
 from lympho_features.extract import ExtractSettings, measure_cell, measure_crop
 from lympho_features.segment import segment_cell
-from lympho_features.synthetic import synthetic_crop
+from lympho_features.synthetic import patient_crops, synthetic_crop
 
 PBC = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "pbc"
 
-#: Synthetic cells of each kind (synthetic.py): lymphocytes at real sizes (nucleus about 10 um across, as the
-#: trainset's median; synthetic.py's defaults draw them smaller, which the gate calls erythroblasts), then
-#: non-lymphocytes drawn after their textbook look.
+#: Synthetic cells of each kind (synthetic.py, which draws lymphocytes at real sizes relative to the red cells:
+#: a nucleus about 10 um across by default), then non-lymphocytes drawn after their textbook look.
 LYMPHOCYTES = {
-    "lymphocyte": {"nucleus_radius": 31, "cell_radius": 36},
-    "oval nucleus": {"nucleus_radius": 31, "cell_radius": 36, "elongation": 1.3},
+    "lymphocyte (synthetic.py's default)": {},
+    "oval nucleus": {"elongation": 1.3},
+    "small mature, CLL-like: thin rim, dense chromatin": {
+        "nucleus_radius": 26,
+        "cell_radius": 29,
+        "chromatin_contrast": 18,
+    },
     "large reactive, wide cytoplasm": {"nucleus_radius": 33, "cell_radius": 48, "chromatin_contrast": 14},
+    "notched (cleaved) nucleus": {"nucleus_radius": 31, "cell_radius": 38, "notch": 0.3},
 }
 GATED = ExtractSettings(cell_type_gate=True)
 OTHERS = {
@@ -33,6 +38,9 @@ OTHERS = {
     },
     "eosinophil-like: 2 lobes, dense orange granules": {
         "lobes": 2, "nucleus_radius": 30, "cell_radius": 44, "granules": 0.45, "granule_colour": (215, 110, 80),
+    },
+    "basophil-like: 2 lobes under dark purple granules": {
+        "lobes": 2, "nucleus_radius": 28, "cell_radius": 40, "granules": 0.5, "granule_colour": (80, 40, 110),
     },
     "monocyte-like: large pale cell, kidney nucleus": {
         "nucleus_radius": 34, "cell_radius": 60, "notch": 0.6, "cytoplasm_colour": (200, 195, 215),
@@ -66,6 +74,17 @@ def test_synthetic_lymphocytes_are_kept():
         assert sum(kept) >= 3, (name, [(r["cell_type"], round(r["cell_type_prob"], 2)) for r in rows])
 
 
+def test_synthetic_patients_cells_are_lymphocytes_to_the_gate():
+    # The crops of `lympho demo` and of the tests' cohorts: were they drawn too small or too smooth, the gate
+    # (learned on real crops) would gate them out and leave the demo's patients without cells.
+    rng = np.random.default_rng(7)
+    for tumoral in (False, True):
+        crops = [c for _ in range(3) for c in patient_crops(rng, tumoral, 8)]
+        rows = [measure_crop(c.rgb, GATED) for c in crops]
+        kept = np.mean([r["cell_type"] == "lymphocyte" for r in rows])
+        assert kept >= 0.85, (tumoral, kept, [r["cell_type"] for r in rows])
+
+
 def test_synthetic_other_cells_are_gated_out_with_their_reason():
     for name, kwargs in OTHERS.items():
         rows = _rows(kwargs)
@@ -88,10 +107,21 @@ def test_granules_raise_the_ring_granularity():
     assert g1["gate_ring_granularity"] > g0["gate_ring_granularity"]
 
 
+def test_the_gate_decides_by_default():
+    assert ExtractSettings().cell_type_gate is True
+    kwargs = OTHERS["monocyte-like: large pale cell, kidney nucleus"]
+    crop = synthetic_crop(np.random.default_rng(0), **kwargs).rgb
+    default, gated = measure_crop(crop), measure_crop(crop, GATED)
+    assert gated["is_not_lymphocyte"] and gated["qc_reason"] == "not_lymphocyte"
+    assert {k: default[k] for k in ("cell_type", "is_not_lymphocyte", "qc_reason", "qc_ok")} == {
+        k: gated[k] for k in ("cell_type", "is_not_lymphocyte", "qc_reason", "qc_ok")
+    }
+
+
 def test_without_the_gate_the_rules_decide_and_the_type_is_still_written():
     kwargs = OTHERS["monocyte-like: large pale cell, kidney nucleus"]
     crop = synthetic_crop(np.random.default_rng(0), **kwargs).rgb
-    plain, gated = measure_crop(crop), measure_crop(crop, GATED)
+    plain, gated = measure_crop(crop, ExtractSettings(cell_type_gate=False)), measure_crop(crop, GATED)
     assert plain["cell_type"] == gated["cell_type"] and plain["cell_type_prob"] == gated["cell_type_prob"]
     rules = plain["is_granulocyte"] or plain["is_monocyte"] or plain["is_pyknotic"]
     assert plain["is_not_lymphocyte"] == rules
@@ -311,3 +341,60 @@ def test_cell_box_and_median_helpers_match_numpy():
         values = rng.normal(size=n).astype(np.float32)
         assert celltype._median(values) == np.median(values) and celltype._median(values).dtype == np.float32
     assert np.isnan(celltype._median(np.array([1.0, np.nan, 2.0], np.float32)))
+
+
+@pytest.mark.parametrize(("option", "expected"), [([], True), (["--cell-type-gate"], True),
+                                                  (["--no-cell-type-gate"], False)])  # fmt: skip
+def test_extract_cli_gate_option(option, expected, tmp_path, monkeypatch):
+    # The gate is on by default; the old spelling --cell-type-gate still works, --no-cell-type-gate turns it off.
+    from typer.testing import CliRunner
+
+    import lympho_features.extract as extract_mod
+    from lympho_features.cli import app
+
+    seen = {}
+
+    def record(data_dir, out, clinical, jobs, settings, *args, **kwargs):
+        seen["settings"] = settings
+        raise SystemExit(0)
+
+    monkeypatch.setattr(extract_mod, "extract", record)
+    (tmp_path / "data").mkdir()
+    r = CliRunner().invoke(app, ["extract", str(tmp_path / "data"), "--out", str(tmp_path / "f"), *option])
+    assert r.exit_code == 0, r.output
+    assert seen["settings"].cell_type_gate is expected
+
+
+def test_a_model_refuses_features_typed_otherwise():
+    # Features extracted with the gate off keep the other cells in the aggregates: not what the model saw.
+    from lympho_features.domain import compare_settings
+
+    with_gate = json.loads(json.dumps(ExtractSettings().to_dict()))
+    without = json.loads(json.dumps(ExtractSettings(cell_type_gate=False).to_dict()))
+    refused, notes = compare_settings(with_gate, without)
+    assert refused == ["cell_type_gate false, the model's training features used true"] and notes == []
+
+
+def test_cnn_embeddings_keep_lymphocytes_only():
+    from lympho_features.model.inputs import Cohort, lymphocyte_embeddings
+
+    cells = pd.DataFrame(
+        {"patient_id": ["A", "A", "B", "B"], "image": ["1.jpg", "2.jpg", "1.jpg", "2.jpg"],
+         "is_not_lymphocyte": [False, True, False, False]}
+    )  # fmt: skip
+    emb = pd.DataFrame(
+        {"patient_id": ["A", "A", "B", "B", "B"], "image": ["1.jpg", "2.jpg", "1.jpg", "2.jpg", "3.jpg"],
+         "cnn_0": [0.1, 0.2, 0.3, 0.4, 0.5]}
+    )  # fmt: skip
+    kept = lymphocyte_embeddings(emb, cells)
+    # A's crop 2 is another cell type; B's crop 3 is not in cells.parquet and stays
+    assert list(zip(kept["patient_id"], kept["image"], strict=True)) == [
+        ("A", "1.jpg"), ("B", "1.jpg"), ("B", "2.jpg"), ("B", "3.jpg")
+    ]  # fmt: skip
+    patients = pd.DataFrame({"patient_id": ["A", "B"], "gender": ["M", "F"], "lymph_count": [5.0, 9.0]})
+    cohort = Cohort.from_tables(patients, cells, emb)
+    assert len(cohort.embeddings) == 4 and "2.jpg" not in set(
+        cohort.embeddings.loc[cohort.embeddings.patient_id == "A", "image"]
+    )
+    # without the column (older cells tables) nothing is dropped
+    assert len(lymphocyte_embeddings(emb, cells.drop(columns="is_not_lymphocyte"))) == 5

@@ -103,12 +103,16 @@ class Cohort:
 
     @classmethod
     def from_tables(cls, patients, cells=None, embeddings=None) -> Cohort:
+        """The cohort of these tables; with both ``cells`` and ``embeddings``, the crops ``cells`` flags
+        ``is_not_lymphocyte`` leave the embeddings (:func:`lymphocyte_embeddings`)."""
         P = model_matrix(patients).reset_index(drop=True)
         P["patient_id"] = P["patient_id"].astype(str)
         if cells is not None:
             cells = cells.assign(patient_id=cells["patient_id"].astype(str))
         if embeddings is not None:
             embeddings = embeddings.assign(patient_id=embeddings["patient_id"].astype(str))
+            if cells is not None:
+                embeddings = lymphocyte_embeddings(embeddings, cells)
         return cls(P, cells, embeddings)
 
     @property
@@ -124,6 +128,23 @@ class Cohort:
             return None if t is None else t[t["patient_id"].isin(keep)]
 
         return Cohort(P, cut(self.cells), cut(self.embeddings))
+
+
+def lymphocyte_embeddings(embeddings: pd.DataFrame, cells: pd.DataFrame) -> pd.DataFrame:
+    """The rows of ``embeddings`` whose crop ``cells`` does not flag ``is_not_lymphocyte``.
+
+    ``lympho embed`` runs the segmentation but not the cell-type gate, so its own ``qc_ok`` keeps the
+    neutrophils and monocytes a lab's pre-classifier let through; cells.parquet knows them. Crops are matched
+    on ``(patient_id, image)``; a crop absent from ``cells`` (or a table without the columns) stays.
+    """
+    keys = ["patient_id", "image"]
+    if not {*keys, "is_not_lymphocyte"} <= set(cells.columns) or not set(keys) <= set(embeddings.columns):
+        return embeddings
+    flagged = cells.loc[cells["is_not_lymphocyte"].fillna(False).astype(bool), keys].astype(str)
+    if flagged.empty:
+        return embeddings
+    drop = pd.MultiIndex.from_frame(embeddings[keys].astype(str)).isin(pd.MultiIndex.from_frame(flagged))
+    return embeddings[~drop]
 
 
 @contextmanager
@@ -293,4 +314,12 @@ def load_cohort_tables(
                 return None
             raise
 
-    return read(folder.cells, bool(set(blocks) & set(CELL_SCORE_BLOCKS))), read(folder.embeddings, "cnn" in blocks)
+    cells = read(folder.cells, bool(set(blocks) & set(CELL_SCORE_BLOCKS)))
+    embeddings = read(folder.embeddings, "cnn" in blocks)
+    if embeddings is not None and cells is None:
+        # The embeddings keep lymphocytes only (Cohort.from_tables): cells.parquet says which crops are not.
+        try:
+            embeddings = lymphocyte_embeddings(embeddings, folder.cells())
+        except FeaturesFolderError:
+            pass  # no per-cell table: every embedded crop is used
+    return cells, embeddings

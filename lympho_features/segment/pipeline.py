@@ -13,13 +13,13 @@ The phases one by one, as :func:`segment_cell` chains them:
 >>> contours, dark, t2 = dark_pieces(channels, s)  # phase 1: dark purple pieces ...
 >>> found = find_nucleus(contours, crop.rgb.shape[:2], s)  # ... and the central nucleus, lobes resolved
 >>> found.roi, found.n_lobes, found.is_granulocyte, cv2.countNonZero(found.nucleus)
-((28, 191, 30, 197), 1, False, 2198)
+((21, 192, 24, 200), 1, False, 2915)
 >>> cell = find_cell(crop.rgb, channels, dark, t2, found, s)  # phase 2: cytoplasm, whole cell
 >>> cell.split, cv2.countNonZero(cell.cell), int(crop.cell_mask.sum()), round(cell.rbc_od, 3)
-(False, 3728, 3723, 0.393)
+(False, 4445, 4409, 0.389)
 >>> seg = quality_control(crop.rgb.shape[:2], found, cell, s)  # phase 3: flags, QC reason
 >>> seg.qc_reason, [flag for flag, on in seg.flags.items() if on], seg.box
-('ok', [], (78, 147, 74, 151))
+('ok', [], (74, 149, 69, 157))
 >>> np.array_equal(seg.cell_mask, segment_cell(crop.rgb).cell_mask)
 True
 """
@@ -62,7 +62,7 @@ def segment_cell(rgb: np.ndarray, settings: SegmentationSettings | None = None) 
     >>> seg.qc_ok, seg.qc_reason
     (True, 'ok')
     >>> int(seg.nucleus_mask.sum()), int(crop.nucleus_mask.sum())
-    (2198, 2200)
+    (2915, 2915)
     >>> segment_cell(np.full((224, 224, 3), 240, np.uint8)).qc_reason  # blank glass
     'no_nucleus'
 

@@ -34,7 +34,7 @@ FLAG_DESCRIPTIONS = {
     "is_pyknotic": "small, very dense, structureless nucleus (nucleated red cell or dying cell)",
     "is_granulocyte": "nucleus of several lobes joined by thin strands (neutrophil, eosinophil)",
     "is_monocyte": "large cell with a folded nucleus and abundant grey cytoplasm",
-    "is_not_lymphocyte": "not a lymphocyte: granulocyte, monocyte or pyknotic cell (with --cell-type-gate: any type the cell-type gate names)",
+    "is_not_lymphocyte": "not a lymphocyte: any type the cell-type gate names (with --no-cell-type-gate: granulocyte, monocyte or pyknotic cell by the segmentation's rules)",
     "is_smudge": "smudge (broken) cell: pale, spread nucleus without cytoplasm",
     "qc_blur": "nucleus out of focus",
     "qc_tight_crop": "crop cut close around the cell: little glass and no red cells around it (segmented without "
