@@ -21,7 +21,7 @@ from .._io import atomic_path
 from ..errors import ReportError
 from . import style
 from .explanations import global_importance, percentile_note, start_note
-from .inputs import ReportInputs, load_inputs, segmentation_settings
+from .inputs import ReportInputs, load_inputs
 from .patient import patients
 from .performance import performance
 from .sections import caveats, cohort, explanation, provenance, report_context
@@ -88,7 +88,7 @@ def build_html(inp: ReportInputs, generated: str | None = None) -> tuple[str, in
     """The whole report as one HTML string; also returns the number of cell thumbnails (galleries and strips)."""
     generated = generated or datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     context = report_context(inp, generated)
-    thumbs = ThumbnailMaker(inp.data_dir, segmentation_settings(inp.manifest))
+    thumbs = ThumbnailMaker.for_report(inp)
     rows, pages = patients(inp, thumbs)
     if thumbs.missing:
         inp.warnings.append(f"{thumbs.missing} crop(s) could not be read from {inp.data_dir}")
