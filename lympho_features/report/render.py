@@ -20,8 +20,10 @@ from markupsafe import Markup
 from .._io import atomic_path
 from ..errors import ReportError
 from . import style
+from .cell_types import HIGH_OTHER_CELL_SHARE
 from .explanations import global_importance, percentile_note, start_note
 from .inputs import ReportInputs, load_inputs
+from .numbers import percent
 from .patient import patients
 from .performance import performance
 from .sections import caveats, cohort, explanation, provenance, report_context
@@ -58,9 +60,13 @@ def stylesheet() -> str:
     return resources.files("lympho_features.report").joinpath("static", "report.css").read_text(encoding="utf-8")
 
 
+#: Constants the templates may quote.
+CONSTANTS = {"other_cells_threshold": percent(HIGH_OTHER_CELL_SHARE)}
+
+
 def render(template: str, **context) -> str:
     """Render one of the package's templates with the colours and constants every template may use."""
-    return environment().get_template(template).render(colours=COLOURS, **context)
+    return environment().get_template(template).render(colours=COLOURS, **CONSTANTS, **context)
 
 
 def page_notes(inp: ReportInputs) -> dict[str, str]:
