@@ -1,8 +1,11 @@
 """What one crop and one patient are measured with: the extraction settings, each patient's pixel
 scale, and one crop's segmentation, features, cell type and acquisition.
 
-:func:`measure_crop` is the whole per-crop step (``lympho inspect`` and the
-report call it); :func:`lympho_features.extract.extract` runs
+:func:`measure_crop` is the whole per-crop step (``lympho inspect`` calls it);
+:func:`segment_at_canonical` is where a crop as read becomes the pixels that
+are segmented and measured (extraction, ``lympho inspect``'s tiles, the
+report's thumbnails and ``lympho embed``'s windows all go through it, at the
+crop's scale, :func:`crop_scales`); :func:`lympho_features.extract.extract` runs
 :func:`measure_cell` over a patient's crops, then the cell-type gate and the
 blur check against the patient's own crops, and :func:`patient_scales` before
 that, so that every crop is measured at its patient's scale.

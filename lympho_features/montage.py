@@ -2,7 +2,9 @@
 
 :func:`draw_outlines` draws the nucleus and cell outlines of one crop and
 :func:`montage` tiles many such crops into one image, each with its QC outcome
-written under it. ``lympho inspect`` (see :mod:`lympho_features.cli`) is the
+written under it. :func:`inspect_folder` draws each crop resampled to the
+canonical scale at its own scale, with the outlines extraction measured
+(:func:`lympho_features.measure.segment_at_canonical`). ``lympho inspect`` (see :mod:`lympho_features.cli`) is the
 command-line entry point; :func:`inspect_folder` picks the crops.
 """
 

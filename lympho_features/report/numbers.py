@@ -64,5 +64,9 @@ def signed_interval(v) -> str:
 
 
 def percent(share: float) -> str:
-    """A share of crops: ``0.05`` -> ``'5%'``; under 1% with one decimal, so that one crop is never ``'0%'``."""
+    """A share of crops, under 1% with one decimal so that one crop is never ``'0%'``.
+
+    >>> percent(0.05), percent(1 / 135), percent(0.0)
+    ('5%', '0.7%', '0%')
+    """
     return f"{share:.0%}" if share >= 0.01 or share == 0 else f"{share:.1%}"
