@@ -88,6 +88,7 @@ def test_patient_page_says_which_crops_look_like_other_cells_and_shows_the_sures
         flagged = page.split("Flagged cells")[1].split("class='othercells")[0] if "Flagged cells" in page else ""
         shown = {im for t in found.types for im, _ in t.examples}
         assert not shown & set(re.findall(r'alt="([^"]+)"', flagged))
+        assert not flagged or "other cells are shown below, by type" in flagged
     # The summary table: each patient's share of other cells; the cohort: patients over the threshold.
     table = doc.split('id="patients"')[1].split("</table>")[0]
     assert "<th>other cells</th>" in table

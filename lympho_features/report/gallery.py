@@ -265,6 +265,9 @@ def select_gallery(
                 used.update(c for c, _ in sample.cells)
                 groups.append(sample)
     flagged = _flagged_group(pc, len(ok), n_flagged, used | (shown or set()))
+    if flagged and shown and pc["image"].isin(shown).any():
+        # Said once: the crops the page shows under "Other cells among the crops" are not repeated here.
+        flagged.note = "; ".join(x for x in (flagged.note, "other cells are shown below, by type") if x)
     return groups + ([flagged] if flagged else [])
 
 
