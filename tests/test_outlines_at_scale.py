@@ -109,3 +109,44 @@ def test_cnn_window_is_cut_around_the_measured_nucleus():
     # The window shows as much of the cell as the window of the crop acquired at the canonical scale.
     at_native, _ = cell_window(native, settings)
     assert np.abs(pixels.astype(int) - at_native.astype(int)).mean() < 12
+
+
+def test_inspect_cli_takes_the_scale_from_a_features_folder_or_the_option(zoomed_folder, tmp_path):
+    from typer.testing import CliRunner
+
+    from lympho_features.cli import app
+
+    runner = CliRunner()
+    feats = tmp_path / "feats"
+    feats.mkdir()
+    pd.DataFrame({"patient_id": ["P1"], "image": ["P1/000000.png"], "um_per_px": [UM_PER_PX]}).to_parquet(
+        feats / "cells.parquet"
+    )
+    args = ["inspect", str(zoomed_folder), "--image", "P1/000000.png", "--out"]
+    shown = {}
+    for name, extra in (("features", ["--features", str(feats)]), ("option", ["--pixel-size", str(UM_PER_PX)])):
+        out = tmp_path / f"{name}.png"
+        r = runner.invoke(app, [*args, str(out), *extra])
+        assert r.exit_code == 0, r.output
+        shown[name] = cv2.imread(str(out))
+    np.testing.assert_array_equal(shown["features"], shown["option"])  # the same scale, the same tile
+    r = runner.invoke(app, [*args, str(tmp_path / "x.png"), "--pixel-size", "50"])
+    assert r.exit_code == 2 and "--pixel-size 50" in r.output  # a usage error, like extract's
+
+
+def test_embed_takes_each_crops_scale_from_the_features_folder_else_the_red_cells(zoomed_folder, tmp_path):
+    from lympho_features.dataset import discover_patients
+    from lympho_features.embed import embed_scales
+
+    patients = discover_patients(zoomed_folder)
+    feats = tmp_path / "feats"
+    feats.mkdir()
+    first = patients["P1"][0]
+    pd.DataFrame({"patient_id": ["P1"], "image": [first], "um_per_px": [0.2]}).to_parquet(feats / "cells.parquet")
+    scales = embed_scales(zoomed_folder, tmp_path / "out", patients, features_dir=feats)
+    assert scales[first] == 0.2  # as measured by the extraction
+    rest = [scales[im] for im in patients["P1"][1:]]
+    assert rest == [pytest.approx(UM_PER_PX, rel=0.08)] * len(rest)  # the red cells of the patient's crops
+    # The output folder of `lympho extract` is the features folder by default.
+    assert embed_scales(zoomed_folder, feats, patients)[first] == 0.2
+    assert embed_scales(zoomed_folder, tmp_path / "out", patients, pixel_size_um=0.3)[first] == 0.3
