@@ -369,8 +369,28 @@ def embed(
         int, typer.Option("--workers", help="Processes decoding and segmenting crops; -1 picks for the device.")
     ] = -1,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    features: Annotated[
+        Path | None,
+        typer.Option(
+            "--features",
+            help="Folder written by `lympho extract` on DATA_DIR: each crop is cut at the scale it was measured at "
+            "(its um_per_px in cells.parquet; default: the --out folder when it holds cells).",
+        ),
+    ] = None,
+    pixel_size: Annotated[
+        float | None,
+        typer.Option(
+            "--pixel-size",
+            metavar="UM_PER_PX",
+            help="Micrometres per pixel of the crops no features folder gives (default: measured on the red cells "
+            "of each patient's crops, as `lympho extract` does).",
+        ),
+    ] = None,
 ) -> None:
-    """CNN embedding of each nucleus-centred cell (optional learned features; needs the `cnn` extra)."""
+    """CNN embedding of each nucleus-centred cell (optional learned features; needs the `cnn` extra).
+
+    Each crop is resampled to the canonical scale and segmented there, as `lympho extract` measures it.
+    """
     from .embed import DEVICES
     from .embed import embed as run_embed
 
@@ -378,8 +398,20 @@ def embed(
         _fail(f"--device {device!r} is not one of {', '.join(DEVICES)}")
     if batch_size < 1:
         _fail("--batch-size must be at least 1")
+    if pixel_size is not None and not 0.005 <= pixel_size <= 5.0:
+        _fail(f"--pixel-size {pixel_size} is not a pixel size in micrometres per pixel (0.005 to 5)")
     check_output_folder(out)
-    res = run_embed(data_dir, out, weights, device, batch_size, workers, progress=not quiet)
+    res = run_embed(
+        data_dir,
+        out,
+        weights,
+        device,
+        batch_size,
+        workers,
+        progress=not quiet,
+        features_dir=features,
+        pixel_size_um=pixel_size,
+    )
     for line in skipped_lines(Path(out) / "embed_manifest.json"):
         console.print(f"[yellow]warning:[/] {escape(line)}", highlight=False)
     console.print(
@@ -487,8 +519,28 @@ def inspect(
             "--image", help="Show this crop (PATIENT/FILE, as in cells.parquet); repeat for more. Overrides the sample."
         ),
     ] = None,
+    features: Annotated[
+        Path | None,
+        typer.Option(
+            "--features",
+            help="Folder written by `lympho extract` on DATA_DIR: each crop is drawn at the scale it was measured at "
+            "(its um_per_px in cells.parquet).",
+        ),
+    ] = None,
+    pixel_size: Annotated[
+        float | None,
+        typer.Option(
+            "--pixel-size",
+            metavar="UM_PER_PX",
+            help="Micrometres per pixel of every crop not in --features (default: measured on the red cells of "
+            "each patient's crops, as `lympho extract` does).",
+        ),
+    ] = None,
 ) -> None:
-    """Draw a montage of segmented crops (nucleus and cell outlines, QC flags) to check the segmentation by eye."""
+    """Draw a montage of segmented crops (nucleus and cell outlines, QC flags) to check the segmentation by eye.
+
+    Each crop is resampled to the canonical scale and segmented there, as `lympho extract` measures it.
+    """
     from .celltype import CELL_TYPES, UNKNOWN
     from .montage import inspect_folder, write_png
     from .segment import QC_REASONS
@@ -501,8 +553,12 @@ def inspect(
         _fail(f"--only must be 'flagged', cell_type=TYPE or one of: {', '.join(QC_REASONS)}")
     if out.suffix.lower() != ".png":
         _fail(f"--out must be a .png file: {out}")
+    if pixel_size is not None and not 0.005 <= pixel_size <= 5.0:
+        _fail(f"--pixel-size {pixel_size} is not a pixel size in micrometres per pixel (0.005 to 5)")
     check_output_file(out, "montage")
-    picture, rows = inspect_folder(data_dir, patient, n, seed, None, only, columns, image)
+    picture, rows = inspect_folder(
+        data_dir, patient, n, seed, None, only, columns, image, features_dir=features, pixel_size_um=pixel_size
+    )
     if not rows:
         raise DatasetError(f"no crop to show in {data_dir}" + (f" for patient {patient}" if patient else ""))
     write_png(picture, out)

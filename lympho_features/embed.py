@@ -4,9 +4,13 @@ Needs the ``cnn`` extra (``pip install 'lympho-features[cnn]'``): torch is
 imported lazily, inside the functions that run a network, so the base
 install and every other stage work without it.
 
-Each readable crop is re-centred on its nucleus (centroid of the nucleus mask
-of :func:`lympho_features.segment.segment_cell`, or the crop centre when no
-nucleus is found), a window around it is resized to the network's input and
+Each readable crop is resampled to the canonical scale and segmented there,
+as ``lympho extract`` measures it (:func:`lympho_features.measure.segment_at_canonical`,
+at the crop's ``um_per_px``: the extraction's cells.parquet when the output
+folder is a features folder, else ``--pixel-size``, else measured on the red
+cells of each patient's crops), re-centred on its nucleus (centroid of the
+nucleus mask, or the crop centre when no nucleus is found), a window around
+it is resized to the network's input and
 the network's globally pooled last feature map becomes the cell's embedding
 (columns ``cnn_0000``, ``cnn_0001``...). Weights never come from the network
 at run time: either a local state-dict file or a backbone whose ImageNet
@@ -49,12 +53,16 @@ from .dataset import MAX_PIXELS, DatasetError, ImageError, discover_patients, re
 from .errors import EmbedError  # noqa: F401 (re-exported)
 from .extract import _shard_name, inputs_key, read_shard_meta
 from .folders import FeaturesFolder
-from .segment import SegmentationSettings, segment_cell
+from .measure import CanonicalSegmentation, apply_patient_blur, crop_scales, crop_sharpness, segment_at_canonical
+from .scale import CANONICAL_UM_PER_PX, RESAMPLE_TOLERANCE
+from .segment import SegmentationSettings
 
 #: Bump when a code change alters embeddings (or their shards' layout) for the same settings and weights.
 #: 2: shards hold the embedding as one fixed-size list column (writing 1,280 float columns per patient
 #: cost ~0.1 s a shard and held the GPU loop back); ``embeddings.parquet`` keeps one column per dimension.
-EMBED_VERSION = 2
+#: 3: crops resampled to the canonical scale (at their um/px) before segmentation and windowing, as `lympho extract`
+#: measures them (unchanged for crops already at the canonical scale).
+EMBED_VERSION = 3
 
 #: The shards' column holding each cell's embedding (a fixed-size list of float32).
 SHARD_EMBEDDING_COLUMN = "embedding"
@@ -76,6 +84,8 @@ class EmbedSettings:
     centre_on_nucleus: bool = True
     segmentation: SegmentationSettings = field(default_factory=SegmentationSettings)
     max_pixels: int = MAX_PIXELS
+    canonical_um_per_px: float = CANONICAL_UM_PER_PX  #: the scale crops are segmented and windowed at
+    resample_tolerance: float = RESAMPLE_TOLERANCE  #: crops this close to the canonical scale are not resampled
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -106,25 +116,57 @@ class EmbedResult:
 # --------------------------------------------------------------------------- crops
 
 
-def nucleus_centre(rgb: np.ndarray, settings: SegmentationSettings | None = None) -> tuple[float, float, bool, dict]:
+def _canonical(rgb: np.ndarray, um_per_px: float | None, settings: EmbedSettings) -> CanonicalSegmentation:
+    """The crop at the canonical scale and its segmentation, as extraction measured it."""
+    return segment_at_canonical(
+        rgb,
+        um_per_px,
+        settings.segmentation,
+        canonical=settings.canonical_um_per_px,
+        tolerance=settings.resample_tolerance,
+    )
+
+
+def _centre(canon: CanonicalSegmentation, on_nucleus: bool = True) -> tuple[float, float, bool, dict]:
+    """Centre of the nucleus (or of the crop) in the canonical crop's pixels, whether found, and the QC outcome."""
+    seg = canon.segmentation
+    qc = {"qc_ok": bool(seg.qc_ok), "qc_reason": seg.qc_reason}
+    if on_nucleus and seg.nucleus_mask.any():
+        ys, xs = np.nonzero(seg.nucleus_mask)
+        return float(ys.mean()), float(xs.mean()), True, qc
+    h, w = canon.crop.shape[:2]
+    return (h - 1) / 2.0, (w - 1) / 2.0, False, qc
+
+
+def _as_read(rgb: np.ndarray, canon: CanonicalSegmentation, cy: float, cx: float) -> tuple[float, float]:
+    """A point of the canonical crop in the pixels of the crop as read (pixel centres aligned)."""
+    fy, fx = rgb.shape[0] / canon.crop.shape[0], rgb.shape[1] / canon.crop.shape[1]
+    return (cy + 0.5) * fy - 0.5, (cx + 0.5) * fx - 0.5
+
+
+def nucleus_centre(
+    rgb: np.ndarray,
+    settings: SegmentationSettings | None = None,
+    um_per_px: float | None = None,
+) -> tuple[float, float, bool, dict]:
     """Centre of the central lymphocyte's nucleus, falling back to the crop centre.
+
+    The crop is segmented at the canonical scale, at its scale ``um_per_px``
+    (None: taken to be the canonical scale), as ``lympho extract`` segments it.
 
     Returns
     -------
     cy, cx : float
-        Row and column of the centre, in pixels.
+        Row and column of the centre, in pixels of the crop as read.
     found : bool
         True when a nucleus was segmented (else the crop centre is returned).
     qc : dict
         ``qc_ok`` and ``qc_reason`` of the segmentation, kept next to the embedding.
     """
-    seg = segment_cell(rgb, settings)
-    qc = {"qc_ok": bool(seg.qc_ok), "qc_reason": seg.qc_reason}
-    if seg.nucleus_mask.any():
-        ys, xs = np.nonzero(seg.nucleus_mask)
-        return float(ys.mean()), float(xs.mean()), True, qc
-    h, w = rgb.shape[:2]
-    return (h - 1) / 2.0, (w - 1) / 2.0, False, qc
+    canon = _canonical(rgb, um_per_px, EmbedSettings(segmentation=settings or SegmentationSettings()))
+    cy, cx, found, qc = _centre(canon)
+    cy, cx = _as_read(rgb, canon, cy, cx)
+    return cy, cx, found, qc
 
 
 def centred_window(rgb: np.ndarray, cy: float, cx: float, window: float, out_size: int) -> np.ndarray:
@@ -148,25 +190,34 @@ def centred_window(rgb: np.ndarray, cy: float, cx: float, window: float, out_siz
     return cv2.warpAffine(rgb, m, (out_size, out_size), flags=interp, borderMode=cv2.BORDER_REFLECT_101)
 
 
-def cell_window(rgb: np.ndarray, settings: EmbedSettings = EmbedSettings()) -> tuple[np.ndarray, dict]:
+def cell_window(
+    rgb: np.ndarray, settings: EmbedSettings = EmbedSettings(), um_per_px: float | None = None
+) -> tuple[np.ndarray, dict]:
     """The network input of one crop and what was measured to centre it.
+
+    The window is cut from the crop resampled to the canonical scale (at its
+    scale ``um_per_px``; None: taken to be the canonical scale), so a cell
+    fills the same share of the network's input at any magnification.
 
     Returns
     -------
     pixels : ndarray, shape (input_size, input_size, 3), uint8
     info : dict
-        ``nucleus_centred``, ``centre_y``, ``centre_x``, ``qc_ok``, ``qc_reason``.
+        ``nucleus_centred``, ``centre_y``, ``centre_x`` (pixels of the crop as read), ``qc_ok``, ``qc_reason``,
+        and ``qc_blur``, ``qc_sharpness`` for the blur check against the patient's other crops
+        (:func:`lympho_features.measure.apply_patient_blur`), as ``lympho extract`` makes it.
     """
-    h, w = rgb.shape[:2]
-    if settings.centre_on_nucleus:
-        cy, cx, found, qc = nucleus_centre(rgb, settings.segmentation)
-    else:
-        cy, cx, found = (h - 1) / 2.0, (w - 1) / 2.0, False
-        seg = segment_cell(rgb, settings.segmentation)
-        qc = {"qc_ok": bool(seg.qc_ok), "qc_reason": seg.qc_reason}
-    window = settings.window_fraction * min(h, w)
-    pixels = centred_window(rgb, cy, cx, window, settings.input_size)
-    return pixels, {"nucleus_centred": found, "centre_y": cy, "centre_x": cx, **qc}
+    canon = _canonical(rgb, um_per_px, settings)
+    cy, cx, found, qc = _centre(canon, settings.centre_on_nucleus)
+    window = settings.window_fraction * min(canon.crop.shape[:2])
+    pixels = centred_window(canon.crop, cy, cx, window, settings.input_size)
+    cy, cx = _as_read(rgb, canon, cy, cx)
+    seg = canon.segmentation
+    blur = {
+        "qc_blur": bool(seg.flags.get("qc_blur", False)),
+        "qc_sharpness": crop_sharpness(seg),
+    }
+    return pixels, {"nucleus_centred": found, "centre_y": cy, "centre_x": cx, **qc, **blur}
 
 
 class CropDataset:
@@ -176,10 +227,17 @@ class CropDataset:
     skip reason, never an exception, so one bad file does not stop a batch.
     """
 
-    def __init__(self, data_dir: Path, items: list[tuple[str, str]], settings: EmbedSettings):
+    def __init__(
+        self,
+        data_dir: Path,
+        items: list[tuple[str, str]],
+        settings: EmbedSettings,
+        scales: dict[str, float] | None = None,
+    ):
         self.data_dir = Path(data_dir)
         self.items = items
         self.settings = settings
+        self.scales = scales or {}  #: image -> um per pixel (absent: the canonical scale)
 
     def __len__(self) -> int:
         return len(self.items)
@@ -201,8 +259,10 @@ class CropDataset:
                 "centre_x": float("nan"),
                 "qc_ok": False,
                 "qc_reason": "bad_image",
+                "qc_blur": False,
+                "qc_sharpness": float("nan"),
             }
-        pixels, info = cell_window(rgb, self.settings)
+        pixels, info = cell_window(rgb, self.settings, self.scales.get(rel))
         return {"index": i, "ok": True, "error": "", "pixels": pixels, "image_sha256": digest, **info}
 
 
@@ -214,8 +274,33 @@ def embedding_columns(dim: int) -> list[str]:
 # --------------------------------------------------------------------------- pipeline
 
 
-def _patient_key(data_dir: Path, images: list[str], settings: EmbedSettings, weights_sha: str) -> str:
-    return inputs_key(data_dir, images, settings=settings.to_dict(), weights_sha256=weights_sha)
+def _patient_key(
+    data_dir: Path, images: list[str], settings: EmbedSettings, weights_sha: str, scales: dict[str, float]
+) -> str:
+    # The crops' scales shape the windows: a patient measured at another scale is embedded again.
+    um = [round(float(scales.get(rel, settings.canonical_um_per_px)), 6) for rel in images]
+    return inputs_key(data_dir, images, settings=settings.to_dict(), weights_sha256=weights_sha, um_per_px=um)
+
+
+def embed_scales(
+    data_dir: Path,
+    out_dir: Path,
+    patients: dict[str, list[str]],
+    features_dir: str | Path | None = None,
+    pixel_size_um: float | None = None,
+) -> dict[str, float]:
+    """Each crop's scale (um per pixel), as the extraction measured it.
+
+    The ``um_per_px`` of ``features_dir``'s cells (by default ``out_dir``'s
+    when it is a features folder, as ``lympho embed --out`` on the
+    extraction's folder makes it); crops not in them get
+    :func:`lympho_features.measure.crop_scales`'s (``pixel_size_um``, else
+    their patients' red cells).
+    """
+    folder = Path(features_dir) if features_dir is not None else out_dir
+    has_cells = (folder / "cells.parquet").is_file() or (folder / "cells").is_dir()
+    cells = FeaturesFolder(folder).cells() if features_dir is not None or has_cells else None
+    return crop_scales(data_dir, patients, cells=cells, pixel_size_um=pixel_size_um)
 
 
 _META_COLUMNS = ("patient_id", "image", "image_sha256", "nucleus_centred", "centre_y", "centre_x", "qc_ok", "qc_reason")
@@ -262,11 +347,12 @@ def crop_loader(
     batch_size: int,
     workers: int,
     pin_memory: bool = False,
+    scales: dict[str, float] | None = None,
 ):
     """A torch DataLoader over :class:`CropDataset`, in item order (so patients complete one after another)."""
     torch = import_torch()
     return torch.utils.data.DataLoader(
-        CropDataset(data_dir, items, settings),
+        CropDataset(data_dir, items, settings, scales),
         batch_size=batch_size,
         shuffle=False,
         num_workers=workers,
@@ -294,6 +380,9 @@ def embed(
     settings: EmbedSettings = EmbedSettings(),
     progress: bool = True,
     limit: int | None = None,
+    *,
+    features_dir: str | Path | None = None,
+    pixel_size_um: float | None = None,
 ) -> EmbedResult:
     """Embed every crop of a data folder with a CNN.
 
@@ -314,6 +403,11 @@ def embed(
         DataLoader worker processes that decode and segment crops; default :func:`default_workers`.
     limit : int, optional
         Embed only the first ``limit`` patients (sorted by ID), for quick trials.
+    features_dir : path, optional
+        The ``lympho extract`` folder of ``data_dir`` whose cells.parquet gives each crop's ``um_per_px``
+        (default: ``out_dir`` when it holds cells); see :func:`embed_scales`.
+    pixel_size_um : float, optional
+        The scale of the crops no features folder gives (``--pixel-size``); default: their red cells.
 
     Raises
     ------
@@ -337,11 +431,12 @@ def embed(
     except OSError as exc:
         raise DatasetError(f"cannot write to output folder {out_dir}: {exc.strerror}") from None
 
-    keys = {pid: _patient_key(data_dir, images, settings, winfo["sha256"]) for pid, images in patients.items()}
+    scales = embed_scales(data_dir, out_dir, patients, features_dir, pixel_size_um)
+    keys = {pid: _patient_key(data_dir, ims, settings, winfo["sha256"], scales) for pid, ims in patients.items()}
     todo = [pid for pid in patients if not _shard_is_current(shard_dir / _shard_name(pid), pid, keys[pid])]
     t0 = time.perf_counter()
     n_embedded = _embed_patients(
-        data_dir, shard_dir, todo, patients, keys, settings, net, winfo, dev, batch_size, workers, progress
+        data_dir, shard_dir, todo, patients, keys, settings, net, winfo, dev, batch_size, workers, progress, scales
     )
     seconds = time.perf_counter() - t0
     cells, skipped = _gather_shards(shard_dir, patients, keys, winfo["embedding_dim"])
@@ -404,7 +499,7 @@ def _gather_shards(shard_dir: Path, patients: dict, keys: dict, dim: int) -> tup
 
 
 def _embed_patients(
-    data_dir, shard_dir, todo, patients, keys, settings, net, winfo, device, batch_size, workers, progress
+    data_dir, shard_dir, todo, patients, keys, settings, net, winfo, device, batch_size, workers, progress, scales
 ) -> int:
     """Embed the crops of the patients in ``todo``, writing each patient's shard as soon as it is complete."""
     if not todo:
@@ -421,6 +516,7 @@ def _embed_patients(
     shard_meta = {"weights": winfo["weights"], "weights_sha256": winfo["sha256"], "embed_version": EMBED_VERSION}
 
     def write(pid, rows, vectors, skipped):
+        apply_patient_blur(rows, settings.segmentation)  # focus judged against the patient's crops, as extract does
         table = _shard_table(rows, vectors, winfo["embedding_dim"])
         meta = {"patient_id": pid, "key": keys[pid], "skipped": skipped, **shard_meta}
         write_table(table, shard_dir / _shard_name(pid), meta, compact_numbers=True)
@@ -434,7 +530,7 @@ def _embed_patients(
         return 0
 
     embedder = Embedder(net, device, pad_to=batch_size if device == "cuda" else 0)
-    loader = crop_loader(data_dir, items, settings, batch_size, workers, pin_memory=embedder.cuda)
+    loader = crop_loader(data_dir, items, settings, batch_size, workers, pin_memory=embedder.cuda, scales=scales)
     rows, vectors, skipped = [], [], []
     current = 0  # index into pending
     columns = (
@@ -483,6 +579,8 @@ def _batch_row(batch: dict, j: int, patient_id: str, rel: str) -> dict:
         "centre_x": float(batch["centre_x"][j]),
         "qc_ok": bool(batch["qc_ok"][j]),
         "qc_reason": batch["qc_reason"][j],
+        "qc_blur": bool(batch["qc_blur"][j]),
+        "qc_sharpness": float(batch["qc_sharpness"][j]),
     }
 
 

@@ -1,8 +1,11 @@
 """What one crop and one patient are measured with: the extraction settings, each patient's pixel
 scale, and one crop's segmentation, features, cell type and acquisition.
 
-:func:`measure_crop` is the whole per-crop step (``lympho inspect`` and the
-report call it); :func:`lympho_features.extract.extract` runs
+:func:`measure_crop` is the whole per-crop step (``lympho inspect`` calls it);
+:func:`segment_at_canonical` is where a crop as read becomes the pixels that
+are segmented and measured (extraction, ``lympho inspect``'s tiles, the
+report's thumbnails and ``lympho embed``'s windows all go through it, at the
+crop's scale, :func:`crop_scales`); :func:`lympho_features.extract.extract` runs
 :func:`measure_cell` over a patient's crops, then the cell-type gate and the
 blur check against the patient's own crops, and :func:`patient_scales` before
 that, so that every crop is measured at its patient's scale.
@@ -15,6 +18,7 @@ from dataclasses import asdict, dataclass, field, replace
 from datetime import date
 from functools import lru_cache
 from pathlib import Path
+from typing import NamedTuple
 
 import cv2
 import numpy as np
@@ -45,7 +49,7 @@ from .scale import (
     to_canonical,
     to_physical,
 )
-from .segment import SegmentationSettings, patient_blur, patient_smudge, segment_cell
+from .segment import Segmentation, SegmentationSettings, patient_blur, patient_smudge, segment_cell
 from .workers import parallel
 
 #: Bump when a change to the code changes the features for the same settings,
@@ -110,6 +114,57 @@ def _at_canonical(settings: SegmentationSettings) -> SegmentationSettings:
     return replace(settings, scale_with_side=False)
 
 
+class CanonicalSegmentation(NamedTuple):
+    """A crop brought to the canonical scale and its segmentation there (:func:`segment_at_canonical`)."""
+
+    crop: np.ndarray  #: the crop at (or within the tolerance of) the canonical scale: the pixels that were measured
+    segmentation: Segmentation  #: its masks are the crop's (``crop``'s shape)
+    um_per_px: float  #: the scale of ``crop``
+
+
+def segment_at_canonical(
+    rgb: np.ndarray,
+    um_per_px: float | None = None,
+    segmentation: SegmentationSettings = SegmentationSettings(),
+    *,
+    canonical: float = CANONICAL_UM_PER_PX,
+    tolerance: float = RESAMPLE_TOLERANCE,
+) -> CanonicalSegmentation:
+    """Resample a crop to the canonical scale and segment it there, as ``lympho extract`` measures it.
+
+    The one place a crop as read becomes the pixels that are segmented and
+    measured: :func:`measure_cell` calls it, and so do everything that draws
+    or cuts a cell after extraction (``lympho inspect``'s montages, the
+    report's thumbnails, ``lympho embed``'s windows), so that an outline
+    drawn is the outline that was measured.
+
+    Parameters
+    ----------
+    rgb : ndarray (H, W, 3) uint8
+        The crop as read.
+    um_per_px : float, optional
+        The crop's scale (cells.parquet's ``um_per_px``); None, NaN or not
+        positive: the crop is taken to be at the canonical scale.
+    segmentation : SegmentationSettings
+        As recorded at extraction (their pixel settings are the canonical scale's).
+    canonical, tolerance : float
+        :func:`lympho_features.scale.to_canonical`'s (``ExtractSettings.canonical_um_per_px`` and
+        ``resample_tolerance``).
+    """
+    um = float(um_per_px) if um_per_px is not None and math.isfinite(um_per_px) and um_per_px > 0 else canonical
+    crop, reached = to_canonical(rgb, um, canonical, tolerance)
+    return CanonicalSegmentation(crop, segment_cell(crop, _at_canonical(segmentation)), reached)
+
+
+def crop_sharpness(seg: Segmentation) -> float:
+    """A segmented crop's sharpness, for the patient-level blur check (:func:`apply_patient_blur`).
+
+    NaN when not measured: no nucleus, or a dense (pyknotic-looking) nucleus, which has no texture to judge focus
+    by and so is never blur (the segmentation's ``focus_sharpness``).
+    """
+    return float((seg.diagnostics or {}).get("focus_sharpness", float("nan")))
+
+
 def measure_cell(
     rgb: np.ndarray,
     settings: ExtractSettings = ExtractSettings(),
@@ -151,8 +206,9 @@ def measure_cell(
     canonical = settings.canonical_um_per_px
     scale_known = um_per_px is not None and math.isfinite(um_per_px) and um_per_px > 0
     um = float(um_per_px) if scale_known else canonical
-    crop, um_measured = to_canonical(rgb, um, canonical, settings.resample_tolerance)
-    seg = segment_cell(crop, _at_canonical(settings.segmentation))
+    crop, seg, um_measured = segment_at_canonical(
+        rgb, um, settings.segmentation, canonical=canonical, tolerance=settings.resample_tolerance
+    )
     row: dict = {"qc_ok": bool(seg.qc_ok), "qc_reason": seg.qc_reason}
     row.update({k: bool(v) for k, v in seg.flags.items()})
     if seg.flags.get("qc_tight_crop") and not scale_known:
@@ -160,7 +216,7 @@ def measure_cell(
         # around the cell, so its sizes (and the size checks) would rest on an assumed scale.
         row["qc_ok"], row["qc_reason"] = False, "tight_crop"
     diag = seg.diagnostics or {}
-    row["qc_sharpness"] = float(diag.get("focus_sharpness", float("nan")))
+    row["qc_sharpness"] = crop_sharpness(seg)
     # For the patient-level smudge check (paleness against the patient's crops, apply_patient_smudge).
     row["qc_nucleus_od"] = float(diag.get("nucleus_od", float("nan")))
     row["qc_cytoplasm_fraction"] = float(diag.get("cytoplasm_fraction", float("nan")))
@@ -365,6 +421,56 @@ def patient_scales(
         },
     }
     return scales, summary
+
+
+def crop_scales(
+    data_dir: str | Path,
+    patients: dict[str, list[str]],
+    *,
+    cells: pd.DataFrame | None = None,
+    pixel_size_um: float | None = None,
+    jobs: int = 1,
+) -> dict[str, float]:
+    """The scale (um per pixel) of each crop of ``patients``, for drawing or cutting it as it was measured.
+
+    A crop's ``um_per_px`` in ``cells`` (cells.parquet of the extraction
+    that measured it) when it has one; the other crops' from
+    :func:`patient_scales` (``pixel_size_um``, else the red cells of their
+    patients' crops, pooled over ``patients`` as ``lympho extract`` pools
+    them over its run).
+
+    Parameters
+    ----------
+    data_dir : path
+        One sub-folder of crops per patient.
+    patients : dict of str to list of str
+        Patient ID -> its crops (paths relative to ``data_dir``, as in cells.parquet's ``image``).
+    cells : DataFrame, optional
+        With ``image`` and ``um_per_px`` columns.
+    pixel_size_um : float, optional
+        The scale of every crop not in ``cells`` (``--pixel-size``).
+    jobs : int
+        Worker processes of the red-cell ruler.
+
+    Returns
+    -------
+    dict of str to float
+        Image -> um per pixel, for every crop of ``patients``.
+    """
+    known: dict[str, float] = {}
+    if cells is not None and {"image", "um_per_px"} <= set(cells.columns):
+        known = {
+            str(im): float(um)
+            for im, um in zip(cells["image"], cells["um_per_px"], strict=True)
+            if pd.notna(um) and um > 0
+        }
+    todo = {pid: imgs for pid, imgs in patients.items() if any(im not in known for im in imgs)}
+    if todo:
+        settings = ExtractSettings(pixel_size_um=pixel_size_um)
+        scales, _ = patient_scales(Path(data_dir), todo, pd.DataFrame({"patient_id": []}), settings, jobs)
+        for pid, imgs in todo.items():
+            known.update({im: scales[pid].um_per_px for im in imgs if im not in known})
+    return {im: known[im] for imgs in patients.values() for im in imgs}
 
 
 def _count(values) -> dict[str, int]:

@@ -2,7 +2,9 @@
 
 :func:`draw_outlines` draws the nucleus and cell outlines of one crop and
 :func:`montage` tiles many such crops into one image, each with its QC outcome
-written under it. ``lympho inspect`` (see :mod:`lympho_features.cli`) is the
+written under it. :func:`inspect_folder` draws each crop resampled to the
+canonical scale at its own scale, with the outlines extraction measured
+(:func:`lympho_features.measure.segment_at_canonical`). ``lympho inspect`` (see :mod:`lympho_features.cli`) is the
 command-line entry point; :func:`inspect_folder` picks the crops.
 """
 
@@ -14,7 +16,7 @@ import cv2
 import numpy as np
 
 from .dataset import DatasetError, ImageError, discover_patients, read_crop
-from .segment import Segmentation, SegmentationSettings, segment_cell
+from .segment import Segmentation, SegmentationSettings
 
 NUCLEUS_COLOUR = (0, 200, 255)  #: RGB of the nucleus outline (cyan)
 CELL_COLOUR = (40, 220, 40)  #: RGB of the cell outline (green)
@@ -125,8 +127,18 @@ def inspect_folder(
     only: str | None = None,
     columns: int = 8,
     images: list[str] | None = None,
+    *,
+    features_dir: str | Path | None = None,
+    pixel_size_um: float | None = None,
 ) -> tuple[np.ndarray, list[dict]]:
     """Segment a random sample of crops of a data folder (or the crops named) and draw their montage.
+
+    Each crop is resampled to the canonical scale and segmented there as
+    ``lympho extract`` does (:func:`lympho_features.measure.segment_at_canonical`),
+    at its scale: its ``um_per_px`` in ``features_dir``'s cells.parquet when
+    given, else ``pixel_size_um``, else measured on the red cells of its
+    patient's crops (:func:`lympho_features.measure.crop_scales`). The tile
+    shows the crop at the canonical scale, with the outlines that were measured.
 
     Parameters
     ----------
@@ -148,12 +160,17 @@ def inspect_folder(
         as in ``cells.parquet``'s ``image`` column, e.g. ``P42/000016.jpg``):
         the cells a report or a query pointed at. ``patient``, ``n``, ``seed``
         and ``only`` are then ignored.
+    features_dir : path, optional
+        A folder written by ``lympho extract`` on ``data_dir``: each crop's scale is the one it was measured at.
+    pixel_size_um : float, optional
+        The scale of every crop (``--pixel-size``), when no features folder says it.
 
     Returns
     -------
     image : ndarray (H, W, 3) uint8
     rows : list of dict
-        ``image``, ``qc_reason``, ``cell_type``, ``cell_type_prob`` and raised flags of each tile, in tile order.
+        ``image``, ``um_per_px`` (the crop's scale), ``qc_reason``, ``cell_type``, ``cell_type_prob`` and raised
+        flags of each tile, in tile order.
 
     Raises
     ------
@@ -166,23 +183,45 @@ def inspect_folder(
         missing = [rel for rel in images if rel not in known]
         if missing:
             raise DatasetError(f"crop {missing[0]} not found in {data_dir} (give it as PATIENT/FILE)")
-        return _draw(data_dir, list(images), len(images), None, settings, columns, strict=True)
+        named = {pid: imgs for pid, imgs in patients.items() if any(rel in images for rel in imgs)}
+        scales = _scales(data_dir, named, features_dir, pixel_size_um)
+        return _draw(data_dir, list(images), len(images), None, settings, columns, scales, strict=True)
     if patient is not None:
         if patient not in patients:
             raise DatasetError(f"patient {patient} not found in {data_dir}")
         patients = {patient: patients[patient]}
     names = sorted(rel for imgs in patients.values() for rel in imgs)
     rng = np.random.default_rng(seed)
-    return _draw(data_dir, [names[i] for i in rng.permutation(len(names))], n, only, settings, columns)
+    scales = _scales(data_dir, patients, features_dir, pixel_size_um)
+    return _draw(data_dir, [names[i] for i in rng.permutation(len(names))], n, only, settings, columns, scales)
 
 
-def _draw(data_dir, candidates: list[str], n: int, only: str | None, settings, columns: int, strict: bool = False):
+def _scales(data_dir, patients: dict[str, list[str]], features_dir, pixel_size_um) -> dict[str, float]:
+    """Each crop's scale: :func:`lympho_features.measure.crop_scales` with the features folder's cells, if any."""
+    from .folders import FeaturesFolder
+    from .measure import crop_scales
+
+    cells = FeaturesFolder(features_dir).cells() if features_dir is not None else None
+    return crop_scales(data_dir, patients, cells=cells, pixel_size_um=pixel_size_um)
+
+
+def _draw(
+    data_dir,
+    candidates: list[str],
+    n: int,
+    only: str | None,
+    settings: SegmentationSettings | None,
+    columns: int,
+    scales: dict[str, float],
+    strict: bool = False,
+):
     """Segment and measure ``candidates`` in order until ``n`` tiles are kept (by ``only``); their montage and rows.
 
     An unreadable crop is passed over in a sample, and is an error (naming it) when ``strict``.
     """
-    from .extract import measure_crop  # here: extract imports the whole pipeline
+    from .measure import ExtractSettings, measure_crop, segment_at_canonical
 
+    extract_settings = ExtractSettings() if settings is None else ExtractSettings(segmentation=settings)
     tiles, captions, oks, rows = [], [], [], []
     for rel in candidates:
         if len(tiles) >= n:
@@ -193,19 +232,27 @@ def _draw(data_dir, candidates: list[str], n: int, only: str | None, settings, c
             if strict:
                 raise DatasetError(f"crop {rel} cannot be read: {exc}") from None
             continue
-        seg = segment_cell(rgb, settings)
-        # QC and cell type as `lympho extract` decides them (the cell-type gate; the crop's scale taken as the
-        # canonical one): the outlines come from the segmentation alone.
-        row = measure_crop(rgb)
+        um = scales.get(rel)
+        # QC and cell type as `lympho extract` decides them (the cell-type gate, the crop at its scale); the tile
+        # is the crop at the canonical scale with the outlines measured on it.
+        row = measure_crop(rgb, extract_settings, um_per_px=um)
         if only is not None and not _selected(row, only):
             continue
-        tiles.append(draw_outlines(rgb, seg))
+        crop, seg, _ = segment_at_canonical(
+            rgb,
+            um,
+            extract_settings.segmentation,
+            canonical=extract_settings.canonical_um_per_px,
+            tolerance=extract_settings.resample_tolerance,
+        )
+        tiles.append(draw_outlines(crop, seg))
         captions.append(row_label(row))
         oks.append(bool(row["qc_ok"]))
         flags = {k: v for k, v in row.items() if k.startswith(("qc_", "is_")) and v is True and k != "qc_ok"}
         rows.append(
             {
                 "image": rel,
+                "um_per_px": row["um_per_px"],
                 "qc_reason": row["qc_reason"],
                 "cell_type": row["cell_type"],
                 "cell_type_prob": row["cell_type_prob"],

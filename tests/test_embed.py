@@ -21,6 +21,7 @@ from typer.testing import CliRunner
 from lympho_features.cli import app
 from lympho_features.embed import EmbedSettings, cell_window, centred_window, nucleus_centre
 from lympho_features.model import AggregatorError, EmbeddingAggregator, fold_features, is_learned_feature
+from lympho_features.scale import CANONICAL_UM_PER_PX, RESAMPLE_TOLERANCE
 from lympho_features.synthetic import synthetic_crop
 
 runner = CliRunner()
@@ -274,7 +275,7 @@ def test_embed_writes_shards_keyed_like_cells(tiny_cohort, tiny_features, embedd
 
 
 @torch_needed
-def test_embedding_is_the_network_applied_to_the_nucleus_window(tiny_cohort, embedded, tiny_weights):
+def test_embedding_is_the_network_applied_to_the_nucleus_window(tiny_cohort, tiny_features, embedded, tiny_weights):
     import torch
 
     from lympho_features.dataset import read_image
@@ -284,7 +285,12 @@ def test_embedding_is_the_network_applied_to_the_nucleus_window(tiny_cohort, emb
     net, info = load_network(tiny_weights)
     row = emb.iloc[5]
     rgb, _ = read_image(tiny_cohort / row["image"])
-    pixels, meta = cell_window(rgb)
+    # The window is cut at the crop's scale, the one extraction measured it at (the synthetic crops are 160 px:
+    # their red cells put them at about 0.23 um/px, off the canonical scale, so they are resampled).
+    cells = pd.read_parquet(tiny_features / "cells.parquet").set_index("image")
+    um = float(cells.at[row["image"], "um_per_px"])
+    assert abs(um / CANONICAL_UM_PER_PX - 1) > RESAMPLE_TOLERANCE
+    pixels, meta = cell_window(rgb, um_per_px=um)
     assert np.isclose(meta["centre_y"], row["centre_y"], atol=1e-3)
     x = (torch.from_numpy(pixels).permute(2, 0, 1)[None].float() - 127.0) / 128.0
     with torch.inference_mode():

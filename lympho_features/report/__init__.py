@@ -16,8 +16,9 @@ language       plain-language names and meanings of the model's inputs
 explanations   global importance, each patient's waterfall, ``predict --explain``
 metrics        calibration bins, Wilson intervals, operating points
 figures        matplotlib figures as inline PNG
-thumbnails     cell crops re-segmented, outlined, as inline JPEG
+thumbnails     crops re-segmented at the canonical scale, outlined, as inline JPEG
 gallery        which cells of a patient to show
+cell_types     the crops the cell-type gate calls other cells, on a patient's page
 sections       summary, caveats, cohort, explanation, provenance (plain data)
 performance    section 2: cross-validation, held-out patients, ablation (plain data)
 patient        section 4: the patient table and pages (plain data)

@@ -233,6 +233,7 @@ def select_gallery(
     per_group: int = 6,
     n_flagged: int = 4,
     per_direction: int = CELLS_PER_DIRECTION,
+    shown: set[str] | None = None,
 ) -> list[GalleryGroup]:
     """The cells worth looking at for patient row ``i``.
 
@@ -246,7 +247,8 @@ def select_gallery(
     to the cohort (both extremes for a spread), labelled by the direction the
     input pushed; when fewer such inputs matter, a sample spanning the patient's
     nucleus sizes. Last, flagged cells (smudge, not a lymphocyte, other QC
-    failures). A cell appears at most once.
+    failures), leaving out the crops in ``shown`` (those the page already
+    shows elsewhere: the cell-type gate's examples). A cell appears at most once.
     """
     pc = _patient_cells(inp, i)
     if pc is None:
@@ -262,7 +264,10 @@ def select_gallery(
             if sample:
                 used.update(c for c, _ in sample.cells)
                 groups.append(sample)
-    flagged = _flagged_group(pc, len(ok), n_flagged, used)
+    flagged = _flagged_group(pc, len(ok), n_flagged, used | (shown or set()))
+    if flagged and shown and pc["image"].isin(shown).any():
+        # Said once: the crops the page shows under "Other cells among the crops" are not repeated here.
+        flagged.note = "; ".join(x for x in (flagged.note, "other cells are shown below, by type") if x)
     return groups + ([flagged] if flagged else [])
 
 

@@ -34,6 +34,7 @@ from ..model import (
     reference_percentile,
     uncertain_calls,
 )
+from ..scale import CANONICAL_UM_PER_PX, RESAMPLE_TOLERANCE
 from ..segment import SegmentationSettings
 
 
@@ -93,6 +94,24 @@ def segmentation_settings(manifest: dict):
         return SegmentationSettings(**{k: v for k, v in recorded.items() if k in known})
     except (TypeError, ValueError):
         return SegmentationSettings()
+
+
+def resampling(manifest: dict) -> tuple[float, float]:
+    """The extraction's canonical scale and resampling tolerance (the package's defaults when not recorded)."""
+    recorded = manifest.get("settings") or {}
+    out = []
+    for key, default in (("canonical_um_per_px", CANONICAL_UM_PER_PX), ("resample_tolerance", RESAMPLE_TOLERANCE)):
+        value = recorded.get(key) if isinstance(recorded, dict) else None
+        out.append(float(value) if isinstance(value, int | float) and math.isfinite(value) else default)
+    return out[0], out[1]
+
+
+def measured_scales(cells: pd.DataFrame | None) -> dict[str, float]:
+    """Image -> the ``um_per_px`` its crop was measured at (cells.parquet; empty for older features)."""
+    if cells is None or not {"image", "um_per_px"} <= set(cells.columns):
+        return {}
+    known = cells[cells["um_per_px"].notna()]
+    return dict(zip(known["image"].astype(str), known["um_per_px"].astype(float), strict=True))
 
 
 @dataclass

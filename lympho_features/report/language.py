@@ -113,7 +113,8 @@ QC_REASON = {
     "nucleus_too_small": "nucleus too small to measure",
     "nucleus_too_large": "nucleus too large (clump of cells?)",
     "touching_cells": "cell touching another cell: outlines unreliable",
-    "not_lymphocyte": "lobulated nucleus: granulocyte or monocyte rather than lymphocyte",
+    "not_lymphocyte": "another cell than a lymphocyte (granulocyte, monocyte, nucleated red cell, platelet clump): "
+    "by the cell-type gate, or without it by the nucleus's lobes",
     "smudge": "smudge (broken) cell, frequent in chronic lymphocytic leukaemia",
     "blur": "blurred crop",
 }

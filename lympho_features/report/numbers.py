@@ -61,3 +61,12 @@ def signed_interval(v) -> str:
     if isinstance(v, list | tuple) and len(v) == 2 and all(isinstance(x, int | float) for x in v):
         return f"[{v[0]:+.3f}, {v[1]:+.3f}]"
     return "–"
+
+
+def percent(share: float) -> str:
+    """A share of crops, under 1% with one decimal so that one crop is never ``'0%'``.
+
+    >>> percent(0.05), percent(1 / 135), percent(0.0)
+    ('5%', '0.7%', '0%')
+    """
+    return f"{share:.0%}" if share >= 0.01 or share == 0 else f"{share:.1%}"

@@ -12,9 +12,11 @@ import pandas as pd
 
 from ..glossary import COUNT_UNIT, clinician_name, format_input_value
 from ..model import few_cells_reasons, missing_value_reasons, refer_limits
+from .cell_types import HIGH_OTHER_CELL_SHARE, other_cell_share, other_cells
 from .explanations import waterfall
 from .gallery import all_cells, score_column, select_gallery
 from .inputs import ReportInputs
+from .numbers import percent
 from .performance import threshold_is_fixed
 from .thumbnails import ThumbnailMaker
 
@@ -72,7 +74,18 @@ def table_row(inp: ReportInputs, i: int, oof) -> dict:
         else "–",
         "age": format_input_value("age", r["age"]).removesuffix(" years") if "age" in r and pd.notna(r["age"]) else "–",
         "crops": str(int(r["n_cells"])) if "n_cells" in r else "–",
+        # The share of crops the cell-type gate calls other cells (None: no gate in these features).
+        "other_cells": _other_share_cell(inp, i),
     }
+
+
+def _other_share_cell(inp: ReportInputs, i: int) -> dict | None:
+    """Patient ``i``'s share of other cells for the summary table: its text and whether it is high."""
+    share = other_cell_share(inp.patients)
+    if share is None:
+        return None
+    value = float(share.iat[i])
+    return {"text": percent(value), "high": value >= HIGH_OTHER_CELL_SHARE}
 
 
 def refer_note(meta: dict) -> str:
@@ -134,6 +147,7 @@ def decision(inp: ReportInputs, i: int) -> dict:
         "missing_values": bool(missing),
         # How the patient lies outside the model's training profile (acquisition, inputs): one line per reason.
         "outside_profile": outside,
+        "many_other_cells": bool((_other_share_cell(inp, i) or {}).get("high")),
         "threshold": f"{thr:.3f}",
         "threshold_rule": threshold_rule(inp.meta),
         "notes": notes,
@@ -152,8 +166,13 @@ def cross_validated(oof) -> dict | None:
     return out
 
 
-def gallery(inp: ReportInputs, i: int, medians: dict[str, float], thumbs: ThumbnailMaker) -> list[dict]:
-    """Patient ``i``'s groups of cells, each image as its thumbnail URI (None when the crop cannot be read)."""
+def gallery(
+    inp: ReportInputs, i: int, medians: dict[str, float], thumbs: ThumbnailMaker, shown: set[str] | None = None
+) -> list[dict]:
+    """Patient ``i``'s groups of cells, each image as its thumbnail URI (None when the crop cannot be read).
+
+    ``shown``: crops the page shows elsewhere (the cell-type gate's examples), left out of the flagged cells.
+    """
     return [
         {
             "title": g.title,
@@ -161,8 +180,26 @@ def gallery(inp: ReportInputs, i: int, medians: dict[str, float], thumbs: Thumbn
             "direction": g.direction,
             "cells": [{"image": image, "uri": thumbs(image), "caption": caption} for image, caption in g.cells],
         }
-        for g in select_gallery(inp, i, medians)
+        for g in select_gallery(inp, i, medians, shown=shown)
     ]
+
+
+def other_cells_box(inp: ReportInputs, i: int, thumbs: ThumbnailMaker) -> dict | None:
+    """The crops of patient ``i`` the cell-type gate calls other cells, with example thumbnails (None: none)."""
+    found = other_cells(inp, i)
+    if found is None:
+        return None
+    return {
+        "summary": found.summary,
+        "high": found.high,
+        "types": [
+            {
+                "sentence": t.sentence,
+                "cells": [{"image": im, "uri": thumbs(im), "caption": cap} for im, cap in t.examples],
+            }
+            for t in found.types
+        ],
+    }
 
 
 def strip(inp: ReportInputs, i: int, thumbs: ThumbnailMaker) -> list[dict]:
@@ -174,6 +211,8 @@ def patient_page(inp: ReportInputs, i: int, oof, medians: dict[str, float], thum
     """Everything patient ``i``'s page shows."""
     r = inp.patients.iloc[i]
     pid = str(r["patient_id"])
+    others = other_cells_box(inp, i, thumbs)
+    shown = {c["image"] for t in others["types"] for c in t["cells"]} if others else set()
     return {
         "pid": pid,
         "anchor": patient_anchor(pid),
@@ -182,7 +221,8 @@ def patient_page(inp: ReportInputs, i: int, oof, medians: dict[str, float], thum
         "label": class_kind(r["label"]),
         "clinical": clinical_values(r),
         "waterfall": waterfall(inp, i),
-        "gallery": gallery(inp, i, medians, thumbs),
+        "gallery": gallery(inp, i, medians, thumbs, shown),
+        "other_cells": others,
         "all_cells": strip(inp, i, thumbs),
         "strip_scored": inp.cells is not None and score_column(inp.cells) is not None,
     }

@@ -20,8 +20,10 @@ from markupsafe import Markup
 from .._io import atomic_path
 from ..errors import ReportError
 from . import style
+from .cell_types import HIGH_OTHER_CELL_SHARE
 from .explanations import global_importance, percentile_note, start_note
-from .inputs import ReportInputs, load_inputs, segmentation_settings
+from .inputs import ReportInputs, load_inputs
+from .numbers import percent
 from .patient import patients
 from .performance import performance
 from .sections import caveats, cohort, explanation, provenance, report_context
@@ -58,9 +60,13 @@ def stylesheet() -> str:
     return resources.files("lympho_features.report").joinpath("static", "report.css").read_text(encoding="utf-8")
 
 
+#: Constants the templates may quote.
+CONSTANTS = {"other_cells_threshold": percent(HIGH_OTHER_CELL_SHARE)}
+
+
 def render(template: str, **context) -> str:
     """Render one of the package's templates with the colours and constants every template may use."""
-    return environment().get_template(template).render(colours=COLOURS, **context)
+    return environment().get_template(template).render(colours=COLOURS, **CONSTANTS, **context)
 
 
 def page_notes(inp: ReportInputs) -> dict[str, str]:
@@ -88,7 +94,7 @@ def build_html(inp: ReportInputs, generated: str | None = None) -> tuple[str, in
     """The whole report as one HTML string; also returns the number of cell thumbnails (galleries and strips)."""
     generated = generated or datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     context = report_context(inp, generated)
-    thumbs = ThumbnailMaker(inp.data_dir, segmentation_settings(inp.manifest))
+    thumbs = ThumbnailMaker.for_report(inp)
     rows, pages = patients(inp, thumbs)
     if thumbs.missing:
         inp.warnings.append(f"{thumbs.missing} crop(s) could not be read from {inp.data_dir}")

@@ -14,6 +14,7 @@ from .. import __version__
 from .._io import library_versions
 from ..glossary import clinician_name
 from ..model import refer_limits
+from .cell_types import cohort_line
 from .explanations import global_importance
 from .figures import cohort_figure, dependence_figure, family_figure
 from .inputs import ReportInputs
@@ -101,6 +102,9 @@ def cohort(inp: ReportInputs) -> dict:
         n_ok = int(inp.cells["qc_ok"].sum()) if "qc_ok" in inp.cells else 0
         kpis.append((f"{len(inp.cells):,}", "cell crops"))
         kpis.append((f"{n_ok / max(len(inp.cells), 1):.1%}", "crops passing quality control"))
+    typed = cohort_line(inp)
+    if typed is not None:  # the cell-type gate's QC signal: patients whose crops hold many other cells
+        kpis.append(typed)
     groups = [
         (n, g) for n, g in (("tumoral", p[lab == 1]), ("reactive", p[lab == 0]), ("no label", p[lab.isna()])) if len(g)
     ]

@@ -1,4 +1,10 @@
-"""Cell thumbnails: each crop re-segmented, zoomed on its cell and outlined, as an inline JPEG."""
+"""Cell thumbnails: each crop re-segmented as extraction measured it, zoomed on its cell and outlined, as an inline JPEG.
+
+A crop is resampled to the canonical scale at its own scale (cells.parquet's
+``um_per_px``) and segmented there by
+:func:`lympho_features.measure.segment_at_canonical`, the function
+``lympho extract`` measures it with: the outline drawn is the one measured.
+"""
 
 from __future__ import annotations
 
@@ -9,8 +15,11 @@ import numpy as np
 
 from ..dataset import ImageError, read_crop
 from ..errors import ReportError
-from ..segment import segment_cell
+from ..measure import segment_at_canonical
+from ..scale import CANONICAL_UM_PER_PX, RESAMPLE_TOLERANCE
+from ..segment import SegmentationSettings
 from .figures import data_uri
+from .inputs import ReportInputs, measured_scales, resampling, segmentation_settings
 from .style import CELL_OUTLINE, NUCLEUS_OUTLINE
 
 
@@ -69,12 +78,52 @@ def strip_thumbnail(rgb: np.ndarray, size: int = STRIP_SIZE, field: float = STRI
 
 
 class ThumbnailMaker:
-    """Reads crops from the data folder, re-segments them and returns outlined JPEG data URIs (cached)."""
+    """Reads crops from the data folder, re-segments them as extraction did and returns outlined JPEG data URIs.
 
-    def __init__(self, data_dir: Path | None, settings=None, size: int = THUMBNAIL_SIZE):
+    Parameters
+    ----------
+    data_dir : Path, optional
+        The crops (None: every thumbnail is missing).
+    settings : SegmentationSettings, optional
+        As recorded at extraction (defaults when None).
+    size : int
+        Side of a gallery thumbnail (pixels).
+    scales : dict of str to float, optional
+        Image -> its ``um_per_px`` in cells.parquet; a crop not in it is taken to be at the canonical scale.
+    canonical, tolerance : float
+        The extraction's ``canonical_um_per_px`` and ``resample_tolerance``.
+
+    URIs are cached by image.
+    """
+
+    @classmethod
+    def for_report(cls, inp: ReportInputs) -> ThumbnailMaker:
+        """The thumbnails of a report's crops, segmented as its features folder's extraction did."""
+        canonical, tolerance = resampling(inp.manifest)
+        return cls(
+            inp.data_dir,
+            segmentation_settings(inp.manifest),
+            scales=measured_scales(inp.cells),
+            canonical=canonical,
+            tolerance=tolerance,
+        )
+
+    def __init__(
+        self,
+        data_dir: Path | None,
+        settings=None,
+        size: int = THUMBNAIL_SIZE,
+        *,
+        scales: dict[str, float] | None = None,
+        canonical: float = CANONICAL_UM_PER_PX,
+        tolerance: float = RESAMPLE_TOLERANCE,
+    ):
         self.data_dir = data_dir
-        self.settings = settings
+        self.settings = settings if settings is not None else SegmentationSettings()
         self.size = size
+        self.scales = scales or {}
+        self.canonical = canonical
+        self.tolerance = tolerance
         self.cache: dict[str, str | None] = {}
         self.strip_cache: dict[str, str | None] = {}
         self.missing = 0
@@ -100,8 +149,10 @@ class ThumbnailMaker:
         if self.data_dir is not None:
             try:
                 rgb = read_crop(self.data_dir, image)
-                seg = segment_cell(rgb, self.settings)
-                uri = data_uri(cell_thumbnail(rgb, seg.nucleus_mask, seg.cell_mask, self.size), "image/jpeg")
+                crop, seg, _ = segment_at_canonical(
+                    rgb, self.scales.get(image), self.settings, canonical=self.canonical, tolerance=self.tolerance
+                )
+                uri = data_uri(cell_thumbnail(crop, seg.nucleus_mask, seg.cell_mask, self.size), "image/jpeg")
             except (ImageError, OSError):
                 self.missing += 1
         self.cache[image] = uri
