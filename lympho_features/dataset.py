@@ -254,7 +254,9 @@ def _parse_records(
             try:
                 parsed[key] = parse(value[name]) if name in value else None
             except ValueError as exc:
-                problems.append((line, f"{where}: {name} {exc}" if key in ("lymph_count", "pixel_size_um") else f"{where}: {exc}"))
+                problems.append(
+                    (line, f"{where}: {name} {exc}" if key in ("lymph_count", "pixel_size_um") else f"{where}: {exc}")
+                )
         dob = parsed.get("dob")
         rows.append(
             (

@@ -18,16 +18,31 @@ from lympho_features.report.cell_types import HIGH_OTHER_CELL_SHARE, TYPE_WORDS,
 
 @pytest.fixture(scope="module")
 def gated_features(tiny_cohort, tmp_path_factory) -> Path:
-    """The tiny cohort extracted with the cell-type gate on (``lympho extract --cell-type-gate``).
+    """The tiny cohort extracted with the cell-type gate on, and other cells among every patient's crops.
 
-    The gate, learned on real crops, calls most of the synthetic lymphocytes other cells (erythroblasts,
-    platelet clumps): every patient has some.
+    The synthetic lymphocytes are drawn at real size and the gate keeps them, so some crops of every patient
+    are then typed as the gate would type other cells (40 %, 5 % or 15 % of a patient's crops, at least one;
+    neutrophils, erythroblasts and monocytes with varied probabilities): left out of the measurements, and
+    their shares in patients.parquet.
     """
     from lympho_features.extract import extract
     from lympho_features.measure import ExtractSettings
 
     out = tmp_path_factory.mktemp("gated")
     extract(tiny_cohort, out, jobs=1, settings=ExtractSettings(cell_type_gate=True), progress=False)
+    cells, patients = pd.read_parquet(out / "cells.parquet"), pd.read_parquet(out / "patients.parquet")
+    types = ("neutrophil", "erythroblast", "monocyte")
+    for j, pid in enumerate(sorted(cells["patient_id"].unique())):
+        rows = cells.index[cells["patient_id"] == pid]
+        n_other = max(1, int(len(rows) * (0.4, 0.05, 0.15)[j % 3]))
+        for k, i in enumerate(rows[:n_other]):
+            cells.loc[i, ["cell_type", "cell_type_prob"]] = types[k % 3], 0.5 + 0.05 * (k % 9)
+        cells.loc[rows[:n_other], ["is_not_lymphocyte", "qc_ok", "qc_reason"]] = True, False, "not_lymphocyte"
+        pc = cells.loc[rows]
+        for t in SHARE_TYPES:
+            patients.loc[patients["patient_id"] == pid, f"share_{t}"] = float((pc["cell_type"] == t).mean())
+    cells.to_parquet(out / "cells.parquet")
+    patients.to_parquet(out / "patients.parquet")
     return out
 
 

@@ -237,13 +237,13 @@ def test_smudge_paleness_is_judged_against_the_patients_own_crops():
     from lympho_features.extract import ExtractSettings, apply_patient_qc, measure_crop
     from lympho_features.reacquire import stain_strength
 
-    settings = ExtractSettings()
+    settings = ExtractSettings(cell_type_gate=False)  # about paleness: the cell-type gate is tested elsewhere
     rng = np.random.default_rng(6)
     # Intact lymphocytes with scant cytoplasm, on a slide whose nuclear stain is 30 % weaker than the trainset's.
     intact = [synthetic_crop(rng, cell_radius=27.0).rgb for _ in range(7)]
     broken = synthetic_crop(rng, smudge=True).rgb
     for stain in (1.0, 0.7):
-        rows = [measure_crop(stain_strength(rgb, haematoxylin=stain)) for rgb in [*intact, broken]]
+        rows = [measure_crop(stain_strength(rgb, haematoxylin=stain), settings) for rgb in [*intact, broken]]
         alone = [r["qc_reason"] for r in rows]
         apply_patient_qc(rows, settings.segmentation)
         assert [r["qc_reason"] for r in rows] == ["ok"] * 7 + ["smudge"], stain

@@ -69,10 +69,11 @@ def segment_cell(rgb: np.ndarray, settings: SegmentationSettings | None = None) 
     The same cell cut close around it (another lab's export), at the canonical scale as ``lympho extract``
     segments it: no red cells, glass in the corners, the same nucleus:
 
-    >>> tight = crop.rgb[76:149, 72:153]
+    >>> ys, xs = np.nonzero(crop.cell_mask)  # the cell's box and 3 px around it
+    >>> tight = crop.rgb[ys.min() - 3 : ys.max() + 4, xs.min() - 3 : xs.max() + 4]
     >>> seg = segment_cell(tight, SegmentationSettings(scale_with_side=False))
     >>> seg.flags["qc_tight_crop"], seg.qc_reason, int(seg.nucleus_mask.sum())
-    (True, 'ok', 2198)
+    (True, 'ok', 2918)
     """
     if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8 or min(rgb.shape[:2]) < 32:
         return empty_segmentation(rgb.shape[:2] if rgb.ndim >= 2 else (0, 0), "bad_image")
