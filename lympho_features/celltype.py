@@ -46,9 +46,8 @@ import pandas as pd
 from .errors import LymphoError
 from .features.cell import _roi_od_sum
 from .lightgbm_native import booster_from_text
-from .segment import Segmentation, _disk, _red_cell_reference, _subsample, od_tables
+from .segment import Segmentation, _disk, _red_cell_reference, _subsample, od_tables, rejudge_qc_reason
 from .segment.optical_density import _stained_pixels
-from .segment.settings import _QC_ORDER, QC_REASONS_BEFORE_FLAGS
 
 #: The types the gate tells apart (PBC's eight folders, ``ig`` spelled out).
 CELL_TYPES = (
@@ -250,10 +249,7 @@ def apply_gate(rows: list[dict], gate: CellTypeGate | None = None, flag: bool = 
         if not flag:
             continue
         r["is_not_lymphocyte"] = bool(flagged)
-        if r.get("qc_reason") in QC_REASONS_BEFORE_FLAGS:
-            continue
-        r["qc_reason"] = next((reason for reason, flag in _QC_ORDER if r.get(flag)), "ok")
-        r["qc_ok"] = r["qc_reason"] == "ok"
+        rejudge_qc_reason(r)
 
 
 def gate_measurements(rgb: np.ndarray, seg: Segmentation, hue: bool = True) -> dict[str, float]:

@@ -49,7 +49,7 @@ from .scale import (
     to_canonical,
     to_physical,
 )
-from .segment import Segmentation, SegmentationSettings, patient_blur, patient_smudge, segment_cell
+from .segment import Segmentation, SegmentationSettings, patient_blur, patient_smudge, rejudge_qc_reason, segment_cell
 from .workers import parallel
 
 #: Bump when a change to the code changes the features for the same settings,
@@ -301,11 +301,7 @@ def apply_patient_smudge(rows: list[dict], settings: SegmentationSettings) -> No
         if "is_smudge" not in r or "qc_nucleus_od" not in r:
             continue
         r["is_smudge"] = sm
-        if r["qc_reason"] == "smudge" and not sm:
-            r["qc_reason"] = "blur" if r.get("qc_blur") else "ok"
-        elif r["qc_reason"] in ("ok", "blur") and sm:
-            r["qc_reason"] = "smudge"
-        r["qc_ok"] = r["qc_reason"] == "ok"
+        rejudge_qc_reason(r)
 
 
 def apply_patient_blur(rows: list[dict], settings: SegmentationSettings) -> None:
@@ -322,10 +318,7 @@ def apply_patient_blur(rows: list[dict], settings: SegmentationSettings) -> None
         if "qc_blur" not in r:
             continue
         r["qc_blur"] = b
-        if r["qc_reason"] == "blur" and not b:
-            r["qc_reason"], r["qc_ok"] = "ok", True
-        elif r["qc_reason"] == "ok" and b:
-            r["qc_reason"], r["qc_ok"] = "blur", False
+        rejudge_qc_reason(r)
 
 
 def ruler_sample(images: list[str], n: int) -> list[str]:

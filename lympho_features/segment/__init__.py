@@ -69,7 +69,14 @@ from .optical_density import (
     red_cell_reference,
 )
 from .pipeline import segment_cell
-from .qc import nucleus_box_moments, patient_blur, patient_smudge, quality_control
+from .qc import (
+    first_failed_check,
+    nucleus_box_moments,
+    patient_blur,
+    patient_smudge,
+    quality_control,
+    rejudge_qc_reason,
+)
 from .result import Segmentation, empty_segmentation
 from .settings import (
     _DEFAULT_SETTINGS,
@@ -101,6 +108,7 @@ __all__ = [
     "fill_holes",
     "find_cell",
     "find_nucleus",
+    "first_failed_check",
     "in_window",
     "multi_otsu3",
     "nucleus_box_moments",
@@ -113,6 +121,7 @@ __all__ = [
     "patient_smudge",
     "quality_control",
     "red_cell_reference",
+    "rejudge_qc_reason",
     "segment_cell",
     "solidity",
     "split_lobes",

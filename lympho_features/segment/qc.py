@@ -14,7 +14,7 @@ from .cytoplasm import CellFound
 from .morphology import _disk
 from .nucleus import NucleusFound
 from .result import Segmentation
-from .settings import _QC_ORDER, FLAG_DESCRIPTIONS, SegmentationSettings
+from .settings import _QC_ORDER, FLAG_DESCRIPTIONS, QC_REASONS_BEFORE_FLAGS, SegmentationSettings
 
 
 def quality_control(
@@ -41,7 +41,7 @@ def quality_control(
     shape_diag = _cell_type_flags(flags, found, cell, n_area, s)
     density = _density_flags(flags, cell.od_sum, nucleus, nb, cv2.countNonZero(cell.cell), n_area, s)
     flags = {k: bool(v) for k, v in flags.items()}
-    reason = next((r for r, k in _QC_ORDER if flags[k]), "ok")
+    reason = first_failed_check(flags)
     # Box of the whole cell (for the features), with a 2-pixel margin.
     cbx, cby, cbw, cbh = cv2.boundingRect(cell.cell)
     box = (max(0, cby + y0 - 2), min(h, cby + cbh + y0 + 2), max(0, cbx + x0 - 2), min(w, cbx + cbw + x0 + 2))
@@ -160,6 +160,25 @@ def _density_flags(flags: dict, od_sum, nucleus, nb, c_area: int, n_area: int, s
         "focus_sharpness": float("nan") if dense else sharp,
         "cytoplasm_fraction": (c_area - n_area) / c_area if c_area > 0 else float("nan"),
     }
+
+
+def first_failed_check(flags: dict) -> str:
+    """The QC reason of a crop's flags: the first failed check of :data:`QC_REASONS` with a flag, else ``"ok"``."""
+    return next((reason for reason, flag in _QC_ORDER if flags.get(flag)), "ok")
+
+
+def rejudge_qc_reason(row: dict) -> None:
+    """Set a measured row's ``qc_reason`` and ``qc_ok`` from its flags again, in place.
+
+    For the checks made after segmentation (the cell-type gate, blur and smudge
+    judged against the patient's crops), which change a flag: the reason stays
+    the first failed check, as the segmentation reports it. Reasons that come
+    before any flag (:data:`QC_REASONS_BEFORE_FLAGS`) stay.
+    """
+    if row.get("qc_reason") in QC_REASONS_BEFORE_FLAGS:
+        return
+    row["qc_reason"] = first_failed_check(row)
+    row["qc_ok"] = row["qc_reason"] == "ok"
 
 
 def patient_smudge(nucleus_od, cytoplasm_fraction, settings: SegmentationSettings) -> np.ndarray:
