@@ -53,16 +53,19 @@ from .dataset import MAX_PIXELS, DatasetError, ImageError, discover_patients, re
 from .errors import EmbedError  # noqa: F401 (re-exported)
 from .extract import _shard_name, inputs_key, read_shard_meta
 from .folders import FeaturesFolder
-from .measure import CanonicalSegmentation, apply_patient_blur, crop_scales, crop_sharpness, segment_at_canonical
+from .measure import CanonicalSegmentation, apply_patient_qc, crop_scales, crop_sharpness, segment_at_canonical
 from .scale import CANONICAL_UM_PER_PX, RESAMPLE_TOLERANCE
-from .segment import SegmentationSettings
+from .segment import _QC_ORDER, SegmentationSettings
 
 #: Bump when a code change alters embeddings (or their shards' layout) for the same settings and weights.
 #: 2: shards hold the embedding as one fixed-size list column (writing 1,280 float columns per patient
 #: cost ~0.1 s a shard and held the GPU loop back); ``embeddings.parquet`` keeps one column per dimension.
 #: 3: crops resampled to the canonical scale (at their um/px) before segmentation and windowing, as `lympho extract`
 #: measures them (unchanged for crops already at the canonical scale).
-EMBED_VERSION = 3
+#: 4: the shards' QC as extract's: smudge judged against the patient's crops too, and a crop failing an earlier
+#: check (touching cells, off centre...) keeps its reason when the patient-level blur check re-derives it (it came
+#: out ``ok``); a tight crop without a scale fails as ``tight_crop``. Embeddings unchanged, ``qc_ok`` not.
+EMBED_VERSION = 4
 
 #: The shards' column holding each cell's embedding (a fixed-size list of float32).
 SHARD_EMBEDDING_COLUMN = "embedding"
@@ -204,20 +207,36 @@ def cell_window(
     pixels : ndarray, shape (input_size, input_size, 3), uint8
     info : dict
         ``nucleus_centred``, ``centre_y``, ``centre_x`` (pixels of the crop as read), ``qc_ok``, ``qc_reason``,
-        and ``qc_blur``, ``qc_sharpness`` for the blur check against the patient's other crops
-        (:func:`lympho_features.measure.apply_patient_blur`), as ``lympho extract`` makes it.
+        the QC flags, ``qc_sharpness``, ``qc_nucleus_od`` and ``qc_cytoplasm_fraction`` for the blur and smudge
+        checks against the patient's other crops (:func:`lympho_features.measure.apply_patient_qc`), as
+        ``lympho extract`` makes them.
     """
     canon = _canonical(rgb, um_per_px, settings)
     cy, cx, found, qc = _centre(canon, settings.centre_on_nucleus)
     window = settings.window_fraction * min(canon.crop.shape[:2])
     pixels = centred_window(canon.crop, cy, cx, window, settings.input_size)
     cy, cx = _as_read(rgb, canon, cy, cx)
+    if canon.segmentation.flags.get("qc_tight_crop") and um_per_px is None:
+        # As extract judges it (measure.measure_cell): cut close around the cell with no scale given.
+        qc = {"qc_ok": False, "qc_reason": "tight_crop"}
+    return pixels, {"nucleus_centred": found, "centre_y": cy, "centre_x": cx, **qc, **_patient_qc_inputs(canon)}
+
+
+#: The flags behind the QC reasons (:data:`lympho_features.segment.QC_REASONS`): a shard row keeps them until
+#: the patient-level checks have re-derived its ``qc_reason`` from them (:func:`apply_patient_qc`).
+_QC_FLAGS = tuple(flag for _reason, flag in _QC_ORDER)
+
+
+def _patient_qc_inputs(canon: CanonicalSegmentation) -> dict:
+    """What the checks judged against the patient's crops read of one crop: its QC flags, sharpness, nucleus OD."""
     seg = canon.segmentation
-    blur = {
-        "qc_blur": bool(seg.flags.get("qc_blur", False)),
+    diag = seg.diagnostics or {}
+    return {
+        **{flag: bool(seg.flags.get(flag, False)) for flag in _QC_FLAGS},
         "qc_sharpness": crop_sharpness(seg),
+        "qc_nucleus_od": float(diag.get("nucleus_od", float("nan"))),
+        "qc_cytoplasm_fraction": float(diag.get("cytoplasm_fraction", float("nan"))),
     }
-    return pixels, {"nucleus_centred": found, "centre_y": cy, "centre_x": cx, **qc, **blur}
 
 
 class CropDataset:
@@ -259,8 +278,10 @@ class CropDataset:
                 "centre_x": float("nan"),
                 "qc_ok": False,
                 "qc_reason": "bad_image",
-                "qc_blur": False,
+                **{flag: False for flag in _QC_FLAGS},
                 "qc_sharpness": float("nan"),
+                "qc_nucleus_od": float("nan"),
+                "qc_cytoplasm_fraction": float("nan"),
             }
         pixels, info = cell_window(rgb, self.settings, self.scales.get(rel))
         return {"index": i, "ok": True, "error": "", "pixels": pixels, "image_sha256": digest, **info}
@@ -516,7 +537,9 @@ def _embed_patients(
     shard_meta = {"weights": winfo["weights"], "weights_sha256": winfo["sha256"], "embed_version": EMBED_VERSION}
 
     def write(pid, rows, vectors, skipped):
-        apply_patient_blur(rows, settings.segmentation)  # focus judged against the patient's crops, as extract does
+        # Blur and smudge judged against the patient's crops, as extract judges them; the QC reason is derived
+        # again from every flag of the row, so a crop failing an earlier check keeps its reason.
+        apply_patient_qc(rows, settings.segmentation)
         table = _shard_table(rows, vectors, winfo["embedding_dim"])
         meta = {"patient_id": pid, "key": keys[pid], "skipped": skipped, **shard_meta}
         write_table(table, shard_dir / _shard_name(pid), meta, compact_numbers=True)
@@ -579,8 +602,10 @@ def _batch_row(batch: dict, j: int, patient_id: str, rel: str) -> dict:
         "centre_x": float(batch["centre_x"][j]),
         "qc_ok": bool(batch["qc_ok"][j]),
         "qc_reason": batch["qc_reason"][j],
-        "qc_blur": bool(batch["qc_blur"][j]),
+        **{flag: bool(batch[flag][j]) for flag in _QC_FLAGS},
         "qc_sharpness": float(batch["qc_sharpness"][j]),
+        "qc_nucleus_od": float(batch["qc_nucleus_od"][j]),
+        "qc_cytoplasm_fraction": float(batch["qc_cytoplasm_fraction"][j]),
     }
 
 

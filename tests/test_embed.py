@@ -108,6 +108,26 @@ def test_no_nucleus_falls_back_to_crop_centre():
     assert not found and (cy, cx) == (49.5, 59.5) and not qc["qc_ok"]
 
 
+def test_patient_level_qc_keeps_a_crop_s_earlier_failed_check():
+    """Embed judges blur and smudge against the patient's crops as extract does, without clearing other checks.
+
+    The QC reason is derived again from the row's flags, so a row must carry every flag: an off-centre cell
+    stays ``nucleus_off_centre`` (it came out ``ok`` when the rows held only the blur flag).
+    """
+    from lympho_features.measure import apply_patient_qc
+
+    rng = np.random.default_rng(3)
+    settings = EmbedSettings()
+    crops = [synthetic_crop(rng).rgb for _ in range(8)] + [synthetic_crop(rng, offset=(70.0, 70.0)).rgb]
+    rows = [cell_window(rgb, settings)[1] for rgb in crops]
+    before = [(r["qc_ok"], r["qc_reason"]) for r in rows]
+    assert before[-1] == (False, "nucleus_off_centre") and sum(ok for ok, _ in before[:-1]) >= 6
+    assert {"qc_off_centre", "qc_touching", "is_smudge", "qc_blur", "qc_nucleus_od"} <= set(rows[0])
+    apply_patient_qc(rows, settings.segmentation)
+    assert (rows[-1]["qc_ok"], rows[-1]["qc_reason"]) == (False, "nucleus_off_centre")
+    assert [(r["qc_ok"], r["qc_reason"]) for r in rows] == before  # same focus and stain: nothing changes
+
+
 # --------------------------------------------------------------------------- aggregator (numpy only)
 
 
