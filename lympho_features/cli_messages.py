@@ -94,7 +94,8 @@ def cv_summary_line(model, cv, settings, out: Path, seconds: float) -> str:
         f"balanced accuracy {s['balanced_accuracy_mean']:.3f} ± {s['balanced_accuracy_std']:.3f}, "
         f"ROC AUC {s['roc_auc_mean']:.3f} ± {s['roc_auc_std']:.3f}, "
         f"sensitivity {s['sensitivity_mean']:.3f}, specificity {s['specificity_mean']:.3f}; "
-        f"threshold {model.threshold:.3f}, uncertain from -{refer['below']:.3f} to +{refer['above']:.3f} around it "
+        f"threshold {model.threshold:.3f}, uncertain (refer) from {model.threshold - refer['below']:.3f} to "
+        f"{model.threshold + refer['above']:.3f} "
         f"({refer['cv_fraction_referred']:.0%} of CV calls, {refer['cv_share_of_errors_referred'] or 0:.0%} of CV "
         f"errors) -> {out} ({seconds:.0f} s)"
     )
