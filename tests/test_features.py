@@ -355,6 +355,8 @@ def test_percentiles_1_99_are_numpy_percentiles_exactly(seed):
             got = percentiles_1_99(values)
             assert [float(v) for v in got] == np.percentile(values, [1, 99]).tolist(), n
             assert all(isinstance(v, np.float64) for v in got)
+    wide = rng.random(500)  # float64: NumPy's own result
+    assert [float(v) for v in percentiles_1_99(wide)] == np.percentile(wide, [1, 99]).tolist()
 
 
 def test_percentiles_1_99_nan_and_empty():

@@ -297,7 +297,7 @@ def percentiles_1_99(values: np.ndarray) -> tuple[np.float64, np.float64]:
     one half). The four order statistics come from two partitions and two
     minima (:func:`numpy.percentile` partitions at six positions, and its
     Python overhead dominated on a nucleus' few thousand pixels). NaN when
-    any value is NaN, as NumPy's.
+    any value is NaN, as NumPy's. Other dtypes are passed to NumPy.
 
     Examples
     --------
@@ -306,7 +306,10 @@ def percentiles_1_99(values: np.ndarray) -> tuple[np.float64, np.float64]:
     >>> [float(x) for x in percentiles_1_99(v)] == np.percentile(v, [1, 99]).tolist()
     True
     """
-    values = np.asarray(values, np.float32).ravel()
+    values = np.asarray(values).ravel()
+    if values.dtype != np.float32:  # the arithmetic below is float32's: anything else goes to NumPy
+        lo, hi = np.percentile(values, [1, 99])
+        return np.float64(lo), np.float64(hi)
     n = values.size
     if n == 0:
         raise ValueError("percentiles of an empty array")
