@@ -335,3 +335,65 @@ def test_cell_models_are_documented_with_their_report_names():
     doc = (Path(__file__).resolve().parents[1] / "docs" / "features.md").read_text()
     for block, spec in CELL_MODEL_BLOCKS.items():
         assert f"| `{block}` | `{spec.prefix}*` | {spec.label} |" in doc, block
+
+
+from lympho_features.features.haralick import percentiles_1_99, quantize  # noqa: E402
+from lympho_features.features.masks import smooth_inside_all  # noqa: E402
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_percentiles_1_99_are_numpy_percentiles_exactly(seed):
+    # The fast order statistics must give np.percentile's numbers bit for bit (quantised texture depends on them),
+    # for every size (both code paths: sorted below 64 values, partitioned above), ties and any spread.
+    rng = np.random.default_rng(seed)
+    for n in [*range(1, 130), 999, 3001]:
+        for values in (
+            rng.random(n).astype(np.float32) * 3,
+            np.round(rng.random(n) * 4, 1).astype(np.float32),  # many ties
+            (rng.standard_normal(n) * 1e3).astype(np.float32),
+        ):
+            got = percentiles_1_99(values)
+            assert [float(v) for v in got] == np.percentile(values, [1, 99]).tolist(), n
+            assert all(isinstance(v, np.float64) for v in got)
+    wide = rng.random(500)  # float64: NumPy's own result
+    assert [float(v) for v in percentiles_1_99(wide)] == np.percentile(wide, [1, 99]).tolist()
+
+
+def test_percentiles_1_99_nan_and_empty():
+    values = np.arange(200, dtype=np.float32)
+    values[17] = np.nan
+    assert all(np.isnan(v) for v in percentiles_1_99(values))
+    assert all(np.isnan(v) for v in percentiles_1_99(np.array([np.nan], np.float32)))
+    with pytest.raises(ValueError):
+        percentiles_1_99(np.zeros(0, np.float32))
+
+
+def test_quantize_float_matches_the_percentile_formula():
+    # quantize of a float image: levels between np.percentile's 1st and 99th, float64 arithmetic, int64 codes.
+    rng = np.random.default_rng(3)
+    for _ in range(30):
+        h, w = rng.integers(5, 60, 2)
+        od = (rng.gamma(2.0, 0.3, (h, w))).astype(np.float32)
+        mask = rng.random((h, w)) < 0.7
+        mask[0, 0] = True
+        lo, hi = np.percentile(od[mask].astype(np.float32), [1, 99])
+        expected = np.minimum((np.clip((od - lo) / max(hi - lo, 1e-3), 0, 1) * 16).astype(np.int64), 15)
+        got = quantize(od, mask, 16)
+        assert got.dtype == np.int64
+        assert np.array_equal(got, expected)
+
+
+def test_smooth_inside_all_is_the_guarded_normalised_convolution():
+    # The masked division must equal blur(img * m) / max(blur(m), 1e-6) where the mask is set and the blurred mask
+    # above 1e-6, and the input elsewhere, for bool and 0/255 masks and any sigma (a huge one included).
+    rng = np.random.default_rng(4)
+    for sigma in (0.5, 1.0, 3.0, 1000.0):
+        for mask in (rng.random((30, 24)) < 0.5, (rng.random((30, 24)) < 0.5).astype(np.uint8) * 255):
+            img = (rng.random((30, 24)) * 255).astype(np.float32)
+            m = mask.astype(np.float32)
+            den = cv2.GaussianBlur(m, (0, 0), sigma, borderType=cv2.BORDER_CONSTANT)
+            num = cv2.GaussianBlur(img * m, (0, 0), sigma, borderType=cv2.BORDER_CONSTANT)
+            expected = np.where(mask & (den > 1e-6), num / np.maximum(den, 1e-6), img).astype(np.float32)
+            (got,) = smooth_inside_all([img], mask, sigma)
+            assert got.dtype == np.float32
+            assert np.array_equal(got, expected)

@@ -118,6 +118,28 @@ def test_read_image_refuses_huge_files(tmp_path):
         read_image(p, max_bytes=1000)
 
 
+def test_read_image_reads_a_file_that_grew_after_its_size_was_taken(tmp_path, monkeypatch):
+    # The file is read to the size fstat gave plus what was added since: the whole image, and the size limit
+    # still holds for the bytes actually read.
+    import hashlib
+    import os
+    from types import SimpleNamespace
+
+    from lympho_features import images
+
+    rgb = np.random.default_rng(0).integers(0, 255, (40, 50, 3), np.uint8)
+    p = tmp_path / "crop.png"
+    p.write_bytes(encode(rgb))
+    real_fstat = os.fstat
+    monkeypatch.setattr(images.os, "fstat", lambda fd: SimpleNamespace(st_size=real_fstat(fd).st_size // 3))
+    got, digest = read_image(p)
+    assert np.array_equal(got, cv2.cvtColor(rgb, cv2.COLOR_BGR2RGB))
+    assert digest == hashlib.sha256(p.read_bytes()).hexdigest()
+    # fstat says 2,036 bytes (under the limit), the file holds 6,108: refused on what was read.
+    with pytest.raises(ImageError, match="file too large \\(over 3000 bytes"):
+        read_image(p, max_bytes=3000)
+
+
 FAST = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 

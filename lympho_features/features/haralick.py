@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import cv2
 import numpy as np
 
@@ -275,10 +277,63 @@ def quantize(grey: np.ndarray, mask: np.ndarray, levels: int) -> np.ndarray:
         if levels <= 256:
             return cv2.LUT(np.ascontiguousarray(grey), table.astype(np.uint8))
         return table[grey]
-    else:
-        lo, hi = np.percentile(grey[mask].astype(np.float32), [1, 99])
-    scaled = np.clip((grey.astype(np.float32) - lo) / max(hi - lo, 1e-3), 0, 1)
-    return np.minimum((scaled * levels).astype(np.int64), levels - 1)
+    grey = np.asarray(grey).astype(np.float32, copy=False)
+    lo, hi = percentiles_1_99(grey[mask])
+    # (grey - lo) / range in float64 (lo is a float64: grey is promoted, exactly), in place: fewer passes.
+    scaled = np.subtract(grey, lo, dtype=np.float64)
+    scaled /= max(hi - lo, 1e-3)
+    np.clip(scaled, 0, 1, out=scaled)
+    scaled *= levels
+    q = scaled.astype(np.int64)
+    return np.minimum(q, levels - 1, out=q)
+
+
+def percentiles_1_99(values: np.ndarray) -> tuple[np.float64, np.float64]:
+    """``np.percentile(values, [1, 99])`` of a float32 array, the same numbers at a fraction of the cost.
+
+    NumPy's default (linear) method with its arithmetic: the order statistics
+    ``k`` and ``k + 1`` around ``(n - 1) q``, their float32 difference,
+    interpolated in float64 (from the upper one when the weight is at least
+    one half). The four order statistics come from two partitions and two
+    minima (:func:`numpy.percentile` partitions at six positions, and its
+    Python overhead dominated on a nucleus' few thousand pixels). NaN when
+    any value is NaN, as NumPy's. Other dtypes are passed to NumPy.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> v = np.random.default_rng(0).random(1001).astype(np.float32)
+    >>> [float(x) for x in percentiles_1_99(v)] == np.percentile(v, [1, 99]).tolist()
+    True
+    """
+    values = np.asarray(values).ravel()
+    if values.dtype != np.float32:  # the arithmetic below is float32's: anything else goes to NumPy
+        lo, hi = np.percentile(values, [1, 99])
+        return np.float64(lo), np.float64(hi)
+    n = values.size
+    if n == 0:
+        raise ValueError("percentiles of an empty array")
+    k_lo, k_hi = math.floor((n - 1) * 0.01), math.floor((n - 1) * 0.99)
+    if n < 64:  # few values: sorting them is as cheap
+        part = np.sort(values)
+        if np.isnan(part[-1]):
+            return np.float64(np.nan), np.float64(np.nan)
+        stats = (part[k_lo], part[min(k_lo + 1, n - 1)], part[k_hi], part[min(k_hi + 1, n - 1)])
+    else:  # k_lo + 1 < k_hi < n - 1
+        part = np.partition(values, k_lo)
+        rest = part[k_lo + 1 :]  # a view: partitioned in place
+        rest.partition(k_hi - k_lo - 1)
+        above_hi = rest[k_hi - k_lo :].min()  # NaN sorts last: any NaN is here, and min() propagates it
+        if np.isnan(above_hi):
+            return np.float64(np.nan), np.float64(np.nan)
+        stats = (part[k_lo], rest[: k_hi - k_lo].min(), rest[k_hi - k_lo - 1], above_hi)
+    out = []
+    for q, a, b in ((0.01, stats[0], stats[1]), (0.99, stats[2], stats[3])):
+        virtual = (n - 1) * q
+        gamma = virtual - math.floor(virtual)
+        diff = float(b - a)  # float32 difference, as NumPy's lerp
+        out.append(np.float64(float(b) - diff * (1 - gamma) if gamma >= 0.5 else float(a) + diff * gamma))
+    return out[0], out[1]
 
 
 _HARALICK_COLUMNS: dict[tuple[int, ...], list[str]] = {}

@@ -65,10 +65,13 @@ def smooth_inside_all(images: list[np.ndarray], mask: np.ndarray, sigma: float) 
         return [img.copy() for img in images]
     m = mask.astype(np.float32)
     den = cv2.GaussianBlur(m, (0, 0), sigma, borderType=cv2.BORDER_CONSTANT)
-    inside = mask & (den > 1e-6)
-    den = np.maximum(den, 1e-6)
+    # The ratio only where it is kept (inside the mask, where the blurred mask is not ~0): one masked division
+    # into a copy of the input instead of a guarded division, a where and a cast.
+    inside = (mask & (den > 1e-6)).astype(bool, copy=False)
     out = []
     for img in images:
         num = cv2.GaussianBlur(img * m, (0, 0), sigma, borderType=cv2.BORDER_CONSTANT)
-        out.append(np.where(inside, num / den, img).astype(np.float32, copy=False))
+        smoothed = img.copy()
+        np.divide(num, den, out=smoothed, where=inside)
+        out.append(smoothed)
     return out
