@@ -315,10 +315,10 @@ def gate_shares(base_cells: pd.DataFrame, shifted_cells: pd.DataFrame) -> tuple[
     b = base_cells[key].assign(g0=(base_cells["qc_reason"] == "not_lymphocyte").to_numpy())
     s = shifted_cells[key].assign(g1=(shifted_cells["qc_reason"] == "not_lymphocyte").to_numpy())
     m = s.merge(b, on=key, how="left")
-    g0 = m["g0"].fillna(False).astype(bool)
-    g1 = m["g1"].astype(bool)
     if not len(m):
         return float("nan"), float("nan"), float("nan")
+    g0 = m["g0"].fillna(False).astype(bool)
+    g1 = m["g1"].astype(bool)
     return float(g0.mean()), float(g1.mean()), float((g1 & ~g0).mean())
 
 
