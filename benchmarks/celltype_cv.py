@@ -153,12 +153,19 @@ def main(argv=None) -> int:
     ap.add_argument("--shifts", default="", help="comma-separated shift texts, or 'default': the gate's stability")
     ap.add_argument("--shift-pbc-per-type", type=int, default=50, help="PBC crops of each type re-acquired")
     ap.add_argument("--shift-per-patient", type=int, default=8, help="trainset crops of each patient re-acquired")
+    ap.add_argument("--trainset-weight", type=float, default=None, help="the trainset lymphocytes' total weight")
+    ap.add_argument("--augment-per-patient", type=int, default=None, help="trainset crops of a patient copied")
+    ap.add_argument("--exclude", default="", help="comma-separated gate inputs left out (the comparison)")
     args = ap.parse_args(argv)
+    if args.trainset_weight is not None:
+        b.TRAINSET_WEIGHT = args.trainset_weight  # fit_gate reads it at each fit
+    if args.augment_per_patient is not None:
+        b.AUGMENT = {**b.AUGMENT, "trainset_per_patient": args.augment_per_patient}
 
     pbc, train, info = b.training_tables(args.pbc, args.trainset, args.cache, args.jobs)
     aug = (None, None)
     if not args.no_augment:
-        aug = b.augmented_tables(pbc, train, info, args.pbc, args.trainset, args.cache, args.jobs)
+        aug = b.augmented_tables(pbc, train, info, args.pbc, args.trainset, args.cache, args.jobs, b.AUGMENT)
     shifts = list(DEFAULT_SHIFTS if args.shifts == "default" else [s for s in args.shifts.split(",") if s])
     shifted = {}
     for shift in shifts:
@@ -176,7 +183,7 @@ def main(argv=None) -> int:
     csv = args.clinical or next(args.trainset.glob("*_true.csv"))
     labels = pd.read_csv(csv).rename(columns=str.upper).set_index("ID")["LABEL"]
     train["label"] = train["patient_id"].map(labels)
-    inputs = b.gate_inputs(pbc.columns, with_hue=args.with_hue)
+    inputs = [c for c in b.gate_inputs(pbc.columns, with_hue=args.with_hue) if c not in args.exclude.split(",")]
     y = pbc["cell_type_true"].map(CELL_TYPES.index).to_numpy(int)
     tfold = b.patient_folds(train["patient_id"], args.folds)
     P = np.zeros((len(pbc), len(CELL_TYPES)))

@@ -281,12 +281,14 @@ def augmented_tables(
     augment: dict = AUGMENT,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The re-acquired copies of PBC's crops and of the trainset's (read from ``cache`` when measured alike)."""
-    tag = hashlib.sha256(json.dumps(augment, sort_keys=True, default=list).encode()).hexdigest()[:12]
     out = []
     for name, table, folder, per in (
         ("pbc", pbc, pbc_dir, None),
         ("trainset", train, trainset_dir, augment["trainset_per_patient"]),
     ):
+        # The settings that shape this table's copies (PBC's do not depend on the trainset's sample size).
+        shaping = {k: v for k, v in augment.items() if name == "trainset" or k != "trainset_per_patient"}
+        tag = hashlib.sha256(json.dumps(shaping, sort_keys=True, default=list).encode()).hexdigest()[:12]
         key = f"{name}-aug-{info[name]['sha256'][:16]}-v{FEATURES_VERSION}-{tag}"
         path = cache / f"{key}.parquet" if cache else None
         if path is not None and path.exists():
