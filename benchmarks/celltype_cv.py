@@ -154,6 +154,7 @@ def main(argv=None) -> int:
     ap.add_argument("--shift-pbc-per-type", type=int, default=50, help="PBC crops of each type re-acquired")
     ap.add_argument("--shift-per-patient", type=int, default=8, help="trainset crops of each patient re-acquired")
     ap.add_argument("--trainset-weight", type=float, default=None, help="the trainset lymphocytes' total weight")
+    ap.add_argument("--augment", default="", help="JSON merged into the build's AUGMENT, e.g. '{\"copies\": 3}'")
     ap.add_argument("--augment-per-patient", type=int, default=None, help="trainset crops of a patient copied")
     ap.add_argument("--exclude", default="", help="comma-separated gate inputs left out (the comparison)")
     args = ap.parse_args(argv)
@@ -161,6 +162,12 @@ def main(argv=None) -> int:
         b.TRAINSET_WEIGHT = args.trainset_weight  # fit_gate reads it at each fit
     if args.augment_per_patient is not None:
         b.AUGMENT = {**b.AUGMENT, "trainset_per_patient": args.augment_per_patient}
+    if args.augment:
+        import json
+
+        extra = json.loads(args.augment)
+        ranges = {**b.AUGMENT["ranges"], **{k: tuple(v) for k, v in extra.pop("ranges", {}).items()}}
+        b.AUGMENT = {**b.AUGMENT, **extra, "ranges": ranges}
 
     pbc, train, info = b.training_tables(args.pbc, args.trainset, args.cache, args.jobs)
     aug = (None, None)
