@@ -20,9 +20,11 @@ Printed per shift and configuration (the default ``clinical+cellmorph`` and
 patient's probability, calls that changed side of the 0.5 threshold, confident
 calls that flipped (outside the refer band before and after, on opposite
 sides; the band is the one ``lympho fit`` would compute from the unshifted
-out-of-fold predictions: moving into or out of it is allowed), and the share of
-crops passing QC (and failed as blur). With ``--moved``, how far each feature
-family moved per shift: for the crops passing QC both times, the median over
+out-of-fold predictions: moving into or out of it is allowed), the share of
+crops passing QC (and failed as blur), and the share of crops the cell-type
+gate leaves out (QC reason ``not_lymphocyte``) as acquired -> re-acquired, with
+the share newly gated (gated re-acquired, not as acquired; :func:`gate_shares`).
+With ``--moved``, how far each feature family moved per shift: for the crops passing QC both times, the median over
 cells of ``|shifted - original|`` divided by the feature's interquartile range
 over the original cells, then the median over the family's features (and the
 most-moved features in ``SCRATCH/moved.csv``).
@@ -299,6 +301,27 @@ def summarise(pred: pd.DataFrame, qc: dict) -> pd.DataFrame:
     return out
 
 
+def gate_shares(base_cells: pd.DataFrame, shifted_cells: pd.DataFrame) -> tuple[float, float, float]:
+    """The cell-type gate's stability under a shift, over the crops of ``shifted_cells``.
+
+    Crops are matched by ``(patient_id, crop)``; gated means QC reason ``not_lymphocyte``.
+
+    Returns
+    -------
+    (float, float, float)
+        Share gated as acquired, share gated re-acquired, share newly gated (gated re-acquired, not as acquired).
+    """
+    key = ["patient_id", "crop"]
+    b = base_cells[key].assign(g0=(base_cells["qc_reason"] == "not_lymphocyte").to_numpy())
+    s = shifted_cells[key].assign(g1=(shifted_cells["qc_reason"] == "not_lymphocyte").to_numpy())
+    m = s.merge(b, on=key, how="left")
+    if not len(m):
+        return float("nan"), float("nan"), float("nan")
+    g0 = m["g0"].fillna(False).astype(bool)
+    g1 = m["g1"].astype(bool)
+    return float(g0.mean()), float(g1.mean()), float((g1 & ~g0).mean())
+
+
 def feature_moves(base_cells: pd.DataFrame, shifted_cells: dict) -> pd.DataFrame:
     """Per feature and shift: median over cells (QC-passing both times) of |change| / the feature's IQR."""
     from lympho_features.aggregate import cell_feature_columns
@@ -405,9 +428,9 @@ def main() -> None:
     print(
         "| shift | "
         + " | ".join(f"{fs}: BA (Δ) / mean |Δp| / calls changed / confident flipped" for fs in sets)
-        + " | qc_ok (blur) |"
+        + " | qc_ok (blur) | gated as acquired -> re-acquired (newly gated) |"
     )
-    print("|---|" + "---|" * len(sets) + "---|")
+    print("|---|" + "---|" * len(sets) + "---|---|")
     for shift in ["none", *shifts]:
         cells_txt = []
         for fs in sets:
@@ -417,7 +440,10 @@ def main() -> None:
                 f"{r.confident_flipped:g}"
             )
         q = qc[shift]
-        print(f"| {shift} | " + " | ".join(cells_txt) + f" | {q[0]:.3f} ({q[1]:.3f}) |")
+        g0, g1, new = gate_shares(cells["none"], cells[shift])
+        print(
+            f"| {shift} | " + " | ".join(cells_txt) + f" | {q[0]:.3f} ({q[1]:.3f}) | {g0:.3f} -> {g1:.3f} ({new:.3f}) |"
+        )
     print(f"extraction {t_extract:.0f} s (cached shifts reused), CV {t_cv:.0f} s, {args.jobs} job(s)")
     if args.moved:
         moved = feature_moves(cells["none"], {s: cells[s] for s in shifts})

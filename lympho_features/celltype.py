@@ -24,9 +24,13 @@ no cytoplasm at all.
 The model is a multiclass LightGBM fitted by ``scripts/build_celltype_gate.py``
 on the PBC crops of another lab (Acevedo et al., Data in Brief 30, 2020;
 8 types) resized to the lymphocytosis crops' scale, plus lymphocytes of the
-lymphocytosis trainset. It ships in the package as LightGBM text
-(``data/celltype_gate.txt``) and JSON (``data/celltype_gate.json``: inputs,
-classes, threshold, training fingerprint, library versions, cross-validated
+lymphocytosis trainset, and on re-acquired copies of those crops (another
+laboratory's magnification, focus, stain strength, white balance, gamma and
+JPEG, measured at the pixel size its red cells give), so that an acquisition
+shift does not turn a lymphocyte into a basophil or a monocyte. It ships in
+the package as LightGBM text (``data/celltype_gate.txt``) and JSON
+(``data/celltype_gate.json``: inputs, classes, threshold, training
+fingerprint, augmentation settings, library versions, cross-validated
 recall); never pickled.
 """
 

@@ -15,10 +15,18 @@ What it learns from:
   reactive lymphocytes with wide cytoplasm, small CLL cells and cleaved nuclei. Every crop of the trainset that
   passes the segmentation's QC and that its lobe / monocyte / pyknotic rules do not flag is taken as a lymphocyte
   (the trainset is about 99 % lymphocytes); together they weigh as much as PBC's 200 lymphocytes, each patient the
-  same, so the 115 patients' cells teach the variety of lymphocytes without drowning the other classes.
+  same (:data:`TRAINSET_WEIGHT`), so the 115 patients' cells teach the variety of lymphocytes without drowning the
+  other classes;
+* re-acquired copies of those crops (:data:`AUGMENT`, :func:`augment_plan`): each copy is the crop as a random
+  other laboratory would have imaged it (:func:`lympho_features.reacquire.random_shift`: magnification 0.75-1.6,
+  focus, nuclear and red-cell stain strength +-30 %, white balance, gamma, JPEG 50-95), measured at the pixel size
+  that laboratory's red cells would give, with a ruler error of a few per cent. A copy is taught as its original
+  (same type, same weight), so the gate cannot lean on what acquisition changes: a stronger nuclear stain or a
+  9 % error on areas must not turn a lymphocyte into a basophil or a monocyte (benchmarks/celltype_results.md).
 
 The JSON records the inputs, classes, threshold, LightGBM parameters, the training data's fingerprint (the
-SHA-256 of every file used), the scale, the library versions and FEATURES_VERSION. Cross-validated recall is
+SHA-256 of every file used), the augmentation settings, the scale, the library versions and FEATURES_VERSION.
+Deterministic (fixed seeds, one thread): the same data and code rebuild the same files. Cross-validated recall is
 measured by ``benchmarks/celltype_cv.py`` (same data, same fit) and recorded in benchmarks/celltype_results.md.
 Never pickled.
 """
@@ -28,6 +36,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -41,6 +50,7 @@ from lympho_features._io import atomic_path, library_versions, write_json  # noq
 from lympho_features.celltype import CELL_TYPES, GATE_FILES, GATE_FORMAT, PBC_FOLDERS  # noqa: E402
 from lympho_features.dataset import read_image, safe_path, scan_data_dir  # noqa: E402
 from lympho_features.extract import FEATURES_VERSION, ExtractSettings, measure_cell, patient_scales  # noqa: E402
+from lympho_features.reacquire import SHIFT_RANGES, apply_shift, parse_shift, random_shift  # noqa: E402
 
 #: The gate's inputs: shape and size in um, N:C, lobes, outline roughness, chromatin granularity and radial
 #: profile, the granularity and density of the ring outside the nucleus. No stain colour or hue: on the data
@@ -91,8 +101,23 @@ MIN_KEPT = 0.97
 #: Trainset crops an out-of-fold gate gives less than this P(lymphocyte) are not taught as lymphocytes: only
 #: crops it is sure are other cells (a patient's neutrophils), not the unusual lymphocytes near the threshold.
 CLEAN_THRESHOLD = 0.1
-#: Total weight of the trainset's lymphocytes, in PBC crops (PBC's lymphocytes weigh 200).
-TRAINSET_WEIGHT = 200.0
+#: Total weight of the trainset's lymphocytes, in PBC crops (PBC's lymphocytes weigh 200). Twice PBC's: the gate
+#: must keep the lymphocytes of lymphocytosis patients (angular, cleaved, large reactive ones), which PBC's healthy
+#: donors' lymphocytes do not show (200 before the augmentation; benchmarks/celltype_results.md).
+TRAINSET_WEIGHT = 400.0
+#: Augmentation: ``copies`` re-acquired copies of every PBC crop and of ``trainset_per_patient`` crops of each
+#: trainset patient (drawn with ``seed``); each copy a random laboratory within ``ranges``
+#: (:func:`lympho_features.reacquire.random_shift`, each kind of change with probability ``p``), measured at the
+#: original pixel size over the copy's magnification times a ruler error log-uniform in ``ruler_error`` (the
+#: red cells' reading of another lab's pixel size is off by a few per cent: 4.6 % at x1.6 on the trainset).
+AUGMENT = {
+    "copies": 2,
+    "trainset_per_patient": 60,
+    "p": 0.5,
+    "ruler_error": (0.94, 1.06),
+    "seed": 0,
+    "ranges": dict(SHIFT_RANGES),
+}
 
 
 def gate_inputs(columns, with_hue: bool = False) -> list[str]:
@@ -164,9 +189,133 @@ def training_tables(
     return pbc_t, train_t, info
 
 
+def stable_seed(text: str) -> int:
+    """A seed from a name, the same in every process and Python version (not ``hash``)."""
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little")
+
+
+def magnification(shift: str) -> float:
+    """The product of a shift's ``mag`` factors: how many times the pixels per um the copy has (``magrt`` none)."""
+    return math.prod(step.values[0] for step in parse_shift(shift) if step.name == "mag")
+
+
+def augment_plan(table: pd.DataFrame, augment: dict = AUGMENT, per_patient: int | None = None) -> pd.DataFrame:
+    """The re-acquired copies to measure: one row per (crop, copy) with its shift and pixel size.
+
+    Parameters
+    ----------
+    table : DataFrame
+        Measured crops as acquired (``patient_id``, ``image``, ``um_per_px``).
+    augment : dict
+        :data:`AUGMENT`-like settings.
+    per_patient : int, optional
+        Copies of only this many crops of each patient (drawn with the seed); None or 0: every crop.
+
+    Returns
+    -------
+    DataFrame
+        ``patient_id``, ``source`` (the original's ``image``), ``image`` (``aug{copy}/{source}``), ``copy``,
+        ``shift``, ``um_per_px`` (the original's / the copy's magnification x the ruler error). The same for the
+        same table and settings.
+    """
+    lo, hi = (math.log(v) for v in augment["ruler_error"])
+    rows = []
+    for pid, g in table.groupby("patient_id", sort=True):
+        images = sorted(g["image"])
+        um_of = dict(zip(g["image"], g["um_per_px"], strict=True))
+        if per_patient and per_patient < len(images):
+            rng = np.random.default_rng([augment["seed"], stable_seed(str(pid))])
+            images = sorted(rng.choice(images, per_patient, replace=False).tolist())
+        for rel in images:
+            for k in range(augment["copies"]):
+                rng = np.random.default_rng([augment["seed"], stable_seed(rel), k])
+                shift = random_shift(rng, augment["ranges"], augment["p"])
+                ruler = math.exp(rng.uniform(lo, hi))
+                um = um_of[rel] if math.isfinite(um_of[rel]) else ExtractSettings().canonical_um_per_px
+                rows.append(
+                    {
+                        "patient_id": pid,
+                        "source": rel,
+                        "image": f"aug{k}/{rel}",
+                        "copy": k,
+                        "shift": shift,
+                        "um_per_px": um / magnification(shift) * ruler,
+                    }
+                )
+    return pd.DataFrame(rows, columns=["patient_id", "source", "image", "copy", "shift", "um_per_px"])
+
+
+def _measure_copies(data_dir: Path, plan: pd.DataFrame, settings: ExtractSettings) -> list[dict]:
+    rows, cache = [], {}
+    for r in plan.itertuples(index=False):
+        if r.source not in cache:
+            cache = {r.source: read_image(safe_path(data_dir, r.source), settings.max_pixels)[0]}
+        rgb = apply_shift(cache[r.source], r.shift)
+        measured = measure_cell(rgb, settings, um_per_px=r.um_per_px, gate_hue=True)
+        rows.append({**r._asdict(), **measured})
+    return rows
+
+
+def measure_plan(
+    data_dir: Path, plan: pd.DataFrame, jobs: int = 2, settings: ExtractSettings = ExtractSettings()
+) -> pd.DataFrame:
+    """Every copy of ``plan`` (:func:`augment_plan`) re-acquired from ``data_dir`` and measured (before the gate).
+
+    The row's ``um_per_px`` is the plan's (the copy's own pixel size), as :func:`measure_cell` records it.
+    """
+    from joblib import Parallel, delayed
+
+    if plan.empty:
+        return plan.copy()
+    parts = Parallel(n_jobs=jobs)(
+        delayed(_measure_copies)(data_dir, g, settings) for _, g in plan.groupby("patient_id", sort=True)
+    )
+    return pd.DataFrame([r for part in parts for r in part])
+
+
+def augmented_tables(
+    pbc: pd.DataFrame,
+    train: pd.DataFrame,
+    info: dict,
+    pbc_dir: Path,
+    trainset_dir: Path,
+    cache: Path | None,
+    jobs: int = 2,
+    augment: dict = AUGMENT,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The re-acquired copies of PBC's crops and of the trainset's (read from ``cache`` when measured alike)."""
+    out = []
+    for name, table, folder, per in (
+        ("pbc", pbc, pbc_dir, None),
+        ("trainset", train, trainset_dir, augment["trainset_per_patient"]),
+    ):
+        # The settings that shape this table's copies (PBC's do not depend on the trainset's sample size).
+        shaping = {k: v for k, v in augment.items() if name == "trainset" or k != "trainset_per_patient"}
+        tag = hashlib.sha256(json.dumps(shaping, sort_keys=True, default=list).encode()).hexdigest()[:12]
+        key = f"{name}-aug-{info[name]['sha256'][:16]}-v{FEATURES_VERSION}-{tag}"
+        path = cache / f"{key}.parquet" if cache else None
+        if path is not None and path.exists():
+            aug = pd.read_parquet(path)
+        else:
+            aug = measure_plan(folder, augment_plan(table, augment, per), jobs)
+            if path is not None:
+                with atomic_path(path) as tmp:
+                    aug.to_parquet(tmp)
+        out.append(aug)
+    pbc_aug, train_aug = out
+    pbc_aug = pbc_aug.assign(cell_type_true=pbc_aug["patient_id"].map(PBC_FOLDERS))
+    return pbc_aug, train_aug
+
+
 def trainset_lymphocytes(train: pd.DataFrame) -> pd.Series:
     """Trainset crops taken as lymphocytes: QC passed and not flagged by the segmentation's cell-type rules."""
     return train["qc_ok"].astype(bool) & ~train["is_not_lymphocyte"].astype(bool)
+
+
+def _patient_weights(rows: pd.DataFrame, total: float) -> np.ndarray:
+    """Weights of ``rows`` summing to ``total``, each patient weighing the same."""
+    per_patient = rows.groupby("patient_id")["image"].transform("size").to_numpy(float)
+    return total / max(rows["patient_id"].nunique(), 1) / per_patient
 
 
 def fit_gate(
@@ -176,22 +325,35 @@ def fit_gate(
     rounds: int = NUM_ROUNDS,
     params=None,
     taught: pd.Series | None = None,
+    pbc_aug: pd.DataFrame | None = None,
+    train_aug: pd.DataFrame | None = None,
 ):
     """Fit the multiclass booster on PBC's rows (all types) and the trainset's lymphocytes (weighted).
 
     PBC rows without a nucleus are left out. The trainset rows taught as lymphocytes are ``taught`` (default:
     :func:`trainset_lymphocytes`). Each trainset patient weighs the same, and together they weigh
-    :data:`TRAINSET_WEIGHT` PBC crops.
+    :data:`TRAINSET_WEIGHT` PBC crops. Re-acquired copies (``pbc_aug``, ``train_aug``: :func:`augmented_tables`)
+    are taught with their originals: only the copies of the rows taught here (``source`` among their
+    ``image``), with a nucleus found, each PBC copy weighing 1 and the trainset's copies together
+    :data:`TRAINSET_WEIGHT` per copy index, each patient the same.
     """
     import lightgbm as lgb
 
     pbc = pbc[pbc["nucleus_area"].notna()]
     lym = train[trainset_lymphocytes(train) if taught is None else taught]
-    per_patient = lym.groupby("patient_id")["image"].transform("size").to_numpy(float)
-    w_train = TRAINSET_WEIGHT / lym["patient_id"].nunique() / per_patient
-    X = pd.concat([pbc[inputs], lym[inputs]]).to_numpy(np.float64)
-    y = np.r_[pbc["cell_type_true"].map(CELL_TYPES.index).to_numpy(int), np.zeros(len(lym), int)]
-    w = np.r_[np.ones(len(pbc)), w_train]
+    parts = [
+        (pbc, pbc["cell_type_true"].map(CELL_TYPES.index).to_numpy(int), np.ones(len(pbc))),
+        (lym, np.zeros(len(lym), int), _patient_weights(lym, TRAINSET_WEIGHT)),
+    ]
+    if pbc_aug is not None:
+        a = pbc_aug[pbc_aug["source"].isin(pbc["image"]) & pbc_aug["nucleus_area"].notna()]
+        parts.append((a, a["cell_type_true"].map(CELL_TYPES.index).to_numpy(int), np.ones(len(a))))
+    if train_aug is not None:
+        a = train_aug[train_aug["source"].isin(lym["image"]) & train_aug["nucleus_area"].notna()]
+        parts.append((a, np.zeros(len(a), int), _patient_weights(a, TRAINSET_WEIGHT * a["copy"].nunique())))
+    X = pd.concat([t[inputs] for t, _, _ in parts]).to_numpy(np.float64)
+    y = np.concatenate([yy for _, yy, _ in parts])
+    w = np.concatenate([ww for _, _, ww in parts])
     data = lgb.Dataset(X, y, weight=w, feature_name=list(inputs), free_raw_data=False)
     return lgb.train(dict(params or PARAMS), data, num_boost_round=rounds)
 
@@ -203,11 +365,12 @@ def patient_folds(patient_ids: pd.Series, folds: int, seed: int = 0) -> np.ndarr
     return patient_ids.map(fold_of).to_numpy()
 
 
-def out_of_fold(pbc: pd.DataFrame, train: pd.DataFrame, inputs: list[str], folds: int = 5):
+def out_of_fold(pbc: pd.DataFrame, train: pd.DataFrame, inputs: list[str], folds: int = 5, augmented=(None, None)):
     """P(lymphocyte) of every PBC row and trainset row from gates fitted without it.
 
     PBC is split in ``folds`` folds stratified by type (seed 1), the trainset by patient; gate ``j`` is fitted on
-    the other folds of both (the trainset's rule-passing crops as lymphocytes, :func:`trainset_lymphocytes`).
+    the other folds of both (the trainset's rule-passing crops as lymphocytes, :func:`trainset_lymphocytes`), with
+    the re-acquired copies ``augmented`` (PBC's, the trainset's) of those folds' crops.
 
     Returns
     -------
@@ -221,7 +384,7 @@ def out_of_fold(pbc: pd.DataFrame, train: pd.DataFrame, inputs: list[str], folds
     tfold = patient_folds(train["patient_id"], folds)
     p_pbc, p_train = np.full(len(pbc), np.nan), np.full(len(train), np.nan)
     for j, (tr, te) in enumerate(StratifiedKFold(folds, shuffle=True, random_state=1).split(pbc, y)):
-        booster = fit_gate(pbc.iloc[tr], train[tfold != j], inputs)
+        booster = fit_gate(pbc.iloc[tr], train[tfold != j], inputs, pbc_aug=augmented[0], train_aug=augmented[1])
         p_pbc[te] = booster.predict(pbc.iloc[te][inputs].to_numpy(np.float64))[:, 0]
         held = tfold == j
         p_train[held] = booster.predict(train.loc[held, inputs].to_numpy(np.float64))[:, 0]
@@ -242,17 +405,19 @@ def choose_threshold(p_lymphocyte: np.ndarray, is_lymphocyte: np.ndarray) -> flo
     return float(kept_ok[-1] if kept_ok else THRESHOLD_GRID[0])
 
 
-def prepare(pbc: pd.DataFrame, train: pd.DataFrame, inputs: list[str], folds: int = 5) -> tuple[pd.Series, float]:
+def prepare(
+    pbc: pd.DataFrame, train: pd.DataFrame, inputs: list[str], folds: int = 5, augmented=(None, None)
+) -> tuple[pd.Series, float]:
     """The trainset crops to teach as lymphocytes and the gate's threshold, from one out-of-fold pass.
 
     Some patients' crops are not lymphocytes at all (on the trainset, one tumoral patient's crops are nearly all
     neutrophils that the lobe rules miss); taught as lymphocytes they would teach the gate to keep such cells.
     Each crop is judged by a gate fitted without its patient (:func:`out_of_fold`); those under
     :data:`CLEAN_THRESHOLD` are left out. The threshold is :func:`choose_threshold` on PBC's out-of-fold
-    probabilities.
+    probabilities. ``augmented``: the re-acquired copies (:func:`augmented_tables`), taught with their originals.
     """
     pbc = pbc[pbc["nucleus_area"].notna()]
-    p_pbc, p_train = out_of_fold(pbc, train, inputs, folds)
+    p_pbc, p_train = out_of_fold(pbc, train, inputs, folds, augmented)
     taught = trainset_lymphocytes(train) & pd.Series(p_train >= CLEAN_THRESHOLD, index=train.index)
     threshold = choose_threshold(p_pbc, (pbc["cell_type_true"] == "lymphocyte").to_numpy())
     return taught, threshold
@@ -265,11 +430,16 @@ def main(argv=None) -> int:
     ap.add_argument("--cache", type=Path, default=None, help="keep the measured tables here (reused when unchanged)")
     ap.add_argument("--out", type=Path, default=ROOT / "lympho_features" / "data")
     ap.add_argument("--jobs", type=int, default=2)
+    ap.add_argument("--no-augment", action="store_true", help="without re-acquired copies (the comparison)")
     args = ap.parse_args(argv)
     pbc, train, info = training_tables(args.pbc, args.trainset, args.cache, args.jobs)
+    augment = None if args.no_augment else AUGMENT
+    aug = (None, None)
+    if augment is not None:
+        aug = augmented_tables(pbc, train, info, args.pbc, args.trainset, args.cache, args.jobs, augment)
     inputs = gate_inputs(pbc.columns)
-    lym, threshold = prepare(pbc, train, inputs)
-    booster = fit_gate(pbc, train, inputs, taught=lym)
+    lym, threshold = prepare(pbc, train, inputs, augmented=aug)
+    booster = fit_gate(pbc, train, inputs, taught=lym, pbc_aug=aug[0], train_aug=aug[1])
     n_rule = int(trainset_lymphocytes(train).sum())
     meta = {
         "format": GATE_FORMAT,
@@ -294,6 +464,17 @@ def main(argv=None) -> int:
             f"P(lymphocyte) >= {CLEAN_THRESHOLD} by a gate fitted without the crop's patient (5 patient folds)",
             "trainset_rejected_by_gate": n_rule - int(lym.sum()),
             "trainset_weight": TRAINSET_WEIGHT,
+            "augmentation": None
+            if augment is None
+            else {
+                **{k: (list(v) if isinstance(v, tuple) else v) for k, v in augment.items()},
+                "ranges": {k: list(v) for k, v in augment["ranges"].items()},
+                "rule": "each copy: reacquire.random_shift(rng, ranges, p) applied to the crop, measured at the "
+                "original's um/px / the copy's magnification x a ruler error log-uniform in ruler_error; taught "
+                "as its original (type, weight); rng = numpy default_rng([seed, sha256(image)[:8], copy])",
+                "pbc_copies": int(aug[0]["nucleus_area"].notna().sum()),
+                "trainset_copies": int(aug[1]["nucleus_area"].notna().sum()),
+            },
         },
         "library_versions": library_versions(),
         "cv": "benchmarks/celltype_results.md (benchmarks/celltype_cv.py)",

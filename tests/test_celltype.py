@@ -59,6 +59,10 @@ def test_shipped_gate_loads_with_its_provenance():
     meta = gate.meta
     assert meta["training"]["pbc"]["sha256"] and meta["training"]["trainset"]["sha256"]
     assert "lightgbm" in meta["library_versions"]
+    # Taught on re-acquired copies within issue 17's ranges (magnification, stain strength...), settings recorded.
+    aug = meta["training"]["augmentation"]
+    assert aug["copies"] >= 1 and aug["pbc_copies"] > 0 and aug["trainset_copies"] > 0
+    assert aug["ranges"]["hema"] == [0.7, 1.3] and aug["ranges"]["mag"] == [0.75, 1.6]
     # Stain colour stays out of the inputs: it moves from lab to lab.
     assert not [c for c in gate.inputs if c.startswith("color_")]
     # Package data, not a pickle.
