@@ -278,7 +278,9 @@ def gate_measurements(rgb: np.ndarray, seg: Segmentation, hue: bool = True) -> d
         The crop at the canonical scale (:data:`lympho_features.scale.CANONICAL_UM_PER_PX`), as the
         segmentation saw it.
     seg : Segmentation
-        Its segmentation (:func:`lympho_features.segment.segment_cell`).
+        Its segmentation (:func:`lympho_features.segment.segment_cell`). What it already measured on ``rgb`` is
+        read, not measured again: the total OD of its region (:attr:`Segmentation.od_sum`) and of every fourth
+        pixel of the crop (:attr:`Segmentation.od_sum_every4`, the red cells' reference) when ``hue`` is False.
     hue : bool, optional
         Measure ``gate_ring_chroma`` and ``gate_ring_purple`` (:data:`HUE_KEYS`); False leaves them NaN,
         for a gate that does not read them (:func:`gate_reads_hue`): about a quarter of the cost.
