@@ -4,6 +4,7 @@
     python benchmarks/profile_crop.py --profile features     # cProfile of one stage, top functions
     python benchmarks/profile_crop.py --families             # CPU ms of each feature family
     python benchmarks/profile_crop.py --save /tmp/x.parquet  # rows of measure_crop, for a before/after check
+    python benchmarks/profile_crop.py --save-gate /tmp/g.parquet  # measure_cell rows (gate_* kept), hue off and on
     python benchmarks/profile_crop.py --compare /tmp/old.parquet /tmp/new.parquet
     python benchmarks/profile_crop.py --against ../main      # interleaved A/B against another checkout
 
@@ -207,6 +208,7 @@ def main() -> None:
     ap.add_argument("--profile", choices=("segment", "features"), default=None)
     ap.add_argument("--families", action="store_true", help="time each feature family")
     ap.add_argument("--save", type=Path, default=None, help="write measure_crop rows of the sample here")
+    ap.add_argument("--save-gate", type=Path, default=None, help="write measure_cell rows (gate_* kept, hue off, on)")
     ap.add_argument("--compare", type=Path, nargs=2, default=None, metavar=("OLD", "NEW"))
     ap.add_argument("--against", type=Path, default=None, metavar="DIR", help="interleaved A/B against a checkout")
     ap.add_argument("--rounds", type=int, default=3, help="passes over the sample for --against")
@@ -216,7 +218,8 @@ def main() -> None:
         return
     import cv2
 
-    from lympho_features.extract import measure_crop
+    from lympho_features.celltype import apply_gate, gate_measurements
+    from lympho_features.extract import measure_cell, measure_crop
     from lympho_features.features import cell_features
     from lympho_features.segment import segment_cell
 
@@ -231,11 +234,19 @@ def main() -> None:
     for r, s in zip(rgbs, segs, strict=True):
         cell_features(r, s)
     t2 = time.process_time()
-    s_ms, f_ms = (t1 - t0) * k, (t2 - t1) * k
+    for r, s in zip(rgbs, segs, strict=True):
+        gate_measurements(r, s, hue=False)  # as lympho extract measures for the shipped gate
+    t3 = time.process_time()
+    measured = [measure_cell(r) for r in rgbs]
+    t4 = time.process_time()
+    apply_gate(measured)  # all crops in one call, as a patient's
+    t5 = time.process_time()
+    s_ms, f_ms, g_ms, a_ms = (t1 - t0) * k, (t2 - t1) * k, (t3 - t2) * k, (t5 - t4) * k
     if args.against:
         against(args.against, rgbs, args.rounds)
     print(f"{len(rgbs)} crops, one core, CPU ms per crop")
     print(f"decode {d_ms:.2f}  segment {s_ms:.2f}  features {f_ms:.2f}  ratio {d_ms / (d_ms + s_ms + f_ms):.3f}")
+    print(f"cell-type gate: measurements {g_ms:.3f}  applying it {a_ms:.3f}")
     if args.families:
         for name, ms in sorted(time_families(rgbs, segs).items(), key=lambda kv: -kv[1]):
             print(f"  {name:<12} {ms:6.3f} ms")
@@ -257,6 +268,17 @@ def main() -> None:
         args.save.parent.mkdir(parents=True, exist_ok=True)
         pd.DataFrame(rows).to_parquet(args.save)
         print(f"wrote {args.save}")
+    if args.save_gate:
+        import pandas as pd
+
+        rows = [
+            {"image": n, "gate_hue": hue, **measure_cell(r, gate_hue=hue)}
+            for hue in (False, True)
+            for n, r in zip(names, rgbs, strict=True)
+        ]
+        args.save_gate.parent.mkdir(parents=True, exist_ok=True)
+        pd.DataFrame(rows).to_parquet(args.save_gate)
+        print(f"wrote {args.save_gate}")
 
 
 if __name__ == "__main__":

@@ -347,6 +347,42 @@ def test_cell_box_and_median_helpers_match_numpy():
     assert np.isnan(celltype._median(np.array([1.0, np.nan, 2.0], np.float32)))
 
 
+def test_mean_std_helpers_match_numpy_bit_for_bit():
+    # gate_measurements' means and spreads: the same float32 numbers as ndarray.mean() and .std() (the shipped
+    # gate was fitted on those), on sizes around NumPy's pairwise-summation blocks, large offsets and NaN.
+    rng = np.random.default_rng(1)
+    for n in (1, 2, 3, 7, 8, 9, 127, 128, 129, 1000, 4099, 20000):
+        for offset in (0.0, 1.5, 300.0):
+            for dtype in (np.float32, np.float64):
+                values = (rng.gamma(2.0, 0.4, size=n) + offset).astype(dtype)
+                mean, sd = celltype._mean_std(values)
+                assert mean == values.mean() and mean.dtype == dtype
+                assert sd == values.std() and sd.dtype == dtype
+                assert celltype._mean(values) == values.mean()
+    mean, sd = celltype._mean_std(np.array([1.0, np.nan, 2.0], np.float32))
+    assert np.isnan(mean) and np.isnan(sd)
+
+
+def test_gate_reuses_the_segmentations_red_cell_od():
+    # The red cells' OD of the gate without hue comes from the segmentation's own every-fourth-pixel OD sum
+    # when it kept it (not for a tight crop); computed again from the crop, the measurements are the same.
+    from dataclasses import replace
+
+    crops = _gate_crops()[:-1]
+    for rgb in crops:
+        seg = segment_cell(rgb)
+        assert seg.od_sum_every4 is not None and seg.od_sum_every4.shape == seg.nucleus_mask[::4, ::4].shape
+        reused = gate_measurements(rgb, seg, hue=False)
+        again = gate_measurements(rgb, replace(seg, od_sum_every4=None), hue=False)
+        assert reused.keys() == again.keys()
+        for key in reused:
+            assert reused[key] == again[key] or (np.isnan(reused[key]) and np.isnan(again[key])), key
+    # Another crop's OD is read when handed one: the reuse is real (the crop's pixels are not looked at again).
+    seg, other = segment_cell(crops[0]), segment_cell(crops[1])
+    swapped = gate_measurements(crops[0], replace(seg, od_sum_every4=other.od_sum_every4), hue=False)
+    assert swapped["gate_nucleus_od_rbc"] != gate_measurements(crops[0], seg, hue=False)["gate_nucleus_od_rbc"]
+
+
 @pytest.mark.parametrize(("option", "expected"), [([], True), (["--cell-type-gate"], True),
                                                   (["--no-cell-type-gate"], False)])  # fmt: skip
 def test_extract_cli_gate_option(option, expected, tmp_path, monkeypatch):

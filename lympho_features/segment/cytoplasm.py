@@ -143,6 +143,9 @@ class CellFound:
     rbc_chroma : float
         Median blue chroma ``(OD_red - OD_blue) / OD_sum`` of the red cells: the stain's hue
         (0.0 without red cells; kept for the acquisition measurements).
+    od_sum_every4 : ndarray float32, optional
+        Total OD of every fourth pixel (in each direction) of the whole crop, on which the red-cell
+        reference was measured (None for a tight crop, which has none): the cell-type gate reuses it.
     """
 
     cell: np.ndarray
@@ -153,6 +156,7 @@ class CellFound:
     rbc_od: float
     nucleus_contours: list
     rbc_chroma: float = math.nan
+    od_sum_every4: np.ndarray | None = None
 
 
 def find_cell(
@@ -171,7 +175,7 @@ def find_cell(
     # Background: mean colour of the brightest class of the three-class Otsu.
     bright = cv2.compare(green, t2, cv2.CMP_GT)
     bg = _masked_mean_u8(rgb, bright) if cv2.countNonZero(bright) > 50 else background_rgb_fast(rgb)
-    cyto, od_sum, rbc_od, rbc_chroma = cytoplasm_mask(channels, found.roi, dark, bg, s, tight)
+    cyto, od_sum, rbc_od, rbc_chroma, od_sum_every4 = _cytoplasm_mask(channels, found.roi, dark, bg, s, tight)
     nucleus = found.nucleus
     cyto = cv2.bitwise_or(cyto, cv2.bitwise_or(nucleus, found.others))
     cyto = cv2.morphologyEx(cyto, cv2.MORPH_OPEN, _disk(1))
@@ -186,7 +190,7 @@ def find_cell(
     cv2.floodFill(cyto, comp, (seed_x, seed_y), 128, flags=8 | (255 << 8) | cv2.FLOODFILL_MASK_ONLY)
     comp = comp[1:-1, 1:-1]
     cell, split, touch_fraction = cell_from_region(comp, nucleus, found.others)
-    return CellFound(cell, split, touch_fraction, bg, od_sum, rbc_od, ncont, rbc_chroma)
+    return CellFound(cell, split, touch_fraction, bg, od_sum, rbc_od, ncont, rbc_chroma, od_sum_every4)
 
 
 def cytoplasm_mask(
@@ -203,6 +207,11 @@ def cytoplasm_mask(
 
     The phases are shown one by one in :mod:`lympho_features.segment.pipeline`.
     """
+    return _cytoplasm_mask(channels, roi, dark, bg, s, tight)[:4]
+
+
+def _cytoplasm_mask(channels, roi, dark, bg, s: SegmentationSettings, tight: bool = False):
+    """:func:`cytoplasm_mask`, and the total OD of every fourth pixel of the crop (None with ``tight``)."""
     red, green, blue = channels
     y0, y1, x0, x1 = roi
     # OD channels of the ROI (table look-ups on views of the channels: no copy, no split).
@@ -213,13 +222,11 @@ def cytoplasm_mask(
     stained = cv2.compare(od_sum, s.od_background, cv2.CMP_GT)
     # The red-cell reference, on every fourth pixel of the whole crop.
     if tight:
-        ref, rbc_od, chroma_ref = 0.0, math.nan, math.nan
+        ref, rbc_od, chroma_ref, od_sum_every4 = 0.0, math.nan, math.nan, None
     else:
-        ref, rbc_od, chroma_ref = _red_cell_reference(
-            *(cv2.LUT(np.ascontiguousarray(ch[::4, ::4]), t) for ch, t in zip((red, green, blue), tables, strict=True)),
-            dark,
-            s.od_background,
-        )
+        sub = [cv2.LUT(np.ascontiguousarray(ch[::4, ::4]), t) for ch, t in zip((red, green, blue), tables, strict=True)]
+        od_sum_every4 = cv2.add(cv2.add(sub[0], sub[1]), sub[2])  # as _red_cell_reference adds them
+        ref, rbc_od, chroma_ref = _red_cell_reference(*sub, dark, s.od_background, od_sum=od_sum_every4)
     # Without red cells the "reference" is the cytoplasm itself: cap it above any red cell's.
     ref = min(ref, s.max_rbc_blueness)
     cyto = cv2.bitwise_and(stained, cv2.compare(blueness, ref + s.cytoplasm_margin, cv2.CMP_GT))
@@ -234,4 +241,4 @@ def cytoplasm_mask(
             blueness, od_sum, chroma_ref, s.pale_min_od, s.pale_max_rbc_od * rbc_od, s.pale_chroma_margin
         )
         cyto = cv2.bitwise_or(cyto, pale)
-    return cyto, od_sum, rbc_od, chroma_ref
+    return cyto, od_sum, rbc_od, chroma_ref, od_sum_every4

@@ -147,15 +147,21 @@ def red_cell_reference(
 
 
 def _red_cell_reference(
-    od_r: np.ndarray, od_g: np.ndarray, od_b: np.ndarray, dark: np.ndarray, od_background: float
+    od_r: np.ndarray,
+    od_g: np.ndarray,
+    od_b: np.ndarray,
+    dark: np.ndarray,
+    od_background: float,
+    od_sum: np.ndarray | None = None,
 ) -> tuple[float, float, float]:
     """:func:`red_cell_reference` from the OD channels of the crop's every fourth pixel.
 
     Also returns the median blue chroma ``(OD_red - OD_blue) / OD_sum`` of the
     same pixels (0.0 when too few are stained): the hue of the red cells,
-    whatever their density.
+    whatever their density. ``od_sum``: their sum ``cv2.add(cv2.add(od_r, od_g), od_b)``, when the caller has it.
     """
-    od_sum = cv2.add(cv2.add(od_r, od_g), od_b)
+    if od_sum is None:
+        od_sum = cv2.add(cv2.add(od_r, od_g), od_b)
     stained = _stained_pixels(od_sum, dark[::4, ::4], od_background)
     if stained is None:
         return 0.0, float("nan"), 0.0

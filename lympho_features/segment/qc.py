@@ -71,6 +71,7 @@ def quality_control(
         cell.od_sum,
         largest + np.array((x0, y0), np.int32),
         nucleus_moments,
+        cell.od_sum_every4,
     )
 
 

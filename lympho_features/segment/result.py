@@ -45,6 +45,10 @@ class Segmentation:
         Raw binary-image moments ``(m00, m10, m01, m20, m11, m02)`` of
         ``nucleus_mask`` in crop coordinates (exact integers), so that the
         features need not compute contour and moments again.
+    od_sum_every4 : ndarray of float32, optional
+        Total optical density of every fourth pixel (in each direction) of the
+        whole crop, on which the red-cell reference was measured (None for a
+        tight crop), kept so that the cell-type gate does not compute it again.
     """
 
     nucleus_mask: np.ndarray
@@ -59,6 +63,7 @@ class Segmentation:
     od_sum: np.ndarray | None = None
     nucleus_contour: np.ndarray | None = None
     nucleus_moments: tuple[float, ...] | None = None
+    od_sum_every4: np.ndarray | None = None
 
 
 def empty_segmentation(shape: tuple[int, int], reason: str) -> Segmentation:
