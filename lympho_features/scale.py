@@ -220,12 +220,14 @@ def red_cell_sample(rgb: np.ndarray, settings: RulerSettings = _DEFAULT_RULER) -
         return d, np.ones(d.size)
     # Room left for a red cell's centre: pixels farther than its radius from the lymphocyte (and any region
     # holding nucleus-dark pixels) and not in a corner the cell would overflow on two edges.
-    blocked = np.isin(labels, np.flatnonzero(nuclear_counts > settings.max_nuclear_fraction * stats[:, 4])[1:])
-    free = cv2.distanceTransform((~blocked).astype(np.uint8), cv2.DIST_L2, 5)
+    blocking = nuclear_counts > settings.max_nuclear_fraction * stats[:, 4]
+    blocking[0] = False
+    open_px = np.where(blocking[labels], 0, 255).astype(np.uint8)
+    free = cv2.distanceTransform(open_px, cv2.DIST_L2, 5)
     yy, xx = np.ogrid[:h, :w]
-    to_edge = np.maximum(np.minimum(xx, w - 1 - xx), np.minimum(yy, h - 1 - yy))
-    room = np.sort(np.minimum(free, to_edge), axis=None)
-    space = room.size - np.searchsorted(room, d / 2)
+    to_edge = np.maximum(np.minimum(xx, w - 1 - xx), np.minimum(yy, h - 1 - yy)).astype(np.float32)
+    room = np.minimum(free, to_edge)
+    space = np.array([np.count_nonzero(room >= r) for r in (d / 2).tolist()], np.float64)
     return d, 1.0 / np.maximum(space, 1)
 
 
@@ -288,7 +290,10 @@ def _cut_red_cells(labels, stats, nuclear_counts, settings: RulerSettings, min_a
         if len(arc) < 12:
             continue
         a = np.column_stack([2 * arc[:, 0], 2 * arc[:, 1], np.ones(len(arc))])
-        (cx, cy, c), *_ = np.linalg.lstsq(a, (arc**2).sum(axis=1), rcond=None)
+        try:  # least squares through the normal equations (3 x 3): the arc's points are many, well spread
+            cx, cy, c = np.linalg.solve(a.T @ a, a.T @ (arc**2).sum(axis=1))
+        except np.linalg.LinAlgError:
+            continue
         r2 = c + cx * cx + cy * cy
         if r2 <= 0:
             continue
