@@ -412,8 +412,9 @@ def pool_run(
     own flag, when they are reliable; else every patient gets ``canonical``,
     flagged ``no_scale``. The red cells read together are also the run's
     ruler when reliable patients are fewer than ``min_reliable_share``: the
-    few are then a selection (at x1.6 the two patients of 115 measurable on
-    their own read the scale 2.4 % too coarse, all red cells together 1.4 %).
+    few are then a selection (at x1.6 of the trainset's crops, 2 patients of
+    115 were measurable on their own: those whose crops held the smallest red
+    cells whole).
 
     Returns
     -------
