@@ -45,7 +45,7 @@ from .scale import (
     ScaleEstimate,
     estimate_from_diameters,
     pool_run,
-    red_cell_diameters,
+    red_cell_sample,
     to_canonical,
     to_physical,
 )
@@ -332,15 +332,17 @@ def _ruler_patient(data_dir: Path, patient_id: str, images: list[str], settings:
     """One task: the red-cell ruler's estimate of one patient's scale, from a sample of its crops."""
     if threads is not None:
         cv2.setNumThreads(threads)
-    diameters = []
+    diameters, weights = [np.zeros(0)], [np.zeros(0)]
     for rel in ruler_sample(images, settings.ruler_crops):
         try:
             rgb = read_crop(data_dir, rel, settings.max_pixels)
         except ImageError:
             continue  # recorded as skipped when the crops are measured
-        diameters.append(red_cell_diameters(rgb))
-    d = np.concatenate(diameters) if diameters else np.zeros(0)
-    return patient_id, estimate_from_diameters(d), d
+        d, w = red_cell_sample(rgb)
+        diameters.append(d)
+        weights.append(w)
+    d, w = np.concatenate(diameters), np.concatenate(weights)
+    return patient_id, estimate_from_diameters(d, weights=w), (d, w)
 
 
 def patient_scales(
@@ -382,16 +384,17 @@ def patient_scales(
         todo = [(pid, images) for pid, images in patients.items() if pid not in given]
         if todo:
             estimates: dict[str, ScaleEstimate] = {}
-            every_diameter = []
+            every_diameter, every_weight = [np.zeros(0)], [np.zeros(0)]
             from joblib import delayed
 
             with parallel(jobs, backend, scheduler) as (runner, threads):
                 tasks = (delayed(_ruler_patient)(data_dir, pid, imgs, settings, threads) for pid, imgs in todo)
-                for pid, est, diameters in runner(tasks):
+                for pid, est, (diameters, weights) in runner(tasks):
                     estimates[pid] = est
                     every_diameter.append(diameters)
-            # The run's red cells read together: the ruler when no patient has enough of its own.
-            run_estimate = estimate_from_diameters(np.concatenate(every_diameter) if every_diameter else [])
+                    every_weight.append(weights)
+            # The run's red cells read together: the ruler when too few patients have enough of their own.
+            run_estimate = estimate_from_diameters(np.concatenate(every_diameter), weights=np.concatenate(every_weight))
             run_scale, pooled = pool_run(estimates, RUN_AGREEMENT, settings.canonical_um_per_px, run_estimate)
             scales.update(pooled)
     scales = dict(sorted(scales.items()))

@@ -65,6 +65,10 @@ MAX_RED_CELL_SPREAD = 0.25
 #: (red-cell size disorders move the median diameter by up to about 15-20 %); farther, its own (flagged).
 RUN_AGREEMENT = 0.2
 
+#: When fewer than this share of a run's patients have a reliable scale of their own, the run's scale comes from
+#: every patient's red cells read together (:func:`pool_run`'s ``run_estimate``), not from the few patients'.
+MIN_RELIABLE_SHARE = 0.5
+
 #: Where a patient's um/px came from (``scale_source`` of cells.parquet and patients.parquet).
 SCALE_SOURCES = ("option", "csv", "red_cells_run", "red_cells_patient", "canonical_assumed")
 
@@ -89,6 +93,13 @@ class RulerSettings:
     min_area_fraction: float = 0.004  #: smallest red cell, as a fraction of the crop's area (platelets, debris)
     max_area_fraction: float = 0.15  #: largest, as a fraction of the crop's area (clumps)
     max_nuclear_fraction: float = 0.01  #: share of nucleus-dark pixels above which a region is not a red cell
+    #: Also read red cells cut by one crop edge, from the circle through their outline (see
+    #: :func:`red_cell_diameters`); without them, at a high magnification the few red cells that fit whole
+    #: between the lymphocyte and the crop's edge are the smallest.
+    cut_cells: bool = True
+    max_fit_residual: float = 0.03  #: RMS distance of a cut red cell's outline to its circle, over the radius
+    #: Weigh each red cell by the inverse of the room its centre had in the crop (see :func:`red_cell_sample`).
+    room_weights: bool = True
 
 
 _DEFAULT_RULER = RulerSettings()
@@ -117,6 +128,11 @@ def _otsu3(values: np.ndarray) -> tuple[float, float]:
 
 
 def red_cell_diameters(rgb: np.ndarray, settings: RulerSettings = _DEFAULT_RULER) -> np.ndarray:
+    """Equivalent diameters (pixels) of the isolated, round red cells of one crop (:func:`red_cell_sample`)."""
+    return red_cell_sample(rgb, settings)[0]
+
+
+def red_cell_sample(rgb: np.ndarray, settings: RulerSettings = _DEFAULT_RULER) -> tuple[np.ndarray, np.ndarray]:
     """Equivalent diameters (pixels) of the isolated, round red cells of one crop.
 
     Stained regions are the darker classes of a three-class Otsu of the green
@@ -138,13 +154,14 @@ def red_cell_diameters(rgb: np.ndarray, settings: RulerSettings = _DEFAULT_RULER
     ndarray of float64
         ``sqrt(4 area / pi)`` of each red cell kept (possibly empty).
     """
+    none = (np.zeros(0), np.zeros(0))
     if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8 or min(rgb.shape[:2]) < 32:
-        return np.zeros(0)
+        return none
     h, w = rgb.shape[:2]
     green = np.ascontiguousarray(rgb[:, :, 1])
     t1, t2 = _otsu3(green[::2, ::2])
     if t2 - t1 < 12:  # no three classes (blank crop, or no glass between cells): no ruler
-        return np.zeros(0)
+        return none
     stained = cv2.compare(green, t2, cv2.CMP_LE)
     nuclear = cv2.compare(green, t1, cv2.CMP_LE)
     # Fill the pale centres: holes of the stained mask that do not reach the edge.
@@ -158,7 +175,7 @@ def red_cell_diameters(rgb: np.ndarray, settings: RulerSettings = _DEFAULT_RULER
     ltype = cv2.CV_16U if ((h + 1) // 2) * ((w + 1) // 2) < 2**16 - 1 else cv2.CV_32S
     n, labels, stats, _ = cv2.connectedComponentsWithStats(filled, connectivity=8, ltype=ltype)
     if n <= 1:
-        return np.zeros(0)
+        return none
     nuclear_counts = np.bincount(labels[nuclear > 0], minlength=n)
     min_area, max_area = settings.min_area_fraction * h * w, settings.max_area_fraction * h * w
     x, y, bw, bh, area = (stats[:, c] for c in range(5))
@@ -177,6 +194,8 @@ def red_cell_diameters(rgb: np.ndarray, settings: RulerSettings = _DEFAULT_RULER
     )
     candidate[0] = False
     out = []
+    if settings.cut_cells:
+        out.extend(_cut_red_cells(labels, stats, nuclear_counts, settings, min_area, max_area))
     for k in np.flatnonzero(candidate).tolist():
         x, y, bw, bh, area = stats[k].tolist()
         comp = (labels[y : y + bh, x : x + bw] == k).astype(np.uint8)
@@ -196,7 +215,102 @@ def red_cell_diameters(rgb: np.ndarray, settings: RulerSettings = _DEFAULT_RULER
         if l1 <= 0 or l2 <= 0 or math.sqrt(l2 / l1) < settings.min_axis_ratio:
             continue
         out.append(math.sqrt(4.0 * area / math.pi))
-    return np.asarray(out, np.float64)
+    d = np.asarray(out, np.float64)
+    if d.size == 0 or not settings.room_weights:
+        return d, np.ones(d.size)
+    # Room left for a red cell's centre: pixels farther than its radius from the lymphocyte (and any region
+    # holding nucleus-dark pixels) and not in a corner the cell would overflow on two edges.
+    blocking = nuclear_counts > settings.max_nuclear_fraction * stats[:, 4]
+    blocking[0] = False
+    open_px = np.where(blocking[labels], 0, 255).astype(np.uint8)
+    free = cv2.distanceTransform(open_px, cv2.DIST_L2, 5)
+    yy, xx = np.ogrid[:h, :w]
+    to_edge = np.maximum(np.minimum(xx, w - 1 - xx), np.minimum(yy, h - 1 - yy)).astype(np.float32)
+    room = np.minimum(free, to_edge)
+    space = np.array([np.count_nonzero(room >= r) for r in (d / 2).tolist()], np.float64)
+    return d, 1.0 / np.maximum(space, 1)
+
+
+def _clipped_disk_area(r: float, h: float) -> float:
+    """Area of a disk of radius ``r`` whose centre lies ``h`` (0 <= h) inside a straight edge: the part inside."""
+    if h >= r:
+        return math.pi * r * r
+    if h <= -r:
+        return 0.0
+    return math.pi * r * r - (r * r * math.acos(h / r) - h * math.sqrt(r * r - h * h))
+
+
+def _radius_from_clipped_area(area: float, h: float, r0: float) -> float:
+    """The radius whose disk, cut by an edge ``h`` from its centre, keeps ``area`` inside (bisection)."""
+    lo, hi = 0.5 * r0, 2.0 * r0
+    for _ in range(40):
+        mid = 0.5 * (lo + hi)
+        if _clipped_disk_area(mid, h) < area:
+            lo = mid
+        else:
+            hi = mid
+    return 0.5 * (lo + hi)
+
+
+def _cut_red_cells(labels, stats, nuclear_counts, settings: RulerSettings, min_area: float, max_area: float):
+    """Equivalent diameters of the round red cells cut by exactly one crop edge, their centre inside the crop.
+
+    The circle through the outline left inside the crop (least squares, the
+    points on the edge left out) gives the red cell's centre and roundness; the
+    diameter is that of the disk which, cut by the same edge, covers the
+    region's area: the same area-equivalent diameter as a whole red cell's.
+    Regions whose outline strays from its circle (two red cells touching, a
+    crenated or elongated one) or whose centre lies outside the crop (less than
+    half the cell seen) are left out.
+    """
+    h, w = labels.shape
+    x, y, bw, bh, area = (stats[:, c] for c in range(5))
+    edges = np.stack([x == 0, y == 0, x + bw == w, y + bh == h], axis=1)
+    candidate = (
+        (edges.sum(axis=1) == 1)
+        & (area >= 0.5 * min_area)
+        & (area <= max_area)
+        & (nuclear_counts <= settings.max_nuclear_fraction * area)
+    )
+    candidate[0] = False
+    out = []
+    for k in np.flatnonzero(candidate).tolist():
+        x0, y0, bw_k, bh_k, area_k = stats[k].tolist()
+        comp = (labels[y0 : y0 + bh_k, x0 : x0 + bw_k] == k).astype(np.uint8)
+        contours, _ = cv2.findContours(comp, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+        if not contours:
+            continue
+        contour = max(contours, key=cv2.contourArea)
+        hull_area = cv2.contourArea(cv2.convexHull(contour))
+        if hull_area <= 0 or area_k / hull_area < settings.min_solidity:
+            continue
+        pts = contour.reshape(-1, 2).astype(np.float64) + (x0, y0)
+        # The outline along the crop's edge (and the pixel next to it, where the outline turns) is the cut.
+        arc = pts[(pts[:, 0] > 1) & (pts[:, 1] > 1) & (pts[:, 0] < w - 2) & (pts[:, 1] < h - 2)]
+        if len(arc) < 12:
+            continue
+        a = np.column_stack([2 * arc[:, 0], 2 * arc[:, 1], np.ones(len(arc))])
+        try:  # least squares through the normal equations (3 x 3): the arc's points are many, well spread
+            cx, cy, c = np.linalg.solve(a.T @ a, a.T @ (arc**2).sum(axis=1))
+        except np.linalg.LinAlgError:
+            continue
+        r2 = c + cx * cx + cy * cy
+        if r2 <= 0:
+            continue
+        r_fit = math.sqrt(r2)
+        residual = float(np.sqrt(np.mean((np.hypot(arc[:, 0] - cx, arc[:, 1] - cy) - r_fit) ** 2)))
+        if residual > settings.max_fit_residual * r_fit:
+            continue
+        # Distance from the centre to the cut edge (the crop's border lies half a pixel beyond its last pixels).
+        side = int(np.argmax(edges[k]))
+        depth = (cx + 0.5, cy + 0.5, w - 0.5 - cx, h - 0.5 - cy)[side]
+        if depth <= 0:
+            continue
+        r = _radius_from_clipped_area(float(area_k), depth, r_fit)
+        if not (min_area <= math.pi * r * r <= max_area):
+            continue
+        out.append(2.0 * r)
+    return out
 
 
 @dataclass(frozen=True)
@@ -231,6 +345,7 @@ def estimate_from_diameters(
     min_red_cells: int = MIN_RED_CELLS,
     max_spread: float = MAX_RED_CELL_SPREAD,
     red_cell_um: float = RED_CELL_DIAMETER_UM,
+    weights=None,
 ) -> ScaleEstimate:
     """Robust scale of one patient from its red cells' diameters (pixels, from :func:`red_cell_diameters`).
 
@@ -239,13 +354,27 @@ def estimate_from_diameters(
     interquartile range of the diameters.
     """
     d = np.asarray(diameters_px, np.float64)
-    d = d[np.isfinite(d) & (d > 0)]
+    wt = np.ones(d.size) if weights is None else np.asarray(weights, np.float64)
+    keep = np.isfinite(d) & (d > 0) & np.isfinite(wt) & (wt > 0)
+    d, wt = d[keep], wt[keep]
     if d.size == 0:
         return ScaleEstimate(float("nan"), 0, float("nan"), "few_red_cells")
-    q25, med, q75 = np.percentile(d, [25, 50, 75])
+    if weights is None:
+        q25, med, q75 = np.percentile(d, [25, 50, 75])
+    else:
+        q25, med, q75 = weighted_quantiles(d, wt, (0.25, 0.5, 0.75))
     spread = float((q75 - q25) / med)
     flag = "few_red_cells" if d.size < min_red_cells else ("red_cells_spread" if spread > max_spread else "")
     return ScaleEstimate(float(red_cell_um / med), int(d.size), spread, flag)
+
+
+def weighted_quantiles(values, weights, qs) -> np.ndarray:
+    """Quantiles of ``values`` with ``weights`` (the midpoint rule: equal weights give the usual quantiles)."""
+    v, w = np.asarray(values, np.float64), np.asarray(weights, np.float64)
+    order = np.argsort(v, kind="stable")
+    v, w = v[order], w[order]
+    cum = (np.cumsum(w) - 0.5 * w) / w.sum()
+    return np.interp(np.asarray(qs, np.float64), cum, v)
 
 
 @dataclass(frozen=True)
@@ -264,11 +393,13 @@ def pool_run(
     agreement: float = RUN_AGREEMENT,
     canonical: float = CANONICAL_UM_PER_PX,
     run_estimate: ScaleEstimate | None = None,
+    min_reliable_share: float = MIN_RELIABLE_SHARE,
 ) -> tuple[float, dict[str, PatientScale]]:
     """The run's pooled red-cell scale and the scale each patient is measured at.
 
     The run's scale is the median of the reliable patients' estimates (each
-    patient weighing the same, however many crops it has). A reliable patient
+    patient weighing the same, however many crops it has), when at least
+    ``min_reliable_share`` of the patients are reliable. A reliable patient
     within ``agreement`` (relative) of it gets the run's scale: one lab, one
     scanner, and the patient's red cells are merely small or large (anaemia).
     A reliable patient farther away keeps its own estimate, flagged
@@ -279,7 +410,11 @@ def pool_run(
     enough on its own: 105 red cells over 115 patients at x1.6 of the
     trainset's 224-pixel crops) give every patient the run's scale with its
     own flag, when they are reliable; else every patient gets ``canonical``,
-    flagged ``no_scale``.
+    flagged ``no_scale``. The red cells read together are also the run's
+    ruler when reliable patients are fewer than ``min_reliable_share``: the
+    few are then a selection (at x1.6 of the trainset's crops, 2 patients of
+    115 were measurable on their own: those whose crops held the smallest red
+    cells whole).
 
     Returns
     -------
@@ -288,8 +423,11 @@ def pool_run(
     scales : dict of str to PatientScale
     """
     good = [e.um_per_px for e in estimates.values() if e.reliable]
-    if not good:
-        run = run_estimate.um_per_px if run_estimate is not None and run_estimate.reliable else float("nan")
+    pooled_ok = run_estimate is not None and run_estimate.reliable
+    if not good or (pooled_ok and len(good) < min_reliable_share * len(estimates)):
+        # Too few patients measurable on their own: they are a selection (at a high magnification, those whose
+        # crops happen to hold the smallest red cells whole), so every red cell of the run is read together.
+        run = run_estimate.um_per_px if pooled_ok else float("nan")
     else:
         # Median of the agreeing majority: the median of all, then of those within ``agreement`` of it, so that
         # a block of patients from another lab pulls the run's scale less.

@@ -12,12 +12,15 @@ from lympho_features.scale import (
     CANONICAL_UM_PER_PX,
     RED_CELL_DIAMETER_UM,
     RESAMPLE_TOLERANCE,
+    RulerSettings,
     ScaleEstimate,
     estimate_from_diameters,
     pool_run,
     red_cell_diameters,
+    red_cell_sample,
     resample_factor,
     to_canonical,
+    weighted_quantiles,
 )
 from lympho_features.synthetic import synthetic_crop
 
@@ -69,9 +72,57 @@ def test_ruler_ignores_the_lymphocyte_overlaps_and_cut_red_cells():
     cv2.circle(img, (60, 60), 22, (200, 150, 170), -1)
     cv2.circle(img, (90, 60), 22, (200, 150, 170), -1)
     cv2.circle(img, (150, 160), 23, (200, 150, 170), -1)
-    cv2.circle(img, (220, 120), 23, (200, 150, 170), -1)  # cut by the edge
+    cv2.circle(img, (235, 120), 23, (200, 150, 170), -1)  # cut by the edge, most of it outside the crop
+    cv2.circle(img, (5, 5), 23, (200, 150, 170), -1)  # cut by two edges (a corner)
     d = red_cell_diameters(img)
     assert d.size == 1 and d[0] == pytest.approx(46, abs=2)
+
+
+@pytest.mark.parametrize("inside", [2, 8, 16])
+def test_ruler_reads_a_red_cell_cut_by_one_edge_at_its_whole_size(inside):
+    """A round red cell whose centre lies ``inside`` px within the crop's right edge reads as the whole one."""
+    img = np.full((224, 224, 3), 240, np.uint8)
+    cv2.circle(img, (223 - inside, 100), 30, (200, 150, 170), -1, lineType=cv2.LINE_AA)
+    cv2.circle(img, (80, 100), 30, (200, 150, 170), -1, lineType=cv2.LINE_AA)
+    cv2.circle(img, (110, 180), 25, (90, 40, 120), -1)  # a nucleus: the three classes the ruler thresholds
+    d = np.sort(red_cell_diameters(img))
+    assert d.size == 2 and d[0] == pytest.approx(d[1], rel=0.02)
+    # Without the cut red cells, only the whole one.
+    assert red_cell_diameters(img, RulerSettings(cut_cells=False)).size == 1
+
+
+def test_ruler_reads_the_scale_of_a_narrow_field_as_the_wide_one():
+    """At a high magnification a 224-px crop is a narrow field around the lymphocyte.
+
+    The central 224 px of fields drawn 358 px wide (x1.6) hold almost no whole
+    red cell: without the cut ones the few that fit between the lymphocyte
+    and the edge were the smallest. The ruler reads the same scale there as on
+    the whole field.
+    """
+    rng = np.random.default_rng(0)
+    fields = [synthetic_crop(rng, size=358, n_red_cells=30).rgb for _ in range(16)]
+
+    def read(crops, settings=RulerSettings()):
+        samples = [red_cell_sample(c, settings) for c in crops]
+        d, w = (np.concatenate([s[i] for s in samples]) for i in (0, 1))
+        return estimate_from_diameters(d, weights=w)
+
+    wide = read(fields)
+    narrow = read([np.ascontiguousarray(f[67:291, 67:291]) for f in fields])
+    assert wide.reliable and narrow.reliable
+    assert narrow.um_per_px == pytest.approx(wide.um_per_px, rel=0.02)
+    whole_only = read([np.ascontiguousarray(f[67:291, 67:291]) for f in fields], RulerSettings(cut_cells=False))
+    assert not whole_only.reliable
+
+
+def test_weighted_quantiles_are_the_usual_ones_with_equal_weights_and_follow_the_weights():
+    v = np.array([1.0, 2.0, 3.0, 4.0, 5.0])
+    assert weighted_quantiles(v, np.ones(5), [0.5])[0] == pytest.approx(3.0)
+    assert weighted_quantiles(v[::-1], np.ones(5), [0.5])[0] == pytest.approx(3.0)
+    heavy_small = weighted_quantiles(v, [10, 1, 1, 1, 1], [0.5])[0]
+    assert heavy_small < 2.0
+    est = estimate_from_diameters([40, 46, 46, 46, 60] * 4, weights=[1, 1, 1, 1, 1] * 4)
+    assert est.um_per_px == pytest.approx(RED_CELL_DIAMETER_UM / 46)
 
 
 @pytest.mark.parametrize(
@@ -137,6 +188,20 @@ def test_run_pooling_reads_the_runs_red_cells_together_when_no_patient_has_enoug
     # Too few even together: the canonical scale, flagged, as without any red cell.
     run, scales = pool_run(few, run_estimate=estimate_from_diameters(rng.normal(73, 3, 5)))
     assert math.isnan(run) and {s.flag for s in scales.values()} == {"no_scale"}
+
+
+def test_run_pooling_reads_the_runs_red_cells_together_when_few_patients_have_enough():
+    # Two patients of ten measurable on their own (their crops happened to hold the smallest red cells whole):
+    # a selection, so the run's red cells read together are the ruler; with most patients measurable, their median.
+    rng = np.random.default_rng(4)
+    estimates = {f"P{i}": _est(73, n=5, flag="few_red_cells") for i in range(8)}
+    estimates.update({"S0": _est(69, n=16), "S1": _est(70, n=16)})
+    together = estimate_from_diameters(rng.normal(73, 2, 60))
+    run, scales = pool_run(estimates, run_estimate=together)
+    assert run == pytest.approx(together.um_per_px) and run == pytest.approx(RED_CELL_DIAMETER_UM / 73, rel=0.02)
+    assert scales["S0"].um_per_px == run and scales["S0"].flag == ""
+    run, _ = pool_run(estimates, run_estimate=together, min_reliable_share=0.2)
+    assert run == pytest.approx(np.mean([RED_CELL_DIAMETER_UM / 69, RED_CELL_DIAMETER_UM / 70]))
 
 
 def test_to_canonical_resamples_only_beyond_the_tolerance():
