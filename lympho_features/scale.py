@@ -197,12 +197,11 @@ def red_cell_sample(rgb: np.ndarray, settings: RulerSettings = _DEFAULT_RULER) -
     if settings.cut_cells:
         out.extend(_cut_red_cells(labels, stats, nuclear_counts, settings, min_area, max_area))
     for k in np.flatnonzero(candidate).tolist():
-        x, y, bw, bh, area = stats[k].tolist()
-        comp = (labels[y : y + bh, x : x + bw] == k).astype(np.uint8)
-        contours, _ = cv2.findContours(comp, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
-        if not contours:
+        area = int(stats[k, 4])
+        comp, contour = _component_outline(labels, stats, k)
+        if contour is None:
             continue
-        hull = cv2.convexHull(max(contours, key=cv2.contourArea))
+        hull = cv2.convexHull(contour)
         hull_area, hull_perimeter = cv2.contourArea(hull), cv2.arcLength(hull, True)
         if hull_area <= 0 or hull_perimeter <= 0:
             continue
@@ -229,6 +228,15 @@ def red_cell_sample(rgb: np.ndarray, settings: RulerSettings = _DEFAULT_RULER) -
     room = np.minimum(free, to_edge)
     space = np.array([np.count_nonzero(room >= r) for r in (d / 2).tolist()], np.float64)
     return d, 1.0 / np.maximum(space, 1)
+
+
+def _component_outline(labels: np.ndarray, stats: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """Connected component ``k`` cut to its box (uint8, 1 inside) and its largest outer outline (box pixels; None
+    when it has none), from ``cv2.connectedComponentsWithStats``' labels and stats."""
+    x, y, bw, bh = stats[k, :4].tolist()
+    comp = (labels[y : y + bh, x : x + bw] == k).astype(np.uint8)
+    contours, _ = cv2.findContours(comp, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    return comp, (max(contours, key=cv2.contourArea) if contours else None)
 
 
 def _clipped_disk_area(r: float, h: float) -> float:
@@ -275,12 +283,10 @@ def _cut_red_cells(labels, stats, nuclear_counts, settings: RulerSettings, min_a
     candidate[0] = False
     out = []
     for k in np.flatnonzero(candidate).tolist():
-        x0, y0, bw_k, bh_k, area_k = stats[k].tolist()
-        comp = (labels[y0 : y0 + bh_k, x0 : x0 + bw_k] == k).astype(np.uint8)
-        contours, _ = cv2.findContours(comp, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
-        if not contours:
+        x0, y0, _, _, area_k = stats[k].tolist()
+        _, contour = _component_outline(labels, stats, k)
+        if contour is None:
             continue
-        contour = max(contours, key=cv2.contourArea)
         hull_area = cv2.contourArea(cv2.convexHull(contour))
         if hull_area <= 0 or area_k / hull_area < settings.min_solidity:
             continue
