@@ -1,4 +1,4 @@
-"""Rebuild the cell-type gate shipped in the package (lympho_features/data/celltype_gate.{txt,json}).
+"""Rebuild the cell-type gate shipped in the package (lympho_features/data/celltype_gate.{txt.gz,json}).
 
     python scripts/build_celltype_gate.py [--pbc ../shared/data/pbc] \
         [--trainset ../shared/data/lymphocytosis/trainset] [--cache DIR] [--jobs 2]
@@ -34,6 +34,7 @@ Never pickled.
 from __future__ import annotations
 
 import argparse
+import gzip
 import hashlib
 import json
 import math
@@ -480,8 +481,10 @@ def main(argv=None) -> int:
         "cv": "benchmarks/celltype_results.md (benchmarks/celltype_cv.py)",
     }
     args.out.mkdir(parents=True, exist_ok=True)
+    # LightGBM's own text, gzip-compressed without a time stamp (mtime=0): a rebuild gives the same bytes.
+    text = booster.model_to_string().encode("utf-8")
     with atomic_path(args.out / GATE_FILES[0]) as tmp:
-        booster.save_model(str(tmp))
+        tmp.write_bytes(gzip.compress(text, compresslevel=9, mtime=0))
     write_json(meta, args.out / GATE_FILES[1])
     print(
         f"gate: {len(inputs)} inputs, {len(pbc)} PBC crops, {int(lym.sum())} trainset lymphocytes, "

@@ -67,7 +67,7 @@ def test_shipped_gate_loads_with_its_provenance():
     assert not [c for c in gate.inputs if c.startswith("color_")]
     # Package data, not a pickle.
     root = Path(celltype.__file__).parent / "data"
-    assert (root / "celltype_gate.txt").read_text().startswith("tree")
+    assert celltype.read_gate_text(root / celltype.GATE_FILES[0]).startswith("tree")
     assert json.loads((root / "celltype_gate.json").read_text())["inputs"] == list(gate.inputs)
 
 
@@ -278,13 +278,29 @@ def test_the_gate_predicts_as_lightgbm_itself():
     from importlib import resources
 
     gate = default_gate()
-    text = (resources.files("lympho_features") / "data" / celltype.GATE_FILES[0]).read_text()
+    with resources.as_file(resources.files("lympho_features") / "data" / celltype.GATE_FILES[0]) as path:
+        text = celltype.read_gate_text(path)
     reference = lightgbm.Booster(model_str=text)
     X = np.random.default_rng(0).normal(size=(200, len(gate.inputs))) * 20
     X[np.random.default_rng(1).random(X.shape) < 0.1] = np.nan  # missing values take the trees' default side
     assert np.array_equal(gate.booster.predict(X), reference.predict(X))
     assert np.array_equal(gate.booster.predict(X[:1]), reference.predict(X[:1]))
     assert list(gate.booster.feature_name()) == reference.feature_name() == list(gate.inputs)
+
+
+def test_a_gate_reads_from_plain_or_gzip_compressed_text(tmp_path):
+    """The shipped gate is its LightGBM text gzip-compressed; a plain text file of the same model reads the same."""
+    root = Path(celltype.__file__).parent / "data"
+    shipped = celltype.read_gate(root / celltype.GATE_FILES[0], root / celltype.GATE_FILES[1])
+    plain = tmp_path / "gate.txt"
+    plain.write_text(celltype.read_gate_text(root / celltype.GATE_FILES[0]))
+    gate = celltype.read_gate(plain, root / celltype.GATE_FILES[1])
+    X = np.random.default_rng(2).normal(size=(50, len(gate.inputs))) * 20
+    assert np.array_equal(gate.booster.predict(X), shipped.booster.predict(X))
+    broken = tmp_path / "gate.txt.gz"
+    broken.write_bytes(b"not gzip")
+    with pytest.raises(celltype.CellTypeGateError, match="cannot read the cell-type gate"):
+        celltype.read_gate(broken, root / celltype.GATE_FILES[1])
 
 
 def test_loading_the_gate_does_not_import_lightgbm():
