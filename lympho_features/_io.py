@@ -14,8 +14,7 @@ from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
 
-import pandas as pd
-
+from ._lazy import pd
 from .errors import OutputError, OutputLockedError  # noqa: F401 (re-exported)
 
 _PACKAGES = (

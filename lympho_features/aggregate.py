@@ -12,8 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import pandas as pd
 
+from ._lazy import pd
 from ._validate import SettingsCheck
 
 #: Columns of cells.parquet that are not cell measurements (the pixel scale describes the acquisition, not the

@@ -48,8 +48,8 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import pandas as pd
 
+from ._lazy import pd
 from .errors import LymphoError
 from .features.cell import _roi_od_sum
 from .lightgbm_native import booster_from_text

@@ -20,8 +20,8 @@ from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
+from ._lazy import pd
 from .errors import DatasetError, ImageError  # noqa: F401 (re-exported)
 from .images import MAX_FILE_BYTES, MAX_PIXELS, decode_image, image_header, read_image, read_image_data  # noqa: F401 (re-exported)
 

@@ -23,7 +23,6 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import pandas as pd
 
 from . import __version__
 from ._io import (
@@ -36,6 +35,7 @@ from ._io import (
     sha256_of,
     write_json,
 )
+from ._lazy import pd
 from .celltype import apply_gate
 from .dataset import (
     ClinicalColumns,
@@ -68,10 +68,12 @@ from .shards import (  # noqa: F401  (re-exported: callers import them from here
     _one_line,
     _shard_name,
     build_tables,
+    columns_to_table,
     combine_patient_rows,
     inputs_key,
     patient_rows,
     read_shard_meta,
+    rows_to_columns,
     rows_to_table,
     table_checksum,
     verify_shard,
@@ -206,7 +208,13 @@ def process_patient(
 def _run_patient(
     data_dir: Path, patient_id: str, images: list[str], settings: ExtractSettings, schema, threads, scale=None
 ):
-    """One task: runs in a worker process (local or Dask) and returns the patient's table and its checksum."""
+    """One task: runs in a worker process (local or Dask) and returns the patient's columns.
+
+    Returns ``(patient_id, columns, skipped, extra_keys, n_images)``: plain
+    columns (:func:`~lympho_features.shards.rows_to_columns`), from which the
+    main process builds the Arrow table (:func:`~lympho_features.shards.columns_to_table`),
+    so that a worker imports neither pandas nor builds Arrow arrays.
+    """
     if threads is None:
         rows, skipped = process_patient(data_dir, patient_id, images, settings, scale)
     else:
@@ -215,9 +223,8 @@ def _run_patient(
         cv2.setNumThreads(threads)
         with threadpool_limits(threads):
             rows, skipped = process_patient(data_dir, patient_id, images, settings, scale)
-    table, extra = rows_to_table(rows, schema)
-    # The checksum is computed here, in parallel, rather than by the process that writes the shards.
-    return patient_id, table, table_checksum(table), skipped, extra, len(images)
+    columns, extra = rows_to_columns(rows, schema)
+    return patient_id, columns, skipped, extra, len(images)
 
 
 def _os_error_message(exc: OSError, path) -> str:
@@ -481,8 +488,9 @@ def _run_all(data_dir, todo, settings, schema, jobs, progress, backend, schedule
         )
         with Progress(*columns, disable=not progress, transient=False) as bar:
             t = bar.add_task("extract", total=n_images, rate="")
-            for pid, cells, checksum, skipped, extra, n in runner(tasks):
-                yield pid, cells, checksum, skipped, extra, {"patient_id": pid, "skipped": skipped}
+            for pid, columns, skipped, extra, n in runner(tasks):
+                cells = columns_to_table(columns, schema)
+                yield pid, cells, table_checksum(cells), skipped, extra, {"patient_id": pid, "skipped": skipped}
                 bar.advance(t, n)
                 speed = bar.tasks[0].speed
                 bar.update(t, rate=f"{speed:6.0f} crops/s" if speed else "")

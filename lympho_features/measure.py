@@ -22,8 +22,8 @@ from typing import NamedTuple
 
 import cv2
 import numpy as np
-import pandas as pd
 
+from ._lazy import pd
 from ._validate import SettingsCheck
 from .acquisition import crop_acquisition
 from .aggregate import AggregateSettings

@@ -19,9 +19,9 @@ from operator import itemgetter
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 from ._io import atomic_path, sha256_of, write_parquet, write_table
+from ._lazy import pd
 from .aggregate import AggregateSettings, build_patient_table
 from .dataset import DatasetError, file_stamp
 
@@ -55,7 +55,22 @@ def rows_to_table(rows: list[dict], schema):
     Built column by column from the rows (no pandas round trip). A missing
     flag is False, a missing or non-numeric measurement is null, a missing
     string is null. Returns the table and the names of keys that are not in
-    the schema (dropped; reported as a warning).
+    the schema (dropped; reported as a warning). :func:`rows_to_columns`
+    then :func:`columns_to_table`.
+    """
+    columns, extra = rows_to_columns(rows, schema)
+    return columns_to_table(columns, schema), extra
+
+
+def rows_to_columns(rows: list[dict], schema) -> tuple[dict[str, object], list[str]]:
+    """One patient's rows as plain columns, in ``schema``'s order and sorted by image: what a worker returns.
+
+    A measurement column is a float64 array (NaN for a missing or non-numeric
+    value), a flag a list of bools (a missing flag is False), a string a list
+    of str or None. No Arrow array is built (nor pandas imported, but for a
+    non-numeric measurement): :func:`columns_to_table`, in the process that
+    writes the shards, makes the table :func:`rows_to_table` makes. Returns
+    the columns and the names of keys that are not in the schema.
     """
     import pyarrow as pa
 
@@ -71,7 +86,7 @@ def rows_to_table(rows: list[dict], schema):
         except (KeyError, TypeError, ValueError):  # a missing key or an odd value: column by column below
             matrix = None
     float_index = {name: j for j, name in enumerate(floats)}
-    arrays = []
+    columns: dict[str, object] = {}
     for f in schema:
         if pa.types.is_floating(f.type):
             if matrix is not None:
@@ -80,16 +95,32 @@ def rows_to_table(rows: list[dict], schema):
                 values = [r.get(f.name) for r in rows]
                 try:
                     col = np.array(values, dtype=np.float64)
-                except (TypeError, ValueError):  # a string or other odd value among the numbers
+                except (TypeError, ValueError):  # a string or other odd value among the numbers (rare: pandas)
                     col = pd.to_numeric(pd.Series(values, dtype=object), errors="coerce").to_numpy(np.float64)
-            arrays.append(pa.array(col, f.type, from_pandas=True))  # NaN is stored as null
+            columns[f.name] = col
             continue
         values = [r.get(f.name) for r in rows]
         if pa.types.is_boolean(f.type):
-            arrays.append(pa.array([bool(v) and v == v for v in values], pa.bool_()))
+            columns[f.name] = [bool(v) and v == v for v in values]
         else:
-            arrays.append(pa.array([None if v is None or v != v else str(v) for v in values], f.type))
-    return pa.Table.from_arrays(arrays, schema=schema), extra
+            columns[f.name] = [None if v is None or v != v else str(v) for v in values]
+    return columns, extra
+
+
+def columns_to_table(columns: dict[str, object], schema):
+    """The Arrow table of :func:`rows_to_columns`' columns, with exactly the columns and types of ``schema``."""
+    import pyarrow as pa
+
+    arrays = []
+    for f in schema:
+        col = columns[f.name]
+        if pa.types.is_floating(f.type):
+            arrays.append(pa.array(col, f.type, from_pandas=True))  # NaN is stored as null
+        elif pa.types.is_boolean(f.type):
+            arrays.append(pa.array(col, pa.bool_()))
+        else:
+            arrays.append(pa.array(col, f.type))
+    return pa.Table.from_arrays(arrays, schema=schema)
 
 
 def table_checksum(table) -> str:

@@ -28,7 +28,8 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import pandas as pd
+
+from ._lazy import pd
 
 BACKGROUND = np.array([246, 224, 206], np.float32)
 RED_CELL = np.array([222, 178, 186], np.float32)

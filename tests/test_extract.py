@@ -393,13 +393,40 @@ def test_workers_times_threads_never_exceed_the_cores(cohort):
     try:
         images = [f"P0/{p.name}" for p in sorted((cohort / "P0").iterdir())]
         schema = extract_mod.cell_schema()
-        pid, cells, checksum, skipped, extra, n = extract_mod._run_patient(
+        pid, columns, skipped, extra, n = extract_mod._run_patient(
             cohort, "P0", images, extract_mod.ExtractSettings(), schema, 1
         )
         assert cv2.getNumThreads() == 1 and (pid, n, skipped, extra) == ("P0", len(images), [], [])
-        assert cells.schema.equals(schema) and checksum == extract_mod.table_checksum(cells)
+        cells = extract_mod.columns_to_table(columns, schema)
+        assert cells.schema.equals(schema) and cells.num_rows == len(images)
     finally:
         cv2.setNumThreads(before)
+
+
+def test_worker_tasks_do_not_import_pandas(cohort):
+    # A worker process (local or Dask) runs the ruler's and the measurement's per-patient tasks; pandas is the
+    # main process's (it cost ~0.3 s of CPU a worker). The task returns plain columns; the main process builds
+    # the table, and it is the one rows_to_table builds.
+    code = (
+        "import sys\n"
+        "from pathlib import Path\n"
+        "from lympho_features import extract as x\n"
+        "from lympho_features.measure import _ruler_patient\n"
+        "data = Path(sys.argv[1])\n"
+        "images = [f'P0/{p.name}' for p in sorted((data / 'P0').iterdir())]\n"
+        "settings = x.ExtractSettings()\n"
+        "_ruler_patient(data, 'P0', images, settings, 1)\n"
+        "pid, columns, skipped, extra, n = x._run_patient(data, 'P0', images, settings, x.cell_schema(settings), 1)\n"
+        "assert pid == 'P0' and n == len(images) and len(columns['image']) == n, (pid, n, skipped)\n"
+        "loaded = sorted(m for m in sys.modules if m == 'pandas' or m.startswith('pandas.'))\n"
+        "assert not loaded, loaded[:5]\n"
+        "rows, _ = x.process_patient(data, 'P0', images, settings)\n"
+        "table, _ = x.rows_to_table(rows, x.cell_schema(settings))\n"
+        "built = x.columns_to_table(columns, x.cell_schema(settings))\n"
+        "assert built.equals(table) and x.table_checksum(built) == x.table_checksum(table)\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code, str(cohort)], capture_output=True, text=True, env=CHECKOUT_ENV)
+    assert res.returncode == 0, res.stderr
 
 
 def test_relative_data_dir_after_a_change_of_folder(cohort, tmp_path, monkeypatch):
