@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import lru_cache
 
 import cv2
 import numpy as np
@@ -221,13 +222,34 @@ def red_cell_sample(rgb: np.ndarray, settings: RulerSettings = _DEFAULT_RULER) -
     # holding nucleus-dark pixels) and not in a corner the cell would overflow on two edges.
     blocking = nuclear_counts > settings.max_nuclear_fraction * stats[:, 4]
     blocking[0] = False
-    open_px = np.where(blocking[labels], 0, 255).astype(np.uint8)
+    open_px = np.take(np.where(blocking, 0, 255).astype(np.uint8), labels)  # a look-up of the labels
     free = cv2.distanceTransform(open_px, cv2.DIST_L2, 5)
+    room = cv2.min(free, _edge_room(h, w))
+    space = np.array([_count_at_least(room, r) for r in (d / 2).tolist()], np.float64)
+    return d, 1.0 / np.maximum(space, 1)
+
+
+@lru_cache(maxsize=16)
+def _edge_room(h: int, w: int) -> np.ndarray:
+    """Room (pixels, float32) a red cell's centre has before overflowing two edges of an ``h`` x ``w`` crop.
+
+    The larger of the distances to the nearer vertical and the nearer
+    horizontal edge; made once per crop shape (read-only: shared by the calls).
+    """
     yy, xx = np.ogrid[:h, :w]
     to_edge = np.maximum(np.minimum(xx, w - 1 - xx), np.minimum(yy, h - 1 - yy)).astype(np.float32)
-    room = np.minimum(free, to_edge)
-    space = np.array([np.count_nonzero(room >= r) for r in (d / 2).tolist()], np.float64)
-    return d, 1.0 / np.maximum(space, 1)
+    to_edge.flags.writeable = False
+    return to_edge
+
+
+def _count_at_least(room: np.ndarray, r: float) -> int:
+    """``np.count_nonzero(room >= r)`` for a float32 ``room``: compared in float32, as NumPy compares it.
+
+    NumPy 2 converts the Python float ``r`` to float32 (NEP 50: a Python
+    float is weak), rounding to nearest; OpenCV's comparison gets that
+    float32 value, exactly.
+    """
+    return cv2.countNonZero(cv2.compare(room, float(np.float32(r)), cv2.CMP_GE))
 
 
 def _component_outline(labels: np.ndarray, stats: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray | None]:

@@ -8,6 +8,7 @@ import cv2
 import numpy as np
 import pytest
 
+from lympho_features import scale as scale_mod
 from lympho_features.scale import (
     CANONICAL_UM_PER_PX,
     RED_CELL_DIAMETER_UM,
@@ -123,6 +124,28 @@ def test_weighted_quantiles_are_the_usual_ones_with_equal_weights_and_follow_the
     assert heavy_small < 2.0
     est = estimate_from_diameters([40, 46, 46, 46, 60] * 4, weights=[1, 1, 1, 1, 1] * 4)
     assert est.um_per_px == pytest.approx(RED_CELL_DIAMETER_UM / 46)
+
+
+@pytest.mark.parametrize("shape", [(224, 224), (97, 160), (33, 32)])
+def test_room_weights_count_the_room_as_numpy_compares_it(shape):
+    # The room counts are those of `np.count_nonzero(room >= r)` on the float32 room, r a Python float: NumPy 2
+    # compares in float32 (r rounded to nearest), and so must the cheaper count. Radii on and around room values
+    # whose float32 is below, at and above the float64 radius.
+    h, w = shape
+    rng = np.random.default_rng(h)
+    free = cv2.distanceTransform(np.where(rng.random(shape) < 0.01, 0, 255).astype(np.uint8), cv2.DIST_L2, 5)
+    edge = scale_mod._edge_room(h, w)
+    yy, xx = np.ogrid[:h, :w]
+    expected = np.maximum(np.minimum(xx, w - 1 - xx), np.minimum(yy, h - 1 - yy)).astype(np.float32)
+    assert edge.dtype == np.float32 and np.array_equal(edge, expected) and not edge.flags.writeable
+    assert scale_mod._edge_room(h, w) is edge  # made once per shape
+    room = cv2.min(free, edge)
+    assert np.array_equal(room, np.minimum(free, expected))
+    values = np.unique(room).astype(np.float64)
+    radii = [0.7, 1.0, 2.1969, 5.5, 1e9, *values[::7], *np.nextafter(values[::5], 0), *np.nextafter(values[::5], 99)]
+    radii += [float(np.float32(v)) + 1e-9 for v in values[::11]] + [float(np.float32(v)) - 1e-9 for v in values[::11]]
+    for r in map(float, radii):  # Python floats, as red_cell_sample's radii (a NumPy float64 is not weak)
+        assert scale_mod._count_at_least(room, r) == np.count_nonzero(room >= r), r
 
 
 @pytest.mark.parametrize(
