@@ -36,7 +36,8 @@ own, so the red-cell ruler reads the same crops both times, unless
 ``--no-paired-ruler``). Experiments: ``--texture-sigma S`` extracts
 with another :attr:`FeatureSettings.texture_sigma` (give it its own
 ``--scratch``), ``--exclude lbp_,radial_`` makes every cell model also leave
-those families out, ``--augment N`` adds N re-acquired copies of each training
+those families out, ``--cell-params JSON`` fits every cell model with other
+:class:`~lympho_features.model.cellscore.CellScorer` parameters, ``--augment N`` adds N re-acquired copies of each training
 patient's crops (a random laboratory per crop,
 :func:`lympho_features.reacquire.random_shift`) to the cell models' training
 cells. Results: ``benchmarks/site_robustness_results.md``.
@@ -384,6 +385,11 @@ def main() -> None:
         help="with --crops-per-patient, score the held-out patients as acquired on the same crops extracted on "
         "their own (the ruler reads the same crops; default), not on the subset of the full extraction",
     )
+    ap.add_argument(
+        "--cell-params",
+        default="",
+        help='JSON of CellScorer parameters every cell model takes instead of its own (e.g. \'{"num_leaves": 7}\')',
+    )
     ap.add_argument("--keep-images", action="store_true", help="keep the re-acquired crops after extraction")
     ap.add_argument("--moved", action="store_true", help="also print how far each feature family moved")
     args = ap.parse_args()
@@ -432,7 +438,9 @@ def main() -> None:
     qc = {s: (float(c["qc_ok"].mean()), float((c["qc_reason"] == "blur").mean())) for s, c in cells.items()}
     t1 = time.perf_counter()
     excl = tuple(p for p in args.exclude.split(",") if p)
-    cell_params = {"exclude_prefixes": excl} if excl else None
+    cell_params = {"exclude_prefixes": excl} if excl else {}
+    cell_params.update(json.loads(args.cell_params) if args.cell_params else {})
+    cell_params = cell_params or None
     pred = cross_validate_shifts(train, cohorts, y, sets, args.folds, args.repeats, args.seed, args.jobs, cell_params)
     t_cv = time.perf_counter() - t1
     args.scratch.mkdir(parents=True, exist_ok=True)
