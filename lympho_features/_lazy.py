@@ -6,6 +6,12 @@ importing pandas there cost ~0.3 s of CPU a worker process. Modules whose
 pandas work is the main process's (building and reading tables) take
 :data:`pd` from here instead of ``import pandas as pd``; the first attribute
 read imports pandas.
+
+Not ``lazy_loader.load`` nor ``importlib.util.LazyLoader``: both put a
+placeholder ``pandas`` in ``sys.modules`` at once, so that a library's
+optional ``try: import pandas`` in the worker finds it and loads all of it,
+and a worker without pandas can no longer be told from one with it.
+:class:`LazyModule` leaves ``sys.modules`` alone until an attribute is read.
 """
 
 from __future__ import annotations

@@ -213,7 +213,8 @@ def _run_patient(
     Returns ``(patient_id, columns, skipped, extra_keys, n_images)``: plain
     columns (:func:`~lympho_features.shards.rows_to_columns`), from which the
     main process builds the Arrow table (:func:`~lympho_features.shards.columns_to_table`),
-    so that a worker imports neither pandas nor builds Arrow arrays.
+    so that a worker neither imports pandas nor builds Arrow arrays (pyarrow
+    imports pandas when it builds one).
     """
     if threads is None:
         rows, skipped = process_patient(data_dir, patient_id, images, settings, scale)
