@@ -37,8 +37,8 @@ own, so the red-cell ruler reads the same crops both times, unless
 with another :attr:`FeatureSettings.texture_sigma` (give it its own
 ``--scratch``), ``--exclude lbp_,radial_`` makes every cell model also leave
 those families out, ``--cell-params JSON`` fits every cell model with other
-:class:`~lympho_features.model.cellscore.CellScorer` parameters, ``--augment N`` adds N re-acquired copies of each training
-patient's crops (a random laboratory per crop,
+:class:`~lympho_features.model.cellscore.CellScorer` parameters, ``--augment N``
+adds N re-acquired copies of each training patient's crops (a random laboratory per crop,
 :func:`lympho_features.reacquire.random_shift`) to the cell models' training
 cells. Results: ``benchmarks/site_robustness_results.md``.
 """
@@ -259,7 +259,7 @@ def cross_validate_shifts(base, shifted, y, sets, folds, repeats, seed, jobs, ce
 
 
 def summarise(pred: pd.DataFrame, qc: dict) -> pd.DataFrame:
-    """One row per (configuration, shift): accuracy, probability changes, flipped calls, QC."""
+    """One row per (configuration, shift): accuracy, probability changes, flipped calls (over all repeats), QC."""
     from sklearn.metrics import balanced_accuracy_score
 
     rows = []
@@ -280,7 +280,6 @@ def summarise(pred: pd.DataFrame, qc: dict) -> pd.DataFrame:
             conf0 = ~in_refer_band(p0 - BALANCED_THRESHOLD, below, above)
             conf1 = ~in_refer_band(p1 - BALANCED_THRESHOLD, below, above)
             side0, side1 = p0 >= BALANCED_THRESHOLD, p1 >= BALANCED_THRESHOLD
-            n_rep = len(bands)
             ba = [
                 balanced_accuracy_score(s.loc[r, "label"], (s.loc[r, "probability"] >= BALANCED_THRESHOLD).astype(int))
                 for r in bands
@@ -292,8 +291,8 @@ def summarise(pred: pd.DataFrame, qc: dict) -> pd.DataFrame:
                     "balanced_accuracy": float(np.mean(ba)),
                     "mean_abs_dp": float(np.mean(np.abs(p1 - p0))),
                     "max_abs_dp": float(np.max(np.abs(p1 - p0))),
-                    "calls_changed": float((side0 != side1).sum() / n_rep),
-                    "confident_flipped": float((conf0 & conf1 & (side0 != side1)).sum() / n_rep),
+                    "calls_changed": int((side0 != side1).sum()),
+                    "confident_flipped": int((conf0 & conf1 & (side0 != side1)).sum()),
                     "qc_ok": qc[shift][0],
                     "qc_blur": qc[shift][1],
                 }
@@ -442,7 +441,6 @@ def main() -> None:
     excl = tuple(p for p in args.exclude.split(",") if p)
     cell_params = {"exclude_prefixes": excl} if excl else {}
     cell_params.update(json.loads(args.cell_params) if args.cell_params else {})
-    cell_params = cell_params or None
     pred = cross_validate_shifts(train, cohorts, y, sets, args.folds, args.repeats, args.seed, args.jobs, cell_params)
     t_cv = time.perf_counter() - t1
     args.scratch.mkdir(parents=True, exist_ok=True)
@@ -468,7 +466,7 @@ def main() -> None:
             r = table[(table["configuration"] == fs) & (table["shift"] == shift)].iloc[0]
             cells_txt.append(
                 f"{r.balanced_accuracy:.3f} ({r.delta_ba:+.3f}) / {r.mean_abs_dp:.3f} / "
-                f"{round(r.calls_changed * args.repeats)} / {round(r.confident_flipped * args.repeats)}"
+                f"{r.calls_changed} / {r.confident_flipped}"
             )
         q = qc[shift]
         g0, g1, new = gate_shares(cells["none"], cells[shift])
