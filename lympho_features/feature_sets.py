@@ -147,6 +147,19 @@ ATYP_PREFIX = "cellscore_atyp__"
 #: same (0.839 BA against 0.837).
 ATYP_POSITIVE_QUANTILE = 0.9
 
+#: The summaries of a cell model's scores (:class:`~lympho_features.model.CellScoreAggregator`'s statistics) that
+#: the patient model takes: the centre of the patient's cells, not their tails. Another laboratory's acquisition
+#: moves the tails (the 10th and 90th percentiles, the shares of cells above 0.5 and 0.7) more than the centre,
+#: through the few cells near a cut-off, and the patient model's splits on them turned those moves into confident
+#: calls flipping. With the mean and the median only (the same folds; 20 re-acquired crops a held-out patient; 9
+#: shifts: blur 0.5-1 px, JPEG 50 / 60, nuclear stain x0.7 / x1.3, magnification x0.75 / x1.6; 3 repeats; seeds 0
+#: and 1): the default's confident flips 9 + 9 -> 1 + 3 (of 3,105 shifted predictions a seed), its mean |dp|
+#: 0.032 / 0.033 -> 0.027 / 0.029, within the whole target on 3 / 3 -> 6 / 4 shifts; the image model's flips
+#: 25 + 24 -> 24 + 8, mean |dp| 0.057 / 0.062 -> 0.055 / 0.053. Unshifted 5x5 CV 0.880 / 0.948 -> 0.882 / 0.951
+#: (image 0.835 / 0.907 -> 0.851 / 0.905) BA / AUC (benchmarks/site_robustness_results.md). The other summaries
+#: stay computable for reports and for models fitted with them.
+PATIENT_SUMMARIES = ("mean", "median")
+
 
 @dataclass(frozen=True)
 class CellModelBlock:
@@ -164,6 +177,9 @@ class CellModelBlock:
         Its cell model's files in a model folder (LightGBM text, JSON).
     label, meaning : str
         A short name and a plain-language meaning of its scores, for reports.
+    summaries : tuple of str
+        The statistics of its per-patient score summaries (``mean``, ``median``, ``q90``, ``frac_gt50``...) that
+        the patient model takes (:data:`PATIENT_SUMMARIES`).
     """
 
     prefix: str
@@ -173,6 +189,7 @@ class CellModelBlock:
     meta_file: str
     label: str
     meaning: str
+    summaries: tuple[str, ...] = PATIENT_SUMMARIES
 
 
 #: The cell-model blocks, by name, in the order their models are fitted and their columns joined.

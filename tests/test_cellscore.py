@@ -6,8 +6,16 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from lympho_features.errors import CellScoreError, FeaturesFolderError
+from lympho_features.feature_sets import CELL_MODEL_BLOCKS, MORPH_PREFIX, PATIENT_SUMMARIES
 from lympho_features.folders import load_cells
-from lympho_features.model import CellScoreAggregator, CellScorer, Cohort, cell_weights, cross_validate_sets
+from lympho_features.model import (
+    CellScoreAggregator,
+    CellScorer,
+    Cohort,
+    FoldFeatures,
+    cell_weights,
+    cross_validate_sets,
+)
 
 
 def synthetic_cells(n_patients=24, seed=0, shift=1.5, patient_code=False, truth=False):
@@ -240,7 +248,31 @@ def test_morphology_cell_model_leaves_stain_colour_out():
     res = cross_validate_sets(cohort, labels.to_numpy(), ["cellscore", "cellmorph"], folds=4, repeats=1)
     assert res["cellscore"].summary["roc_auc_mean"] > 0.85
     assert res["cellmorph"].summary["roc_auc_mean"] < 0.75
-    assert res["cellscore"].summary["n_features"] == res["cellmorph"].summary["n_features"] == 8
+    assert res["cellscore"].summary["n_features"] == res["cellmorph"].summary["n_features"] == len(PATIENT_SUMMARIES)
+
+
+def test_patient_model_takes_each_cell_blocks_summaries_and_reads_older_models():
+    # The patient inputs of a cell-model block are the block's own summaries (its scores' centre, not their tails);
+    # a model fitted when every summary was an input (feature_names_ with q90 and frac_gt70) still reads new
+    # patients, since transform computes every summary and keeps the model's columns.
+    cells, labels = synthetic_cells(24)
+    patients = pd.DataFrame(
+        {"patient_id": labels.index, "label": labels.to_numpy(), "age": 60.0, "gender": "F", "lymph_count": 4.0}
+    )
+    cohort = Cohort.from_tables(patients, cells)
+    ff = FoldFeatures(("clinical", "cellmorph", "cellatyp"), cell_params={"n_estimators": 20, "inner_folds": 2})
+    ff.fit(cohort, labels.to_numpy())
+    for block in ("cellmorph", "cellatyp"):
+        spec = CELL_MODEL_BLOCKS[block]
+        assert [c for c in ff.feature_names_ if c.startswith(spec.prefix)] == [spec.prefix + s for s in spec.summaries]
+    assert MORPH_PREFIX + "q90" not in ff.feature_names_
+    older = [*ff.feature_names_, MORPH_PREFIX + "q90", MORPH_PREFIX + "frac_gt70"]
+    old = FoldFeatures.fitted(ff.blocks, (), older, ff.cell_scorers_, None)
+    X = old.transform(cohort)
+    assert list(X.columns) == older
+    scores = ff.cell_scorers_["cellmorph"].score_cells(cells)
+    q90 = scores.groupby(scores["patient_id"].astype(str))["score"].quantile(0.9)
+    np.testing.assert_allclose(X[MORPH_PREFIX + "q90"].to_numpy(), q90.reindex(X.index).to_numpy())
 
 
 def test_cell_model_round_trips_through_text_and_json(tmp_path):

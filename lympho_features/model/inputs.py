@@ -226,8 +226,12 @@ class FoldFeatures(BaseEstimator):
                 labels = pd.Series(np.asarray(y, int), index=ids)
                 for b in cell_blocks:
                     self.cell_scorers_[b] = self._cell_scorer(b).fit(cohort.cells, labels)
-                for prefix, scorer in self._scorers():
-                    parts.append(CellScoreAggregator(prefix=prefix).transform(scorer.oof_scores_, ids))
+                for b, scorer in self.cell_scorers_.items():
+                    spec = CELL_MODEL_BLOCKS[b]
+                    summary = CellScoreAggregator(prefix=spec.prefix).transform(scorer.oof_scores_, ids)
+                    # The patient model takes the block's summaries only; transform computes them all and keeps
+                    # feature_names_, so that a model fitted with other summaries still reads new patients.
+                    parts.append(summary[[spec.prefix + stat for stat in spec.summaries]])
             if "cnn" in self.blocks:
                 self._require(cohort.embeddings, "feature set", "embeddings")
                 self.embedding_aggregator_ = EmbeddingAggregator(self.n_components, random_state=self.random_state)
