@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
 import math
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -13,20 +11,12 @@ import pytest
 
 from lympho_features.celltype import CELL_TYPES
 from lympho_features.synthetic import synthetic_crop
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _load(rel: str, name: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / rel)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+from tests.scripts import load_script
 
 
 @pytest.fixture(scope="module")
 def build():
-    return _load("scripts/build_celltype_gate.py", "build_celltype_gate")
+    return load_script("scripts/build_celltype_gate.py", "build_celltype_gate")
 
 
 def _table(n_patients: int = 3, per_patient: int = 5) -> pd.DataFrame:
@@ -140,7 +130,7 @@ def test_fit_gate_teaches_copies_of_the_taught_crops_only(build):
 
 
 def test_gate_shares_counts_newly_gated_crops():
-    site = _load("benchmarks/site_robustness.py", "site_robustness")
+    site = load_script("benchmarks/site_robustness.py", "site_robustness")
     base = pd.DataFrame(
         {"patient_id": "P1", "crop": ["a", "b", "c", "d"], "qc_reason": ["ok", "not_lymphocyte", "ok", "blur"]}
     )

@@ -2,22 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.scripts import load_script
 
 
 @pytest.fixture(scope="module")
 def site():
-    spec = importlib.util.spec_from_file_location("site_robustness", ROOT / "benchmarks" / "site_robustness.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("benchmarks/site_robustness.py", "site_robustness")
 
 
 def _predictions(shifted: dict) -> pd.DataFrame:
@@ -45,8 +39,8 @@ def _predictions(shifted: dict) -> pd.DataFrame:
 
 
 def test_summarise_counts_changes_and_confident_flips_over_repeats(site):
-    # "swap" sends every patient to the other side, far from 0.5: every call changes and every confident one flips,
-    # in both repeats; "nudge" moves nobody across 0.5.
+    # "swap" sends every patient to the other side of 0.5 in both repeats: every call changes, and those confident
+    # on both sides count as flipped; "nudge" moves nobody across 0.5.
     pred = _predictions(
         {"swap": lambda p: 1 - p, "nudge": lambda p: np.where(p < 0.5, 0.9 * p, np.minimum(1.05 * p, 1.0))}
     )
