@@ -336,6 +336,10 @@ def _show(v) -> str:
 def compare_settings(model_settings: dict, features_settings: dict) -> tuple[list[str], list[str]]:
     """Differences between the extraction settings of a model's training features and of new features.
 
+    A setting one side does not record is compared as that side's default when both sides have the same
+    features version (the side was written before the setting existed, and a new setting's default measures
+    as the code did before it); any other setting one side lacks is a difference.
+
     Returns
     -------
     (refused, notes) : list of str, list of str
@@ -343,10 +347,20 @@ def compare_settings(model_settings: dict, features_settings: dict) -> tuple[lis
         ``notes``: differences in :data:`USER_SETTINGS` (shown, not refused).
     """
     from .extract import FEATURES_VERSION
+    from .measure import ExtractSettings
 
     m, f = _flatten(model_settings), _flatten(features_settings)
     refused, notes = [], []
     mv, fv = m.pop("features_version", _MISSING), f.pop("features_version", _MISSING)
+    if mv == fv:
+        # A setting added to this lympho after one side was written is not recorded there. Within one features
+        # version a new setting's default measures as the code did before it existed (otherwise the version
+        # would have been bumped), so a side that lacks it used its default.
+        defaults = _flatten(ExtractSettings().to_dict())
+        for side, other in ((m, f), (f, m)):
+            for key in set(other) - set(side):
+                if key in defaults and key != "features_version":
+                    side[key] = json.loads(json.dumps(defaults[key]))
     if mv != fv:
         if mv == FEATURES_VERSION:
             todo = "re-run `lympho extract` with this lympho"

@@ -180,6 +180,24 @@ def test_other_segmentation_setting_or_a_setting_one_side_lacks_is_refused():
     assert refused == ["scale.um_per_px 0.1, the model's training features used not recorded"]
 
 
+def test_a_setting_added_since_the_model_was_fitted_is_compared_as_its_default():
+    """A model written before a setting existed (same features version) takes features at that setting's
+    default and refuses features measured with another value."""
+    older = _settings()
+    del older["features"]["haralick_levels"]  # as if the model predates the setting
+    default = _settings()["features"]["haralick_levels"]
+    assert compare_settings(older, _settings()) == ([], [])
+    assert compare_settings(_settings(), older) == ([], [])
+    refused, _ = compare_settings(older, _settings(**{"features.haralick_levels": default * 2}))
+    assert refused == [f"features.haralick_levels {default * 2}, the model's training features used {default}"]
+    # From another features version the default means nothing: the version is refused and so is the gap.
+    refused, _ = compare_settings(older, _settings(features_version=FEATURES_VERSION - 1))
+    assert (
+        len(refused) == 2
+        and refused[1] == f"features.haralick_levels {default}, the model's training features used not recorded"
+    )
+
+
 def _features_dir(tmp_path, settings: dict | None):
     if settings is not None:
         (tmp_path / "manifest.json").write_text(json.dumps({"settings": settings}))
