@@ -179,8 +179,10 @@ ACQUISITION_COLUMNS = {
     "acq_background_blue": "blue level (0-255) of the glass",
     "acq_rbc_od": "mean total optical density of the red cells (stain intensity and smear thickness)",
     "acq_rbc_chroma": "median blue chroma (OD_red - OD_blue) / OD_sum of the red cells (stain hue)",
-    "acq_sharpness": "nucleus sharpness: std of the Laplacian of its optical density over its std (focus, "
-    "compression, resampling)",
+    "acq_sharpness": "nucleus sharpness: std of the Laplacian of its optical density over its std, read after the "
+    "crop is brought to one focus (compression, resampling)",
+    "acq_edge_sigma": "blur of the crop's strongest edges at the canonical scale, before it is brought to one focus "
+    "(lympho_features.focus.edge_sigma: focus, optics, resampling)",
 }
 
 #: Prefix of the acquisition columns: never model inputs.
@@ -222,6 +224,8 @@ def crop_acquisition(seg, data: bytes | None = None, rgb: np.ndarray | None = No
         # The segmentation's one sharpness measure; qc_sharpness is the same number, but NaN for a dense nucleus
         # (no texture to judge focus by), which still describes the acquisition here.
         "acq_sharpness": float(diag.get("sharpness", nan)),
+        # segment_at_canonical's reading of the crop's focus, before the blur that brings it to one focus.
+        "acq_edge_sigma": float(diag.get("edge_sigma", nan)),
     }
     if bg is None and rgb is not None and rgb.ndim == 3 and rgb.shape[2] == 3 and rgb.size:
         from .segment import background_rgb_fast

@@ -108,6 +108,12 @@ ACQUISITION_MEASURES = {
     "acq_sharpness": Measure(
         "nucleus sharpness", "{:.2f}", 0.1, hint="focus, resampling or compression unlike the training crops"
     ),
+    "acq_edge_sigma": Measure(
+        "edge blur (focus)",
+        "{:.2f}",
+        0.1,
+        hint="crops softer than the focus every crop is brought to are measured as they are",
+    ),
     "um_per_px": Measure("pixel size (µm/px)", "{:.3f}", 0.0, 0.05, hint="another magnification or scanner"),
     "nucleus_area__median": Measure(
         "median nucleus area", "{:.3g}", 0.0, 0.05, hint="another magnification or crop size"

@@ -35,6 +35,7 @@ from .dataset import (
     read_crop,
 )
 from .features import FeatureSettings, cell_features
+from .focus import equalise_focus
 from .scale import (
     CANONICAL_UM_PER_PX,
     RED_CELL_DIAMETER_UM,
@@ -66,7 +67,11 @@ from .workers import parallel
 #: 9: the red-cell ruler reads red cells cut by the crop's edge and weighs each by the room its centre had (x1.6
 #: read 4 % too coarse before), and pools the run's red cells when under half the patients can be measured alone:
 #: um_per_px and every size move (-0.24 % on the challenge trainset); cell-type gate rebuilt on re-acquired copies.
-FEATURES_VERSION = 9
+#: 10: every crop brought to one focus before it is segmented and measured (SegmentationSettings.focus_edge_sigma,
+#: lympho_features.focus: a Gaussian blur added at the canonical scale until the crop's edges read 1.27), so that
+#: focus, optics, resampling and JPEG move the measurements less; acq_edge_sigma (the crop's edge blur before);
+#: cell-type gate rebuilt on such crops.
+FEATURES_VERSION = 10
 
 
 @dataclass(frozen=True)
@@ -133,13 +138,17 @@ def segment_at_canonical(
     canonical: float = CANONICAL_UM_PER_PX,
     tolerance: float = RESAMPLE_TOLERANCE,
 ) -> CanonicalSegmentation:
-    """Resample a crop to the canonical scale and segment it there, as ``lympho extract`` measures it.
+    """Resample a crop to the canonical scale and focus, and segment it there, as ``lympho extract`` measures it.
 
     The one place a crop as read becomes the pixels that are segmented and
     measured: :func:`measure_cell` calls it, and so do everything that draws
     or cuts a cell after extraction (``lympho inspect``'s montages, the
     report's thumbnails, ``lympho embed``'s windows), so that an outline
-    drawn is the outline that was measured.
+    drawn is the outline that was measured. At the canonical scale the crop
+    is blurred to ``segmentation.focus_edge_sigma``
+    (:func:`lympho_features.focus.equalise_focus`); the segmentation's
+    ``diagnostics`` record its edge blur before (``edge_sigma``) and the
+    Gaussian sigma added (``focus_added``, pixels).
 
     Parameters
     ----------
@@ -156,7 +165,11 @@ def segment_at_canonical(
     """
     um = float(um_per_px) if um_per_px is not None and math.isfinite(um_per_px) and um_per_px > 0 else canonical
     crop, reached = to_canonical(rgb, um, canonical, tolerance)
-    return CanonicalSegmentation(crop, segment_cell(crop, _at_canonical(segmentation)), reached)
+    # One focus for every crop (SegmentationSettings.focus_edge_sigma): blur can be added, not taken away.
+    crop, edge, added = equalise_focus(crop, segmentation.focus_edge_sigma)
+    seg = segment_cell(crop, _at_canonical(segmentation))
+    seg.diagnostics = {**(seg.diagnostics or {}), "edge_sigma": edge, "focus_added": added}
+    return CanonicalSegmentation(crop, seg, reached)
 
 
 def crop_sharpness(seg: Segmentation) -> float:

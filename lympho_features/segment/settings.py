@@ -126,6 +126,14 @@ class SegmentationSettings:
     monocyte_max_solidity: float = 0.88
     open_radius: int = 2
     close_radius: int = 3
+    #: Edge blur every crop is brought to before it is segmented and measured (units of
+    #: :func:`lympho_features.focus.edge_sigma`; the challenge crops as acquired read about 0.86, blurred by a
+    #: Gaussian of 1 px 1.25): a Gaussian blur is added to each crop at the canonical scale until its edges
+    #: read this, so that focus, optics, resampling and compression up to a blur of about 1 px leave the
+    #: measurements where they were. Applied by :func:`lympho_features.measure.segment_at_canonical` (what
+    #: ``lympho extract``, the montages, the report and ``lympho embed`` see), not by :func:`segment_cell`
+    #: itself. None: crops as they are (features version 9 and before).
+    focus_edge_sigma: float | None = 1.27
     #: False when the crop is already at the canonical scale (``lympho extract``): then its side says nothing
     #: of the magnification (a tight crop is small, not coarse) and the pixel settings hold as they are.
     scale_with_side: bool = True
@@ -176,6 +184,7 @@ class SegmentationSettings:
         check.number("tight_crop_min_solidity", 0, 1)
         check.number("smudge_patient_ratio", 0, 1)
         check.number("smudge_floor_od", 0)
+        check.number("focus_edge_sigma", 0, low_open=True, optional=True)
 
     # Cached: segment_cell asks for every crop, and building (and checking) the settings costs more than a look-up.
     @lru_cache(maxsize=64)  # noqa: B019  (settings are small, immutable and few)

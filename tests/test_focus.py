@@ -1,0 +1,128 @@
+"""Every crop brought to one focus before it is measured (lympho_features.focus, SegmentationSettings.focus_edge_sigma)."""
+
+import math
+from dataclasses import replace
+
+import cv2
+import numpy as np
+import pytest
+
+from lympho_features.errors import SettingsError
+from lympho_features.focus import FOCUS_GAIN, edge_sigma, equalise_focus, focus_blur
+from lympho_features.measure import ExtractSettings, measure_cell, segment_at_canonical
+from lympho_features.reacquire import apply_shift
+from lympho_features.segment import SegmentationSettings
+from lympho_features.synthetic import synthetic_crop
+
+TARGET = SegmentationSettings().focus_edge_sigma
+
+
+def _crops(n=6):
+    return [synthetic_crop(np.random.default_rng(s)).rgb for s in range(n)]
+
+
+def _blur(rgb, sigma):
+    return cv2.GaussianBlur(rgb, (0, 0), sigma)
+
+
+def test_edge_blur_grows_with_a_gaussian_blur_as_its_square_adds():
+    for rgb in _crops(4):
+        s0 = edge_sigma(rgb)
+        readings = [edge_sigma(_blur(rgb, b)) for b in (0.5, 1.0, 1.5)]
+        assert s0 < readings[0] < readings[1] < readings[2]
+        for b, s in zip((0.5, 1.0, 1.5), readings, strict=True):
+            # sigma^2 adds about FOCUS_GAIN * b^2 (the pixel grid and Sobel make it less than b^2)
+            assert 0.6 * FOCUS_GAIN * b * b < s * s - s0 * s0 < 1.3 * FOCUS_GAIN * b * b
+
+
+def test_edge_blur_does_not_read_the_edges_contrast():
+    """A paler smear (every level halfway to the glass) or another stain strength has softer-contrast edges,
+    not blurrier ones."""
+    for rgb in _crops(4):
+        paler = (255 - (255 - rgb.astype(np.float32)) * 0.5).round().astype(np.uint8)
+        s = edge_sigma(rgb)
+        assert edge_sigma(paler) == pytest.approx(s, rel=0.08)
+        assert edge_sigma(apply_shift(rgb, "hema:0.7")) == pytest.approx(s, rel=0.08)
+
+
+def test_a_crop_without_edges_reads_nan_and_is_left_as_it_is():
+    flat = np.full((64, 64, 3), 230, np.uint8)
+    assert math.isnan(edge_sigma(flat))
+    out, edge, added = equalise_focus(flat, TARGET)
+    assert out is flat and math.isnan(edge) and added == 0.0
+
+
+def test_focus_blur_adds_nothing_to_a_crop_already_as_soft():
+    assert focus_blur(TARGET + 0.1, TARGET) == 0.0
+    assert focus_blur(TARGET, TARGET) == 0.0
+    b = focus_blur(0.8, TARGET)
+    assert b > 0 and 0.8**2 + FOCUS_GAIN * b * b == pytest.approx(TARGET**2)
+    soft = _blur(_crops(1)[0], 2.5)
+    out, edge, added = equalise_focus(soft, TARGET)
+    assert edge > TARGET and added == 0.0 and out is soft
+
+
+def test_a_sharp_crop_and_its_soft_copy_come_out_nearly_the_same():
+    for rgb in _crops(4):
+        soft = _blur(rgb, 0.8)
+        a, ea, ba = equalise_focus(rgb, TARGET)
+        b, eb, bb = equalise_focus(soft, TARGET)
+        assert ba > bb > 0  # the sharper crop gets the larger blur
+        assert edge_sigma(a) == pytest.approx(TARGET, abs=0.12)
+        assert edge_sigma(b) == pytest.approx(TARGET, abs=0.12)
+        before = np.abs(rgb.astype(int) - soft).mean()
+        after = np.abs(a.astype(int) - b).mean()
+        assert after < 0.5 * before
+
+
+def test_no_target_leaves_the_crop_as_it_is_but_still_reads_its_edges():
+    rgb = _crops(1)[0]
+    out, edge, added = equalise_focus(rgb, None)
+    assert out is rgb and added == 0.0 and math.isfinite(edge)
+
+
+def test_segment_at_canonical_measures_the_crop_at_one_focus():
+    rgb = _crops(1)[0]
+    on = segment_at_canonical(rgb)
+    off = segment_at_canonical(rgb, segmentation=SegmentationSettings(focus_edge_sigma=None))
+    assert on.segmentation.diagnostics["focus_added"] > 0
+    assert on.segmentation.diagnostics["edge_sigma"] == pytest.approx(edge_sigma(rgb))
+    assert np.array_equal(off.crop, rgb) and off.segmentation.diagnostics["focus_added"] == 0.0
+    assert not np.array_equal(on.crop, rgb)
+    assert edge_sigma(on.crop) == pytest.approx(TARGET, abs=0.12)
+
+
+def test_focus_setting_must_be_positive():
+    with pytest.raises(SettingsError, match="focus_edge_sigma"):
+        SegmentationSettings(focus_edge_sigma=0.0)
+    assert SegmentationSettings(focus_edge_sigma=None).focus_edge_sigma is None
+
+
+def _measured(rgb, settings):
+    row = measure_cell(rgb, settings, gate_hue=False)
+    return row
+
+
+TEXTURE = ("haralick_", "granularity_", "nucleoli_")
+
+
+@pytest.mark.parametrize("shift", ["blur:0.7", "blur:1"])
+def test_texture_of_a_soft_copy_stays_nearer_its_original_at_one_focus(shift):
+    """The chromatin texture of a crop re-imaged out of focus moves less, relative to its spread between crops,
+    when every crop is first brought to one focus; its acq_edge_sigma tells the two acquisitions apart."""
+    on = ExtractSettings()
+    off = replace(on, segmentation=replace(on.segmentation, focus_edge_sigma=None))
+    crops = _crops(8)
+    moved = {}
+    for name, settings in (("on", on), ("off", off)):
+        orig = [_measured(c, settings) for c in crops]
+        soft = [_measured(apply_shift(c, shift), settings) for c in crops]
+        keys = [k for k in orig[0] if k.startswith(TEXTURE)]
+        a = np.array([[r[k] for k in keys] for r in orig], float)
+        b = np.array([[r[k] for k in keys] for r in soft], float)
+        spread = np.nanstd(a, axis=0)
+        ok = spread > 1e-9
+        moved[name] = np.nanmedian(np.abs(b - a)[:, ok] / spread[ok])
+        if name == "on":
+            assert all(s["acq_edge_sigma"] > o["acq_edge_sigma"] for o, s in zip(orig, soft, strict=True))
+    assert moved["on"] < 0.5 * moved["off"]
