@@ -179,8 +179,8 @@ ACQUISITION_COLUMNS = {
     "acq_background_blue": "blue level (0-255) of the glass",
     "acq_rbc_od": "mean total optical density of the red cells (stain intensity and smear thickness)",
     "acq_rbc_chroma": "median blue chroma (OD_red - OD_blue) / OD_sum of the red cells (stain hue)",
-    "acq_sharpness": "nucleus sharpness: std of the Laplacian of its optical density over its std, read after the "
-    "crop is brought to one focus (compression, resampling)",
+    "acq_sharpness": "nucleus sharpness: std of the Laplacian of its optical density over its std (focus, "
+    "compression, resampling)",
     "acq_edge_sigma": "blur of the crop's strongest edges at the canonical scale, before it is brought to one focus "
     "(lympho_features.focus.edge_sigma: focus, optics, resampling)",
 }

@@ -41,7 +41,11 @@ _K3 = np.ones((3, 3), np.uint8)
 
 
 def _gradient(x: np.ndarray) -> np.ndarray:
-    return cv2.magnitude(cv2.Sobel(x, cv2.CV_32F, 1, 0, ksize=3), cv2.Sobel(x, cv2.CV_32F, 0, 1, ksize=3))
+    # Integer Sobel of 8-bit levels, magnitude in float64: the same value in any process and with any number of
+    # OpenCV threads (float filters may round differently), so a crop measures the same wherever it is extracted.
+    gx = cv2.Sobel(x, cv2.CV_16S, 1, 0, ksize=3).astype(np.float64)
+    gy = cv2.Sobel(x, cv2.CV_16S, 0, 1, ksize=3).astype(np.float64)
+    return np.sqrt(gx * gx + gy * gy)
 
 
 def edge_sigma(rgb: np.ndarray) -> float:
@@ -66,9 +70,9 @@ def edge_sigma(rgb: np.ndarray) -> float:
     >>> edge_sigma(cv2.GaussianBlur(rgb, (0, 0), 1.0)) > edge_sigma(rgb)
     True
     """
-    green = np.ascontiguousarray(rgb[..., 1], dtype=np.float32)
+    green = np.ascontiguousarray(rgb[..., 1])
     g1 = _gradient(green)
-    g2 = _gradient(cv2.GaussianBlur(green, (0, 0), REBLUR_SIGMA))
+    g2 = _gradient(cv2.GaussianBlur(green, (0, 0), REBLUR_SIGMA))  # 8-bit: OpenCV's bit-exact fixed point
     flat = g1.ravel()
     k = max(1, int(EDGE_FRACTION * flat.size))
     strong = np.partition(flat, flat.size - k)[flat.size - k]

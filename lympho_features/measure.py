@@ -50,7 +50,15 @@ from .scale import (
     to_canonical,
     to_physical,
 )
-from .segment import Segmentation, SegmentationSettings, patient_blur, patient_smudge, rejudge_qc_reason, segment_cell
+from .segment import (
+    Segmentation,
+    SegmentationSettings,
+    judge_focus_on,
+    patient_blur,
+    patient_smudge,
+    rejudge_qc_reason,
+    segment_cell,
+)
 from .workers import parallel
 
 #: Bump when a change to the code changes the features for the same settings,
@@ -148,7 +156,8 @@ def segment_at_canonical(
     is blurred to ``segmentation.focus_edge_sigma``
     (:func:`lympho_features.focus.equalise_focus`); the segmentation's
     ``diagnostics`` record its edge blur before (``edge_sigma``) and the
-    Gaussian sigma added (``focus_added``, pixels).
+    Gaussian sigma added (``focus_added``, pixels); the blur check is judged
+    on the crop before that blur (:func:`~lympho_features.segment.qc.judge_focus_on`).
 
     Parameters
     ----------
@@ -166,8 +175,12 @@ def segment_at_canonical(
     um = float(um_per_px) if um_per_px is not None and math.isfinite(um_per_px) and um_per_px > 0 else canonical
     crop, reached = to_canonical(rgb, um, canonical, tolerance)
     # One focus for every crop (SegmentationSettings.focus_edge_sigma): blur can be added, not taken away.
+    acquired = crop
     crop, edge, added = equalise_focus(crop, segmentation.focus_edge_sigma)
     seg = segment_cell(crop, _at_canonical(segmentation))
+    if added > 0:
+        # Whether the crop was in focus is judged on it as acquired (the blur check, acq_sharpness).
+        judge_focus_on(seg, acquired, segmentation)
     seg.diagnostics = {**(seg.diagnostics or {}), "edge_sigma": edge, "focus_added": added}
     return CanonicalSegmentation(crop, seg, reached)
 

@@ -71,6 +71,7 @@ from .optical_density import (
 from .pipeline import segment_cell
 from .qc import (
     first_failed_check,
+    judge_focus_on,
     nucleus_box_moments,
     patient_blur,
     patient_smudge,
@@ -117,6 +118,7 @@ __all__ = [
     "optical_density",
     "optical_density_channels",
     "pale_cytoplasm",
+    "judge_focus_on",
     "patient_blur",
     "patient_smudge",
     "quality_control",

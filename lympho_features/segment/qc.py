@@ -13,6 +13,7 @@ import numpy as np
 from .cytoplasm import CellFound
 from .morphology import _disk
 from .nucleus import NucleusFound
+from .optical_density import od_tables
 from .result import Segmentation
 from .settings import _QC_ORDER, FLAG_DESCRIPTIONS, QC_REASONS_BEFORE_FLAGS, SegmentationSettings
 
@@ -139,13 +140,7 @@ def _cell_type_flags(flags: dict, found: NucleusFound, cell: CellFound, n_area: 
 def _density_flags(flags: dict, od_sum, nucleus, nb, c_area: int, n_area: int, s: SegmentationSettings) -> dict:
     """Set the flags read on the nucleus' density (pyknotic, smudge, blur, not a lymphocyte); return its diagnostics."""
     nucleus_od, nucleus_od_sd = (float(v[0, 0]) for v in cv2.meanStdDev(od_sum[nb], mask=nucleus[nb]))
-    lap = cv2.Laplacian(od_sum[nb], cv2.CV_32F, ksize=1)
-    inner = cv2.erode(nucleus[nb], _disk(2))
-    if cv2.countNonZero(inner) < 20:
-        inner = np.ascontiguousarray(nucleus[nb])
-    # Sharpness: fine (Laplacian) over overall variation of the chromatin, so it
-    # does not depend on how contrasted the chromatin is.
-    sharp = float(cv2.meanStdDev(lap, mask=inner)[1][0, 0]) / max(nucleus_od_sd, 1e-3)
+    sharp = _sharpness(od_sum[nb], nucleus[nb], nucleus_od_sd)
     dense = nucleus_od > s.pyknotic_min_od
     flags["is_pyknotic"] = dense and nucleus_od_sd < s.pyknotic_max_od_sd
     flags["is_not_lymphocyte"] = flags["is_granulocyte"] or flags["is_monocyte"] or flags["is_pyknotic"]
@@ -161,6 +156,46 @@ def _density_flags(flags: dict, od_sum, nucleus, nb, c_area: int, n_area: int, s
         "focus_sharpness": float("nan") if dense else sharp,
         "cytoplasm_fraction": (c_area - n_area) / c_area if c_area > 0 else float("nan"),
     }
+
+
+def _sharpness(od_box: np.ndarray, nucleus_box: np.ndarray, nucleus_od_sd: float) -> float:
+    """Fine (Laplacian) over overall variation of the nucleus' density: a sharpness that does not depend on how
+    contrasted the chromatin is."""
+    lap = cv2.Laplacian(od_box, cv2.CV_32F, ksize=1)
+    inner = cv2.erode(nucleus_box, _disk(2))
+    if cv2.countNonZero(inner) < 20:
+        inner = np.ascontiguousarray(nucleus_box)
+    return float(cv2.meanStdDev(lap, mask=inner)[1][0, 0]) / max(nucleus_od_sd, 1e-3)
+
+
+def judge_focus_on(seg: Segmentation, rgb: np.ndarray, s: SegmentationSettings) -> None:
+    """Judge a segmented crop's focus on ``rgb``, the same crop before it was blurred to one focus, in place.
+
+    :func:`lympho_features.measure.segment_at_canonical` segments and measures a crop blurred to a common
+    focus (:mod:`lympho_features.focus`); on those pixels every crop reads about as sharp. Whether the crop
+    was in focus is a property of the crop as acquired: its nucleus sharpness (``diagnostics["sharpness"]``,
+    ``["focus_sharpness"]``), the ``qc_blur`` flag and the QC reason are read again on ``rgb`` within the
+    same nucleus, so the blur check and ``acq_sharpness`` mean what they meant before the common focus.
+    """
+    if seg.roi is None or seg.background is None or not seg.diagnostics or "sharpness" not in seg.diagnostics:
+        return
+    y0, y1, x0, x1 = seg.roi
+    nucleus = np.ascontiguousarray(seg.nucleus_mask[y0:y1, x0:x1], dtype=np.uint8)
+    if not cv2.countNonZero(nucleus):
+        return
+    bx, by, bw, bh = cv2.boundingRect(nucleus)
+    nb = (slice(by, by + bh), slice(bx, bx + bw))
+    tables = od_tables(seg.background)
+    od_r, od_g, od_b = (cv2.LUT(np.ascontiguousarray(rgb[y0:y1, x0:x1, c][nb]), t) for c, t in enumerate(tables))
+    od_box = cv2.add(cv2.add(od_r, od_g), od_b)
+    nucleus_od_sd = float(cv2.meanStdDev(od_box, mask=nucleus[nb])[1][0, 0])
+    sharp = _sharpness(od_box, nucleus[nb], nucleus_od_sd)
+    dense = seg.diagnostics["nucleus_od"] > s.pyknotic_min_od
+    seg.diagnostics = {**seg.diagnostics, "sharpness": sharp, "focus_sharpness": float("nan") if dense else sharp}
+    seg.flags = {**seg.flags, "qc_blur": bool(sharp < s.blur_threshold and not dense)}
+    if seg.qc_reason not in QC_REASONS_BEFORE_FLAGS:
+        seg.qc_reason = first_failed_check(seg.flags)
+        seg.qc_ok = seg.qc_reason == "ok"
 
 
 def first_failed_check(flags: dict) -> str:

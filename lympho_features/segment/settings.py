@@ -93,10 +93,9 @@ class SegmentationSettings:
     lobe_erosion_fraction: float = 0.14  #: ... by an erosion of this fraction of its equivalent diameter
     merged_max_solidity: float = 0.9  #: a large nucleus less solid than this may be two merged nuclei
     lobe_gap: int = 12  #: separate pieces this close to the nucleus may be its lobes
-    #: std of the Laplacian of nucleus OD over its std below this is blur (one crop alone). Read on the crop brought
-    #: to the common focus (``focus_edge_sigma``: the challenge crops then read 0.69, their 10th percentile 0.55;
-    #: as they are, 1.60): a crop fails when it is softer than that focus by about a Gaussian of 1.5 px.
-    blur_threshold: float = 0.45
+    #: std of the Laplacian of nucleus OD over its std below this is blur (one crop alone); read on the crop as
+    #: acquired, before it is brought to the common focus (``focus_edge_sigma``; segment.qc.judge_focus_on)
+    blur_threshold: float = 1.0
     #: ``lympho extract`` judges blur against the crop's own patient: sharpness below this fraction of the
     #: median of the patient's crops (a soft slide is a property of the slide, not of a crop) ...
     blur_patient_ratio: float = 0.5
