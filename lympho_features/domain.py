@@ -77,6 +77,10 @@ class Measure:
     limits : tuple of float, optional
         The values the measurement can take: the range is clipped to them (a JPEG quality above 100
         does not exist).
+    accepted_up_to : str, optional
+        An extraction setting (flattened key of the features' manifest settings) up to which any value
+        is accepted, whatever the training cohort's range: the edge blur of crops that extraction brings
+        to one focus (``segmentation.focus_edge_sigma``) measures the same from 0 to that focus.
     """
 
     label: str
@@ -85,6 +89,7 @@ class Measure:
     relative: float = 0.0
     hint: str = ""
     limits: tuple[float, float] | None = None
+    accepted_up_to: str | None = None
 
 
 _COLOUR_HINT = "another stain, lamp or scanner white balance"
@@ -112,7 +117,8 @@ ACQUISITION_MEASURES = {
         "edge blur (focus)",
         "{:.2f}",
         0.1,
-        hint="crops softer than the focus every crop is brought to are measured as they are",
+        hint="crops softer than the common focus every crop is brought to are measured as they are",
+        accepted_up_to="segmentation.focus_edge_sigma",
     ),
     "um_per_px": Measure("pixel size (µm/px)", "{:.3f}", 0.0, 0.05, hint="another magnification or scanner"),
     "nucleus_area__median": Measure(
@@ -198,6 +204,10 @@ def fit_profile(
     for name, m in ACQUISITION_MEASURES.items():
         if name in patients.columns:
             entry = _range_entry(patients[name], "acquisition", m, settings)
+            if entry is not None and m.accepted_up_to and extract_settings:
+                up_to = _flatten(extract_settings).get(m.accepted_up_to)
+                if isinstance(up_to, (int, float)) and not isinstance(up_to, bool):
+                    entry["low"], entry["high"] = min(entry["low"], 0.0), max(entry["high"], float(up_to))
             if entry is not None:
                 measures[name] = entry
     if inputs is not None:

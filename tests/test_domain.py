@@ -108,6 +108,26 @@ def test_out_of_profile_patient_is_told_why(profile, changes, measures, directio
         assert "JPEG quality of the crops 40, training median 95 (accepted 85 to 100)" in line
 
 
+def test_edge_blur_is_accepted_up_to_the_common_focus_and_named_beyond_it():
+    """Crops sharper than the common focus are blurred to it at extraction: any edge blur up to it measures
+    the same, so only a softer acquisition is outside the profile."""
+    patients, inputs = _cohort()
+    patients["acq_edge_sigma"] = np.random.default_rng(1).normal(0.87, 0.03, len(patients))
+    settings = json.loads(json.dumps(ExtractSettings().to_dict()))
+    target = settings["segmentation"]["focus_edge_sigma"]
+    prof = fit_profile(patients, inputs, extract_settings=settings)
+    entry = prof["measures"]["acq_edge_sigma"]
+    assert entry["low"] == 0.0 and entry["high"] == target
+    for sharp_or_soft in (0.5, 1.2):  # another lab's sharper optics, or a blur of ~0.9 px: both equalised
+        p, x = _new(acq_edge_sigma=sharp_or_soft)
+        assert patient_reasons(prof, p, x)["N1"] == []
+    p, x = _new(acq_edge_sigma=target + 0.3)
+    (reason,) = patient_reasons(prof, p, x)["N1"]
+    assert reason["measure"] == "acq_edge_sigma" and reason["direction"] == "above"
+    # Without the extraction settings the cohort's own range applies, as for any measure.
+    assert fit_profile(patients, inputs)["measures"]["acq_edge_sigma"]["high"] < target
+
+
 def test_pixel_size_of_a_cohort_scanned_at_one_scale():
     patients, inputs = _cohort()
     patients["um_per_px"] = 0.1627
