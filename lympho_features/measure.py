@@ -18,7 +18,6 @@ from dataclasses import asdict, dataclass, field, replace
 from datetime import date
 from functools import lru_cache
 from pathlib import Path
-from typing import NamedTuple
 
 import cv2
 import numpy as np
@@ -130,12 +129,22 @@ def _at_canonical(settings: SegmentationSettings) -> SegmentationSettings:
     return replace(settings, scale_with_side=False)
 
 
-class CanonicalSegmentation(NamedTuple):
-    """A crop brought to the canonical scale and its segmentation there (:func:`segment_at_canonical`)."""
+@dataclass(frozen=True)
+class CanonicalSegmentation:
+    """A crop brought to the canonical scale and focus, and its segmentation there (:func:`segment_at_canonical`).
 
-    crop: np.ndarray  #: the crop at (or within the tolerance of) the canonical scale: the pixels that were measured
+    Unpacks as ``crop, segmentation, um_per_px``.
+    """
+
+    crop: np.ndarray  #: the crop at (or within the tolerance of) the canonical scale and focus: the pixels measured
     segmentation: Segmentation  #: its masks are the crop's (``crop``'s shape)
     um_per_px: float  #: the scale of ``crop``
+    #: the crop at the canonical scale before it was blurred to the common focus (``crop`` itself when nothing was
+    #: added): what the cell-type gate's granule measures read
+    acquired: np.ndarray | None = None
+
+    def __iter__(self):
+        return iter((self.crop, self.segmentation, self.um_per_px))
 
 
 def segment_at_canonical(
@@ -182,7 +191,7 @@ def segment_at_canonical(
         # Whether the crop was in focus is judged on it as acquired (the blur check, acq_sharpness).
         judge_focus_on(seg, acquired, segmentation)
     seg.diagnostics = {**(seg.diagnostics or {}), "edge_sigma": edge, "focus_added": added}
-    return CanonicalSegmentation(crop, seg, reached)
+    return CanonicalSegmentation(crop, seg, reached, acquired)
 
 
 def crop_sharpness(seg: Segmentation) -> float:
@@ -235,9 +244,10 @@ def measure_cell(
     canonical = settings.canonical_um_per_px
     scale_known = um_per_px is not None and math.isfinite(um_per_px) and um_per_px > 0
     um = float(um_per_px) if scale_known else canonical
-    crop, seg, um_measured = segment_at_canonical(
+    canon = segment_at_canonical(
         rgb, um, settings.segmentation, canonical=canonical, tolerance=settings.resample_tolerance
     )
+    crop, seg, um_measured = canon
     row: dict = {"qc_ok": bool(seg.qc_ok), "qc_reason": seg.qc_reason}
     row.update({k: bool(v) for k, v in seg.flags.items()})
     if seg.flags.get("qc_tight_crop") and not scale_known:
@@ -251,7 +261,12 @@ def measure_cell(
     row["qc_cytoplasm_fraction"] = float(diag.get("cytoplasm_fraction", float("nan")))
     row["um_per_px"] = um
     row.update(to_physical(cell_features(crop, seg, settings.features), um_measured))
-    row.update(gate_measurements(crop, seg, hue=_gate_hue() if gate_hue is None else gate_hue))
+    # The gate's granule and ring measures read the crop as acquired: granules are the finest detail, which the
+    # common focus blurs away (the segmentation's densities are the blurred crop's: not reused).
+    gate_crop, gate_seg = crop, seg
+    if canon.acquired is not None and canon.acquired is not crop:
+        gate_crop, gate_seg = canon.acquired, replace(seg, od_sum=None, od_sum_every4=None)
+    row.update(gate_measurements(gate_crop, gate_seg, hue=_gate_hue() if gate_hue is None else gate_hue))
     row.update(crop_acquisition(seg, data, crop))
     return row
 
