@@ -41,11 +41,12 @@ _K3 = np.ones((3, 3), np.uint8)
 
 
 def _gradient(x: np.ndarray) -> np.ndarray:
-    # Integer Sobel of 8-bit levels, magnitude in float64: the same value in any process and with any number of
-    # OpenCV threads (float filters may round differently), so a crop measures the same wherever it is extracted.
-    gx = cv2.Sobel(x, cv2.CV_16S, 1, 0, ksize=3).astype(np.float64)
-    gy = cv2.Sobel(x, cv2.CV_16S, 0, 1, ksize=3).astype(np.float64)
-    return np.sqrt(gx * gx + gy * gy)
+    # Integer Sobel of 8-bit levels, then an element-wise magnitude: the same value in any process and with any
+    # number of OpenCV threads (float filters may round differently), so a crop measures the same wherever it is
+    # extracted.
+    gx = cv2.Sobel(x, cv2.CV_16S, 1, 0, ksize=3).astype(np.float32)
+    gy = cv2.Sobel(x, cv2.CV_16S, 0, 1, ksize=3).astype(np.float32)
+    return cv2.magnitude(gx, gy)
 
 
 def edge_sigma(rgb: np.ndarray) -> float:

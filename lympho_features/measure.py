@@ -129,6 +129,12 @@ def _at_canonical(settings: SegmentationSettings) -> SegmentationSettings:
     return replace(settings, scale_with_side=False)
 
 
+@lru_cache(maxsize=8)
+def _without_blur_check(settings: SegmentationSettings) -> SegmentationSettings:
+    """:func:`_at_canonical`'s settings with the blur check off (judged later on the crop as acquired)."""
+    return replace(settings, scale_with_side=False, blur_threshold=0.0)
+
+
 @dataclass(frozen=True)
 class CanonicalSegmentation:
     """A crop brought to the canonical scale and focus, and its segmentation there (:func:`segment_at_canonical`).
@@ -186,10 +192,13 @@ def segment_at_canonical(
     # One focus for every crop (SegmentationSettings.focus_edge_sigma): blur can be added, not taken away.
     acquired = crop
     crop, edge, added = equalise_focus(crop, segmentation.focus_edge_sigma)
-    seg = segment_cell(crop, _at_canonical(segmentation))
     if added > 0:
-        # Whether the crop was in focus is judged on it as acquired (the blur check, acq_sharpness).
+        # Whether the crop was in focus is judged on it as acquired (the blur check, acq_sharpness), not on the
+        # blurred pixels: no blur check there (a crop failing it would also be segmented again as a tight crop).
+        seg = segment_cell(crop, _without_blur_check(segmentation))
         judge_focus_on(seg, acquired, segmentation)
+    else:
+        seg = segment_cell(crop, _at_canonical(segmentation))
     seg.diagnostics = {**(seg.diagnostics or {}), "edge_sigma": edge, "focus_added": added}
     return CanonicalSegmentation(crop, seg, reached, acquired)
 
