@@ -126,3 +126,48 @@ def test_texture_of_a_soft_copy_stays_nearer_its_original_at_one_focus(shift):
         if name == "on":
             assert all(s["acq_edge_sigma"] > o["acq_edge_sigma"] for o, s in zip(orig, soft, strict=True))
     assert moved["on"] < 0.5 * moved["off"]
+
+
+def test_the_blur_check_reads_the_crop_as_acquired():
+    """Every crop is measured at the common focus, where all read about as sharp; whether it was in focus is
+    judged on it as acquired: a sharp crop passes, the same crop out of focus fails as blur, and its
+    sharpness is the one the segmentation reads on the crop as acquired."""
+    from lympho_features.measure import crop_sharpness
+    from lympho_features.segment import segment_cell
+
+    rgb = _crops(1)[0]
+    sharp = segment_at_canonical(rgb)
+    assert sharp.segmentation.qc_reason == "ok" and not sharp.segmentation.flags["qc_blur"]
+    assert crop_sharpness(sharp.segmentation) == pytest.approx(crop_sharpness(segment_cell(rgb)), rel=0.05)
+    soft = segment_at_canonical(_blur(rgb, 2.5))
+    assert soft.segmentation.flags["qc_blur"] and soft.segmentation.qc_reason == "blur"
+    # at the common focus the sharp crop's nucleus reads as soft as a blurred one: the check could not tell them
+    on = segment_cell(sharp.crop)
+    assert crop_sharpness(on) < 0.6 * crop_sharpness(sharp.segmentation)
+
+
+def test_the_crop_as_acquired_is_kept_beside_the_crop_measured():
+    rgb = _crops(1)[0]
+    canon = segment_at_canonical(rgb)
+    assert np.array_equal(canon.acquired, rgb) and not np.array_equal(canon.crop, rgb)
+    crop, seg, um = canon  # unpacks as the three measured values
+    assert crop is canon.crop and seg is canon.segmentation and um == canon.um_per_px
+    soft = _blur(rgb, 2.5)
+    canon = segment_at_canonical(soft)  # nothing added: one array
+    assert canon.acquired is canon.crop
+
+
+def test_the_gate_reads_granules_on_the_crop_as_acquired():
+    """Granules are the finest detail, which the common focus blurs away: the cell-type gate's granule and ring
+    measures are those of the crop as acquired, within the outlines found at the common focus."""
+    from lympho_features.celltype import gate_measurements
+
+    rgb = synthetic_crop(np.random.default_rng(0), granules=0.3, granule_colour=(190, 140, 190)).rgb
+    row = measure_cell(rgb, ExtractSettings(), gate_hue=False)
+    canon = segment_at_canonical(rgb)
+    plain = replace(canon.segmentation, od_sum=None, od_sum_every4=None)
+    as_acquired = gate_measurements(canon.acquired, plain, hue=False)
+    at_focus = gate_measurements(canon.crop, plain, hue=False)
+    for key in ("gate_ring_granularity", "gate_cyto_granularity", "gate_ring_texture"):
+        assert row[key] == pytest.approx(as_acquired[key])
+        assert at_focus[key] != pytest.approx(as_acquired[key])
