@@ -41,10 +41,9 @@ _K3 = np.ones((3, 3), np.uint8)
 
 
 def _gradient(x: np.ndarray) -> np.ndarray:
-    # Integer Sobel of 8-bit levels, then an element-wise magnitude: the same value in any process and with any
-    # number of OpenCV threads (float filters may round differently), so a crop measures the same wherever it is
-    # extracted.
-    # (numpy's square root is IEEE-exact; OpenCV's magnitude is not the same value in every process.)
+    # Integer Sobel of 8-bit levels, then numpy's IEEE-exact square root: the same value in any process and with
+    # any number of OpenCV threads (OpenCV's float filters and cv2.magnitude differed between processes), so a
+    # crop measures the same wherever it is extracted.
     gx = cv2.Sobel(x, cv2.CV_16S, 1, 0, ksize=3).astype(np.float32)
     gy = cv2.Sobel(x, cv2.CV_16S, 0, 1, ksize=3).astype(np.float32)
     return np.sqrt(gx * gx + gy * gy)

@@ -132,7 +132,7 @@ def _at_canonical(settings: SegmentationSettings) -> SegmentationSettings:
 @lru_cache(maxsize=8)
 def _without_blur_check(settings: SegmentationSettings) -> SegmentationSettings:
     """:func:`_at_canonical`'s settings with the blur check off (judged later on the crop as acquired)."""
-    return replace(settings, scale_with_side=False, blur_threshold=0.0)
+    return replace(_at_canonical(settings), blur_threshold=0.0)
 
 
 @dataclass(frozen=True)
