@@ -13,7 +13,7 @@ import numpy as np
 from .cytoplasm import CellFound
 from .morphology import _disk
 from .nucleus import NucleusFound
-from .optical_density import od_tables
+from .optical_density import optical_density_channels
 from .result import Segmentation
 from .settings import _QC_ORDER, FLAG_DESCRIPTIONS, QC_REASONS_BEFORE_FLAGS, SegmentationSettings
 
@@ -185,8 +185,7 @@ def judge_focus_on(seg: Segmentation, rgb: np.ndarray, s: SegmentationSettings) 
         return
     bx, by, bw, bh = cv2.boundingRect(nucleus)
     nb = (slice(by, by + bh), slice(bx, bx + bw))
-    tables = od_tables(seg.background)
-    od_r, od_g, od_b = (cv2.LUT(np.ascontiguousarray(rgb[y0:y1, x0:x1, c][nb]), t) for c, t in enumerate(tables))
+    od_r, od_g, od_b = optical_density_channels(rgb[y0:y1, x0:x1][nb], seg.background)
     od_box = cv2.add(cv2.add(od_r, od_g), od_b)
     nucleus_od_sd = float(cv2.meanStdDev(od_box, mask=nucleus[nb])[1][0, 0])
     sharp = _sharpness(od_box, nucleus[nb], nucleus_od_sd)
