@@ -72,7 +72,7 @@ from lympho_features.model import (  # noqa: E402
     parse_feature_set,
     refer_band,
 )
-from lympho_features.reacquire import apply_shift, parse_shift, random_shift  # noqa: E402
+from lympho_features.reacquire import SHIFT_RANGES, apply_shift, parse_shift, random_shift  # noqa: E402
 
 #: The issue's shifts, one of each kind at the ends of the target's ranges and where the issue measured.
 DEFAULT_SHIFTS = (
@@ -137,8 +137,10 @@ def _reacquire_patient(src: Path, dst: Path, shift: str, files: list[str]) -> in
         f = src / name
         rgb, _ = read_image(f)
         if augment:  # a laboratory of its own for each crop, drawn within the target's ranges
-            seed = [int(shift.split(":")[1]), int.from_bytes(src.name.encode()[:8], "little"), i]
-            steps = parse_shift(random_shift(np.random.default_rng(seed)))
+            _, number, *kinds = shift.split(":")
+            seed = [int(number), int.from_bytes(src.name.encode()[:8], "little"), i]
+            ranges = {k: v for k, v in SHIFT_RANGES.items() if not kinds or k in kinds[0].split(",")}
+            steps = parse_shift(random_shift(np.random.default_rng(seed), ranges))
         out = apply_shift(rgb, steps)
         tmp = dst / f".{f.stem}.png"
         cv2.imwrite(str(tmp), cv2.cvtColor(out, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_PNG_COMPRESSION, 1])
@@ -405,6 +407,12 @@ def main() -> None:
         help="train the cell models also on this many re-acquired copies per patient (random shift per crop)",
     )
     ap.add_argument(
+        "--augment-kinds",
+        default="",
+        help="with --augment, draw only these kinds of change (comma-separated names of SHIFT_RANGES, e.g. "
+        "hema,eosin,gamma,wb: the stain and camera colour only)",
+    )
+    ap.add_argument(
         "--paired-ruler",
         action=argparse.BooleanOptionalAction,
         default=True,
@@ -444,7 +452,8 @@ def main() -> None:
         # Augmentation: the cell models also learn from re-acquired copies of the training patients' crops
         # (a random laboratory per crop); held-out patients never contribute theirs (FoldFeatures sees the
         # training patients' rows only).
-        aug = _cells(shifted_features(args.data, args.scratch, "random:0", args.jobs, False, args.augment, settings))
+        text = "random:0" + (f":{args.augment_kinds}" if args.augment_kinds else "")
+        aug = _cells(shifted_features(args.data, args.scratch, text, args.jobs, False, args.augment, settings))
         train_cells = pd.concat([train_cells, aug.assign(image="aug/" + aug["image"])], ignore_index=True)
     train = Cohort.from_tables(labeled, train_cells)
     if shifts and args.crops_per_patient:

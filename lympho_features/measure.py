@@ -78,7 +78,7 @@ from .workers import parallel
 #: lympho_features.focus: a Gaussian blur added at the canonical scale until the crop's edges read 1.27), so that
 #: focus, optics, resampling and JPEG move the measurements less; acq_edge_sigma (the crop's edge blur before);
 #: cell-type gate rebuilt on such crops.
-FEATURES_VERSION = 10
+FEATURES_VERSION = 11
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,9 @@ def nucleoli_features(
     A pixel belongs to a pale spot when a morphological closing of radius
     ``settings.nucleoli_radius`` (which fills pale holes narrower than the
     disk) raises its OD by more than ``settings.nucleoli_depth`` times the
-    nucleus' OD spread and at least ``settings.nucleoli_min_depth``. Spots touching the nucleus outline are ignored.
+    nucleus' OD spread, and at least ``settings.nucleoli_min_relative_depth`` times its mean OD (and
+    ``settings.nucleoli_min_depth``). Every threshold scales with the stain: the same nucleus stained more
+    weakly has the same spots. Spots touching the nucleus outline are ignored.
 
     Returns
     -------
@@ -60,7 +62,7 @@ def nucleoli_features(
     # Black top-hat: the closing minus the image, in one call.
     depth = cv2.morphologyEx(img, cv2.MORPH_BLACKHAT, _disk(settings.nucleoli_radius))
     inner = cv2.erode(m8, _disk(2))
-    cut = max(settings.nucleoli_depth * sd, settings.nucleoli_min_depth)
+    cut = max(settings.nucleoli_depth * sd, settings.nucleoli_min_relative_depth * mean, settings.nucleoli_min_depth)
     spots = cv2.bitwise_and(cv2.compare(depth, cut, cv2.CMP_GT), inner)
     spots = cv2.morphologyEx(spots, cv2.MORPH_OPEN, np.ones((2, 2), np.uint8))
     if cv2.countNonZero(spots):

@@ -18,7 +18,13 @@ class FeatureSettings:
     )
     nucleoli_radius: int = 4  #: largest radius of a pale spot counted as a nucleolus
     nucleoli_depth: float = 0.9  #: a nucleolus is paler than its surroundings by this many nucleus OD std
-    nucleoli_min_depth: float = 0.3  #: ... and by at least this much OD (no spots in a flat, noisy nucleus)
+    #: ... and by at least this much OD (0: no absolute floor; 0.3 up to features version 10). An absolute floor
+    #: read a weaker nuclear stain as fewer nucleoli: the nucleus' OD and its spread fall with the stain, the floor
+    #: did not (it decided 12 % of the challenge nuclei as stained, 97 % with the hematoxylin at x0.7).
+    nucleoli_min_depth: float = 0.0
+    #: ... and by at least this share of the nucleus' mean OD (no spots in a flat, noisy nucleus): a floor that
+    #: scales with the stain, as the spread does. 0.1 is the former 0.3 OD over the challenge nuclei's mean (~3.1).
+    nucleoli_min_relative_depth: float = 0.1
     #: Gaussian sigma (pixels) by which the nucleus' grey level and optical density are smoothed, inside the
     #: nucleus only, before the chromatin-texture families (Haralick, LBP, granularity, nucleoli) measure them:
     #: texture measured at a scale coarser than what focus, optics and JPEG's 8-pixel blocks move (0: raw
@@ -26,6 +32,10 @@ class FeatureSettings:
     #: 50, a soft focus or a round trip through another magnification, with unshifted CV accuracy unchanged
     #: (benchmarks/site_robustness_results.md).
     texture_sigma: float = 1.0
+    #: Pixels of the nucleus' rim left out of the chromatin-texture families (Haralick, granularity, nucleoli):
+    #: they read the nucleus eroded by this many pixels (:func:`~lympho_features.features.cell.nucleus_core`),
+    #: after the smoothing. 0: the whole nucleus (features version 10 and before).
+    texture_inset: int = 2
 
     def __post_init__(self) -> None:
         """Refuse a value that cannot mean what its setting says (raises :class:`~lympho_features.errors.SettingsError`)."""
@@ -36,4 +46,6 @@ class FeatureSettings:
         check.integer("nucleoli_radius", 1)
         check.number("nucleoli_depth", 0)
         check.number("nucleoli_min_depth", 0)
+        check.number("nucleoli_min_relative_depth", 0)
         check.number("texture_sigma", 0)
+        check.integer("texture_inset", 0)
