@@ -81,3 +81,83 @@ def test_haralick_on_optical_density_cancels_stain_strength_and_gamma(shift):
             moved["od"].append(abs(od1[name] - od0[name]) / scale)
             moved["grey"].append(abs(g1[name] - g0[name]) / scale)
     assert np.median(moved["od"]) < 0.5 * np.median(moved["grey"])
+
+
+def _pale_spot_nucleus(spot_od):
+    yy, xx = np.mgrid[:101, :101]
+    mask = np.hypot(yy - 50, xx - 50) <= 40
+    od = (3.0 + np.random.default_rng(0).normal(0, 0.05, (101, 101))).astype(np.float32)
+    for cy, cx in ((40, 40), (62, 55), (45, 65)):
+        od[np.hypot(yy - cy, xx - cx) <= 3] = spot_od
+    return od, mask
+
+
+def test_nucleoli_keep_their_spots_under_a_weaker_nuclear_stain():
+    """A weaker stain scales the nucleus' optical density, its spread and its spots' depth alike: every threshold
+    of the pale-spot detector scales with them, so the same spots are found (an absolute floor of 0.3 OD, features
+    version 10, lost them)."""
+    from dataclasses import replace
+
+    from lympho_features.features.nucleoli import nucleoli_features
+
+    od, mask = _pale_spot_nucleus(2.7)  # spots 0.3 OD paler: 0.21 once stained at x0.7
+    new = FeatureSettings()
+    old = replace(new, nucleoli_min_depth=0.3, nucleoli_min_relative_depth=0.0)
+    for settings, kept in ((new, True), (old, False)):
+        full, weak = nucleoli_features(od, mask, settings), nucleoli_features(0.7 * od, mask, settings)
+        assert full["nucleoli_count"] == 3
+        assert (weak["nucleoli_count"] == 3) is kept
+    full, weak = nucleoli_features(od, mask, new), nucleoli_features(0.7 * od, mask, new)
+    assert weak["nucleoli_area_fraction"] == pytest.approx(full["nucleoli_area_fraction"], rel=0.05)
+    assert weak["nucleoli_contrast"] == pytest.approx(full["nucleoli_contrast"], rel=0.05)
+    # The relative floor still keeps a flat, noisy nucleus free of spots.
+    flat = (3.0 + np.random.default_rng(1).normal(0, 0.05, (101, 101))).astype(np.float32)
+    assert nucleoli_features(flat, mask, new)["nucleoli_count"] == 0
+
+
+def test_nucleus_core_is_the_nucleus_inset_or_the_whole_small_nucleus():
+    from lympho_features.features.cell import MIN_CORE_PIXELS, nucleus_core
+
+    yy, xx = np.mgrid[:41, :41]
+    nucleus = np.hypot(yy - 20, xx - 20) <= 12
+    core = nucleus_core(nucleus, 2)
+    assert core.dtype == bool and core.sum() < nucleus.sum() and not (core & ~nucleus).any()
+    assert not core[np.hypot(yy - 20, xx - 20) > 10.5].any()  # nothing within 2 px of the outline
+    tiny = np.hypot(yy - 20, xx - 20) <= 3
+    assert nucleus_core(tiny, 2) is tiny and nucleus_core(tiny, 2).sum() < MIN_CORE_PIXELS + 20
+
+
+def test_texture_on_the_core_moves_less_when_the_outline_moves():
+    """A weaker stain, JPEG's blocks or a blur move the nucleus' outline by a pixel; the chromatin texture read on
+    the nucleus' core (texture_inset 2) moves less than on the whole nucleus, whose rim holds the strong edge
+    against the cytoplasm."""
+    import cv2
+    from dataclasses import replace
+
+    moved = {}
+    for inset in (0, 2):
+        settings = FeatureSettings(texture_inset=inset)
+        rows = []
+        for s in range(8):
+            rgb = synthetic_crop(np.random.default_rng(s)).rgb
+            seg = segment_cell(rgb)
+            inner = cv2.erode(seg.nucleus_mask.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
+            shrunk = replace(seg, nucleus_mask=inner, nucleus_contour=None, nucleus_moments=None, od_sum=None)
+            a, b = cell_features(rgb, seg, settings), cell_features(rgb, shrunk, settings)
+            names = [k for k in a if k.startswith(("haralick_", "granularity_"))]
+            rows.append([[a[k] for k in names], [b[k] for k in names]])
+        both = np.array(rows)  # crops, (as segmented, outline moved in), features
+        spread = both[:, 0].std(0)
+        ok = spread > 1e-9
+        moved[inset] = np.median(np.abs(both[:, 1] - both[:, 0])[:, ok] / spread[ok])
+    assert moved[2] < 0.8 * moved[0]  # 0.69 on these crops
+
+
+def test_texture_inset_changes_the_core_families_only():
+    rgb = synthetic_crop(np.random.default_rng(4)).rgb
+    seg = segment_cell(rgb)
+    whole = cell_features(rgb, seg, FeatureSettings(texture_inset=0))
+    core = cell_features(rgb, seg, FeatureSettings(texture_inset=2))
+    family = ("haralick_", "granularity_", "nucleoli_")
+    assert any(whole[k] != core[k] for k in whole if k.startswith(family))
+    assert all(whole[k] == core[k] for k in whole if not k.startswith(family))
