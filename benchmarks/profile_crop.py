@@ -17,8 +17,11 @@ largest relative difference of each numeric column between two saved runs.
 ``--against DIR`` loads the ``lympho_features`` package of another checkout
 (say the main branch's) next to this one and times both on the same decoded
 crops, alternating in chunks of 20 crops (and alternating which goes first),
-so that the machine's drift of +-20 % over a minute hits both alike; it also
-prints the largest relative difference of every feature and flag between the two.
+so that the machine's drift of +-20 % over a minute hits both alike, and
+times ``measure_cell`` too (the crop's whole path: the common focus, the
+segmentation, the features, the gate's measures); it also prints the largest
+relative difference of every feature and flag, and of every ``measure_cell``
+column, between the two.
 """
 
 from __future__ import annotations
@@ -99,7 +102,7 @@ def time_families(rgbs, segs) -> dict[str, float]:
 
 
 def load_other(root: Path):
-    """The ``segment`` and ``features`` modules of the checkout at ``root``, as a package of another name."""
+    """The ``segment``, ``features`` and ``measure`` modules of the checkout at ``root``, as a package of another name."""
     import importlib
     import importlib.util
 
@@ -112,7 +115,7 @@ def load_other(root: Path):
     module = importlib.util.module_from_spec(spec)
     sys.modules["lympho_against"] = module
     spec.loader.exec_module(module)
-    return importlib.import_module("lympho_against.segment"), importlib.import_module("lympho_against.features")
+    return tuple(importlib.import_module(f"lympho_against.{m}") for m in ("segment", "features", "measure"))
 
 
 def _rel_diff(x, y) -> float:
@@ -127,10 +130,12 @@ def _rel_diff(x, y) -> float:
 def against(root: Path, rgbs: list[np.ndarray], rounds: int) -> None:
     """Interleaved A/B timing and value check of this checkout against the one at ``root``."""
     from lympho_features import features as F
+    from lympho_features import measure as M
     from lympho_features import segment as S
 
-    S0, F0 = load_other(root)
+    S0, F0, M0 = load_other(root)
     mods = {"other": (S0, F0), "this": (S, F)}
+    whole = {"other": M0, "this": M}  # measure_cell: the crop's whole path (focus, segmentation, features, gate)
     segs = {k: [s.segment_cell(r) for r in rgbs] for k, (s, _) in mods.items()}
     worst: dict[str, float] = {}
     for r, a, b in zip(rgbs, segs["other"], segs["this"], strict=True):
@@ -139,7 +144,14 @@ def against(root: Path, rgbs: list[np.ndarray], rounds: int) -> None:
         for col in row_a.keys() | row_b.keys():
             d = _rel_diff(row_a[col], row_b[col]) if col in row_a and col in row_b else float("inf")
             worst[col] = max(worst.get(col, 0.0), d)
-    tot = {(k, stage): 0.0 for k in mods for stage in ("segment", "features")}
+    # measure_cell's rows, the gate's measures kept (hue off, as lympho extract measures for the shipped gate)
+    for r in rgbs:
+        row_a, row_b = (whole[k].measure_cell(r, gate_hue=False) for k in ("other", "this"))
+        for col in row_a.keys() | row_b.keys():
+            d = _rel_diff(row_a[col], row_b[col]) if col in row_a and col in row_b else float("inf")
+            worst["measure_cell:" + col] = max(worst.get("measure_cell:" + col, 0.0), d)
+    stages = ("segment", "features", "measure_cell")
+    tot = {(k, stage): 0.0 for k in mods for stage in stages}
     chunks = [range(i, min(len(rgbs), i + 20)) for i in range(0, len(rgbs), 20)]
     for rd in range(rounds):
         for ci, chunk in enumerate(chunks):
@@ -152,8 +164,12 @@ def against(root: Path, rgbs: list[np.ndarray], rounds: int) -> None:
                 for i in chunk:
                     f.cell_features(rgbs[i], segs[k][i])
                 t2 = time.process_time()
+                for i in chunk:
+                    whole[k].measure_cell(rgbs[i], gate_hue=False)
+                t3 = time.process_time()
                 tot[k, "segment"] += t1 - t0
                 tot[k, "features"] += t2 - t1
+                tot[k, "measure_cell"] += t3 - t2
     ms = {key: v * 1000 / len(rgbs) / rounds for key, v in tot.items()}
     print(f"interleaved against {root} ({rounds} rounds), CPU ms per crop: other -> this")
     for stage in ("segment", "features"):
@@ -161,8 +177,10 @@ def against(root: Path, rgbs: list[np.ndarray], rounds: int) -> None:
         print(f"  {stage:<9} {a:6.3f} -> {b:6.3f}  ({b / a - 1:+.1%})")
     a, b = ms["other", "segment"] + ms["other", "features"], ms["this", "segment"] + ms["this", "features"]
     print(f"  {'both':<9} {a:6.3f} -> {b:6.3f}  ({b / a - 1:+.1%})")
-    bad = sorted(((d, c) for c, d in worst.items() if d > 1e-9), reverse=True)
-    print(f"values: {len(worst)} columns, {len(bad)} with a relative difference above 1e-9")
+    a, b = ms["other", "measure_cell"], ms["this", "measure_cell"]
+    print(f"  measure_cell (focus, segment, features, gate measures) {a:6.3f} -> {b:6.3f}  ({b / a - 1:+.1%})")
+    bad = sorted(((d, c) for c, d in worst.items() if d > 0), reverse=True)
+    print(f"values: {len(worst)} columns, {len(bad)} with any difference (largest relative ones below)")
     for d, c in bad[:20]:
         print(f"  {c}: {d:.3g}")
 

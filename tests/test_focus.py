@@ -7,8 +7,9 @@ import cv2
 import numpy as np
 import pytest
 
+from lympho_features import focus
 from lympho_features.errors import SettingsError
-from lympho_features.focus import FOCUS_GAIN, edge_sigma, equalise_focus, focus_blur
+from lympho_features.focus import FOCUS_GAIN, edge_sigma, equalise_focus, focus_blur, gaussian_blur_u8
 from lympho_features.measure import ExtractSettings, measure_cell, segment_at_canonical
 from lympho_features.reacquire import apply_shift
 from lympho_features.segment import SegmentationSettings
@@ -79,6 +80,72 @@ def test_no_target_leaves_the_crop_as_it_is_but_still_reads_its_edges():
     rgb = _crops(1)[0]
     out, edge, added = equalise_focus(rgb, None)
     assert out is rgb and added == 0.0 and math.isfinite(edge)
+
+
+def _edge_sigma_by_roots(rgb):
+    """The edge blur as features version 10 first read it: float roots of the whole crop's gradient, OpenCV's
+    8-bit blur, np.partition and np.median on floats (edge_sigma must read the same, bit for bit)."""
+
+    def gradient(x):
+        gx = cv2.Sobel(x, cv2.CV_16S, 1, 0, ksize=3).astype(np.float32)
+        gy = cv2.Sobel(x, cv2.CV_16S, 0, 1, ksize=3).astype(np.float32)
+        return np.sqrt(gx * gx + gy * gy)
+
+    k3 = np.ones((3, 3), np.uint8)
+    green = np.ascontiguousarray(rgb[..., 1])
+    g1 = gradient(green)
+    g2 = gradient(cv2.GaussianBlur(green, (0, 0), focus.REBLUR_SIGMA))
+    flat = g1.ravel()
+    k = max(1, int(focus.EDGE_FRACTION * flat.size))
+    strong = np.partition(flat, flat.size - k)[flat.size - k]
+    peak = (g1 >= cv2.dilate(g1, k3)) & (g1 >= max(strong, focus.MIN_EDGE_GRADIENT))
+    if np.count_nonzero(peak) < focus.MIN_EDGE_PIXELS:
+        return math.nan
+    ratio = float(np.median(g1[peak] / np.maximum(cv2.dilate(g2, k3)[peak], 1e-3)))
+    return math.nan if ratio <= 1.0001 else focus.REBLUR_SIGMA / math.sqrt(ratio * ratio - 1.0)
+
+
+def test_edge_blur_reads_the_same_as_by_the_roots_of_the_whole_gradient():
+    rng = np.random.default_rng(5)
+    crops = _crops(6) + [np.full((40, 40, 3), 230, np.uint8), rng.integers(0, 256, (33, 47, 3)).astype(np.uint8)]
+    for rgb in crops:
+        for b in (0.0, 0.4, 1.0, 2.5):
+            x = _blur(rgb, b) if b else rgb
+            assert np.array_equal(edge_sigma(x), _edge_sigma_by_roots(x), equal_nan=True)
+
+
+def test_float32_roots_of_distinct_squared_gradients_are_distinct():
+    """Why ridges and the strongest edges may be found on the squared gradients: the root is strictly
+    increasing on every integer a squared 8-bit Sobel magnitude can be, in float32."""
+    roots = np.sqrt(np.arange(focus._MAX_GRADIENT_SQ + 1, dtype=np.float32))
+    assert np.all(np.diff(roots) > 0)
+    assert np.sqrt(np.float32(focus.MIN_EDGE_GRADIENT**2 - 1)) < focus.MIN_EDGE_GRADIENT
+
+
+def test_kth_largest_and_median_are_numpys():
+    rng = np.random.default_rng(2)
+    for n in (1, 2, 3, 20, 21, 1000, 1001, 50176):
+        x = (rng.integers(0, 400, n) ** 2).astype(np.float32)
+        x[rng.random(n) < 0.3] = 0.0
+        for k in {1, n, max(1, n // 50)}:
+            assert focus._kth_largest(x, k) == np.partition(x, n - k)[n - k]
+        r = rng.random(n).astype(np.float32) * rng.choice([1e-3, 1.0, 1e4])
+        assert focus._median(r) == float(np.median(r))
+
+
+@pytest.mark.parametrize("sigma", [0.05, 0.2, 0.3, 0.5, 0.8, 1.0, 1.01, 1.27, 1.5, 2.0, 3.3])
+def test_the_8bit_gaussian_blur_is_opencvs_bit_for_bit(sigma):
+    rng = np.random.default_rng(int(sigma * 100))
+    images = [
+        rng.integers(0, 256, (224, 224, 3)).astype(np.uint8),
+        rng.integers(0, 256, (31, 17)).astype(np.uint8),
+        (rng.random((40, 9)) < 0.5).astype(np.uint8) * 255,
+        np.full((5, 3, 3), 255, np.uint8),
+        rng.integers(0, 256, (1, 12)).astype(np.uint8),
+        _crops(1)[0],
+    ]
+    for img in images:
+        assert np.array_equal(gaussian_blur_u8(img, sigma), cv2.GaussianBlur(img, (0, 0), sigma))
 
 
 def test_segment_at_canonical_measures_the_crop_at_one_focus():
