@@ -32,10 +32,11 @@ class FeatureSettings:
     #: 50, a soft focus or a round trip through another magnification, with unshifted CV accuracy unchanged
     #: (benchmarks/site_robustness_results.md).
     texture_sigma: float = 1.0
-    #: Pixels of the nucleus' rim left out of the chromatin-texture families (Haralick, granularity, nucleoli):
-    #: they read the nucleus eroded by this many pixels (:func:`~lympho_features.features.cell.nucleus_core`),
-    #: after the smoothing. 0: the whole nucleus (features version 10 and before).
-    texture_inset: int = 2
+    #: Pixels of the nucleus' rim that Haralick's co-occurrences leave out: they read the nucleus eroded by this
+    #: many pixels (:func:`~lympho_features.features.cell.nucleus_core`), after the smoothing. The rim holds the
+    #: nucleus' strong edge against the cytoplasm, whose exact position moves with the stain's strength; read with
+    #: it, contrast and correlation moved with the outline. 0: the whole nucleus (features version 10 and before).
+    haralick_inset: int = 2
 
     def __post_init__(self) -> None:
         """Refuse a value that cannot mean what its setting says (raises :class:`~lympho_features.errors.SettingsError`)."""
@@ -48,4 +49,4 @@ class FeatureSettings:
         check.number("nucleoli_min_depth", 0)
         check.number("nucleoli_min_relative_depth", 0)
         check.number("texture_sigma", 0)
-        check.integer("texture_inset", 0)
+        check.integer("haralick_inset", 0)
