@@ -131,8 +131,9 @@ def test_haralick_on_the_core_moves_less_when_the_outline_moves():
     """A weaker stain moves the nucleus' outline inwards by a pixel or so; Haralick read on the nucleus' core
     (haralick_inset 2) moves less than on the whole nucleus, whose rim holds the strong edge against the
     cytoplasm."""
-    import cv2
     from dataclasses import replace
+
+    import cv2
 
     moved = {}
     for inset in (0, 2):
