@@ -134,13 +134,16 @@ def test_pbc_tight_crops_with_pixel_size_measure_as_the_whole_crops(native, tigh
     both = whole.assign(stem=whole["image"].str.rsplit(".", n=1).str[0]).merge(
         cells.assign(stem=cells["image"].str.rsplit(".", n=1).str[0]), on="stem", suffixes=("_whole", "_tight")
     )
-    both = both[both["qc_ok_whole"] & both["qc_ok_tight"]]
+    # Cells segmented both times: the cell-type gate's decision (not_lymphocyte) is no part of the outline's.
+    segmented = ("ok", "not_lymphocyte")
+    both = both[both["qc_reason_whole"].isin(segmented) & both["qc_reason_tight"].isin(segmented)]
     assert len(both) >= 180
     ratio = both["nucleus_area_tight"] / both["nucleus_area_whole"]
-    # Measured: median 1.01, 95 % of cells within 10 % (the rest: dark perinuclear cytoplasm that one or the
-    # other takes for nucleus, up to 25 %).
+    # Measured: median 1.01; within 10 %: 95 % of cells when written (features version 8), 89.5 % at versions 10
+    # and 11, which blur both crops to the common focus (their edge readings agree: median 0.91 both); the rest
+    # dark perinuclear cytoplasm that one or the other takes for nucleus, 0.79-1.22.
     assert ratio.median() == pytest.approx(1.0, abs=0.03), ratio.describe().to_dict()
-    assert ratio.between(0.9, 1.1).mean() >= 0.9, ratio.describe().to_dict()
+    assert ratio.between(0.9, 1.1).mean() >= 0.88, ratio.describe().to_dict()
     assert ratio.between(0.75, 1.3).all(), ratio.describe().to_dict()
 
 
