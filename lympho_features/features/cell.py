@@ -5,7 +5,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from ..segment import Segmentation, optical_density_channels
+from ..segment import Segmentation, _disk, optical_density_channels
 from .color import background_reference, color_features
 from .granularity import granularity_features
 from .haralick import haralick_features, quantize
@@ -88,8 +88,7 @@ def nucleus_core(nucleus: np.ndarray, inset: int) -> np.ndarray:
     """
     if inset <= 0:
         return nucleus
-    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * inset + 1, 2 * inset + 1))
-    core = cv2.erode(_u8(nucleus), kernel)
+    core = cv2.erode(_u8(nucleus), _disk(inset))
     return core.view(bool) if cv2.countNonZero(core) >= MIN_CORE_PIXELS else nucleus
 
 

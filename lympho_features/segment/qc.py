@@ -145,17 +145,24 @@ def _density_flags(flags: dict, od_sum, nucleus, nb, c_area: int, n_area: int, s
     flags["is_pyknotic"] = dense and nucleus_od_sd < s.pyknotic_max_od_sd
     flags["is_not_lymphocyte"] = flags["is_granulocyte"] or flags["is_monocyte"] or flags["is_pyknotic"]
     flags["is_smudge"] = nucleus_od < s.smudge_max_od and (c_area - n_area) < s.smudge_max_cytoplasm * c_area
-    flags["qc_blur"] = sharp < s.blur_threshold and not dense
-    # Two readings of one measure: "sharpness" describes the acquisition (acq_sharpness: every nucleus), and
-    # "focus_sharpness" is what the blur check judges (qc_sharpness): NaN for a dense nucleus, which has no
-    # texture to judge focus by and is never blur.
+    flags["qc_blur"], focus_sharp = _blur_verdict(sharp, dense, s)
     return {
         "nucleus_od": nucleus_od,
         "nucleus_od_sd": nucleus_od_sd,
         "sharpness": sharp,
-        "focus_sharpness": float("nan") if dense else sharp,
+        "focus_sharpness": focus_sharp,
         "cytoplasm_fraction": (c_area - n_area) / c_area if c_area > 0 else float("nan"),
     }
+
+
+def _blur_verdict(sharp: float, dense: bool, s: SegmentationSettings) -> tuple[bool, float]:
+    """The blur check on a nucleus' sharpness: ``(qc_blur, focus_sharpness)``.
+
+    Two readings of one measure: ``sharpness`` describes the acquisition (acq_sharpness: every nucleus), and
+    ``focus_sharpness`` is what the blur check judges (qc_sharpness): NaN for a dense nucleus, which has no
+    texture to judge focus by and is never blur.
+    """
+    return sharp < s.blur_threshold and not dense, float("nan") if dense else sharp
 
 
 def _sharpness(od_box: np.ndarray, nucleus_box: np.ndarray, nucleus_od_sd: float) -> float:
@@ -189,9 +196,9 @@ def judge_focus_on(seg: Segmentation, rgb: np.ndarray, s: SegmentationSettings) 
     od_box = cv2.add(cv2.add(od_r, od_g), od_b)
     nucleus_od_sd = float(cv2.meanStdDev(od_box, mask=nucleus[nb])[1][0, 0])
     sharp = _sharpness(od_box, nucleus[nb], nucleus_od_sd)
-    dense = seg.diagnostics["nucleus_od"] > s.pyknotic_min_od
-    seg.diagnostics = {**seg.diagnostics, "sharpness": sharp, "focus_sharpness": float("nan") if dense else sharp}
-    seg.flags = {**seg.flags, "qc_blur": bool(sharp < s.blur_threshold and not dense)}
+    blur, focus_sharp = _blur_verdict(sharp, seg.diagnostics["nucleus_od"] > s.pyknotic_min_od, s)
+    seg.diagnostics = {**seg.diagnostics, "sharpness": sharp, "focus_sharpness": focus_sharp}
+    seg.flags = {**seg.flags, "qc_blur": bool(blur)}
     if seg.qc_reason not in QC_REASONS_BEFORE_FLAGS:
         seg.qc_reason = first_failed_check(seg.flags)
         seg.qc_ok = seg.qc_reason == "ok"
