@@ -127,6 +127,13 @@ def _rel_diff(x, y) -> float:
     return abs(x - y) / max(abs(x), 1e-12)
 
 
+def _note_differences(worst: dict[str, float], row_a: dict, row_b: dict, prefix: str = "") -> None:
+    """Raise ``worst[prefix + column]`` to the relative difference of each column of two rows (inf: one lacks it)."""
+    for col in row_a.keys() | row_b.keys():
+        d = _rel_diff(row_a[col], row_b[col]) if col in row_a and col in row_b else float("inf")
+        worst[prefix + col] = max(worst.get(prefix + col, 0.0), d)
+
+
 def against(root: Path, rgbs: list[np.ndarray], rounds: int) -> None:
     """Interleaved A/B timing and value check of this checkout against the one at ``root``."""
     from lympho_features import features as F
@@ -141,15 +148,12 @@ def against(root: Path, rgbs: list[np.ndarray], rounds: int) -> None:
     for r, a, b in zip(rgbs, segs["other"], segs["this"], strict=True):
         row_a = {"qc_reason": a.qc_reason, **a.flags, **mods["other"][1].cell_features(r, a)}
         row_b = {"qc_reason": b.qc_reason, **b.flags, **F.cell_features(r, b)}
-        for col in row_a.keys() | row_b.keys():
-            d = _rel_diff(row_a[col], row_b[col]) if col in row_a and col in row_b else float("inf")
-            worst[col] = max(worst.get(col, 0.0), d)
+        _note_differences(worst, row_a, row_b)
     # measure_cell's rows, the gate's measures kept (hue off, as lympho extract measures for the shipped gate)
     for r in rgbs:
-        row_a, row_b = (whole[k].measure_cell(r, gate_hue=False) for k in ("other", "this"))
-        for col in row_a.keys() | row_b.keys():
-            d = _rel_diff(row_a[col], row_b[col]) if col in row_a and col in row_b else float("inf")
-            worst["measure_cell:" + col] = max(worst.get("measure_cell:" + col, 0.0), d)
+        _note_differences(
+            worst, *(whole[k].measure_cell(r, gate_hue=False) for k in ("other", "this")), "measure_cell:"
+        )
     stages = ("segment", "features", "measure_cell")
     tot = {(k, stage): 0.0 for k in mods for stage in stages}
     chunks = [range(i, min(len(rgbs), i + 20)) for i in range(0, len(rgbs), 20)]

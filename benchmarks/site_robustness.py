@@ -40,7 +40,7 @@ those families out, ``--cell-params JSON`` fits every cell model with other
 :class:`~lympho_features.model.cellscore.CellScorer` parameters, ``--augment N``
 adds N re-acquired copies of each training patient's crops (a random laboratory per crop,
 :func:`lympho_features.reacquire.random_shift`) to the cell models' training
-cells. Results: ``benchmarks/site_robustness_results.md``.
+cells, ``--augment-kinds hema,eosin,gamma,wb`` draws only those kinds of change. Results: ``benchmarks/site_robustness_results.md``.
 """
 
 from __future__ import annotations
@@ -132,14 +132,15 @@ def _reacquire_patient(src: Path, dst: Path, shift: str, files: list[str]) -> in
     dst.mkdir(parents=True, exist_ok=True)
     augment = shift.startswith("random:")
     steps = () if augment else parse_shift(shift)
+    if augment:  # "random:N" or "random:N:KIND,KIND": the seed, and the kinds of change drawn (default: all)
+        _, number, *kinds = shift.split(":")
+        ranges = {k: v for k, v in SHIFT_RANGES.items() if not kinds or k in kinds[0].split(",")}
     n = 0
     for i, name in enumerate(files):
         f = src / name
         rgb, _ = read_image(f)
         if augment:  # a laboratory of its own for each crop, drawn within the target's ranges
-            _, number, *kinds = shift.split(":")
             seed = [int(number), int.from_bytes(src.name.encode()[:8], "little"), i]
-            ranges = {k: v for k, v in SHIFT_RANGES.items() if not kinds or k in kinds[0].split(",")}
             steps = parse_shift(random_shift(np.random.default_rng(seed), ranges))
         out = apply_shift(rgb, steps)
         tmp = dst / f".{f.stem}.png"
